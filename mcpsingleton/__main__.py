@@ -1,0 +1,28 @@
+"""Entry point. `run` is dispatched before click loads: it is the per-session warm path."""
+
+from __future__ import annotations
+
+import sys
+
+
+def wants_shim(argv: list[str]) -> bool:
+    """`run` without --help goes straight to the lean shim."""
+    if argv[:1] != ["run"]:
+        return False
+    options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    return "--help" not in options and "-h" not in options
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if wants_shim(argv):
+        from .shim import main as run_shim
+
+        sys.exit(run_shim(argv[1:]))
+    from .cli import cli
+
+    cli()
+
+
+if __name__ == "__main__":
+    main()

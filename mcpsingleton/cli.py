@@ -1,0 +1,255 @@
+"""The command line (click). Thin: each command hands over to the module that owns the idea.
+
+`run` never normally reaches this module — `__main__` dispatches it to the lean shim before click
+loads; it is declared here so that `mcpsingleton run --help` and completions know about it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from . import __version__, control
+from .keys import SCOPES, KeyPaths, log_dir
+
+ORDERLY_STOP_SECONDS = 10.0
+
+
+def fail(message: str) -> None:
+    """Errors for people: one line, then exit status 1."""
+    click.echo(f"mcpsingleton: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mcpsingleton")
+def cli() -> None:
+    """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--scope", type=click.Choice(SCOPES), default="cwd", show_default=True,
+              help="What may share a backend: cwd (same command, env secrets and directory), global, isolated.")
+@click.option("--name", help="Label shown by ls/stop/logs (default: derived from COMMAND).")
+@click.option("--linger", default="5m", show_default=True, envvar="MCPSINGLETON_LINGER",
+              help="Keep the backend this long after the last session leaves (0, 30s, 5m).")
+@click.option("--env-key", multiple=True, help="Env var that must match for sessions to share (repeatable).")
+@click.option("--max-memory", help="Restart the backend gracefully when its process tree exceeds SIZE.")
+@click.option("--max-procs", type=int, help="Restart the backend when its process tree holds more than N processes.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def run(**_: Any) -> None:
+    """The stdio shim for client configs: mcpsingleton run [OPTIONS] -- COMMAND [ARG...]"""
+    from .shim import main as run_shim
+
+    sys.exit(run_shim(sys.argv[2:]))
+
+
+def _with_memory(status: dict[str, Any]) -> dict[str, Any]:
+    from .proctree import tree_memory
+
+    backend_pid = status.get("backend_pid")
+    status["memory_bytes"] = tree_memory(backend_pid) if backend_pid else 0
+    return status
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def _uptime(started_at: str) -> str:
+    try:
+        seconds = int((datetime.now(timezone.utc) - datetime.fromisoformat(started_at)).total_seconds())
+    except (TypeError, ValueError):
+        return "?"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _sessions_cell(clients: list[dict[str, Any]]) -> str:
+    names: dict[str, int] = {}
+    for client in clients:
+        label = client.get("client") or "?"
+        names[label] = names.get(label, 0) + 1
+    detail = ", ".join(f"{label}×{count}" if count > 1 else label for label, count in names.items())
+    return f"{len(clients)}" + (f" ({detail})" if detail else "")
+
+
+def render_table(backends: list[dict[str, Any]]) -> str:
+    header = ("NAME", "SCOPE", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY")
+    rows = [header] + [
+        (
+            str(b.get("name")),
+            str(b.get("scope")),
+            str(b.get("state")),
+            _sessions_cell(b.get("clients", [])),
+            str(b.get("backend_pid") or "-"),
+            _human_bytes(b.get("memory_bytes", 0)),
+            _uptime(b.get("started_at", "")),
+            str(b.get("restarts", 0)),
+            str(b.get("key", ""))[:12],
+        )
+        for b in backends
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
+    if not groups:
+        return ["No unmanaged MCP servers found."]
+    lines = ["", "Unmanaged MCP servers (not started by mcpsingleton):"]
+    for group in groups:
+        lines.append(f"  {group['count']}× {group['command']}  {_human_bytes(group['memory_bytes'])}")
+    savable = sum(group.get("savable_bytes", 0) for group in groups)
+    lines.append(f"Sharing them through `mcpsingleton run` would save about {_human_bytes(savable)}.")
+    return lines
+
+
+def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
+    backends = [_with_memory(status) for status in control.running_brokers()]
+    for backend in backends:
+        backend["managed"] = True
+    if include_unmanaged:
+        from .reaper import find_unmanaged_servers
+
+        backends += find_unmanaged_servers()
+    return backends
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (fields per DESIGN §2).")
+@click.option("--all", "include_unmanaged", is_flag=True, help="Also list MCP servers not started by mcpsingleton.")
+@click.option("--watch", is_flag=True, help="Refresh in place every 2 seconds until Ctrl-C.")
+def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
+    """Show the shared backends, their sessions and memory."""
+    while True:
+        entries = collect(include_unmanaged)
+        if as_json:
+            text = json.dumps(entries, indent=2)
+        else:
+            managed = [e for e in entries if e.get("managed")]
+            text = render_table(managed) if managed else "No shared backends are running."
+            if include_unmanaged:
+                text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
+        if not watch:
+            click.echo(text)
+            return
+        click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + "mcpsingleton ls (Ctrl-C to quit)\n" + text)
+        try:
+            time.sleep(2)
+        except KeyboardInterrupt:
+            return
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--all", "stop_all", is_flag=True, help="Stop every broker.")
+def stop(target: str | None, stop_all: bool) -> None:
+    """Stop a backend (by NAME or KEY) in order; its sessions get end of file."""
+    if not target and not stop_all:
+        raise click.UsageError("give a NAME or KEY, or --all")
+    chosen = [s for s in control.running_brokers() if stop_all or control.matches(s, target or "")]
+    if not chosen:
+        fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
+    for status in chosen:
+        if not control.stop(status):
+            fail(f"the broker of {status['name']} did not answer; run `mcpsingleton reap`")
+    deadline = time.monotonic() + ORDERLY_STOP_SECONDS
+    remaining = {s["key"] for s in chosen}
+    while remaining and time.monotonic() < deadline:
+        remaining = {k for k in remaining if os.path.exists(KeyPaths(k).state)}
+        time.sleep(0.05)
+    for status in chosen:
+        click.echo(f"stopped {status['name']} ({status['key'][:12]})")
+
+
+def find_log(target: str) -> str | None:
+    """The log of a running broker by name or key, else of an exited one by key or by name in its first line."""
+    for state in control.state_files():
+        if control.matches(state, target) and state.get("log"):
+            return str(state["log"])
+    for path in sorted(glob.glob(os.path.join(log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
+        key = os.path.basename(path)[: -len(".log")]
+        if key == target or (len(target) >= 6 and key.startswith(target)):
+            return path
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                if f"started for {target} (" in handle.readline():
+                    return path
+        except OSError:
+            continue
+    return None
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+def logs(target: str, follow: bool) -> None:
+    """Print the log of a backend's broker (by NAME or KEY)."""
+    path = find_log(target)
+    if path is None:
+        fail(f"no log for {target!r}; see `mcpsingleton ls` for names and keys")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        click.echo(handle.read(), nl=False)
+        while follow:
+            line = handle.readline()
+            if line:
+                click.echo(line, nl=False)
+                continue
+            try:
+                time.sleep(0.2)
+            except KeyboardInterrupt:
+                return
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be killed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {pid, command, reason}.")
+@click.option("--yes", "confirm", is_flag=True, help="Confirm killing reparented servers where no proof exists (non-Linux).")
+def reap(dry_run: bool, as_json: bool, confirm: bool) -> None:
+    """Kill orphaned MCP servers and stale mcpsingleton state."""
+    from .reaper import run_reap
+
+    sys.exit(run_reap(dry_run=dry_run, as_json=as_json, confirm=confirm))
+
+
+@cli.command()
+def metrics() -> None:
+    """Print metrics in the Prometheus text exposition format."""
+    from .metrics import render
+
+    click.echo(render(collect(include_unmanaged=False)), nl=False)
+
+
+def _config_command(unwrap: bool):  # noqa: ANN202 - click decorators
+    @click.argument("clients", nargs=-1)
+    @click.option("--config", "config", type=click.Path(dir_okay=False), help="Work on this one config file.")
+    @click.option("--dry-run", is_flag=True, help="Print a unified diff and write nothing.")
+    def command(clients: tuple[str, ...], config: str | None, dry_run: bool, scope: str | None = None) -> None:
+        from .configs import run_wrap
+
+        sys.exit(run_wrap(list(clients), config, dry_run, scope, unwrap))
+
+    if not unwrap:
+        command = click.option("--scope", type=click.Choice(SCOPES), help="Scope for the wrapped entries.")(command)
+    return command
+
+
+cli.command(name="wrap", help="Rewrite client configs so every stdio server runs through mcpsingleton.")(
+    _config_command(unwrap=False)
+)
+cli.command(name="unwrap", help="Restore client configs exactly as they were before wrap.")(
+    _config_command(unwrap=True)
+)

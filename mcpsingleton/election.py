@@ -1,0 +1,97 @@
+"""Cold path of `run`: decide, race-free, who starts the broker for a key, and start it.
+
+The per-key lock file is held by the broker for its whole life. A shim that can take it knows no
+broker runs, so any socket is stale; it then starts a broker that *inherits* the held lock, so no
+second shim can slip in between. A shim that finds the lock held backs off briefly and retries the
+attach: a broker is starting up or shutting down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from .keys import KeyPaths, SetupError, log_dir, parse_duration
+
+if TYPE_CHECKING:
+    from .shim import RunOptions
+
+BACKOFF = 0.01
+READY_TIMEOUT = 10.0
+
+
+def start_broker(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> None:
+    """Start a broker unless one is starting or stopping; return when the caller should attach again."""
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        time.sleep(BACKOFF)
+        return
+    try:
+        spec = broker_spec(paths, options, name, cwd, env)
+        launch(spec, lock_fd, name)
+    finally:
+        os.close(lock_fd)  # the broker holds its own copy of the locked file description
+
+
+def broker_spec(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> dict:
+    """Everything the broker needs; sent over a socketpair, never written to disk (env holds secrets)."""
+    os.makedirs(log_dir(), mode=0o700, exist_ok=True)
+    return {
+        "key": paths.key,
+        "runtime_dir": paths.dir,
+        "log": paths.log(),
+        "name": name,
+        "argv": options.command,
+        "cwd": cwd,
+        "env": env,
+        "scope": options.scope,
+        "linger": parse_duration(options.linger),
+        "max_memory": options.max_memory,
+        "max_procs": options.max_procs,
+    }
+
+
+def launch(spec: dict, lock_fd: int, name: str) -> None:
+    """Double-fork a detached broker (never a descendant of this session) and wait until it listens."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child; exercised by every integration test
+        _become_broker(theirs.fileno(), lock_fd)
+    os.waitpid(pid, 0)
+    theirs.close()
+    with ours:
+        ours.sendall(json.dumps(spec).encode())
+        ours.shutdown(socket.SHUT_WR)
+        ours.settimeout(READY_TIMEOUT)
+        try:
+            reply = ours.makefile("rb").readline().decode("utf-8", "replace").strip()
+        except TimeoutError:
+            reply = ""
+    if reply == "ready":
+        return
+    detail = reply.removeprefix("error ") if reply.startswith("error ") else "it exited during startup"
+    raise SetupError(f"the broker for {name} failed to start ({detail}); see `mcpsingleton logs {name}`")
+
+
+def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover - runs in the forked child
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.set_inheritable(channel_fd, True)
+        os.set_inheritable(lock_fd, True)
+        os.chdir("/")
+        os.execv(sys.executable, [sys.executable, "-m", "mcpsingleton.broker", str(channel_fd), str(lock_fd)])
+    finally:
+        os._exit(127)

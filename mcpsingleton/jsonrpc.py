@@ -1,0 +1,112 @@
+"""JSON-RPC 2.0 framing: parse one line, classify it, build replies. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+Message = dict[str, Any]
+Id = str | int
+
+
+class Invalid(Exception):
+    """A line that is not a usable JSON-RPC message; carries the error reply for its sender."""
+
+    def __init__(self, code: int, message: str, request_id: Id | None = None) -> None:
+        super().__init__(message)
+        self.reply = error(request_id, code, message)
+
+
+def valid_id(value: object) -> bool:
+    """MCP ids are strings or integers (never null, never bool, never float)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def id_key(value: Id) -> tuple[bool, Id]:
+    """Dict key that keeps 1 and "1" apart (and True out: valid_id rejects it)."""
+    return (isinstance(value, str), value)
+
+
+def parse(line: bytes | str) -> Message | list[Any]:
+    """Decode one line; raise Invalid with the reply the sender should get."""
+    try:
+        data = json.loads(line)
+    except UnicodeDecodeError:
+        raise Invalid(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
+    except ValueError as exc:
+        raise Invalid(PARSE_ERROR, f"Parse error: {exc}") from None
+    if isinstance(data, list):
+        return data
+    check(data)
+    return data
+
+
+def check(data: object) -> None:
+    """Raise Invalid unless `data` is a well-formed request, notification or response."""
+    if not isinstance(data, dict):
+        raise Invalid(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
+    request_id = data.get("id")
+    reply_id = request_id if valid_id(request_id) else None
+    if data.get("jsonrpc") != "2.0":
+        raise Invalid(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', reply_id)
+    if "method" in data:
+        if not isinstance(data["method"], str):
+            raise Invalid(INVALID_REQUEST, 'Invalid Request: "method" must be a string', reply_id)
+        if "id" in data and not valid_id(request_id):
+            raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+        params = data.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise Invalid(INVALID_REQUEST, 'Invalid Request: "params" must be an object', reply_id)
+    elif "result" in data or "error" in data:
+        if request_id is not None and not valid_id(request_id):
+            raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+    else:
+        raise Invalid(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response", reply_id)
+
+
+def is_request(message: Message) -> bool:
+    return "method" in message and "id" in message
+
+
+def is_notification(message: Message) -> bool:
+    return "method" in message and "id" not in message
+
+
+def result(request_id: Id | None, value: dict[str, Any]) -> Message:
+    return {"jsonrpc": "2.0", "id": request_id, "result": value}
+
+
+def error(request_id: Id | None, code: int, message: str, data: object = None) -> Message:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        body["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": body}
+
+
+def request(request_id: Id, method: str, params: dict[str, Any] | None = None) -> Message:
+    message: Message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> Message:
+    message: Message = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def encode(message: Message | list[Message]) -> bytes:
+    """One line of compact JSON; non-ASCII kept as UTF-8 (escaped only when it holds lone surrogates)."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"

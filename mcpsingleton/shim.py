@@ -1,0 +1,197 @@
+"""`mcpsingleton run`: the per-session shim a client config starts instead of the server.
+
+It is the per-session cost of the whole product, so the warm path is lean: standard library
+modules that are cheap to import, no click/asyncio/psutil/filelock. It computes the key, connects to
+the broker's socket, hands over the client's stdin/stdout with SCM_RIGHTS, and once welcomed execs
+into a POSIX `sh` that only waits on the socket (same pid, well under 1 MiB). It never touches a
+message. Only when no broker answers does it import the cold path (`election`) to start one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
+
+from .keys import (
+    SCOPES,
+    KeyPaths,
+    SetupError,
+    UsageError,
+    check_socket_path,
+    compute_key,
+    default_name,
+    ensure_private_dir,
+    parse_duration,
+    parse_size,
+    runtime_dir,
+    stderr_line,
+    user_salt,
+)
+
+WAITER = (
+    "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; "
+    "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
+    '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; esac; done; '
+    '[ $s = 0 ] || exit $s; '
+    'echo "mcpsingleton: the broker for $1 went away; the next session starts a new one" >&2; exit 1'
+)
+"""The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N."""
+
+ATTACH_TIMEOUT = 5.0
+STARTUP_DEADLINE = 15.0
+USAGE = "usage: mcpsingleton run [--scope cwd|global|isolated] [--name NAME] [--linger DURATION] " \
+        "[--env-key VAR]... [--max-memory SIZE] [--max-procs N] -- COMMAND [ARG...]"
+
+
+class RunOptions:
+    """What `run` was asked to do; parsed without click to keep the warm path lean."""
+
+    def __init__(self) -> None:
+        self.scope = "cwd"
+        self.name: str | None = None
+        self.linger = os.environ.get("MCPSINGLETON_LINGER", "5m")
+        self.env_keys: list[str] = []
+        self.max_memory: int | None = None
+        self.max_procs: int | None = None
+        self.command: list[str] = []
+
+
+def parse_args(argv: list[str]) -> RunOptions:
+    options = RunOptions()
+    takes_value = {"--scope", "--name", "--linger", "--env-key", "--max-memory", "--max-procs"}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            options.command = argv[index + 1 :]
+            break
+        flag, has_inline, inline = word.partition("=")
+        if flag not in takes_value:
+            if word.startswith("-"):
+                raise UsageError(f"no such option: {word}")
+            options.command = argv[index:]
+            break
+        if has_inline:
+            value = inline
+        elif index + 1 < len(argv):
+            index += 1
+            value = argv[index]
+        else:
+            raise UsageError(f"option {flag} requires a value")
+        _apply(options, flag, value)
+        index += 1
+    if not options.command:
+        raise UsageError("missing the server command after --")
+    parse_duration(options.linger)
+    return options
+
+
+def _apply(options: RunOptions, flag: str, value: str) -> None:
+    if flag == "--scope":
+        if value not in SCOPES:
+            raise UsageError(f"invalid --scope {value!r} (choose from {', '.join(SCOPES)})")
+        options.scope = value
+    elif flag == "--name":
+        options.name = value
+    elif flag == "--linger":
+        options.linger = value
+    elif flag == "--env-key":
+        options.env_keys.append(value)
+    elif flag == "--max-memory":
+        options.max_memory = parse_size(value)
+    elif value.isdigit() and int(value) > 0:
+        options.max_procs = int(value)
+    else:
+        raise UsageError(f"invalid --max-procs {value!r}: a positive whole number")
+
+
+def try_attach(paths: KeyPaths) -> _socket.socket | None:
+    """Connect and hand over stdin/stdout; the connection once the broker has welcomed us, else None."""
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        conn.settimeout(ATTACH_TIMEOUT)
+        conn.connect(paths.sock)
+        hello = f"MCPS1 attach {paths.key}\n".encode()
+        fds = (0, 1)
+        conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        welcome = conn.recv(16)
+    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
+        conn.close()
+        return None
+    except TimeoutError:
+        conn.close()
+        raise SetupError(f"the broker at {paths.sock} does not answer; run `mcpsingleton reap`") from None
+    if welcome != b"ok\n":
+        conn.close()
+        return None  # the broker is shutting down: start over against the next one
+    return conn
+
+
+def _pack_fds(fds: tuple[int, ...]) -> bytes:
+    return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+
+
+def become_waiter(conn: _socket.socket, name: str) -> None:
+    """Give up the client's pipes (the broker has them now) and exec into the waiter, same pid."""
+    conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(conn.fileno(), 3)
+    os.set_inheritable(3, True)
+    try:
+        os.execv("/bin/sh", ["mcpsingleton-session", "-c", WAITER, "mcpsingleton-session", name])
+    except OSError:
+        pass
+    _wait_in_python(conn)  # no /bin/sh: do the same job here, just heavier
+
+
+def _wait_in_python(conn: _socket.socket) -> None:
+    conn.settimeout(None)
+    data = b""
+    while chunk := conn.recv(4096):
+        data += chunk
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith("msg "):
+            sys.stderr.write(line[4:] + "\n")
+        elif line.startswith("exit "):
+            sys.exit(int(line[5:]))
+    stderr_line("the broker went away; the next session starts a new one")
+    sys.exit(1)
+
+
+def run(argv: list[str]) -> int:
+    options = parse_args(argv)
+    directory = ensure_private_dir(runtime_dir())
+    cwd = os.getcwd()
+    env = dict(os.environ)
+    key = compute_key(options.command, options.scope, cwd, env, options.env_keys, user_salt(directory))
+    paths = KeyPaths(key, directory)
+    check_socket_path(paths.sock)
+    name = options.name or default_name(options.command)
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while True:
+        conn = try_attach(paths)
+        if conn is not None:
+            become_waiter(conn, name)
+        from . import election  # cold path only
+
+        election.start_broker(paths, options, name, cwd, env)
+        if time.monotonic() > deadline:
+            raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return run(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"{USAGE}\nmcpsingleton: {exc}\n")
+        return 2
+    except SetupError as exc:
+        stderr_line(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
