@@ -360,9 +360,13 @@ class Broker:
         self.loop.remove_reader(session.in_fd)
         if self.mux.busy(session.sid):
             session.ending = True
-            self.loop.call_later(END_GRACE, lambda: self.end_session(session, 0))
+            self.loop.call_later(END_GRACE, lambda: self.end_session(session, *self._verdict()))
             return
-        self.end_session(session, 0)
+        self.end_session(session, *self._verdict())
+
+    def _verdict(self) -> tuple[int, str | None]:
+        """How a session ends: status 0, or 1 with the reason when the backend cannot start."""
+        return (0, None) if self.fatal is None else (1, self.fatal)
 
     def _shim_event(self, session: Session) -> None:
         """The shim's socket only ever closes: its process is gone (client exit, signal)."""
@@ -446,7 +450,7 @@ class Broker:
     def _finish_ending_sessions(self) -> None:
         for session in list(self.sessions.values()):
             if session.ending and not self.mux.busy(session.sid) and not (session.outbox and session.outbox.pending):
-                self._drop_session(session, "stdin closed")
+                self._drop_session(session, "stdin closed", *self._verdict())
 
     # ---- backend ----------------------------------------------------------------------------
 

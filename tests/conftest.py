@@ -1,0 +1,120 @@
+"""Shared fixtures: a private MCPSINGLETON_HOME per test, real servers, and a process census."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERYTHING_JS = ROOT / ".cache/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+FAKE_SERVER = Path(__file__).resolve().parent / "fake_server.py"
+
+
+def mcpsingleton_exe() -> str:
+    found = shutil.which("mcpsingleton", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    assert found, "mcpsingleton is not installed in this environment; run `pip install -e .[test]`"
+    return found
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short private state dir (sockets need short paths); everything it started is killed after."""
+    directory = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(directory))
+    monkeypatch.delenv("MCPSINGLETON_LINGER", raising=False)
+    yield directory
+    for process in processes_of(directory):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Every live process started with this MCPSINGLETON_HOME (shims, brokers, backends, their children)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("MCPSINGLETON_HOME") == str(home):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def tagged_backends(home: Path) -> list[psutil.Process]:
+    """Processes carrying MCPSINGLETON_KEY: backends and everything they spawned."""
+    result = []
+    for process in processes_of(home):
+        try:
+            if "MCPSINGLETON_KEY" in process.environ():
+                result.append(process)
+        except psutil.Error:
+            continue
+    return result
+
+
+def backend_roots(home: Path) -> list[psutil.Process]:
+    """Tagged processes whose parent is not tagged: one per backend process tree."""
+    tagged = tagged_backends(home)
+    pids = {p.pid for p in tagged}
+    return [p for p in tagged if p.ppid() not in pids]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def ls_json(env: dict[str, str] | None = None) -> list[dict]:
+    out = subprocess.run([mcpsingleton_exe(), "ls", "--json"], capture_output=True, text=True, timeout=30,
+                         env=env or os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def everything() -> list[str]:
+    """argv of @modelcontextprotocol/server-everything over stdio (installed by .ci/run)."""
+    if not EVERYTHING_JS.exists():
+        pytest.fail(f"server-everything is not installed at {EVERYTHING_JS}; run `bash .ci/run` once")
+    return [shutil.which("node") or "node", str(EVERYTHING_JS), "stdio"]
+
+
+@pytest.fixture(scope="session")
+def time_server() -> list[str]:
+    """argv of mcp-server-time (PyPI), from this environment."""
+    found = shutil.which("mcp-server-time", path=os.path.dirname(sys.executable))
+    if not found:
+        pytest.fail("mcp-server-time is not installed; run `pip install -e .[test]`")
+    return [found]
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> list[str]:
+    return [sys.executable, str(FAKE_SERVER)]
+
+
+def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

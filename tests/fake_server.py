@@ -1,0 +1,153 @@
+"""A small legacy-era MCP stdio server for fault injection (standard library only, starts fast).
+
+Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
+update), spawn (children). Flags: --fail-start (stderr, exit 2 before reading anything),
+--grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+write_lock = threading.Lock()
+state = {"level": "debug", "subscriptions": set(), "next_id": 0, "waiting": {}}
+children: list[subprocess.Popen] = []
+
+
+def send(message: dict) -> None:
+    with write_lock:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+
+def reply(request_id, result: dict) -> None:  # noqa: ANN001
+    send({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def text(value: str) -> dict:
+    return {"content": [{"type": "text", "text": value}]}
+
+
+def ask_client(method: str, params: dict) -> dict:
+    """Send a server→client request and wait for its answer."""
+    state["next_id"] += 1
+    request_id = f"srv-{state['next_id']}"
+    event = threading.Event()
+    state["waiting"][request_id] = [event, None]
+    send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+    event.wait(30)
+    return state["waiting"].pop(request_id)[1] or {"error": {"message": "timeout"}}
+
+
+def call_tool(request_id, params: dict) -> None:  # noqa: ANN001
+    name, args = params.get("name"), params.get("arguments") or {}
+    token = (params.get("_meta") or {}).get("progressToken")
+    if name == "echo":
+        reply(request_id, text(str(args.get("text", ""))))
+    elif name == "whoami":
+        info = {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get(args.get("env", ""), None)}
+        reply(request_id, text(json.dumps(info)))
+    elif name == "slow":
+        time.sleep(float(args.get("seconds", 1)))
+        reply(request_id, text("slow done"))
+    elif name == "progress":
+        steps = int(args.get("steps", 3))
+        for step in range(1, steps + 1):
+            if token is not None:
+                send({"jsonrpc": "2.0", "method": "notifications/progress",
+                      "params": {"progressToken": token, "progress": step, "total": steps}})
+            time.sleep(float(args.get("interval", 0.05)))
+        reply(request_id, text(f"{steps} steps"))
+    elif name == "crash":
+        os._exit(3)
+    elif name == "garbage":
+        with write_lock:
+            sys.stdout.write("this is not json\n")
+            sys.stdout.flush()
+        reply(request_id, text("after garbage"))
+    elif name == "sample":
+        answer = ask_client("sampling/createMessage", {"messages": [], "maxTokens": 5})
+        reply(request_id, text(json.dumps(answer.get("result") or answer.get("error"))))
+    elif name == "roots":
+        answer = ask_client("roots/list", {})
+        reply(request_id, text(json.dumps(answer.get("result"))))
+    elif name == "log":
+        level = args.get("level", "info")
+        if LEVELS.index(level) >= LEVELS.index(state["level"]):
+            send({"jsonrpc": "2.0", "method": "notifications/message",
+                  "params": {"level": level, "data": args.get("text", "")}})
+        reply(request_id, text("logged"))
+    elif name == "touch":
+        send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": args["uri"]}})
+        reply(request_id, text("touched"))
+    elif name == "spawn":
+        for _ in range(int(args.get("count", 1))):
+            children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+        reply(request_id, text(f"{len(children)} children"))
+    elif name == "grow":
+        state.setdefault("ballast", []).append(bytearray(int(args.get("mib", 10)) * 1024 * 1024))
+        reply(request_id, text("grown"))
+    else:
+        send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"unknown tool {name}"}})
+
+
+def handle(message: dict) -> None:
+    method, request_id = message.get("method"), message.get("id")
+    params = message.get("params") or {}
+    if method is None:
+        waiting = state["waiting"].get(request_id)
+        if waiting:
+            waiting[1] = message
+            waiting[0].set()
+        return
+    if request_id is None:
+        return
+    if method == "initialize":
+        reply(request_id, {
+            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+            "capabilities": {"tools": {"listChanged": True}, "logging": {},
+                             "resources": {"subscribe": True, "listChanged": True}},
+            "serverInfo": {"name": "fake-server", "version": "1.0"},
+        })
+    elif method == "tools/list":
+        reply(request_id, {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in
+                                     ("echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log")]})
+    elif method == "tools/call":
+        threading.Thread(target=call_tool, args=(request_id, params), daemon=True).start()
+    elif method == "logging/setLevel":
+        state["level"] = params["level"]
+        reply(request_id, {})
+    elif method == "resources/subscribe":
+        state["subscriptions"].add(params["uri"])
+        reply(request_id, {})
+    elif method == "resources/unsubscribe":
+        state["subscriptions"].discard(params["uri"])
+        reply(request_id, {})
+    elif method == "ping":
+        reply(request_id, {})
+    else:
+        send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}})
+
+
+def main() -> None:
+    if "--fail-start" in sys.argv:
+        sys.stderr.write("fake server: boom, config file missing\n")
+        sys.exit(2)
+    sys.stderr.write(f"fake server {os.getpid()} starting\n")
+    if "--grandchild" in sys.argv:
+        children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+    for line in sys.stdin:
+        if line.strip():
+            handle(json.loads(line))
+    if "--no-exit-on-eof" in sys.argv:
+        time.sleep(600)
+
+
+if __name__ == "__main__":
+    main()
