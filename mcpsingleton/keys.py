@@ -192,11 +192,18 @@ def default_name(argv: list[str]) -> str:
         base = base.split("/")[-1].lstrip("@")
         for suffix in (".js", ".mjs", ".cjs", ".py", ".ts"):
             base = base.removesuffix(suffix)
-        if base in ("index", "main", "server", "cli", "dist") and os.sep in word:
-            parent = os.path.basename(os.path.dirname(word.rstrip("/")))
-            base = parent if parent not in ("dist", "build", "bin", "src", "") else base
+        if base in ("index", "main", "server", "cli", "__main__") and os.sep in word:
+            base = _package_dir_name(word) or base
         return base or "server"
     return os.path.basename(argv[0]) if argv else "server"
+
+
+def _package_dir_name(path: str) -> str | None:
+    """`.../server-everything/dist/index.js` → `server-everything`: skip build-output folder names."""
+    for part in reversed(os.path.dirname(path).split(os.sep)):
+        if part and part not in ("dist", "build", "bin", "src", "lib", "out", "cjs", "esm"):
+            return part
+    return None
 
 
 def parse_duration(text: str) -> float:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install mcpsingleton and the test servers into ./.venv and ./.cache (idempotent, no root needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVERYTHING_VERSION=2026.8.31
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+if [ ! -f ".cache/npm/node_modules/@modelcontextprotocol/server-everything/package.json" ]; then
+    mkdir -p .cache/npm
+    (cd .cache/npm && npm install --silent --no-audit --no-fund --no-save \
+        "@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}")
+fi
+echo "installed: $(.venv/bin/mcpsingleton --version)"
