@@ -20,7 +20,7 @@ import struct
 import sys
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, jsonrpc
@@ -149,6 +149,7 @@ class Session:
         self.saved_flags = {fd: os.get_blocking(fd) for fd in {in_fd, out_fd}}
         self.outbox: Outbox | None = None
         self.ending = False
+        self.reading = False
         self.attached_at = time.time()
 
 
@@ -177,7 +178,7 @@ class Broker:
         self.stopping = False
         self.restarts = 0
         self.crash_streak = 0
-        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.exit_code = 0
 
     # ---- startup ----------------------------------------------------------------------------
@@ -327,7 +328,6 @@ class Broker:
             return
         self.sessions[session.sid] = session
         self._perform(self.mux.open_session(session.sid))
-        self.loop.add_reader(in_fd, lambda: self._session_readable(session))
         self.loop.add_reader(conn.fileno(), lambda: self._shim_event(session))
         self._cancel_linger()
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.sessions)} attached")
@@ -369,7 +369,7 @@ class Broker:
         return (0, None) if self.fatal is None else (1, self.fatal)
 
     def _shim_event(self, session: Session) -> None:
-        """The shim's socket only ever closes: its process is gone (client exit, signal)."""
+        """The waiter says `r` once it can exit cleanly on a signal; after that the socket only closes."""
         try:
             data = session.conn.recv(64)
         except BlockingIOError:
@@ -378,6 +378,9 @@ class Broker:
             data = b""
         if not data:
             self._drop_session(session, "shim exited")
+        elif not session.reading and not session.ending:
+            session.reading = True
+            self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
 
     def _session_broken(self, session: Session, exc: OSError) -> None:
         self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
@@ -546,8 +549,9 @@ class Broker:
         stop_ladder(self.loop, backend, self._reap, backend.close_pipes, grace=0.5)
         if self.mux.generation == 0 and not self.mux.init_result:
             tail = " | ".join(self.stderr_tail) or "(no stderr output)"
-            self._backend_unstartable(f"backend `{' '.join(self.spec['argv'])}` {described} before answering "
-                                      f"initialize; last stderr: {tail}")
+            self._backend_unstartable(
+                f"backend `{' '.join(self.spec['argv'])}` {described} before answering initialize; last stderr: {tail}"
+            )
             return
         self.restarts += 1
         lived = time.monotonic() - backend.started
@@ -674,9 +678,13 @@ class Broker:
         clients = []
         for session in self.sessions.values():
             state = self.mux.sessions.get(session.sid)
-            clients.append({"pid": session.pid, "client": state.client_name if state else None,
-                            "attached_at": datetime.fromtimestamp(session.attached_at, timezone.utc)
-                            .isoformat(timespec="seconds")})
+            clients.append(
+                {
+                    "pid": session.pid,
+                    "client": state.client_name if state else None,
+                    "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
+                }
+            )
         return {
             "key": self.key,
             "name": self.spec["name"],

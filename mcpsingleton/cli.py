@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -35,11 +35,21 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--scope", type=click.Choice(SCOPES), default="cwd", show_default=True,
-              help="What may share a backend: cwd (same command, env secrets and directory), global, isolated.")
+@click.option(
+    "--scope",
+    type=click.Choice(SCOPES),
+    default="cwd",
+    show_default=True,
+    help="What may share a backend: cwd (same command, env secrets and directory), global, isolated.",
+)
 @click.option("--name", help="Label shown by ls/stop/logs (default: derived from COMMAND).")
-@click.option("--linger", default="5m", show_default=True, envvar="MCPSINGLETON_LINGER",
-              help="Keep the backend this long after the last session leaves (0, 30s, 5m).")
+@click.option(
+    "--linger",
+    default="5m",
+    show_default=True,
+    envvar="MCPSINGLETON_LINGER",
+    help="Keep the backend this long after the last session leaves (0, 30s, 5m).",
+)
 @click.option("--env-key", multiple=True, help="Env var that must match for sessions to share (repeatable).")
 @click.option("--max-memory", help="Restart the backend gracefully when its process tree exceeds SIZE.")
 @click.option("--max-procs", type=int, help="Restart the backend when its process tree holds more than N processes.")
@@ -70,7 +80,7 @@ def _human_bytes(count: int) -> str:
 
 def _uptime(started_at: str) -> str:
     try:
-        seconds = int((datetime.now(timezone.utc) - datetime.fromisoformat(started_at)).total_seconds())
+        seconds = int((datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds())
     except (TypeError, ValueError):
         return "?"
     hours, rest = divmod(seconds, 3600)
@@ -217,7 +227,9 @@ def logs(target: str, follow: bool) -> None:
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be killed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {pid, command, reason}.")
-@click.option("--yes", "confirm", is_flag=True, help="Confirm killing reparented servers where no proof exists (non-Linux).")
+@click.option(
+    "--yes", "confirm", is_flag=True, help="Confirm killing reparented servers where no proof exists (non-Linux)."
+)
 def reap(dry_run: bool, as_json: bool, confirm: bool) -> None:
     """Kill orphaned MCP servers and stale mcpsingleton state."""
     from .reaper import run_reap
@@ -233,7 +245,7 @@ def metrics() -> None:
     click.echo(render(collect(include_unmanaged=False)), nl=False)
 
 
-def _config_command(unwrap: bool):  # noqa: ANN202 - click decorators
+def _config_command(unwrap: bool):
     @click.argument("clients", nargs=-1)
     @click.option("--config", "config", type=click.Path(dir_okay=False), help="Work on this one config file.")
     @click.option("--dry-run", is_flag=True, help="Print a unified diff and write nothing.")

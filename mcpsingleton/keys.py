@@ -154,9 +154,7 @@ def user_salt(directory: str) -> bytes:
         return handle.read()
 
 
-def compute_key(
-    argv: list[str], scope: str, cwd: str, env: dict[str, str], extra_keys: list[str], salt: bytes
-) -> str:
+def compute_key(argv: list[str], scope: str, cwd: str, env: dict[str, str], extra_keys: list[str], salt: bytes) -> str:
     """Hash of (resolved argv, scope part, env part): equal keys share one backend."""
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
@@ -176,8 +174,32 @@ def check_socket_path(path: str) -> None:
 
 
 LAUNCHERS = frozenset(
-    {"npx", "uvx", "pipx", "bunx", "node", "deno", "bun", "python", "python3", "uv", "npm", "pnpm", "yarn",
-     "sh", "bash", "zsh", "env", "exec", "run", "dlx", "tool", "-m", "-c", "docker"}
+    {
+        "npx",
+        "uvx",
+        "pipx",
+        "bunx",
+        "node",
+        "deno",
+        "bun",
+        "python",
+        "python3",
+        "uv",
+        "npm",
+        "pnpm",
+        "yarn",
+        "sh",
+        "bash",
+        "zsh",
+        "env",
+        "exec",
+        "run",
+        "dlx",
+        "tool",
+        "-m",
+        "-c",
+        "docker",
+    }
 )
 
 

@@ -9,11 +9,11 @@ message. Only when no broker answers does it import the cold path (`election`) t
 
 from __future__ import annotations
 
+import _signal  # likewise, `signal` builds enums at import
+import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
 import os
 import sys
 import time
-
-import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
 
 from .keys import (
     SCOPES,
@@ -32,18 +32,23 @@ from .keys import (
 )
 
 WAITER = (
-    "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; "
+    "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
     "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; esac; done; '
-    '[ $s = 0 ] || exit $s; '
+    "[ $s = 0 ] || exit $s; "
     'echo "mcpsingleton: the broker for $1 went away; the next session starts a new one" >&2; exit 1'
 )
-"""The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N."""
+"""The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N.
+
+It says `r` once its traps are set; only then does the broker start reading the session, so a signal
+can never find the session served but the waiter not yet able to exit with 128+N."""
 
 ATTACH_TIMEOUT = 5.0
 STARTUP_DEADLINE = 15.0
-USAGE = "usage: mcpsingleton run [--scope cwd|global|isolated] [--name NAME] [--linger DURATION] " \
-        "[--env-key VAR]... [--max-memory SIZE] [--max-procs N] -- COMMAND [ARG...]"
+USAGE = (
+    "usage: mcpsingleton run [--scope cwd|global|isolated] [--name NAME] [--linger DURATION] "
+    "[--env-key VAR]... [--max-memory SIZE] [--max-procs N] -- COMMAND [ARG...]"
+)
 
 
 class RunOptions:
@@ -151,6 +156,7 @@ def become_waiter(conn: _socket.socket, name: str) -> None:
 
 def _wait_in_python(conn: _socket.socket) -> None:
     conn.settimeout(None)
+    conn.sendall(b"r")
     data = b""
     while chunk := conn.recv(4096):
         data += chunk
@@ -163,7 +169,14 @@ def _wait_in_python(conn: _socket.socket) -> None:
     sys.exit(1)
 
 
+def exit_on_signals() -> None:
+    """Until the waiter takes over: a session's signal ends this shim with 128+N, nothing more."""
+    for signum in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
+        _signal.signal(signum, lambda number, _frame: os._exit(128 + number))
+
+
 def run(argv: list[str]) -> int:
+    exit_on_signals()
     options = parse_args(argv)
     directory = ensure_private_dir(runtime_dir())
     cwd = os.getcwd()
@@ -193,5 +206,3 @@ def main(argv: list[str]) -> int:
     except SetupError as exc:
         stderr_line(str(exc))
         return 1
-    except KeyboardInterrupt:
-        return 130

@@ -130,8 +130,10 @@ def main() -> int:
     print(f"\nMemory (PSS) for {count} sessions:")
     print(f"  {count} separate servers:    {direct_total / MIB:7.1f} MiB")
     print(f"  shared via mcpsingleton: {shared_total / MIB:7.1f} MiB (1 backend + broker + {count} tiny waiters)")
-    print(f"  saved:                   {(direct_total - shared_total) / MIB:7.1f} MiB "
-          f"({100 * (1 - shared_total / direct_total):.0f}%)")
+    print(
+        f"  saved:                   {(direct_total - shared_total) / MIB:7.1f} MiB "
+        f"({100 * (1 - shared_total / direct_total):.0f}%)"
+    )
 
     for session in shared:
         session.close()

@@ -75,7 +75,7 @@ def backend_roots(home: Path) -> list[psutil.Process]:
     return [p for p in tagged if p.ppid() not in pids]
 
 
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -85,8 +85,9 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # noqa:
 
 
 def ls_json(env: dict[str, str] | None = None) -> list[dict]:
-    out = subprocess.run([mcpsingleton_exe(), "ls", "--json"], capture_output=True, text=True, timeout=30,
-                         env=env or os.environ.copy())
+    out = subprocess.run(
+        [mcpsingleton_exe(), "ls", "--json"], capture_output=True, text=True, timeout=30, env=env or os.environ.copy()
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -118,3 +119,102 @@ def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+class RawClient:
+    """A stdio JSON-RPC client over real pipes, for tests that need byte-level control."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env or os.environ.copy(),
+            cwd=cwd,
+        )
+        self.next_id = 0
+        self.buffer = b""
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def send(self, message: dict) -> None:
+        self.send_raw(json.dumps(message).encode() + b"\n")
+
+    def request(self, method: str, params: dict | None = None, request_id: object = None) -> object:
+        if request_id is None:
+            self.next_id += 1
+            request_id = self.next_id
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        return request_id
+
+    def read(self, timeout: float = 10.0) -> dict | list | None:
+        """The next message, or None at end of file or timeout."""
+        import select
+
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def reply_to(self, request_id: object, timeout: float = 10.0) -> dict:
+        """Read until the response to `request_id`; notifications on the way are kept in `self.seen`."""
+        self.seen = getattr(self, "seen", [])
+        while True:
+            message = self.read(timeout)
+            assert message is not None, f"no reply to {request_id!r}"
+            if isinstance(message, dict) and "method" not in message and message.get("id") == request_id:
+                return message
+            self.seen.append(message)
+
+    def initialize(self, name: str = "raw-client", capabilities: dict | None = None) -> dict:
+        request_id = self.request(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": capabilities or {},
+                "clientInfo": {"name": name, "version": "1"},
+            },
+        )
+        reply = self.reply_to(request_id)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return reply
+
+    def call(self, tool: str, arguments: dict | None = None, timeout: float = 10.0) -> dict:
+        request_id = self.request("tools/call", {"name": tool, "arguments": arguments or {}})
+        return self.reply_to(request_id, timeout)
+
+    def close(self, timeout: float = 10.0) -> int:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.process.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode("utf-8", "replace")
+
+
+def shim(command: list[str], *options: str) -> list[str]:
+    return [mcpsingleton_exe(), "run", *options, "--", *command]
+
+
+def result_text(reply: dict) -> str:
+    return "".join(block.get("text", "") for block in reply["result"]["content"])

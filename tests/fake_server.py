@@ -26,7 +26,7 @@ def send(message: dict) -> None:
         sys.stdout.flush()
 
 
-def reply(request_id, result: dict) -> None:  # noqa: ANN001
+def reply(request_id, result: dict) -> None:
     send({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
@@ -45,7 +45,7 @@ def ask_client(method: str, params: dict) -> dict:
     return state["waiting"].pop(request_id)[1] or {"error": {"message": "timeout"}}
 
 
-def call_tool(request_id, params: dict) -> None:  # noqa: ANN001
+def call_tool(request_id, params: dict) -> None:
     name, args = params.get("name"), params.get("arguments") or {}
     token = (params.get("_meta") or {}).get("progressToken")
     if name == "echo":
@@ -60,8 +60,13 @@ def call_tool(request_id, params: dict) -> None:  # noqa: ANN001
         steps = int(args.get("steps", 3))
         for step in range(1, steps + 1):
             if token is not None:
-                send({"jsonrpc": "2.0", "method": "notifications/progress",
-                      "params": {"progressToken": token, "progress": step, "total": steps}})
+                send(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {"progressToken": token, "progress": step, "total": steps},
+                    }
+                )
             time.sleep(float(args.get("interval", 0.05)))
         reply(request_id, text(f"{steps} steps"))
     elif name == "crash":
@@ -80,8 +85,13 @@ def call_tool(request_id, params: dict) -> None:  # noqa: ANN001
     elif name == "log":
         level = args.get("level", "info")
         if LEVELS.index(level) >= LEVELS.index(state["level"]):
-            send({"jsonrpc": "2.0", "method": "notifications/message",
-                  "params": {"level": level, "data": args.get("text", "")}})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/message",
+                    "params": {"level": level, "data": args.get("text", "")},
+                }
+            )
         reply(request_id, text("logged"))
     elif name == "touch":
         send({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": args["uri"]}})
@@ -109,15 +119,28 @@ def handle(message: dict) -> None:
     if request_id is None:
         return
     if method == "initialize":
-        reply(request_id, {
-            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-            "capabilities": {"tools": {"listChanged": True}, "logging": {},
-                             "resources": {"subscribe": True, "listChanged": True}},
-            "serverInfo": {"name": "fake-server", "version": "1.0"},
-        })
+        reply(
+            request_id,
+            {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {
+                    "tools": {"listChanged": True},
+                    "logging": {},
+                    "resources": {"subscribe": True, "listChanged": True},
+                },
+                "serverInfo": {"name": "fake-server", "version": "1.0"},
+            },
+        )
     elif method == "tools/list":
-        reply(request_id, {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in
-                                     ("echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log")]})
+        reply(
+            request_id,
+            {
+                "tools": [
+                    {"name": n, "inputSchema": {"type": "object"}}
+                    for n in ("echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log")
+                ]
+            },
+        )
     elif method == "tools/call":
         threading.Thread(target=call_tool, args=(request_id, params), daemon=True).start()
     elif method == "logging/setLevel":

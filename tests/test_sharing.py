@@ -28,11 +28,11 @@ def shim_params(command: list[str], *options: str, cwd: str | None = None, env: 
     )
 
 
-def text_of(result) -> str:  # noqa: ANN001
+def text_of(result) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
-async def run_sessions(count: int, params, body, hold: anyio.Event | None = None):  # noqa: ANN001, ANN201
+async def run_sessions(count: int, params, body, hold: anyio.Event | None = None):
     """Open `count` concurrent SDK sessions, run `body(index, client)` in each, all held open together."""
     results: dict[int, object] = {}
     ready = anyio.Event()
@@ -160,8 +160,11 @@ def test_scope_global_shares_across_directories(home: Path, fake_server: list[st
 
 
 def test_secret_env_values_never_share(home: Path, fake_server: list[str]) -> None:
-    variants = [([], None, {"API_TOKEN": "one", "SHLVL": "1"}), ([], None, {"API_TOKEN": "two", "SHLVL": "1"}),
-                ([], None, {"API_TOKEN": "one", "SHLVL": "7"})]
+    variants = [
+        ([], None, {"API_TOKEN": "one", "SHLVL": "1"}),
+        ([], None, {"API_TOKEN": "two", "SHLVL": "1"}),
+        ([], None, {"API_TOKEN": "one", "SHLVL": "7"}),
+    ]
     assert _backend_count_after(home, variants, fake_server) == 2, "same secret + volatile var differs → shared"
 
 
@@ -176,11 +179,20 @@ def test_isolated_scope_never_shares(home: Path, fake_server: list[str]) -> None
 )
 def test_backend_that_cannot_start(home: Path, fake_server: list[str], command: list[str], expected: str) -> None:
     argv = command if command[0].startswith("/") else [*fake_server, *command]
-    init = {"jsonrpc": "2.0", "id": 7, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     started = time.monotonic()
-    out = subprocess.run([mcpsingleton_exe(), "run", "--", *argv], input=json.dumps(init) + "\n",
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [mcpsingleton_exe(), "run", "--", *argv],
+        input=json.dumps(init) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert time.monotonic() - started < 10
     reply = json.loads(out.stdout.splitlines()[0])
     assert reply["id"] == 7 and reply["error"]["code"] == -32603

@@ -1,0 +1,168 @@
+"""`mcpsingleton wrap` / `unwrap`: point MCP client configs at `mcpsingleton run`, and back, exactly.
+
+clients    which files, per client and scope
+jsonc      JSON with comments → entries.Document        codex_toml  Codex's TOML → entries.Document
+wrapping   the text edits, and the unwrap scheme        records     the one fact the text cannot hold
+files      backup + atomic replace, mode kept           diff        dry-run diffs with secrets masked
+
+Every edit is checked before anything is written: the edited text must parse, and to exactly the old
+data with only the intended command/args changed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TextIO
+
+from mcpsingleton.configs import clients as registry
+from mcpsingleton.configs import codex_toml, diff, files, jsonc
+from mcpsingleton.configs.clients import CLIENT_NAMES, ConfigFile
+from mcpsingleton.configs.entries import ConfigError, Document
+from mcpsingleton.configs.records import InsertedArgs
+from mcpsingleton.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
+from mcpsingleton.keys import SCOPES
+
+__all__ = ["CLIENT_NAMES", "run_wrap"]
+
+
+def run_wrap(
+    clients: list[str],
+    config: str | None,
+    dry_run: bool,
+    scope: str | None,
+    unwrap: bool,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Wrap (or unwrap) the configs of `clients` (none: every client with a file), or the file `config`.
+
+    Prints one line per file to `out` (and the diff, with `dry_run`); problems go to `err` as
+    `mcpsingleton: <file>: what; what to do`. Returns 0, 1 when a file was malformed or unwritable
+    (it is left untouched; the others are still done), or 2 for an unknown client or scope.
+    `out`/`err` default to the sys streams at call time, so click's test runner captures them.
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    problem = _usage_problem(clients, scope)
+    if problem:
+        err.write(f"mcpsingleton: {problem}\n")
+        return 2
+    targets = [registry.explicit(config, clients)] if config else _discover(clients, out)
+    job = _Job(unwrap, dry_run, scope, out, err, executable="" if unwrap else mcpsingleton_executable())
+    return max((job.run(target) for target in targets), default=0)
+
+
+def mcpsingleton_executable() -> str:
+    """Absolute path for client configs: desktop clients do not start servers through the shell's PATH."""
+    found = shutil.which("mcpsingleton")
+    return os.path.abspath(found) if found else os.path.realpath(sys.argv[0])
+
+
+def _usage_problem(clients: list[str], scope: str | None) -> str:
+    unknown = [client for client in clients if client not in CLIENT_NAMES]
+    if unknown:
+        return f"unknown client {unknown[0]!r}; choose from {', '.join(CLIENT_NAMES)}"
+    if scope is not None and scope not in SCOPES:
+        return f"unknown scope {scope!r}; choose from {', '.join(SCOPES)}"
+    return ""
+
+
+def _discover(clients: list[str], out: TextIO) -> list[ConfigFile]:
+    """The existing files of the named clients (or of all); say where we looked when there are none."""
+    found = registry.find(clients or list(CLIENT_NAMES))
+    for client in clients:
+        if not any(target.client == client for target in found):
+            looked = ", ".join(candidate.path for candidate in registry.candidates(client))
+            out.write(f"{client}: no config file (looked for {looked})\n")
+    if not found and not clients:
+        out.write("no MCP client config file found; name one with --config PATH\n")
+    return found
+
+
+def _load(target: ConfigFile, text: str) -> Document:
+    if _is_toml(target.path, text):
+        return codex_toml.load(text)
+    return jsonc.load(text, target.servers)
+
+
+def _is_toml(path: str, text: str) -> bool:
+    """By the file name, else by the content: JSON starts with '{' (or a comment)."""
+    if path.endswith((".toml", ".json", ".jsonc")):
+        return path.endswith(".toml")
+    return not text.lstrip("\ufeff \t\r\n").startswith(("{", "/"))
+
+
+@dataclass
+class _Job:
+    """One wrap or unwrap run over any number of files."""
+
+    unwrap: bool
+    dry_run: bool
+    scope: str | None
+    out: TextIO
+    err: TextIO
+    executable: str
+    records: InsertedArgs = field(default_factory=InsertedArgs)
+
+    @property
+    def verb(self) -> str:
+        return "unwrap" if self.unwrap else "wrap"
+
+    def run(self, target: ConfigFile) -> int:
+        """0 when the file was handled, 1 (reported, file untouched) when it could not be."""
+        try:
+            self._run(target)
+        except ConfigError as exc:
+            self.err.write(f"mcpsingleton: {target.path}: {exc}\n")
+            return 1
+        return 0
+
+    def _run(self, target: ConfigFile) -> None:
+        original, text = files.read(target.path)
+        before = _load(target, text)
+        if self.unwrap:
+            plan = plan_unwrap(before, partial(self.records.has, original.real))
+        else:
+            plan = plan_wrap(before, self.executable, self.scope)
+        where = f"{target.path} ({target.client})" if target.client else target.path
+        for name, why in plan.skipped:
+            self.err.write(f"mcpsingleton: {target.path}: server {name!r} left as is ({why}); fix it by hand\n")
+        if not plan.edits:
+            self.out.write(f"{where}: nothing to {self.verb}{_summary(plan, self.unwrap)}\n")
+            return
+        after = _checked(target, plan, apply(text, plan.edits))
+        names = f"{len(plan.changed)} server{'s' * (len(plan.changed) != 1)} ({', '.join(plan.changed)})"
+        if self.dry_run:
+            self.out.write(diff.unified(target.path, before, after))
+            self.out.write(f"{where}: would {self.verb} {names}\n")
+            return
+        self.records.add(original.real, plan.inserted)
+        saved = files.backup(original)
+        files.replace(original, after.text)
+        self.records.remove(original.real, plan.removed)
+        self.out.write(f"{where}: {self.verb}ped {names}; backup: {saved}\n")
+
+
+def _checked(target: ConfigFile, plan: Plan, text: str) -> Document:
+    """The edited document, refused unless it parses to exactly the data the plan intends."""
+    try:
+        after = _load(target, text)
+    except ConfigError:
+        after = None
+    if after is None or after.data != plan.expected:
+        raise ConfigError("mcpsingleton could not edit it cleanly and left it as is; please report this")
+    return after
+
+
+def _summary(plan: Plan, unwrap: bool) -> str:
+    """Why nothing changed, e.g. ' (2 already wrapped, 1 remote)'."""
+    counts = {
+        "not wrapped" if unwrap else "already wrapped": plan.kinds["stdio" if unwrap else "wrapped"],
+        "remote": plan.kinds["remote"],
+        "skipped": plan.kinds["skipped"],
+    }
+    parts = [f"{count} {what}" for what, count in counts.items() if count]
+    return f" ({', '.join(parts)})" if parts else " (no servers)"

@@ -1,0 +1,206 @@
+"""Codex's config.toml (`[mcp_servers.NAME]` with command/args/env), edited as text so comments survive.
+
+tomllib validates the file and supplies the values; a small scanner records where each value is written.
+Arrays of tables are scanned like plain tables (no index in the path): Codex keeps servers in plain tables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+
+from mcpsingleton.configs.entries import (
+    FIX,
+    SECRET_CONTAINERS,
+    ArgsArray,
+    ConfigError,
+    Document,
+    ServerEntry,
+    Slot,
+    Span,
+)
+from mcpsingleton.keys import is_secret_name
+
+SERVERS = "mcp_servers"
+
+_SPACE = re.compile(r"[ \t]*")
+_BLANK = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)*")
+_LINE_END = re.compile(r"[ \t]*(?:#[^\r\n]*)?")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_BASIC = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_LITERAL = re.compile(r"'[^'\n]*'")
+_MULTILINE = (re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"{3,5}', re.DOTALL), re.compile(r"'''.*?'{3,5}", re.DOTALL))
+_SCALAR = re.compile(r"[^\s,\]}#]+(?: [0-9]{2}:[^\s,\]}#]*)?")  # a date-time may hold one space
+
+
+@dataclass(frozen=True)
+class _Written:
+    """Where one key's value is written."""
+
+    key: int  # start of the (possibly dotted) key
+    last_key: int  # start of the key's last part
+    span: Span
+    items: tuple[Span, ...] | None  # arrays only
+    inline: bool  # inside an inline table
+    container: bool
+
+
+class _Scanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.written: dict[tuple[str, ...], _Written] = {}
+
+    def fail(self) -> ConfigError:
+        line = self.text.count("\n", 0, self.pos) + 1
+        return ConfigError(f"cannot follow the TOML layout at line {line}; please report this, and wrap by hand")
+
+    def peek(self) -> str:
+        return self.text[self.pos : self.pos + 1]
+
+    def skip(self, pattern: re.Pattern[str]) -> str:
+        self.pos = pattern.match(self.text, self.pos).end()
+        return self.peek()
+
+    def scan(self) -> dict[tuple[str, ...], _Written]:
+        table: tuple[str, ...] = ()
+        while self.skip(_BLANK):
+            if self.peek() == "[":
+                table = self.header()
+            else:
+                self.keyval(table, inline=False)
+            if self.skip(_LINE_END) not in ("", "\n", "\r"):
+                raise self.fail()
+        return self.written
+
+    def header(self) -> tuple[str, ...]:
+        closing = "]]" if self.text.startswith("[[", self.pos) else "]"
+        self.pos += len(closing)
+        path = self.key()[0]
+        if not self.text.startswith(closing, self.pos):
+            raise self.fail()
+        self.pos += len(closing)
+        return path
+
+    def key(self) -> tuple[tuple[str, ...], int, int]:
+        parts, start = [], self.pos
+        while True:
+            self.skip(_SPACE)
+            last = self.pos
+            parts.append(self.key_part())
+            if self.skip(_SPACE) != ".":
+                return tuple(parts), start, last
+            self.pos += 1
+
+    def key_part(self) -> str:
+        bare = _BARE_KEY.match(self.text, self.pos)
+        quoted = bare or _BASIC.match(self.text, self.pos) or _LITERAL.match(self.text, self.pos)
+        if not quoted:
+            raise self.fail()
+        self.pos = quoted.end()
+        return quoted.group() if bare else tomllib.loads("k = " + quoted.group())["k"]
+
+    def keyval(self, table: tuple[str, ...], inline: bool) -> None:
+        parts, key, last_key = self.key()
+        if self.peek() != "=":
+            raise self.fail()
+        self.pos += 1
+        self.skip(_SPACE)
+        path, start = table + parts, self.pos
+        items = self.value(path)
+        container = items is not None or self.text[start] == "{"
+        self.written[path] = _Written(key, last_key, Span(start, self.pos), items, inline, container)
+
+    def value(self, path: tuple[str, ...]) -> tuple[Span, ...] | None:
+        """Consume one value; an array's item spans are returned, inline tables record their keys."""
+        if self.peek() == "[":
+            return self.array(path)
+        if self.peek() == "{":
+            self.inline_table(path)
+            return None
+        for pattern in (*_MULTILINE, _BASIC, _LITERAL, _SCALAR):
+            match = pattern.match(self.text, self.pos)
+            if match:
+                self.pos = match.end()
+                return None
+        raise self.fail()
+
+    def array(self, path: tuple[str, ...]) -> tuple[Span, ...]:
+        self.pos += 1
+        items = []
+        while self.skip(_BLANK) != "]":
+            start = self.pos
+            self.value((*path, "[]"))
+            items.append(Span(start, self.pos))
+            if self.skip(_BLANK) == ",":
+                self.pos += 1
+            elif self.peek() != "]":
+                raise self.fail()
+        self.pos += 1
+        return tuple(items)
+
+    def inline_table(self, path: tuple[str, ...]) -> None:
+        self.pos += 1
+        while self.skip(_BLANK) != "}":
+            self.keyval(path, inline=True)
+            if self.skip(_BLANK) == ",":
+                self.pos += 1
+            elif self.peek() != "}":
+                raise self.fail()
+        self.pos += 1
+
+
+def quote(value: str) -> str:
+    """A TOML basic string: JSON's escapes are all valid TOML; DEL must be escaped as well."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def load(text: str) -> Document:
+    """The `mcp_servers` entries of a Codex config.toml."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML ({exc}); {FIX}") from exc
+    written = _Scanner(text).scan()
+    servers = data.get(SERVERS)
+    entries = (
+        tuple(_entry(text, written, name, value) for name, value in servers.items())
+        if isinstance(servers, dict)
+        else ()
+    )
+    secrets = tuple(spot.span for path, spot in written.items() if not spot.container and _is_secret(path))
+    return Document(text, data, entries, secrets, quote)
+
+
+def _is_secret(path: tuple[str, ...]) -> bool:
+    """A value under env/headers, or of a secret-named key."""
+    return (len(path) > 1 and path[-2] in SECRET_CONTAINERS) or is_secret_name(path[-1])
+
+
+def _entry(text: str, written: dict[tuple[str, ...], _Written], name: str, data: object) -> ServerEntry:
+    path = (SERVERS, name)
+    command, args = written.get((*path, "command")), written.get((*path, "args"))
+    has_command = command is not None and isinstance(data, dict) and isinstance(data.get("command"), str)
+    array = None
+    if args is not None and args.items is not None:
+        array = ArgsArray(args.span.start + 1, args.items, args.span.end - 1)
+    if not has_command:
+        return ServerEntry(name, path, data, None, array, None)
+    return ServerEntry(name, path, data, command.span, array, _slot(text, command))
+
+
+def _slot(text: str, command: _Written) -> Slot:
+    """A new `args` goes after the command: in its inline table, or on the next line with its indentation."""
+    if command.inline:
+        return Slot(command.span.end, ", args = ")
+    end = text.find("\n", command.span.end)
+    if end < 0:
+        end, newline = len(text), "\r\n" if "\r\n" in text else "\n"
+    elif text[end - 1] == "\r":
+        end, newline = end - 1, "\r\n"
+    else:
+        newline = "\n"
+    indent = text[text.rfind("\n", 0, command.key) + 1 : command.key]
+    return Slot(end, newline + indent + text[command.key : command.last_key] + "args = ")

@@ -1,0 +1,120 @@
+"""The format-neutral view of a client config: server entries with the text spans wrap edits.
+
+Both parsers (jsonc, codex_toml) reduce a file to a `Document`; everything after that — deciding what an
+entry is, planning edits, checking the result — works on this view and never on format details.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A config file we must leave alone, worded for people: `<file>: what happened; what to do`."""
+
+
+FIX = "fix the file and run the command again"
+
+
+@dataclass(frozen=True)
+class Span:
+    """Characters [start, end) of the file's text."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ArgsArray:
+    """An `args` array as written: where its elements are, so wrap can insert before the first one."""
+
+    open: int  # just after '['
+    items: tuple[Span, ...]
+    close: int  # at ']'
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where an `args` member goes when an entry has none: `prefix + "[...]"` is inserted at `pos`."""
+
+    pos: int
+    prefix: str
+
+
+@dataclass(frozen=True)
+class ServerEntry:
+    """One server entry: its parsed value plus where its `command` and `args` values are written."""
+
+    name: str
+    path: tuple[str, ...]  # keys from the document root to the entry, the name last
+    data: Any
+    command: Span | None  # the command string's token, None when it is not a string
+    args: ArgsArray | None  # None when args is absent (or not an array: see classify)
+    slot: Slot | None  # None when there is no command token to put args after
+
+
+@dataclass(frozen=True)
+class Document:
+    """A parsed config file: all its data, its server entries, and the spans never to print."""
+
+    text: str
+    data: Any
+    entries: tuple[ServerEntry, ...]
+    secrets: tuple[Span, ...]  # values under env/headers and of secret-named keys; masked in diffs
+    quote: Callable[[str], str]  # a string literal in this format
+
+
+REMOTE_KEYS = ("url", "httpUrl", "serverUrl")
+REMOTE_TYPES = ("http", "sse", "streamable-http", "streamableHttp")
+EXECUTABLE_NAMES = ("mcpsingleton", "mcpsingleton.exe")
+SECRET_CONTAINERS = ("env", "headers", "http_headers")
+
+
+def is_remote(data: dict[str, Any]) -> bool:
+    """Remote (HTTP/SSE) entries have no process to share."""
+    return any(key in data for key in REMOTE_KEYS) or data.get("type") in REMOTE_TYPES
+
+
+def _runs_mcpsingleton(command: str) -> bool:
+    return re.split(r"[\\/]", command)[-1] in EXECUTABLE_NAMES
+
+
+def wrapped_command_index(command: str, args: list[str]) -> int | None:
+    """Index in `args` of the original command of a `mcpsingleton run [OPTIONS] [--] C A...` entry, else None.
+
+    Read the way `run` reads it (shim.parse_args): every option takes a value, even one that is `--`;
+    the command follows `--`, or is the first word that is not an option.
+    """
+    if not _runs_mcpsingleton(command) or args[:1] != ["run"]:
+        return None
+    index = 1
+    while index < len(args):
+        word = args[index]
+        if word == "--":
+            return index + 1 if index + 1 < len(args) else None
+        if not word.startswith("-"):
+            return index
+        index += 1 if "=" in word else 2
+    return None
+
+
+def classify(entry: ServerEntry) -> tuple[str, str]:
+    """('stdio' | 'wrapped' | 'remote' | 'skipped', why it was skipped)."""
+    data = entry.data
+    if not isinstance(data, dict):
+        return "skipped", "not an object"
+    if is_remote(data):
+        return "remote", ""
+    command, args = data.get("command"), data.get("args", [])
+    if not isinstance(command, str) or not command or entry.command is None or entry.slot is None:
+        return "skipped", "no command string"
+    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+        return "skipped", "args is not a list of strings"
+    if wrapped_command_index(command, args) is not None:
+        return "wrapped", ""
+    if _runs_mcpsingleton(command):
+        return "skipped", "runs mcpsingleton but not 'run ... -- COMMAND'"
+    return "stdio", ""

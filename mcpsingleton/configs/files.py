@@ -1,0 +1,115 @@
+"""Reading a config file and replacing it safely: a backup beside it, an atomic rename, its mode kept.
+
+A config that is a symlink (dotfile managers) is written through: the link stays, its target changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+
+from mcpsingleton.configs.entries import ConfigError
+
+BACKUP_MARK = ".mcpsingleton-backup-"
+
+
+@dataclass(frozen=True)
+class Original:
+    """A config file as read: where it really is, its bytes, and its mode and owner to keep."""
+
+    real: str
+    raw: bytes
+    info: os.stat_result
+
+
+def read(path: str) -> tuple[Original, str]:
+    """The file and its text; ConfigError when it cannot be read or is not UTF-8."""
+    real = os.path.realpath(path)
+    try:
+        with open(real, "rb") as file:
+            raw, info = file.read(), os.fstat(file.fileno())
+    except OSError as exc:
+        raise ConfigError(f"cannot read it ({exc.strerror}); check that it exists and is readable") from exc
+    try:
+        return Original(real, raw, info), raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8 and run again") from exc
+
+
+def backup(original: Original) -> str:
+    """Copy the original bytes to `<file>.mcpsingleton-backup-<timestamp>` (never overwriting one)."""
+    base = name = original.real + BACKUP_MARK + time.strftime("%Y%m%dT%H%M%S")
+    attempt = 0
+    while True:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            attempt += 1
+            name = f"{base}.{attempt}"
+        except OSError as exc:
+            raise _unwritable(name, exc) from exc
+    try:
+        _fill(fd, original.raw, original.info)
+    except OSError as exc:
+        _discard(name)
+        raise _unwritable(name, exc) from exc
+    return name
+
+
+def replace(original: Original, text: str) -> None:
+    """Atomically put `text` in place of the file, unless someone changed the file since we read it."""
+    try:
+        with open(original.real, "rb") as file:
+            unchanged = file.read() == original.raw
+    except OSError as exc:
+        raise _unwritable(original.real, exc) from exc
+    if not unchanged:
+        raise ConfigError("it changed while mcpsingleton was editing it; run the command again")
+    write_atomically(original.real, text.encode("utf-8"), original.info)
+
+
+def write_atomically(path: str, data: bytes, like: os.stat_result | None = None) -> None:
+    """Write a temp file in the same directory and rename it over `path`: readers see old or new, never half.
+
+    The new file gets the mode (and, where allowed, the owner) of `like`; without it, mode 0600.
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as exc:
+        raise _unwritable(directory, exc) from exc
+    try:
+        _fill(fd, data, like)
+        os.replace(temp, path)
+    except OSError as exc:
+        _discard(temp)
+        raise _unwritable(path, exc) from exc
+    except BaseException:
+        _discard(temp)
+        raise
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _fill(fd: int, data: bytes, like: os.stat_result | None) -> None:
+    """Write, set mode (and owner, when we may), and flush to disk; the fd is closed."""
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+        if like is not None:
+            with contextlib.suppress(PermissionError):
+                os.fchown(file.fileno(), like.st_uid, like.st_gid)
+        os.fchmod(file.fileno(), stat.S_IMODE(like.st_mode) if like is not None else 0o600)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _unwritable(path: str, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot write {path} ({exc.strerror}); check the permissions of its directory")

@@ -1,0 +1,69 @@
+"""The `args` members wrap created, so unwrap removes exactly those and never one the user wrote.
+
+Wrapping an entry without `args` must add one, and the wrapped text cannot show whether `args` was
+absent or `[]`. Each record is (config file, entry path, the exact text inserted); unwrap deletes the
+member only while that exact text is still there. A lost record costs only byte-identity: the entry
+comes back with `args: []`, which every client reads as no arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mcpsingleton.configs.entries import ConfigError
+from mcpsingleton.configs.files import write_atomically
+
+Record = tuple[str, tuple[str, ...], str]
+
+
+def records_path() -> str:
+    """Beside the rest of mcpsingleton's state: under MCPSINGLETON_HOME, else the user state dir."""
+    home = os.environ.get("MCPSINGLETON_HOME")
+    if home:
+        return os.path.join(home, "state", "wrapped-args.json")
+    import platformdirs
+
+    return os.path.join(platformdirs.user_state_dir("mcpsingleton"), "wrapped-args.json")
+
+
+class InsertedArgs:
+    """The set of records, read on first use and written back whenever it changes."""
+
+    def __init__(self) -> None:
+        self.path = records_path()
+        self._records: set[Record] | None = None
+
+    def has(self, config: str, entry: tuple[str, ...], text: str) -> bool:
+        return (config, entry, text) in self._load()
+
+    def add(self, config: str, inserted: list[tuple[tuple[str, ...], str]]) -> None:
+        if inserted:
+            self._save(self._load() | {(config, entry, text) for entry, text in inserted})
+
+    def remove(self, config: str, removed: list[tuple[tuple[str, ...], str]]) -> None:
+        if removed:
+            self._save(self._load() - {(config, entry, text) for entry, text in removed})
+
+    def _load(self) -> set[Record]:
+        if self._records is None:
+            try:
+                with open(self.path, encoding="utf-8") as file:
+                    rows = json.load(file)["records"]
+                self._records = {(row["file"], tuple(row["entry"]), row["text"]) for row in rows}
+            except FileNotFoundError:
+                self._records = set()
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"cannot read {self.path} ({exc}); delete it (unwrap then leaves an empty args)"
+                ) from exc
+        return self._records
+
+    def _save(self, records: set[Record]) -> None:
+        rows = [{"file": file, "entry": list(entry), "text": text} for file, entry, text in sorted(records)]
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {os.path.dirname(self.path)} ({exc.strerror}); check HOME") from exc
+        write_atomically(self.path, json.dumps({"version": 1, "records": rows}, indent=1).encode("utf-8"))
+        self._records = records

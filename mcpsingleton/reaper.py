@@ -1,0 +1,503 @@
+"""`mcpsingleton reap`: stop what must not be running, each time with evidence, never on a guess.
+
+- stale-state: a `<key>.json` whose broker is gone. Brokers hold `<key>.lock` for life, so a free lock
+  proves it; the json and socket go, the lock file stays (DESIGN §4).
+- hung-broker: the lock is held by a live broker that does not answer `status` on its socket.
+- leftover-backend: a process tagged MCPSINGLETON_KEY that no live mcpsingleton process owns (a backend
+  or grandchild of a broker that died).
+- orphan-server: an MCP server not started by us whose stdin can never deliver another message. On
+  Linux that is proved: the other end of its stdin pipe (or Unix socket) is held by no process outside
+  its own tree, checked against every /proc/*/fd and confirmed by the kernel where it can tell.
+  Elsewhere only servers reparented to init qualify, and only when the user confirms.
+
+It also provides `find_unmanaged_servers` for `ls --all`: what sharing would save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import json
+import os
+import re
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import psutil
+
+from .control import TIMEOUT as CONTROL_TIMEOUT
+from .control import live_status, state_files
+from .keys import KEY_ENV, LAUNCHERS, KeyPaths, stderr_line
+from .proctree import terminate_tree, tree_memory, tree_pids
+
+LINUX = sys.platform.startswith("linux")
+UNREACHABLE_GRACE = 3.0
+"""How long a live broker may have no listening socket (starting, or stopping its backend) before it counts
+as not answering."""
+
+MCP_WORD = re.compile(r"mcp|modelcontextprotocol|server-everything", re.IGNORECASE)
+"""Names MCP servers go by: mcp-server-*, *-mcp, fastmcp, mcp_server_time, @modelcontextprotocol/*."""
+OUR_NAME = re.compile(r"^mcpsingleton(?:$|[._-])")
+"""Our programs: the mcpsingleton CLI and shim, `-m mcpsingleton.broker`, mcpsingleton-keeper."""
+
+
+@dataclass
+class Finding:
+    """Something reap stops or cleans up, and the evidence for it."""
+
+    pid: int
+    command: list[str] | str
+    reason: str
+    kind: str  # stale-state | hung-broker | leftover-backend | orphan-server | suspected-orphan
+    pids: list[int] = field(default_factory=list)
+    """The whole tree to stop, top first; empty when only files are stale."""
+    key: str | None = None
+    """Set when the key's state files are to be removed once no broker holds the lock."""
+    needs_confirm: bool = False
+    """A heuristic rather than a proof: acted on only with the user's confirmation."""
+
+
+# ---- what a process is ----------------------------------------------------------------------------
+
+
+def is_ours(argv: list[str]) -> bool:
+    """A broker, shim, keeper or CLI of ours: a word named mcpsingleton, mcpsingleton.*, mcpsingleton-*."""
+    return any(OUR_NAME.match(os.path.basename(word)) for word in argv)
+
+
+def _is_launcher(program: str) -> bool:
+    return program in LAUNCHERS or program.startswith(("python", "node"))
+
+
+def looks_like_mcp_server(argv: list[str]) -> bool:
+    """An MCP server by its name: the program's own name, or — for launchers and interpreters (npx, uvx,
+    node, python, sh -c, docker …) — any argument, since that is where they name the server."""
+    if not argv or is_ours(argv):
+        return False
+    program = os.path.basename(argv[0])
+    words = [program, *argv[1:]] if _is_launcher(program) else [program]
+    return any(MCP_WORD.search(word) for word in words)
+
+
+class _Processes:
+    """One look at the process table, so every decision in a run sees the same world."""
+
+    def __init__(self) -> None:
+        self.parents: dict[int, int] = {}
+        self.own: dict[int, list[str]] = {}
+        """This user's living processes (real and effective uid) → argv; nothing else is ever signalled."""
+        uid = os.getuid()
+        for proc in psutil.process_iter(["ppid", "uids", "cmdline", "status"]):
+            info = proc.info
+            self.parents[proc.pid] = info["ppid"] or 0
+            uids = info["uids"]
+            alive = info["status"] != psutil.STATUS_ZOMBIE
+            if uids and uids.real == uids.effective == uid and alive and info["cmdline"]:
+                self.own[proc.pid] = info["cmdline"]  # kernel threads have no cmdline: never ours to signal
+
+    def tree(self, pid: int) -> list[int]:
+        return [member for member in tree_pids(pid, self.parents) if member in self.own]
+
+    def ancestors(self, pid: int) -> list[int]:
+        chain: list[int] = []
+        parent = self.parents.get(pid, 0)
+        while parent > 1 and parent not in chain and parent != pid:
+            chain.append(parent)
+            parent = self.parents.get(parent, 0)
+        return chain
+
+    def key_tag(self, pid: int) -> str | None:
+        try:
+            return psutil.Process(pid).environ().get(KEY_ENV)
+        except psutil.Error:
+            return None
+
+    def under_ours(self, pid: int) -> bool:
+        """Owned by a live broker (or shim): its descendants are the broker's to manage, not ours to reap."""
+        return any(is_ours(self.own.get(parent, [])) for parent in self.ancestors(pid))
+
+    def unmanaged_servers(self) -> dict[int, list[str]]:
+        """MCP servers of this user that mcpsingleton neither started nor wraps."""
+        return {
+            pid: argv
+            for pid, argv in self.own.items()
+            if looks_like_mcp_server(argv)
+            and not self.under_ours(pid)
+            and not any(is_ours(self.own[member]) for member in self.tree(pid)[1:])
+            and self.key_tag(pid) is None
+        }
+
+    def topmost(self, pids: Iterable[int]) -> list[int]:
+        """Those of `pids` with no ancestor among them: stopping their trees covers the rest."""
+        chosen = set(pids)
+        return [pid for pid in chosen if not chosen.intersection(self.ancestors(pid))]
+
+
+# ---- stale-state and hung-broker --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _lock_if_free(key: str) -> Iterator[bool]:
+    """Take `<key>.lock` for the duration if no broker holds it, yielding whether it was free.
+
+    Brokers hold it for life, so free means dead; holding it keeps a new broker from starting meanwhile.
+    """
+    fd = os.open(KeyPaths(key).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+def _why_unresponsive(state: dict[str, Any]) -> str | None:
+    """Why the live broker behind a state file cannot serve anyone, or None if it answers. A socket may
+    be missing for a moment while the broker starts or stops, so that only counts once it lasts."""
+    sock = KeyPaths(state["key"]).sock
+    deadline = time.monotonic() + UNREACHABLE_GRACE
+    while True:
+        if os.path.exists(sock):
+            if live_status(state) is not None:
+                return None
+            if os.path.exists(sock):
+                return f"is alive but does not answer `status` on its socket within {CONTROL_TIMEOUT:g} s"
+        if time.monotonic() >= deadline:
+            return f"is alive but has had no socket for {UNREACHABLE_GRACE:g} s"
+        time.sleep(0.1)
+
+
+def _state_findings(procs: _Processes) -> list[Finding]:
+    findings = []
+    for state in state_files():
+        key = state["key"]
+        pid = state.get("broker_pid") if isinstance(state.get("broker_pid"), int) else 0
+        if _broker_gone(key):
+            reason = f"broker {pid} is gone (its lock is free); stale {key}.json and socket"
+            findings.append(Finding(pid, state.get("command") or "?", reason, "stale-state", key=key))
+        elif pid in procs.own and is_ours(procs.own[pid]) and (problem := _why_unresponsive(state)):
+            reason = f"broker of {key} {problem}"
+            findings.append(Finding(pid, procs.own[pid], reason, "hung-broker", procs.tree(pid), key))
+    return findings
+
+
+def _broker_gone(key: str) -> bool:
+    with _lock_if_free(key) as free:
+        return free
+
+
+def _remove_stale_state(key: str) -> bool:
+    """Remove `<key>.json` and `<key>.sock` under the lock, so a broker starting meanwhile keeps its own."""
+    paths = KeyPaths(key)
+    with _lock_if_free(key) as free:
+        if free:
+            for path in (paths.state, paths.sock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return free
+
+
+# ---- leftover-backend -------------------------------------------------------------------------------
+
+
+def _leftover_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+    suspects = [pid for pid, argv in procs.own.items() if pid not in claimed and not is_ours(argv)]
+    tags = {pid: tag for pid in suspects if not procs.under_ours(pid) and (tag := procs.key_tag(pid))}
+    reason = "tagged {}={} but no live mcpsingleton broker owns it"
+    return [
+        Finding(pid, procs.own[pid], reason.format(KEY_ENV, tags[pid]), "leftover-backend", procs.tree(pid))
+        for pid in procs.topmost(tags)
+    ]
+
+
+# ---- orphan-server: proof from /proc and the kernel (Linux) -----------------------------------------
+
+
+@dataclass
+class _FdHolders:
+    """Which processes hold each pipe write end and each socket, from every /proc/<pid>/fd we may read."""
+
+    by_link: dict[str, set[int]]
+    complete: bool
+    """False when some process hid its fds from us (another user, hidepid): absence then proves nothing."""
+
+    @classmethod
+    def scan(cls) -> _FdHolders:
+        by_link: dict[str, set[int]] = {}
+        complete = True
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{entry}/fd")
+            except PermissionError:
+                complete = False
+                continue
+            except OSError:
+                continue  # exited: holds nothing any more
+            for fd in fds:
+                link = _far_end_link(entry, fd)
+                if link:
+                    by_link.setdefault(link, set()).add(int(entry))
+        return cls(by_link, complete)
+
+    def of(self, link: str) -> set[int]:
+        return self.by_link.get(link, set())
+
+
+def _far_end_link(pid: str, fd: str) -> str | None:
+    """The fd's link when it can feed someone's stdin: a socket, or a pipe opened for writing."""
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if link.startswith("socket:"):
+            return link
+        if link.startswith("pipe:"):
+            with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as info:
+                flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags:"))
+            return link if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR) else None
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass  # closed or exited meanwhile
+    return None
+
+
+@dataclass
+class _StdinPeer:
+    """The far end of a server's stdin: what /proc calls it, and whether the kernel says it can still send."""
+
+    kind: str
+    link: str
+    open: bool | None  # False: closed for good; True: someone holds it; None: the kernel cannot tell us
+
+
+SPLICE_F_NONBLOCK = 2
+
+
+@functools.cache
+def _tee() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+    libc.tee.restype = ctypes.c_ssize_t
+    return libc.tee
+
+
+def _pipe_has_writer(pid: int, inode: int) -> bool | None:
+    """Ask the kernel: tee(2) from a fresh read end of the pipe copies without consuming, and on an empty
+    pipe returns 0 only when no writer is left anywhere (any user, namespace, or an fd in flight)."""
+    try:
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return None  # fd 0 was replaced meanwhile
+        scratch_read, scratch_write = os.pipe()
+        try:
+            copied = _tee()(fd, scratch_write, 1, SPLICE_F_NONBLOCK)
+            failure = ctypes.get_errno()
+        finally:
+            os.close(scratch_read)
+            os.close(scratch_write)
+    finally:
+        os.close(fd)
+    if copied == 0:
+        return False
+    return True if copied < 0 and failure == errno.EAGAIN else None  # > 0: data waits; cannot tell
+
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+UDIAG_SHOW_PEER = 4
+UNIX_DIAG_PEER = 2
+UNIX_DIAG_SHUTDOWN = 6
+RCV_SHUTDOWN = 1
+NO_COOKIE = (0xFFFFFFFF, 0xFFFFFFFF)
+
+
+def _unix_socket_peer(inode: int) -> tuple[int, int | None] | None:
+    """(peer inode, shutdown bits) of a Unix stream socket, from the kernel's sock_diag; None if unknown.
+
+    When the peer closes, the kernel marks this end shut down for reading: no byte can ever arrive.
+    """
+    all_states = 0xFFFFFFFF
+    request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, all_states, inode, UDIAG_SHOW_PEER, *NO_COOKIE)
+    header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 1, 1, 0)  # NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
+            netlink.settimeout(1.0)
+            netlink.send(header + request)
+            reply = netlink.recv(65536)
+        length, message_type = struct.unpack_from("=IH", reply)
+        _family, sock_type, _state, _pad, found = struct.unpack_from("=BBBBI", reply, 16)
+    except (OSError, struct.error):
+        return None
+    stream = sock_type in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
+    if message_type != SOCK_DIAG_BY_FAMILY or found != inode or not stream:
+        return None
+    attrs: dict[int, bytes] = {}
+    offset = 32  # nlmsghdr (16) + unix_diag_msg (16)
+    while offset + 4 <= min(length, len(reply)):
+        size, attr_type = struct.unpack_from("=HH", reply, offset)
+        attrs[attr_type] = reply[offset + 4 : offset + size]
+        offset += max(4, (size + 3) & ~3)
+    peer = struct.unpack("=I", attrs[UNIX_DIAG_PEER])[0] if len(attrs.get(UNIX_DIAG_PEER, b"")) == 4 else 0
+    shutdown = attrs[UNIX_DIAG_SHUTDOWN][0] if attrs.get(UNIX_DIAG_SHUTDOWN) else None
+    return peer, shutdown
+
+
+def _stdin_peer(pid: int) -> _StdinPeer | None:
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/0")
+        inode = int(link[link.index("[") + 1 : -1])
+    except (OSError, ValueError):
+        return None  # no stdin, or a file or tty: nothing to prove
+    if link.startswith("pipe:"):
+        return _StdinPeer("pipe", link, _pipe_has_writer(pid, inode))
+    if link.startswith("socket:") and (peer := _unix_socket_peer(inode)):
+        peer_inode, shutdown = peer
+        still_open = None if shutdown is None else not shutdown & RCV_SHUTDOWN
+        return _StdinPeer("socket", f"socket:[{peer_inode}]", still_open)
+    return None
+
+
+def _orphan_reason(pid: int, tree: set[int], holders: _FdHolders) -> str | None:
+    """Why `pid`'s stdin can never deliver another message, or None if it might."""
+    peer = _stdin_peer(pid)
+    if peer is None:
+        return None
+    held_by = holders.of(peer.link)
+    if held_by - tree:
+        return None  # someone outside the server's tree can still talk to it
+    if peer.open is False:
+        return f"its stdin {peer.kind} is closed at the other end (kernel): no message can ever arrive"
+    if not holders.complete or (peer.open and not held_by):
+        return None  # a holder we cannot see (hidden /proc, fd in flight, another namespace)
+    if held_by:
+        return f"the other end of its stdin {peer.kind} is held only inside its own tree ({sorted(held_by)})"
+    return f"no process holds the other end of its stdin {peer.kind}"
+
+
+def _orphan_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+    candidates = {pid: argv for pid, argv in procs.unmanaged_servers().items() if pid not in claimed}
+    if not candidates:
+        return []
+    holders = _FdHolders.scan()
+    found = {}
+    for pid, argv in candidates.items():
+        tree = procs.tree(pid)
+        reason = _orphan_reason(pid, set(tree), holders)
+        if reason:
+            found[pid] = Finding(pid, argv, reason, "orphan-server", tree)
+    return [found[pid] for pid in procs.topmost(found)]
+
+
+def _reparented_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+    """Without /proc there is no proof; a server reparented to init is only a suspect."""
+    reason = "reparented to init; this OS cannot prove its stdin is dead"
+    return [
+        Finding(pid, argv, reason, "suspected-orphan", procs.tree(pid), needs_confirm=True)
+        for pid, argv in procs.unmanaged_servers().items()
+        if pid not in claimed and procs.parents.get(pid) == 1
+    ]
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+def find_reapable() -> list[Finding]:
+    """Everything `reap` would act on, with reasons. Looks only; changes nothing."""
+    procs = _Processes()
+    findings = _state_findings(procs)
+    claimed = {os.getpid(), *procs.ancestors(os.getpid())}  # never the reaper or whatever runs it
+    for finder in (_leftover_findings, _orphan_findings if LINUX else _reparented_findings):
+        claimed.update(pid for finding in findings for pid in finding.pids)
+        findings += finder(procs, claimed)
+    return findings
+
+
+def _act(finding: Finding, dry_run: bool) -> str:
+    """Do what the finding calls for; the one-word outcome for the report."""
+    verb = "kill" if finding.pids else "remove"
+    if dry_run:
+        return f"would {verb}"
+    survivors = terminate_tree(finding.pids)
+    removed = finding.key is not None and _remove_stale_state(finding.key)
+    if survivors:
+        return "survived"
+    if finding.pids:
+        return "killed"
+    return "removed" if removed else "skipped"  # skipped: a new broker took the key meanwhile
+
+
+def _command_text(command: list[str] | str) -> str:
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _fields(f: Finding) -> dict[str, Any]:
+    return {"pid": f.pid, "command": f.command, "reason": f.reason, "kind": f.kind, "pids": f.pids}
+
+
+def _report(done: list[tuple[Finding, str]], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        rows = [{**_fields(f), "action": action} for f, action in done]
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if not done:
+        out.write("nothing to reap\n")
+        return
+    out.write(f"{'PID':>7}  {'KIND':<16}  {'ACTION':<12}  {'COMMAND':<40}  REASON\n")
+    for f, action in done:
+        command = _command_text(f.command)
+        command = command if len(command) <= 40 else command[:39] + "…"
+        out.write(f"{f.pid:>7}  {f.kind:<16}  {action:<12}  {command:<40}  {f.reason}\n")
+
+
+def run_reap(dry_run: bool, as_json: bool, confirm: bool, out: TextIO = sys.stdout) -> int:
+    """`mcpsingleton reap [--dry-run] [--json] [--yes]`: act on find_reapable's findings, with reasons."""
+    done, unconfirmed = [], 0
+    for finding in find_reapable():
+        if finding.needs_confirm and not confirm:
+            unconfirmed += 1
+        else:
+            done.append((finding, _act(finding, dry_run)))
+    _report(done, as_json, out)
+    if unconfirmed:
+        stderr_line(f"{unconfirmed} MCP server(s) look orphaned but this OS cannot prove it; add --yes")
+    return 0
+
+
+# ---- ls --all ---------------------------------------------------------------------------------------
+
+
+def find_unmanaged_servers() -> list[dict[str, Any]]:
+    """MCP servers running without mcpsingleton, grouped by command: what sharing each would save."""
+    procs = _Processes()
+    servers = procs.unmanaged_servers()
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for pid in procs.topmost(servers):
+        argv = servers[pid]
+        groups.setdefault((os.path.basename(argv[0]), *argv[1:]), []).append(pid)
+    result = []
+    for command, pids in groups.items():
+        sizes = [tree_memory(pid, procs.parents) for pid in pids]
+        result.append(
+            {
+                "managed": False,
+                "command": list(command),
+                "count": len(pids),
+                "pids": sorted(pids),
+                "memory_bytes": sum(sizes),
+                "savable_bytes": sum(sizes) - max(sizes),  # sharing keeps one instance: assume the largest
+            }
+        )
+    return sorted(result, key=lambda group: -group["memory_bytes"])

@@ -1,0 +1,397 @@
+"""reap and `ls --all` against real processes: true orphans next to live servers, leftover backends,
+stale and hung brokers. Other processes of this user may be running: assertions look at our pids only,
+and tests that kill restrict run_reap to them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import kill_quietly, wait_for
+
+from mcpsingleton import reaper
+from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
+
+FAKE_SERVER = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+path = os.environ["FAKE_PIDFILE"]
+with open(path + ".tmp", "w") as handle:
+    handle.write(f"{os.getpid()} {child.pid}")
+os.replace(path + ".tmp", path)
+sys.stdin.buffer.read()  # reads until EOF, then carelessly stays: the kind of server that becomes an orphan
+time.sleep(120)
+"""
+
+LAUNCHER = """
+import socket, subprocess, sys
+kind, argv = sys.argv[1], sys.argv[2:]
+if kind == "pipe":
+    subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+else:
+    mine, theirs = socket.socketpair()
+    subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL)
+"""
+"""Starts a server and exits at once, like a client that dies: the server is reparented to init and
+the other end of its stdin closes with the launcher."""
+
+FAKE_BROKER = """
+import fcntl, json, os, socket, subprocess, sys, time
+lock, sock_path, mode, key = sys.argv[1:5]
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+backend = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                           env={**os.environ, "MCPSINGLETON_KEY": key})
+print(backend.pid, flush=True)
+if mode == "no-socket":
+    time.sleep(120)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sock_path)
+listener.listen()
+held = []
+while True:
+    conn, _ = listener.accept()
+    held.append(conn)
+    if mode == "answer":
+        conn.makefile("rb").readline()
+        conn.sendall(json.dumps({"backend_pid": backend.pid}).encode() + b"\\n")
+        conn.close()
+"""
+"""Stands in for a broker: holds the key's lock, has a tagged backend child, and answers `status`,
+stays silent, or never listens."""
+
+
+@dataclass
+class Server:
+    pid: int
+    child: int
+
+    @property
+    def pids(self) -> set[int]:
+        return {self.pid, self.child}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Processes:
+    """Starts the test's processes and kills every one of them afterwards."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.script = directory / "fake-mcp-server.py"
+        self.script.write_text(FAKE_SERVER)
+        self.pids: list[int] = []
+        self.popens: list[subprocess.Popen] = []
+        self.fds: list[int] = []
+        self.count = 0
+
+    def _server_env(self, extra: dict[str, str]) -> tuple[dict[str, str], Path]:
+        self.count += 1
+        pidfile = self.directory / f"server{self.count}.pid"
+        return {**os.environ, "FAKE_PIDFILE": str(pidfile), **extra}, pidfile
+
+    def _wait_server(self, pidfile: Path) -> Server:
+        assert wait_for(pidfile.exists), "the fake server did not start"
+        pid, child = map(int, pidfile.read_text().split())
+        self.pids += [pid, child]
+        return Server(pid, child)
+
+    def orphan(self, stdin: str = "pipe", **env: str) -> Server:
+        """A fake server whose starter died, and with it the other end of the server's stdin."""
+        server_env, pidfile = self._server_env(env)
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, stdin, sys.executable, str(self.script)],
+                                    env=server_env)
+        launcher.wait(timeout=10)
+        return self._wait_server(pidfile)
+
+    def live(self, stdin: str = "pipe", **env: str) -> Server:
+        """A fake server whose client (this test) still holds the other end of its stdin."""
+        server_env, pidfile = self._server_env(env)
+        if stdin == "pipe":
+            theirs, mine = os.pipe()
+        else:
+            mine_socket, theirs_socket = socket.socketpair()
+            mine, theirs = mine_socket.detach(), theirs_socket.detach()
+        self.fds.append(mine)
+        proc = subprocess.Popen(
+            [sys.executable, str(self.script)], stdin=theirs, stdout=subprocess.DEVNULL, env=server_env
+        )
+        os.close(theirs)
+        self.popens.append(proc)
+        return self._wait_server(pidfile)
+
+    def broker(self, key: str, mode: str) -> Server:
+        """A stand-in broker for `key` (see FAKE_BROKER) with its state file; `child` is its backend."""
+        os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+        paths = KeyPaths(key)
+        argv = [sys.executable, "-c", FAKE_BROKER, paths.lock, paths.sock, mode, key, "mcpsingleton.broker"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        self.popens.append(proc)
+        assert proc.stdout
+        backend = int(proc.stdout.readline())
+        self.pids.append(backend)
+        assert wait_for(lambda: mode == "no-socket" or os.path.exists(paths.sock))
+        write_state(key, proc.pid)
+        return Server(proc.pid, backend)
+
+    def cleanup(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        for pid in self.pids:
+            kill_quietly(pid)
+        for proc in self.popens:
+            proc.kill()
+            proc.wait()
+
+
+def write_state(key: str, broker_pid: int) -> Path:
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    state = {"key": key, "name": "fake", "command": ["fake-mcp-server"], "cwd": "/", "scope": "cwd",
+             "broker_pid": broker_pid, "started_at": "2026-01-01T00:00:00+00:00"}
+    path = Path(KeyPaths(key).state)
+    path.write_text(json.dumps(state))
+    return path
+
+
+@pytest.fixture
+def procs(home: Path, tmp_path: Path) -> Iterator[Processes]:
+    spawned = Processes(tmp_path)
+    yield spawned
+    spawned.cleanup()
+
+
+@pytest.fixture
+def restrict(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Let run_reap act on the given pids only: this machine may have real orphans that are not ours."""
+
+    def only(*pids: int) -> None:
+        find = reaper.find_reapable
+        monkeypatch.setattr(reaper, "find_reapable", lambda: [f for f in find() if f.pid in pids])
+
+    return only
+
+
+def findings_for(*pids: int) -> dict[int, reaper.Finding]:
+    """Our processes among find_reapable's findings, by pid (whether as the finding or inside its tree)."""
+    return {f.pid: f for f in reaper.find_reapable() if set(f.pids or [f.pid]) & set(pids)}
+
+
+def reap(dry_run: bool, confirm: bool = False) -> list[dict]:
+    out = io.StringIO()
+    assert reaper.run_reap(dry_run=dry_run, as_json=True, confirm=confirm, out=out) == 0
+    return json.loads(out.getvalue())
+
+
+# ---- predicates ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["npx", "-y", "@modelcontextprotocol/server-everything"],
+        ["npm", "exec", "@modelcontextprotocol/server-filesystem", "/tmp"],
+        ["/usr/bin/node", "/home/u/.npm/_npx/1a2b/node_modules/.bin/mcp-server-everything"],
+        ["node", "/srv/server-everything/dist/index.js", "stdio"],
+        ["uvx", "mcp-server-git"],
+        ["/usr/bin/python3.12", "-m", "mcp_server_time"],
+        ["uv", "run", "fastmcp", "run", "server.py"],
+        ["/usr/local/bin/github-mcp-server", "stdio"],
+        ["docker", "run", "-i", "--rm", "mcp/github"],
+        ["sh", "-c", "npx -y weather-mcp"],
+        ["python3", "/tmp/x/fake-mcp-server.py"],
+    ],
+)
+def test_looks_like_mcp_server(argv: list[str]) -> None:
+    assert reaper.looks_like_mcp_server(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["vim", "mcp-notes.txt"],
+        ["tail", "-f", "/var/log/mcp-server.log"],
+        ["/opt/mcp/bin/htop"],
+        ["python3", "-m", "http.server"],
+        ["bash"],
+        ["mcpsingleton", "run", "--", "npx", "-y", "mcp-server-git"],
+        ["/venv/bin/python", "/venv/bin/mcpsingleton", "run", "--", "uvx", "mcp-server-time"],
+        ["/venv/bin/python", "-m", "mcpsingleton.broker", "3", "4"],
+        ["mcpsingleton-session", "-c", "read x", "mcpsingleton-session", "everything"],
+        ["/bin/sh", "-c", "kill -TERM -$pg", "mcpsingleton-keeper"],
+    ],
+)
+def test_does_not_look_like_mcp_server(argv: list[str]) -> None:
+    assert not reaper.looks_like_mcp_server(argv)
+
+
+# ---- orphan-server ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stdin", ["pipe", "socket"])
+def test_finds_the_orphan_and_not_the_live_server(procs: Processes, stdin: str) -> None:
+    orphan, live = procs.orphan(stdin), procs.live(stdin)
+    found = findings_for(*orphan.pids, *live.pids)
+    assert set(found) == {orphan.pid}
+    finding = found[orphan.pid]
+    assert finding.kind == "orphan-server"
+    assert "stdin" in finding.reason
+    assert set(finding.pids) == orphan.pids  # the whole tree goes, its child too
+    assert finding.command == [sys.executable, str(procs.script)]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "complete", "holder", "verdict"),
+    [
+        (None, True, None, "no process holds"),  # kernel cannot tell (data waiting): the full walk decides
+        (None, False, None, None),  # … but not when some process hid its fds from us
+        (True, True, None, None),  # the kernel knows a writer we cannot see (in flight, other namespace)
+        (True, True, "child", "only inside its own tree"),
+        (False, False, "outsider", None),  # a writer outside the tree always means alive
+    ],
+)
+def test_orphan_verdicts(
+    procs: Processes,
+    monkeypatch: pytest.MonkeyPatch,
+    kernel: bool | None,
+    complete: bool,
+    holder: str | None,
+    verdict: str | None,
+) -> None:
+    """How the /proc walk and the kernel's answer combine, on a real orphan's stdin pipe."""
+    orphan = procs.orphan()
+    monkeypatch.setattr(reaper, "_pipe_has_writer", lambda pid, inode: kernel)
+    holders = {"child": {orphan.child}, "outsider": {os.getpid()}, None: set()}[holder]
+    link = os.readlink(f"/proc/{orphan.pid}/fd/0")
+    reason = reaper._orphan_reason(orphan.pid, orphan.pids, reaper._FdHolders({link: holders}, complete))
+    assert (reason is None) if verdict is None else (verdict in reason)
+
+
+def test_dry_run_json_lists_the_orphan_and_kills_nothing(procs: Processes) -> None:
+    orphan, live = procs.orphan(), procs.live()
+    rows = [row for row in reap(dry_run=True) if row["pid"] in orphan.pids | live.pids]
+    assert [row["pid"] for row in rows] == [orphan.pid]
+    assert rows[0]["reason"] and rows[0]["command"] and rows[0]["action"] == "would kill"
+    assert all(alive(pid) for pid in orphan.pids | live.pids)
+
+
+def test_reap_kills_the_orphan_tree_and_spares_the_live_server(
+    procs: Processes, restrict: Callable[..., None]
+) -> None:
+    orphan, live = procs.orphan(), procs.live()
+    restrict(orphan.pid, live.pid)
+    out = io.StringIO()
+    assert reaper.run_reap(dry_run=False, as_json=False, confirm=False, out=out) == 0
+    assert str(orphan.pid) in out.getvalue() and "killed" in out.getvalue()
+    assert not alive(orphan.pid) and not alive(orphan.child)
+    assert alive(live.pid) and alive(live.child)
+
+
+def test_without_proc_only_confirmed_reparented_servers_are_killed(
+    procs: Processes,
+    restrict: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(reaper, "LINUX", False)
+    orphan, live = procs.orphan(), procs.live()
+    found = findings_for(*orphan.pids, *live.pids)
+    assert set(found) == {orphan.pid} and found[orphan.pid].needs_confirm
+    restrict(orphan.pid, live.pid)
+    assert reap(dry_run=False) == []
+    assert "--yes" in capsys.readouterr().err
+    assert alive(orphan.pid)
+    assert [row["pid"] for row in reap(dry_run=False, confirm=True)] == [orphan.pid]
+    assert not alive(orphan.pid) and not alive(orphan.child) and alive(live.pid)
+
+
+# ---- leftover-backend ---------------------------------------------------------------------------
+
+
+def test_leftover_tagged_backend_is_found_and_killed(procs: Processes, restrict: Callable[..., None]) -> None:
+    """The backend tree of a broker that died: tagged, reparented, no broker anywhere above it."""
+    leftover = procs.orphan(**{KEY_ENV: "somekey"})
+    found = findings_for(*leftover.pids)
+    assert set(found) == {leftover.pid}
+    assert found[leftover.pid].kind == "leftover-backend" and "somekey" in found[leftover.pid].reason
+    assert set(found[leftover.pid].pids) == leftover.pids
+    restrict(leftover.pid)
+    assert [row["pid"] for row in reap(dry_run=False)] == [leftover.pid]
+    assert not alive(leftover.pid) and not alive(leftover.child)
+
+
+def test_a_live_answering_broker_and_its_backend_are_left_alone(procs: Processes) -> None:
+    broker = procs.broker("a" * 20, "answer")
+    assert findings_for(*broker.pids) == {}
+
+
+# ---- stale-state and hung-broker ----------------------------------------------------------------
+
+
+def test_stale_state_of_a_dead_broker_is_removed_but_not_its_lock(
+    procs: Processes, restrict: Callable[..., None]
+) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    key = "d" * 20
+    paths = KeyPaths(key)
+    state = write_state(key, dead.pid)
+    Path(paths.sock).touch()
+    Path(paths.lock).touch()
+    found = findings_for(dead.pid)
+    assert found[dead.pid].kind == "stale-state" and found[dead.pid].pids == []
+    restrict(dead.pid)
+    assert reap(dry_run=True)[0]["action"] == "would remove" and state.exists()
+    rows = reap(dry_run=False)
+    assert [(row["pid"], row["action"]) for row in rows] == [(dead.pid, "removed")]
+    assert not state.exists() and not os.path.exists(paths.sock)
+    assert os.path.exists(paths.lock)
+
+
+@pytest.mark.parametrize("mode", ["silent", "no-socket"])
+def test_a_hung_broker_is_killed_with_its_tree_and_its_state_removed(
+    procs: Processes, restrict: Callable[..., None], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr(reaper, "UNREACHABLE_GRACE", 0.3)
+    key = "h" * 20
+    broker = procs.broker(key, mode)
+    found = findings_for(*broker.pids)
+    assert set(found) == {broker.pid}
+    assert found[broker.pid].kind == "hung-broker" and "alive" in found[broker.pid].reason
+    assert set(found[broker.pid].pids) == broker.pids
+    restrict(broker.pid)
+    assert [row["action"] for row in reap(dry_run=False)] == ["killed"]
+    assert not alive(broker.pid) and not alive(broker.child)
+    assert not os.path.exists(KeyPaths(key).state) and os.path.exists(KeyPaths(key).lock)
+
+
+# ---- ls --all -----------------------------------------------------------------------------------
+
+
+def test_unmanaged_servers_are_grouped_with_their_savings(procs: Processes) -> None:
+    first, second = procs.live(), procs.live()
+    tagged = procs.live(**{KEY_ENV: "somekey"})
+    groups = [g for g in reaper.find_unmanaged_servers() if {first.pid, second.pid} & set(g["pids"])]
+    assert len(groups) == 1
+    group = groups[0]
+    assert group["managed"] is False
+    assert group["command"] == [os.path.basename(sys.executable), str(procs.script)]
+    assert {first.pid, second.pid} <= set(group["pids"]) and tagged.pid not in group["pids"]
+    assert group["count"] == len(group["pids"]) >= 2
+    assert 0 < group["savable_bytes"] < group["memory_bytes"]
+    listed = {pid for g in reaper.find_unmanaged_servers() for pid in g["pids"]}
+    assert first.child not in listed and tagged.pid not in listed
