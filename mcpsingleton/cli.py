@@ -62,10 +62,11 @@ def run(**_: Any) -> None:
 
 
 def _with_memory(status: dict[str, Any]) -> dict[str, Any]:
-    from .proctree import tree_memory
+    from .proctree import tree_memory, tree_process_count
 
     backend_pid = status.get("backend_pid")
     status["memory_bytes"] = tree_memory(backend_pid) if backend_pid else 0
+    status["processes"] = tree_process_count(backend_pid) if backend_pid else 0
     return status
 
 
@@ -121,7 +122,8 @@ def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
         return ["No unmanaged MCP servers found."]
     lines = ["", "Unmanaged MCP servers (not started by mcpsingleton):"]
     for group in groups:
-        lines.append(f"  {group['count']}× {group['command']}  {_human_bytes(group['memory_bytes'])}")
+        command = " ".join(group["command"]) if isinstance(group["command"], list) else group["command"]
+        lines.append(f"  {group['count']}× {command}  {_human_bytes(group['memory_bytes'])}")
     savable = sum(group.get("savable_bytes", 0) for group in groups)
     lines.append(f"Sharing them through `mcpsingleton run` would save about {_human_bytes(savable)}.")
     return lines

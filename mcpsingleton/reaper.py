@@ -35,7 +35,7 @@ import psutil
 
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import live_status, state_files
-from .keys import KEY_ENV, LAUNCHERS, KeyPaths, stderr_line
+from .keys import KEY_ENV, LAUNCHERS, KeyPaths, runtime_dir, stderr_line
 from .proctree import terminate_tree, tree_memory, tree_pids
 
 LINUX = sys.platform.startswith("linux")
@@ -471,9 +471,35 @@ def run_reap(dry_run: bool, as_json: bool, confirm: bool, out: TextIO = sys.stdo
         else:
             done.append((finding, _act(finding, dry_run)))
     _report(done, as_json, out)
+    if not dry_run:
+        count_reaped(sum(1 for finding, action in done if action == "killed" and finding.kind in ("orphan-server", "suspected-orphan")))
     if unconfirmed:
         stderr_line(f"{unconfirmed} MCP server(s) look orphaned but this OS cannot prove it; add --yes")
     return 0
+
+
+def reaped_counter_path() -> str:
+    return os.path.join(runtime_dir(), "orphans-reaped")
+
+
+def count_reaped(number: int) -> None:
+    """Keep a running total of orphans reaped, for `mcpsingleton metrics`."""
+    if number <= 0:
+        return
+    path = reaped_counter_path()
+    total = reaped_total() + number
+    temp = f"{path}.{os.getpid()}"
+    with open(temp, "w") as handle:
+        handle.write(str(total))
+    os.replace(temp, path)
+
+
+def reaped_total() -> int:
+    try:
+        with open(reaped_counter_path()) as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 # ---- ls --all ---------------------------------------------------------------------------------------

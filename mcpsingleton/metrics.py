@@ -1,0 +1,54 @@
+"""`mcpsingleton metrics`: the brokers' live state in the Prometheus text exposition format.
+
+Meant for a node_exporter textfile collector (`mcpsingleton metrics > dir/mcpsingleton.prom`) or any
+scraper wrapper, so people can alert on memory, restarts and orphans instead of counting with ps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .reaper import reaped_total
+
+Backend = dict[str, Any]
+
+PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
+    ("mcpsingleton_backend_up", "gauge", "1 when the backend is running and initialized.",
+     lambda b: 1.0 if b.get("state") in ("running", "lingering") else 0.0),
+    ("mcpsingleton_sessions", "gauge", "Client sessions attached to the backend.", lambda b: len(b.get("clients", []))),
+    ("mcpsingleton_backend_memory_bytes", "gauge", "PSS (else RSS) of the backend's whole process tree.",
+     lambda b: b.get("memory_bytes", 0)),
+    ("mcpsingleton_backend_processes", "gauge", "Processes in the backend's tree.", lambda b: b.get("processes", 0)),
+    ("mcpsingleton_backend_restarts_total", "counter", "Backend restarts since the broker started.",
+     lambda b: b.get("restarts", 0)),
+    ("mcpsingleton_requests_total", "counter", "Requests received from sessions.", lambda b: b.get("requests", 0)),
+    ("mcpsingleton_errors_total", "counter", "Error replies sent to sessions.", lambda b: b.get("errors", 0)),
+]
+
+
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render(backends: list[Backend]) -> str:
+    lines = [
+        "# HELP mcpsingleton_backends Shared backends (brokers) running.",
+        "# TYPE mcpsingleton_backends gauge",
+        f"mcpsingleton_backends {len(backends)}",
+    ]
+    for name, kind, help_text, value in PER_BACKEND:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for backend in backends:
+            labels = f'name="{_label(backend.get("name"))}",key="{_label(backend.get("key"))}"'
+            lines.append(f"{name}{{{labels}}} {_number(value(backend))}")
+    lines += [
+        "# HELP mcpsingleton_orphans_reaped_total Orphaned MCP servers killed by `mcpsingleton reap`.",
+        "# TYPE mcpsingleton_orphans_reaped_total counter",
+        f"mcpsingleton_orphans_reaped_total {reaped_total()}",
+    ]
+    return "\n".join(lines) + "\n"
