@@ -37,6 +37,10 @@ MAX_UNREAD = 64 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
+SAMPLE_INTERVAL = 1.0
+"""How often the backend tree is measured against --max-memory / --max-procs (only when one is set)."""
+IDLE_WAIT = 30.0
+"""How long a memory-capped restart waits for in-flight requests to finish."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
 
@@ -177,6 +181,7 @@ class Broker:
         self.fatal: str | None = None
         self.stopping = False
         self.restarts = 0
+        self.limit_restarts = 0
         self.crash_streak = 0
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.exit_code = 0
@@ -228,6 +233,7 @@ class Broker:
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
         self._start_backend()
         self._arm_linger()
+        self._arm_sampler()
         self.loop.run()
         return self.exit_code
 
@@ -561,6 +567,64 @@ class Broker:
         if self.mux.subscribers:
             self._start_backend()  # subscribers expect updates without asking again
 
+    # ---- resource caps ----------------------------------------------------------------------
+
+    def _arm_sampler(self) -> None:
+        if self.spec.get("max_memory") or self.spec.get("max_procs"):
+            self.loop.call_later(SAMPLE_INTERVAL, self._sample)
+
+    def _sample(self) -> None:
+        """Check the backend tree against --max-memory / --max-procs; restart it when it grew past them."""
+        from .proctree import parent_map, tree_memory, tree_process_count
+
+        backend = self.backend
+        if backend is not None and not self.stopping:
+            parents = parent_map()
+            count = tree_process_count(backend.pid, parents)
+            if self.spec.get("max_procs") and count > self.spec["max_procs"]:
+                self._recycle(f"its process tree holds {count} processes (--max-procs {self.spec['max_procs']})")
+            elif self.spec.get("max_memory"):
+                used = tree_memory(backend.pid, parents)
+                if used > self.spec["max_memory"]:
+                    self._recycle_when_idle(
+                        f"its tree uses {used >> 20} MiB (--max-memory {self.spec['max_memory'] >> 20} MiB)",
+                        time.monotonic() + IDLE_WAIT,
+                    )
+        if not self.stopping:
+            self.loop.call_later(SAMPLE_INTERVAL, self._sample)
+
+    def _recycle_when_idle(self, reason: str, deadline: float) -> None:
+        """A leaking backend is replaced between requests where possible, never in the middle of one."""
+        if self.backend is None or self.stopping:
+            return
+        if self.mux.pending and time.monotonic() < deadline:
+            self.loop.call_later(0.05, lambda: self._recycle_when_idle(reason, deadline))
+            return
+        self._recycle(reason)
+
+    def _recycle(self, reason: str) -> None:
+        """Stop the backend group now (ladder) and start a fresh one that gets the sessions' state replayed."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        self.limit_restarts += 1
+        self.restarts += 1
+        self.log.write(f"restarting backend pid {backend.pid}: {reason}")
+        self.loop.remove_reader(backend.stdout)
+        self.loop.remove_reader(backend.stderr)
+        if self.backend_outbox is not None:
+            self.backend_outbox.close()
+            self.backend_outbox = None
+        self.retired.append(backend)
+        self._perform(self.mux.backend_exited(f"the backend was restarted because {reason}"))
+
+        def stopped() -> None:
+            backend.close_pipes()
+            if self.sessions and not self.stopping:
+                self._start_backend()
+
+        stop_ladder(self.loop, backend, self._reap, stopped)
+
     def _backend_unstartable(self, reason: str) -> None:
         """The backend never worked in this broker: tell every session, then leave no broker behind."""
         self.fatal = reason
@@ -697,6 +761,9 @@ class Broker:
             "state": self.state,
             "started_at": self.started_at,
             "restarts": self.restarts,
+            "limit_restarts": self.limit_restarts,
+            "max_memory": self.spec.get("max_memory"),
+            "max_procs": self.spec.get("max_procs"),
             "linger_seconds": self.linger,
             "requests": self.mux.stats["requests"],
             "errors": self.mux.stats["errors"],

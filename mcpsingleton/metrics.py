@@ -14,14 +14,26 @@ from .reaper import reaped_total
 Backend = dict[str, Any]
 
 PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
-    ("mcpsingleton_backend_up", "gauge", "1 when the backend is running and initialized.",
-     lambda b: 1.0 if b.get("state") in ("running", "lingering") else 0.0),
+    (
+        "mcpsingleton_backend_up",
+        "gauge",
+        "1 when the backend is running and initialized.",
+        lambda b: 1.0 if b.get("state") in ("running", "lingering") else 0.0,
+    ),
     ("mcpsingleton_sessions", "gauge", "Client sessions attached to the backend.", lambda b: len(b.get("clients", []))),
-    ("mcpsingleton_backend_memory_bytes", "gauge", "PSS (else RSS) of the backend's whole process tree.",
-     lambda b: b.get("memory_bytes", 0)),
+    (
+        "mcpsingleton_backend_memory_bytes",
+        "gauge",
+        "PSS (else RSS) of the backend's whole process tree.",
+        lambda b: b.get("memory_bytes", 0),
+    ),
     ("mcpsingleton_backend_processes", "gauge", "Processes in the backend's tree.", lambda b: b.get("processes", 0)),
-    ("mcpsingleton_backend_restarts_total", "counter", "Backend restarts since the broker started.",
-     lambda b: b.get("restarts", 0)),
+    (
+        "mcpsingleton_backend_restarts_total",
+        "counter",
+        "Backend restarts since the broker started.",
+        lambda b: b.get("restarts", 0),
+    ),
     ("mcpsingleton_requests_total", "counter", "Requests received from sessions.", lambda b: b.get("requests", 0)),
     ("mcpsingleton_errors_total", "counter", "Error replies sent to sessions.", lambda b: b.get("errors", 0)),
 ]

@@ -472,7 +472,13 @@ def run_reap(dry_run: bool, as_json: bool, confirm: bool, out: TextIO = sys.stdo
             done.append((finding, _act(finding, dry_run)))
     _report(done, as_json, out)
     if not dry_run:
-        count_reaped(sum(1 for finding, action in done if action == "killed" and finding.kind in ("orphan-server", "suspected-orphan")))
+        count_reaped(
+            sum(
+                1
+                for finding, action in done
+                if action == "killed" and finding.kind in ("orphan-server", "suspected-orphan")
+            )
+        )
     if unconfirmed:
         stderr_line(f"{unconfirmed} MCP server(s) look orphaned but this OS cannot prove it; add --yes")
     return 0

@@ -49,8 +49,19 @@ def test_ls_shows_sessions_with_client_names(home: Path, fake_server: list[str])
     (entry,) = snapshot["json"]
     assert sorted(c["client"] for c in entry["clients"]) == ["alpha", "beta", "gamma"]
     assert all(isinstance(c["pid"], int) for c in entry["clients"])
-    for field in ("key", "name", "command", "cwd", "scope", "broker_pid", "backend_pid", "state", "started_at",
-                  "restarts", "memory_bytes"):
+    for field in (
+        "key",
+        "name",
+        "command",
+        "cwd",
+        "scope",
+        "broker_pid",
+        "backend_pid",
+        "state",
+        "started_at",
+        "restarts",
+        "memory_bytes",
+    ):
         assert field in entry, field
     assert entry["command"] == fake_server and entry["scope"] == "cwd" and entry["memory_bytes"] > 1_000_000
     table = snapshot["table"]
@@ -138,16 +149,25 @@ def test_metrics_prometheus_text(home: Path, fake_server: list[str]) -> None:
 
 def test_completions_generate_and_match_shipped_files() -> None:
     for shell in ("bash", "zsh", "fish"):
-        out = subprocess.run([mcpsingleton_exe()], env={**os.environ, "_MCPSINGLETON_COMPLETE": f"{shell}_source"},
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [mcpsingleton_exe()],
+            env={**os.environ, "_MCPSINGLETON_COMPLETE": f"{shell}_source"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0 and "_MCPSINGLETON_COMPLETE" in out.stdout
         shipped = (ROOT / "shell" / "completions" / f"mcpsingleton.{shell}").read_text()
         assert out.stdout == shipped, f"run shell/completions.sh to refresh the {shell} completions"
 
 
 def test_demo_runs(home: Path) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "shell" / "demo.py"), "--sessions", "3"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "shell" / "demo.py"), "--sessions", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "Echo: hello from demo-client-2" in out.stdout
     assert re.search(r"server-everything\s+cwd\s+running\s+3 ", out.stdout)
