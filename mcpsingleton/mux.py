@@ -283,11 +283,14 @@ class Mux:
             return self._ask_roots(session) if session.can("roots") else []
         if method == "notifications/cancelled":
             request_id = params.get("requestId")
-            backend_id = session.inflight.get(id_key(request_id)) if jsonrpc.valid_id(request_id) else None
+            key = id_key(request_id) if jsonrpc.valid_id(request_id) else None
+            backend_id = session.inflight.get(key) if key is not None else None
             if backend_id is None:
+                if key is not None and self._unqueue(session, key):
+                    return self._no_reply(session, key)
                 return [Log(f"session {session.sid}: cancel for unknown request {request_id!r}; dropped")]
             reason = params.get("reason") if isinstance(params.get("reason"), str) else "cancelled by the client"
-            return self._abandon(session, backend_id, reason)
+            return self._abandon(session, backend_id, reason) + self._no_reply(session, key)  # type: ignore[arg-type]
         if self.backend != "ready":
             session.waiting.append(message)
             return self._want_backend()
@@ -521,7 +524,8 @@ class Mux:
         backend_id = message.get("id")
         pending = self.pending.pop(backend_id, None) if isinstance(backend_id, int) else None
         if pending is None:
-            if self.abandoned.pop(backend_id, None) is not None:  # type: ignore[arg-type]
+            if backend_id in self.abandoned:  # the values are None: test membership, not pop()'s result
+                del self.abandoned[backend_id]  # type: ignore[arg-type]
                 return []  # a reply to a cancelled request: the requester must ignore it, and does
             self.stats["dropped"] += 1
             return [Log(f"backend answered unknown request id {backend_id!r}; dropped")]
@@ -695,6 +699,26 @@ class Mux:
                 session.batches.remove(batch)
                 return [ToSession(session.sid, batch.replies)]
         return [ToSession(session.sid, reply)]
+
+    @staticmethod
+    def _unqueue(session: SessionState, key: tuple[bool, Id]) -> bool:
+        """Drop a request still queued for the backend (cancelled before it was sent); whether one was."""
+        for message in session.waiting:
+            if jsonrpc.is_request(message) and id_key(message["id"]) == key:
+                session.waiting.remove(message)
+                return True
+        return False
+
+    def _no_reply(self, session: SessionState, key: tuple[bool, Id]) -> list[Action]:
+        """A cancelled request gets no reply: the batch holding it must not wait for one."""
+        for batch in session.batches:
+            if key in batch.expected:
+                batch.expected.discard(key)
+                if batch.expected:
+                    return []
+                session.batches.remove(batch)
+                return [ToSession(session.sid, batch.replies)] if batch.replies else []
+        return []
 
     def _reply_error(self, session: SessionState, request_id: Id, code: int, text: str) -> list[Action]:
         self.stats["errors"] += 1
