@@ -1,0 +1,163 @@
+"""Small units with real files and fds: the log file, keys and names, argument parsing, the event loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import mcpsingleton_exe
+
+from mcpsingleton.eventloop import EventLoop
+from mcpsingleton.keys import (
+    UsageError,
+    compute_key,
+    default_name,
+    env_fingerprint,
+    is_secret_name,
+    parse_duration,
+    parse_size,
+)
+from mcpsingleton.logfile import LogFile
+from mcpsingleton.shim import parse_args
+
+SALT = b"s" * 32
+
+
+def test_log_rotates_at_its_cap(tmp_path: Path) -> None:
+    log = LogFile(str(tmp_path / "k.log"), max_bytes=2000)
+    for index in range(100):
+        log.write(f"line {index} " + "x" * 40)
+    assert (tmp_path / "k.log.1").exists()
+    assert (tmp_path / "k.log").stat().st_size <= 2000
+    assert "line 99" in (tmp_path / "k.log").read_text()
+    assert (tmp_path / "k.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_log_on_a_full_disk_drops_lines_without_raising(tmp_path: Path) -> None:
+    target = tmp_path / "full.log"
+    target.symlink_to("/dev/full")
+    log = LogFile(str(target))
+    log.write("first")
+    log.write("second")
+    assert log.dropped == 2
+
+
+def test_long_log_lines_are_cut(tmp_path: Path) -> None:
+    log = LogFile(str(tmp_path / "k.log"))
+    log.write("z" * 100_000)
+    text = (tmp_path / "k.log").read_text()
+    assert len(text) < 5000 and "more chars" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("API_TOKEN", True),
+        ("GITHUB_PERSONAL_ACCESS_TOKEN", True),
+        ("OPENAI_API_KEY", True),
+        ("DB_PASSWORD", True),
+        ("PWD", False),
+        ("SHLVL", False),
+        ("SSH_AUTH_SOCK", False),
+        ("MCPSINGLETON_KEY", False),
+        ("HOME", False),
+    ],
+)
+def test_secret_names(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
+def test_env_fingerprint_depends_on_secret_values_only() -> None:
+    base = {"API_TOKEN": "a", "PWD": "/x", "TERM_SESSION_ID": "1"}
+    same = env_fingerprint(base, [], SALT)
+    assert env_fingerprint({**base, "PWD": "/y", "TERM_SESSION_ID": "2", "SHLVL": "3"}, [], SALT) == same
+    assert env_fingerprint({**base, "API_TOKEN": "b"}, [], SALT) != same
+    assert env_fingerprint({**base, "REGION": "eu"}, ["REGION"], SALT) != env_fingerprint(
+        {**base, "REGION": "us"}, ["REGION"], SALT
+    )
+    assert env_fingerprint(base, [], b"t" * 32) != same, "salted"
+
+
+def test_keys_follow_scope(tmp_path: Path) -> None:
+    argv = [sys.executable, "server.py"]
+    a, b = str(tmp_path), "/"
+    assert compute_key(argv, "cwd", a, {}, [], SALT) != compute_key(argv, "cwd", b, {}, [], SALT)
+    assert compute_key(argv, "global", a, {}, [], SALT) == compute_key(argv, "global", b, {}, [], SALT)
+    assert compute_key(argv, "isolated", a, {}, [], SALT) != compute_key(argv, "isolated", a, {}, [], SALT)
+    absolute = shutil.which("python3")
+    assert absolute
+    assert compute_key(["python3", "x"], "global", a, {}, [], SALT) == compute_key(
+        [absolute, "x"], "global", b, {}, [], SALT
+    ), "a program found on PATH hashes like its absolute path"
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["npx", "-y", "@modelcontextprotocol/server-everything"], "server-everything"),
+        (["node", "/a/node_modules/@x/server-everything/dist/index.js", "stdio"], "server-everything"),
+        (["uvx", "mcp-server-time"], "mcp-server-time"),
+        (["npx", "-y", "@upstash/context7-mcp@latest"], "context7-mcp"),
+        (["python", "-m", "mcp_server_git"], "mcp_server_git"),
+    ],
+)
+def test_default_names(argv: list[str], name: str) -> None:
+    assert default_name(argv) == name
+
+
+def test_durations_and_sizes() -> None:
+    assert [parse_duration(t) for t in ("0", "250ms", "30s", "5m", "2h", "1.5")] == [0, 0.25, 30, 300, 7200, 1.5]
+    assert [parse_size(t) for t in ("512M", "2G", "300MiB", "1024")] == [512 << 20, 2 << 30, 300 << 20, 1024]
+    for bad in ("soon", "-1s"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_run_arguments() -> None:
+    options = parse_args(["--scope", "global", "--name=x", "--env-key", "A", "--env-key", "B", "--", "npx", "--y"])
+    assert (options.scope, options.name, options.env_keys, options.command) == (
+        "global",
+        "x",
+        ["A", "B"],
+        ["npx", "--y"],
+    )
+    assert parse_args(["node", "s.js", "--flag"]).command == ["node", "s.js", "--flag"]
+    for bad in (["--scope", "world", "--", "x"], ["--bogus", "--", "x"], ["--name"], ["--"], ["--max-procs", "0"]):
+        with pytest.raises(UsageError):
+            parse_args(bad)
+
+
+def test_run_usage_error_exit_status() -> None:
+    out = subprocess.run([mcpsingleton_exe(), "run", "--scope", "world", "--", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid --scope" in out.stderr
+    assert (
+        "mcpsingleton run"
+        in subprocess.run([mcpsingleton_exe(), "run", "--help"], capture_output=True, text=True).stdout
+    )
+
+
+def test_event_loop_timers_fds_and_signals() -> None:
+    loop = EventLoop()
+    events: list[str] = []
+    read_end, write_end = os.pipe()
+    loop.add_reader(read_end, lambda: (events.append(os.read(read_end, 10).decode()), loop.remove_reader(read_end)))
+    cancelled = loop.call_later(0.01, lambda: events.append("cancelled"))
+    cancelled.cancel()
+    loop.call_later(0.02, lambda: os.write(write_end, b"data"))
+    loop.add_signal_handler(__import__("signal").SIGUSR1, lambda: events.append("usr1"))
+    loop.call_later(0.03, lambda: os.kill(os.getpid(), __import__("signal").SIGUSR1))
+    loop.call_later(0.2, loop.stop)
+    started = time.monotonic()
+    loop.run()
+    assert events == ["data", "usr1"]
+    assert time.monotonic() - started < 2
+    loop.close()
+    os.close(read_end)
+    os.close(write_end)
