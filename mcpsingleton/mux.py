@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import jsonrpc
+from . import eras, jsonrpc
 from .jsonrpc import Id, Invalid, Message, id_key
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -65,6 +65,8 @@ class Pending:
     method: str
     token: int | None = None
     on_reply: Reply | None = None
+    modern: bool = False  # the session speaks 2026-07-28: its result gets resultType and serverInfo
+    log_level: str | None = None  # the 2026-07-28 per-request log opt-in
 
 
 @dataclass(slots=True)
@@ -86,6 +88,15 @@ class Batch:
 
 
 @dataclass(slots=True)
+class Listen:
+    """A 2026-07-28 `subscriptions/listen` stream, served from the backend's shared subscriptions."""
+
+    request_id: Id
+    kinds: set[str]  # "tools" | "prompts" | "resources": which list_changed notifications it asked for
+    uris: set[str]
+
+
+@dataclass(slots=True)
 class SessionState:
     sid: int
     client_name: str | None = None
@@ -99,8 +110,13 @@ class SessionState:
     roots: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[str] = field(default_factory=set)
     batches: list[Batch] = field(default_factory=list)
+    modern: bool = False
+    listens: dict[tuple[bool, Id], Listen] = field(default_factory=dict)
 
     def can(self, capability: str, mode: str | None = None) -> bool:
+        """Whether the backend's server→client requests may be sent to this session."""
+        if self.modern:
+            return False  # on stdio a 2026-07-28 client takes no server requests
         declared = self.capabilities.get(capability)
         if not isinstance(declared, dict):
             return False
@@ -230,7 +246,65 @@ class Mux:
         if self.backend != "ready":
             session.waiting.append(message)
             return self._want_backend()
+        envelope = eras.envelope(message)
+        if envelope is not None:
+            return self._modern_request(session, message, envelope)
         return self._session_request(session, message)
+
+    def _modern_request(self, session: SessionState, message: Message, envelope: dict[str, Any]) -> list[Action]:
+        """A 2026-07-28 request: served on the shared backend with its envelope translated away."""
+        session.modern = session.initialized = True
+        info = envelope.get(eras.CLIENT_INFO)
+        if isinstance(info, dict) and isinstance(info.get("name"), str):
+            session.client_name = info["name"]
+        if message["method"] == "subscriptions/listen":
+            return self._listen(session, message)
+        level = envelope.get(eras.LOG_LEVEL)
+        level = level if level in LOG_LEVELS else None
+        actions = self._session_request(session, eras.strip(message))
+        backend_id = session.inflight.get(id_key(message["id"]))
+        pending = self.pending.get(backend_id) if backend_id is not None else None
+        if pending is not None:
+            pending.modern, pending.log_level = True, level
+            if level is not None:
+                actions = self._apply_level() + actions
+        return actions
+
+    def _listen(self, session: SessionState, message: Message) -> list[Action]:
+        """Acknowledge what the backend can serve; hold the stream open until the session cancels it."""
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
+        capabilities = (self.init_result or {}).get("capabilities") or {}
+        subscribe_ok = bool((capabilities.get("resources") or {}).get("subscribe"))
+        granted = eras.honoured(wanted, capabilities, subscribe_ok)
+        kinds = {kind for flag, kind in eras.LIST_KINDS.items() if granted.get(flag)}
+        listen = Listen(message["id"], kinds, set(granted.get("resourceSubscriptions", [])))
+        session.listens[id_key(message["id"])] = listen
+        ack = jsonrpc.notification(
+            "notifications/subscriptions/acknowledged",
+            {"_meta": {eras.SUBSCRIPTION_ID: message["id"]}, "notifications": granted},
+        )
+        actions: list[Action] = [ToSession(session.sid, ack)]
+        for uri in sorted(listen.uris):
+            actions += self._hold(session, uri)
+        return actions
+
+    def _end_listen(self, session: SessionState, listen: Listen) -> list[Action]:
+        actions: list[Action] = []
+        for uri in listen.uris:
+            if not any(uri in other.uris for other in session.listens.values()):
+                session.subscriptions.discard(uri)
+                actions += self._drop_subscriber(uri, session.sid)
+        return actions
+
+    def _hold(self, session: SessionState, uri: str) -> list[Action]:
+        """Count a session in on a URI; the backend is subscribed once, by the broker, for everyone."""
+        if uri in session.subscriptions:
+            return []
+        session.subscriptions.add(uri)
+        holders = self.subscribers.setdefault(uri, set())
+        holders.add(session.sid)
+        return [self._own_request("resources/subscribe", {"uri": uri})] if len(holders) == 1 else []
 
     def _local_request(self, session: SessionState, message: Message) -> list[Action]:
         method, request_id = message["method"], message["id"]
@@ -284,6 +358,9 @@ class Mux:
         if method == "notifications/cancelled":
             request_id = params.get("requestId")
             key = id_key(request_id) if jsonrpc.valid_id(request_id) else None
+            listen = session.listens.pop(key, None) if key is not None else None
+            if listen is not None:
+                return self._end_listen(session, listen)
             backend_id = session.inflight.get(key) if key is not None else None
             if backend_id is None:
                 if key is not None and self._unqueue(session, key):
@@ -433,6 +510,7 @@ class Mux:
 
     def _most_verbose(self) -> str | None:
         levels = [LOG_LEVELS.index(s.log_level) for s in self.sessions.values() if s.log_level is not None]
+        levels += [LOG_LEVELS.index(p.log_level) for p in self.pending.values() if p.log_level is not None]
         return LOG_LEVELS[min(levels)] if levels else None
 
     def _apply_level(self) -> list[Action]:
@@ -544,6 +622,8 @@ class Mux:
                 self.task_token[task_id] = pending.token
         reply = dict(message)
         reply["id"] = pending.original_id
+        if pending.modern:
+            reply = eras.complete(reply, pending.method, (self.init_result or {}).get("serverInfo"))
         if pending.method == "tasks/list":
             reply = self._own_tasks_only(session, reply)
         if "error" in reply:
@@ -620,11 +700,14 @@ class Mux:
     def _route_log(self, message: Message, params: dict[str, Any]) -> list[Action]:
         level = params.get("level")
         rank = LOG_LEVELS.index(level) if level in LOG_LEVELS else len(LOG_LEVELS)
-        return [
-            ToSession(s.sid, message)
-            for s in self.sessions.values()
-            if s.initialized and (s.log_level is None or rank >= LOG_LEVELS.index(s.log_level))
-        ]
+        return [ToSession(s.sid, message) for s in self.sessions.values() if self._wants_log(s, rank)]
+
+    def _wants_log(self, session: SessionState, rank: int) -> bool:
+        """Handshake sessions: their own level (none set: all). 2026-07-28 sessions: an opted-in request in flight."""
+        if not session.modern:
+            return session.initialized and (session.log_level is None or rank >= LOG_LEVELS.index(session.log_level))
+        opted = [self.pending[b].log_level for b in session.inflight.values() if b in self.pending]
+        return any(level is not None and rank >= LOG_LEVELS.index(level) for level in opted)
 
     def _route_update(self, message: Message, params: dict[str, Any]) -> list[Action]:
         uri = params.get("uri")
@@ -634,7 +717,16 @@ class Mux:
         for subscribed, holders in self.subscribers.items():
             if uri == subscribed or uri.startswith(subscribed.rstrip("/") + "/"):
                 receivers |= holders
-        return [ToSession(sid, message) for sid in sorted(receivers)]
+        actions: list[Action] = []
+        for sid in sorted(receivers):
+            session = self.sessions[sid]
+            if not session.modern:
+                actions.append(ToSession(sid, message))
+                continue
+            for listen in session.listens.values():
+                if any(uri == held or uri.startswith(held.rstrip("/") + "/") for held in listen.uris):
+                    actions.append(ToSession(sid, eras.tagged(message, listen.request_id)))
+        return actions
 
     def _route_server_cancel(self, message: Message, params: dict[str, Any]) -> list[Action]:
         request_id = params.get("requestId")
@@ -685,7 +777,19 @@ class Mux:
         return [ToSession(session.sid, message)] if session is not None else []
 
     def _broadcast(self, message: Message) -> list[Action]:
-        return [ToSession(s.sid, message) for s in self.sessions.values() if s.initialized]
+        """To every handshake session; to 2026-07-28 sessions only on listen streams that asked for it."""
+        method = message["method"]
+        kind = method.split("/")[1] if method.endswith("/list_changed") and method.count("/") == 2 else None
+        actions: list[Action] = []
+        for session in self.sessions.values():
+            if not session.modern:
+                if session.initialized:
+                    actions.append(ToSession(session.sid, message))
+                continue
+            for listen in session.listens.values():
+                if kind in listen.kinds:
+                    actions.append(ToSession(session.sid, eras.tagged(message, listen.request_id)))
+        return actions
 
     def _to_session(self, session: SessionState, reply: Message) -> list[Action]:
         """Deliver a reply, holding it back while it belongs to an unfinished batch."""

@@ -1,0 +1,91 @@
+"""The 2026-07-28 ("modern", stateless) era, translated onto the shared handshake-era backend.
+
+Modern requests carry their protocol version, client info and capabilities in `params._meta` on every
+request, and have no `initialize`. The broker keeps one backend per server, initialized the classic
+way (a Python-SDK server locks each stdio connection to one era, and handshake-era servers speak
+nothing else), so modern sessions are served by translation: the envelope is stripped on the way in,
+results are marked `resultType: complete` on the way out, and `subscriptions/listen` streams are
+built from the backend's refcounted subscriptions and list-changed notifications. Pure functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .jsonrpc import Message
+
+PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+ENVELOPE = (PROTOCOL_VERSION, CLIENT_CAPABILITIES, CLIENT_INFO, LOG_LEVEL)
+
+CACHEABLE = frozenset(
+    {"prompts/list", "resources/list", "resources/read", "resources/templates/list", "server/discover", "tools/list"}
+)
+"""Methods whose 2026-07-28 results must carry `ttlMs` and `cacheScope`."""
+
+LIST_KINDS = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
+"""subscriptions/listen flags → the capability (and notifications/<kind>/list_changed) they stand for."""
+
+
+def _meta(message: Message) -> dict[str, Any]:
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def envelope(message: Message) -> dict[str, Any] | None:
+    """The modern envelope of a request, or None for a handshake-era message."""
+    meta = _meta(message)
+    if not isinstance(meta.get(PROTOCOL_VERSION), str) or message.get("method") == "initialize":
+        return None
+    return {key: meta[key] for key in ENVELOPE if key in meta}
+
+
+def strip(message: Message) -> Message:
+    """The request as a handshake-era backend expects it: no envelope keys in `_meta`."""
+    params = dict(message["params"])
+    meta = {k: v for k, v in params["_meta"].items() if k not in ENVELOPE}
+    if meta:
+        params["_meta"] = meta
+    else:
+        del params["_meta"]
+    return {**message, "params": params}
+
+
+def complete(reply: Message, method: str, server_info: object) -> Message:
+    """A handshake-era result as a modern client expects it (cacheable ones: immediately stale, private)."""
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        return reply
+    meta = dict(result.get("_meta") or {})
+    if isinstance(server_info, dict):
+        meta.setdefault(SERVER_INFO, server_info)
+    translated = {**result, "resultType": result.get("resultType", "complete"), "_meta": meta}
+    if method in CACHEABLE:
+        translated.setdefault("ttlMs", 0)
+        translated.setdefault("cacheScope", "private")
+    return {**reply, "result": translated}
+
+
+def tagged(notification: Message, subscription_id: object) -> Message:
+    """A notification as sent on one listen stream: `_meta.subscriptionId` names the stream."""
+    params = dict(notification.get("params") or {})
+    params["_meta"] = {**(params.get("_meta") or {}), SUBSCRIPTION_ID: subscription_id}
+    return {**notification, "params": params}
+
+
+def honoured(requested: dict[str, Any], capabilities: dict[str, Any], subscribe_ok: bool) -> dict[str, Any]:
+    """The part of a listen request the backend can serve (never more than was asked)."""
+    granted: dict[str, Any] = {}
+    for flag, kind in LIST_KINDS.items():
+        declared = capabilities.get(kind)
+        if requested.get(flag) is True and isinstance(declared, dict) and declared.get("listChanged"):
+            granted[flag] = True
+    uris = requested.get("resourceSubscriptions")
+    if subscribe_ok and isinstance(uris, list):
+        granted["resourceSubscriptions"] = [uri for uri in uris if isinstance(uri, str)]
+    return granted
