@@ -218,3 +218,62 @@ def shim(command: list[str], *options: str) -> list[str]:
 
 def result_text(reply: dict) -> str:
     return "".join(block.get("text", "") for block in reply["result"]["content"])
+
+
+TAP_SOURCE = r"""
+import os, subprocess, sys, threading
+log_in, log_out, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def copy(source, sink, path):
+    with open(path, "ab", buffering=0) as log:
+        while True:
+            try:
+                data = os.read(source, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            log.write(data)
+            try:
+                while data:
+                    data = data[os.write(sink, data):]
+            except OSError:
+                return
+def feed():
+    copy(0, child.stdin.fileno(), log_in)
+    try:
+        child.stdin.close()
+    except OSError:
+        pass
+threading.Thread(target=feed, daemon=True).start()
+copy(child.stdout.fileno(), 1, log_out)
+code = child.wait()
+os._exit(code if code >= 0 else 128 - code)
+"""
+
+
+def tapped(command: list[str], directory: Path) -> list[str]:
+    """`command` behind a recorder: what it reads is appended to directory/in.jsonl, what it writes to out.jsonl.
+
+    The recorder exits with the command's status once the command closes its stdout, so a crash is seen.
+    """
+    return [sys.executable, "-c", TAP_SOURCE, str(directory / "in.jsonl"), str(directory / "out.jsonl"), *command]
+
+
+def tap_messages(path: Path) -> list[dict]:
+    """The complete JSON-RPC lines a tapped backend read (in.jsonl) or wrote (out.jsonl) so far."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    messages = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict):
+            messages.append(message)
+    return messages
