@@ -25,6 +25,8 @@ LEGACY_VERSION = "2025-11-25"
 """Protocol version the broker asks for when no session has said which one it wants."""
 
 TERMINAL_TASK_STATES = frozenset({"completed", "failed", "cancelled"})
+EARLY_STATUS_TASKS = 64
+"""How many not-yet-created task ids may have statuses held for them."""
 ABANDONED_MEMORY = 4096
 """How many cancelled request ids to remember, so their late replies are dropped without noise."""
 LOCAL_METHODS = frozenset({"initialize", "ping", "server/discover"})
@@ -138,6 +140,7 @@ class Mux:
         self.subscribers: dict[str, set[int]] = {}
         self.task_owner: dict[str, int] = {}
         self.task_token: dict[str, int] = {}
+        self.early_status: dict[str, list[Message]] = {}  # statuses that arrived before their task's reply
         self.elicitation_owner: dict[str, int] = {}
         self.roots_union: list[dict[str, Any]] = []
         self.backend_level: str | None = None
@@ -620,6 +623,7 @@ class Mux:
             session.tasks.add(task_id)
             if pending.token is not None:
                 self.task_token[task_id] = pending.token
+            actions += [ToSession(session.sid, status) for status in self.early_status.pop(task_id, [])]
         reply = dict(message)
         reply["id"] = pending.original_id
         if pending.modern:
@@ -739,11 +743,21 @@ class Mux:
     def _route_task_status(self, message: Message, params: dict[str, Any]) -> list[Action]:
         task_id = str(params.get("taskId"))
         owner = self.task_owner.get(task_id)
+        if owner is None:
+            return self._hold_early_status(task_id, message)
         if params.get("status") in TERMINAL_TASK_STATES:
             token = self.task_token.pop(task_id, None)
             if token is not None:
                 self.progress.pop(token, None)
         return self._to_owner(owner, message)
+
+    def _hold_early_status(self, task_id: str, message: Message) -> list[Action]:
+        """A status can overtake the reply that creates its task: keep it (bounded) for the owner-to-be."""
+        held = self.early_status.setdefault(task_id, [])
+        held.append(message)
+        while len(self.early_status) > EARLY_STATUS_TASKS:
+            del self.early_status[next(iter(self.early_status))]
+        return []
 
     # ---- plumbing ---------------------------------------------------------------------------
 

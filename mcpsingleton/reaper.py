@@ -35,7 +35,7 @@ import psutil
 
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import live_status, state_files
-from .keys import KEY_ENV, LAUNCHERS, KeyPaths, runtime_dir, stderr_line
+from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir, stderr_line
 from .proctree import terminate_tree, tree_memory, tree_pids
 
 LINUX = sys.platform.startswith("linux")
@@ -485,7 +485,7 @@ def run_reap(dry_run: bool, as_json: bool, confirm: bool, out: TextIO = sys.stdo
 
 
 def reaped_counter_path() -> str:
-    return os.path.join(runtime_dir(), "orphans-reaped")
+    return os.path.join(ensure_private_dir(runtime_dir()), "orphans-reaped")
 
 
 def count_reaped(number: int) -> None:
