@@ -42,6 +42,30 @@ def become_subreaper() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
+def kill_leftovers(key: str) -> list[int]:
+    """Processes tagged with our key that no broker owns any more (their broker was SIGKILLed and
+    something escaped its keeper): under the key's lock they can only be leftovers, so they go."""
+    if not os.path.isdir("/proc"):
+        return []
+    tag = f"{KEY_ENV}={key}".encode()
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                tagged = tag in handle.read().split(b"\0")
+        except OSError:
+            continue
+        if tagged:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except OSError:
+                pass
+    return killed
+
+
 class Keeper:
     """One per broker: kills the current backend group if the broker dies without saying `done`."""
 

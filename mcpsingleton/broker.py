@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__, jsonrpc
-from .backend import Backend, Keeper, become_subreaper, stop_ladder
+from .backend import Backend, Keeper, become_subreaper, kill_leftovers, stop_ladder
 from .eventloop import EventLoop, Timer
 from .keys import PROTOCOL, KeyPaths
 from .logfile import LogFile
@@ -229,6 +229,9 @@ class Broker:
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
         become_subreaper()
+        leftovers = kill_leftovers(self.key)
+        if leftovers:
+            self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
         self.keeper = Keeper()
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
         self._start_backend()

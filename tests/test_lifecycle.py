@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,3 +268,20 @@ def test_reused_pid_group_is_not_killed_after_orderly_stop(home: Path, fake_serv
     assert client.close() == 0
     assert wait_for(lambda: not processes_of(home), timeout=5), "keeper exits without killing after an orderly stop"
     kill_quietly(keeper[0].pid)
+
+
+def test_new_broker_kills_leftovers_tagged_with_its_key(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server, "--name", "tagged"))
+    client.initialize()
+    (entry,) = ls_json()
+    assert client.close() == 0
+    subprocess.run([mcpsingleton_exe(), "stop", "tagged"], check=True, capture_output=True)
+    assert wait_for(lambda: not ls_json(), timeout=5)
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, "MCPSINGLETON_KEY": entry["key"]}, start_new_session=True)
+    again = RawClient(shim(fake_server, "--name", "tagged"))
+    again.initialize()
+    assert stray.wait(timeout=5) == -9, "the escaped leftover of the old broker is gone"
+    assert "killed leftovers" in subprocess.run([mcpsingleton_exe(), "logs", "tagged"], capture_output=True,
+                                                text=True).stdout
+    assert again.close() == 0
