@@ -7,7 +7,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# compat mode: a plain path in a .pth file, so the per-session shim imports no editable-finder machinery
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 if [ ! -f ".cache/npm/node_modules/@modelcontextprotocol/server-everything/package.json" ]; then
     mkdir -p .cache/npm
     (cd .cache/npm && npm install --silent --no-audit --no-fund --no-save \
