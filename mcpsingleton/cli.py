@@ -146,23 +146,27 @@ def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
 @click.option("--watch", is_flag=True, help="Refresh in place every 2 seconds until Ctrl-C.")
 def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
     """Show the shared backends, their sessions and memory."""
-    while True:
-        entries = collect(include_unmanaged)
-        if as_json:
-            text = json.dumps(entries, indent=2)
-        else:
-            managed = [e for e in entries if e.get("managed")]
-            text = render_table(managed) if managed else "No shared backends are running."
-            if include_unmanaged:
-                text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
-        if not watch:
-            click.echo(text)
-            return
-        click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + "mcpsingleton ls (Ctrl-C to quit)\n" + text)
-        try:
+    if not watch:
+        click.echo(render_ls(as_json, include_unmanaged))
+        return
+    try:
+        while True:
+            frame = render_ls(as_json, include_unmanaged)
+            click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + "mcpsingleton ls (Ctrl-C to quit)\n" + frame)
             time.sleep(2)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return
+
+
+def render_ls(as_json: bool, include_unmanaged: bool) -> str:
+    entries = collect(include_unmanaged)
+    if as_json:
+        return json.dumps(entries, indent=2)
+    managed = [e for e in entries if e.get("managed")]
+    text = render_table(managed) if managed else "No shared backends are running."
+    if include_unmanaged:
+        text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
+    return text
 
 
 @cli.command()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -174,3 +176,15 @@ def test_demo_runs(home: Path) -> None:
     saved = re.search(r"saved:\s+([\d.]+) MiB", out.stdout)
     assert saved and float(saved.group(1)) > 0
     assert "nothing left running" in out.stdout
+
+
+def test_ls_watch_refreshes_until_interrupted(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server, "--name", "watched"))
+    client.initialize()
+    watcher = subprocess.Popen([mcpsingleton_exe(), "ls", "--watch"], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    watcher.send_signal(signal.SIGINT)
+    output, _ = watcher.communicate(timeout=10)
+    assert watcher.returncode == 0
+    assert output.count("mcpsingleton ls (Ctrl-C to quit)") >= 2
+    assert "watched" in output and "\x1b[2J" in output
