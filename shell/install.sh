@@ -14,4 +14,5 @@ if [ ! -f ".cache/npm/node_modules/@modelcontextprotocol/server-everything/packa
     (cd .cache/npm && npm install --silent --no-audit --no-fund --no-save \
         "@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}")
 fi
+.venv/bin/python -m compileall -q mcpsingleton  # every session start imports these: never recompile
 echo "installed: $(.venv/bin/mcpsingleton --version)"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole benchmark suite, one command:  bash bench/run_all.sh [--quick]
+# Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
+# installs bench/requirements.txt (matplotlib) into .venv if missing.
+# Writes bench/results/{sessions,latency,throughput,profile}.json, memory_vs_sessions.png, summary.md.
+# Full: about 7-9 minutes on 2 cores; --quick: about 2 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+if [ ! -x "$PY" ]; then
+    echo "bench: no .venv here; run: bash shell/install.sh" >&2
+    exit 1
+fi
+quick=""
+sessions="--sessions 1,5,10,25,50"
+if [ "${1:-}" = "--quick" ]; then
+    quick="--quick"
+    sessions=""
+fi
+"$PY" -c "import matplotlib" 2>/dev/null \
+    || "$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+started=$(date +%s)
+# shellcheck disable=SC2086  # empty options must vanish
+"$PY" bench/bench_sessions.py $sessions $quick
+"$PY" bench/bench_latency.py $quick
+"$PY" bench/bench_throughput.py $quick
+"$PY" bench/bench_profile.py $quick > /dev/null
+"$PY" bench/report.py > /dev/null
+echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2
