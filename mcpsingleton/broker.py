@@ -21,7 +21,6 @@ import sys
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
 
 from . import __version__, jsonrpc
 from .backend import Backend, Keeper, become_subreaper, kill_leftovers, stop_ladder
@@ -29,6 +28,10 @@ from .eventloop import EventLoop, Timer
 from .keys import PROTOCOL, KeyPaths
 from .logfile import LogFile
 from .mux import Log, Mux, StartBackend, ToBackend, ToSession
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_LINE = 64 * 1024 * 1024
 """A longer line from a session is refused with -32700 (and skipped to its end), not buffered."""

@@ -10,9 +10,11 @@ built from the backend's refcounted subscriptions and list-changed notifications
 
 from __future__ import annotations
 
-from typing import Any
-
 from .jsonrpc import Message
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"

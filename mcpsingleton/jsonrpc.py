@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
-Message = dict[str, Any]
+Message = "dict[str, Any]"
 Id = str | int
 
 
