@@ -61,6 +61,16 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
+def read_chunk(fd: int) -> bytes | None:
+    """What a readable fd has: None if nothing after all, b"" at end of file (or a read error)."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class LineBuffer:
     """Splits a byte stream into lines; lines over `limit` are reported once and skipped."""
 
@@ -346,13 +356,9 @@ class Broker:
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.sessions)} attached")
 
     def _session_readable(self, session: Session) -> None:
-        try:
-            data = os.read(session.in_fd, READ_CHUNK)
-        except BlockingIOError:
+        data = read_chunk(session.in_fd)
+        if data is None:
             return
-        except OSError as exc:
-            self.log.write(f"session {session.sid}: reading stdin failed: {exc}")
-            data = b""
         if not data:
             self._session_eof(session)
             return
@@ -503,12 +509,9 @@ class Broker:
         self._perform(self.mux.backend_started())
 
     def _backend_readable(self, backend: Backend) -> None:
-        try:
-            data = os.read(backend.stdout, READ_CHUNK)
-        except BlockingIOError:
+        data = read_chunk(backend.stdout)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._backend_gone(backend)
             return
@@ -517,12 +520,9 @@ class Broker:
             self._perform(self.mux.from_backend(line))
 
     def _backend_stderr(self, backend: Backend) -> None:
-        try:
-            data = os.read(backend.stderr, READ_CHUNK)
-        except BlockingIOError:
+        data = read_chunk(backend.stderr)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.loop.remove_reader(backend.stderr)
             return
@@ -544,21 +544,28 @@ class Broker:
         if self.stderr_lines.buf:
             self._log_stderr(b"\n")
 
-    def _backend_gone(self, backend: Backend) -> None:
-        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it."""
+    def _detach_backend(self) -> Backend | None:
+        """Stop reading and writing the current backend; it is retired until the ladder has reaped it."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return None
         self.loop.remove_reader(backend.stdout)
         self.loop.remove_reader(backend.stderr)
+        if self.backend_outbox is not None:
+            self.backend_outbox.close()
+            self.backend_outbox = None
+        self.retired.append(backend)
+        return backend
+
+    def _backend_gone(self, backend: Backend) -> None:
+        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it."""
+        self._detach_backend()
         self._drain_stderr(backend)
         self._reap()
         status = backend.exit_status
         described = f"exited with status {status}" if status is not None else "closed its stdout"
         if status is not None and status < 0:
             described = f"was killed by signal {-status}"
-        self.backend = None
-        self.retired.append(backend)
-        if self.backend_outbox is not None:
-            self.backend_outbox.close()
-            self.backend_outbox = None
         stop_ladder(self.loop, backend, self._reap, backend.close_pipes, grace=0.5)
         if self.mux.generation == 0 and not self.mux.init_result:
             tail = " | ".join(self.stderr_tail) or "(no stderr output)"
@@ -611,18 +618,12 @@ class Broker:
 
     def _recycle(self, reason: str) -> None:
         """Stop the backend group now (ladder) and start a fresh one that gets the sessions' state replayed."""
-        backend, self.backend = self.backend, None
+        backend = self._detach_backend()
         if backend is None:
             return
         self.limit_restarts += 1
         self.restarts += 1
         self.log.write(f"restarting backend pid {backend.pid}: {reason}")
-        self.loop.remove_reader(backend.stdout)
-        self.loop.remove_reader(backend.stderr)
-        if self.backend_outbox is not None:
-            self.backend_outbox.close()
-            self.backend_outbox = None
-        self.retired.append(backend)
         self._perform(self.mux.backend_exited(f"the backend was restarted because {reason}"))
 
         def stopped() -> None:
@@ -699,13 +700,10 @@ class Broker:
         self._unlisten()
         for session in list(self.sessions.values()):
             self.end_session(session, 0)
-        backend, self.backend = self.backend, None
+        backend = self._detach_backend()
         if backend is None:
             self._exit()
             return
-        self.retired.append(backend)
-        self.loop.remove_reader(backend.stdout)
-        self.loop.remove_reader(backend.stderr)
 
         def stopped() -> None:
             self._drain_stderr(backend)
