@@ -24,22 +24,29 @@ KEEPER_SCRIPT = (
 """Reads the current backend pgid (or `done`) per line; on EOF — the broker is gone — kills that group."""
 
 
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+_libc = None  # resolved once in the broker, so the forked child only makes the call
+
+
+def _prctl(option: int, value: int) -> None:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(option, value, 0, 0, 0)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: SIGTERM the backend's leader when the broker thread that forked it dies."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def become_subreaper() -> None:
     """Linux: orphaned descendants of the backend reparent to the broker, which reaps them."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_child_subreaper = 36
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+    if sys.platform.startswith("linux"):
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def kill_leftovers(key: str) -> list[int]:
