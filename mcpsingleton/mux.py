@@ -186,6 +186,8 @@ class SessionState:
             return False
         if capability == "elicitation" and mode == "url":
             return isinstance(declared.get("url"), dict)
+        if capability == "elicitation":  # `{}` is the pre-2025-11-25 form-only declaration; `{"url": {}}` is url only
+            return not declared or isinstance(declared.get("form"), dict)
         return True
 
 
@@ -231,6 +233,8 @@ class Mux:
             return [ToSession(sid, bad.reply), Log(f"session {sid}: {bad}")]
         if isinstance(data, list):
             return self._batch(session, data)
+        if jsonrpc.is_request(data):
+            self.stats["requests"] += 1
         return self._session_message(session, data)
 
     def close_session(self, sid: int) -> list[Action]:
@@ -304,7 +308,6 @@ class Mux:
             return self._session_response(session, message)
         if "id" not in message:
             return self._session_notification(session, message)
-        self.stats["requests"] += 1
         method = message["method"]
         if method in LOCAL_METHODS:
             return self._local_request(session, message)
@@ -466,6 +469,7 @@ class Mux:
                 batch.replies.append(bad.reply)
                 continue
             if jsonrpc.is_request(item):
+                self.stats["requests"] += 1
                 batch.expected.add(id_key(item["id"]))
             valid.append(item)
         session.batches.append(batch)
@@ -937,6 +941,8 @@ class Mux:
         self.progress.clear()
         self.task_owner.clear()
         self.task_token.clear()
+        self.early_status.clear()
+        self.elicitation_owner.clear()
         for session in self.sessions.values():
             session.tasks.clear()
         for our_id, outstanding in list(self.outstanding.items()):
