@@ -1,7 +1,7 @@
 """Memory of N concurrent MCP sessions: every session starting its own server vs all sharing one
 through `mcpsingleton run`.
 
-    .venv/bin/python bench/bench_sessions.py [--sessions 1,10] [--servers everything,time]
+    .venv/bin/python bench/bench_sessions.py [--sessions 1,10] [--servers everything,time,npx]
 
 Each session is a real client process (bench/session_client.py) that spawns the server command with
 pipes, initializes, makes two tool calls and holds. Clients are not counted. At steady state the
@@ -9,7 +9,9 @@ benchmark sums the PSS of every process involved:
   direct: each session's server process tree;
   shared: the waiters (what the shims became) + the broker + its keeper + the backend tree.
 Reports total MiB, per-session marginal cost ((total(N) - total(1)) / (N - 1)), and the broker's
-and a waiter's PSS alone. Writes bench/results/sessions.json and bench/results/memory_vs_sessions.png.
+and a waiter's PSS alone. `npx` is server-everything launched as client configs do
+(`npx -y @modelcontextprotocol/server-everything`, offline, from the repo's .cache/npm): a direct
+session then costs sh + npm exec + node. Writes bench/results/sessions.json and bench/results/memory_vs_sessions.png.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from common import (
     memory,
     role,
     server_cmd,
+    server_cwd,
     shim_cmd,
     tree,
     write_result,
@@ -49,13 +52,18 @@ CALLS = {
              ["tools/call", {"name": "convert_time", "arguments": {
                  "source_timezone": "UTC", "time": "12:00", "target_timezone": "Europe/Paris"}}]],
 }
-LABELS = {"everything": "server-everything (node)", "time": "mcp-server-time (python)"}
+CALLS["npx"] = CALLS["everything"]
+LABELS = {"everything": "server-everything (node)", "time": "mcp-server-time (python)",
+          "npx": "server-everything via npx (sh + npm exec + node)"}
 
 
-def start_clients(argv: list[str], count: int, env: dict[str, str], calls: list) -> list[subprocess.Popen]:
-    options = [word for call in calls for word in ("--call", json.dumps(call))]
+def start_clients(argv: list[str], count: int, env: dict[str, str], calls: list, cwd: str | None = None,
+                  wait_go: bool = False) -> list[subprocess.Popen]:
+    """`count` session client processes (bench/session_client.py) for the server command `argv`, run in `cwd`.
+    With wait_go each one prints {"waiting": true} and spawns its server only when it reads a line."""
+    options = [word for call in calls for word in ("--call", json.dumps(call))] + (["--wait-go"] if wait_go else [])
     return [subprocess.Popen([client_python(), "-I", str(SESSION_CLIENT), *options, "--", *argv],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=os.getcwd())
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd or os.getcwd())
             for _ in range(count)]
 
 
@@ -143,7 +151,7 @@ def run_case(kind: str, mode: str, count: int, settle: float, timeout: float) ->
     argv = server if mode == "direct" else shim_cmd(server)
     with Home() as home:
         started = time.monotonic()
-        clients = start_clients(argv, count, home.env, CALLS[kind])
+        clients = start_clients(argv, count, home.env, CALLS[kind], server_cwd(kind))
         try:
             reports = wait_ready(clients, timeout)
             ready_seconds = time.monotonic() - started
@@ -228,7 +236,7 @@ def plot(table: dict[str, Any], path: str) -> bool:
                           xytext=(-4, 4), ha="right", fontsize=8, color="tab:red")
             axis.annotate(f"{r['shared_mib']:.0f}", (r["sessions"], r["shared_mib"]), textcoords="offset points",
                           xytext=(0, 6), ha="center", fontsize=8, color="tab:blue")
-        axis.set_title(LABELS.get(kind, kind))
+        axis.set_title(LABELS.get(kind, kind), fontsize=10)
         axis.set_xlabel("concurrent sessions")
         axis.set_ylabel("total PSS (MiB)")
         axis.set_xticks(xs)
@@ -246,7 +254,7 @@ def plot(table: dict[str, Any], path: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", default="1,10", help="comma-separated session counts (default 1,10)")
-    parser.add_argument("--servers", default="everything,time", help="everything,time")
+    parser.add_argument("--servers", default="everything,time", help="any of everything,time,npx")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait at steady state before measuring")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for all sessions to become ready")
     parser.add_argument("--quick", action="store_true", help="sessions 1,5, shorter settle")

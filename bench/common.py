@@ -26,7 +26,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-EVERYTHING_JS = ROOT / ".cache/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+NPM_PREFIX = ROOT / ".cache/npm"
+EVERYTHING_JS = NPM_PREFIX / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+EVERYTHING_PACKAGE = "@modelcontextprotocol/server-everything"
 FAST_SERVER = BENCH / "fast_server.py"
 SESSION_CLIENT = BENCH / "session_client.py"
 MIB = 1024 * 1024
@@ -67,6 +69,22 @@ def everything_cmd() -> list[str]:
     return [shutil.which("node") or "node", str(EVERYTHING_JS), "stdio"]
 
 
+def npx_cmd() -> list[str]:
+    """server-everything the way client configs launch it: `npx -y PACKAGE` (sh + npm exec + node). Run it with
+    cwd=NPM_PREFIX (or a dir from `npx_dir`) so npx finds the installed package; base_env() makes npm offline."""
+    everything_cmd()  # the package must be installed
+    return [shutil.which("npx") or "npx", "-y", EVERYTHING_PACKAGE]
+
+
+def npx_dir(path: str) -> str:
+    """Make `path` a directory where `npx -y server-everything` resolves the installed package (a distinct cwd,
+    hence a distinct key under --scope cwd)."""
+    os.makedirs(path, exist_ok=True)
+    os.symlink(NPM_PREFIX / "node_modules", os.path.join(path, "node_modules"))
+    shutil.copy(NPM_PREFIX / "package.json", os.path.join(path, "package.json"))
+    return path
+
+
 def time_cmd() -> list[str]:
     found = shutil.which("mcp-server-time", path=os.path.dirname(entry_interpreter()))
     if not found:
@@ -79,7 +97,12 @@ def fast_cmd() -> list[str]:
 
 
 def server_cmd(kind: str) -> list[str]:
-    return {"everything": everything_cmd, "time": time_cmd, "fast": fast_cmd}[kind]()
+    return {"everything": everything_cmd, "time": time_cmd, "fast": fast_cmd, "npx": npx_cmd}[kind]()
+
+
+def server_cwd(kind: str) -> str | None:
+    """The working directory a server kind needs (npx: where the package is installed), else None."""
+    return str(NPM_PREFIX) if kind == "npx" else None
 
 
 def client_python() -> str:
@@ -116,6 +139,8 @@ def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPSINGLETON_")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = pycache_dir()
+    env["npm_config_offline"] = "true"  # npx: use the installed package, never the network
+    env["npm_config_update_notifier"] = "false"
     return env
 
 
@@ -217,6 +242,47 @@ def _rollup(pid: int) -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return found
+
+
+def census(home: str, exclude: set[int] | frozenset[int] = frozenset()) -> dict[str, list[dict[str, Any]]]:
+    """Role -> [{"pid", "ppid", "pss", "uss", "rss", ...}] of every process of one home, except `exclude`
+    (the session clients)."""
+    roles: dict[str, list[dict[str, Any]]] = {}
+    for process in processes_of(home):
+        if process.pid in exclude:
+            continue
+        try:
+            kind = role(process)
+            entry: dict[str, Any] = {"pid": process.pid, "ppid": process.ppid(), **memory(process)}
+        except psutil.Error:
+            continue
+        if kind != "gone":
+            roles.setdefault(kind, []).append(entry)
+    return roles
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def broker_log_counts(home: str) -> dict[str, int]:
+    """From the brokers' logs under a home: how many brokers and backends were ever started (catches a
+    duplicate that came and went between two looks at the process table)."""
+    counts = {"brokers_started": 0, "backends_started": 0, "log_files": 0}
+    directory = os.path.join(home, "logs")
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        counts["log_files"] += 1
+        with open(os.path.join(directory, name), errors="replace") as handle:
+            for line in handle:
+                words = line.split(" ", 4)  # "<stamp> broker PID started for …" / "<stamp> backend started: pid …"
+                if words[1:2] == ["broker"] and words[3:4] == ["started"]:
+                    counts["brokers_started"] += 1
+                elif words[1:3] == ["backend", "started:"]:
+                    counts["backends_started"] += 1
+    return counts
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ GOALS = {
     "broker": "≤ 12 MiB PSS (peers' daemons: 2.8–4.3 MiB)",
     "attach": "within 5 ms of bare `python -c pass` (peers: 8–16 ms warm attach)",
     "roundtrip": "≤ 50 µs added (peers: +0.3–0.8 ms, 1.8–2.7× direct)",
+    "marginal": "one more session on a warm backend ≤ 1 MiB PSS",
+    "cold": "first session ≤ direct start + 50 ms",
+    "servers": "brokers + keepers + waiters ≤ 100 MiB PSS for 8 servers × 7 sessions",
+    "storm": "exactly 1 broker and 1 backend for a storm of sessions on a cold key",
 }
 
 
@@ -40,7 +45,7 @@ def sessions_section(data: dict[str, Any]) -> list[str]:
                 f"| {r.get('shared_marginal_mib', '–')} | {r['broker_pss_mib']:.2f} ({r['broker_pss_anon_mib']:.2f} + "
                 f"{r['broker_pss_file_mib']:.2f}) | {r['waiter_pss_mib']:.2f} ({r['waiter_rss_mib']:.2f}) |")
         out.append("")
-    out += [f"Goals: waiter {GOALS['waiter']}; broker {GOALS['broker']}.", ""]
+    out += [f"Goals: waiter {GOALS['waiter']}; broker {GOALS['broker']}; {GOALS['marginal']}.", ""]
     return out
 
 
@@ -73,6 +78,14 @@ def latency_section(data: dict[str, Any]) -> list[str]:
                 out.append(f"| {kind} | {c['direct_ms']['p50']:.0f} | {c['first_session_ms']['p50']:.0f} "
                            f"| {c['added_ms_p50']:+.0f} |")
         out.append("")
+        floor = cold.get("floor")
+        if floor:
+            ms = floor["ms"]
+            out += [f"Floor of the addition: `python -c pass` {ms['python_pass']['p50']:.1f} ms (the shim's "
+                    f"interpreter) + `python -c 'import mcpsingleton.broker'` "
+                    f"{ms['python_import_broker']['p50']:.1f} ms (the broker's interpreter and imports) = "
+                    f"**{floor['floor_ms_p50']:.0f} ms** (two bare interpreters alone: "
+                    f"{floor['two_interpreters_ms_p50']:.0f} ms). Goal: {GOALS['cold']}.", ""]
     trip = data.get("roundtrip")
     if trip:
         out += [f"**Round trips** ({trip['calls_per_mode']} tools/call per mode, ping half that, interleaved blocks "
@@ -98,6 +111,71 @@ def throughput_section(data: dict[str, Any]) -> list[str]:
                    f"| {c['per_session_min']}..{c['per_session_max']} | {c['fairness_min_over_max']:.2f} "
                    f"| {'–' if broker is None else f'{broker:.0f}'} |")
     return [*out, ""]
+
+
+def scale_section(data: dict[str, Any]) -> list[str]:
+    out = [f"### Scale (`{data['command']}`)", "", f"Machine: {machine_line(data['machine'])}", ""]
+    servers = data.get("servers")
+    if servers:
+        shared, direct = servers["shared"], servers["direct"]
+        roles = shared["by_role_mib"]
+        out += [f"**{shared['servers']} servers × {servers['sessions_per_server']} sessions** "
+                f"({', '.join(servers['mix'])}; one cwd each)", "",
+                "| mode | total PSS MiB | processes | backends MiB | brokers MiB | keepers MiB | waiters MiB "
+                "| ours (brokers + keepers + waiters) MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+                f"| direct | {direct['total_mib']:.1f} | {direct['processes']} | {direct['total_mib']:.1f} | – | – | – "
+                "| – |",
+                f"| shared | {shared['total_mib']:.1f} | {shared['processes']} | {roles.get('backend', 0):.1f} "
+                f"| {roles.get('broker', 0):.1f} | {roles.get('keeper', 0):.1f} | {roles.get('waiter', 0):.1f} "
+                f"| **{shared['ours_mib']:.1f}** |", "",
+                "Direct per server kind (MiB): " + ", ".join(f"{k} {v}" for k, v in direct["per_kind_mib"].items())
+                + f"; direct ÷ shared {servers['saving_ratio']:.2f}×; broker PSS median "
+                f"{shared['broker_pss_mib_median']:.2f} MiB (anon {shared['broker_pss_anon_mib_median']:.2f}). "
+                f"Goal: {GOALS['servers']}.", ""]
+    storm = data.get("storm")
+    if storm:
+        out += [f"**Cold-start storm**: {storm['sessions']} sessions released at once on a cold key, "
+                f"{storm['rounds']} round(s) per mode, interleaved", "",
+                "| server | direct: all initialized, median ms | shared: all initialized, median ms | speed-up "
+                "| per-session median ms direct / shared | CPU s direct / shared | brokers started (max) "
+                "| backends started (max) | brokers alive (max) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for kind in ("everything", "fast"):
+            if kind in storm:
+                r = storm[kind]
+                out.append(f"| {kind} | {r['direct_all_ms_median']:.0f} | {r['shared_all_ms_median']:.0f} "
+                           f"| {r['speedup']:.1f}× | {r['direct_session_ms_median']:.0f} / "
+                           f"{r['shared_session_ms_median']:.0f} | {r['direct_cpu_s_median']:.1f} / "
+                           f"{r['shared_cpu_s_median']:.1f} | {r['brokers_started_max']} "
+                           f"| {r['backends_started_max']} | {r['brokers_alive_max']} |")
+        shim = "; ".join(f"{k} {storm[k]['shim_cpu_ms_median']:.0f} ms" for k in ("everything", "fast") if k in storm)
+        out += ["", f"CPU: user + system of every counted process (shared: waiters incl. their time as shims, broker, "
+                f"keeper, backend; direct: the server trees). CPU per shim, median: {shim}. Goal: {GOALS['storm']}.",
+                ""]
+    many = data.get("many")
+    if many:
+        out += ["**One broker, many sessions** (server-everything)", "",
+                "| sessions | broker PSS MiB (anon) | broker fds | waiter PSS MiB | warm attach p50 ms "
+                "| bare python p50 ms | added ms | load |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in many["steps"]:
+            label = f"{r['sessions']} (after {many['max_sessions']})" if r.get("after_max") else str(r["sessions"])
+            out.append(f"| {label} | {r['broker_pss_mib']:.2f} ({r['broker_pss_anon_mib']:.2f}) | {r['broker_fds']} "
+                       f"| {r['waiter_pss_mib_median']:.2f} | {r['attach_ms']['p50']:.1f} | {r['bare_ms']['p50']:.1f} "
+                       f"| {r['added_ms_p50']:+.1f} | {r['loadavg']} |")
+        warm = statistics.median(r["shim_cpu_ms_median"] for r in many["steps"] if "shim_cpu_ms_median" in r) \
+            if any("shim_cpu_ms_median" in r for r in many["steps"]) else float("nan")
+        out += ["", f"Per session: {many['broker_fds_per_session']} broker fds, "
+                f"{many['broker_anon_kib_per_session']} KiB of broker anonymous memory "
+                f"({many['broker_pss_kib_per_session']} KiB PSS). CPU of a shim that attached warm (user + system, "
+                f"median): {warm:.0f} ms.", ""]
+    brokers = data.get("brokers")
+    if brokers:
+        out += [f"**{brokers['brokers']} brokers at once** (one session each, fast_server): brokers "
+                f"{brokers['broker_pss_mib_total']:.1f} MiB PSS in all, {brokers['broker_pss_mib_per_broker']:.2f} "
+                f"MiB each (anon {brokers['broker_pss_anon_mib_per_broker']:.2f} + file "
+                f"{brokers['broker_pss_file_mib_per_broker']:.2f}; USS {brokers['broker_uss_mib_per_broker']:.2f}, "
+                f"RSS {brokers['broker_rss_mib_per_broker']:.2f}); with keepers and waiters "
+                f"{brokers['ours_mib_total']:.1f} MiB.", ""]
+    return out
 
 
 def profile_section(data: dict[str, Any]) -> list[str]:
@@ -140,7 +218,7 @@ def profile_section(data: dict[str, Any]) -> list[str]:
 def main() -> None:
     out = ["# Benchmark summary (generated by bench/report.py)", ""]
     for name, render in (("sessions", sessions_section), ("latency", latency_section),
-                         ("throughput", throughput_section), ("profile", profile_section)):
+                         ("throughput", throughput_section), ("scale", scale_section), ("profile", profile_section)):
         data = load(name)
         if data is not None:
             out += render(data)

@@ -2,8 +2,8 @@
 # The whole benchmark suite, one command:  bash bench/run_all.sh [--quick]
 # Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
 # installs bench/requirements.txt (matplotlib) into .venv if missing.
-# Writes bench/results/{sessions,latency,throughput,profile}.json, memory_vs_sessions.png, summary.md.
-# Full: about 7-9 minutes on 2 cores; --quick: about 2 minutes.
+# Writes bench/results/{sessions,latency,throughput,scale,profile}.json, memory_vs_sessions.png, scale.png,
+# summary.md. Full: about 15-20 minutes on 2 cores; --quick: about 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -21,9 +21,10 @@ fi
     || "$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 started=$(date +%s)
 # shellcheck disable=SC2086  # empty options must vanish
-"$PY" bench/bench_sessions.py $sessions $quick
+"$PY" bench/bench_sessions.py $sessions --servers everything,time,npx $quick
 "$PY" bench/bench_latency.py $quick
 "$PY" bench/bench_throughput.py $quick
+"$PY" bench/bench_scale.py $quick
 "$PY" bench/bench_profile.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
 echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2

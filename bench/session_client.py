@@ -1,10 +1,14 @@
 """One MCP client session as its own process, for the benchmarks (standard library only).
 
-    session_client.py [--call JSON]... -- SERVER_COMMAND...
+    session_client.py [--call JSON]... [--wait-go] -- SERVER_COMMAND...
 
-Spawns the server command with pipes (exactly as an MCP client does), sends initialize,
-notifications/initialized and the given calls (each a JSON [method, params]), then prints one JSON
-line to stdout: {"ready": true, "pid": <server pid>, "init_ms": ..., "errors": [...]}.
+With --wait-go it first prints {"waiting": true} and blocks until it reads one line on stdin (so that
+many sessions can be released at the same instant). Spawns the server command with pipes (exactly
+as an MCP client does), sends initialize, notifications/initialized and the given calls (each a
+JSON [method, params]), then prints one JSON line to stdout:
+    {"ready": true, "pid": <server pid>, "init_ms": ..., "init_at": ..., "errors": [...]}
+(init_ms: from spawning the server to its InitializeResult; init_at: time.monotonic() then, a
+clock shared by every process on the machine).
 
 Then it obeys its own stdin, one command a line:
     go SECONDS WINDOW [METHOD_PARAMS_JSON]   closed-loop load: keep WINDOW requests in flight for
@@ -27,6 +31,10 @@ def main(argv: list[str]) -> int:
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
     calls = [json.loads(options[i + 1]) for i, word in enumerate(options) if word == "--call"]
+    if "--wait-go" in options:
+        report({"waiting": True})
+        if not os.read(0, 64):  # one short "go" line; unbuffered, so serve_parent sees the rest
+            return 0
     started = time.perf_counter()
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     session = Session(server)
@@ -34,6 +42,7 @@ def main(argv: list[str]) -> int:
     try:
         init = session.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
                                               "clientInfo": {"name": "bench-session", "version": "1"}})
+        init_at = time.monotonic()
         init_ms = (time.perf_counter() - started) * 1000
         if "result" not in init:
             errors.append(f"initialize: {init}")
@@ -46,7 +55,8 @@ def main(argv: list[str]) -> int:
         report({"ready": False, "pid": server.pid, "error": f"{type(exc).__name__}: {exc}"})
         server.kill()
         return 1
-    report({"ready": not errors, "pid": server.pid, "init_ms": round(init_ms, 2), "errors": errors})
+    report({"ready": not errors, "pid": server.pid, "init_ms": round(init_ms, 2), "init_at": init_at,
+            "errors": errors})
     session.serve_parent()
     server.stdin.close()  # type: ignore[union-attr]
     try:
