@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-LEGACY_VERSION = "2025-11-25"
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LEGACY_VERSION = HANDSHAKE_VERSIONS[-1]
 """Protocol version the broker asks for when no session has said which one it wants."""
 
 TERMINAL_TASK_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -497,7 +498,7 @@ class Mux:
             self.init_params = self._backend_init_params(session, info)
         if self.backend == "ready" and self.init_result is not None:
             session.initialized = True
-            return self._to_session(session, jsonrpc.result(message["id"], self.init_result))
+            return self._to_session(session, jsonrpc.result(message["id"], self._result_for(session)))
         self.init_waiters.append((session.sid, message["id"]))
         return self._want_backend()
 
@@ -510,6 +511,19 @@ class Mux:
             "capabilities": {"roots": {"listChanged": True}, "sampling": {}, "elicitation": elicitation},
             "clientInfo": info if isinstance(info, dict) else dict(self._own_info),
         }
+
+    def _result_for(self, session: SessionState) -> dict[str, Any]:
+        """The cached InitializeResult, at the session's own version when that is an older handshake one.
+
+        A server that supports the requested version must answer with it; ours negotiated the first
+        session's. Revisions only add optional fields, so an older client is served correctly by the
+        same backend, while answering it with a newer version could make it hang up.
+        """
+        assert self.init_result is not None
+        asked, negotiated = session.protocol_version, self.init_result.get("protocolVersion")
+        if asked in HANDSHAKE_VERSIONS and negotiated in HANDSHAKE_VERSIONS and asked < negotiated:
+            return {**self.init_result, "protocolVersion": asked}
+        return self.init_result
 
     def _want_backend(self) -> list[Action]:
         if self.backend == "down":
@@ -540,7 +554,7 @@ class Mux:
         for sid, request_id in self.init_waiters:
             session = self.sessions[sid]
             session.initialized = True
-            actions += self._to_session(session, jsonrpc.result(request_id, self.init_result))
+            actions += self._to_session(session, jsonrpc.result(request_id, self._result_for(session)))
         self.init_waiters = []
         if restarted:
             actions += self._replay_state()

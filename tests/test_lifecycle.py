@@ -277,11 +277,33 @@ def test_new_broker_kills_leftovers_tagged_with_its_key(home: Path, fake_server:
     assert client.close() == 0
     subprocess.run([mcpsingleton_exe(), "stop", "tagged"], check=True, capture_output=True)
     assert wait_for(lambda: not ls_json(), timeout=5)
-    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             env={**os.environ, "MCPSINGLETON_KEY": entry["key"]}, start_new_session=True)
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, "MCPSINGLETON_KEY": entry["key"]},
+        start_new_session=True,
+    )
     again = RawClient(shim(fake_server, "--name", "tagged"))
     again.initialize()
     assert stray.wait(timeout=5) == -9, "the escaped leftover of the old broker is gone"
-    assert "killed leftovers" in subprocess.run([mcpsingleton_exe(), "logs", "tagged"], capture_output=True,
-                                                text=True).stdout
+    assert (
+        "killed leftovers"
+        in subprocess.run([mcpsingleton_exe(), "logs", "tagged"], capture_output=True, text=True).stdout
+    )
     assert again.close() == 0
+
+
+def test_attach_while_the_broker_lingers_out_always_succeeds(home: Path, fake_server: list[str]) -> None:
+    """Sessions arriving right at linger expiry either catch the old broker or start a new one: never fail."""
+    brokers = set()
+    for attempt in range(15):
+        first = RawClient(shim(fake_server, "--linger", "300ms"))
+        first.initialize()
+        brokers.add(ls_json()[0]["broker_pid"])
+        assert first.close() == 0
+        time.sleep(0.22 + 0.012 * attempt)  # sweep across the moment the broker shuts down
+        late = RawClient(shim(fake_server, "--linger", "300ms"))
+        assert late.initialize()["result"]["serverInfo"]["name"] == "fake-server", f"attempt {attempt}"
+        assert result_text(late.call("echo", {"text": str(attempt)})) == str(attempt)
+        assert late.close() == 0
+        assert wait_for(lambda: not processes_of(home), timeout=5)
+    assert len(brokers) == 15

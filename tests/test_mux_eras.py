@@ -152,3 +152,14 @@ def test_requests_are_counted_once_even_when_queued() -> None:
     h.request(1, 2, "tools/list")
     h.start()
     assert h.mux.stats["requests"] == 2
+
+
+def test_later_session_asking_an_older_version_gets_it() -> None:
+    h = Harness()
+    h.open(1, version="2025-11-25")
+    h.open(2, version="2025-03-26")
+    h.open(3, version="2099-01-01")
+    assert h.replies(1)[0]["result"]["protocolVersion"] == "2025-11-25"
+    assert h.replies(2)[0]["result"]["protocolVersion"] == "2025-03-26"
+    assert h.replies(3)[0]["result"]["protocolVersion"] == "2025-11-25", "unknown/newer: the backend's own"
+    assert len(h.backend_requests("initialize")) == 1
