@@ -3,7 +3,8 @@
 The per-key lock file is held by the broker for its whole life. A shim that can take it knows no
 broker runs, so any socket is stale; it then starts a broker that *inherits* the held lock, so no
 second shim can slip in between. A shim that finds the lock held backs off briefly and retries the
-attach: a broker is starting up or shutting down.
+attach: a broker is starting up or shutting down. (`fcntl.flock` directly, not the filelock package:
+the held lock must survive fork/exec into the broker, which filelock's lock objects do not model.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`mcpsingleton run`: the per-session shim a client config starts instead of the server.
 
 It is the per-session cost of the whole product, so the warm path is lean: standard library
-modules that are cheap to import, no click/asyncio/psutil/filelock. It computes the key, connects to
+modules that are cheap to import, no click/asyncio/psutil. It computes the key, connects to
 the broker's socket, hands over the client's stdin/stdout with SCM_RIGHTS, and once welcomed execs
 into a POSIX `sh` that only waits on the socket (same pid, well under 1 MiB). It never touches a
 message. Only when no broker answers does it import the cold path (`election`) to start one.

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash shell/install.sh
 .venv/bin/ruff check mcpsingleton tests bench
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider "$@"  # pyproject adds -q: one summary line
