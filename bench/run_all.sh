@@ -3,7 +3,7 @@
 # Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
 # installs bench/requirements.txt (matplotlib) into .venv if missing.
 # Writes bench/results/{sessions,latency,throughput,scale,profile}.json, memory_vs_sessions.png, scale.png,
-# summary.md. Full: about 15-20 minutes on 2 cores; --quick: about 4 minutes.
+# summary.md. Full: about 11 minutes on 2 cores; --quick: about 3 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
