@@ -46,6 +46,7 @@ from common import (
     log,
     machine,
     npx_dir,
+    pyplot,
     server_cmd,
     server_cwd,
     shim_cmd,
@@ -339,13 +340,8 @@ def bench_brokers(count: int, settle_s: float, timeout: float) -> dict[str, Any]
 
 
 def plot(data: dict[str, Any], path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed (pip install -r bench/requirements.txt): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
     figure, axes = plt.subplots(1, 3, figsize=(16.5, 4.6))
     servers, storm, many = data.get("servers"), data.get("storm"), data.get("many")

@@ -37,6 +37,7 @@ from common import (
     log,
     machine,
     memory,
+    pyplot,
     role,
     server_cmd,
     server_cwd,
@@ -216,13 +217,8 @@ def analyse(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(table: dict[str, Any], path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed (pip install -r bench/requirements.txt): no plot")
+    plt = pyplot()
+    if plt is None:
         return False
     kinds = list(table)
     figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)

@@ -505,3 +505,16 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a log line) when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install -r bench/requirements.txt): no plot")
+        return None
+    return plt
