@@ -399,7 +399,16 @@ class Broker:
             self._drop_session(session, "shim exited")
         elif not session.reading and not session.ending:
             session.reading = True
-            self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
+            try:
+                self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
+            except PermissionError:  # a regular file (`run … < requests.jsonl`) cannot be polled
+                self._read_file_input(session)
+
+    def _read_file_input(self, session: Session) -> None:
+        """Stdin is a regular file: always readable, so read it a chunk per loop turn until it ends."""
+        if session.sid in self.sessions and not session.ending:
+            self._session_readable(session)
+            self.loop.call_later(0, lambda: self._read_file_input(session))
 
     def _session_broken(self, session: Session, exc: OSError) -> None:
         self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")

@@ -153,3 +153,20 @@ def test_max_memory_restarts_between_requests(home: Path, fake_server: list[str]
         "--max-memory 80 MiB"
         in subprocess.run([mcpsingleton_exe(), "logs", ls_json()[0]["key"]], capture_output=True, text=True).stdout
     )
+
+
+def test_stdin_and_stdout_may_be_regular_files(home: Path, fake_server: list[str], tmp_path: Path) -> None:
+    requests = tmp_path / "requests.jsonl"
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "f", "version": "1"}},
+    }
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "f"}}}
+    requests.write_text(json.dumps(init) + "\n" + json.dumps(call) + "\n")
+    replies = tmp_path / "replies.jsonl"
+    with requests.open() as stdin, replies.open("w") as stdout:
+        code = subprocess.run(shim(fake_server), stdin=stdin, stdout=stdout, timeout=30).returncode
+    assert code == 0
+    assert {json.loads(line)["id"] for line in replies.read_text().splitlines()} == {1, 2}
