@@ -177,6 +177,9 @@ def stop(target: str | None, stop_all: bool) -> None:
     if not target and not stop_all:
         raise click.UsageError("give a NAME or KEY, or --all")
     chosen = [s for s in control.running_brokers() if stop_all or control.matches(s, target or "")]
+    if not chosen and stop_all:
+        click.echo("no backends are running")
+        return
     if not chosen:
         fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
     for status in chosen:
