@@ -61,12 +61,12 @@ def run(**_: Any) -> None:
     sys.exit(run_shim(sys.argv[2:]))
 
 
-def _with_memory(status: dict[str, Any]) -> dict[str, Any]:
+def _with_memory(status: dict[str, Any], parents: dict[int, int]) -> dict[str, Any]:
     from .proctree import tree_memory, tree_process_count
 
     backend_pid = status.get("backend_pid")
-    status["memory_bytes"] = tree_memory(backend_pid) if backend_pid else 0
-    status["processes"] = tree_process_count(backend_pid) if backend_pid else 0
+    status["memory_bytes"] = tree_memory(backend_pid, parents) if backend_pid else 0
+    status["processes"] = tree_process_count(backend_pid, parents) if backend_pid else 0
     return status
 
 
@@ -130,7 +130,10 @@ def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
 
 
 def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
-    backends = [_with_memory(status) for status in control.running_brokers()]
+    from .proctree import parent_map
+
+    parents = parent_map()  # one process snapshot for every backend's tree
+    backends = [_with_memory(status, parents) for status in control.running_brokers()]
     for backend in backends:
         backend["managed"] = True
     if include_unmanaged:
@@ -200,8 +203,7 @@ def find_log(target: str) -> str | None:
         if control.matches(state, target) and state.get("log"):
             return str(state["log"])
     for path in sorted(glob.glob(os.path.join(log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
-        key = os.path.basename(path)[: -len(".log")]
-        if key == target or (len(target) >= 6 and key.startswith(target)):
+        if control.matches({"key": os.path.basename(path)[: -len(".log")]}, target):
             return path
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:

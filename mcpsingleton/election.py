@@ -28,11 +28,8 @@ READY_TIMEOUT = 10.0
 
 def start_broker(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> None:
     """Start a broker unless one is starting or stopping; return when the caller should attach again."""
-    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
+    lock_fd = try_lock(paths.lock)
+    if lock_fd is None:
         time.sleep(BACKOFF)
         return
     try:
@@ -40,6 +37,17 @@ def start_broker(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env:
         launch(spec, lock_fd, name)
     finally:
         os.close(lock_fd)  # the broker holds its own copy of the locked file description
+
+
+def try_lock(path: str) -> int | None:
+    """The fd holding a key's lock, or None when a broker (or a reaper) holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def broker_spec(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import functools
 import json
 import os
@@ -35,6 +34,7 @@ import psutil
 
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import live_status, state_files
+from .election import try_lock
 from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir, stderr_line
 from .proctree import terminate_tree, tree_memory, tree_pids
 
@@ -150,16 +150,12 @@ def _lock_if_free(key: str) -> Iterator[bool]:
 
     Brokers hold it for life, so free means dead; holding it keeps a new broker from starting meanwhile.
     """
-    fd = os.open(KeyPaths(key).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = try_lock(KeyPaths(key).lock)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-        else:
-            yield True
+        yield fd is not None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _why_unresponsive(state: dict[str, Any]) -> str | None:
