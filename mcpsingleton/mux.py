@@ -255,8 +255,8 @@ class Mux:
                 actions.append(self._own_request("tasks/cancel", {"taskId": task_id}))
         self.progress = {t: owner for t, owner in self.progress.items() if owner[0] != sid}
         self.elicitation_owner = {e: s for e, s in self.elicitation_owner.items() if s != sid}
-        for uri in session.subscriptions:
-            actions += self._drop_subscriber(uri, sid)
+        for uri in list(session.subscriptions):
+            actions += self._release(session, uri)
         if session.log_level is not None:
             actions += self._apply_level()
         if session.roots:
@@ -362,18 +362,14 @@ class Mux:
         actions: list[Action] = []
         for uri in listen.uris:
             if not any(uri in other.uris for other in session.listens.values()):
-                session.subscriptions.discard(uri)
-                actions += self._drop_subscriber(uri, session.sid)
+                actions += self._release(session, uri)
         return actions
 
     def _hold(self, session: SessionState, uri: str) -> list[Action]:
         """Count a session in on a URI; the backend is subscribed once, by the broker, for everyone."""
-        if uri in session.subscriptions:
+        if uri in session.subscriptions or not self._count_in(session, uri):
             return []
-        session.subscriptions.add(uri)
-        holders = self.subscribers.setdefault(uri, set())
-        holders.add(session.sid)
-        return [self._own_request("resources/subscribe", {"uri": uri})] if len(holders) == 1 else []
+        return [self._own_request("resources/subscribe", {"uri": uri})]
 
     def _local_request(self, session: SessionState, message: Message) -> list[Action]:
         method, request_id = message["method"], message["id"]
@@ -612,18 +608,12 @@ class Mux:
             return self._reply_error(session, message["id"], jsonrpc.INVALID_PARAMS, "resources/subscribe needs a uri")
         if uri in session.subscriptions:
             return self._to_session(session, jsonrpc.result(message["id"], {}))
-        holders = self.subscribers.setdefault(uri, set())
-        holders.add(session.sid)
-        session.subscriptions.add(uri)
-        if len(holders) > 1:
+        if not self._count_in(session, uri):
             return self._to_session(session, jsonrpc.result(message["id"], {}))
 
         def undo_on_error(reply: Message) -> list[Action]:
             if "error" in reply:
-                session.subscriptions.discard(uri)
-                self.subscribers.get(uri, set()).discard(session.sid)
-                if not self.subscribers.get(uri):
-                    self.subscribers.pop(uri, None)
+                self._count_out(session, uri)
             return []
 
         return self._forward(session, message, undo_on_error)
@@ -632,23 +622,32 @@ class Mux:
         uri = params.get("uri")
         if not isinstance(uri, str) or uri not in session.subscriptions:
             return self._to_session(session, jsonrpc.result(message["id"], {}))
-        session.subscriptions.discard(uri)
-        holders = self.subscribers.get(uri, set())
-        holders.discard(session.sid)
-        if holders:
+        if not self._count_out(session, uri):
             return self._to_session(session, jsonrpc.result(message["id"], {}))
-        self.subscribers.pop(uri, None)
         return self._forward(session, message)
 
-    def _drop_subscriber(self, uri: str, sid: int) -> list[Action]:
+    def _count_in(self, session: SessionState, uri: str) -> bool:
+        """Count a session in on a URI; True when it is the first holder, so the backend must subscribe."""
+        session.subscriptions.add(uri)
+        holders = self.subscribers.setdefault(uri, set())
+        holders.add(session.sid)
+        return len(holders) == 1
+
+    def _count_out(self, session: SessionState, uri: str) -> bool:
+        """Count a session out of a URI; True when it was the last holder, so the backend must unsubscribe."""
+        session.subscriptions.discard(uri)
         holders = self.subscribers.get(uri)
         if holders is None:
-            return []
-        holders.discard(sid)
+            return False
+        holders.discard(session.sid)
         if holders:
-            return []
+            return False
         del self.subscribers[uri]
-        if self.backend != "ready":
+        return True
+
+    def _release(self, session: SessionState, uri: str) -> list[Action]:
+        """The broker's own unsubscribe when a session's hold on a URI ends without a request of its own."""
+        if not self._count_out(session, uri) or self.backend != "ready":
             return []
         return [self._own_request("resources/unsubscribe", {"uri": uri})]
 
