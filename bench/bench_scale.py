@@ -47,6 +47,7 @@ from common import (
     machine,
     npx_dir,
     pyplot,
+    save_figure,
     server_cmd,
     server_cwd,
     shim_cmd,
@@ -415,11 +416,7 @@ def plot(data: dict[str, Any], path: str) -> bool:
         axis.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower right")
         axis.set_title("one broker, many sessions (server-everything)", fontsize=10)
     figure.suptitle("Scale: many servers, a cold-start storm, many sessions on one broker")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    log(f"wrote {path}")
-    return True
+    return save_figure(plt, figure, path)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from common import (
     memory,
     pyplot,
     role,
+    save_figure,
     server_cmd,
     server_cwd,
     shim_cmd,
@@ -240,11 +241,7 @@ def plot(table: dict[str, Any], path: str) -> bool:
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
     figure.suptitle("Memory vs sessions: direct vs shared through mcpsingleton")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    log(f"wrote {path}")
-    return True
+    return save_figure(plt, figure, path)
 
 
 def main() -> None:

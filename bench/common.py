@@ -518,3 +518,12 @@ def pyplot():
         log("matplotlib is not installed (pip install -r bench/requirements.txt): no plot")
         return None
     return plt
+
+
+def save_figure(plt, figure, path: str) -> bool:
+    """Lay out, write and close a figure; True so plot functions can return it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    log(f"wrote {path}")
+    return True
