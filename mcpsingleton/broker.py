@@ -576,7 +576,7 @@ class Broker:
         if status is not None and status < 0:
             described = f"was killed by signal {-status}"
         stop_ladder(self.loop, backend, self._reap, backend.close_pipes, grace=0.5)
-        if self.mux.generation == 0 and not self.mux.init_result:
+        if not self.mux.ever_initialized():
             tail = " | ".join(self.stderr_tail) or "(no stderr output)"
             self._backend_unstartable(
                 f"backend `{' '.join(self.spec['argv'])}` {described} before answering initialize; last stderr: {tail}"
@@ -587,7 +587,7 @@ class Broker:
         self.crash_streak = 0 if lived > 60 else self.crash_streak + 1
         self.log.write(f"backend pid {backend.pid} {described} after {lived:.1f}s")
         self._perform(self.mux.backend_exited(f"the backend {described}"))
-        if self.mux.subscribers:
+        if self.mux.has_subscribers():
             self._start_backend()  # subscribers expect updates without asking again
 
     # ---- resource caps ----------------------------------------------------------------------
@@ -620,7 +620,7 @@ class Broker:
         """A leaking backend is replaced between requests where possible, never in the middle of one."""
         if self.backend is None or self.stopping:
             return
-        if self.mux.pending and time.monotonic() < deadline:
+        if self.mux.has_pending() and time.monotonic() < deadline:
             self.loop.call_later(0.05, lambda: self._recycle_when_idle(reason, deadline))
             return
         self._recycle(reason)
@@ -693,9 +693,9 @@ class Broker:
         """starting|running|lingering|restarting|stopping, as `ls` shows it."""
         if self.stopping:
             return "stopping"
-        if self.mux.generation == 0:
+        if not self.mux.ever_initialized():
             return "starting"
-        if self.mux.backend != "ready":
+        if not self.mux.backend_ready():
             return "restarting"
         return "running" if self.sessions else "lingering"
 
@@ -755,11 +755,10 @@ class Broker:
     def status(self) -> dict[str, Any]:
         clients = []
         for session in self.sessions.values():
-            state = self.mux.sessions.get(session.sid)
             clients.append(
                 {
                     "pid": session.pid,
-                    "client": state.client_name if state else None,
+                    "client": self.mux.client_name(session.sid),
                     "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
                 }
             )

@@ -302,6 +302,27 @@ class Mux:
             return False
         return bool(session.inflight or session.waiting) or any(s == sid for s, _ in self.init_waiters)
 
+    # ---- queries the broker may make (its only view of the mux's state) ----------------------
+
+    def has_pending(self) -> bool:
+        """Whether the backend owes any answer (a restart now would cut a request short)."""
+        return bool(self.pending)
+
+    def has_subscribers(self) -> bool:
+        """Whether a session expects resource updates without asking again (restart the backend at once)."""
+        return bool(self.subscribers)
+
+    def ever_initialized(self) -> bool:
+        """Whether a backend ever answered initialize in this broker (else a crash means it cannot start)."""
+        return self.generation > 0 or self.init_result is not None
+
+    def backend_ready(self) -> bool:
+        return self.backend == "ready"
+
+    def client_name(self, sid: int) -> str | None:
+        session = self.sessions.get(sid)
+        return session.client_name if session is not None else None
+
     # ---- session → backend ------------------------------------------------------------------
 
     def _session_message(self, session: SessionState, message: Message) -> list[Action]:
