@@ -6,11 +6,12 @@ import sys
 
 
 def wants_shim(argv: list[str]) -> bool:
-    """`run` without --help goes straight to the lean shim."""
+    """`run` goes straight to the lean shim, unless `run` itself (not the server) is asked for --help."""
     if argv[:1] != ["run"]:
         return False
-    options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
-    return "--help" not in options and "-h" not in options
+    from .options import asks_for_help
+
+    return not asks_for_help(argv[1:])
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from mcpsingleton.configs import clients as registry
 from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap
+from mcpsingleton.configs import wrapping
 from mcpsingleton.configs.entries import Document, classify
 from mcpsingleton.configs.records import records_path
 from mcpsingleton.configs.wrapping import Edit, apply
@@ -147,10 +148,9 @@ def test_wrap_wraps_every_stdio_entry_and_leaves_the_rest_byte_identical(case: C
             "--name",
             entry.name,
             *env_options,
-            "--",
             old["command"],
             *old.get("args", []),
-        ]
+        ], "no `--`: old MCP Inspector versions split their argv at the first one"
         assert {k: v for k, v in entry.data.items() if k not in ("command", "args")} == {
             k: v for k, v in old.items() if k not in ("command", "args")
         }
@@ -398,8 +398,7 @@ def test_wrapped_args_parse_back_to_options_then_the_original_command(exe: str) 
     entry = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"]["brave-search"]
 
     assert entry["command"] == exe
-    assert entry["args"][0] == "run"
-    assert entry["args"][entry["args"].index("--") + 1] == "npx"
+    assert entry["args"][0] == "run" and "--" not in entry["args"]
     options = parse_args(entry["args"][1:])
     assert (options.scope, options.name, options.env_keys) == ("global", "brave-search", ["BRAVE_API_KEY"])
     assert options.command == ["npx", "-y", "@modelcontextprotocol/server-brave-search"]
@@ -413,10 +412,42 @@ def test_unusual_entry_names_round_trip(name: str, exe: str) -> None:
 
     wrap("cursor")
     entry = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"][name]
-    assert entry["args"] == ["run", "--name", name, "--", "srv", "--", "a"]
+    assert entry["args"] == ["run", "--name", name, "srv", "--", "a"]
     unwrap("cursor")
 
     assert CURSOR.path.read_text(encoding="utf-8") == original
+
+
+def test_a_command_that_starts_with_a_dash_is_wrapped_after_a_separator(exe: str) -> None:
+    CURSOR.path.parent.mkdir(parents=True)
+    original = json.dumps({"mcpServers": {"odd": {"command": "-srv", "args": ["-h"]}}}, indent=2)
+    CURSOR.path.write_text(original, encoding="utf-8")
+
+    wrap("cursor")
+    args = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"]["odd"]["args"]
+    assert args == ["run", "--name", "odd", "--", "-srv", "-h"]
+    assert parse_args(args[1:]).command == ["-srv", "-h"]
+    unwrap("cursor")
+
+    assert CURSOR.path.read_text(encoding="utf-8") == original
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_entries_wrapped_with_a_separator_by_the_previous_version_unwrap_exactly(
+    case: Case, exe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous version wrote `run [OPTIONS] -- COMMAND`; unwrap must still restore those byte for byte."""
+    original = case.install()
+    current = wrapping.wrap_prefix
+    with monkeypatch.context() as previous_version:
+        previous_version.setattr(wrapping, "wrap_prefix", lambda entry, scope: [*current(entry, scope), "--"])
+        assert wrap(case.client)[0] == 0
+    wrapped = [entry.data["args"] for entry in case.load().entries if classify(entry)[0] == "wrapped"]
+    assert wrapped and all("--" in args for args in wrapped)
+
+    assert unwrap(case.client)[0] == 0
+
+    assert case.path.read_bytes() == original
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mcpsingleton.options import command_index
+
 
 class ConfigError(Exception):
     """A config file we must leave alone, worded for people: `<file>: what happened; what to do`."""
@@ -85,20 +87,10 @@ def _runs_mcpsingleton(command: str) -> bool:
 def wrapped_command_index(command: str, args: list[str]) -> int | None:
     """Index in `args` of the original command of a `mcpsingleton run [OPTIONS] [--] C A...` entry, else None.
 
-    Read the way `run` reads it (shim.parse_args): every option takes a value, even one that is `--`;
-    the command follows `--`, or is the first word that is not an option.
+    Read the way `run` reads it (one grammar, in mcpsingleton.options), so entries wrapped with or
+    without `--`, by any version, unwrap exactly.
     """
-    if not _runs_mcpsingleton(command) or args[:1] != ["run"]:
-        return None
-    index = 1
-    while index < len(args):
-        word = args[index]
-        if word == "--":
-            return index + 1 if index + 1 < len(args) else None
-        if not word.startswith("-"):
-            return index
-        index += 1 if "=" in word else 2
-    return None
+    return command_index(args) if _runs_mcpsingleton(command) else None
 
 
 def classify(entry: ServerEntry) -> tuple[str, str]:
@@ -116,5 +108,5 @@ def classify(entry: ServerEntry) -> tuple[str, str]:
     if wrapped_command_index(command, args) is not None:
         return "wrapped", ""
     if _runs_mcpsingleton(command):
-        return "skipped", "runs mcpsingleton but not 'run ... -- COMMAND'"
+        return "skipped", "runs mcpsingleton but not 'run [OPTIONS] COMMAND'"
     return "stdio", ""

@@ -2,12 +2,13 @@
 
 Wrap touches two places per stdio entry and nothing else:
   * the `command` value's token becomes the mcpsingleton executable;
-  * `run [OPTIONS] -- <original command token>` is inserted in front of the first `args` element (or
+  * `run [OPTIONS] <original command token>` is inserted in front of the first `args` element (or
     inside an empty array; or, when the entry has no `args`, a new `args` member after the command).
+    No `--` unless the command starts with `-`: old MCP Inspector versions split argv at the first `--`.
 The original command token is copied verbatim (escapes and quoting included) and the original `args`
 elements are never rewritten, so the wrapped entry itself holds everything unwrap needs: replace the
-command token by the element after `--`, delete the elements before the original args. The one bit the
-text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
+command token by the first word after run's options, delete the elements before the original args. The one
+bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
 and honoured only while that text is still there unchanged. Unwrap works on a fresh parse, so edits the
 user made anywhere else (even inside the original args) stay.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpsingleton.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
+from mcpsingleton.options import run_prefix
 
 Recorded = Callable[[tuple[str, ...], str], bool]
 
@@ -47,20 +49,18 @@ class Plan:
     removed: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # … and unwrap took away
 
 
-def run_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
-    """`run`, its options (the scope, the entry's name, every env key the entry sets), and `--`."""
-    options = ["run", *(["--scope", scope] if scope else []), "--name", entry.name]
+def wrap_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
+    """`run` and its options: the scope, the entry's name, every env key the entry sets (no `--` unless needed)."""
     env = entry.data.get("env")
-    for key in env if isinstance(env, dict) else ():
-        options += ["--env-key", key]
-    return [*options, "--"]
+    env_keys = list(env) if isinstance(env, dict) else None
+    return run_prefix(entry.data["command"], scope=scope, name=entry.name, env_keys=env_keys)
 
 
 def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
     """Edits that wrap every stdio entry of `doc`."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "stdio"):
-        options = run_prefix(entry, scope)
+        options = wrap_prefix(entry, scope)
         tokens = [*(doc.quote(option) for option in options), _text(doc, entry.command)]
         plan.edits += [_edit(entry.command, doc.quote(executable)), _args_insertion(doc, entry, tokens, plan)]
         _expect(plan, entry, executable, [*options, entry.data["command"], *entry.data.get("args", [])])
