@@ -21,8 +21,13 @@ def main() -> None:
 
         sys.exit(run_shim(argv[1:]))
     from .cli import cli
+    from .keys import SetupError, stderr_line
 
-    cli()
+    try:
+        cli()
+    except SetupError as exc:  # e.g. no usable place for our files: one line, not a traceback
+        stderr_line(str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class Broker:
             os.unlink(self.paths.sock)
         except FileNotFoundError:
             pass
-        temp = f"{self.paths.sock}.{os.getpid()}.tmp"
+        temp = self.paths.temp_sock(os.getpid())
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(temp)
         os.chmod(temp, 0o600)

@@ -10,7 +10,7 @@ import stat
 import sys
 
 try:  # the small builtin module avoids loading OpenSSL on every session start
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import sha256
 
@@ -86,7 +86,7 @@ def _is_private_and_ours(path: str) -> bool:
 
 
 def state_dir() -> str:
-    """Where logs and other lasting state go: MCPSINGLETON_HOME/state, else the user state dir.
+    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else the user state dir.
 
     Derived from the home directory alone (not XDG_STATE_HOME, which clients may strip), so every
     client's brokers log to the place `mcpsingleton logs` looks. On Linux this is platformdirs'

@@ -53,7 +53,7 @@ def _text(value: str) -> str:
 class RunOption:
     """One option of `run`: its flag, where its value goes, how the value is checked, and its help."""
 
-    __slots__ = ("flag", "attr", "metavar", "convert", "help", "default", "env", "repeatable", "choices")
+    __slots__ = ("attr", "choices", "convert", "default", "env", "flag", "help", "metavar", "repeatable")
 
     def __init__(
         self,
@@ -190,12 +190,12 @@ def parse_run_args(argv: list[str]) -> RunOptions:
             _set(options, option, text, source=f"${option.env}")
     pairs, command_index = split_run_args(argv)
     for flag, value in pairs:
-        option = BY_FLAG.get(flag)
-        if option is None:
+        given = BY_FLAG.get(flag)
+        if given is None:
             raise UsageError(f"no such option: {flag}")
         if value is None:
             raise UsageError(f"option {flag} requires a value")
-        _set(options, option, value, source=flag)
+        _set(options, given, value, source=flag)
     options.command = argv[command_index:]
     if not options.command:
         raise UsageError("missing the server command")

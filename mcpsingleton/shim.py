@@ -9,7 +9,7 @@ message. Only when no broker answers does it import the cold path (`election`) t
 
 from __future__ import annotations
 
-import _signal  # likewise, `signal` builds enums at import
+import _signal  # type: ignore[import-not-found]  # likewise, `signal` builds enums at import
 import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
 import os
 import sys

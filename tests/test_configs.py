@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from mcpsingleton.configs import clients as registry
-from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap
-from mcpsingleton.configs import wrapping
+from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
 from mcpsingleton.configs.entries import Document, classify
 from mcpsingleton.configs.records import records_path
 from mcpsingleton.configs.wrapping import Edit, apply

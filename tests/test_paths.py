@@ -1,4 +1,4 @@
-"""Where `run` keeps its files, and how it reads its command line, with real processes (issue 10 rows 11–13, 18, 19).
+"""Where `run` keeps its files, and how it reads its command line, with real processes (issue 10 rows 11 to 13, 18, 19).
 
 Most tests here run without MCPSINGLETON_HOME, as users do: the runtime dir is then chosen from the uid
 and HOME only, so every client of a user finds the same brokers whatever environment it passes.

@@ -13,18 +13,14 @@ import os
 
 from mcpsingleton.configs.entries import ConfigError
 from mcpsingleton.configs.files import write_atomically
+from mcpsingleton.keys import state_dir
 
 Record = tuple[str, tuple[str, ...], str]
 
 
 def records_path() -> str:
-    """Beside the rest of mcpsingleton's state: under MCPSINGLETON_HOME, else the user state dir."""
-    home = os.environ.get("MCPSINGLETON_HOME")
-    if home:
-        return os.path.join(home, "state", "wrapped-args.json")
-    import platformdirs
-
-    return os.path.join(platformdirs.user_state_dir("mcpsingleton"), "wrapped-args.json")
+    """Beside the rest of mcpsingleton's state."""
+    return os.path.join(state_dir(), "wrapped-args.json")
 
 
 class InsertedArgs:
