@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -24,7 +24,7 @@ from .options import RUN_OPTIONS
 ORDERLY_STOP_SECONDS = 10.0
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Errors for people: one line, then exit status 1."""
     click.echo(f"mcpsingleton: {message}", err=True)
     sys.exit(1)

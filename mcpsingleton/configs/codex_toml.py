@@ -61,7 +61,10 @@ class _Scanner:
         return self.text[self.pos : self.pos + 1]
 
     def skip(self, pattern: re.Pattern[str]) -> str:
-        self.pos = pattern.match(self.text, self.pos).end()
+        match = pattern.match(self.text, self.pos)
+        if match is None:
+            raise self.fail()
+        self.pos = match.end()
         return self.peek()
 
     def scan(self) -> dict[tuple[str, ...], _Written]:
@@ -182,11 +185,10 @@ def _is_secret(path: tuple[str, ...]) -> bool:
 def _entry(text: str, written: dict[tuple[str, ...], _Written], name: str, data: object) -> ServerEntry:
     path = (SERVERS, name)
     command, args = written.get((*path, "command")), written.get((*path, "args"))
-    has_command = command is not None and isinstance(data, dict) and isinstance(data.get("command"), str)
     array = None
     if args is not None and args.items is not None:
         array = ArgsArray(args.span.start + 1, args.items, args.span.end - 1)
-    if not has_command:
+    if command is None or not (isinstance(data, dict) and isinstance(data.get("command"), str)):
         return ServerEntry(name, path, data, None, array, None)
     return ServerEntry(name, path, data, command.span, array, _slot(text, command))
 

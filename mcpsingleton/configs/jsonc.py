@@ -55,7 +55,9 @@ class _Parser:
     def blank(self) -> str:
         char = self.text[self.pos : self.pos + 1]
         if char and char in _BLANK_STARTS:
-            self.pos = _BLANK.match(self.text, self.pos).end()
+            blank = _BLANK.match(self.text, self.pos)
+            assert blank is not None  # it starts with one of _BLANK_STARTS
+            self.pos = blank.end()
             char = self.text[self.pos : self.pos + 1]
         return char
 
@@ -166,7 +168,7 @@ def load(text: str, server_paths: tuple[tuple[str, ...], ...]) -> Document:
 
 def _find(root: Node, server_paths: tuple[tuple[str, ...], ...]) -> Iterator[tuple[tuple[str, ...], Node]]:
     for pattern in server_paths:
-        found = [((), root)]
+        found: list[tuple[tuple[str, ...], Node]] = [((), root)]
         for key in pattern:
             found = [
                 ((*path, name), child)

@@ -60,6 +60,7 @@ def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
     """Edits that wrap every stdio entry of `doc`."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "stdio"):
+        assert entry.command is not None  # classify() checked it
         options = wrap_prefix(entry, scope)
         tokens = [*(doc.quote(option) for option in options), _text(doc, entry.command)]
         plan.edits += [_edit(entry.command, doc.quote(executable)), _args_insertion(doc, entry, tokens, plan)]
@@ -69,11 +70,12 @@ def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
 
 def _args_insertion(doc: Document, entry: ServerEntry, tokens: list[str], plan: Plan) -> Edit:
     """Put `tokens` in front of the original args; a missing args member is created (and recorded)."""
-    args = entry.args
+    args, slot = entry.args, entry.slot
+    assert slot is not None  # classify() checked it
     if args is None:
-        member = entry.slot.prefix + "[" + ", ".join(tokens) + "]"
+        member = slot.prefix + "[" + ", ".join(tokens) + "]"
         plan.inserted.append((entry.path, member))
-        return Edit(entry.slot.pos, entry.slot.pos, member)
+        return Edit(slot.pos, slot.pos, member)
     if not args.items:
         return Edit(args.close, args.close, ", ".join(tokens))
     separator = _separator(doc.text, args)
@@ -84,12 +86,14 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
     """Edits that restore every wrapped entry of `doc`; `recorded` tells which args members wrap added."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "wrapped"):
-        args, items = entry.data["args"], entry.args.items
+        args, array, slot = entry.data["args"], entry.args, entry.slot
         index = wrapped_command_index(entry.data["command"], args)
+        assert entry.command and array and slot and index is not None  # classify() checked them
+        items = array.items
         plan.edits.append(_edit(entry.command, _text(doc, items[index])))
-        member = doc.text[entry.slot.pos : entry.args.close + 1] if entry.slot.pos <= entry.args.open else ""
+        member = doc.text[slot.pos : array.close + 1] if slot.pos <= array.open else ""
         if index == len(items) - 1 and member and recorded(entry.path, member):
-            plan.edits.append(Edit(entry.slot.pos, entry.args.close + 1, ""))
+            plan.edits.append(Edit(slot.pos, array.close + 1, ""))
             plan.removed.append((entry.path, member))
             _expect(plan, entry, args[index], None)
         else:
