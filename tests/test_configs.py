@@ -70,7 +70,7 @@ CURSOR, CODEX, DESKTOP = CASES[3], CASES[8], CASES[0]
 
 @pytest.fixture
 def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A HOME, a project dir as cwd, private state, and an installed `mcpsingleton` first on PATH."""
+    """A HOME (our state goes under it), a project dir as cwd, and an installed `mcpsingleton` first on PATH."""
     home, project, bindir = tmp_path / "home", tmp_path / "project", tmp_path / "bin"
     for directory in (home, project, bindir):
         directory.mkdir()
@@ -78,7 +78,7 @@ def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("MCPSINGLETON_HOME", raising=False)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     for name in ("XDG_CONFIG_HOME", "CODEX_HOME", "APPDATA"):
         monkeypatch.delenv(name, raising=False)
@@ -415,6 +415,53 @@ def test_unusual_entry_names_round_trip(name: str, exe: str) -> None:
     unwrap("cursor")
 
     assert CURSOR.path.read_text(encoding="utf-8") == original
+
+
+@pytest.mark.parametrize("case", [CODEX, CASES[7]], ids=str)
+def test_clients_that_filter_the_environment_get_mcpsingleton_home_in_each_entry_s_env(
+    case: Case, exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codex and Gemini CLI pass servers a filtered env: a MCPSINGLETON_HOME set for wrap must reach `run`."""
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    original = case.install()
+    stdio = stdio_entries(case.load())
+
+    code, _, err = wrap(case.client)
+
+    assert (code, err) == (0, "")
+    after = {entry.path: entry.data for entry in case.load().entries}
+    for path, old in stdio.items():
+        assert after[path]["env"] == {"MCPSINGLETON_HOME": str(tmp_path / "ms"), **old.get("env", {})}
+        assert "MCPSINGLETON_HOME" not in after[path]["args"], "our own variable is never an --env-key"
+    wrapped = case.path.read_bytes()
+    assert wrap(case.client)[0] == 0 and case.path.read_bytes() == wrapped, "wrap twice changes nothing"
+
+    code, _, err = unwrap(case.client)
+
+    assert (code, err) == (0, "")
+    assert case.path.read_bytes() == original
+
+
+def test_an_env_wrap_cannot_extend_is_named_with_what_to_add_by_hand(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CODEX.path.parent.mkdir(parents=True)
+    CODEX.path.write_text('[mcp_servers.t]\ncommand = "srv"\nenv.REGION = "eu"\n', encoding="utf-8")
+
+    code, out, err = wrap("codex")
+
+    assert code == 0 and "wrapped 1 server (t)" in out
+    assert err == (f"mcpsingleton: {CODEX.path}: server 't': add MCPSINGLETON_HOME = {tmp_path / 'ms'} to its env "
+                   "by hand (this client does not pass it on by itself)\n")
+
+
+def test_clients_that_pass_the_environment_on_get_no_env_added(exe: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CURSOR.install()
+    wrap("cursor")
+    assert all("MCPSINGLETON_HOME" not in (entry.data.get("env") or {}) for entry in CURSOR.load().entries)
 
 
 def test_a_command_that_starts_with_a_dash_is_wrapped_after_a_separator(exe: str) -> None:

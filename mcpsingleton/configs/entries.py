@@ -47,6 +47,18 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class EnvSpot:
+    """Where wrap can add a variable to an entry's env: `before + pair + after` is inserted at `pos`.
+
+    Inside the env mapping when the entry has one, else a whole new `env` member after the command.
+    """
+
+    pos: int
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
 class ServerEntry:
     """One server entry: its parsed value plus where its `command` and `args` values are written."""
 
@@ -56,6 +68,7 @@ class ServerEntry:
     command: Span | None  # the command string's token, None when it is not a string
     args: ArgsArray | None  # None when args is absent (or not an array: see classify)
     slot: Slot | None  # None when there is no command token to put args after
+    env: EnvSpot | None  # None when no variable can be added (env is not a mapping, or written as dotted keys)
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class Document:
     entries: tuple[ServerEntry, ...]
     secrets: tuple[Span, ...]  # values under env/headers and of secret-named keys; masked in diffs
     quote: Callable[[str], str]  # a string literal in this format
+    pair: Callable[[str, str], str]  # a `key: "value"` member of a mapping in this format
 
 
 REMOTE_KEYS = ("url", "httpUrl", "serverUrl")

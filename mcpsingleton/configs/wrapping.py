@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpsingleton.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
+from mcpsingleton.keys import HOME_ENV
 from mcpsingleton.options import run_prefix
 
-Recorded = Callable[[tuple[str, ...], str], bool]
+Recorded = Callable[[tuple[str, ...]], frozenset[str]]
+"""The texts wrap inserted at an entry path (the entry's for args members, entry + `env` for env text)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class Plan:
     changed: list[str] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members wrap added
+    inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members/env pairs wrap added
     removed: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # … and unwrap took away
+    env_by_hand: list[str] = field(default_factory=list)  # entries whose env wrap could not extend
 
 
 def wrap_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
@@ -56,8 +59,8 @@ def wrap_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
     return run_prefix(entry.data["command"], scope=scope, name=entry.name, env_keys=env_keys)
 
 
-def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
-    """Edits that wrap every stdio entry of `doc`."""
+def plan_wrap(doc: Document, executable: str, scope: str | None, home: str | None = None) -> Plan:
+    """Edits that wrap every stdio entry of `doc`; with `home`, each entry's env also sets MCPSINGLETON_HOME."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "stdio"):
         assert entry.command is not None  # classify() checked it
@@ -65,7 +68,23 @@ def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
         tokens = [*(doc.quote(option) for option in options), _text(doc, entry.command)]
         plan.edits += [_edit(entry.command, doc.quote(executable)), _args_insertion(doc, entry, tokens, plan)]
         _expect(plan, entry, executable, [*options, entry.data["command"], *entry.data.get("args", [])])
+        if home is not None:
+            _pass_home(doc, entry, home, plan)
     return plan
+
+
+def _pass_home(doc: Document, entry: ServerEntry, home: str, plan: Plan) -> None:
+    """Add MCPSINGLETON_HOME to the entry's env, for clients that pass servers a filtered environment."""
+    env = entry.data.get("env")
+    if isinstance(env, dict) and HOME_ENV in env:
+        return
+    if entry.env is None:
+        plan.env_by_hand.append(entry.name)
+        return
+    text = entry.env.before + doc.pair(HOME_ENV, home) + entry.env.after
+    plan.edits.append(Edit(entry.env.pos, entry.env.pos, text))
+    plan.inserted.append(((*entry.path, "env"), text))
+    _target(plan, entry).setdefault("env", {})[HOME_ENV] = home
 
 
 def _args_insertion(doc: Document, entry: ServerEntry, tokens: list[str], plan: Plan) -> Edit:
@@ -92,7 +111,7 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
         items = array.items
         plan.edits.append(_edit(entry.command, _text(doc, items[index])))
         member = doc.text[slot.pos : array.close + 1] if slot.pos <= array.open else ""
-        if index == len(items) - 1 and member and recorded(entry.path, member):
+        if index == len(items) - 1 and member and member in recorded(entry.path):
             plan.edits.append(Edit(slot.pos, array.close + 1, ""))
             plan.removed.append((entry.path, member))
             _expect(plan, entry, args[index], None)
@@ -100,7 +119,29 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
             end = items[index + 1].start if index + 1 < len(items) else items[index].end
             plan.edits.append(Edit(items[0].start, end, ""))
             _expect(plan, entry, args[index], args[index + 1 :])
+        _unpass_home(doc, entry, (slot.pos, array.close + 1), recorded, plan)
     return plan
+
+
+def _unpass_home(
+    doc: Document, entry: ServerEntry, members_at: tuple[int, ...], recorded: Recorded, plan: Plan
+) -> None:
+    """Take out the MCPSINGLETON_HOME wrap added: a whole env member (right after the command or the args
+    wrap added), or the first pair of the env mapping; only while the recorded text is there unchanged."""
+    env = entry.data.get("env")
+    if not (isinstance(env, dict) and HOME_ENV in env):
+        return
+    path = (*entry.path, "env")
+    spots = [(pos, len(env) == 1) for pos in members_at] + ([(entry.env.pos, False)] if entry.env else [])
+    for pos, whole_member in spots:
+        for text in recorded(path):
+            if doc.text.startswith(text, pos):
+                plan.edits.append(Edit(pos, pos + len(text), ""))
+                plan.removed.append((path, text))
+                del _target(plan, entry)["env"][HOME_ENV]
+                if whole_member:
+                    del _target(plan, entry)["env"]
+                return
 
 
 def apply(text: str, edits: list[Edit]) -> str:
@@ -128,11 +169,17 @@ def _targets(doc: Document, plan: Plan, target: str) -> list[ServerEntry]:
     return targets
 
 
-def _expect(plan: Plan, entry: ServerEntry, command: str, args: list[str] | None) -> None:
-    """Record in `plan.expected` what the entry must parse to after the edit (args None: no args key)."""
+def _target(plan: Plan, entry: ServerEntry) -> Any:
+    """The entry's data in `plan.expected`."""
     target = plan.expected
     for key in entry.path:
         target = target[key]
+    return target
+
+
+def _expect(plan: Plan, entry: ServerEntry, command: str, args: list[str] | None) -> None:
+    """Record in `plan.expected` what the entry must parse to after the edit (args None: no args key)."""
+    target = _target(plan, entry)
     target["command"] = command
     if args is None:
         del target["args"]
