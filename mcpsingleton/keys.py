@@ -326,6 +326,23 @@ def default_name(argv: list[str]) -> str:
     return first if first and not _is_assignment(first) else "server"
 
 
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command as `ls` shows it and state files keep it: values of secret-named `VAR=value` words and
+    options (`TOKEN=…`, `--api-key …`, `--token=…`) replaced by `***`, so secrets never reach disk or `ls`."""
+    shown: list[str] = []
+    hide_next = False
+    for word in argv:
+        name, equals, _ = word.partition("=")
+        is_option = word.startswith("-")
+        secret = is_secret_name(name.lstrip("-").replace("-", "_"))
+        if hide_next or (secret and equals and (is_option or _is_assignment(word))):
+            shown.append(f"{name}=***" if equals and not hide_next else "***")
+        else:
+            shown.append(word)
+        hide_next = secret and is_option and not equals
+    return shown
+
+
 def _is_assignment(word: str) -> bool:
     """`NAME=value`, as `env` and shells read it."""
     name, equals, _ = word.partition("=")

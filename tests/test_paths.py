@@ -6,6 +6,7 @@ and HOME only, so every client of a user finds the same brokers whatever environ
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RawClient, mcpsingleton_exe
+from conftest import RawClient, ls_json, mcpsingleton_exe, shim
 
 from mcpsingleton.keys import SOCKET_PATH_LIMIT, KeyPaths, SetupError, check_socket_path, runtime_dir
 
@@ -159,3 +160,18 @@ def test_run_help_is_only_run_s_own(home: Path) -> None:
     out = subprocess.run([mcpsingleton_exe(), "run", "--name", "x", "--help"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 0 and "--max-procs" in out.stdout and "MCPSINGLETON_LINGER" in out.stdout
+
+
+def test_a_secret_in_the_command_reaches_neither_the_name_nor_ls_nor_disk(home: Path, fake_server: list[str]) -> None:
+    """Row 15: `env TOKEN=… server`: the name is the server's, and the value appears nowhere others can read."""
+    secret = "s3cret-value-of-row-15"
+    session = RawClient(shim(["env", f"API_TOKEN={secret}", *fake_server, "--token", secret]))
+    session.initialize()
+
+    listed = ls_json()
+    assert [backend["name"] for backend in listed] == ["fake_server"]
+    assert secret not in json.dumps(listed)
+    assert not [path for path in home.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+    waiter = psutil.Process(session.process.pid)
+    assert secret not in " ".join(waiter.cmdline()), "the waiter's argv is world-readable"
+    assert session.close() == 0

@@ -21,6 +21,7 @@ from mcpsingleton.keys import (
     is_secret_name,
     parse_duration,
     parse_size,
+    redacted_argv,
 )
 from mcpsingleton.logfile import LogFile
 from mcpsingleton.shim import parse_args
@@ -118,6 +119,12 @@ def test_keys_follow_scope(tmp_path: Path) -> None:
 )
 def test_default_names(argv: list[str], name: str) -> None:
     assert default_name(argv) == name
+
+
+def test_secret_values_in_a_command_are_masked_for_display() -> None:
+    argv = ["env", "GITHUB_TOKEN=ghp_1", "REGION=eu", "srv", "--api-key", "sk-2", "--token=t3", "--port", "80"]
+    assert redacted_argv(argv) == ["env", "GITHUB_TOKEN=***", "REGION=eu", "srv", "--api-key", "***", "--token=***",
+                                   "--port", "80"]
 
 
 def test_durations_and_sizes() -> None:
