@@ -233,7 +233,7 @@ def check_socket_path(paths: KeyPaths) -> None:
     if len(longest.encode("utf-8", "surrogateescape")) >= SOCKET_PATH_LIMIT:
         raise SetupError(
             f"the runtime dir {paths.dir} is too deep for Unix socket names ({SOCKET_PATH_LIMIT - 1} bytes at most); "
-            f"set MCPSINGLETON_HOME to a short dir such as /tmp/ms-$USER"
+            "set MCPSINGLETON_HOME to a short dir of yours, such as ~/.ms"
         )
 
 
