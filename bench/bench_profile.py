@@ -145,13 +145,15 @@ def shim_steps(count: int) -> dict[str, float]:
     env = dict(os.environ)
     cwd = os.getcwd()
     options = shim.parse_args(argv)
+    scope = shim.resolve_scope(options, options.command, cwd, env)
     result = {
         "parse_args": per_call_us(lambda _: shim.parse_args(argv), count),
         "runtime_dir+ensure_private_dir": per_call_us(lambda _: keys.ensure_private_dir(keys.runtime_dir()), count),
         "user_salt (read)": per_call_us(lambda _: keys.user_salt(directory), count),
         "dict(os.environ)": per_call_us(lambda _: dict(os.environ), count),
+        "resolve_scope": per_call_us(lambda _: shim.resolve_scope(options, options.command, cwd, env), count),
         "compute_key": per_call_us(
-            lambda _: keys.compute_key(options.command, options.scope, cwd, env, options.env_keys, salt), count),
+            lambda _: keys.compute_key(options.command, scope, cwd, env, options.env_keys, salt), count),
         "default_name": per_call_us(lambda _: keys.default_name(options.command), count),
     }
     result["total_us"] = round(sum(result.values()), 1)

@@ -6,11 +6,12 @@ import sys
 
 
 def wants_shim(argv: list[str]) -> bool:
-    """`run` without --help goes straight to the lean shim."""
+    """`run` goes straight to the lean shim, unless `run` itself (not the server) is asked for --help."""
     if argv[:1] != ["run"]:
         return False
-    options = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
-    return "--help" not in options and "-h" not in options
+    from .options import asks_for_help
+
+    return not asks_for_help(argv[1:])
 
 
 def main() -> None:
@@ -20,8 +21,13 @@ def main() -> None:
 
         sys.exit(run_shim(argv[1:]))
     from .cli import cli
+    from .keys import SetupError, stderr_line
 
-    cli()
+    try:
+        cli()
+    except SetupError as exc:  # e.g. no usable place for our files: one line, not a traceback
+        stderr_line(str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from . import __version__, jsonrpc
 from .backend import Backend, Keeper, become_subreaper, kill_leftovers, stop_ladder
 from .eventloop import EventLoop, Timer
-from .keys import PROTOCOL, KeyPaths
+from .keys import PROTOCOL, KeyPaths, redacted_argv
 from .logfile import LogFile
 from .mux import Log, Mux, StartBackend, ToBackend, ToSession
 
@@ -208,7 +208,7 @@ class Broker:
             os.unlink(self.paths.sock)
         except FileNotFoundError:
             pass
-        temp = f"{self.paths.sock}.{os.getpid()}.tmp"
+        temp = self.paths.temp_sock(os.getpid())
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(temp)
         os.chmod(temp, 0o600)
@@ -223,7 +223,7 @@ class Broker:
         state = {
             "key": self.key,
             "name": self.spec["name"],
-            "command": self.spec["argv"],
+            "command": redacted_argv(self.spec["argv"]),
             "cwd": self.spec["cwd"],
             "scope": self.spec["scope"],
             "broker_pid": os.getpid(),
@@ -514,7 +514,7 @@ class Broker:
         self.backend_lines = LineBuffer(1 << 31)
         self.loop.add_reader(backend.stdout, lambda: self._backend_readable(backend))
         self.loop.add_reader(backend.stderr, lambda: self._backend_stderr(backend))
-        self.log.write(f"backend started: pid {backend.pid} `{' '.join(argv)}`")
+        self.log.write(f"backend started: pid {backend.pid} `{' '.join(redacted_argv(argv))}`")
         self._perform(self.mux.backend_started())
 
     def _backend_readable(self, backend: Backend) -> None:
@@ -765,7 +765,7 @@ class Broker:
         return {
             "key": self.key,
             "name": self.spec["name"],
-            "command": self.spec["argv"],
+            "command": redacted_argv(self.spec["argv"]),
             "cwd": self.spec["cwd"],
             "scope": self.spec["scope"],
             "broker_pid": os.getpid(),

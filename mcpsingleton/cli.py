@@ -11,18 +11,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__, control
 from .keys import SCOPES, KeyPaths, log_dir
+from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Errors for people: one line, then exit status 1."""
     click.echo(f"mcpsingleton: {message}", err=True)
     sys.exit(1)
@@ -34,28 +36,33 @@ def cli() -> None:
     """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option(
-    "--scope",
-    type=click.Choice(SCOPES),
-    default="cwd",
-    show_default=True,
-    help="What may share a backend: cwd (same command, env secrets and directory), global, isolated.",
-)
-@click.option("--name", help="Label shown by ls/stop/logs (default: derived from COMMAND).")
-@click.option(
-    "--linger",
-    default="5m",
-    show_default=True,
-    envvar="MCPSINGLETON_LINGER",
-    help="Keep the backend this long after the last session leaves (0, 30s, 5m).",
-)
-@click.option("--env-key", multiple=True, help="Env var that must match for sessions to share (repeatable).")
-@click.option("--max-memory", help="Restart the backend gracefully when its process tree exceeds SIZE.")
-@click.option("--max-procs", type=int, help="Restart the backend when its process tree holds more than N processes.")
+def _run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Declare `run`'s options from its one table, so help and completions match what the shim parses."""
+    for option in reversed(RUN_OPTIONS):
+        command = click.option(
+            option.flag,
+            option.attr,
+            metavar=option.metavar,
+            type=click.Choice(option.choices) if option.choices else None,
+            default=option.default,
+            show_default=option.default is not None,
+            envvar=option.env,
+            show_envvar=option.env is not None,
+            multiple=option.repeatable,
+            help=option.help,
+        )(command)
+    return command
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@_run_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run(**_: Any) -> None:
-    """The stdio shim for client configs: mcpsingleton run [OPTIONS] -- COMMAND [ARG...]"""
+    """The stdio shim for client configs: mcpsingleton run [OPTIONS] [--] COMMAND [ARG...]
+
+    Options are read only before COMMAND's first word, so the server's own arguments (even -h) are
+    passed to it untouched; `--` may separate them.
+    """
     from .shim import main as run_shim
 
     sys.exit(run_shim(sys.argv[2:]))

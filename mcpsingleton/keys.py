@@ -10,14 +10,16 @@ import stat
 import sys
 
 try:  # the small builtin module avoids loading OpenSSL on every session start
-    from _sha256 import sha256
+    from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import sha256
 
 PROTOCOL = "1"
 """Wire protocol of shim and broker; part of every key, so an upgrade never attaches to an old broker."""
 
-SCOPES = ("cwd", "global", "isolated")
+SCOPES = ("auto", "cwd", "global", "isolated")
+KEY_SCOPES = ("cwd", "global", "isolated")
+"""What a key is computed for; `auto` is first resolved to one of these."""
 
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE")
 """Env var names containing one of these must match for two sessions to share a backend."""
@@ -28,7 +30,10 @@ VOLATILE_VARS = frozenset(
 """Per-terminal or per-shell values that never decide what a server does."""
 
 KEY_ENV = "MCPSINGLETON_KEY"
+HOME_ENV = "MCPSINGLETON_HOME"
+RUN_USER = "/run/user"
 SOCKET_PATH_LIMIT = 104  # macOS sun_path; Linux allows 108
+LONGEST_PID = "9" * 7  # Linux pid_max is at most 2**22; macOS pids have 5 digits
 
 
 class UsageError(Exception):
@@ -39,25 +44,66 @@ class SetupError(Exception):
     """The machine is not in a state we can safely run in; reported as one line, exit status 1."""
 
 
+def home_override() -> str | None:
+    """MCPSINGLETON_HOME: when set, every file of ours lives under it (tests, or a user's explicit choice)."""
+    return os.environ.get(HOME_ENV) or None
+
+
 def runtime_dir() -> str:
-    """Private per-user directory for sockets, locks and state files."""
-    home = os.environ.get("MCPSINGLETON_HOME")
+    """Private per-user directory for sockets, locks and state files.
+
+    It must be the same for every client of the same user, and clients start servers with a filtered
+    environment (Codex passes little more than HOME and PATH), so it depends on nothing a client may
+    strip: MCPSINGLETON_HOME when set, else the system's per-user runtime dir (Linux `/run/user/UID`,
+    macOS's per-user temp dir) when it exists and is ours and private, else a dir under the home
+    directory. Never a shared-/tmp name that another user could create first. See docs/ARCHITECTURE.md.
+    """
+    home = home_override()
     if home:
         return os.path.join(home, "run")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return os.path.join(xdg, "mcpsingleton")
-    return f"/tmp/mcpsingleton-{os.getuid()}"
+    for system_dir in (f"{RUN_USER}/{os.getuid()}", _darwin_user_temp_dir()):
+        if system_dir and _is_private_and_ours(system_dir):
+            return os.path.join(system_dir, "mcpsingleton")
+    return os.path.join(os.path.expanduser("~"), ".cache", "mcpsingleton")
+
+
+def _darwin_user_temp_dir() -> str | None:
+    """macOS's private per-user temp dir, asked of the system (not $TMPDIR, which clients may drop)."""
+    if "CS_DARWIN_USER_TEMP_DIR" not in getattr(os, "confstr_names", {}):
+        return None
+    try:
+        return os.confstr("CS_DARWIN_USER_TEMP_DIR")
+    except (OSError, ValueError):
+        return None
+
+
+def _is_private_and_ours(path: str) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def state_dir() -> str:
+    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else the user state dir.
+
+    Derived from the home directory alone (not XDG_STATE_HOME, which clients may strip), so every
+    client's brokers log to the place `mcpsingleton logs` looks. On Linux this is platformdirs'
+    default, on macOS the same as platformdirs'.
+    """
+    home = home_override()
+    if home:
+        return os.path.join(home, "state")
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~"), "Library", "Application Support", "mcpsingleton")
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "mcpsingleton")
 
 
 def log_dir() -> str:
-    """Where broker logs go: under MCPSINGLETON_HOME, else the platform's user state dir."""
-    home = os.environ.get("MCPSINGLETON_HOME")
-    if home:
-        return os.path.join(home, "logs")
-    import platformdirs
-
-    return os.path.join(platformdirs.user_state_dir("mcpsingleton"), "logs")
+    """Where broker logs go: MCPSINGLETON_HOME/logs, else beside the user state."""
+    home = home_override()
+    return os.path.join(home, "logs") if home else os.path.join(state_dir(), "logs")
 
 
 def ensure_private_dir(path: str) -> str:
@@ -84,6 +130,10 @@ class KeyPaths:
         self.sock = base + ".sock"
         self.lock = base + ".lock"
         self.state = base + ".json"
+
+    def temp_sock(self, pid: int | str) -> str:
+        """The name a broker binds before renaming it onto `sock`, so no client sees a socket not yet listening."""
+        return f"{self.sock}.{pid}.tmp"
 
     def log(self) -> str:
         return os.path.join(log_dir(), self.key + ".log")
@@ -131,6 +181,13 @@ def user_salt(directory: str) -> bytes:
     """A per-user random salt so that key hashes cannot be brute-forced back into secret values."""
     path = os.path.join(directory, "salt")
     try:
+        return _read_or_create_salt(path)
+    except OSError as exc:
+        raise SetupError(f"cannot use {path} ({exc.strerror}); set MCPSINGLETON_HOME to a writable dir") from exc
+
+
+def _read_or_create_salt(path: str) -> bytes:
+    try:
         with open(path, "rb") as handle:
             salt = handle.read()
         if len(salt) == 32:
@@ -160,17 +217,24 @@ def compute_key(argv: list[str], scope: str, cwd: str, env: dict[str, str], extr
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
     elif scope == "cwd":
         scope_part = "cwd:" + os.path.realpath(cwd)
-    else:
+    elif scope == "global":
         scope_part = "global"
+    else:
+        raise ValueError(f"a key needs a resolved scope, one of {KEY_SCOPES}, not {scope!r}")
     digest = sha256(PROTOCOL.encode())
     for part in (*resolve_argv(argv, cwd), scope_part, env_fingerprint(env, extra_keys, salt)):
         digest.update(b"\0" + part.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 
 
-def check_socket_path(path: str) -> None:
-    if len(path.encode()) >= SOCKET_PATH_LIMIT:
-        raise SetupError(f"socket path {path} is too long for a Unix socket; set MCPSINGLETON_HOME to a short dir")
+def check_socket_path(paths: KeyPaths) -> None:
+    """Refuse a runtime dir so deep that the longest name a broker binds would not fit a Unix socket."""
+    longest = paths.temp_sock(LONGEST_PID)
+    if len(longest.encode("utf-8", "surrogateescape")) >= SOCKET_PATH_LIMIT:
+        raise SetupError(
+            f"the runtime dir {paths.dir} is too deep for Unix socket names ({SOCKET_PATH_LIMIT - 1} bytes at most); "
+            "set MCPSINGLETON_HOME to a short dir of yours, such as ~/.ms"
+        )
 
 
 LAUNCHERS = frozenset(
@@ -199,25 +263,111 @@ LAUNCHERS = frozenset(
         "-m",
         "-c",
         "docker",
+        "podman",
     }
 )
 
+LAUNCHER_KINDS = {
+    **dict.fromkeys(("npx", "bunx", "npm", "pnpm", "yarn", "bun"), "js"),
+    **dict.fromkeys(("uv", "uvx"), "uv"),
+    **dict.fromkeys(("docker", "podman"), "container"),
+    **dict.fromkeys(("sh", "bash", "zsh", "dash"), "shell"),
+    **{name: name for name in ("env", "node", "deno", "pipx", "python")},
+}
+"""Launchers whose options take values; `run`, `exec`, `dlx`, `tool` keep the launcher they follow."""
+
+VALUE_OPTIONS = {
+    "js": frozenset({"-p", "--package", "-c", "--call", "--registry", "--cache", "--prefix", "-w", "--workspace"}),
+    "uv": frozenset(
+        {"--with", "-w", "--with-editable", "--with-requirements", "--from", "--python", "-p", "--directory",
+         "--project", "--package", "--index", "--default-index", "--index-url", "-i", "--extra-index-url",
+         "--find-links", "-f", "--env-file", "--cache-dir", "--config-file"}
+    ),
+    "env": frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}),
+    "node": frozenset(
+        {"-r", "--require", "--import", "--loader", "--experimental-loader", "-e", "--eval", "-p", "--print",
+         "-C", "--conditions", "--env-file", "--title"}
+    ),
+    "deno": frozenset({"-c", "--config", "--import-map", "--lock", "--cert", "--location", "--env-file"}),
+    "pipx": frozenset({"--spec", "--python", "--pip-args", "--index-url", "-i"}),
+    "python": frozenset({"-W", "-X", "-c"}),
+}
+"""Options that take the next word as their value: a value is never a name (it may be a secret)."""
+
+CONTAINER_FLAGS = frozenset(
+    {"--rm", "--init", "--interactive", "--tty", "--detach", "--privileged", "--read-only", "--publish-all"}
+)
+"""`docker run` options that take no value; every other option of a container runner takes one."""
+
 
 def default_name(argv: list[str]) -> str:
-    """A short label for ls/stop/logs: the first word of the command that is not a launcher or flag."""
-    for word in argv:
-        base = os.path.basename(word.rstrip("/"))
-        if not base or base.startswith("-") or base in LAUNCHERS or base.startswith(("python3.", "node")):
+    """A short label for ls/stop/logs: the word of the command that names the server.
+
+    It appears in `ls` and in the waiter's world-readable argv, so it never comes from a `VAR=value`
+    word or an option's value (`env TOKEN=… server`, `uvx --with 'mcp<2' x`, `docker run -e TOKEN image`).
+    """
+    launcher = ""
+    words = iter(argv)
+    for word in words:
+        if _is_assignment(word):
             continue
-        if "@" in base[1:]:
-            base = base[: base.index("@", 1)]
-        base = base.split("/")[-1].lstrip("@")
-        for suffix in (".js", ".mjs", ".cjs", ".py", ".ts"):
-            base = base.removesuffix(suffix)
-        if base in ("index", "main", "server", "cli", "__main__") and os.sep in word:
-            base = _package_dir_name(word) or base
-        return base or "server"
-    return os.path.basename(argv[0]) if argv else "server"
+        if word.startswith("-"):
+            if launcher == "shell" and word == "-c":
+                return default_name([part.strip("'\"") for part in next(words, "").split()])
+            if "=" not in word and _takes_value(launcher, word):
+                next(words, None)
+            continue
+        base = os.path.basename(word.rstrip("/"))
+        if base in LAUNCHERS or base.startswith(("python3", "node")):
+            launcher = LAUNCHER_KINDS.get(base.rstrip(".0123456789"), launcher)
+            continue
+        return _name_of(word, base, image=launcher == "container") or "server"
+    first = os.path.basename(argv[0]) if argv else ""
+    return first if first and not _is_assignment(first) else "server"
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command as `ls` shows it and state files keep it: values of secret-named `VAR=value` words and
+    options (`TOKEN=…`, `--api-key …`, `--token=…`) replaced by `***`, so secrets never reach disk or `ls`."""
+    shown: list[str] = []
+    hide_next = False
+    for word in argv:
+        name, equals, _ = word.partition("=")
+        is_option = word.startswith("-")
+        secret = is_secret_name(name.lstrip("-").replace("-", "_"))
+        if hide_next or (secret and equals and (is_option or _is_assignment(word))):
+            shown.append(f"{name}=***" if equals and not hide_next else "***")
+        else:
+            shown.append(word)
+        hide_next = secret and is_option and not equals
+    return shown
+
+
+def _is_assignment(word: str) -> bool:
+    """`NAME=value`, as `env` and shells read it."""
+    name, equals, _ = word.partition("=")
+    return bool(equals) and name.replace("_", "a").isalnum() and not name[0].isdigit()
+
+
+def _takes_value(launcher: str, option: str) -> bool:
+    if launcher == "container":
+        is_flag_cluster = option[1:2] != "-" and set(option[1:]) <= set("itdP")
+        return not (is_flag_cluster or option in CONTAINER_FLAGS)
+    return option in VALUE_OPTIONS.get(launcher, ())
+
+
+def _name_of(word: str, base: str, image: bool) -> str:
+    """`@scope/pkg@1.2` → `pkg`, `.../server-everything/dist/index.js` → `server-everything`, `reg/img:tag` → `img`."""
+    if image:
+        base = base.partition(":")[0]
+    if "@" in base[1:]:
+        base = base[: base.index("@", 1)]
+    base = base.split("/")[-1].lstrip("@")
+    for suffix in (".js", ".mjs", ".cjs", ".py", ".ts"):
+        base = base.removesuffix(suffix)
+    if base in ("index", "main", "server", "cli", "__main__") and os.sep in word:
+        base = _package_dir_name(word) or base
+    return base
 
 
 def _package_dir_name(path: str) -> str | None:

@@ -9,14 +9,13 @@ message. Only when no broker answers does it import the cold path (`election`) t
 
 from __future__ import annotations
 
-import _signal  # likewise, `signal` builds enums at import
+import _signal  # type: ignore[import-not-found]  # likewise, `signal` builds enums at import
 import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
 import os
 import sys
 import time
 
 from .keys import (
-    SCOPES,
     KeyPaths,
     SetupError,
     UsageError,
@@ -24,12 +23,13 @@ from .keys import (
     compute_key,
     default_name,
     ensure_private_dir,
-    parse_duration,
-    parse_size,
+    log_dir,
     runtime_dir,
     stderr_line,
     user_salt,
 )
+from .options import RunOptions, usage
+from .options import parse_run_args as parse_args
 
 WAITER = (
     "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
@@ -45,72 +45,11 @@ can never find the session served but the waiter not yet able to exit with 128+N
 
 ATTACH_TIMEOUT = 5.0
 STARTUP_DEADLINE = 15.0
-USAGE = (
-    "usage: mcpsingleton run [--scope cwd|global|isolated] [--name NAME] [--linger DURATION] "
-    "[--env-key VAR]... [--max-memory SIZE] [--max-procs N] -- COMMAND [ARG...]"
-)
 
 
-class RunOptions:
-    """What `run` was asked to do; parsed without click to keep the warm path lean."""
-
-    def __init__(self) -> None:
-        self.scope = "cwd"
-        self.name: str | None = None
-        self.linger = os.environ.get("MCPSINGLETON_LINGER", "5m")
-        self.env_keys: list[str] = []
-        self.max_memory: int | None = None
-        self.max_procs: int | None = None
-        self.command: list[str] = []
-
-
-def parse_args(argv: list[str]) -> RunOptions:
-    options = RunOptions()
-    takes_value = {"--scope", "--name", "--linger", "--env-key", "--max-memory", "--max-procs"}
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word == "--":
-            options.command = argv[index + 1 :]
-            break
-        flag, has_inline, inline = word.partition("=")
-        if flag not in takes_value:
-            if word.startswith("-"):
-                raise UsageError(f"no such option: {word}")
-            options.command = argv[index:]
-            break
-        if has_inline:
-            value = inline
-        elif index + 1 < len(argv):
-            index += 1
-            value = argv[index]
-        else:
-            raise UsageError(f"option {flag} requires a value")
-        _apply(options, flag, value)
-        index += 1
-    if not options.command:
-        raise UsageError("missing the server command after --")
-    parse_duration(options.linger)
-    return options
-
-
-def _apply(options: RunOptions, flag: str, value: str) -> None:
-    if flag == "--scope":
-        if value not in SCOPES:
-            raise UsageError(f"invalid --scope {value!r} (choose from {', '.join(SCOPES)})")
-        options.scope = value
-    elif flag == "--name":
-        options.name = value
-    elif flag == "--linger":
-        options.linger = value
-    elif flag == "--env-key":
-        options.env_keys.append(value)
-    elif flag == "--max-memory":
-        options.max_memory = parse_size(value)
-    elif value.isdigit() and int(value) > 0:
-        options.max_procs = int(value)
-    else:
-        raise UsageError(f"invalid --max-procs {value!r}: a positive whole number")
+def resolve_scope(options: RunOptions, argv: list[str], cwd: str, env: dict[str, str]) -> str:
+    """The scope a key is computed for: the one asked for, with `auto` decided here (for now: cwd)."""
+    return "cwd" if options.scope == "auto" else options.scope
 
 
 def try_attach(paths: KeyPaths) -> _socket.socket | None:
@@ -181,9 +120,12 @@ def run(argv: list[str]) -> int:
     directory = ensure_private_dir(runtime_dir())
     cwd = os.getcwd()
     env = dict(os.environ)
-    key = compute_key(options.command, options.scope, cwd, env, options.env_keys, user_salt(directory))
+    # ▼ The one place where the scope is decided; the broker records the decided scope, never `auto`.
+    scope = resolve_scope(options, options.command, cwd, env)
+    options.scope = scope
+    key = compute_key(options.command, scope, cwd, env, options.env_keys, user_salt(directory))
     paths = KeyPaths(key, directory)
-    check_socket_path(paths.sock)
+    check_socket_path(paths)
     name = options.name or default_name(options.command)
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:
@@ -192,6 +134,7 @@ def run(argv: list[str]) -> int:
             become_waiter(conn, name)
         from . import election  # cold path only
 
+        ensure_private_dir(log_dir())
         election.start_broker(paths, options, name, cwd, env)
         if time.monotonic() > deadline:
             raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
@@ -201,7 +144,7 @@ def main(argv: list[str]) -> int:
     try:
         return run(argv)
     except UsageError as exc:
-        sys.stderr.write(f"{USAGE}\nmcpsingleton: {exc}\n")
+        sys.stderr.write(f"{usage()}\nmcpsingleton: {exc}\n")
         return 2
     except SetupError as exc:
         stderr_line(str(exc))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mcpsingleton.configs import clients as registry
-from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap
+from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
 from mcpsingleton.configs.entries import Document, classify
 from mcpsingleton.configs.records import records_path
 from mcpsingleton.configs.wrapping import Edit, apply
@@ -70,7 +70,7 @@ CURSOR, CODEX, DESKTOP = CASES[3], CASES[8], CASES[0]
 
 @pytest.fixture
 def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A HOME, a project dir as cwd, private state, and an installed `mcpsingleton` first on PATH."""
+    """A HOME (our state goes under it), a project dir as cwd, and an installed `mcpsingleton` first on PATH."""
     home, project, bindir = tmp_path / "home", tmp_path / "project", tmp_path / "bin"
     for directory in (home, project, bindir):
         directory.mkdir()
@@ -78,7 +78,7 @@ def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("MCPSINGLETON_HOME", raising=False)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     for name in ("XDG_CONFIG_HOME", "CODEX_HOME", "APPDATA"):
         monkeypatch.delenv(name, raising=False)
@@ -147,10 +147,9 @@ def test_wrap_wraps_every_stdio_entry_and_leaves_the_rest_byte_identical(case: C
             "--name",
             entry.name,
             *env_options,
-            "--",
             old["command"],
             *old.get("args", []),
-        ]
+        ], "no `--`: old MCP Inspector versions split their argv at the first one"
         assert {k: v for k, v in entry.data.items() if k not in ("command", "args")} == {
             k: v for k, v in old.items() if k not in ("command", "args")
         }
@@ -398,8 +397,7 @@ def test_wrapped_args_parse_back_to_options_then_the_original_command(exe: str) 
     entry = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"]["brave-search"]
 
     assert entry["command"] == exe
-    assert entry["args"][0] == "run"
-    assert entry["args"][entry["args"].index("--") + 1] == "npx"
+    assert entry["args"][0] == "run" and "--" not in entry["args"]
     options = parse_args(entry["args"][1:])
     assert (options.scope, options.name, options.env_keys) == ("global", "brave-search", ["BRAVE_API_KEY"])
     assert options.command == ["npx", "-y", "@modelcontextprotocol/server-brave-search"]
@@ -413,10 +411,89 @@ def test_unusual_entry_names_round_trip(name: str, exe: str) -> None:
 
     wrap("cursor")
     entry = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"][name]
-    assert entry["args"] == ["run", "--name", name, "--", "srv", "--", "a"]
+    assert entry["args"] == ["run", "--name", name, "srv", "--", "a"]
     unwrap("cursor")
 
     assert CURSOR.path.read_text(encoding="utf-8") == original
+
+
+@pytest.mark.parametrize("case", [CODEX, CASES[7]], ids=str)
+def test_clients_that_filter_the_environment_get_mcpsingleton_home_in_each_entry_s_env(
+    case: Case, exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codex and Gemini CLI pass servers a filtered env: a MCPSINGLETON_HOME set for wrap must reach `run`."""
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    original = case.install()
+    stdio = stdio_entries(case.load())
+
+    code, _, err = wrap(case.client)
+
+    assert (code, err) == (0, "")
+    after = {entry.path: entry.data for entry in case.load().entries}
+    for path, old in stdio.items():
+        assert after[path]["env"] == {"MCPSINGLETON_HOME": str(tmp_path / "ms"), **old.get("env", {})}
+        assert "MCPSINGLETON_HOME" not in after[path]["args"], "our own variable is never an --env-key"
+    wrapped = case.path.read_bytes()
+    assert wrap(case.client)[0] == 0 and case.path.read_bytes() == wrapped, "wrap twice changes nothing"
+
+    code, _, err = unwrap(case.client)
+
+    assert (code, err) == (0, "")
+    assert case.path.read_bytes() == original
+
+
+def test_an_env_wrap_cannot_extend_is_named_with_what_to_add_by_hand(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CODEX.path.parent.mkdir(parents=True)
+    CODEX.path.write_text('[mcp_servers.t]\ncommand = "srv"\nenv.REGION = "eu"\n', encoding="utf-8")
+
+    code, out, err = wrap("codex")
+
+    assert code == 0 and "wrapped 1 server (t)" in out
+    assert err == (f"mcpsingleton: {CODEX.path}: server 't': add MCPSINGLETON_HOME = {tmp_path / 'ms'} to its env "
+                   "by hand (this client does not pass it on by itself)\n")
+
+
+def test_clients_that_pass_the_environment_on_get_no_env_added(exe: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CURSOR.install()
+    wrap("cursor")
+    assert all("MCPSINGLETON_HOME" not in (entry.data.get("env") or {}) for entry in CURSOR.load().entries)
+
+
+def test_a_command_that_starts_with_a_dash_is_wrapped_after_a_separator(exe: str) -> None:
+    CURSOR.path.parent.mkdir(parents=True)
+    original = json.dumps({"mcpServers": {"odd": {"command": "-srv", "args": ["-h"]}}}, indent=2)
+    CURSOR.path.write_text(original, encoding="utf-8")
+
+    wrap("cursor")
+    args = json.loads(CURSOR.path.read_text(encoding="utf-8"))["mcpServers"]["odd"]["args"]
+    assert args == ["run", "--name", "odd", "--", "-srv", "-h"]
+    assert parse_args(args[1:]).command == ["-srv", "-h"]
+    unwrap("cursor")
+
+    assert CURSOR.path.read_text(encoding="utf-8") == original
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_entries_wrapped_with_a_separator_by_the_previous_version_unwrap_exactly(
+    case: Case, exe: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous version wrote `run [OPTIONS] -- COMMAND`; unwrap must still restore those byte for byte."""
+    original = case.install()
+    current = wrapping.wrap_prefix
+    with monkeypatch.context() as previous_version:
+        previous_version.setattr(wrapping, "wrap_prefix", lambda entry, scope: [*current(entry, scope), "--"])
+        assert wrap(case.client)[0] == 0
+    wrapped = [entry.data["args"] for entry in case.load().entries if classify(entry)[0] == "wrapped"]
+    assert wrapped and all("--" in args for args in wrapped)
+
+    assert unwrap(case.client)[0] == 0
+
+    assert case.path.read_bytes() == original
 
 
 @pytest.mark.parametrize(

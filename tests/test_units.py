@@ -21,6 +21,7 @@ from mcpsingleton.keys import (
     is_secret_name,
     parse_duration,
     parse_size,
+    redacted_argv,
 )
 from mcpsingleton.logfile import LogFile
 from mcpsingleton.shim import parse_args
@@ -104,10 +105,26 @@ def test_keys_follow_scope(tmp_path: Path) -> None:
         (["uvx", "mcp-server-time"], "mcp-server-time"),
         (["npx", "-y", "@upstash/context7-mcp@latest"], "context7-mcp"),
         (["python", "-m", "mcp_server_git"], "mcp_server_git"),
+        (["env", "GITHUB_TOKEN=ghp_s3cret", "server"], "server"),
+        (["env", "-u", "HOME", "A_KEY=s3cret", "/usr/bin/github-mcp"], "github-mcp"),
+        (["uvx", "--with", "mcp<2", "x"], "x"),
+        (["uvx", "--from", "git+https://s3cret@host/r.git", "mcp-x"], "mcp-x"),
+        (["docker", "run", "-i", "--rm", "-e", "TOKEN", "ghcr.io/github/github-mcp-server:v1"], "github-mcp-server"),
+        (["docker", "run", "-it", "-e", "TOKEN=s3cret", "--network", "host", "mcp/fetch"], "fetch"),
+        (["npx", "-y", "@scope/pkg@1.2", "--flag", "v"], "pkg"),
+        (["sh", "-c", "API_KEY=s3cret exec npx -y 'pkg'"], "pkg"),
+        (["node", "--require", "/s3cret/hook.js", "/a/server-everything/dist/index.js"], "server-everything"),
+        (["API_TOKEN=s3cret"], "server"),
     ],
 )
 def test_default_names(argv: list[str], name: str) -> None:
     assert default_name(argv) == name
+
+
+def test_secret_values_in_a_command_are_masked_for_display() -> None:
+    argv = ["env", "GITHUB_TOKEN=ghp_1", "REGION=eu", "srv", "--api-key", "sk-2", "--token=t3", "--port", "80"]
+    assert redacted_argv(argv) == ["env", "GITHUB_TOKEN=***", "REGION=eu", "srv", "--api-key", "***", "--token=***",
+                                   "--port", "80"]
 
 
 def test_durations_and_sizes() -> None:
@@ -129,14 +146,40 @@ def test_run_arguments() -> None:
         ["npx", "--y"],
     )
     assert parse_args(["node", "s.js", "--flag"]).command == ["node", "s.js", "--flag"]
+    assert parse_args(["x"]).scope == "auto", "the sharing policy decides unless told"
     for bad in (["--scope", "world", "--", "x"], ["--bogus", "--", "x"], ["--name"], ["--"], ["--max-procs", "0"]):
         with pytest.raises(UsageError):
             parse_args(bad)
 
 
+@pytest.mark.parametrize(
+    ("argv", "command", "name"),
+    [
+        (["npx", "-y", "pkg", "-h"], ["npx", "-y", "pkg", "-h"], None),
+        (["--name", "x", "srv", "--scope", "global", "--help"], ["srv", "--scope", "global", "--help"], "x"),
+        (["--name", "-h", "srv"], ["srv"], "-h"),
+        (["--name", "--", "srv", "--", "a"], ["srv", "--", "a"], "--"),
+        (["--", "-srv"], ["-srv"], None),
+    ],
+)
+def test_run_reads_its_options_only_before_the_command(argv: list[str], command: list[str], name: str | None) -> None:
+    """As env/nohup/sudo: a server's own -h or --scope (Gemini CLI drops the `--`) is the server's."""
+    options = parse_args(argv)
+    assert (options.command, options.name, options.scope) == (command, name, "auto")
+
+
+def test_run_option_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCPSINGLETON_LINGER", "30s")
+    assert parse_args(["x"]).linger == "30s"
+    assert parse_args(["--linger", "0", "x"]).linger == "0"
+    monkeypatch.setenv("MCPSINGLETON_LINGER", "soon")
+    with pytest.raises(UsageError, match="MCPSINGLETON_LINGER"):
+        parse_args(["x"])
+
+
 def test_run_usage_error_exit_status() -> None:
     out = subprocess.run([mcpsingleton_exe(), "run", "--scope", "world", "--", "x"], capture_output=True, text=True)
-    assert out.returncode == 2 and "invalid --scope" in out.stderr
+    assert out.returncode == 2 and "--scope: invalid value 'world'" in out.stderr
     assert (
         "mcpsingleton run"
         in subprocess.run([mcpsingleton_exe(), "run", "--help"], capture_output=True, text=True).stdout

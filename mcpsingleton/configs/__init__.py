@@ -24,9 +24,13 @@ from mcpsingleton.configs.clients import CLIENT_NAMES, ConfigFile
 from mcpsingleton.configs.entries import ConfigError, Document
 from mcpsingleton.configs.records import InsertedArgs
 from mcpsingleton.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
-from mcpsingleton.keys import SCOPES
+from mcpsingleton.keys import HOME_ENV, SCOPES, home_override
 
 __all__ = ["CLIENT_NAMES", "run_wrap"]
+
+FILTERING_CLIENTS = frozenset({"codex", "gemini"})
+"""Clients that start servers with a filtered environment: a MCPSINGLETON_HOME set for wrap is written into
+each entry's env, or their sessions would look for brokers and logs elsewhere than the user's shell."""
 
 
 def run_wrap(
@@ -51,7 +55,8 @@ def run_wrap(
         err.write(f"mcpsingleton: {problem}\n")
         return 2
     targets = [registry.explicit(config, clients)] if config else _discover(clients, out)
-    job = _Job(unwrap, dry_run, scope, out, err, executable="" if unwrap else mcpsingleton_executable())
+    job = _Job(unwrap, dry_run, scope, out, err, executable="" if unwrap else mcpsingleton_executable(),
+               home=home_override())
     return max((job.run(target) for target in targets), default=0)
 
 
@@ -105,11 +110,17 @@ class _Job:
     out: TextIO
     err: TextIO
     executable: str
+    home: str | None = None
     records: InsertedArgs = field(default_factory=InsertedArgs)
 
     @property
     def verb(self) -> str:
         return "unwrap" if self.unwrap else "wrap"
+
+    def _home_for(self, target: ConfigFile) -> str | None:
+        """MCPSINGLETON_HOME for the entries of a client that would not pass it on, else None."""
+        filtering = FILTERING_CLIENTS.intersection(target.client.split(","))
+        return os.path.abspath(self.home) if self.home and filtering else None
 
     def run(self, target: ConfigFile) -> int:
         """0 when the file was handled, 1 (reported, file untouched) when it could not be."""
@@ -124,12 +135,15 @@ class _Job:
         original, text = files.read(target.path)
         before = _load(target, text)
         if self.unwrap:
-            plan = plan_unwrap(before, partial(self.records.has, original.real))
+            plan = plan_unwrap(before, partial(self.records.texts, original.real))
         else:
-            plan = plan_wrap(before, self.executable, self.scope)
+            plan = plan_wrap(before, self.executable, self.scope, self._home_for(target))
         where = f"{target.path} ({target.client})" if target.client else target.path
         for name, why in plan.skipped:
             self.err.write(f"mcpsingleton: {target.path}: server {name!r} left as is ({why}); fix it by hand\n")
+        for name in plan.env_by_hand:
+            self.err.write(f"mcpsingleton: {target.path}: server {name!r}: add {HOME_ENV} = {self.home} to its env "
+                           "by hand (this client does not pass it on by itself)\n")
         if not plan.edits:
             self.out.write(f"{where}: nothing to {self.verb}{_summary(plan, self.unwrap)}\n")
             return

@@ -17,6 +17,7 @@ from mcpsingleton.configs.entries import (
     ArgsArray,
     ConfigError,
     Document,
+    EnvSpot,
     ServerEntry,
     Slot,
     Span,
@@ -52,6 +53,7 @@ class _Scanner:
         self.text = text
         self.pos = 0
         self.written: dict[tuple[str, ...], _Written] = {}
+        self.headers: dict[tuple[str, ...], Span] = {}  # [table] lines, to their ends
 
     def fail(self) -> ConfigError:
         line = self.text.count("\n", 0, self.pos) + 1
@@ -61,18 +63,25 @@ class _Scanner:
         return self.text[self.pos : self.pos + 1]
 
     def skip(self, pattern: re.Pattern[str]) -> str:
-        self.pos = pattern.match(self.text, self.pos).end()
+        match = pattern.match(self.text, self.pos)
+        if match is None:
+            raise self.fail()
+        self.pos = match.end()
         return self.peek()
 
     def scan(self) -> dict[tuple[str, ...], _Written]:
         table: tuple[str, ...] = ()
         while self.skip(_BLANK):
-            if self.peek() == "[":
+            start = self.pos
+            is_header = self.peek() == "["
+            if is_header:
                 table = self.header()
             else:
                 self.keyval(table, inline=False)
             if self.skip(_LINE_END) not in ("", "\n", "\r"):
                 raise self.fail()
+            if is_header:
+                self.headers[table] = Span(start, self.pos)
         return self.written
 
     def header(self) -> tuple[str, ...]:
@@ -163,15 +172,20 @@ def load(text: str) -> Document:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML ({exc}); {FIX}") from exc
-    written = _Scanner(text).scan()
+    scanner = _Scanner(text)
+    written = scanner.scan()
     servers = data.get(SERVERS)
     entries = (
-        tuple(_entry(text, written, name, value) for name, value in servers.items())
+        tuple(_entry(text, written, scanner.headers, name, value) for name, value in servers.items())
         if isinstance(servers, dict)
         else ()
     )
     secrets = tuple(spot.span for path, spot in written.items() if not spot.container and _is_secret(path))
-    return Document(text, data, entries, secrets, quote)
+    return Document(text, data, entries, secrets, quote, pair)
+
+
+def pair(key: str, value: str) -> str:
+    return f"{key if _BARE_KEY.fullmatch(key) else quote(key)} = {quote(value)}"
 
 
 def _is_secret(path: tuple[str, ...]) -> bool:
@@ -179,28 +193,47 @@ def _is_secret(path: tuple[str, ...]) -> bool:
     return (len(path) > 1 and path[-2] in SECRET_CONTAINERS) or is_secret_name(path[-1])
 
 
-def _entry(text: str, written: dict[tuple[str, ...], _Written], name: str, data: object) -> ServerEntry:
+def _entry(
+    text: str, written: dict[tuple[str, ...], _Written], headers: dict[tuple[str, ...], Span], name: str, data: object
+) -> ServerEntry:
     path = (SERVERS, name)
     command, args = written.get((*path, "command")), written.get((*path, "args"))
-    has_command = command is not None and isinstance(data, dict) and isinstance(data.get("command"), str)
     array = None
     if args is not None and args.items is not None:
         array = ArgsArray(args.span.start + 1, args.items, args.span.end - 1)
-    if not has_command:
-        return ServerEntry(name, path, data, None, array, None)
-    return ServerEntry(name, path, data, command.span, array, _slot(text, command))
+    if command is None or not (isinstance(data, dict) and isinstance(data.get("command"), str)):
+        return ServerEntry(name, path, data, None, array, None, None)
+    pos, lead = _after(text, command)
+    env = _env_spot(text, written.get((*path, "env")), headers.get((*path, "env")), "env" in data, pos, lead)
+    return ServerEntry(name, path, data, command.span, array, Slot(pos, lead + "args = "), env)
 
 
-def _slot(text: str, command: _Written) -> Slot:
-    """A new `args` goes after the command: in its inline table, or on the next line with its indentation."""
+def _after(text: str, command: _Written) -> tuple[int, str]:
+    """Where a new member goes after the command, and what leads it: in its inline table, or on the next
+    line with its indentation and the same dotted key prefix."""
     if command.inline:
-        return Slot(command.span.end, ", args = ")
-    end = text.find("\n", command.span.end)
-    if end < 0:
-        end, newline = len(text), "\r\n" if "\r\n" in text else "\n"
-    elif text[end - 1] == "\r":
-        end, newline = end - 1, "\r\n"
-    else:
-        newline = "\n"
+        return command.span.end, ", "
+    end, newline = _line_end(text, command.span.end)
     indent = text[text.rfind("\n", 0, command.key) + 1 : command.key]
-    return Slot(end, newline + indent + text[command.key : command.last_key] + "args = ")
+    return end, newline + indent + text[command.key : command.last_key]
+
+
+def _line_end(text: str, pos: int) -> tuple[int, str]:
+    """The end of the line holding `pos` (before its newline) and the file's newline."""
+    end = text.find("\n", pos)
+    if end < 0:
+        return len(text), "\r\n" if "\r\n" in text else "\n"
+    return (end - 1, "\r\n") if text[end - 1] == "\r" else (end, "\n")
+
+
+def _env_spot(
+    text: str, inline: _Written | None, header: Span | None, has_env: bool, pos: int, lead: str
+) -> EnvSpot | None:
+    """First in an inline env table; first under an [….env] header; or a new env member after the command."""
+    if inline is not None and text[inline.span.start] == "{":
+        empty = text[inline.span.start + 1 : inline.span.end - 1].strip() == ""
+        return EnvSpot(inline.span.start + 1, " ", " " if empty else ",")
+    if header is not None:
+        end, newline = _line_end(text, header.start)
+        return EnvSpot(end, newline + text[text.rfind("\n", 0, header.start) + 1 : header.start], "")
+    return None if has_env else EnvSpot(pos, lead + "env = { ", " }")

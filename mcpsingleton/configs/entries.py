@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mcpsingleton.options import command_index
+
 
 class ConfigError(Exception):
     """A config file we must leave alone, worded for people: `<file>: what happened; what to do`."""
@@ -45,6 +47,18 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class EnvSpot:
+    """Where wrap can add a variable to an entry's env: `before + pair + after` is inserted at `pos`.
+
+    Inside the env mapping when the entry has one, else a whole new `env` member after the command.
+    """
+
+    pos: int
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
 class ServerEntry:
     """One server entry: its parsed value plus where its `command` and `args` values are written."""
 
@@ -54,6 +68,7 @@ class ServerEntry:
     command: Span | None  # the command string's token, None when it is not a string
     args: ArgsArray | None  # None when args is absent (or not an array: see classify)
     slot: Slot | None  # None when there is no command token to put args after
+    env: EnvSpot | None  # None when no variable can be added (env is not a mapping, or written as dotted keys)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class Document:
     entries: tuple[ServerEntry, ...]
     secrets: tuple[Span, ...]  # values under env/headers and of secret-named keys; masked in diffs
     quote: Callable[[str], str]  # a string literal in this format
+    pair: Callable[[str, str], str]  # a `key: "value"` member of a mapping in this format
 
 
 REMOTE_KEYS = ("url", "httpUrl", "serverUrl")
@@ -85,20 +101,10 @@ def _runs_mcpsingleton(command: str) -> bool:
 def wrapped_command_index(command: str, args: list[str]) -> int | None:
     """Index in `args` of the original command of a `mcpsingleton run [OPTIONS] [--] C A...` entry, else None.
 
-    Read the way `run` reads it (shim.parse_args): every option takes a value, even one that is `--`;
-    the command follows `--`, or is the first word that is not an option.
+    Read the way `run` reads it (one grammar, in mcpsingleton.options), so entries wrapped with or
+    without `--`, by any version, unwrap exactly.
     """
-    if not _runs_mcpsingleton(command) or args[:1] != ["run"]:
-        return None
-    index = 1
-    while index < len(args):
-        word = args[index]
-        if word == "--":
-            return index + 1 if index + 1 < len(args) else None
-        if not word.startswith("-"):
-            return index
-        index += 1 if "=" in word else 2
-    return None
+    return command_index(args) if _runs_mcpsingleton(command) else None
 
 
 def classify(entry: ServerEntry) -> tuple[str, str]:
@@ -116,5 +122,5 @@ def classify(entry: ServerEntry) -> tuple[str, str]:
     if wrapped_command_index(command, args) is not None:
         return "wrapped", ""
     if _runs_mcpsingleton(command):
-        return "skipped", "runs mcpsingleton but not 'run ... -- COMMAND'"
+        return "skipped", "runs mcpsingleton but not 'run [OPTIONS] COMMAND'"
     return "stdio", ""

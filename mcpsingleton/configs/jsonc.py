@@ -18,6 +18,7 @@ from mcpsingleton.configs.entries import (
     ArgsArray,
     ConfigError,
     Document,
+    EnvSpot,
     ServerEntry,
     Slot,
     Span,
@@ -55,7 +56,9 @@ class _Parser:
     def blank(self) -> str:
         char = self.text[self.pos : self.pos + 1]
         if char and char in _BLANK_STARTS:
-            self.pos = _BLANK.match(self.text, self.pos).end()
+            blank = _BLANK.match(self.text, self.pos)
+            assert blank is not None  # it starts with one of _BLANK_STARTS
+            self.pos = blank.end()
             char = self.text[self.pos : self.pos + 1]
         return char
 
@@ -157,16 +160,16 @@ def load(text: str, server_paths: tuple[tuple[str, ...], ...]) -> Document:
     """The file's server entries under each of `server_paths` (keys from the root; '*' is any key)."""
     root = parse(text)
     entries = tuple(
-        _entry((*path, name), node)
+        _entry(text, (*path, name), node)
         for path, servers in _find(root, server_paths)
         for name, node in servers.members.items()
     )
-    return Document(text, root.value, entries, tuple(_secrets(root)), quote)
+    return Document(text, root.value, entries, tuple(_secrets(root)), quote, pair)
 
 
 def _find(root: Node, server_paths: tuple[tuple[str, ...], ...]) -> Iterator[tuple[tuple[str, ...], Node]]:
     for pattern in server_paths:
-        found = [((), root)]
+        found: list[tuple[tuple[str, ...], Node]] = [((), root)]
         for key in pattern:
             found = [
                 ((*path, name), child)
@@ -177,14 +180,31 @@ def _find(root: Node, server_paths: tuple[tuple[str, ...], ...]) -> Iterator[tup
         yield from ((path, node) for path, node in found if isinstance(node.value, dict))
 
 
-def _entry(path: tuple[str, ...], node: Node) -> ServerEntry:
+def _entry(text: str, path: tuple[str, ...], node: Node) -> ServerEntry:
     command, args = node.members.get("command"), node.members.get("args")
     token = Span(command.start, command.end) if command and isinstance(command.value, str) else None
     array = None
     if args is not None and isinstance(args.value, list):
         array = ArgsArray(args.start + 1, tuple(Span(item.start, item.end) for item in args.items), args.end - 1)
     slot = Slot(token.end, ', "args": ') if token else None
-    return ServerEntry(path[-1], path, node.value, token, array, slot)
+    return ServerEntry(path[-1], path, node.value, token, array, slot, _env_spot(text, node, token))
+
+
+def _env_spot(text: str, entry: Node, command: Span | None) -> EnvSpot | None:
+    """First in the env object, in its own line layout; or a new env member right after the command."""
+    env = entry.members.get("env")
+    if env is None:
+        return EnvSpot(command.end, ', "env": {', "}") if command else None
+    if not isinstance(env.value, dict):
+        return None
+    if not env.members:
+        return EnvSpot(env.start + 1, "", "")
+    lead = text[env.start + 1 : len(text) - len(text[env.start + 1 :].lstrip(" \t\r\n"))]
+    return EnvSpot(env.start + 1, lead, ",") if "\n" in lead else EnvSpot(env.start + 1, "", ", ")
+
+
+def pair(key: str, value: str) -> str:
+    return f"{quote(key)}: {quote(value)}"
 
 
 def _secrets(node: Node, secret: bool = False) -> Iterator[Span]:

@@ -1,9 +1,10 @@
-"""The `args` members wrap created, so unwrap removes exactly those and never one the user wrote.
+"""The text wrap added besides its args prefix, so unwrap removes exactly that and never what the user wrote.
 
 Wrapping an entry without `args` must add one, and the wrapped text cannot show whether `args` was
-absent or `[]`. Each record is (config file, entry path, the exact text inserted); unwrap deletes the
-member only while that exact text is still there. A lost record costs only byte-identity: the entry
-comes back with `args: []`, which every client reads as no arguments.
+absent or `[]`; likewise the MCPSINGLETON_HOME wrap adds to the env of clients that filter the
+environment. Each record is (config file, entry path, the exact text inserted); unwrap deletes the
+text only while that exact text is still there. A lost record costs only byte-identity: the entry
+comes back with `args: []` (which every client reads as no arguments), or keeps the variable.
 """
 
 from __future__ import annotations
@@ -13,18 +14,14 @@ import os
 
 from mcpsingleton.configs.entries import ConfigError
 from mcpsingleton.configs.files import write_atomically
+from mcpsingleton.keys import state_dir
 
 Record = tuple[str, tuple[str, ...], str]
 
 
 def records_path() -> str:
-    """Beside the rest of mcpsingleton's state: under MCPSINGLETON_HOME, else the user state dir."""
-    home = os.environ.get("MCPSINGLETON_HOME")
-    if home:
-        return os.path.join(home, "state", "wrapped-args.json")
-    import platformdirs
-
-    return os.path.join(platformdirs.user_state_dir("mcpsingleton"), "wrapped-args.json")
+    """Beside the rest of mcpsingleton's state."""
+    return os.path.join(state_dir(), "wrapped-args.json")
 
 
 class InsertedArgs:
@@ -34,8 +31,9 @@ class InsertedArgs:
         self.path = records_path()
         self._records: set[Record] | None = None
 
-    def has(self, config: str, entry: tuple[str, ...], text: str) -> bool:
-        return (config, entry, text) in self._load()
+    def texts(self, config: str, entry: tuple[str, ...]) -> frozenset[str]:
+        """What wrap inserted at `entry` of `config` (and has not been taken out since)."""
+        return frozenset(text for file, path, text in self._load() if (file, path) == (config, entry))
 
     def add(self, config: str, inserted: list[tuple[tuple[str, ...], str]]) -> None:
         if inserted:

@@ -2,12 +2,13 @@
 
 Wrap touches two places per stdio entry and nothing else:
   * the `command` value's token becomes the mcpsingleton executable;
-  * `run [OPTIONS] -- <original command token>` is inserted in front of the first `args` element (or
+  * `run [OPTIONS] <original command token>` is inserted in front of the first `args` element (or
     inside an empty array; or, when the entry has no `args`, a new `args` member after the command).
+    No `--` unless the command starts with `-`: old MCP Inspector versions split argv at the first `--`.
 The original command token is copied verbatim (escapes and quoting included) and the original `args`
 elements are never rewritten, so the wrapped entry itself holds everything unwrap needs: replace the
-command token by the element after `--`, delete the elements before the original args. The one bit the
-text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
+command token by the first word after run's options, delete the elements before the original args. The one
+bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
 and honoured only while that text is still there unchanged. Unwrap works on a fresh parse, so edits the
 user made anywhere else (even inside the original args) stay.
 """
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpsingleton.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
+from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.options import run_prefix
 
-Recorded = Callable[[tuple[str, ...], str], bool]
+Recorded = Callable[[tuple[str, ...]], frozenset[str]]
+"""The texts wrap inserted at an entry path (the entry's for args members, entry + `env` for env text)."""
 
 
 @dataclass(frozen=True)
@@ -43,37 +47,54 @@ class Plan:
     changed: list[str] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members wrap added
+    inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members/env pairs wrap added
     removed: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # … and unwrap took away
+    env_by_hand: list[str] = field(default_factory=list)  # entries whose env wrap could not extend
 
 
-def run_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
-    """`run`, its options (the scope, the entry's name, every env key the entry sets), and `--`."""
-    options = ["run", *(["--scope", scope] if scope else []), "--name", entry.name]
+def wrap_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
+    """`run` and its options: the scope, the entry's name, every env key the entry sets (no `--` unless needed)."""
     env = entry.data.get("env")
-    for key in env if isinstance(env, dict) else ():
-        options += ["--env-key", key]
-    return [*options, "--"]
+    env_keys = list(env) if isinstance(env, dict) else None
+    return run_prefix(entry.data["command"], scope=scope, name=entry.name, env_keys=env_keys)
 
 
-def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
-    """Edits that wrap every stdio entry of `doc`."""
+def plan_wrap(doc: Document, executable: str, scope: str | None, home: str | None = None) -> Plan:
+    """Edits that wrap every stdio entry of `doc`; with `home`, each entry's env also sets MCPSINGLETON_HOME."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "stdio"):
-        options = run_prefix(entry, scope)
+        assert entry.command is not None  # classify() checked it
+        options = wrap_prefix(entry, scope)
         tokens = [*(doc.quote(option) for option in options), _text(doc, entry.command)]
         plan.edits += [_edit(entry.command, doc.quote(executable)), _args_insertion(doc, entry, tokens, plan)]
         _expect(plan, entry, executable, [*options, entry.data["command"], *entry.data.get("args", [])])
+        if home is not None:
+            _pass_home(doc, entry, home, plan)
     return plan
+
+
+def _pass_home(doc: Document, entry: ServerEntry, home: str, plan: Plan) -> None:
+    """Add MCPSINGLETON_HOME to the entry's env, for clients that pass servers a filtered environment."""
+    env = entry.data.get("env")
+    if isinstance(env, dict) and HOME_ENV in env:
+        return
+    if entry.env is None:
+        plan.env_by_hand.append(entry.name)
+        return
+    text = entry.env.before + doc.pair(HOME_ENV, home) + entry.env.after
+    plan.edits.append(Edit(entry.env.pos, entry.env.pos, text))
+    plan.inserted.append(((*entry.path, "env"), text))
+    _target(plan, entry).setdefault("env", {})[HOME_ENV] = home
 
 
 def _args_insertion(doc: Document, entry: ServerEntry, tokens: list[str], plan: Plan) -> Edit:
     """Put `tokens` in front of the original args; a missing args member is created (and recorded)."""
-    args = entry.args
+    args, slot = entry.args, entry.slot
+    assert slot is not None  # classify() checked it
     if args is None:
-        member = entry.slot.prefix + "[" + ", ".join(tokens) + "]"
+        member = slot.prefix + "[" + ", ".join(tokens) + "]"
         plan.inserted.append((entry.path, member))
-        return Edit(entry.slot.pos, entry.slot.pos, member)
+        return Edit(slot.pos, slot.pos, member)
     if not args.items:
         return Edit(args.close, args.close, ", ".join(tokens))
     separator = _separator(doc.text, args)
@@ -84,19 +105,43 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
     """Edits that restore every wrapped entry of `doc`; `recorded` tells which args members wrap added."""
     plan = Plan(expected=copy.deepcopy(doc.data))
     for entry in _targets(doc, plan, "wrapped"):
-        args, items = entry.data["args"], entry.args.items
+        args, array, slot = entry.data["args"], entry.args, entry.slot
         index = wrapped_command_index(entry.data["command"], args)
+        assert entry.command and array and slot and index is not None  # classify() checked them
+        items = array.items
         plan.edits.append(_edit(entry.command, _text(doc, items[index])))
-        member = doc.text[entry.slot.pos : entry.args.close + 1] if entry.slot.pos <= entry.args.open else ""
-        if index == len(items) - 1 and member and recorded(entry.path, member):
-            plan.edits.append(Edit(entry.slot.pos, entry.args.close + 1, ""))
+        member = doc.text[slot.pos : array.close + 1] if slot.pos <= array.open else ""
+        if index == len(items) - 1 and member and member in recorded(entry.path):
+            plan.edits.append(Edit(slot.pos, array.close + 1, ""))
             plan.removed.append((entry.path, member))
             _expect(plan, entry, args[index], None)
         else:
             end = items[index + 1].start if index + 1 < len(items) else items[index].end
             plan.edits.append(Edit(items[0].start, end, ""))
             _expect(plan, entry, args[index], args[index + 1 :])
+        _unpass_home(doc, entry, (slot.pos, array.close + 1), recorded, plan)
     return plan
+
+
+def _unpass_home(
+    doc: Document, entry: ServerEntry, members_at: tuple[int, ...], recorded: Recorded, plan: Plan
+) -> None:
+    """Take out the MCPSINGLETON_HOME wrap added: a whole env member (right after the command or the args
+    wrap added), or the first pair of the env mapping; only while the recorded text is there unchanged."""
+    env = entry.data.get("env")
+    if not (isinstance(env, dict) and HOME_ENV in env):
+        return
+    path = (*entry.path, "env")
+    spots = [(pos, len(env) == 1) for pos in members_at] + ([(entry.env.pos, False)] if entry.env else [])
+    for pos, whole_member in spots:
+        for text in recorded(path):
+            if doc.text.startswith(text, pos):
+                plan.edits.append(Edit(pos, pos + len(text), ""))
+                plan.removed.append((path, text))
+                del _target(plan, entry)["env"][HOME_ENV]
+                if whole_member:
+                    del _target(plan, entry)["env"]
+                return
 
 
 def apply(text: str, edits: list[Edit]) -> str:
@@ -124,11 +169,17 @@ def _targets(doc: Document, plan: Plan, target: str) -> list[ServerEntry]:
     return targets
 
 
-def _expect(plan: Plan, entry: ServerEntry, command: str, args: list[str] | None) -> None:
-    """Record in `plan.expected` what the entry must parse to after the edit (args None: no args key)."""
+def _target(plan: Plan, entry: ServerEntry) -> Any:
+    """The entry's data in `plan.expected`."""
     target = plan.expected
     for key in entry.path:
         target = target[key]
+    return target
+
+
+def _expect(plan: Plan, entry: ServerEntry, command: str, args: list[str] | None) -> None:
+    """Record in `plan.expected` what the entry must parse to after the edit (args None: no args key)."""
+    target = _target(plan, entry)
     target["command"] = command
     if args is None:
         del target["args"]

@@ -1,0 +1,177 @@
+"""Where `run` keeps its files, and how it reads its command line, with real processes (issue 10 rows 11 to 13, 18, 19).
+
+Most tests here run without MCPSINGLETON_HOME, as users do: the runtime dir is then chosen from the uid
+and HOME only, so every client of a user finds the same brokers whatever environment it passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import RawClient, ls_json, mcpsingleton_exe, shim
+
+from mcpsingleton.keys import SOCKET_PATH_LIMIT, KeyPaths, SetupError, check_socket_path, runtime_dir
+
+NOBODY = 65534
+
+
+def processes_with_home(home: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("HOME") == str(home) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def bare_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A user HOME and no MCPSINGLETON_HOME or XDG_* in the environment; everything started is killed after."""
+    directory = Path(tempfile.mkdtemp(prefix="msh-", dir="/tmp"))
+    monkeypatch.setenv("HOME", str(directory))
+    for name in ("MCPSINGLETON_HOME", "MCPSINGLETON_LINGER", "XDG_RUNTIME_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    yield directory
+    for process in processes_with_home(directory):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_line(command: list[str], *options: str) -> list[str]:
+    return [mcpsingleton_exe(), "run", "--linger", "0", *options, *command]
+
+
+def minimal_env(home: Path) -> dict[str, str]:
+    """What Codex passes a server: HOME, LANG, PATH, SHELL, TERM (and the entry's env)."""
+    return {"HOME": str(home), "LANG": "C.UTF-8", "PATH": os.environ["PATH"], "SHELL": "/bin/sh", "TERM": "dumb"}
+
+
+def broker_pids(home: Path) -> set[int]:
+    return {p.pid for p in processes_with_home(home) if "mcpsingleton.broker" in " ".join(p.cmdline())}
+
+
+def test_a_client_with_a_minimal_environment_shares_the_broker_of_a_full_one(
+    bare_home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Row 18: XDG_RUNTIME_DIR/XDG_STATE_HOME in one client and not in the other must not split brokers or logs."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    full = {**os.environ, "XDG_RUNTIME_DIR": str(xdg), "XDG_STATE_HOME": str(tmp_path / "state")}
+    shell_session = RawClient(run_line(fake_server), env=full, cwd=str(tmp_path))
+    shell_session.initialize()
+    codex_session = RawClient(run_line(fake_server), env=minimal_env(bare_home),
+                              cwd=str(tmp_path))
+    codex_session.initialize()
+
+    assert len(broker_pids(bare_home)) == 1, "both sessions attached to one broker"
+    listed = subprocess.run([mcpsingleton_exe(), "ls", "--json"], capture_output=True, text=True, env=full, timeout=30)
+    assert listed.returncode == 0 and '"clients"' in listed.stdout
+    assert listed.stdout.count('"pid"') == 2, "ls in the user's full shell sees both sessions"
+    logs = subprocess.run([mcpsingleton_exe(), "logs", "fake_server"], capture_output=True, text=True,
+                          env=minimal_env(bare_home), timeout=30)
+    assert logs.returncode == 0 and "started for fake_server" in logs.stdout, "one log place for every client"
+    assert not (tmp_path / "state").exists() and not list(xdg.iterdir())
+    for session in (shell_session, codex_session):
+        assert session.close() == 0
+
+
+@pytest.mark.parametrize("squatted", ["/tmp/mcpsingleton-{uid}", "/run/user/{uid}"])
+def test_a_runtime_dir_squatted_by_another_user_is_never_used(
+    bare_home: Path, fake_server: list[str], squatted: str
+) -> None:
+    """Row 13: a dir another user created first at a predictable name must not stop (or capture) our sessions."""
+    path = Path(squatted.format(uid=os.getuid()))
+    if path.exists() or not path.parent.is_dir():
+        pytest.skip(f"{path} exists here (or its parent does not): cannot stage the squat")
+    path.mkdir(mode=0o777)
+    os.chown(path, NOBODY, NOBODY)
+    try:
+        session = RawClient(run_line(fake_server))
+        assert session.initialize()["result"]["serverInfo"]
+        assert not any(path.iterdir()), "nothing of ours in the other user's dir"
+        assert session.close() == 0
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_unwritable_home_is_one_line_telling_to_set_mcpsingleton_home(
+    bare_home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Row 11: HOME that cannot hold our files (here a plain file; root ignores modes) → one line, exit 1."""
+    not_a_dir = tmp_path / "home-file"
+    not_a_dir.write_text("")
+    env = minimal_env(not_a_dir)
+    out = subprocess.run(run_line(fake_server), env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("mcpsingleton: "), out.stderr
+    assert "set MCPSINGLETON_HOME" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_socket_path_whose_temporary_name_would_not_fit_is_refused_up_front(
+    home: Path, fake_server: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row 12: the check counts the longest name the broker binds ({sock}.{pid}.tmp), not only the socket."""
+    sock_length = 100  # fits 104 on its own; its temporary name does not
+    deep = home / ("d" * (sock_length - len(str(home)) - len("/" + "/run/" + "k" * 20 + ".sock")))
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(deep))
+    assert len(os.path.join(runtime_dir(), "k" * 20 + ".sock")) == sock_length
+
+    out = subprocess.run(run_line(fake_server), stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=30)
+
+    assert out.returncode == 1
+    assert out.stderr.startswith("mcpsingleton: the runtime dir") and "set MCPSINGLETON_HOME" in out.stderr
+    assert out.stderr.count("\n") == 1 and "cannot listen" not in out.stderr
+
+
+def test_the_socket_check_agrees_with_the_name_the_broker_binds(tmp_path: Path) -> None:
+    longest_name = len("/" + "k" * 20 + ".sock" + ".9999999.tmp")  # what a broker with a 7-digit pid binds
+    deepest_ok = "/" + "x" * (SOCKET_PATH_LIMIT - 1 - longest_name - 1)
+    check_socket_path(KeyPaths("k" * 20, deepest_ok))
+    assert len(KeyPaths("k" * 20, deepest_ok).temp_sock(9_999_999)) == SOCKET_PATH_LIMIT - 1
+    with pytest.raises(SetupError, match="too deep"):
+        check_socket_path(KeyPaths("k" * 20, deepest_ok + "x"))
+
+
+def test_a_server_argument_that_looks_like_runs_own_option_reaches_the_server(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Row 19: an entry without `--` (Gemini CLI drops it) whose server takes `-h` still starts the server."""
+    session = RawClient([mcpsingleton_exe(), "run", *fake_server, "-h", "--scope", "x"])
+    assert session.initialize()["result"]["serverInfo"]
+    assert session.close() == 0
+
+
+def test_run_help_is_only_run_s_own(home: Path) -> None:
+    out = subprocess.run([mcpsingleton_exe(), "run", "--name", "x", "--help"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and "--max-procs" in out.stdout and "MCPSINGLETON_LINGER" in out.stdout
+
+
+def test_a_secret_in_the_command_reaches_neither_the_name_nor_ls_nor_disk(home: Path, fake_server: list[str]) -> None:
+    """Row 15: `env TOKEN=… server`: the name is the server's, and the value appears nowhere others can read."""
+    secret = "s3cret-value-of-row-15"
+    session = RawClient(shim(["env", f"API_TOKEN={secret}", *fake_server, "--token", secret]))
+    session.initialize()
+
+    listed = ls_json()
+    assert [backend["name"] for backend in listed] == ["fake_server"]
+    assert secret not in json.dumps(listed)
+    assert not [path for path in home.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+    waiter = psutil.Process(session.process.pid)
+    assert secret not in " ".join(waiter.cmdline()), "the waiter's argv is world-readable"
+    assert session.close() == 0
