@@ -21,6 +21,7 @@ from .keys import (
     SetupError,
     UsageError,
     check_socket_path,
+    client_environ,
     compute_key,
     default_name,
     ensure_private_dir,
@@ -30,6 +31,7 @@ from .keys import (
     stderr_line,
     user_salt,
 )
+from .sharing import resolve_scope
 
 WAITER = (
     "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
@@ -46,7 +48,7 @@ can never find the session served but the waiter not yet able to exit with 128+N
 ATTACH_TIMEOUT = 5.0
 STARTUP_DEADLINE = 15.0
 USAGE = (
-    "usage: mcpsingleton run [--scope cwd|global|isolated] [--name NAME] [--linger DURATION] "
+    "usage: mcpsingleton run [--scope auto|cwd|global|isolated] [--name NAME] [--linger DURATION] "
     "[--env-key VAR]... [--max-memory SIZE] [--max-procs N] -- COMMAND [ARG...]"
 )
 
@@ -55,7 +57,7 @@ class RunOptions:
     """What `run` was asked to do; parsed without click to keep the warm path lean."""
 
     def __init__(self) -> None:
-        self.scope = "cwd"
+        self.scope = "auto"
         self.name: str | None = None
         self.linger = os.environ.get("MCPSINGLETON_LINGER", "5m")
         self.env_keys: list[str] = []
@@ -96,8 +98,8 @@ def parse_args(argv: list[str]) -> RunOptions:
 
 def _apply(options: RunOptions, flag: str, value: str) -> None:
     if flag == "--scope":
-        if value not in SCOPES:
-            raise UsageError(f"invalid --scope {value!r} (choose from {', '.join(SCOPES)})")
+        if value not in ("auto", *SCOPES):
+            raise UsageError(f"invalid --scope {value!r} (choose from auto, {', '.join(SCOPES)})")
         options.scope = value
     elif flag == "--name":
         options.name = value
@@ -181,7 +183,9 @@ def run(argv: list[str]) -> int:
     directory = ensure_private_dir(runtime_dir())
     cwd = os.getcwd()
     env = dict(os.environ)
-    key = compute_key(options.command, options.scope, cwd, env, options.env_keys, user_salt(directory))
+    salt = user_salt(directory)
+    decision = resolve_scope(options.scope, options.command, options.name, directory, salt)
+    key = compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client_environ())
     paths = KeyPaths(key, directory)
     check_socket_path(paths.sock)
     name = options.name or default_name(options.command)
@@ -192,7 +196,7 @@ def run(argv: list[str]) -> int:
             become_waiter(conn, name)
         from . import election  # cold path only
 
-        election.start_broker(paths, options, name, cwd, env)
+        election.start_broker(paths, options, decision, name, cwd, env)
         if time.monotonic() > deadline:
             raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
 
