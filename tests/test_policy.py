@@ -247,3 +247,23 @@ def test_explain_shows_config_override_and_reports_a_broken_config(home: Path) -
 def test_explain_starts_nothing(home: Path) -> None:
     assert _explain("--json", "--", "mcp-server-time").returncode == 0
     assert not (home / "run").exists()
+
+
+def test_wrap_dry_run_shows_the_policy_of_each_entry(home: Path) -> None:
+    config = home / "claude.json"
+    config.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "commander": {"command": "npx", "args": ["-y", "@wonderwhy-er/desktop-commander@latest"]},
+                    "weather": {"command": "node", "args": ["/srv/weather/dist/index.js"]},
+                }
+            }
+        )
+    )
+    out = subprocess.run(
+        [mcpsingleton_exe(), "wrap", "--config", str(config), "--dry-run"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert "  commander: scope isolated, isolated (catalog: terminal sessions belong to one client)" in out.stdout
+    assert "  weather: scope cwd, decided when it runs (default: no catalog entry; shared per directory)" in out.stdout

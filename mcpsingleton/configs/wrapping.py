@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpsingleton.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
+from mcpsingleton.policy import decide
 
 Recorded = Callable[[tuple[str, ...], str], bool]
 
@@ -45,6 +46,7 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members wrap added
     removed: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # … and unwrap took away
+    policies: list[str] = field(default_factory=list)  # per wrapped entry: the sharing it will get, and why
 
 
 def run_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
@@ -64,7 +66,16 @@ def plan_wrap(doc: Document, executable: str, scope: str | None) -> Plan:
         tokens = [*(doc.quote(option) for option in options), _text(doc, entry.command)]
         plan.edits += [_edit(entry.command, doc.quote(executable)), _args_insertion(doc, entry, tokens, plan)]
         _expect(plan, entry, executable, [*options, entry.data["command"], *entry.data.get("args", [])])
+        plan.policies.append(_policy_line(entry, scope))
     return plan
+
+
+def _policy_line(entry: ServerEntry, scope: str | None) -> str:
+    """`name: scope S, sharing (policy)`: what `run` will decide for the wrapped entry, as `explain` shows it."""
+    command = [str(word) for word in (entry.data["command"], *entry.data.get("args", []))]
+    decision = decide(scope or "auto", command, entry.name)
+    sharing = decision.sharing or "decided when it runs"
+    return f"{entry.name}: scope {decision.scope}, {sharing} ({decision.policy})"
 
 
 def _args_insertion(doc: Document, entry: ServerEntry, tokens: list[str], plan: Plan) -> Edit:
