@@ -12,12 +12,7 @@ from __future__ import annotations
 import os
 
 from . import __version__
-from .keys import stderr_line
-
-try:  # the small builtin module avoids loading OpenSSL on every session start
-    from _sha256 import sha256
-except ImportError:  # pragma: no cover - other Pythons
-    from hashlib import sha256
+from .keys import sha256, stderr_line
 
 SHARED = "shared"
 ISOLATED = "isolated"
