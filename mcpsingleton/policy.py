@@ -129,16 +129,13 @@ class ServerTable:
     """A `[servers."MATCH"]` table (catalog or config.toml), looked up by any name a command answers to."""
 
     def __init__(self, servers: dict[str, dict[str, Any]]) -> None:
-        self.entries: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.entries: dict[str, dict[str, Any]] = {}
         for canonical, entry in servers.items():
             for alias in [canonical, *entry.get("aliases", [])]:
-                self.entries.setdefault(normalize(alias), (canonical, entry))
+                self.entries.setdefault(normalize(alias), entry)
 
-    def find(self, names: list[str]) -> tuple[str, dict[str, Any]] | None:
-        for candidate in names:
-            if candidate in self.entries:
-                return self.entries[candidate]
-        return None
+    def find(self, names: list[str]) -> dict[str, Any] | None:
+        return next((self.entries[candidate] for candidate in names if candidate in self.entries), None)
 
 
 def load_table(path: str) -> ServerTable:
@@ -159,20 +156,22 @@ def load_table(path: str) -> ServerTable:
             raise ValueError(f'[servers."{match}"] scope = {scope!r}: choose from {", ".join(SCOPE_CHOICES)}')
         if entry.get("sharing", SHARED) not in (SHARED, ISOLATED):
             raise ValueError(f'[servers."{match}"] sharing must be "shared" or "isolated"')
+        aliases = entry.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(alias, str) for alias in aliases):
+            raise ValueError(f'[servers."{match}"] aliases must be a list of names')
     return ServerTable(servers)
 
 
-def _from_config(found: tuple[str, dict[str, Any]] | None) -> Decision | None:
-    if found is None or found[1].get("scope", "auto") == "auto":
+def _from_config(found: dict[str, Any] | None) -> Decision | None:
+    if found is None or found.get("scope", "auto") == "auto":
         return None
-    scope = found[1]["scope"]
+    scope = found["scope"]
     return Decision(scope, ISOLATED if scope == ISOLATED else SHARED, "config.toml", final=True)
 
 
-def _from_catalog(found: tuple[str, dict[str, Any]] | None) -> Decision:
-    if found is None:
+def _from_catalog(entry: dict[str, Any] | None) -> Decision:
+    if entry is None:
         return Decision("cwd", None, "default: no catalog entry; shared per directory")
-    entry = found[1]
     policy = f"catalog: {entry['reason']}"
     if entry.get("sharing", SHARED) == ISOLATED:
         return Decision(ISOLATED, ISOLATED, policy)

@@ -97,7 +97,13 @@ def test_config_toml_overrides_catalog_by_name_or_word(home: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['[servers."x"\nscope = "global"\n', '[servers."x"]\nscope = "everywhere"\n', 'servers = "x"\n', b"\xff\xfe"],
+    [
+        '[servers."x"\nscope = "global"\n',
+        '[servers."x"]\nscope = "everywhere"\n',
+        'servers = "x"\n',
+        '[servers."x"]\naliases = "y"\n',
+        b"\xff\xfe",
+    ],
 )
 def test_broken_config_falls_back_to_builtin_policy_with_its_reason(home: Path, text: str | bytes) -> None:
     path = home / "config.toml"
@@ -267,3 +273,14 @@ def test_wrap_dry_run_shows_the_policy_of_each_entry(home: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "  commander: scope isolated, isolated (catalog: terminal sessions belong to one client)" in out.stdout
     assert "  weather: scope cwd, decided when it runs (default: no catalog entry; shared per directory)" in out.stdout
+
+
+def test_every_catalog_entry_says_why_and_from_which_source_reading() -> None:
+    import tomllib
+
+    servers = tomllib.loads(Path(sharing.CATALOG_PATH).read_text())["servers"]
+    for name, entry in servers.items():
+        assert entry["sharing"] in ("shared", "isolated"), name
+        assert entry["scope"] in ("cwd", "global"), name
+        assert entry["reason"].strip() and "\n" not in entry["reason"], name
+        assert entry["source"].strip(), name
