@@ -86,13 +86,31 @@ def _file_version(path: str) -> str:
     return f"{info.st_mtime_ns}:{info.st_size}"
 
 
-def cache_path(directory: str, command: list[str], name: str | None, salt: bytes) -> str:
-    """The cache file for this decision: a salted hash of everything the decision depends on."""
+def _digest(salt: bytes, parts: list[str]) -> str:
     digest = sha256(salt)
-    parts = (__version__, _file_version(CATALOG_PATH), _file_version(config_path()), name or "", *command)
     for part in parts:
         digest.update(b"\0" + part.encode("utf-8", "surrogateescape"))
-    return os.path.join(directory, "decisions", digest.hexdigest()[:32])
+    return digest.hexdigest()
+
+
+def cache_path(directory: str, command: list[str], name: str | None, salt: bytes) -> str:
+    """decisions/GENERATION/COMMAND: the generation changes with the package, catalog or config.toml.
+
+    The command part is salted (a command line can carry secrets); a new generation lets the first
+    cold decision after an edit remove every older one.
+    """
+    generation = _digest(b"", [__version__, _file_version(CATALOG_PATH), _file_version(config_path())])[:16]
+    return os.path.join(directory, "decisions", generation, _digest(salt, [name or "", *command])[:32])
+
+
+def _remove_older_generations(current: str) -> None:
+    decisions = os.path.dirname(current)
+    for generation in os.listdir(decisions):
+        old = os.path.join(decisions, generation)
+        if old != current:
+            for entry in os.listdir(old):
+                os.unlink(os.path.join(old, entry))
+            os.rmdir(old)
 
 
 def _read_cached(path: str) -> Decision | None:
@@ -110,6 +128,7 @@ def _write_cached(path: str, decision: Decision) -> None:
     """Atomically, 0600; a failure only costs the next session a cold decision."""
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _remove_older_generations(os.path.dirname(path))
         tmp = f"{path}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

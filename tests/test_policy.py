@@ -125,12 +125,14 @@ def test_decision_cache_is_private_holds_no_argv_and_follows_config_edits(home: 
     command = ["/venv/bin/mcp-server-time", "--token", "hunter2-secret"]
     first = resolve_scope("auto", command, None, directory, SALT)
     assert first.policy.startswith("catalog: ")
-    [cached] = list((home / "run" / "decisions").iterdir())
+    [cached] = list((home / "run" / "decisions").glob("*/*"))
     assert stat.S_IMODE(cached.stat().st_mode) == 0o600
     assert "hunter2" not in cached.name and "hunter2" not in cached.read_text()
     assert resolve_scope("auto", command, None, directory, SALT) == first
     (home / "config.toml").write_text('[servers."mcp-server-time"]\nscope = "isolated"\n')
     assert resolve_scope("auto", command, None, directory, SALT).policy == "config.toml"
+    [renewed] = list((home / "run" / "decisions").glob("*/*"))
+    assert renewed.parent != cached.parent, "the decisions of the old config.toml are gone"
 
 
 def test_decision_round_trips_through_its_cache_text() -> None:
