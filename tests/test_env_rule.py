@@ -18,14 +18,19 @@ from conftest import FAKE_SERVER, mcpsingleton_exe
 
 pytestmark = pytest.mark.timeout(60)
 
+reads_client_env = pytest.mark.skipif(
+    sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1",
+    reason="the client's own env is read from /proc (Linux); elsewhere only secrets and --env-key separate",
+)
+
 CLIENT = r"""
 import json, os, subprocess, sys
 shim, spawns = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 children = []
 for spawn in spawns:
     if spawn["mode"] == "minimal":  # Codex: a fixed set of variables plus the entry's env
-        kept = ("HOME", "LANG", "PATH", "SHELL", "TERM", "MCPSINGLETON_HOME")
-        env = {k: os.environ[k] for k in kept if k in os.environ}
+        kept = ("HOME", "LANG", "PATH", "SHELL", "TERM")
+        env = {k: v for k, v in os.environ.items() if k in kept or k.startswith("MCPSINGLETON_")}  # ours: the test's
     else:  # Claude Code, Gemini CLI: the client's own env (Gemini strips secret-looking names)
         env = {k: v for k, v in os.environ.items() if spawn["mode"] != "strip" or "KEY" not in k}
     env.update(spawn["env"])
@@ -89,6 +94,7 @@ def backends_for(clients: list[tuple[dict[str, str], list[dict]]]) -> list[int]:
             client.close()
 
 
+@reads_client_env
 def test_configs_differing_in_a_config_set_variable_never_share(home: Path) -> None:
     pids = backends_for(
         [(terminal(), [spawn(MEMORY_FILE_PATH="/tmp/a.jsonl"), spawn(MEMORY_FILE_PATH="/tmp/b.jsonl")])]
@@ -119,6 +125,7 @@ def test_claude_gemini_and_codex_sessions_of_one_entry_share(home: Path) -> None
     assert len(set(pids)) == 1, "Claude Code ×2, Gemini CLI and Codex share one backend"
 
 
+@reads_client_env
 def test_a_config_variable_equal_to_the_clients_own_value_still_counts_when_it_differs(home: Path) -> None:
     """The client's env has MEMORY_FILE_PATH=/a; a config that sets /b must not join a session that inherited /a."""
     own = terminal(MEMORY_FILE_PATH="/tmp/a.jsonl")
@@ -126,6 +133,7 @@ def test_a_config_variable_equal_to_the_clients_own_value_still_counts_when_it_d
     assert pids[0] == pids[2] != pids[1]
 
 
+@reads_client_env
 def test_a_shell_between_client_and_shim_does_not_hide_the_config(home: Path) -> None:
     pids = backends_for(
         [

@@ -9,7 +9,9 @@ named by MEMORY_FILE_PATH on every call (dist/index.js).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import anyio
@@ -92,6 +94,10 @@ def _remember(entity: str):
     return body
 
 
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1",
+    reason="without /proc only secrets and --env-key separate configs (see test_env_rule)",
+)
 def test_memory_files_from_different_configs_never_mix(home: Path, tmp_path: Path) -> None:
     server = node_server("@modelcontextprotocol/server-memory")
     files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
