@@ -30,8 +30,8 @@ VOLATILE_VARS = frozenset(
 CLIENT_SPAWN_VARS = frozenset(
     {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "GEMINI_CLI", "COREPACK_ENABLE_AUTO_PIN"}
 )
-CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_", "MCPSINGLETON_")
-"""Names a client sets on every server it spawns (Claude Code, Gemini CLI), some per session, and ours."""
+CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_",)
+"""Names a client sets on every server it spawns (Claude Code, Gemini CLI), some per session: not config."""
 
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "fish", "env"})
 """Programs a client may start the shim through; their environment is the config's, not the client's."""

@@ -157,3 +157,21 @@ def test_portable_mode_falls_back_to_secrets_and_env_keys(home: Path) -> None:
         [(own, [spawn(MEMORY_FILE_PATH="/tmp/a.jsonl"), spawn(MEMORY_FILE_PATH="/tmp/b.jsonl"), spawn(API_TOKEN="x")])]
     )
     assert pids[0] == pids[1] != pids[2], "without the client's env only secrets and --env-key separate"
+
+
+def test_config_set_names_are_what_differs_from_the_client_minus_what_clients_add() -> None:
+    from mcpsingleton.keys import config_set_names
+
+    client = {"PATH": "/bin", "EDITOR": "vim", "MEMORY_FILE_PATH": "/a", "SHLVL": "1"}
+    spawned = {
+        **client,
+        "MEMORY_FILE_PATH": "/b",  # the config changed it
+        "REGION": "eu",  # the config added it
+        "SHLVL": "2",  # volatile
+        "CLAUDECODE": "1",
+        "CLAUDE_CODE_SESSION_ID": "s1",
+        "GEMINI_CLI": "1",
+        "MCPSINGLETON_HOME": "/tmp/x",
+    }
+    assert config_set_names(spawned, client) == {"MEMORY_FILE_PATH", "REGION"}
+    assert config_set_names(spawned, None) == set(), "client env unknown: nothing can be attributed to the config"
