@@ -24,6 +24,7 @@ SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", 
 
 VOLATILE_VARS = frozenset(
     {"PWD", "OLDPWD", "SHLVL", "_", "TERM_SESSION_ID", "WINDOWID", "GNOME_KEYRING_CONTROL", "KEYTIMEOUT"}
+    | {"COLUMNS", "LINES"}
 )
 """Per-terminal or per-shell values that never decide what a server does."""
 

@@ -283,3 +283,26 @@ def test_wrap_dry_run_shows_the_policy_of_each_entry(home: Path) -> None:
     policy = catalog_policy("@wonderwhy-er/desktop-commander")
     assert f"  commander: scope isolated, isolated ({policy})" in out.stdout
     assert "  weather: scope cwd, decided when it runs (default: no catalog entry; shared per directory)" in out.stdout
+
+
+def test_warm_attach_reads_the_cached_decision_without_heavy_imports(home: Path, time_server: list[str]) -> None:
+    """The second session of a server attaches with the decision from the cache: no tomllib, json, re, …"""
+    import sys
+
+    from conftest import RawClient, shim
+
+    first = RawClient(shim(time_server, "--linger", "0"))
+    first.initialize()
+    second = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mcpsingleton", "run", "--linger", "0", "--", *time_server],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    first.close()
+    assert second.returncode == 0, second.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.decode().splitlines() if "|" in line}
+    assert "mcpsingleton.sharing" in imported
+    heavy = {"tomllib", "json", "re", "click", "asyncio", "psutil", "platformdirs", "mcpsingleton.policy"}
+    assert not heavy & imported, heavy & imported
+    assert "mcpsingleton.election" not in imported, "attached to the running broker, started none"
