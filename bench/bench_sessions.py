@@ -1,14 +1,16 @@
 """Memory of N concurrent MCP sessions: every session starting its own server vs all sharing one
 through `mcpsingleton run`.
 
-    .venv/bin/python bench/bench_sessions.py [--sessions 1,10] [--servers everything,time,npx]
+    .venv/bin/python bench/bench_sessions.py [--sessions 1,10] [--servers everything,time,npx] [--isolated]
 
 Each session is a real client process (bench/session_client.py) that spawns the server command with
 pipes, initializes, makes two tool calls and holds. Clients are not counted. At steady state the
 benchmark sums the PSS of every process involved:
   direct: each session's server process tree;
   shared: the waiters (what the shims became) + the broker + its keeper + the backend tree.
-Reports total MiB, per-session marginal cost ((total(N) - total(1)) / (N - 1)), and the broker's
+With --isolated, every case is also run with `--scope isolated` (what the policy gives servers that
+keep per-client state: one broker and backend per session). Reports total MiB, per-session marginal
+cost ((total(N) - total(1)) / (N - 1)), and the broker's
 and a waiter's PSS alone. `npx` is server-everything launched as client configs do
 (`npx -y @modelcontextprotocol/server-everything`, offline, from the repo's .cache/npm): a direct
 session then costs sh + npm exec + node. Writes bench/results/sessions.json and bench/results/memory_vs_sessions.png.
@@ -116,7 +118,8 @@ def census_direct(clients: list[subprocess.Popen]) -> dict[str, Any]:
     }
 
 
-def census_shared(clients: list[subprocess.Popen], home: Home) -> dict[str, Any]:
+def census_shared(clients: list[subprocess.Popen], home: Home, brokers: int = 1) -> dict[str, Any]:
+    """Everything of ours serving the sessions: one broker when shared, one per session when isolated."""
     roles: dict[str, list[dict[str, int]]] = {}
     for process in home.processes():
         if process.pid in {c.pid for c in clients}:
@@ -130,8 +133,8 @@ def census_shared(clients: list[subprocess.Popen], home: Home) -> dict[str, Any]
     waiters = roles.get("waiter", [])
     if len(waiters) != len(clients):
         raise RuntimeError(f"expected {len(clients)} waiters, found {len(waiters)}: {sorted(roles)}")
-    if len(roles.get("broker", [])) != 1:
-        raise RuntimeError(f"expected one broker, found {len(roles.get('broker', []))}")
+    if len(roles.get("broker", [])) != brokers:
+        raise RuntimeError(f"expected {brokers} broker(s), found {len(roles.get('broker', []))}")
     total = {kind: sum(m["pss"] for m in mems) for kind, mems in roles.items()}
     broker = roles["broker"][0]
     return {
@@ -150,7 +153,7 @@ def census_shared(clients: list[subprocess.Popen], home: Home) -> dict[str, Any]
 
 def run_case(kind: str, mode: str, count: int, settle: float, timeout: float) -> dict[str, Any]:
     server = server_cmd(kind)
-    argv = server if mode == "direct" else shim_cmd(server)
+    argv = {"direct": server, "shared": shim_cmd(server), "isolated": shim_cmd(server, "--scope", "isolated")}[mode]
     with Home() as home:
         started = time.monotonic()
         clients = start_clients(argv, count, home.env, CALLS[kind], server_cwd(kind))
@@ -158,7 +161,10 @@ def run_case(kind: str, mode: str, count: int, settle: float, timeout: float) ->
             reports = wait_ready(clients, timeout)
             ready_seconds = time.monotonic() - started
             time.sleep(settle)
-            census = census_direct(clients) if mode == "direct" else census_shared(clients, home)
+            if mode == "direct":
+                census = census_direct(clients)
+            else:
+                census = census_shared(clients, home, brokers=count if mode == "isolated" else 1)
         finally:
             stop_seconds = stop_clients(clients)
     census.update({
@@ -201,6 +207,9 @@ def analyse(cases: list[dict[str, Any]]) -> dict[str, Any]:
                    "waiter_rss_mib": mib(shared["waiter_rss_median"]),
                    "keeper_pss_mib": mib(shared["keeper"].get("pss", 0)),
                    "backend_pss_mib": mib(shared["by_role_pss"].get("backend", 0))}
+            if ("isolated", n) in by:  # one backend per session: no saving, but still orphan-proof
+                row["isolated_mib"] = mib(by[("isolated", n)]["total_pss"])
+                row["isolated_processes"] = by[("isolated", n)]["processes"]
             if 1 in counts and n > 1:
                 for mode in ("direct", "shared"):
                     marginal = (by[(mode, n)]["total_pss"] - by[(mode, 1)]["total_pss"]) / (n - 1)
@@ -251,6 +260,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait at steady state before measuring")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for all sessions to become ready")
     parser.add_argument("--quick", action="store_true", help="sessions 1,5, shorter settle")
+    parser.add_argument("--isolated", action="store_true", help="also measure every session with --scope isolated")
     parser.add_argument("--out", default="sessions", help="result name under bench/results/")
     parser.add_argument("--reanalyse", action="store_true",
                         help="measure nothing: recompute the table and plot from the cases in the results file")
@@ -270,7 +280,8 @@ def main() -> None:
     cases = []
     for kind in kinds:
         for n in counts:
-            for mode in (("direct", "shared") if n % 2 else ("shared", "direct")):  # alternate who goes first
+            modes = ("direct", "shared") if n % 2 else ("shared", "direct")  # alternate who goes first
+            for mode in (*modes, "isolated") if args.isolated else modes:
                 log(f"{kind}: {n} session(s) {mode}")
                 case = run_case(kind, mode, n, args.settle, args.timeout)
                 log(f"  total PSS {mib(case['total_pss'])} MiB in {case['processes']} processes")

@@ -283,3 +283,23 @@ cli.command(name="wrap", help="Rewrite client configs so every stdio server runs
 cli.command(name="unwrap", help="Restore client configs exactly as they were before wrap.")(
     _config_command(unwrap=True)
 )
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--json", "as_json", is_flag=True, help="Print one object: scope, sharing (or null), policy.")
+@click.option("--scope", type=click.Choice(("auto", *SCOPES)), default="auto", show_default=True)
+@click.option("--name", help="The --name the server would run with (a config.toml MATCH).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...]) -> None:
+    """Which scope and sharing `run` would use for COMMAND, and why; starts nothing."""
+    from .policy import decide
+    from .sharing import config_path
+
+    decision = decide(scope, list(command), name)
+    if decision.config_error:
+        click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
+    if as_json:
+        click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
+        return
+    sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
+    click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")

@@ -20,20 +20,23 @@ from typing import TYPE_CHECKING
 from .keys import KeyPaths, SetupError, log_dir, parse_duration
 
 if TYPE_CHECKING:
-    from .shim import RunOptions
+    from .options import RunOptions
+    from .sharing import Decision
 
 BACKOFF = 0.01
 READY_TIMEOUT = 10.0
 
 
-def start_broker(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> None:
+def start_broker(
+    paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
+) -> None:
     """Start a broker unless one is starting or stopping; return when the caller should attach again."""
     lock_fd = try_lock(paths.lock)
     if lock_fd is None:
         time.sleep(BACKOFF)
         return
     try:
-        spec = broker_spec(paths, options, name, cwd, env)
+        spec = broker_spec(paths, options, decision, name, cwd, env)
         launch(spec, lock_fd, name)
     finally:
         os.close(lock_fd)  # the broker holds its own copy of the locked file description
@@ -50,8 +53,15 @@ def try_lock(path: str) -> int | None:
     return fd
 
 
-def broker_spec(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: dict[str, str]) -> dict:
-    """Everything the broker needs; sent over a socketpair, never written to disk (env holds secrets)."""
+def broker_spec(
+    paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
+) -> dict:
+    """Everything the broker needs; sent over a socketpair, never written to disk (env holds secrets).
+
+    `sharing` is None when the running server decides (see policy.runtime_decision); `sharing_final`
+    when a user decided and nothing learnt at runtime may change it; `config_error` is why the user's
+    config.toml was ignored, for `ls`.
+    """
     os.makedirs(log_dir(), mode=0o700, exist_ok=True)
     return {
         "key": paths.key,
@@ -61,7 +71,11 @@ def broker_spec(paths: KeyPaths, options: RunOptions, name: str, cwd: str, env: 
         "argv": options.command,
         "cwd": cwd,
         "env": env,
-        "scope": options.scope,
+        "scope": decision.scope,
+        "sharing": decision.sharing,
+        "sharing_final": decision.final,
+        "policy": decision.policy,
+        "config_error": decision.config_error,
         "linger": parse_duration(options.linger),
         "max_memory": options.max_memory,
         "max_procs": options.max_procs,

@@ -26,8 +26,18 @@ SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", 
 
 VOLATILE_VARS = frozenset(
     {"PWD", "OLDPWD", "SHLVL", "_", "TERM_SESSION_ID", "WINDOWID", "GNOME_KEYRING_CONTROL", "KEYTIMEOUT"}
+    | {"COLUMNS", "LINES"}
 )
 """Per-terminal or per-shell values that never decide what a server does."""
+
+CLIENT_SPAWN_VARS = frozenset(
+    {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "GEMINI_CLI", "COREPACK_ENABLE_AUTO_PIN"}
+)
+CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_",)
+"""Names a client sets on every server it spawns (Claude Code, Gemini CLI), some per session: not config."""
+
+SHELLS = frozenset({"sh", "bash", "zsh", "dash", "fish", "env"})
+"""Programs a client may start the shim through; their environment is the config's, not the client's."""
 
 KEY_ENV = "MCPSINGLETON_KEY"
 HOME_ENV = "MCPSINGLETON_HOME"
@@ -159,16 +169,87 @@ def resolve_argv(argv: list[str], cwd: str) -> list[str]:
     return [program, *argv[1:]]
 
 
+def _is_volatile(upper: str) -> bool:
+    return upper in VOLATILE_VARS or upper.startswith("MCPSINGLETON_") or upper.endswith(("_SOCK", "_PID"))
+
+
+def _set_by_client(upper: str) -> bool:
+    return upper in CLIENT_SPAWN_VARS or upper.startswith(CLIENT_SPAWN_PREFIXES)
+
+
 def is_secret_name(name: str) -> bool:
     upper = name.upper()
-    if upper in VOLATILE_VARS or upper.startswith("MCPSINGLETON_") or upper.endswith(("_SOCK", "_PID")):
-        return False
-    return any(marker in upper for marker in SECRET_MARKERS)
+    return not _is_volatile(upper) and any(marker in upper for marker in SECRET_MARKERS)
 
 
-def env_fingerprint(env: dict[str, str], extra_keys: list[str], salt: bytes) -> str:
-    """Salted digest of the env vars that must match to share; values never leave this function."""
-    names = sorted({name for name in env if is_secret_name(name)} | set(extra_keys))
+def _read_proc(pid: int, field: str) -> bytes | None:
+    try:
+        fd = os.open(f"/proc/{pid}/{field}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _parent_of(pid: int) -> int:
+    stat_line = _read_proc(pid, "stat") or b""
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def client_environ() -> dict[str, str] | None:
+    """The environment of the client that started us (its own, from /proc), or None where we cannot read it.
+
+    Shells between the client and us (`sh -c "mcpsingleton run …"`) carry the config's env already, so
+    we look past them. Only Linux: elsewhere reading another process's env costs more than a session
+    start may spend, and callers fall back to secrets and --env-key.
+    """
+    if sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1":
+        return None
+    pid = os.getppid()
+    for _ in range(4):
+        if pid <= 1:
+            return None
+        comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
+        if comm not in SHELLS:
+            break
+        pid = _parent_of(pid)
+    raw = _read_proc(pid, "environ") if pid > 1 else None
+    if raw is None:
+        return None
+    entries = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {
+        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape") for name, _, value in entries
+    }
+
+
+def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[str]:
+    """Variables the client config set for this server: ours but not the client's own (or different from it)."""
+    if parent is None:
+        return set()
+    return {
+        name
+        for name, value in env.items()
+        if parent.get(name) != value and not _is_volatile(name.upper()) and not _set_by_client(name.upper())
+    }
+
+
+def env_fingerprint(
+    env: dict[str, str], extra_keys: list[str], salt: bytes, parent: dict[str, str] | None = None
+) -> str:
+    """Salted digest of the env vars that must match to share; values never leave this function.
+
+    Those are: every secret-looking variable, every --env-key, and every variable the client config set
+    for the server (`parent` is the client's own environment; None when it cannot be read).
+    """
+    names = sorted({name for name in env if is_secret_name(name)} | set(extra_keys) | config_set_names(env, parent))
     digest = sha256(salt)
     for name in names:
         value = env.get(name)
@@ -211,7 +292,15 @@ def _read_or_create_salt(path: str) -> bytes:
         return handle.read()
 
 
-def compute_key(argv: list[str], scope: str, cwd: str, env: dict[str, str], extra_keys: list[str], salt: bytes) -> str:
+def compute_key(
+    argv: list[str],
+    scope: str,
+    cwd: str,
+    env: dict[str, str],
+    extra_keys: list[str],
+    salt: bytes,
+    parent_env: dict[str, str] | None = None,
+) -> str:
     """Hash of (resolved argv, scope part, env part): equal keys share one backend."""
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
@@ -222,7 +311,7 @@ def compute_key(argv: list[str], scope: str, cwd: str, env: dict[str, str], extr
     else:
         raise ValueError(f"a key needs a resolved scope, one of {KEY_SCOPES}, not {scope!r}")
     digest = sha256(PROTOCOL.encode())
-    for part in (*resolve_argv(argv, cwd), scope_part, env_fingerprint(env, extra_keys, salt)):
+    for part in (*resolve_argv(argv, cwd), scope_part, env_fingerprint(env, extra_keys, salt, parent_env)):
         digest.update(b"\0" + part.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 

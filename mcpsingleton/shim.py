@@ -20,6 +20,7 @@ from .keys import (
     SetupError,
     UsageError,
     check_socket_path,
+    client_environ,
     compute_key,
     default_name,
     ensure_private_dir,
@@ -28,8 +29,9 @@ from .keys import (
     stderr_line,
     user_salt,
 )
-from .options import RunOptions, usage
 from .options import parse_run_args as parse_args
+from .options import usage
+from .sharing import resolve_scope
 
 WAITER = (
     "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
@@ -45,11 +47,6 @@ can never find the session served but the waiter not yet able to exit with 128+N
 
 ATTACH_TIMEOUT = 5.0
 STARTUP_DEADLINE = 15.0
-
-
-def resolve_scope(options: RunOptions, argv: list[str], cwd: str, env: dict[str, str]) -> str:
-    """The scope a key is computed for: the one asked for, with `auto` decided here (for now: cwd)."""
-    return "cwd" if options.scope == "auto" else options.scope
 
 
 def try_attach(paths: KeyPaths) -> _socket.socket | None:
@@ -120,10 +117,10 @@ def run(argv: list[str]) -> int:
     directory = ensure_private_dir(runtime_dir())
     cwd = os.getcwd()
     env = dict(os.environ)
-    # ▼ The one place where the scope is decided; the broker records the decided scope, never `auto`.
-    scope = resolve_scope(options, options.command, cwd, env)
-    options.scope = scope
-    key = compute_key(options.command, scope, cwd, env, options.env_keys, user_salt(directory))
+    salt = user_salt(directory)
+    # The one place where the scope is decided; the broker records the decided scope, never `auto`.
+    decision = resolve_scope(options.scope, options.command, options.name, directory, salt)
+    key = compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client_environ())
     paths = KeyPaths(key, directory)
     check_socket_path(paths)
     name = options.name or default_name(options.command)
@@ -135,7 +132,7 @@ def run(argv: list[str]) -> int:
         from . import election  # cold path only
 
         ensure_private_dir(log_dir())
-        election.start_broker(paths, options, name, cwd, env)
+        election.start_broker(paths, options, decision, name, cwd, env)
         if time.monotonic() > deadline:
             raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
 

@@ -9,10 +9,20 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # compat mode: a plain path in a .pth file, so the per-session shim imports no editable-finder machinery
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
-if [ ! -f ".cache/npm/node_modules/@modelcontextprotocol/server-everything/package.json" ]; then
-    mkdir -p .cache/npm
-    (cd .cache/npm && npm install --silent --no-audit --no-fund --no-save \
-        "@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}")
-fi
+# test servers, pinned; installed together because `npm install --no-save` prunes what it was not given.
+# desktop-commander depends on puppeteer, whose install script would download a browser: not needed here
+NPM_SERVERS=(
+    "@modelcontextprotocol/server-everything@${EVERYTHING_VERSION}"
+    "@modelcontextprotocol/server-memory@2026.8.31"
+    "@modelcontextprotocol/server-sequential-thinking@2026.8.31"
+    "@wonderwhy-er/desktop-commander@0.2.52"
+)
+for spec in "${NPM_SERVERS[@]}"; do
+    if [ ! -f ".cache/npm/node_modules/${spec%@*}/package.json" ]; then
+        mkdir -p .cache/npm
+        (cd .cache/npm && PUPPETEER_SKIP_DOWNLOAD=1 npm install --silent --no-audit --no-fund --no-save "${NPM_SERVERS[@]}")
+        break
+    fi
+done
 .venv/bin/python -m compileall -q mcpsingleton  # every session start imports these: never recompile
 echo "installed: $(.venv/bin/mcpsingleton --version)"

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,22 @@ def minimal_env(home: Path) -> dict[str, str]:
     return {"HOME": str(home), "LANG": "C.UTF-8", "PATH": os.environ["PATH"], "SHELL": "/bin/sh", "TERM": "dumb"}
 
 
+RELAY = (
+    "import json, os, subprocess, sys; "
+    "sys.exit(subprocess.call(sys.argv[1:], env=json.loads(os.environ['CHILD_ENV'])))"
+)
+"""A client process with its own environment that starts the shim with another one, as Codex does."""
+
+
+def started_by_client(command: list[str], client_env: dict[str, str], server_env: dict[str, str]) -> list[str]:
+    """`command` run by a stand-in client whose own env is `client_env` and which passes `server_env` on.
+
+    The env rule compares a server's env with its client's own, so a test of what a client passes must
+    have a real client process in between (the test process's own env, changed in-process, is not it)."""
+    client_env["CHILD_ENV"] = json.dumps(server_env)
+    return [sys.executable, "-c", RELAY, *command]
+
+
 def broker_pids(home: Path) -> set[int]:
     return {p.pid for p in processes_with_home(home) if "mcpsingleton.broker" in " ".join(p.cmdline())}
 
@@ -70,10 +87,14 @@ def test_a_client_with_a_minimal_environment_shares_the_broker_of_a_full_one(
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     full = {**os.environ, "XDG_RUNTIME_DIR": str(xdg), "XDG_STATE_HOME": str(tmp_path / "state")}
-    shell_session = RawClient(run_line(fake_server), env=full, cwd=str(tmp_path))
+    codex = {**full, "LANG": "C.UTF-8", "SHELL": "/bin/sh", "TERM": "dumb"}  # Codex passes its own values on
+    shell_env = dict(full)
+    shell_argv = started_by_client(run_line(fake_server), shell_env, full)
+    shell_session = RawClient(shell_argv, env=shell_env, cwd=str(tmp_path))
     shell_session.initialize()
-    codex_session = RawClient(run_line(fake_server), env=minimal_env(bare_home),
-                              cwd=str(tmp_path))
+    client_env = dict(codex)
+    codex_session = RawClient(started_by_client(run_line(fake_server), client_env, minimal_env(bare_home)),
+                              env=client_env, cwd=str(tmp_path))
     codex_session.initialize()
 
     assert len(broker_pids(bare_home)) == 1, "both sessions attached to one broker"

@@ -152,6 +152,7 @@ class _Job:
         if self.dry_run:
             self.out.write(diff.unified(target.path, before, after))
             self.out.write(f"{where}: would {self.verb} {names}\n")
+            self.out.write("".join(f"  {line}\n" for line in plan.policies))
             return
         self.records.add(original.real, plan.inserted)
         saved = files.backup(original)

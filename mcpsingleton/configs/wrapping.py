@@ -24,6 +24,7 @@ from typing import Any
 from mcpsingleton.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
 from mcpsingleton.keys import HOME_ENV
 from mcpsingleton.options import run_prefix
+from mcpsingleton.policy import decide
 
 Recorded = Callable[[tuple[str, ...]], frozenset[str]]
 """The texts wrap inserted at an entry path (the entry's for args members, entry + `env` for env text)."""
@@ -50,6 +51,7 @@ class Plan:
     inserted: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # args members/env pairs wrap added
     removed: list[tuple[tuple[str, ...], str]] = field(default_factory=list)  # … and unwrap took away
     env_by_hand: list[str] = field(default_factory=list)  # entries whose env wrap could not extend
+    policies: list[str] = field(default_factory=list)  # per wrapped entry: the sharing it will get, and why
 
 
 def wrap_prefix(entry: ServerEntry, scope: str | None) -> list[str]:
@@ -70,6 +72,7 @@ def plan_wrap(doc: Document, executable: str, scope: str | None, home: str | Non
         _expect(plan, entry, executable, [*options, entry.data["command"], *entry.data.get("args", [])])
         if home is not None:
             _pass_home(doc, entry, home, plan)
+        plan.policies.append(_policy_line(entry, scope))
     return plan
 
 
@@ -85,6 +88,14 @@ def _pass_home(doc: Document, entry: ServerEntry, home: str, plan: Plan) -> None
     plan.edits.append(Edit(entry.env.pos, entry.env.pos, text))
     plan.inserted.append(((*entry.path, "env"), text))
     _target(plan, entry).setdefault("env", {})[HOME_ENV] = home
+
+
+def _policy_line(entry: ServerEntry, scope: str | None) -> str:
+    """`name: scope S, sharing (policy)`: what `run` will decide for the wrapped entry, as `explain` shows it."""
+    command = [str(word) for word in (entry.data["command"], *entry.data.get("args", []))]
+    decision = decide(scope or "auto", command, entry.name)
+    sharing = decision.sharing or "decided when it runs"
+    return f"{entry.name}: scope {decision.scope}, {sharing} ({decision.policy})"
 
 
 def _args_insertion(doc: Document, entry: ServerEntry, tokens: list[str], plan: Plan) -> Edit:

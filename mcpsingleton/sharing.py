@@ -1,0 +1,156 @@
+"""The sharing decision on the shim's warm path: read from a tiny cache file, computed only on a miss.
+
+Parsing the catalog and the user's config.toml needs tomllib (~16 ms); the warm attach budget is
+5 ms. So the decision for a given (command, --name, config file version, catalog version, package
+version) is computed once by `policy` (cold path) and cached in the runtime dir, read here with
+plain os calls. The file name is a salted hash (a command line can carry secrets); the content is
+only the decision text.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import __version__
+from .keys import sha256, stderr_line
+
+SHARED = "shared"
+ISOLATED = "isolated"
+CATALOG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "catalog.toml")
+
+
+class Decision:
+    """Where a server may be shared (`scope`), whether at all (`sharing`), and why (`policy`, one line).
+
+    `sharing` is None when only the running server can tell (its declaration or its tools). `final`
+    means a user decided (option or config.toml): nothing learnt at runtime overrides it.
+    `config_error` is the one-line reason config.toml was ignored, if it was.
+    """
+
+    __slots__ = ("config_error", "final", "policy", "scope", "sharing")
+
+    def __init__(
+        self, scope: str, sharing: str | None, policy: str, *, final: bool = False, config_error: str | None = None
+    ) -> None:
+        self.scope = scope
+        self.sharing = sharing
+        self.policy = policy
+        self.final = final
+        self.config_error = config_error
+
+    def __repr__(self) -> str:
+        return f"Decision({self.scope!r}, {self.sharing!r}, {self.policy!r}, final={self.final})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self.as_lines() == other.as_lines()
+
+    def as_lines(self) -> str:
+        fields = (self.scope, self.sharing or "", self.policy, "final" if self.final else "", self.config_error or "")
+        return "".join(_one_line(field) + "\n" for field in fields)
+
+    @classmethod
+    def from_lines(cls, text: str) -> Decision | None:
+        fields = text.split("\n")
+        if len(fields) != 6 or fields[0] not in ("cwd", "global", "isolated"):
+            return None
+        scope, sharing, policy, final, error, _ = fields
+        return cls(scope, sharing or None, policy, final=final == "final", config_error=error or None)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def explicit_decision(scope: str) -> Decision:
+    """`--scope cwd|global|isolated` given: the user decided."""
+    return Decision(scope, ISOLATED if scope == ISOLATED else SHARED, f"--scope {scope}", final=True)
+
+
+def config_path() -> str:
+    """MCPSINGLETON_HOME/config.toml, else platformdirs' user config dir (computed here: no import)."""
+    home = os.environ.get("MCPSINGLETON_HOME")
+    if home:
+        return os.path.join(home, "config.toml")
+    if os.uname().sysname == "Darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+    return os.path.join(base, "mcpsingleton", "config.toml")
+
+
+def _file_version(path: str) -> str:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{info.st_mtime_ns}:{info.st_size}"
+
+
+def _digest(salt: bytes, parts: list[str]) -> str:
+    digest = sha256(salt)
+    for part in parts:
+        digest.update(b"\0" + part.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def cache_path(directory: str, command: list[str], name: str | None, salt: bytes) -> str:
+    """decisions/GENERATION/COMMAND: the generation changes with the package, catalog or config.toml.
+
+    The command part is salted (a command line can carry secrets); a new generation lets the first
+    cold decision after an edit remove every older one.
+    """
+    generation = _digest(b"", [__version__, _file_version(CATALOG_PATH), _file_version(config_path())])[:16]
+    return os.path.join(directory, "decisions", generation, _digest(salt, [name or "", *command])[:32])
+
+
+def _remove_older_generations(current: str) -> None:
+    decisions = os.path.dirname(current)
+    for generation in os.listdir(decisions):
+        old = os.path.join(decisions, generation)
+        if old != current:
+            for entry in os.listdir(old):
+                os.unlink(os.path.join(old, entry))
+            os.rmdir(old)
+
+
+def _read_cached(path: str) -> Decision | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return Decision.from_lines(os.read(fd, 4096).decode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
+def _write_cached(path: str, decision: Decision) -> None:
+    """Atomically, 0600; a failure only costs the next session a cold decision."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _remove_older_generations(os.path.dirname(path))
+        tmp = f"{path}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, decision.as_lines().encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def resolve_scope(requested: str, command: list[str], name: str | None, directory: str, salt: bytes) -> Decision:
+    """The decision `run` uses: `auto` goes through the cached policy chain; a broken config warns once."""
+    if requested != "auto":
+        return explicit_decision(requested)
+    path = cache_path(directory, command, name, salt)
+    decision = _read_cached(path)
+    if decision is None:
+        from .policy import decide  # cold path: parses the catalog and config.toml
+
+        decision = decide("auto", command, name)
+        _write_cached(path, decision)
+    if decision.config_error:
+        stderr_line(f"ignoring {config_path()}: {decision.config_error}; fix it or remove it")
+    return decision
