@@ -6,15 +6,24 @@ import json
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    Message: TypeAlias = dict[str, Any]
+else:
+    Message = dict
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
-Message = "dict[str, Any]"
 Id = str | int
+
+MAX_DEPTH = 256
+"""Deepest nesting accepted. Far beyond any MCP message, and far below what `json` can encode again
+(its encoder recurses, so a value parsed near the interpreter's recursion limit would fail later, in
+whoever writes it)."""
 
 
 class Invalid(Exception):
@@ -35,7 +44,7 @@ def id_key(value: Id) -> tuple[bool, Id]:
     return (isinstance(value, str), value)
 
 
-def parse(line: bytes | str) -> Message | list[Any]:
+def parse(line: bytes) -> Message | list[Any]:
     """Decode one line; raise Invalid with the reply the sender should get."""
     try:
         data = json.loads(line)
@@ -43,10 +52,25 @@ def parse(line: bytes | str) -> Message | list[Any]:
         raise Invalid(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
     except ValueError as exc:
         raise Invalid(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:  # not a ValueError: json gives up on deep nesting this way
+        raise Invalid(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels") from None
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH:  # cheap bound: only such lines can nest that deep
+        _check_depth(data)
     if isinstance(data, list):
         return data
     check(data)
     return data
+
+
+def _check_depth(data: object) -> None:
+    """Raise Invalid when `data` nests deeper than MAX_DEPTH (iteratively: no recursion to run out of)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise Invalid(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def check(data: object) -> None:
@@ -70,6 +94,12 @@ def check(data: object) -> None:
             raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
     else:
         raise Invalid(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response", reply_id)
+
+
+def params_of(message: Message) -> dict[str, Any]:
+    """A message's params when they are an object (positional or malformed params read as none)."""
+    params = message.get("params")
+    return params if isinstance(params, dict) else {}
 
 
 def is_request(message: Message) -> bool:
