@@ -6,7 +6,7 @@ import json
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from typing import Any, TypeAlias
+    from typing import Any, TypeAlias, TypeGuard
 
     Message: TypeAlias = dict[str, Any]
 else:
@@ -34,7 +34,7 @@ class Invalid(Exception):
         self.reply = error(request_id, code, message)
 
 
-def valid_id(value: object) -> bool:
+def valid_id(value: object) -> TypeGuard[Id]:
     """MCP ids are strings or integers (never null, never bool, never float)."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 

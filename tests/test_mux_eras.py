@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from mux_harness import Harness
 
-from mcpsingleton.mux import eras
-from mcpsingleton.mux import ABANDONED_MEMORY
+from mcpsingleton.mux import ABANDONED_MEMORY, eras
 
 ENVELOPE = {
     eras.PROTOCOL_VERSION: "2026-07-28",

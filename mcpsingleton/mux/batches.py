@@ -28,7 +28,7 @@ class Batch:
 class Batches(Feature):
     def __init__(self, mux: Mux) -> None:
         super().__init__(mux)
-        self.expected: dict[int, dict[tuple[bool, Id], list[Batch]]] = {}  # session → reply id → open batches, oldest first
+        self.expected: dict[int, dict[tuple[bool, Id], list[Batch]]] = {}  # session → reply id → its open batches
 
     def split(self, session: Session, items: list[Any]) -> list[Action]:
         """Run each message of a batch; invalid ones are answered inside the batch's array."""

@@ -26,7 +26,8 @@ class Cancellation(Feature):
             return ended
         backend_id = session.inflight.get(key)
         if backend_id is not None:
-            reason = params.get("reason") if isinstance(params.get("reason"), str) else "cancelled by the client"
+            reason = params.get("reason")
+            reason = reason if isinstance(reason, str) else "cancelled by the client"
             return self.mux.requests.abandon(session, backend_id, reason) + self.mux.batches.no_reply(session, key)
         if self.mux.queue.unqueue(session, key):
             return self.mux.batches.no_reply(session, key)

@@ -23,7 +23,9 @@ class Progress(Feature):
     def claim(self, session: Session, outgoing: Message, backend_id: int) -> int | None:
         """Rewrite `outgoing`'s progress token to `backend_id` and remember whose it was; the token, if any."""
         params = outgoing.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            return None
+        meta = params.get("_meta")
         if not isinstance(meta, dict) or "progressToken" not in meta:
             return None
         self.owners[backend_id] = (session.sid, meta["progressToken"])

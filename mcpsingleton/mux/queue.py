@@ -40,7 +40,9 @@ class Queue(Feature):
         held, self.held = self.held, {}
         for sid, messages in held.items():
             session = self.mux.sessions.get(sid)
-            for message in messages if session is not None else []:
+            if session is None:
+                continue
+            for message in messages:
                 if jsonrpc.is_request(message):
                     actions += self.mux.reply_error(session, message["id"], jsonrpc.INTERNAL_ERROR, reason)
         return actions
@@ -57,6 +59,8 @@ class Queue(Feature):
         held, self.held = self.held, {}
         for sid, messages in held.items():
             session = self.mux.sessions.get(sid)
-            for message in messages if session is not None else []:
+            if session is None:
+                continue
+            for message in messages:
                 actions += self.mux.dispatch(session, message)
         return actions

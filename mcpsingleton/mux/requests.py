@@ -94,13 +94,9 @@ class Requests(Feature):
     def answer(self, message: Message) -> list[Action]:
         """The backend's reply: restored to the asker's id, translated for its era, delivered."""
         backend_id = message.get("id")
-        pending = self.pending.get(backend_id) if type(backend_id) is int else None
-        if pending is None:
-            if backend_id in self.abandoned:
-                del self.abandoned[backend_id]  # type: ignore[arg-type]
-                return []  # a reply to a cancelled request: the requester must ignore it, and does
-            self.mux.stats["dropped"] += 1
-            return [Log(f"backend answered unknown request id {backend_id!r}; dropped")]
+        if not isinstance(backend_id, int) or backend_id not in self.pending:
+            return self._unexpected(backend_id)
+        pending = self.pending[backend_id]
         mux = self.mux
         actions: list[Action] = pending.on_reply(message) if pending.on_reply is not None else []
         task_id = mux.tasks.created(message)
@@ -123,11 +119,20 @@ class Requests(Feature):
             mux.stats["errors"] += 1
         return actions + mux.batches.deliver(session, reply)
 
+    def _unexpected(self, backend_id: object) -> list[Action]:
+        if isinstance(backend_id, int) and backend_id in self.abandoned:
+            del self.abandoned[backend_id]
+            return []  # a reply to a cancelled request: the requester must ignore it, and does
+        self.mux.stats["dropped"] += 1
+        return [Log(f"backend answered unknown request id {backend_id!r}; dropped")]
+
     def fail(self, backend_id: int, reason: str) -> list[Action]:
         """The backend's reply to `backend_id` could not be handled: its asker gets `reason` instead."""
         pending = self.pending.pop(backend_id, None)
-        session = self.mux.sessions.get(pending.session) if pending is not None and pending.session is not None else None
-        if pending is None or session is None or pending.original_id is None:
+        if pending is None or pending.session is None or pending.original_id is None:
+            return []
+        session = self.mux.sessions.get(pending.session)
+        if session is None:
             return []
         session.inflight.pop(id_key(pending.original_id), None)
         return self.mux.reply_error(session, pending.original_id, jsonrpc.INTERNAL_ERROR, reason)

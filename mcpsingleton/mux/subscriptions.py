@@ -49,7 +49,8 @@ class Subscriptions(Feature):
     def subscribe(self, session: Session, message: Message) -> list[Action]:
         uri = jsonrpc.params_of(message).get("uri")
         if not isinstance(uri, str):
-            return self.mux.reply_error(session, message["id"], jsonrpc.INVALID_PARAMS, "resources/subscribe needs a uri")
+            text = "resources/subscribe needs a uri"
+            return self.mux.reply_error(session, message["id"], jsonrpc.INVALID_PARAMS, text)
         if uri in self.held.get(session.sid, ()) or not self._count_in(session, uri):
             return self.mux.batches.deliver(session, jsonrpc.result(message["id"], {}))
 
