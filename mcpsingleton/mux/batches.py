@@ -29,13 +29,14 @@ class Batches(Feature):
     def __init__(self, mux: Mux) -> None:
         super().__init__(mux)
         self.expected: dict[int, dict[tuple[bool, Id], list[Batch]]] = {}  # session → reply id → its open batches
+        self.splitting: Batch | None = None  # the batch being split, until all its messages have run
 
     def split(self, session: Session, items: list[Any]) -> list[Action]:
         """Run each message of a batch; invalid ones are answered inside the batch's array."""
         if not items:
             empty = jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch")
             return [ToSession(session.sid, empty)]
-        batch = Batch()
+        batch = self.splitting = Batch()
         valid: list[Message] = []
         keys: set[tuple[bool, Id]] = set()
         for item in items:
@@ -58,7 +59,20 @@ class Batches(Feature):
             actions += self.mux.dispatch(session, item)
         if not keys and batch.replies:
             actions.append(ToSession(session.sid, batch.replies))
+        self.splitting = None
         return actions
+
+    def abort(self, session: Session) -> None:
+        """Splitting failed: the batch being split expects no more replies (its sender is answered at once)."""
+        batch, self.splitting = self.splitting, None
+        index = self.expected.get(session.sid, {})
+        for key, waiting in list(index.items()):
+            if batch in waiting:
+                waiting.remove(batch)
+                if not waiting:
+                    del index[key]
+        if not index:
+            self.expected.pop(session.sid, None)
 
     def deliver(self, session: Session, reply: Message) -> list[Action]:
         """Send a reply, holding it back while it belongs to an unfinished batch."""

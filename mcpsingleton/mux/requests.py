@@ -102,9 +102,9 @@ class Requests(Feature):
         task_id = mux.tasks.created(message)
         if pending.token is not None and task_id is None:
             mux.progress.release(pending.token)
-        del self.pending[backend_id]  # only now: a failure above still finds it, to answer the asker
         session = mux.sessions.get(pending.session) if pending.session is not None else None
         if session is None:
+            del self.pending[backend_id]
             return actions
         session.inflight.pop(id_key(pending.original_id), None)  # type: ignore[arg-type]
         if task_id is not None:
@@ -117,7 +117,9 @@ class Requests(Feature):
             reply = mux.tasks.own_only(session, reply)
         if "error" in reply:
             mux.stats["errors"] += 1
-        return actions + mux.batches.deliver(session, reply)
+        actions += mux.batches.deliver(session, reply)
+        del self.pending[backend_id]  # only now: should anything above fail, `fail` still finds the asker
+        return actions
 
     def _unexpected(self, backend_id: object) -> list[Action]:
         if isinstance(backend_id, int) and backend_id in self.abandoned:

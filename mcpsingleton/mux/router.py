@@ -249,28 +249,46 @@ class Mux:
         return actions
 
     def _session_failed(self, session: Session, data: Message | list[Any], exc: Exception) -> list[Action]:
-        """Handling a session's line raised: each request in it gets -32603 (exactly once), the rest goes."""
+        """Handling a session's line raised. None of its actions were performed, so each request in it
+        is answered now, once: -32603 (a batch: one array), and whatever it started is abandoned."""
         self.stats["internal_errors"] += 1
         self.stats["rejected"] += 1
         text = f"mcpsingleton: internal error handling this message: {describe(exc)}"
         actions: list[Action] = [Log(f"session {session.sid}: {text}; answered with -32603")]
-        for message in data if isinstance(data, list) else [data]:
-            if isinstance(message, dict) and jsonrpc.is_request(message) and jsonrpc.valid_id(message["id"]):
-                actions += self._give_up(session, message["id"], text)
-        return actions
-
-    def _give_up(self, session: Session, request_id: Id, text: str) -> list[Action]:
-        """Whatever became of the request, it ends here: cancelled where it went, answered with `text`."""
         try:
-            key = id_key(request_id)
+            if isinstance(data, dict):
+                return actions + self._give_up(session, data, text)
+            self.batches.abort(session)
+            replies: list[Message] = []
+            for item in data:
+                actions += self._give_up(session, item, text, replies)
+            return actions + ([ToSession(session.sid, replies)] if replies else [])
+        except Exception as again:
+            self.stats["internal_errors"] += 1
+            return [*actions, Log(f"session {session.sid}: internal error answering it: {describe(again)}")]
+
+    def _give_up(self, session: Session, item: object, text: str, batch: list[Message] | None = None) -> list[Action]:
+        """The answer `item` is owed (into `batch` when it came in one); what it started is abandoned."""
+        actions: list[Action] = []
+        try:
+            jsonrpc.check(item)
+        except Invalid as bad:
+            reply = bad.reply
+        else:
+            assert isinstance(item, dict)
+            if not jsonrpc.is_request(item):
+                return []
+            key = id_key(item["id"])
             backend_id = session.inflight.get(key)
             actions = self.requests.abandon(session, backend_id, text) if backend_id is not None else []
             self.queue.unqueue(session, key)
-            self.handshake.forget(session, request_id)
-            return actions + self.reply_error(session, request_id, jsonrpc.INTERNAL_ERROR, text)
-        except Exception as exc:
-            self.stats["internal_errors"] += 1
-            return [Log(f"session {session.sid}: internal error answering request {request_id!r}: {describe(exc)}")]
+            self.handshake.forget(session, item["id"])
+            reply = jsonrpc.error(item["id"], jsonrpc.INTERNAL_ERROR, text)
+        self.stats["errors"] += 1
+        if batch is None:
+            return [*actions, ToSession(session.sid, reply)]
+        batch.append(reply)
+        return actions
 
     def _backend_failed(self, message: Message, exc: Exception) -> list[Action]:
         """Handling a backend line raised: it is dropped; whoever waited on it gets an error instead."""
