@@ -297,7 +297,7 @@ class World:
         return bool(waiting)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     st.lists(ops, min_size=5, max_size=40),
     st.lists(capabilities, min_size=1, max_size=3),
