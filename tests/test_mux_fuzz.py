@@ -20,15 +20,38 @@ from mcpsingleton.mux.backend_state import DOWN, SPAWNING
 Key = tuple[bool, Any]
 
 SESSION_METHODS = [
-    "initialize", "ping", "server/discover", "tools/call", "tools/list", "logging/setLevel", "resources/subscribe",
-    "resources/unsubscribe", "subscriptions/listen", "tasks/get", "tasks/result", "tasks/cancel", "tasks/list",
-    "notifications/initialized", "notifications/cancelled", "notifications/roots/list_changed", "x/y",
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/call",
+    "tools/list",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "subscriptions/listen",
+    "tasks/get",
+    "tasks/result",
+    "tasks/cancel",
+    "tasks/list",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/roots/list_changed",
+    "x/y",
 ]
 BACKEND_METHODS = [
-    "ping", "roots/list", "sampling/createMessage", "elicitation/create", "notifications/progress",
-    "notifications/message", "notifications/resources/updated", "notifications/cancelled",
-    "notifications/tasks/status", "notifications/elicitation/complete", "notifications/tools/list_changed",
-    "notifications/resources/list_changed", "x/y",
+    "ping",
+    "roots/list",
+    "sampling/createMessage",
+    "elicitation/create",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/resources/updated",
+    "notifications/cancelled",
+    "notifications/tasks/status",
+    "notifications/elicitation/complete",
+    "notifications/tools/list_changed",
+    "notifications/resources/list_changed",
+    "x/y",
 ]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2, 40), st.floats(allow_nan=False), st.text(max_size=4))

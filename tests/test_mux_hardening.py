@@ -57,9 +57,10 @@ def test_deeply_nested_line_from_a_session_is_a_parse_error_for_it_alone() -> No
 def test_request_nested_near_the_recursion_limit_is_refused_not_forwarded() -> None:
     """It parses, but json's encoder recurses: whoever wrote it on would fail from a deeper stack."""
     h = ready(1)
-    line = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"x":%s}}\n' % jsonrpc.encode(
-        nested(sys.getrecursionlimit() - 100)
-    ).strip()
+    line = (
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"x":%s}}\n'
+        % jsonrpc.encode(nested(sys.getrecursionlimit() - 100)).strip()
+    )
     h.send(1, line)
     assert [(m["id"], m["error"]["code"]) for m in h.take(1)] == [(None, jsonrpc.PARSE_ERROR)]
     assert h.backend_requests("tools/call") == []
@@ -135,8 +136,14 @@ def test_notification_with_list_params_is_tolerated(params: list[Any]) -> None:
     h.from_backend({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": params})
     assert [n["params"] for n in h.notes_to(1)] == [params], "a handshake session gets it as it came"
     assert [n["params"] for n in h.notes_to(2)] == [{"_meta": {eras.SUBSCRIPTION_ID: "L"}}]
-    for method in ("notifications/progress", "notifications/message", "notifications/resources/updated",
-                   "notifications/cancelled", "notifications/tasks/status", "notifications/elicitation/complete"):
+    for method in (
+        "notifications/progress",
+        "notifications/message",
+        "notifications/resources/updated",
+        "notifications/cancelled",
+        "notifications/tasks/status",
+        "notifications/elicitation/complete",
+    ):
         h.from_backend({"jsonrpc": "2.0", "method": method, "params": params})
     still_served(h, 1)
 
@@ -239,4 +246,3 @@ def test_batch_reply_lookup_is_linear_in_open_batches() -> None:
     """Counted, not timed: twice the batches must cost (about) twice the mux lines, not four times."""
     small, large = lines_run(300), lines_run(600)
     assert large < 2.2 * small, (small, large)
-

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .actions import Action, Reply
+    from .router import Mux
     from .session import Session
 
 ABANDONED_MEMORY = 4096
@@ -46,7 +47,7 @@ class Pending:
 
 
 class Requests(Feature):
-    def __init__(self, mux: Any) -> None:
+    def __init__(self, mux: Mux) -> None:
         super().__init__(mux)
         self.pending: dict[int, Pending] = {}
         self.abandoned: dict[int, None] = {}  # insertion-ordered set of cancelled backend ids

@@ -13,8 +13,8 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
-from ..jsonrpc import Id, Invalid, Message, id_key
-from . import eras
+from ..jsonrpc import Id, Invalid, Message
+from . import eras, failures
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
@@ -32,6 +32,7 @@ from .tasks import Tasks
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .actions import Action, BackendHandler, Feature, SessionHandler
@@ -122,7 +123,7 @@ class Mux:
                 self.stats["requests"] += 1
             return self.dispatch(session, data)
         except Exception as exc:
-            return self._session_failed(session, data, exc)
+            return failures.session_line_failed(self, session, data, exc)
 
     def close_session(self, sid: int) -> list[Action]:
         """The session left: cancel what it started, release what it held, forget it."""
@@ -161,7 +162,7 @@ class Mux:
                 return self.backend_requests.get(data["method"], self.server_requests.unknown)(data)
             return self.backend_notifications.get(data["method"], self.subscriptions.broadcast)(data)
         except Exception as exc:
-            return self._backend_failed(data, exc)
+            return failures.backend_line_failed(self, data, exc)
 
     # ---- queries the broker may make (its only view of the mux's state) ----------------------
 
@@ -235,9 +236,9 @@ class Mux:
         self.stats["errors"] += 1
         return self.batches.deliver(session, jsonrpc.error(request_id, code, text))
 
-    # ---- the rule: one input's failure stays with that input ---------------------------------
+    # ---- the rule: one input's failure stays with that input (recovery: failures.py) ----------
 
-    def _fan_out(self, event: str, handler: Any) -> list[Action]:
+    def _fan_out(self, event: str, handler: Callable[[Feature], list[Action]]) -> list[Action]:
         """Run a lifecycle event through every feature; one feature's failure does not stop the others."""
         actions: list[Action] = []
         for feature in self.features:
@@ -245,69 +246,5 @@ class Mux:
                 actions += handler(feature)
             except Exception as exc:
                 self.stats["internal_errors"] += 1
-                actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {describe(exc)}"))
+                actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
         return actions
-
-    def _session_failed(self, session: Session, data: Message | list[Any], exc: Exception) -> list[Action]:
-        """Handling a session's line raised. None of its actions were performed, so each request in it
-        is answered now, once: -32603 (a batch: one array), and whatever it started is abandoned."""
-        self.stats["internal_errors"] += 1
-        self.stats["rejected"] += 1
-        text = f"mcpsingleton: internal error handling this message: {describe(exc)}"
-        actions: list[Action] = [Log(f"session {session.sid}: {text}; answered with -32603")]
-        try:
-            if isinstance(data, dict):
-                return actions + self._give_up(session, data, text)
-            self.batches.abort(session)
-            replies: list[Message] = []
-            for item in data:
-                actions += self._give_up(session, item, text, replies)
-            return actions + ([ToSession(session.sid, replies)] if replies else [])
-        except Exception as again:
-            self.stats["internal_errors"] += 1
-            return [*actions, Log(f"session {session.sid}: internal error answering it: {describe(again)}")]
-
-    def _give_up(self, session: Session, item: object, text: str, batch: list[Message] | None = None) -> list[Action]:
-        """The answer `item` is owed (into `batch` when it came in one); what it started is abandoned."""
-        actions: list[Action] = []
-        try:
-            jsonrpc.check(item)
-        except Invalid as bad:
-            reply = bad.reply
-        else:
-            assert isinstance(item, dict)
-            if not jsonrpc.is_request(item):
-                return []
-            key = id_key(item["id"])
-            backend_id = session.inflight.get(key)
-            actions = self.requests.abandon(session, backend_id, text) if backend_id is not None else []
-            self.queue.unqueue(session, key)
-            self.handshake.forget(session, item["id"])
-            reply = jsonrpc.error(item["id"], jsonrpc.INTERNAL_ERROR, text)
-        self.stats["errors"] += 1
-        if batch is None:
-            return [*actions, ToSession(session.sid, reply)]
-        batch.append(reply)
-        return actions
-
-    def _backend_failed(self, message: Message, exc: Exception) -> list[Action]:
-        """Handling a backend line raised: it is dropped; whoever waited on it gets an error instead."""
-        self.stats["internal_errors"] += 1
-        self.stats["dropped"] += 1
-        text = f"mcpsingleton: internal error handling the backend's message: {describe(exc)}"
-        actions: list[Action] = [Log(f"backend: {text}; dropped")]
-        request_id = message.get("id")
-        try:
-            if "method" in message and jsonrpc.valid_id(request_id):
-                actions.append(ToBackend(jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, text)))
-            elif "method" not in message and type(request_id) is int:
-                actions += self.requests.fail(request_id, text)
-        except Exception as again:
-            self.stats["internal_errors"] += 1
-            actions.append(Log(f"backend: internal error failing request {request_id!r}: {describe(again)}"))
-        return actions
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
