@@ -1,4 +1,4 @@
-"""Unit tests for the sans-IO multiplexer: one small test per rule of DESIGN.md §6."""
+"""Unit tests for the sans-IO multiplexer: one small test per protocol rule (docs/ARCHITECTURE.md, the multiplexer)."""
 
 from __future__ import annotations
 

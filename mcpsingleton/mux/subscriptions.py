@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .router import Mux
     from .session import Session
 
-LIST_KINDS = ("tools", "resources", "prompts")
+LIST_CHANGED_KINDS = ("tools", "resources", "prompts")
 
 
 class Listen:
@@ -176,6 +176,6 @@ class Subscriptions(Feature):
         if not restarted:
             return []
         actions: list[Action] = [self.mux.requests.own("resources/subscribe", {"uri": uri}) for uri in self.subscribers]
-        for kind in LIST_KINDS:
+        for kind in LIST_CHANGED_KINDS:
             actions += self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))
         return actions
