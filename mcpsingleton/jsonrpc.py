@@ -35,8 +35,9 @@ class Invalid(Exception):
 
 
 def valid_id(value: object) -> TypeGuard[Id]:
-    """MCP ids are strings or integers (never null, never bool, never float)."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    """MCP ids are strings or integers (never null, never bool, never float). Values come from JSON,
+    so exact types suffice (and keep bool out: it is an int subclass)."""
+    return type(value) is str or type(value) is int
 
 
 def id_key(value: Id) -> tuple[bool, Id]:
@@ -47,7 +48,7 @@ def id_key(value: Id) -> tuple[bool, Id]:
 def parse(line: bytes) -> Message | list[Any]:
     """Decode one line; raise Invalid with the reply the sender should get."""
     try:
-        data = json.loads(line)
+        data = _decode(line)
     except UnicodeDecodeError:
         raise Invalid(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
     except ValueError as exc:
@@ -60,6 +61,23 @@ def parse(line: bytes) -> Message | list[Any]:
         return data
     check(data)
     return data
+
+
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not in typeshed
+
+
+def _decode(line: bytes) -> Any:
+    """`json.loads(line)`, without its per-call checks when the line is one UTF-8 JSON value (the usual
+    case); anything else (leading whitespace, a BOM, other encodings, errors) goes through json.loads,
+    whose result and error messages are the reference."""
+    try:
+        text = line.decode()
+        value, end = _scan_once(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError):
+        return json.loads(line)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return json.loads(line)
+    return value
 
 
 def _check_depth(data: object) -> None:
@@ -77,23 +95,28 @@ def check(data: object) -> None:
     """Raise Invalid unless `data` is a well-formed request, notification or response."""
     if not isinstance(data, dict):
         raise Invalid(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
-    request_id = data.get("id")
-    reply_id = request_id if valid_id(request_id) else None
     if data.get("jsonrpc") != "2.0":
-        raise Invalid(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', reply_id)
+        raise _invalid('Invalid Request: "jsonrpc" must be "2.0"', data)
     if "method" in data:
         if not isinstance(data["method"], str):
-            raise Invalid(INVALID_REQUEST, 'Invalid Request: "method" must be a string', reply_id)
-        if "id" in data and not valid_id(request_id):
+            raise _invalid('Invalid Request: "method" must be a string', data)
+        if "id" in data and not valid_id(data["id"]):
             raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
         params = data.get("params")
         if params is not None and not isinstance(params, dict | list):
-            raise Invalid(INVALID_REQUEST, 'Invalid Request: "params" must be an object', reply_id)
+            raise _invalid('Invalid Request: "params" must be an object', data)
     elif "result" in data or "error" in data:
+        request_id = data.get("id")
         if request_id is not None and not valid_id(request_id):
             raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
     else:
-        raise Invalid(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response", reply_id)
+        raise _invalid("Invalid Request: neither a request, a notification nor a response", data)
+
+
+def _invalid(text: str, data: dict[str, Any]) -> Invalid:
+    """The error for an invalid message, answered under its id when that id is usable."""
+    request_id = data.get("id")
+    return Invalid(INVALID_REQUEST, text, request_id if valid_id(request_id) else None)
 
 
 def params_of(message: Message) -> dict[str, Any]:
