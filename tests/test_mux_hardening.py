@@ -148,6 +148,28 @@ def test_notification_with_list_params_is_tolerated(params: list[Any]) -> None:
     still_served(h, 1)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"error": "text"}, {"error": {"code": "x", "message": "m"}}, {"error": None}, {"result": 5}, {"result": ["a"]}],
+)
+def test_malformed_reply_reaches_its_session_as_an_internal_error(body: dict[str, Any]) -> None:
+    h = ready(1)
+    h.request(1, "q", "tools/call")
+    h.from_backend({"jsonrpc": "2.0", "id": h.last_request("tools/call")["id"], **body})
+    reply = h.only_reply(1)
+    assert reply["id"] == "q" and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert reply["error"]["message"].startswith("mcpsingleton: the backend answered with a")
+    assert any("session 1 gets -32603" in line for line in h.logs)
+
+
+def test_subscription_answered_with_a_malformed_reply_is_not_held() -> None:
+    h = ready(1)
+    h.request(1, 1, "resources/subscribe", {"uri": "file:///x"})
+    h.from_backend({"jsonrpc": "2.0", "id": h.last_request("resources/subscribe")["id"], "result": "ok"})
+    assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert not h.mux.has_subscribers()
+
+
 # ---- the rule: a failure while handling one input stays with that input ------------------------
 
 

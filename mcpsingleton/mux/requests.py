@@ -104,23 +104,38 @@ class Requests(Feature):
         if pending.token is not None and task_id is None:
             mux.progress.release(pending.token)
         session = mux.sessions.get(pending.session) if pending.session is not None else None
-        if session is None:
-            del self.pending[backend_id]
-            return actions
-        session.inflight.pop(id_key(pending.original_id), None)  # type: ignore[arg-type]
-        if task_id is not None:
-            actions += mux.tasks.adopt(session, task_id, pending.token)
-        reply = dict(message)
-        reply["id"] = pending.original_id
-        if pending.modern:
-            reply = eras.complete(reply, pending.method, mux.handshake.server_info())
-        if pending.method == "tasks/list":
-            reply = mux.tasks.own_only(session, reply)
-        if "error" in reply:
-            mux.stats["errors"] += 1
-        actions += mux.batches.deliver(session, reply)
+        if session is not None and pending.original_id is not None:
+            session.inflight.pop(id_key(pending.original_id), None)
+            if task_id is not None:
+                actions += mux.tasks.adopt(session, task_id, pending.token)
+            reply = self._as_asked(pending, pending.original_id, session, message, actions)
+            actions += mux.batches.deliver(session, reply)
         del self.pending[backend_id]  # only now: should anything above fail, `fail` still finds the asker
         return actions
+
+    def _as_asked(
+        self, pending: Pending, original_id: Id, session: Session, message: Message, log: list[Action]
+    ) -> Message:
+        """The reply as its asker must see it: under its own id, in its era's shape, never malformed."""
+        problem = malformed(message)
+        if problem is not None:
+            self.mux.stats["dropped"] += 1
+            self.mux.stats["errors"] += 1
+            log.append(
+                Log(f"backend answered request {message['id']} with {problem}; session {session.sid} gets -32603")
+            )
+            return jsonrpc.error(
+                original_id, jsonrpc.INTERNAL_ERROR, f"mcpsingleton: the backend answered with {problem}"
+            )
+        reply = dict(message)
+        reply["id"] = original_id
+        if pending.modern:
+            reply = eras.complete(reply, pending.method, self.mux.handshake.server_info())
+        if pending.method == "tasks/list":
+            reply = self.mux.tasks.own_only(session, reply)
+        if "error" in reply:
+            self.mux.stats["errors"] += 1
+        return reply
 
     def _unexpected(self, backend_id: object) -> list[Action]:
         if isinstance(backend_id, int) and backend_id in self.abandoned:
@@ -156,6 +171,19 @@ class Requests(Feature):
             actions += self.mux.reply_error(session, pending.original_id, jsonrpc.INTERNAL_ERROR, reason)
         self.pending.clear()
         return actions
+
+
+def malformed(reply: Message) -> str | None:
+    """What makes a backend's reply unfit for a client (an error that is not a JSON-RPC error object, a
+    result that is not an object), or None."""
+    if "error" in reply:
+        error = reply["error"]
+        if isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str):
+            return None
+        return f"a malformed error ({str(error)[:100]})"
+    if not isinstance(reply.get("result"), dict):
+        return "a result that is not an object"
+    return None
 
 
 def cancel(request_id: int, reason: str) -> Message:

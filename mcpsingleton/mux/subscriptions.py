@@ -8,6 +8,7 @@ from .. import jsonrpc
 from ..jsonrpc import Id, Message, id_key
 from . import eras
 from .actions import Feature, ToSession
+from .requests import malformed
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Subscriptions(Feature):
             return self.mux.batches.deliver(session, jsonrpc.result(message["id"], {}))
 
         def undo_on_error(reply: Message) -> list[Action]:
-            if "error" in reply:
+            if "error" in reply or malformed(reply) is not None:
                 self._count_out(session, uri)
             return []
 
