@@ -92,7 +92,7 @@ class Batches(Feature):
         if not jsonrpc.valid_id(request_id):
             return None
         index = self.expected[session.sid]
-        key = id_key(request_id)  # type: ignore[arg-type]
+        key = id_key(request_id)
         waiting = index.get(key)
         if not waiting:
             return None

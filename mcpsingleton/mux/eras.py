@@ -49,10 +49,10 @@ def envelope(message: Message) -> dict[str, Any] | None:
     return {key: meta[key] for key in ENVELOPE if key in meta}
 
 
-def adopt(session: Session, found: dict[str, Any]) -> None:
-    """A session sent a modern request: it speaks 2026-07-28 (and the envelope may name it)."""
+def adopt(session: Session, fields: dict[str, Any]) -> None:
+    """A session sent a modern request (`fields`: its envelope): it speaks 2026-07-28, and may say who it is."""
     session.modern = session.initialized = True
-    info = found.get(CLIENT_INFO)
+    info = fields.get(CLIENT_INFO)
     if isinstance(info, dict) and isinstance(info.get("name"), str):
         session.client_name = info["name"]
 

@@ -163,9 +163,10 @@ class Handshake(Feature):
     def backend_ready(self, restarted: bool) -> list[Action]:
         actions: list[Action] = [ToBackend(jsonrpc.notification("notifications/initialized"))]
         for sid, request_id in self.waiters:
-            session = self.mux.sessions[sid]
-            session.initialized = True
-            actions += self.mux.batches.deliver(session, jsonrpc.result(request_id, self._result_for(session)))
+            session = self.mux.sessions.get(sid)
+            if session is not None:
+                session.initialized = True
+                actions += self.mux.batches.deliver(session, jsonrpc.result(request_id, self._result_for(session)))
         self.waiters = []
         if restarted:
             actions.append(Log(f"backend restarted (generation {self.generation}); replaying state"))

@@ -42,7 +42,7 @@ class LogLevels(Feature):
         """A 2026-07-28 request asked for logs at `level` while it runs."""
         if level not in LOG_LEVELS:
             return []
-        pending.log_level = level  # type: ignore[assignment]
+        pending.log_level = level
         return self._apply()
 
     def route(self, message: Message) -> list[Action]:

@@ -71,7 +71,7 @@ class ServerRequests(Feature):
         if outstanding is None or outstanding.session != session.sid:
             self.mux.stats["dropped"] += 1
             return [Log(f"session {session.sid}: response to unknown request {our_id!r}; dropped")]
-        del self.outstanding[our_id]  # type: ignore[arg-type]
+        del self.outstanding[message["id"]]
         if outstanding.on_reply is not None:
             return outstanding.on_reply(message)
         assert outstanding.backend_id is not None
