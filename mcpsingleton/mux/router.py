@@ -109,7 +109,8 @@ class Mux:
         """One line of a session's stdin."""
         session = self.sessions.get(sid)
         if session is None:
-            return [Log(f"session {sid}: a line after the session closed; dropped")]
+            self.stats["rejected"] += 1
+            return [Log(f"session {sid}: a line from a session that is not open; dropped")]
         try:
             data = jsonrpc.parse(line)
         except Invalid as bad:
