@@ -43,7 +43,13 @@ class Mux:
 
     def __init__(self, client_name: str = "mcpsingleton", version: str = "0") -> None:
         self.sessions: dict[int, Session] = {}
-        self.stats = {"requests": 0, "errors": 0, "dropped": 0, "rejected": 0, "internal_errors": 0}
+        self.stats = {
+            "requests": 0,  # requests from sessions
+            "errors": 0,  # error replies to sessions (the backend's and the broker's own)
+            "dropped": 0,  # messages not passed on: unusable backend lines, unknown ids, malformed replies
+            "rejected": 0,  # session lines refused: unparseable, not JSON-RPC, or failing inside the mux
+            "internal_errors": 0,  # exceptions caught while handling one input: each one is a bug
+        }
         self.backend = BackendView()
         self.handshake = Handshake(self, {"name": client_name, "version": version})
         self.requests = Requests(self)
