@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -20,10 +21,9 @@ INTERNAL_ERROR = -32603
 
 Id = str | int
 
-MAX_DEPTH = 256
-"""Deepest nesting accepted. Far beyond any MCP message, and far below what `json` can encode again
-(its encoder recurses, so a value parsed near the interpreter's recursion limit would fail later, in
-whoever writes it)."""
+ENCODE_HEADROOM = 2000
+"""Extra recursion depth `encode` may use. json's parser and encoder both recurse: a value the parser
+took near the interpreter's limit can be written from a deeper stack than it was read from."""
 
 
 class Invalid(Exception):
@@ -54,9 +54,7 @@ def parse(line: bytes) -> Message | list[Any]:
     except ValueError as exc:
         raise Invalid(PARSE_ERROR, f"Parse error: {exc}") from None
     except RecursionError:  # not a ValueError: json gives up on deep nesting this way
-        raise Invalid(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels") from None
-    if line.count(b"[") + line.count(b"{") > MAX_DEPTH:  # cheap bound: only such lines can nest that deep
-        _check_depth(data)
+        raise Invalid(PARSE_ERROR, "Parse error: nested too deeply") from None
     if isinstance(data, list):
         return data
     check(data)
@@ -78,17 +76,6 @@ def _decode(line: bytes) -> Any:
     if end != len(text) and text[end:].strip(" \t\n\r"):
         return json.loads(line)
     return value
-
-
-def _check_depth(data: object) -> None:
-    """Raise Invalid when `data` nests deeper than MAX_DEPTH (iteratively: no recursion to run out of)."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)] if isinstance(data, dict | list) else []
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise Invalid(PARSE_ERROR, f"Parse error: nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def check(data: object) -> None:
@@ -160,8 +147,22 @@ def notification(method: str, params: dict[str, Any] | None = None) -> Message:
 
 def encode(message: Message | list[Message]) -> bytes:
     """One line of compact JSON; non-ASCII kept as UTF-8 (escaped only when it holds lone surrogates)."""
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        return _encode_deep(message)
     try:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:
         return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def _encode_deep(message: Message | list[Message]) -> bytes:
+    """`encode`, for a value nested near the recursion limit: with ENCODE_HEADROOM more (the value is at
+    most as deep as the parser allows, so this ends well within the C stack)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + ENCODE_HEADROOM)
+    try:
+        return encode(message)
+    finally:
+        sys.setrecursionlimit(limit)

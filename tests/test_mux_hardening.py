@@ -12,7 +12,7 @@ from mux_harness import Harness, init_result
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Message
-from mcpsingleton.mux import eras
+from mcpsingleton.mux import ToBackend, eras
 
 DEEP = b"[" * 5000 + b"]" * 5000 + b"\n"
 MODERN = {eras.PROTOCOL_VERSION: "2026-07-28", eras.CLIENT_INFO: {"name": "modern", "version": "1"}}
@@ -24,13 +24,6 @@ def ready(*sids: int, **options: Any) -> Harness:
         h.open(sid)
     h.clear()
     return h
-
-
-def nested(depth: int) -> object:
-    value: object = "bottom"
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def still_served(h: Harness, sid: int) -> None:
@@ -54,30 +47,48 @@ def test_deeply_nested_line_from_a_session_is_a_parse_error_for_it_alone() -> No
     still_served(h, 2)
 
 
-def test_request_nested_near_the_recursion_limit_is_refused_not_forwarded() -> None:
-    """It parses, but json's encoder recurses: whoever wrote it on would fail from a deeper stack."""
-    h = ready(1)
-    line = (
-        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"x":%s}}\n'
-        % jsonrpc.encode(nested(sys.getrecursionlimit() - 100)).strip()
-    )
-    h.send(1, line)
-    assert [(m["id"], m["error"]["code"]) for m in h.take(1)] == [(None, jsonrpc.PARSE_ERROR)]
-    assert h.backend_requests("tools/call") == []
-
-
 def test_deeply_nested_line_from_the_backend_is_dropped_and_logged() -> None:
     h = ready(1, 2)
     h.request(1, 1, "tools/call")
     h.from_backend(DEEP)
-    deep_log = jsonrpc.notification("notifications/message", {"level": "info", "data": nested(900)})
-    h.from_backend(jsonrpc.encode(deep_log))
+    h.from_backend(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":%s}}' % DEEP.strip())
     assert h.take(1) == [] and h.take(2) == []
     assert sum("backend wrote an unusable line" in line for line in h.logs) == 2
     assert h.mux.stats["dropped"] == 2
     h.answer(h.last_request("tools/call"), {"content": []})
     assert h.only_reply(1)["id"] == 1
     still_served(h, 2)
+
+
+def deepest_forwarded(h: Harness) -> tuple[int, Message]:
+    """The deepest `tools/call` params the mux still parses at this stack depth, and what it forwards."""
+    found: tuple[int, Message] | None = None
+    low, high = 100, sys.getrecursionlimit()
+    while low <= high:
+        depth = (low + high) // 2
+        line = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"x":%s}}' % (b"[" * depth + b"]" * depth)
+        forwarded = [a.message for a in h.mux.from_session(1, line) if isinstance(a, ToBackend)]
+        if forwarded:
+            found, low = (depth, forwarded[0]), depth + 1
+        else:
+            high = depth - 1
+    assert found is not None
+    return found
+
+
+def at_stack_depth(frames: int, call: Callable[[], bytes]) -> bytes:
+    return at_stack_depth(frames - 1, call) if frames else call()
+
+
+def test_value_parsed_near_the_recursion_limit_can_be_written_from_a_deeper_stack() -> None:
+    """json's parser and encoder both recurse: the broker writes what the mux parsed, from further down."""
+    h = ready(1)
+    depth, forwarded = deepest_forwarded(h)
+    assert depth > 500
+    limit = sys.getrecursionlimit()
+    line = at_stack_depth(60, lambda: jsonrpc.encode(forwarded))
+    assert line.endswith(b"\n") and line.count(b"[") == depth
+    assert sys.getrecursionlimit() == limit, "the limit is restored"
 
 
 # ---- row 3: a backend that does not conform -------------------------------------------------
