@@ -5,7 +5,8 @@ request, and have no `initialize`. The broker keeps one backend per server, init
 way (a Python-SDK server locks each stdio connection to one era, and handshake-era servers speak
 nothing else), so modern sessions are served by translation: the envelope is stripped on the way in,
 results are marked `resultType: complete` on the way out, and `subscriptions/listen` streams are
-built from the backend's refcounted subscriptions and list-changed notifications. Pure functions.
+built from the backend's refcounted subscriptions and list-changed notifications. Functions of their
+arguments, kept apart from the state they serve (`adopt` only marks the session as modern).
 """
 
 from __future__ import annotations
