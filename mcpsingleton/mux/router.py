@@ -73,7 +73,7 @@ class Mux:
             self.roots,
             self.batches,
             self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
-        )
+        )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
         self.session_requests: dict[str, SessionHandler] = {
             "initialize": self.handshake.initialize,
             "ping": self.handshake.ping,
