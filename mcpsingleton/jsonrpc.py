@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import sys
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias, TypeGuard
+
+    Message: TypeAlias = dict[str, Any]
+else:
+    Message = dict
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
-Message = "dict[str, Any]"
 Id = str | int
+
+ENCODE_HEADROOM = 2000
+"""Extra recursion depth `encode` may use. json's parser and encoder both recurse: a value the parser
+took near the interpreter's limit can be written from a deeper stack than it was read from."""
 
 
 class Invalid(Exception):
@@ -25,9 +34,10 @@ class Invalid(Exception):
         self.reply = error(request_id, code, message)
 
 
-def valid_id(value: object) -> bool:
-    """MCP ids are strings or integers (never null, never bool, never float)."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+def valid_id(value: object) -> TypeGuard[Id]:
+    """MCP ids are strings or integers (never null, never bool, never float). Values come from JSON,
+    so exact types suffice (and keep bool out: it is an int subclass)."""
+    return type(value) is str or type(value) is int
 
 
 def id_key(value: Id) -> tuple[bool, Id]:
@@ -35,41 +45,71 @@ def id_key(value: Id) -> tuple[bool, Id]:
     return (isinstance(value, str), value)
 
 
-def parse(line: bytes | str) -> Message | list[Any]:
+def parse(line: bytes) -> Message | list[Any]:
     """Decode one line; raise Invalid with the reply the sender should get."""
     try:
-        data = json.loads(line)
+        data = _decode(line)
     except UnicodeDecodeError:
         raise Invalid(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
     except ValueError as exc:
         raise Invalid(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:  # not a ValueError: json gives up on deep nesting this way
+        raise Invalid(PARSE_ERROR, "Parse error: nested too deeply") from None
     if isinstance(data, list):
         return data
     check(data)
     return data
 
 
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not in typeshed
+
+
+def _decode(line: bytes) -> Any:
+    """`json.loads(line)`, without its per-call checks when the line is one UTF-8 JSON value (the usual
+    case); anything else (leading whitespace, a BOM, other encodings, errors) goes through json.loads,
+    whose result and error messages are the reference."""
+    try:
+        text = line.decode()
+        value, end = _scan_once(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError):
+        return json.loads(line)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return json.loads(line)
+    return value
+
+
 def check(data: object) -> None:
     """Raise Invalid unless `data` is a well-formed request, notification or response."""
     if not isinstance(data, dict):
         raise Invalid(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
-    request_id = data.get("id")
-    reply_id = request_id if valid_id(request_id) else None
     if data.get("jsonrpc") != "2.0":
-        raise Invalid(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', reply_id)
+        raise _invalid('Invalid Request: "jsonrpc" must be "2.0"', data)
     if "method" in data:
         if not isinstance(data["method"], str):
-            raise Invalid(INVALID_REQUEST, 'Invalid Request: "method" must be a string', reply_id)
-        if "id" in data and not valid_id(request_id):
+            raise _invalid('Invalid Request: "method" must be a string', data)
+        if "id" in data and not valid_id(data["id"]):
             raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
         params = data.get("params")
         if params is not None and not isinstance(params, dict | list):
-            raise Invalid(INVALID_REQUEST, 'Invalid Request: "params" must be an object', reply_id)
+            raise _invalid('Invalid Request: "params" must be an object', data)
     elif "result" in data or "error" in data:
+        request_id = data.get("id")
         if request_id is not None and not valid_id(request_id):
             raise Invalid(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
     else:
-        raise Invalid(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response", reply_id)
+        raise _invalid("Invalid Request: neither a request, a notification nor a response", data)
+
+
+def _invalid(text: str, data: dict[str, Any]) -> Invalid:
+    """The error for an invalid message, answered under its id when that id is usable."""
+    request_id = data.get("id")
+    return Invalid(INVALID_REQUEST, text, request_id if valid_id(request_id) else None)
+
+
+def params_of(message: Message) -> dict[str, Any]:
+    """A message's params when they are an object (positional or malformed params read as none)."""
+    params = message.get("params")
+    return params if isinstance(params, dict) else {}
 
 
 def is_request(message: Message) -> bool:
@@ -107,8 +147,22 @@ def notification(method: str, params: dict[str, Any] | None = None) -> Message:
 
 def encode(message: Message | list[Message]) -> bytes:
     """One line of compact JSON; non-ASCII kept as UTF-8 (escaped only when it holds lone surrogates)."""
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        return _encode_deep(message)
     try:
         return text.encode("utf-8") + b"\n"
     except UnicodeEncodeError:
         return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def _encode_deep(message: Message | list[Message]) -> bytes:
+    """`encode`, for a value nested near the recursion limit: with ENCODE_HEADROOM more (the value is at
+    most as deep as the parser allows, so this ends well within the C stack)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + ENCODE_HEADROOM)
+    try:
+        return encode(message)
+    finally:
+        sys.setrecursionlimit(limit)

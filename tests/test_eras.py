@@ -11,7 +11,7 @@ from conftest import RawClient, backend_roots, ls_json, shim
 from mcp import Client
 from test_sharing import shim_params, text_of
 
-from mcpsingleton import eras
+from mcpsingleton.mux import eras
 
 ENVELOPE = {
     eras.PROTOCOL_VERSION: "2026-07-28",

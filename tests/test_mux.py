@@ -1,4 +1,4 @@
-"""Unit tests for the sans-IO multiplexer: one small test per rule of DESIGN.md §6."""
+"""Unit tests for the sans-IO multiplexer: one small test per protocol rule (docs/ARCHITECTURE.md, the multiplexer)."""
 
 from __future__ import annotations
 
@@ -356,7 +356,7 @@ def test_leaving_session_drops_subscriptions() -> None:
     h.close(1)
     assert [m["params"] for m in h.backend_requests()] == [{"uri": "file:///mine"}]
     assert h.last_request()["method"] == "resources/unsubscribe"
-    assert h.mux.subscribers == {"file:///shared": {2}}
+    assert h.mux.subscriptions.subscribers == {"file:///shared": {2}}
 
 
 def test_leaving_session_log_level_removed() -> None:
@@ -447,7 +447,7 @@ def test_subscribe_error_undone() -> None:
     subscribe(h, 1, "file:///x")
     h.answer(h.last_request(), error=-32002)
     assert error_code(h.only_reply(1)) == -32002
-    assert h.mux.subscribers == {}
+    assert h.mux.subscriptions.subscribers == {}
     subscribe(h, 1, "file:///x", "again")
     assert len(h.backend_requests("resources/subscribe")) == 2
 
@@ -857,7 +857,7 @@ def test_restart_on_next_request_with_same_initialize() -> None:
     h.start()
     assert [m["method"] for m in h.backend_requests()] == ["initialize", "tools/list"]
     assert h.last_request("initialize")["params"] == first
-    assert h.mux.generation == 2
+    assert h.mux.handshake.generation == 2
 
 
 def test_restart_replays_subscriptions_and_level() -> None:

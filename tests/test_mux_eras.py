@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from mux_harness import Harness
 
-from mcpsingleton import eras
-from mcpsingleton.mux import ABANDONED_MEMORY
+from mcpsingleton.mux import ABANDONED_MEMORY, eras
 
 ENVELOPE = {
     eras.PROTOCOL_VERSION: "2026-07-28",
@@ -101,7 +100,7 @@ def test_cancelling_a_listen_releases_its_uris_unless_another_session_holds_them
     h.clear()
     h.notify(2, "notifications/cancelled", {"requestId": "L"})
     assert [r["params"]["uri"] for r in h.backend_requests("resources/unsubscribe")] == ["file:///own"]
-    assert h.replies(2) == [] and h.mux.sessions[2].listens == {}
+    assert h.replies(2) == [] and h.mux.subscriptions.listens[2] == {}
 
 
 def test_log_opt_in_lowers_the_backend_level_and_filters_per_request() -> None:
@@ -143,7 +142,7 @@ def test_early_statuses_are_bounded() -> None:
                 "params": {"taskId": f"t{index}", "status": "working"},
             }
         )
-    assert len(h.mux.early_status) <= 64
+    assert len(h.mux.tasks.early_status) <= 64
 
 
 def test_requests_are_counted_once_even_when_queued() -> None:

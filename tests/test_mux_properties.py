@@ -281,7 +281,7 @@ class World:
     # ---- the backend ------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.h.mux.backend == "spawning":
+        if self.h.mux.backend.state == "spawning":
             self.proc = Process(alive=True)
             self.h.start()
             self.sync()
@@ -294,7 +294,7 @@ class World:
                 self.answer(sorted(self.proc.pending).index(bid), fail=False)
 
     def crash(self) -> None:
-        if self.h.mux.backend == "down":
+        if self.h.mux.backend.state == "down":
             return
         self.proc = Process()
         self.h.crash("the backend exited with status 1")

@@ -5,16 +5,19 @@ request, and have no `initialize`. The broker keeps one backend per server, init
 way (a Python-SDK server locks each stdio connection to one era, and handshake-era servers speak
 nothing else), so modern sessions are served by translation: the envelope is stripped on the way in,
 results are marked `resultType: complete` on the way out, and `subscriptions/listen` streams are
-built from the backend's refcounted subscriptions and list-changed notifications. Pure functions.
+built from the backend's refcounted subscriptions and list-changed notifications. Functions of their
+arguments, kept apart from the state they serve (`adopt` only marks the session as modern).
 """
 
 from __future__ import annotations
 
-from .jsonrpc import Message
+from ..jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from typing import Any
+
+    from .session import Session
 
 PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -47,6 +50,14 @@ def envelope(message: Message) -> dict[str, Any] | None:
     return {key: meta[key] for key in ENVELOPE if key in meta}
 
 
+def adopt(session: Session, fields: dict[str, Any]) -> None:
+    """A session sent a modern request (`fields`: its envelope): it speaks 2026-07-28, and may say who it is."""
+    session.modern = session.initialized = True
+    info = fields.get(CLIENT_INFO)
+    if isinstance(info, dict) and isinstance(info.get("name"), str):
+        session.client_name = info["name"]
+
+
 def strip(message: Message) -> Message:
     """The request as a handshake-era backend expects it: no envelope keys in `_meta`."""
     params = dict(message["params"])
@@ -63,7 +74,7 @@ def complete(reply: Message, method: str, server_info: object) -> Message:
     result = reply.get("result")
     if not isinstance(result, dict):
         return reply
-    meta = dict(result.get("_meta") or {})
+    meta = dict(result["_meta"]) if isinstance(result.get("_meta"), dict) else {}
     if isinstance(server_info, dict):
         meta.setdefault(SERVER_INFO, server_info)
     translated = {**result, "resultType": result.get("resultType", "complete"), "_meta": meta}
@@ -75,8 +86,9 @@ def complete(reply: Message, method: str, server_info: object) -> Message:
 
 def tagged(notification: Message, subscription_id: object) -> Message:
     """A notification as sent on one listen stream: `_meta.subscriptionId` names the stream."""
-    params = dict(notification.get("params") or {})
-    params["_meta"] = {**(params.get("_meta") or {}), SUBSCRIPTION_ID: subscription_id}
+    params = dict(notification["params"]) if isinstance(notification.get("params"), dict) else {}
+    meta = params.get("_meta")
+    params["_meta"] = {**(meta if isinstance(meta, dict) else {}), SUBSCRIPTION_ID: subscription_id}
     return {**notification, "params": params}
 
 

@@ -1,0 +1,190 @@
+"""Requests and ids: every request reaches the backend under a broker-unique integer id, and its reply
+goes back to the one session that asked, under that session's own id (1 and "1" kept apart).
+
+A request the session cancels or abandons by leaving is cancelled at the backend and remembered for a
+while, so its late reply is dropped quietly.
+"""
+
+from __future__ import annotations
+
+from .. import jsonrpc
+from ..jsonrpc import Id, Message, id_key
+from . import eras
+from .actions import Feature, Log, ToBackend
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .actions import Action, Reply
+    from .router import Mux
+    from .session import Session
+
+ABANDONED_MEMORY = 4096
+"""How many cancelled request ids to remember, so their late replies are dropped without noise."""
+
+
+class Pending:
+    """A request the backend owes an answer to."""
+
+    __slots__ = ("log_level", "method", "modern", "on_reply", "original_id", "session", "token")
+
+    def __init__(
+        self,
+        session: int | None,  # None: the broker's own request
+        original_id: Id | None,
+        method: str,
+        token: int | None = None,
+        on_reply: Reply | None = None,
+    ) -> None:
+        self.session = session
+        self.original_id = original_id
+        self.method = method
+        self.token = token
+        self.on_reply = on_reply
+        self.modern = False  # the session speaks 2026-07-28: its result gets resultType and serverInfo
+        self.log_level: str | None = None  # the 2026-07-28 per-request log opt-in
+
+
+class Requests(Feature):
+    def __init__(self, mux: Mux) -> None:
+        super().__init__(mux)
+        self.pending: dict[int, Pending] = {}
+        self.abandoned: dict[int, None] = {}  # insertion-ordered set of cancelled backend ids
+        self._next_id = 0
+
+    def new_id(self) -> int:
+        """Ids for the backend and for server→client requests come from one counter: never reused."""
+        self._next_id += 1
+        return self._next_id
+
+    def forward(self, session: Session, message: Message, on_reply: Reply | None = None) -> list[Action]:
+        """Send a session's request to the backend under a fresh id (and a fresh progress token)."""
+        backend_id = self.new_id()
+        outgoing = dict(message)
+        outgoing["id"] = backend_id
+        token = self.mux.progress.claim(session, outgoing, backend_id)
+        self.pending[backend_id] = Pending(session.sid, message["id"], message["method"], token, on_reply)
+        session.inflight[id_key(message["id"])] = backend_id
+        return [ToBackend(outgoing)]
+
+    def own(self, method: str, params: dict[str, Any], on_reply: Reply | None = None) -> ToBackend:
+        """A request the broker sends on its own behalf (its answer goes to `on_reply`, or nowhere)."""
+        backend_id = self.new_id()
+        self.pending[backend_id] = Pending(None, None, method, None, on_reply)
+        return ToBackend(jsonrpc.request(backend_id, method, params))
+
+    def of(self, session: Session, request_id: Id) -> Pending | None:
+        backend_id = session.inflight.get(id_key(request_id))
+        return self.pending.get(backend_id) if backend_id is not None else None
+
+    def abandon(self, session: Session, backend_id: int, reason: str) -> list[Action]:
+        """Cancel a request at the backend and forget it: its late reply and progress are dropped quietly."""
+        pending = self.pending.pop(backend_id, None)
+        if pending is None:
+            return []
+        if pending.original_id is not None:
+            session.inflight.pop(id_key(pending.original_id), None)
+        if pending.token is not None:
+            self.mux.progress.release(pending.token)
+        self.abandoned[backend_id] = None
+        if len(self.abandoned) > ABANDONED_MEMORY:
+            del self.abandoned[next(iter(self.abandoned))]
+        return [ToBackend(cancel(backend_id, reason))]
+
+    def answer(self, message: Message) -> list[Action]:
+        """The backend's reply: restored to the asker's id, translated for its era, delivered."""
+        backend_id = message.get("id")
+        if not isinstance(backend_id, int) or backend_id not in self.pending:
+            return self._unexpected(backend_id)
+        pending = self.pending[backend_id]
+        mux = self.mux
+        actions: list[Action] = pending.on_reply(message) if pending.on_reply is not None else []
+        task_id = mux.tasks.created(message)
+        if pending.token is not None and task_id is None:
+            mux.progress.release(pending.token)
+        session = mux.sessions.get(pending.session) if pending.session is not None else None
+        if session is not None and pending.original_id is not None:
+            session.inflight.pop(id_key(pending.original_id), None)
+            if task_id is not None:
+                actions += mux.tasks.adopt(session, task_id, pending.token)
+            reply = self._as_asked(pending, pending.original_id, session, message, actions)
+            actions += mux.batches.deliver(session, reply)
+        del self.pending[backend_id]  # only now: should anything above fail, `fail` still finds the asker
+        return actions
+
+    def _as_asked(
+        self, pending: Pending, original_id: Id, session: Session, message: Message, log: list[Action]
+    ) -> Message:
+        """The reply as its asker must see it: under its own id, in its era's shape, never malformed."""
+        problem = malformed(message)
+        if problem is not None:
+            self.mux.stats["dropped"] += 1
+            self.mux.stats["errors"] += 1
+            log.append(
+                Log(f"backend answered request {message['id']} with {problem}; session {session.sid} gets -32603")
+            )
+            return jsonrpc.error(
+                original_id, jsonrpc.INTERNAL_ERROR, f"mcpsingleton: the backend answered with {problem}"
+            )
+        reply = dict(message)
+        reply["id"] = original_id
+        if pending.modern:
+            reply = eras.complete(reply, pending.method, self.mux.handshake.server_info())
+        if pending.method == "tasks/list":
+            reply = self.mux.tasks.own_only(session, reply)
+        if "error" in reply:
+            self.mux.stats["errors"] += 1
+        return reply
+
+    def _unexpected(self, backend_id: object) -> list[Action]:
+        if isinstance(backend_id, int) and backend_id in self.abandoned:
+            del self.abandoned[backend_id]
+            return []  # a reply to a cancelled request: the requester must ignore it, and does
+        self.mux.stats["dropped"] += 1
+        return [Log(f"backend answered unknown request id {backend_id!r}; dropped")]
+
+    def fail(self, backend_id: int, reason: str) -> list[Action]:
+        """The backend's reply to `backend_id` could not be handled: its asker gets `reason` instead."""
+        pending = self.pending.pop(backend_id, None)
+        if pending is None or pending.session is None or pending.original_id is None:
+            return []
+        session = self.mux.sessions.get(pending.session)
+        if session is None:
+            return []
+        session.inflight.pop(id_key(pending.original_id), None)
+        return self.mux.reply_error(session, pending.original_id, jsonrpc.INTERNAL_ERROR, reason)
+
+    def session_closed(self, session: Session) -> list[Action]:
+        actions: list[Action] = []
+        for backend_id in list(session.inflight.values()):
+            actions += self.abandon(session, backend_id, "client session closed")
+        return actions
+
+    def backend_lost(self, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for pending in self.pending.values():
+            session = self.mux.sessions.get(pending.session) if pending.session is not None else None
+            if session is None or pending.original_id is None:
+                continue
+            session.inflight.pop(id_key(pending.original_id), None)
+            actions += self.mux.reply_error(session, pending.original_id, jsonrpc.INTERNAL_ERROR, reason)
+        self.pending.clear()
+        return actions
+
+
+def malformed(reply: Message) -> str | None:
+    """What makes a backend's reply unfit for a client (an error that is not a JSON-RPC error object, a
+    result that is not an object), or None."""
+    if "error" in reply:
+        error = reply["error"]
+        if isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str):
+            return None
+        return f"a malformed error ({str(error)[:100]})"
+    if not isinstance(reply.get("result"), dict):
+        return "a result that is not an object"
+    return None
+
+
+def cancel(request_id: int, reason: str) -> Message:
+    return jsonrpc.notification("notifications/cancelled", {"requestId": request_id, "reason": reason})

@@ -1,0 +1,257 @@
+"""The `Mux` facade: entry points for the broker, one routing table per direction, lifecycle fan-out.
+
+Every method of the protocol is routed from one of four tables (session requests, session
+notifications, backend requests, backend notifications) to the feature module that owns it; a method
+in no table takes the default (forward, forward, refuse, broadcast). Lifecycle events (a session
+closed, the backend lost, the backend ready) go to every feature in `self.features` order.
+
+The entry points enforce the one rule that keeps a shared broker alive: nothing raised while handling
+one session's or the backend's input escapes to the broker. The offending line is answered (-32603 to
+its session) or dropped, logged with its source, and counted in `stats`.
+"""
+
+from __future__ import annotations
+
+from .. import jsonrpc
+from ..jsonrpc import Id, Invalid, Message
+from . import eras, failures
+from .actions import Log, ToBackend, ToSession
+from .backend_state import BackendView
+from .batches import Batches
+from .cancellation import Cancellation
+from .handshake import LOCAL_METHODS, Handshake
+from .log_levels import LogLevels
+from .progress import Progress
+from .queue import Queue
+from .requests import Requests
+from .roots import Roots
+from .server_requests import ServerRequests
+from .session import Session
+from .subscriptions import Subscriptions
+from .tasks import Tasks
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .actions import Action, BackendHandler, Feature, SessionHandler
+
+
+class Mux:
+    """State of one backend and the sessions sharing it."""
+
+    def __init__(self, client_name: str = "mcpsingleton", version: str = "0") -> None:
+        self.sessions: dict[int, Session] = {}
+        self.stats = {
+            "requests": 0,  # requests from sessions
+            "errors": 0,  # error replies to sessions (the backend's and the broker's own)
+            "dropped": 0,  # messages not passed on: unusable backend lines, unknown ids, malformed replies
+            "rejected": 0,  # session lines refused: unparseable, not JSON-RPC, or failing inside the mux
+            "internal_errors": 0,  # exceptions caught while handling one input: each one is a bug
+        }
+        self.backend = BackendView()
+        self.handshake = Handshake(self, {"name": client_name, "version": version})
+        self.requests = Requests(self)
+        self.progress = Progress(self)
+        self.tasks = Tasks(self)
+        self.server_requests = ServerRequests(self)
+        self.subscriptions = Subscriptions(self)
+        self.log_levels = LogLevels(self)
+        self.roots = Roots(self)
+        self.cancellation = Cancellation(self)
+        self.batches = Batches(self)
+        self.queue = Queue(self)
+        self.features: tuple[Feature, ...] = (
+            self.handshake,
+            self.requests,
+            self.progress,
+            self.tasks,
+            self.server_requests,
+            self.subscriptions,
+            self.log_levels,
+            self.roots,
+            self.batches,
+            self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
+        )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
+        self.session_requests: dict[str, SessionHandler] = {
+            "initialize": self.handshake.initialize,
+            "ping": self.handshake.ping,
+            "server/discover": self.handshake.discover,
+            "logging/setLevel": self.log_levels.set_level,
+            "resources/subscribe": self.subscriptions.subscribe,
+            "resources/unsubscribe": self.subscriptions.unsubscribe,
+            "tasks/get": self.tasks.guard,
+            "tasks/result": self.tasks.guard,
+            "tasks/cancel": self.tasks.guard,
+        }  # any other method: forwarded to the backend
+        self.session_notifications: dict[str, SessionHandler] = {
+            "notifications/initialized": self.roots.ask,
+            "notifications/roots/list_changed": self.roots.ask,
+            "notifications/cancelled": self.cancellation.cancelled,
+        }  # any other: forwarded to the backend
+        self.backend_requests: dict[str, BackendHandler] = {
+            "ping": self.server_requests.pong,
+            "roots/list": self.roots.answer,
+            "sampling/createMessage": self.server_requests.route,
+            "elicitation/create": self.server_requests.route,
+        }  # any other: refused with -32601
+        self.backend_notifications: dict[str, BackendHandler] = {
+            "notifications/progress": self.progress.route,
+            "notifications/message": self.log_levels.route,
+            "notifications/resources/updated": self.subscriptions.updated,
+            "notifications/cancelled": self.server_requests.cancelled,
+            "notifications/tasks/status": self.tasks.route_status,
+            "notifications/elicitation/complete": self.server_requests.elicitation_complete,
+        }  # any other: to every session that may hear it
+
+    # ---- events from the broker -------------------------------------------------------------
+
+    def open_session(self, sid: int) -> list[Action]:
+        self.sessions[sid] = Session(sid)
+        return []
+
+    def from_session(self, sid: int, line: bytes) -> list[Action]:
+        """One line of a session's stdin."""
+        session = self.sessions.get(sid)
+        if session is None:
+            self.stats["rejected"] += 1
+            return [Log(f"session {sid}: a line from a session that is not open; dropped")]
+        try:
+            data = jsonrpc.parse(line)
+        except Invalid as bad:
+            self.stats["errors"] += 1
+            self.stats["rejected"] += 1
+            return [ToSession(sid, bad.reply), Log(f"session {sid}: {bad}")]
+        try:
+            if isinstance(data, list):
+                return self.batches.split(session, data)
+            if "id" in data and "method" in data:
+                self.stats["requests"] += 1
+            return self.dispatch(session, data)
+        except Exception as exc:
+            return failures.session_line_failed(self, session, data, exc)
+
+    def close_session(self, sid: int) -> list[Action]:
+        """The session left: cancel what it started, release what it held, forget it."""
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return []
+        return self._fan_out(f"session {sid} closing", lambda feature: feature.session_closed(session))
+
+    def backend_started(self) -> list[Action]:
+        """The backend process is running and its stdin/stdout are connected."""
+        return self.handshake.started()
+
+    def backend_exited(self, reason: str) -> list[Action]:
+        """The backend died or could not start: everything it owed or that waits for it gets an error.
+
+        The sessions stay attached; the next request starts a new backend.
+        """
+        self.backend.handle("exited")
+        text = f"mcpsingleton: {reason}"
+        return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
+
+    def from_backend(self, line: bytes) -> list[Action]:
+        """One line of the backend's stdout."""
+        try:
+            data = jsonrpc.parse(line)
+        except Invalid as bad:
+            self.stats["dropped"] += 1
+            return [Log(f"backend wrote an unusable line ({bad}); dropped")]
+        if isinstance(data, list):
+            self.stats["dropped"] += 1
+            return [Log("backend wrote a JSON-RPC batch, which no session can be sent; dropped")]
+        try:
+            if "method" not in data:
+                return self.requests.answer(data)
+            if "id" in data:
+                return self.backend_requests.get(data["method"], self.server_requests.unknown)(data)
+            return self.backend_notifications.get(data["method"], self.subscriptions.broadcast)(data)
+        except Exception as exc:
+            return failures.backend_line_failed(self, data, exc)
+
+    # ---- queries the broker may make (its only view of the mux's state) ----------------------
+
+    def busy(self, sid: int) -> bool:
+        """Whether a session still waits for something from the backend (a reply, or its initialize)."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return False
+        return bool(session.inflight) or self.queue.holding(sid) or self.handshake.waiting(sid)
+
+    def has_pending(self) -> bool:
+        """Whether the backend owes any answer (a restart now would cut a request short)."""
+        return bool(self.requests.pending)
+
+    def has_subscribers(self) -> bool:
+        """Whether a session expects resource updates without asking again (restart the backend at once)."""
+        return self.subscriptions.has_subscribers()
+
+    def ever_initialized(self) -> bool:
+        """Whether a backend ever answered initialize in this broker (else a crash means it cannot start)."""
+        return self.handshake.generation > 0
+
+    def backend_ready(self) -> bool:
+        return self.backend.ready
+
+    def client_name(self, sid: int) -> str | None:
+        session = self.sessions.get(sid)
+        return session.client_name if session is not None else None
+
+    # ---- routing (features call back in here) -----------------------------------------------
+
+    def dispatch(self, session: Session, message: Message) -> list[Action]:
+        """Route one message from a session (also each message of a batch, and each held one once ready)."""
+        if "method" not in message:
+            return self.server_requests.answer(session, message)
+        method = message["method"]
+        if "id" not in message:
+            notified = self.session_notifications.get(method)
+            if notified is not None:
+                return notified(session, message)
+            return [ToBackend(message)] if self.backend.ready else self.queue.hold(session, message)
+        if method in LOCAL_METHODS:
+            return self.session_requests[method](session, message)
+        if not self.backend.ready:
+            return self.queue.hold(session, message)
+        envelope = eras.envelope(message)
+        if envelope is not None:
+            return self._modern_request(session, message, envelope)
+        return self._request(session, message)
+
+    def _request(self, session: Session, message: Message) -> list[Action]:
+        handler = self.session_requests.get(message["method"])
+        return handler(session, message) if handler is not None else self.requests.forward(session, message)
+
+    def _modern_request(self, session: Session, message: Message, envelope: dict[str, Any]) -> list[Action]:
+        """A 2026-07-28 request: served on the shared backend with its envelope translated away."""
+        eras.adopt(session, envelope)
+        if message["method"] == "subscriptions/listen":
+            return self.subscriptions.listen(session, message)
+        actions = self._request(session, eras.strip(message))
+        pending = self.requests.of(session, message["id"])
+        if pending is None:
+            return actions
+        pending.modern = True
+        return self.log_levels.opt_in(pending, envelope.get(eras.LOG_LEVEL)) + actions
+
+    def fan_out_ready(self, restarted: bool) -> list[Action]:
+        return self._fan_out("backend ready", lambda feature: feature.backend_ready(restarted))
+
+    def reply_error(self, session: Session, request_id: Id, code: int, text: str) -> list[Action]:
+        self.stats["errors"] += 1
+        return self.batches.deliver(session, jsonrpc.error(request_id, code, text))
+
+    # ---- the rule: one input's failure stays with that input (recovery: failures.py) ----------
+
+    def _fan_out(self, event: str, handler: Callable[[Feature], list[Action]]) -> list[Action]:
+        """Run a lifecycle event through every feature; one feature's failure does not stop the others."""
+        actions: list[Action] = []
+        for feature in self.features:
+            try:
+                actions += handler(feature)
+            except Exception as exc:
+                self.stats["internal_errors"] += 1
+                actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
+        return actions
