@@ -345,12 +345,9 @@ class Broker:
     def _refuse_starved(self, conn: socket.socket, pid: int, fds: list[int]) -> None:
         close_fds(fds)
         self.sessions_refused += 1
-        import resource  # only here: a starved broker is rare
-
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         reason = (
-            f"the broker for {self.spec['name']} is out of file descriptors ({len(self.sessions)} sessions, "
-            f"limit {limit}); end some sessions or raise `ulimit -n` before the first session starts"
+            f"the broker for {self.spec['name']} is out of file descriptors with {len(self.sessions)} sessions "
+            "attached; end some sessions, or raise `ulimit -n` where the first session starts"
         )
         self.log.write(f"refused pid {pid}: out of file descriptors")
         self._reply_and_close(conn, wire.refusal(reason))
@@ -403,11 +400,12 @@ class Broker:
         if not data:
             self._drop_session(session, f"shim exited ({session.waiter_status()})")
             return
-        session.waiter_said = (session.waiter_said + data)[-64:]
-        if not session.reading and not session.ending and data.startswith(wire.WAITER_READY):
+        if not session.reading and data.startswith(wire.WAITER_READY):
+            data = data[len(wire.WAITER_READY) :]
             session.reading = True
-            if not session.slot.paused:
+            if not session.slot.paused and not session.ending:
                 self._read_session(session)
+        session.waiter_said = (session.waiter_said + data)[-64:]
 
     def _read_session(self, session: Session) -> None:
         try:
