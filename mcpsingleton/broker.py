@@ -1,6 +1,6 @@
 """The broker: one detached daemon per key, owning the sessions' stdio and the backend slots.
 
-Thin I/O glue, readable top to bottom: it listens on the key's Unix socket, answers control
+Thin I/O glue, readable top to bottom: it listens on the key's Unix socket (listener.py), answers control
 requests (`status`, `stop`), takes over each attaching session's stdin/stdout, maps the session to
 a backend slot (slot.py: one backend, its mux and its lifecycle), performs what the slot's mux
 decides, lingers after the last session leaves, and exits without leaving anything behind.
@@ -11,13 +11,10 @@ Run as `python -m mcpsingleton.broker CHANNEL_FD LOCK_FD`: the spec arrives as J
 
 from __future__ import annotations
 
-import array
-import errno
 import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from datetime import UTC, datetime
@@ -26,6 +23,7 @@ from . import __version__, jsonrpc, wire
 from .backend import Keeper, become_subreaper, kill_leftovers
 from .eventloop import Callback, EventLoop, Timer
 from .keys import KeyPaths
+from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
 from .mux import Log, StartBackend, ToBackend, ToSession
 from .slot import BackendSlot
@@ -43,30 +41,6 @@ END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
-STARVED_PAUSE = 0.1
-"""Out of file descriptors: accept (and refuse) at most one newcomer per this many seconds."""
-HELLO_TIMEOUT = 0.2
-"""How long a connection accepted on the reserve fd may take to say what it wants."""
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket."""
-    if hasattr(socket, "SO_PEERCRED"):
-        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return pid, uid
-    local_peercred, local_peerpid = 0x001, 0x002  # macOS <sys/un.h>, level SOL_LOCAL (0)
-    xucred = conn.getsockopt(0, local_peercred, 76)
-    uid = struct.unpack_from("I", xucred, 4)[0]
-    pid = struct.unpack("i", conn.getsockopt(0, local_peerpid, 4))[0]
-    return pid, uid
-
-
-def close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 class Session:
@@ -107,11 +81,7 @@ class Broker:
         self.slots: dict[int, BackendSlot] = {}
         self.next_sid = 0
         self.next_slot = 0
-        self.listener: socket.socket | None = None
-        self.sock_inode = 0
-        self.reserve_fd = -1
-        self.starved = False
-        self.sessions_refused = 0
+        self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
         self.keeper: Keeper | None = None
         self.linger_timer: Timer | None = None
         self.stopping = False
@@ -119,24 +89,6 @@ class Broker:
         self.exit_code = 0
 
     # ---- startup ----------------------------------------------------------------------------
-
-    def listen(self) -> None:
-        """Under the lock any existing socket is stale; bind a temp name and rename it into place."""
-        try:
-            os.unlink(self.paths.sock)
-        except FileNotFoundError:
-            pass
-        temp = f"{self.paths.sock}.{os.getpid()}.tmp"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(temp)
-        os.chmod(temp, 0o600)
-        listener.listen(128)
-        os.rename(temp, self.paths.sock)
-        self.sock_inode = os.stat(self.paths.sock).st_ino
-        listener.setblocking(False)
-        self.listener = listener
-        self.reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.loop.add_reader(listener.fileno(), self._accept)
 
     def write_state(self) -> None:
         state = {
@@ -252,125 +204,34 @@ class Broker:
                 slot.start()
         self._finish_ending_sessions()
 
-    # ---- control socket ---------------------------------------------------------------------
+    # ---- control requests -------------------------------------------------------------------
 
-    def _accept(self) -> None:
-        while self.listener is not None:
-            try:
-                conn, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    self._accept_starved()
-                else:
-                    self.log.write(f"accept failed: {exc}")
-                return
-            if self.starved:
-                self.starved = False
-                self.log.write(f"file descriptors are available again; {self.sessions_refused} session(s) refused")
-            conn.setblocking(False)
-            self._await_hello(conn)
-
-    def _await_hello(self, conn: socket.socket) -> None:
-        self.loop.add_reader(conn.fileno(), lambda: self._hello(conn))
-
-    def _accept_starved(self) -> None:
-        """Out of fds: accept one newcomer on the reserve fd, answer it, and accept nothing more for a moment.
-
-        A status request is still answered (so `reap` sees a busy broker, not a hung one); a session
-        is refused with a line its shim prints. The listener is not polled meanwhile (no busy loop)."""
-        assert self.listener is not None
-        if not self.starved:
-            self.starved = True
-            self.log.write(f"out of file descriptors with {len(self.sessions)} session(s) attached; refusing new ones")
-        self.loop.remove_reader(self.listener.fileno())
-        if self.reserve_fd >= 0:
-            os.close(self.reserve_fd)
-            self.reserve_fd = -1
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            conn = None
-        if conn is not None:
-            conn.settimeout(HELLO_TIMEOUT)
-            self._hello(conn, starved=True)
-        try:
-            self.reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            pass
-        self.loop.call_later(STARVED_PAUSE, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if self.listener is not None:
-            self.loop.add_reader(self.listener.fileno(), self._accept)
-
-    def _hello(self, conn: socket.socket, starved: bool = False) -> None:
-        self.loop.remove_reader(conn.fileno())
-        fds: list[int] = []
-        try:
-            data, ancillary, flags, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * array.array("i").itemsize))
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-            pid, uid = peer_credentials(conn)
-        except OSError as exc:
-            self.log.write(f"control connection failed: {exc}")
-            self._discard(conn, fds)
-            return
-        if uid != os.getuid():
-            self.log.write(f"refused a connection from uid {uid} (pid {pid}): only uid {os.getuid()} may attach")
-            self._discard(conn, fds)
-            return
-        words = wire.parse_hello(data)
-        if words is None:
-            self.log.write(f"refused a connection from pid {pid}: unknown hello {data[:40]!r}")
-            self._discard(conn, fds)
-        elif words == [wire.ATTACH, self.key] and (starved or flags & socket.MSG_CTRUNC):
-            self._refuse_starved(conn, pid, fds)
-        elif words == [wire.ATTACH, self.key] and len(fds) == 2:
+    def _on_hello(self, conn: socket.socket, pid: int, words: list[str], fds: list[int]) -> None:
+        if words == [wire.ATTACH, self.key] and len(fds) == 2:
             self._attach(conn, pid, fds[0], fds[1])
         elif words == [wire.STATUS]:
             close_fds(fds)
-            self._reply_and_close(conn, wire.encode_status(self.status()))
+            reply_and_close(conn, wire.encode_status(self.status()))
         elif words == [wire.STOP]:
             close_fds(fds)
-            self._reply_and_close(conn, wire.WELCOME)
+            reply_and_close(conn, wire.WELCOME)
             self.log.write(f"stop requested by pid {pid}")
             self.shutdown("stop requested")
         else:
-            self.log.write(f"refused a connection from pid {pid}: bad hello {data[:80]!r}")
-            self._discard(conn, fds)
+            self.log.write(f"refused a connection from pid {pid}: bad hello {' '.join(words)[:80]!r}")
+            discard(conn, fds)
 
-    def _refuse_starved(self, conn: socket.socket, pid: int, fds: list[int]) -> None:
-        close_fds(fds)
-        self.sessions_refused += 1
-        reason = (
+    def _starved_reason(self) -> str:
+        return (
             f"the broker for {self.spec['name']} is out of file descriptors with {len(self.sessions)} sessions "
             "attached; end some sessions, or raise `ulimit -n` where the first session starts"
         )
-        self.log.write(f"refused pid {pid}: out of file descriptors")
-        self._reply_and_close(conn, wire.refusal(reason))
-
-    def _discard(self, conn: socket.socket, fds: list[int]) -> None:
-        close_fds(fds)
-        conn.close()
-
-    @staticmethod
-    def _reply_and_close(conn: socket.socket, data: bytes) -> None:
-        try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)
-            conn.sendall(data)
-        except OSError:
-            pass
-        conn.close()
 
     # ---- sessions ---------------------------------------------------------------------------
 
     def _attach(self, conn: socket.socket, pid: int, in_fd: int, out_fd: int) -> None:
         if self.stopping:
-            self._discard(conn, [in_fd, out_fd])  # the shim sees EOF before welcome and retries
+            discard(conn, [in_fd, out_fd])  # the shim sees EOF before welcome and retries
             return
         self.next_sid += 1
         session = Session(self.next_sid, conn, pid, in_fd, out_fd, self.slot_for_new_session())
@@ -534,7 +395,7 @@ class Broker:
         self.stopping = True
         self._cancel_linger()
         self.log.write(f"shutting down: {why}")
-        self._unlisten()
+        self.listener.close()
         for session in list(self.sessions.values()):
             self.end_session(session, 0)
         remaining = set(self.slots)
@@ -548,18 +409,6 @@ class Broker:
                     self._exit()
 
             self.retire_slot(self.slots[number], retired)
-
-    def _unlisten(self) -> None:
-        """Remove the socket (only if it is still ours) so new shims start a fresh broker."""
-        try:
-            if os.stat(self.paths.sock).st_ino == self.sock_inode:
-                os.unlink(self.paths.sock)
-        except OSError:
-            pass
-        if self.listener is not None:
-            self.loop.remove_reader(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
 
     def _exit(self) -> None:
         if self.sessions:  # wait for ending sessions to flush (bounded by END_GRACE)
@@ -606,7 +455,7 @@ class Broker:
         ]
         record.started_at = self.started_at
         record.linger_seconds = self.linger
-        record.sessions_refused = self.sessions_refused
+        record.sessions_refused = self.listener.refused
         record.log_lines_dropped = self.log.dropped
         record.version = __version__
         return record
@@ -627,7 +476,7 @@ def main(argv: list[str]) -> int:
         os.dup2(broker.log.fileno(), 1)
         os.dup2(broker.log.fileno(), 2)
     try:
-        broker.listen()
+        broker.listener.listen()
         broker.write_state()
     except OSError as exc:
         _tell(channel, f"error cannot listen on {broker.paths.sock}: {exc.strerror}\n".encode())
