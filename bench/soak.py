@@ -6,7 +6,8 @@ Every session is a real `mcpsingleton run` shim. Each one sends, at random: vali
 echo, ping, tools/list), and hostile lines — malformed JSON, huge lines, wrong types, responses with
 unknown ids, deep nesting, batches, invalid UTF-8. A monitor samples the broker's RSS and open fds.
 At the end every valid request must have been answered, the broker must be alive, and the report
-gives RSS and fd count (first/last/max). Exit status 0 when all of that holds.
+gives RSS and fd count (first/last/max, and RSS per quarter of the run: flat after warm-up means no
+leak). Exit status 0 when all of that holds.
 """
 
 from __future__ import annotations
@@ -140,8 +141,10 @@ class Monitor:
         rss = [s[1] for s in self.samples]
         fds = [s[2] for s in self.samples]
         mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+        quarter = max(1, len(rss) // 4)
         return {
             "rss_mib": {"first": mib(rss[0]), "last": mib(rss[-1]), "max": mib(max(rss))},
+            "rss_max_per_quarter_mib": [mib(max(rss[i : i + quarter])) for i in range(0, len(rss), quarter)][:4],
             "fds": {"first": fds[0], "last": fds[-1], "max": max(fds)},
             "samples": len(self.samples),
         }
