@@ -68,13 +68,16 @@ def run(**_: Any) -> None:
     sys.exit(run_shim(sys.argv[2:]))
 
 
-def _with_memory(status: dict[str, Any], parents: dict[int, int]) -> dict[str, Any]:
+def _with_memory(record: control.BackendStatus, parents: dict[int, int]) -> dict[str, Any]:
+    """A broker's record as `ls --json` prints it: with the memory and process count of the backend's tree."""
     from .proctree import tree_memory, tree_process_count
 
-    backend_pid = status.get("backend_pid")
-    status["memory_bytes"] = tree_memory(backend_pid, parents) if backend_pid else 0
-    status["processes"] = tree_process_count(backend_pid, parents) if backend_pid else 0
-    return status
+    entry = record.to_json()
+    backend_pid = record.backend_pid
+    entry["memory_bytes"] = tree_memory(backend_pid, parents) if backend_pid else 0
+    entry["processes"] = tree_process_count(backend_pid, parents) if backend_pid else 0
+    entry["managed"] = True
+    return entry
 
 
 def _human_bytes(count: int) -> str:
@@ -140,9 +143,7 @@ def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
     from .proctree import parent_map
 
     parents = parent_map()  # one process snapshot for every backend's tree
-    backends = [_with_memory(status, parents) for status in control.running_brokers()]
-    for backend in backends:
-        backend["managed"] = True
+    backends = [_with_memory(record, parents) for record in control.running_backends()]
     if include_unmanaged:
         from .reaper import find_unmanaged_servers
 
@@ -186,22 +187,23 @@ def stop(target: str | None, stop_all: bool) -> None:
     """Stop a backend (by NAME or KEY) in order; its sessions get end of file."""
     if not target and not stop_all:
         raise click.UsageError("give a NAME or KEY, or --all")
-    chosen = [s for s in control.running_brokers() if stop_all or control.matches(s, target or "")]
+    chosen = [s for s in control.running_backends() if stop_all or control.matches(s, target or "")]
     if not chosen and stop_all:
         click.echo("no backends are running")
         return
     if not chosen:
         fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
-    for status in chosen:
-        if not control.stop(status):
-            fail(f"the broker of {status['name']} did not answer; run `mcpsingleton reap`")
+    names = {record.key: record.name for record in chosen}  # a broker with several backends is stopped once
+    for key, name in names.items():
+        if not control.stop(key):
+            fail(f"the broker of {name} did not answer; run `mcpsingleton reap`")
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
-    remaining = {s["key"] for s in chosen}
+    remaining = set(names)
     while remaining and time.monotonic() < deadline:
         remaining = {k for k in remaining if os.path.exists(KeyPaths(k).state)}
         time.sleep(0.05)
-    for status in chosen:
-        click.echo(f"stopped {status['name']} ({status['key'][:12]})")
+    for key, name in names.items():
+        click.echo(f"stopped {name} ({key[:12]})")
 
 
 def find_log(target: str) -> str | None:

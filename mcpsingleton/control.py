@@ -8,7 +8,9 @@ import os
 import socket
 from typing import Any
 
-from .keys import PROTOCOL, KeyPaths, runtime_dir
+from . import wire
+from .keys import KeyPaths, runtime_dir
+from .wire import BackendStatus
 
 TIMEOUT = 2.0
 
@@ -19,7 +21,7 @@ def ask(paths: KeyPaths, command: str, timeout: float = TIMEOUT) -> bytes | None
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             conn.connect(paths.sock)
-            conn.sendall(f"MCPS{PROTOCOL} {command}\n".encode())
+            conn.sendall(wire.hello(command))
             chunks = []
             while chunk := conn.recv(1 << 16):
                 chunks.append(chunk)
@@ -43,30 +45,27 @@ def state_files(directory: str | None = None) -> list[dict[str, Any]]:
     return found
 
 
-def live_status(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The broker's own account of itself, or None when it does not answer."""
-    reply = ask(KeyPaths(state["key"], os.path.dirname(state["state_file"])), "status")
-    if not reply:
-        return None
-    try:
-        status = json.loads(reply)
-    except ValueError:
-        return None
-    return status if isinstance(status, dict) else None
+def live_status(state: dict[str, Any]) -> list[BackendStatus] | None:
+    """The broker's own account of its backends, or None when it does not answer."""
+    reply = ask(KeyPaths(state["key"], os.path.dirname(state["state_file"])), wire.STATUS)
+    return wire.decode_status(reply) if reply else None
 
 
-def running_brokers() -> list[dict[str, Any]]:
-    """Live status of every broker that answers."""
-    return [status for state in state_files() if (status := live_status(state)) is not None]
+def running_backends() -> list[BackendStatus]:
+    """Live status of every backend of every broker that answers."""
+    return [record for state in state_files() for record in live_status(state) or []]
 
 
-def matches(status: dict[str, Any], target: str) -> bool:
+def matches(status: dict[str, Any] | BackendStatus, target: str) -> bool:
     """`stop`/`logs` accept a name or a key (or a unique key prefix)."""
-    return target in (status.get("name"), status.get("key")) or (
-        len(target) >= 6 and str(status.get("key", "")).startswith(target)
-    )
+    name: object
+    key: object
+    if isinstance(status, BackendStatus):
+        name, key = status.name, status.key
+    else:
+        name, key = status.get("name"), status.get("key")
+    return target in (name, key) or (len(target) >= 6 and str(key or "").startswith(target))
 
 
-def stop(status: dict[str, Any]) -> bool:
-    paths = KeyPaths(status["key"])
-    return ask(paths, "stop") == b"ok\n"
+def stop(key: str) -> bool:
+    return ask(KeyPaths(key), wire.STOP) == wire.WELCOME

@@ -9,16 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .lifecycle import UP_STATES
 from .reaper import reaped_total
 
 Backend = dict[str, Any]
+"""A backend as `ls --json` shows it: a wire.BackendStatus record plus memory_bytes and processes."""
 
 PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
     (
         "mcpsingleton_backend_up",
         "gauge",
         "1 when the backend is running and initialized.",
-        lambda b: 1.0 if b.get("state") in ("running", "lingering") else 0.0,
+        lambda b: 1.0 if b.get("state") in UP_STATES else 0.0,
     ),
     ("mcpsingleton_sessions", "gauge", "Client sessions attached to the backend.", lambda b: len(b.get("clients", []))),
     (
@@ -36,6 +38,36 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
     ),
     ("mcpsingleton_requests_total", "counter", "Requests received from sessions.", lambda b: b.get("requests", 0)),
     ("mcpsingleton_errors_total", "counter", "Error replies sent to sessions.", lambda b: b.get("errors", 0)),
+    (
+        "mcpsingleton_dropped_lines_total",
+        "counter",
+        "Lines dropped by the multiplexer (unusable backend output, unknown ids).",
+        lambda b: b.get("dropped", 0),
+    ),
+    (
+        "mcpsingleton_backend_write_failures_total",
+        "counter",
+        "Times the backend stopped reading its stdin (each ended in a restart).",
+        lambda b: b.get("backend_write_failures", 0),
+    ),
+    (
+        "mcpsingleton_spawn_failures_total",
+        "counter",
+        "Times the backend could not be spawned.",
+        lambda b: b.get("spawn_failures", 0),
+    ),
+    (
+        "mcpsingleton_backpressure_pauses_total",
+        "counter",
+        "Times the sessions were paused because the backend left too much input unread.",
+        lambda b: b.get("backpressure_pauses", 0),
+    ),
+    (
+        "mcpsingleton_sessions_refused_total",
+        "counter",
+        "Sessions refused because the broker was out of file descriptors.",
+        lambda b: b.get("sessions_refused", 0),
+    ),
 ]
 
 

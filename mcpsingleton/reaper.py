@@ -33,10 +33,11 @@ from typing import Any, TextIO
 import psutil
 
 from .control import TIMEOUT as CONTROL_TIMEOUT
-from .control import live_status, state_files
+from .control import ask, state_files
 from .election import try_lock
 from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir, stderr_line
 from .proctree import terminate_tree, tree_memory, tree_pids
+from .wire import STATUS
 
 LINUX = sys.platform.startswith("linux")
 UNREACHABLE_GRACE = 3.0
@@ -159,17 +160,19 @@ def _lock_if_free(key: str) -> Iterator[bool]:
 
 
 def _why_unresponsive(state: dict[str, Any]) -> str | None:
-    """Why the live broker behind a state file cannot serve anyone, or None if it answers. A socket may
-    be missing for a moment while the broker starts or stops, so that only counts once it lasts."""
-    sock = KeyPaths(state["key"]).sock
+    """Why the live broker behind a state file cannot serve anyone, or None if it answers.
+
+    Any answer at all counts: a broker that is busy or out of file descriptors still answers, and a
+    full listen backlog or a missing socket (the broker starts or stops) only counts once it lasts."""
+    paths = KeyPaths(state["key"], os.path.dirname(state["state_file"]))
     deadline = time.monotonic() + UNREACHABLE_GRACE
     while True:
-        if os.path.exists(sock):
-            if live_status(state) is not None:
-                return None
-            if os.path.exists(sock):
-                return f"is alive but does not answer `status` on its socket within {CONTROL_TIMEOUT:g} s"
+        has_socket = os.path.exists(paths.sock)
+        if has_socket and ask(paths, STATUS, CONTROL_TIMEOUT) is not None:
+            return None
         if time.monotonic() >= deadline:
+            if has_socket:
+                return f"is alive but does not answer on its socket within {UNREACHABLE_GRACE:g} s"
             return f"is alive but has had no socket for {UNREACHABLE_GRACE:g} s"
         time.sleep(0.1)
 

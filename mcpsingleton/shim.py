@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+from . import wire
 from .keys import (
     KeyPaths,
     SetupError,
@@ -37,35 +38,46 @@ WAITER = (
     "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
     "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; esac; done; '
-    "[ $s = 0 ] || exit $s; "
+    "[ $s = 0 ] || { printf 'x %s\\n' $s >&3; exit $s; }; "
     'echo "mcpsingleton: the broker for $1 went away; the next session starts a new one" >&2; exit 1'
 )
-"""The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N.
+"""The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
+(and then tells the broker `x 128+N`, for its log).
 
 It says `r` once its traps are set; only then does the broker start reading the session, so a signal
 can never find the session served but the waiter not yet able to exit with 128+N."""
 
 ATTACH_TIMEOUT = 5.0
+BACKLOG_BACKOFF = 0.05
 STARTUP_DEADLINE = 15.0
 
 
 def try_attach(paths: KeyPaths) -> _socket.socket | None:
-    """Connect and hand over stdin/stdout; the connection once the broker has welcomed us, else None."""
+    """Connect and hand over stdin/stdout; the connection once the broker has welcomed us, else None.
+
+    None means "try again": no broker, one shutting down, or its listen backlog is full (a storm of
+    sessions at once). A broker that refuses us (out of file descriptors) is a SetupError."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(paths.sock)
-        hello = f"MCPS1 attach {paths.key}\n".encode()
         fds = (0, 1)
-        conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
-        welcome = conn.recv(16)
+        conn.sendmsg([wire.hello(wire.ATTACH, paths.key)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
+        return None
+    except BlockingIOError:  # the backlog is full: the broker is busy accepting others
+        conn.close()
+        time.sleep(BACKLOG_BACKOFF)
         return None
     except TimeoutError:
         conn.close()
         raise SetupError(f"the broker at {paths.sock} does not answer; run `mcpsingleton reap`") from None
-    if welcome != b"ok\n":
+    if welcome.startswith(wire.REFUSAL):
+        conn.close()
+        raise SetupError(welcome[len(wire.REFUSAL) :].decode("utf-8", "replace").strip())
+    if welcome != wire.WELCOME:
         conn.close()
         return None  # the broker is shutting down: start over against the next one
     return conn

@@ -1,7 +1,8 @@
 """A small legacy-era MCP stdio server for fault injection (standard library only, starts fast).
 
 Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
-update), spawn (children). Flags: --fail-start (stderr, exit 2 before reading anything),
+update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
+its stdin again, still running). Flags: --fail-start (stderr, exit 2 before reading anything),
 --grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof.
 """
 
@@ -141,6 +142,13 @@ def handle(message: dict) -> None:
                 ]
             },
         )
+    elif method == "tools/call" and params.get("name") == "close_stdin":  # on the main thread, the only reader
+        state["stay"] = True
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the pipe's only read end is gone: writers get EPIPE
+        reply(request_id, text("stdin closed"))
+    elif method == "tools/call" and params.get("name") == "stall":
+        reply(request_id, text("stalled"))
+        time.sleep(600)  # on the main thread: nothing reads stdin any more
     elif method == "tools/call":
         threading.Thread(target=call_tool, args=(request_id, params), daemon=True).start()
     elif method == "logging/setLevel":
@@ -168,7 +176,7 @@ def main() -> None:
     for line in sys.stdin:
         if line.strip():
             handle(json.loads(line))
-    if "--no-exit-on-eof" in sys.argv:
+    if "--no-exit-on-eof" in sys.argv or state.get("stay"):
         time.sleep(600)
 
 

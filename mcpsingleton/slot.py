@@ -1,0 +1,324 @@
+"""One backend slot of a broker: its multiplexer, its backend process, and that backend's lifecycle.
+
+A slot spawns the backend, feeds it what the mux decides, reads its stdout and stderr, and replaces
+it when it is lost: crashed, stopped reading its stdin, could not be spawned, or outgrew
+--max-memory / --max-procs. Restarts follow lifecycle.py (backoff within a crash streak); only a
+backend that never worked in this slot is fatal. The broker owns the sessions and the sockets; it
+hands a slot the lines of the sessions mapped to it and performs the actions the slot gives back.
+A broker holds one slot today; nothing here assumes it is the only one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from . import __version__, jsonrpc, lifecycle
+from .backend import Backend, Keeper, stop_ladder
+from .eventloop import Callback, EventLoop, Timer
+from .keys import redacted_argv
+from .lifecycle import Lifecycle
+from .logfile import LogFile
+from .mux import Mux
+from .streams import LineReader, Outbox
+from .wire import BackendStatus
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class Host(Protocol):
+        """What a slot needs from its broker."""
+
+        def perform(self, slot: BackendSlot, actions: list[Any]) -> None: ...
+        def pause_sessions(self, slot: BackendSlot, paused: bool) -> None: ...
+        def slot_failed(self, slot: BackendSlot, reason: str) -> None: ...
+        def has_sessions(self, slot: BackendSlot) -> bool: ...
+        def reap(self) -> None: ...
+
+
+PAUSE_AT = 4 * 1024 * 1024
+"""Input the backend has not read yet beyond which its sessions are no longer read (backpressure)."""
+SAMPLE_INTERVAL = 1.0
+"""How often the backend tree is measured against --max-memory / --max-procs (only when one is set)."""
+IDLE_WAIT = 30.0
+"""How long a memory-capped restart waits for in-flight requests to finish."""
+STDERR_TAIL = 8
+"""Lines of the backend's stderr quoted when it cannot start."""
+
+
+class BackendSlot:
+    def __init__(
+        self, number: int, spec: dict[str, Any], loop: EventLoop, log: LogFile, keeper: Keeper | None, host: Host
+    ) -> None:
+        self.number = number
+        self.spec = spec
+        self.loop = loop
+        self.log = log
+        self.keeper = keeper
+        self.host = host
+        self.mux = Mux("mcpsingleton", __version__)
+        self.life = Lifecycle()
+        self.backend: Backend | None = None
+        self.retired: list[Backend] = []
+        self.outbox: Outbox | None = None
+        self.stdout: LineReader | None = None
+        self.stderr: LineReader | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.spawn_timer: Timer | None = None
+        self.fatal: str | None = None
+        self.paused = False
+        self.counters = dict.fromkeys(
+            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses"), 0
+        )
+        if spec.get("max_memory") or spec.get("max_procs"):
+            loop.call_later(SAMPLE_INTERVAL, self._sample)
+
+    # ---- what the broker asks -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make sure a backend runs (or is about to): at once, or after the crash streak's backoff."""
+        if self.backend is not None or self.spawn_timer is not None:
+            return
+        if self.fatal is not None:
+            self.host.perform(self, self.mux.backend_exited(self.fatal))
+            return
+        if not self.life.live:
+            return
+        delay = self.life.restart_delay()
+        if delay:
+            self.log.write(f"backend lost {self.life.streak} time(s) in a row; restarting in {delay:.2f}s")
+        self.spawn_timer = self.loop.call_later(delay, self._spawn)
+
+    def send(self, message: Any) -> None:
+        """A message for the backend; pauses the slot's sessions while the backend leaves too much unread."""
+        if self.outbox is None:
+            return
+        self.outbox.send(jsonrpc.encode(message))
+        if len(self.outbox.pending) > PAUSE_AT and not self.paused:
+            self.paused = True
+            self.counters["backpressure_pauses"] += 1
+            unread = len(self.outbox.pending) >> 20
+            self.log.write(f"the backend has {unread} MiB of input unread; pausing its sessions until it reads")
+            self.host.pause_sessions(self, True)
+
+    def stop(self, done: Callback) -> None:
+        """Retire the slot: stop the backend with the ladder, then call `done`."""
+        self.life.fire(lifecycle.STOP)
+        if self.spawn_timer is not None:
+            self.spawn_timer.cancel()
+            self.spawn_timer = None
+        backend = self._detach()
+
+        def stopped() -> None:
+            if backend is not None:
+                self._drain_stderr(backend)
+                backend.close_pipes()
+            self.life.fire(lifecycle.DONE)
+            done()
+
+        if backend is None:
+            stopped()
+        else:
+            stop_ladder(self.loop, backend, self.host.reap, stopped)
+
+    def mark_exited(self, pid: int, code: int) -> None:
+        """A child was reaped: if it was one of our backends, remember its status."""
+        for backend in ([self.backend] if self.backend is not None else []) + self.retired:
+            if backend.pid == pid:
+                backend.mark_exited(code)
+        self.retired = [b for b in self.retired if b.exit_status is None]
+
+    def status(self, has_sessions: bool) -> BackendStatus:
+        """This slot's part of the status record (the broker adds who it is and the sessions)."""
+        return BackendStatus(
+            backend_pid=self.backend.pid if self.backend is not None else None,
+            state=self.life.shown(has_sessions),
+            restarts=self.life.restarts,
+            requests=self.mux.stats.get("requests", 0),
+            errors=self.mux.stats.get("errors", 0),
+            dropped=self.mux.stats.get("dropped", 0),
+            max_memory=self.spec.get("max_memory"),
+            max_procs=self.spec.get("max_procs"),
+            **self.counters,
+        )
+
+    # ---- spawning and reading -----------------------------------------------------------------
+
+    @property
+    def command_text(self) -> str:
+        """The backend's command for log lines and errors, secret values masked."""
+        return " ".join(redacted_argv(self.spec["argv"]))
+
+    def _spawn(self) -> None:
+        self.spawn_timer = None
+        if self.backend is not None or not self.life.live:
+            return
+        argv = self.spec["argv"]
+        try:
+            backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.spec["key"])
+        except OSError as exc:
+            self._spawn_failed(f"cannot start backend {argv[0]!r}: {exc.strerror or exc}")
+            return
+        self.life.fire(lifecycle.SPAWNED)
+        self.backend = backend
+        if self.keeper is not None:
+            self.keeper.guard(backend.pgid)
+        self.outbox = Outbox(self.loop, backend.stdin, lambda exc: self._write_failed(backend, exc))
+        self.outbox.on_drained = self._resume
+        self.stdout = LineReader(backend.stdout, 1 << 31)
+        self.stderr = LineReader(backend.stderr, 1 << 20)
+        self.loop.add_reader(backend.stdout, lambda: self._readable(backend))
+        self.loop.add_reader(backend.stderr, self._stderr_readable)
+        self.log.write(f"backend started: pid {backend.pid} `{self.command_text}`")
+        self.host.perform(self, self.mux.backend_started())
+
+    def _spawn_failed(self, reason: str) -> None:
+        """Like a crash once the backend has worked here (backoff, retry on demand); fatal before that."""
+        self.counters["spawn_failures"] += 1
+        if self.life.state in (lifecycle.IDLE, lifecycle.STARTING):
+            self._fail(reason)
+            return
+        self.life.lost(0.0)
+        self.log.write(reason)
+        self.host.perform(self, self.mux.backend_exited(reason))
+        if self.mux.has_subscribers():
+            self.start()
+
+    def _readable(self, backend: Backend) -> None:
+        assert self.stdout is not None
+        lines, _, at_eof = self.stdout.read()
+        for line in lines:
+            self.host.perform(self, self.mux.from_backend(line))
+        if at_eof:
+            self._gone(backend)
+        elif self.life.state in (lifecycle.STARTING, lifecycle.RESTARTING) and self.mux.backend_ready():
+            self.life.fire(lifecycle.READY)
+
+    def _stderr_readable(self) -> None:
+        assert self.stderr is not None
+        lines, _, at_eof = self.stderr.read()
+        if at_eof:
+            self.loop.remove_reader(self.stderr.fd)
+        self._log_stderr(lines)
+
+    def _log_stderr(self, lines: list[bytes]) -> None:
+        for line in lines:
+            text = line.decode("utf-8", "replace")
+            self.stderr_tail.append(text)
+            self.log.write(f"backend: {text}")
+
+    def _drain_stderr(self, backend: Backend) -> None:
+        if self.stderr is not None and self.stderr.fd == backend.stderr:
+            self._log_stderr(self.stderr.drain())
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.log.write("the backend has read its input; resuming its sessions")
+            self.host.pause_sessions(self, False)
+
+    # ---- losing a backend ---------------------------------------------------------------------
+
+    def _detach(self) -> Backend | None:
+        """Stop reading and writing the current backend; it is retired until the ladder has reaped it."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return None
+        self.loop.remove_reader(backend.stdout)
+        self.loop.remove_reader(backend.stderr)
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        self._resume()
+        self.retired.append(backend)
+        return backend
+
+    def _gone(self, backend: Backend) -> None:
+        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it."""
+        self._detach()
+        self._drain_stderr(backend)
+        self.host.reap()
+        status = backend.exit_status
+        described = f"exited with status {status}" if status is not None else "closed its stdout"
+        if status is not None and status < 0:
+            described = f"was killed by signal {-status}"
+        stop_ladder(self.loop, backend, self.host.reap, backend.close_pipes, grace=0.5)
+        if self.life.state == lifecycle.STARTING:
+            tail = " | ".join(self.stderr_tail) or "(no stderr output)"
+            self._fail(f"backend `{self.command_text}` {described} before answering initialize; last stderr: {tail}")
+            return
+        lived = time.monotonic() - backend.started
+        self.life.lost(lived)
+        self.log.write(f"backend pid {backend.pid} {described} after {lived:.1f}s")
+        self.host.perform(self, self.mux.backend_exited(f"the backend {described}"))
+        if self.mux.has_subscribers():
+            self.start()  # subscribers expect updates without asking again
+
+    def _write_failed(self, backend: Backend, exc: OSError) -> None:
+        """The backend closed its stdin (EPIPE) yet may run on: it can never answer again, so replace it.
+
+        Deferred to the next loop turn: this runs inside a send, in the middle of performing actions."""
+        self.counters["backend_write_failures"] += 1
+        reason = f"it stopped reading its input ({exc.strerror or exc})"
+        self.loop.call_later(0, lambda: self._replace(backend, reason))
+
+    def _replace(self, backend: Backend, reason: str) -> None:
+        """Stop a backend that still runs (ladder), error what it owed, start a fresh one once it is gone."""
+        if backend is not self.backend:
+            return
+        self._detach()
+        self.log.write(f"restarting backend pid {backend.pid}: {reason}")
+        if self.life.state == lifecycle.STARTING:
+            stop_ladder(self.loop, backend, self.host.reap, backend.close_pipes)
+            self._fail(f"backend `{self.command_text}` was stopped before answering initialize: {reason}")
+            return
+        self.life.lost(time.monotonic() - backend.started)
+        self.host.perform(self, self.mux.backend_exited(f"the backend was restarted because {reason}"))
+
+        def stopped() -> None:
+            backend.close_pipes()
+            if self.host.has_sessions(self) or self.mux.has_subscribers():
+                self.start()
+
+        stop_ladder(self.loop, backend, self.host.reap, stopped)
+
+    def _fail(self, reason: str) -> None:
+        """The backend never worked in this slot: every session of the slot is told why."""
+        self.life.fire(lifecycle.LOST)
+        self.fatal = reason
+        self.log.write(reason)
+        self.host.perform(self, self.mux.backend_exited(reason))
+        self.host.slot_failed(self, reason)
+
+    # ---- resource caps ----------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        """Check the backend tree against --max-memory / --max-procs; restart it when it grew past them."""
+        from .proctree import parent_map, tree_memory, tree_process_count
+
+        backend = self.backend
+        if backend is not None and self.life.state == lifecycle.RUNNING:
+            parents = parent_map()
+            count = tree_process_count(backend.pid, parents)
+            max_procs, max_memory = self.spec.get("max_procs"), self.spec.get("max_memory")
+            if max_procs and count > max_procs:
+                self._recycle(backend, f"its process tree holds {count} processes (--max-procs {max_procs})")
+            elif max_memory and (used := tree_memory(backend.pid, parents)) > max_memory:
+                reason = f"its tree uses {used >> 20} MiB (--max-memory {max_memory >> 20} MiB)"
+                self._recycle_when_idle(backend, reason, time.monotonic() + IDLE_WAIT)
+        if self.life.live:
+            self.loop.call_later(SAMPLE_INTERVAL, self._sample)
+
+    def _recycle_when_idle(self, backend: Backend, reason: str, deadline: float) -> None:
+        """A leaking backend is replaced between requests where possible, never in the middle of one."""
+        if backend is not self.backend:
+            return
+        if self.mux.has_pending() and time.monotonic() < deadline:
+            self.loop.call_later(0.05, lambda: self._recycle_when_idle(backend, reason, deadline))
+            return
+        self._recycle(backend, reason)
+
+    def _recycle(self, backend: Backend, reason: str) -> None:
+        self.counters["limit_restarts"] += 1
+        self._replace(backend, reason)

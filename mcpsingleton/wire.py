@@ -1,0 +1,164 @@
+"""The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
+
+Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
+- `attach KEY` with the client's stdin and stdout as SCM_RIGHTS: answered `ok` (welcome) or
+  `no <reason>` (refused: the shim prints the reason and exits 1). After the welcome the socket
+  carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's (`msg TEXT`, `exit N`).
+- `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
+- `stop`: answered `ok`; the broker then stops in order.
+
+The shim imports this module on its warm path: nothing heavy at import time (json only inside the
+functions that need it).
+"""
+
+from __future__ import annotations
+
+from .keys import PROTOCOL
+
+ATTACH = "attach"
+STATUS = "status"
+STOP = "stop"
+WELCOME = b"ok\n"
+REFUSAL = b"no "
+WAITER_READY = b"r"
+WAITER_STATUS = "x "
+"""The waiter's `x N` line: how its session ended (0, or 128+N on signal N), sent before it exits."""
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def hello(command: str, *args: str) -> bytes:
+    return " ".join((f"MCPS{PROTOCOL}", command, *args)).encode() + b"\n"
+
+
+def parse_hello(data: bytes) -> list[str] | None:
+    """[command, args…] of a hello of our protocol version, else None."""
+    words = data.decode("ascii", "replace").split()
+    if len(words) < 2 or words[0] != f"MCPS{PROTOCOL}":
+        return None
+    return words[1:]
+
+
+def refusal(reason: str) -> bytes:
+    return REFUSAL + reason.replace("\n", " ").encode("utf-8", "replace") + b"\n"
+
+
+def farewell(code: int, message: str | None) -> bytes:
+    """What the broker tells a session's waiter when it ends the session: print `message`, exit `code`."""
+    return ((f"msg mcpsingleton: {message}\n" if message else "") + f"exit {code}\n").encode("utf-8", "replace")
+
+
+FIELDS: dict[str, Any] = {
+    "key": "",
+    "name": "?",
+    "command": [],
+    "cwd": "",
+    "scope": "",
+    "sharing": "shared",
+    "policy": "",
+    "broker_pid": 0,
+    "backend_pid": None,
+    "clients": [],
+    "state": "starting",
+    "started_at": "",
+    "restarts": 0,
+    "limit_restarts": 0,
+    "max_memory": None,
+    "max_procs": None,
+    "linger_seconds": 0.0,
+    "requests": 0,
+    "errors": 0,
+    "dropped": 0,
+    "backend_write_failures": 0,
+    "spawn_failures": 0,
+    "backpressure_pauses": 0,
+    "sessions_refused": 0,
+    "log_lines_dropped": 0,
+    "version": "?",
+}
+"""Every field of a status record, in `ls --json` order, with its default."""
+
+
+class BackendStatus:
+    """One backend as its broker reports it (`ls --json` adds memory_bytes and processes).
+
+    A plain class with slots, not a dataclass: the broker runs one per server and imports stay light.
+    Unknown fields from a newer broker are ignored; missing ones take their defaults.
+    """
+
+    __slots__ = tuple(FIELDS)
+    key: str
+    name: str
+    command: list[str]
+    cwd: str
+    scope: str
+    sharing: str
+    policy: str
+    broker_pid: int
+    backend_pid: int | None
+    clients: list[dict[str, Any]]
+    """{pid, client, attached_at} per attached session."""
+    state: str
+    """idle|starting|running|lingering|restarting|stopping (lifecycle.SHOWN)."""
+    started_at: str
+    restarts: int
+    limit_restarts: int
+    """Restarts because the tree outgrew --max-memory / --max-procs."""
+    max_memory: int | None
+    max_procs: int | None
+    linger_seconds: float
+    requests: int
+    errors: int
+    """Error replies the mux sent to sessions."""
+    dropped: int
+    """Lines the mux dropped (unknown ids, late replies, malformed backend output)."""
+    backend_write_failures: int
+    """The backend stopped taking input (EPIPE on its stdin): each one ended in a restart."""
+    spawn_failures: int
+    """Spawning the backend failed (not executable, out of fds …)."""
+    backpressure_pauses: int
+    """Times the sessions were paused because the backend left too much input unread."""
+    sessions_refused: int
+    """Sessions refused because the broker was out of file descriptors."""
+    log_lines_dropped: int
+    version: str
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__slots__:
+            default = FIELDS[name]
+            value = fields.get(name, default)
+            if default is not None and not isinstance(value, type(default)) and not _is_number_pair(default, value):
+                value = default  # a field of the wrong type from an unknown broker is not trusted
+            setattr(self, name, list(value) if isinstance(value, list) else value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _is_number_pair(default: object, value: object) -> bool:
+    return isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+
+
+def encode_status(backends: list[BackendStatus]) -> bytes:
+    import json
+
+    return json.dumps({"protocol": PROTOCOL, "backends": [b.to_json() for b in backends]}).encode() + b"\n"
+
+
+def decode_status(reply: bytes) -> list[BackendStatus] | None:
+    """The records of a `status` reply; None when it is not one (an older broker's flat record is one)."""
+    import json
+
+    try:
+        document = json.loads(reply)
+    except ValueError:
+        return None
+    if isinstance(document, dict) and isinstance(document.get("backends"), list):
+        records = document["backends"]
+    elif isinstance(document, dict) and isinstance(document.get("key"), str):
+        records = [document]
+    else:
+        return None
+    return [BackendStatus(**record) for record in records if isinstance(record, dict)]
