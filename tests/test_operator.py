@@ -172,7 +172,7 @@ def test_demo_runs(home: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Echo: hello from demo-client-2" in out.stdout
-    assert re.search(r"server-everything\s+cwd\s+running\s+3 ", out.stdout)
+    assert re.search(r"server-everything\s+global\s+running\s+3 ", out.stdout), "the catalog shares it everywhere"
     saved = re.search(r"saved:\s+([\d.]+) MiB", out.stdout)
     assert saved and float(saved.group(1)) > 0
     assert "nothing left running" in out.stdout
