@@ -16,14 +16,13 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from collections import deque
 from datetime import UTC, datetime
 
-from . import __version__, jsonrpc
-from .backend import Backend, Keeper, become_subreaper, kill_leftovers, stop_ladder
+from . import __version__, jsonrpc, platform
+from .backend import Backend, Keeper, kill_leftovers, stop_ladder
 from .eventloop import EventLoop, Timer
 from .keys import PROTOCOL, KeyPaths
 from .logfile import LogFile
@@ -47,18 +46,6 @@ IDLE_WAIT = 30.0
 """How long a memory-capped restart waits for in-flight requests to finish."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket."""
-    if hasattr(socket, "SO_PEERCRED"):
-        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return pid, uid
-    local_peercred, local_peerpid = 0x001, 0x002  # macOS <sys/un.h>, level SOL_LOCAL (0)
-    xucred = conn.getsockopt(0, local_peercred, 76)
-    uid = struct.unpack_from("I", xucred, 4)[0]
-    pid = struct.unpack("i", conn.getsockopt(0, local_peerpid, 4))[0]
-    return pid, uid
 
 
 def read_chunk(fd: int) -> bytes | None:
@@ -242,7 +229,7 @@ class Broker:
             self.loop.add_signal_handler(signum, lambda: self.shutdown("signal"))
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
-        become_subreaper()
+        self.log.write(platform.describe(self.loop.selector, platform.become_subreaper()))
         leftovers = kill_leftovers(self.key)
         if leftovers:
             self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
@@ -281,7 +268,7 @@ class Broker:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-            pid, uid = peer_credentials(conn)
+            pid, uid = platform.peer_credentials(conn)
         except OSError as exc:
             self.log.write(f"control connection failed: {exc}")
             self._discard(conn, fds)
@@ -399,16 +386,7 @@ class Broker:
             self._drop_session(session, "shim exited")
         elif not session.reading and not session.ending:
             session.reading = True
-            try:
-                self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
-            except PermissionError:  # a regular file (`run … < requests.jsonl`) cannot be polled
-                self._read_file_input(session)
-
-    def _read_file_input(self, session: Session) -> None:
-        """Stdin is a regular file: always readable, so read it a chunk per loop turn until it ends."""
-        if session.sid in self.sessions and not session.ending:
-            self._session_readable(session)
-            self.loop.call_later(0, lambda: self._read_file_input(session))
+            self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
 
     def _session_broken(self, session: Session, exc: OSError) -> None:
         self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
@@ -503,13 +481,11 @@ class Broker:
             return
         argv = self.spec["argv"]
         try:
-            backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.key)
+            backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.key, self.keeper)
         except OSError as exc:
             self._backend_unstartable(f"cannot start backend {argv[0]!r}: {exc.strerror or exc}")
             return
         self.backend = backend
-        if self.keeper is not None:
-            self.keeper.guard(backend.pgid)
         self.backend_outbox = Outbox(self.loop, backend.stdin, lambda exc: None)
         self.backend_lines = LineBuffer(1 << 31)
         self.loop.add_reader(backend.stdout, lambda: self._backend_readable(backend))
@@ -719,7 +695,7 @@ class Broker:
             backend.close_pipes()
             self._exit()
 
-        stop_ladder(self.loop, backend, self._reap, stopped)
+        stop_ladder(self.loop, backend, self._reap, stopped, strays=True)
 
     def _unlisten(self) -> None:
         """Remove the socket (only if it is still ours) so new shims start a fresh broker."""

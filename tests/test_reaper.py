@@ -307,7 +307,7 @@ def test_without_proc_only_confirmed_reparented_servers_are_killed(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(reaper, "LINUX", False)
+    monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")  # the macOS/BSD rule
     orphan, live = procs.orphan(), procs.live()
     found = findings_for(*orphan.pids, *live.pids)
     assert set(found) == {orphan.pid} and found[orphan.pid].needs_confirm
