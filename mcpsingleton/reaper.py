@@ -175,7 +175,8 @@ def _state_findings(procs: _Processes) -> list[Finding]:
     findings = []
     for state in state_files():
         key = state["key"]
-        pid = state.get("broker_pid") if isinstance(state.get("broker_pid"), int) else 0
+        recorded = state.get("broker_pid")
+        pid = recorded if isinstance(recorded, int) else 0
         if _broker_gone(key):
             reason = f"broker {pid} is gone (its lock is free); stale {key}.json and socket"
             findings.append(Finding(pid, state.get("command") or "?", reason, "stale-state", key=key))
