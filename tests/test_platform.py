@@ -177,6 +177,41 @@ def test_sigkill_of_broker_leaves_nothing(home: Path, fake_server: list[str], mo
     assert client.process.wait(timeout=5) != 0
 
 
+def test_dev_null_and_tty_stdin_never_crash_the_broker(home: Path, fake_server: list[str], mode: str) -> None:
+    """Selectors refuse or misreport such fds in different ways; the session is served and the broker lives."""
+    anchor = RawClient(shim(fake_server))
+    anchor.initialize()
+    empty = subprocess.run(shim(fake_server), stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert empty.returncode == 0, empty.stderr
+    controller, terminal = os.openpty()
+    tty = subprocess.Popen(shim(fake_server), stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(terminal)
+    request = b'{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+    os.write(controller, request + b'"capabilities":{},"clientInfo":{"name":"tty","version":"1"}}}\n')
+    assert tty.stdout is not None and b'"id":7' in tty.stdout.readline()
+    os.close(controller)  # hang up: the session ends
+    tty.wait(timeout=10)
+    assert result_text(anchor.call("echo", {"text": "alive"})) == "alive"
+    assert anchor.close() == 0
+
+
+def test_keeper_stops_only_the_groups_it_still_guards(started: list[subprocess.Popen[bytes]]) -> None:
+    """The keeper's list: `+G` guards a group, `-G` forgets it; on EOF only guarded groups are stopped."""
+    from mcpsingleton.backend import Keeper
+
+    guarded, forgotten, never = (subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(3))
+    started.extend([guarded, forgotten, never])
+    keeper = Keeper()
+    keeper.guard(forgotten.pid)
+    keeper.guard(guarded.pid)
+    keeper.guard(guarded.pid)
+    keeper.forget(forgotten.pid)
+    keeper.forget(never.pid)
+    keeper.close()  # EOF, as when the broker dies
+    assert guarded.wait(timeout=5) == -signal.SIGTERM
+    assert forgotten.poll() is None and never.poll() is None
+
+
 # ---- nested use and recycled ids (issue 10 rows 8 and 9) ---------------------------------------------------
 
 
