@@ -107,10 +107,6 @@ class Stoppable(Protocol):
 
     def alive(self) -> bool: ...
 
-    def gone(self) -> None:
-        """Called once, as soon as it is confirmed gone."""
-        ...
-
 
 class StopLadder:
     """The MCP spec's shutdown, one rung at a time: close stdin, wait; SIGTERM, wait; SIGKILL, wait.
@@ -126,7 +122,6 @@ class StopLadder:
         self.target = target
         self.grace = grace
         self._rung = 0
-        self._confirmed = False
 
     def climb(self) -> float | None:
         """Take the next rung: how long to give the target now, or None when no rung is left."""
@@ -138,28 +133,19 @@ class StopLadder:
             return self.grace
         return None
 
-    def settled(self) -> bool:
-        """Whether the target is gone; the first time it is, the target hears so."""
-        if not self._confirmed:
-            if self.target.alive():
-                return False
-            self._confirmed = True
-            self.target.gone()
-        return True
-
 
 def stop_blocking(target: Stoppable, grace: float = 3.0, poll: float = 0.02) -> bool:
     """Climb the ladder, sleeping between checks (CLI use); whether the target is gone at the end."""
     ladder = StopLadder(target, grace)
     while (wait := ladder.climb()) is not None:
         deadline = time.monotonic() + wait
-        while not ladder.settled():
+        while target.alive():
             if time.monotonic() >= deadline:
                 break
             time.sleep(poll)
         else:
             return True
-    return ladder.settled()
+    return not target.alive()
 
 
 def stop_in_loop(loop: EventLoop, target: Stoppable, reap: Callback, done: Callback, grace: float = 1.0) -> None:
@@ -176,7 +162,7 @@ def stop_in_loop(loop: EventLoop, target: Stoppable, reap: Callback, done: Callb
 
     def check(deadline: float) -> None:
         reap()
-        if ladder.settled():
+        if not target.alive():
             done()
         elif time.monotonic() < deadline:
             loop.call_later(0.02, lambda: check(deadline))
@@ -209,6 +195,7 @@ class Backend:
             keeper.guard(self.pgid)
         self.started = time.monotonic()
         self.exit_status: int | None = None
+        self.group_gone = False
         self.sweep_strays = False
         """Also stop processes that left the group (setsid daemons): set for the broker's final stop."""
         assert self.process.stdin and self.process.stdout and self.process.stderr
@@ -232,17 +219,26 @@ class Backend:
                 stream.close()
 
     def group_alive(self) -> bool:
+        """Whether any process is left in the group. Once it was found empty the answer stays no, and the
+        keeper forgets it at once: from then on its id may belong to someone else's new group."""
+        if self.group_gone:
+            return False
         try:
             os.killpg(self.pgid, 0)
         except ProcessLookupError:
+            self.group_gone = True
+            if self.keeper is not None:
+                self.keeper.forget(self.pgid)
             return False
         except PermissionError:
             return True
         return True
 
     def mark_exited(self, status: int) -> None:
+        """The broker reaped the leader: the group may be empty from this instant, so look now, not later."""
         self.exit_status = status
         self.process.returncode = status  # we reap it ourselves; keep Popen from waiting on it
+        self.group_alive()
 
     # ---- Stoppable: the group, and with sweep_strays what left it ---------------------------------
 
@@ -251,10 +247,11 @@ class Backend:
         return True
 
     def send(self, signum: int) -> None:
-        try:
-            os.killpg(self.pgid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.group_alive():
+            try:
+                os.killpg(self.pgid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.sweep_strays:
             for pid in self._strays():
                 try:
@@ -264,10 +261,6 @@ class Backend:
 
     def alive(self) -> bool:
         return self.group_alive() or (self.sweep_strays and bool(self._strays()))
-
-    def gone(self) -> None:
-        if self.keeper is not None:
-            self.keeper.forget(self.pgid)
 
     def _strays(self) -> list[int]:
         """Live processes of ours that left the group: tagged with our key, or orphans we adopted as subreaper."""

@@ -644,6 +644,7 @@ class Broker:
             for backend in ([self.backend] if self.backend is not None else []) + self.retired:
                 if backend.pid == pid:
                     backend.mark_exited(code)
+                backend.group_alive()  # a group is confirmed gone the moment its last member is reaped
             self.retired = [b for b in self.retired if b.exit_status is None]
 
     # ---- linger and shutdown ----------------------------------------------------------------

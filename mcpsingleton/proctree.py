@@ -85,9 +85,6 @@ class ProcessSet:
     def alive(self) -> bool:
         return bool(_alive(self.procs))
 
-    def gone(self) -> None:
-        pass
-
 
 def _processes(pids: Iterable[int]) -> list[psutil.Process]:
     """Handles that remember each start time, so a pid recycled while we wait is never signalled."""
