@@ -48,7 +48,7 @@ def kill_leftovers(key: str) -> list[int]:
     waiter are ours, so a nested key's live broker is never touched.
     """
     killed = []
-    for pid, _ppid, argv in platform.tagged_processes(KEY_ENV, key):
+    for pid, argv in platform.tagged_processes(KEY_ENV, key):
         if argv and not is_ours(argv):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -264,8 +264,7 @@ class Backend:
 
     def _strays(self) -> list[int]:
         """Live processes of ours that left the group: tagged with our key, or orphans we adopted as subreaper."""
-        tagged = [(pid, argv) for pid, _ppid, argv in platform.tagged_processes(KEY_ENV, self.key)]
-        candidates = tagged + platform.children_of(os.getpid())
+        candidates = [*platform.tagged_processes(KEY_ENV, self.key), *platform.children_of(os.getpid())]
         return [pid for pid, argv in dict(candidates).items() if argv and not is_ours(argv) and platform.running(pid)]
 
 

@@ -2,8 +2,9 @@
 
 Each capability has a Linux implementation and a macOS/BSD one, chosen by what the system offers
 (`hasattr(os, "pipe2")`, a libc `prctl`, a readable /proc), never by its name. With
-MCPSINGLETON_PORTABLE=1 in the environment every process of ours (shim, broker, keeper) takes the
-macOS/BSD implementation wherever Linux has that call too, so the test suite exercises it on Linux:
+MCPSINGLETON_PORTABLE=1 in the environment the broker and the CLI take the macOS/BSD implementation
+wherever Linux has that call too, so the test suite exercises it on Linux (the shim and the keeper have
+no OS-specific call of their own; the variable reaches every process through the environment):
 
 | capability              | Linux                         | macOS/BSD (and portable mode)                     |
 |-------------------------|-------------------------------|---------------------------------------------------|
@@ -162,8 +163,8 @@ def proves_orphans() -> bool:
     return not portable() and os.path.isdir(f"/proc/{os.getpid()}/fdinfo")
 
 
-def tagged_processes(name: str, value: str) -> Iterator[tuple[int, int, list[str]]]:
-    """(pid, ppid, argv) of this user's other processes whose environment has `name=value`.
+def tagged_processes(name: str, value: str) -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of the other processes whose environment has `name=value` (only ours are readable).
 
     /proc where it exists (no psutil import in the broker), psutil elsewhere.
     """
@@ -172,12 +173,12 @@ def tagged_processes(name: str, value: str) -> Iterator[tuple[int, int, list[str
         return
     import psutil
 
-    for proc in psutil.process_iter(["ppid", "cmdline", "environ"]):
+    for proc in psutil.process_iter(["cmdline", "environ"]):
         if proc.pid != os.getpid() and (proc.info["environ"] or {}).get(name) == value:
-            yield proc.pid, proc.info["ppid"] or 0, proc.info["cmdline"] or []
+            yield proc.pid, proc.info["cmdline"] or []
 
 
-def _tagged_from_proc(tag: bytes) -> Iterator[tuple[int, int, list[str]]]:
+def _tagged_from_proc(tag: bytes) -> Iterator[tuple[int, list[str]]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -187,11 +188,9 @@ def _tagged_from_proc(tag: bytes) -> Iterator[tuple[int, int, list[str]]]:
                     continue
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 argv = [word.decode("utf-8", "replace") for word in handle.read().split(b"\0")[:-1]]
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue  # exited meanwhile, or not ours to read
-        yield int(entry), ppid, argv
+        yield int(entry), argv
 
 
 def children_of(pid: int) -> list[tuple[int, list[str]]]:

@@ -10,7 +10,7 @@ bash shell/install.sh
 .venv/bin/python -m pytest -p no:cacheprovider "$@"  # pyproject adds -q: one summary line
 real_processes=(
     tests/test_lifecycle.py tests/test_faults.py tests/test_sharing.py tests/test_fidelity.py tests/test_eras.py
-    tests/test_operator.py tests/test_reaper.py tests/test_proctree.py tests/test_wrap_e2e.py tests/test_units.py
+    tests/test_operator.py tests/test_reaper.py tests/test_proctree.py tests/test_wrap_e2e.py
 )
 [ $# -gt 0 ] || set -- "${real_processes[@]}"
 echo "again in portable mode (the macOS/BSD code paths):"
