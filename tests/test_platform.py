@@ -67,12 +67,12 @@ def selector_kinds() -> list[type[selectors.BaseSelector]]:
 class RefusingSelector(selectors.PollSelector):
     """Refuses what it is given, as kqueue refuses some devices (EINVAL) and epoll regular files (EPERM)."""
 
+    refused: set[int] = set()
+
     def register(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
         if fileobj not in self.refused:
             return super().register(fileobj, events, data)
         raise OSError(22, "Invalid argument")
-
-    refused: set[int] = set()
 
 
 @pytest.mark.parametrize("selector", [*selector_kinds(), RefusingSelector], ids=lambda kind: kind.__name__)
