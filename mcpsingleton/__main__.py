@@ -15,6 +15,11 @@ def wants_shim(argv: list[str]) -> bool:
 
 
 def main() -> None:
+    from .platform import unsupported_reason  # before anything that needs fcntl or AF_UNIX
+
+    if reason := unsupported_reason():
+        sys.stderr.write(f"mcpsingleton: {reason}\n")
+        sys.exit(1)
     argv = sys.argv[1:]
     if wants_shim(argv):
         from .shim import main as run_shim

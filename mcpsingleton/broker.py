@@ -19,8 +19,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import __version__, jsonrpc, wire
-from .backend import Keeper, become_subreaper, kill_leftovers
+from . import __version__, jsonrpc, platform, wire
+from .backend import Keeper, kill_leftovers
 from .eventloop import Callback, EventLoop, Timer
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
@@ -113,12 +113,13 @@ class Broker:
             self.loop.add_signal_handler(signum, lambda: self.shutdown("signal"))
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
-        become_subreaper()
+        subreaper = platform.become_subreaper()
         leftovers = kill_leftovers(self.key)
         if leftovers:
             self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
         self.keeper = Keeper()
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
+        self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
         self.create_slot().start()
         self._arm_linger()
         self.loop.run()
@@ -137,14 +138,17 @@ class Broker:
         self.slots[slot.number] = slot
         return slot
 
-    def retire_slot(self, slot: BackendSlot, done: Callback) -> None:
-        """Stop a slot's backend and forget the slot (its sessions must have been moved or ended)."""
+    def retire_slot(self, slot: BackendSlot, done: Callback, strays: bool = False) -> None:
+        """Stop a slot's backend and forget the slot (its sessions must have been moved or ended).
+
+        `strays`: also stop processes that left the backend's group. Only when the whole broker stops:
+        the key tag they are found by is shared by every slot of the key."""
 
         def stopped() -> None:
             self.slots.pop(slot.number, None)
             done()
 
-        slot.stop(stopped)
+        slot.stop(stopped, strays)
 
     def slot_for_new_session(self) -> BackendSlot:
         """Which slot a new session joins: today the one shared slot."""
@@ -269,16 +273,8 @@ class Broker:
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     def _read_session(self, session: Session) -> None:
-        try:
-            self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
-        except PermissionError:  # a regular file (`run … < requests.jsonl`) cannot be polled
-            self._read_file_input(session)
-
-    def _read_file_input(self, session: Session) -> None:
-        """Stdin is a regular file: always readable, so read it a chunk per loop turn until it ends."""
-        if session.sid in self.sessions and not session.ending and not session.slot.paused:
-            self._session_readable(session)
-            self.loop.call_later(0, lambda: self._read_file_input(session))
+        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready."""
+        self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
 
     def _session_readable(self, session: Session) -> None:
         lines, overflowed, at_eof = session.reader.read()
@@ -408,7 +404,7 @@ class Broker:
                 if not remaining:
                     self._exit()
 
-            self.retire_slot(self.slots[number], retired)
+            self.retire_slot(self.slots[number], retired, strays=True)
 
     def _exit(self) -> None:
         if self.sessions:  # wait for ending sessions to flush (bounded by END_GRACE)

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .keys import KeyPaths, SetupError, log_dir, parse_duration
+from .keys import KEY_ENV, KeyPaths, SetupError, log_dir, parse_duration
 
 if TYPE_CHECKING:
     from .options import RunOptions
@@ -115,6 +115,7 @@ def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover -
         os.set_inheritable(channel_fd, True)
         os.set_inheritable(lock_fd, True)
         os.chdir("/")
-        os.execv(sys.executable, [sys.executable, "-m", "mcpsingleton.broker", str(channel_fd), str(lock_fd)])
+        argv = [sys.executable, "-m", "mcpsingleton.broker", str(channel_fd), str(lock_fd)]
+        os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k != KEY_ENV})  # never pass a tag on
     finally:
         os._exit(127)

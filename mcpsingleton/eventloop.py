@@ -1,5 +1,8 @@
 """A minimal event loop for the broker: fd readiness, timers and signals over `selectors`.
 
+Any fd may be watched: those no selector reports truthfully (regular files, /dev/null; see
+`platform.watchable`) never block, so they are treated as always ready, as poll(2) does on Linux.
+
 Why not asyncio: the broker needs nothing beyond these three, and importing asyncio costs about
 10 MiB per broker (DESIGN §3) — one broker runs per server, so that would be most of its memory.
 """
@@ -13,6 +16,8 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
+
+from . import platform
 
 Callback = Callable[[], None]
 
@@ -31,13 +36,18 @@ class Timer:
 
 class EventLoop:
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._selector = platform.new_selector()
+        self._always_ready: dict[int, list[Callback | None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._signal_handlers: dict[int, Callback] = {}
         self._running = False
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_read, self._wake_write = platform.nonblocking_pipe()
         self._selector.register(self._wake_read, selectors.EVENT_READ, (self._drain_signals, None))
+
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        return self._selector
 
     # ---- fds --------------------------------------------------------------------------------
 
@@ -55,19 +65,35 @@ class EventLoop:
 
     def _set(self, fd: int, slot: int, callback: Callback | None) -> None:
         try:
-            key = self._selector.get_key(fd)
-            callbacks = list(key.data)
+            key: selectors.SelectorKey | None = self._selector.get_key(fd)
         except KeyError:
-            key, callbacks = None, [None, None]
+            key = None
+        if key is None and (fd in self._always_ready or (callback is not None and not platform.watchable(fd))):
+            self._set_always_ready(fd, slot, callback)
+            return
+        callbacks = list(key.data) if key is not None else [None, None]
         callbacks[slot] = callback
         events = (selectors.EVENT_READ if callbacks[0] else 0) | (selectors.EVENT_WRITE if callbacks[1] else 0)
         if key is None:
             if events:
-                self._selector.register(fd, events, tuple(callbacks))
+                self._register(fd, events, callbacks)
         elif events:
             self._selector.modify(fd, events, tuple(callbacks))
         else:
             self._selector.unregister(fd)
+
+    def _register(self, fd: int, events: int, callbacks: list[Callback | None]) -> None:
+        """A selector may still refuse a kind of fd we did not foresee: that one too is always ready."""
+        try:
+            self._selector.register(fd, events, tuple(callbacks))
+        except OSError:
+            self._always_ready[fd] = callbacks
+
+    def _set_always_ready(self, fd: int, slot: int, callback: Callback | None) -> None:
+        callbacks = self._always_ready.setdefault(fd, [None, None])
+        callbacks[slot] = callback
+        if callbacks == [None, None]:
+            del self._always_ready[fd]
 
     # ---- timers -----------------------------------------------------------------------------
 
@@ -105,15 +131,23 @@ class EventLoop:
             timeout = self._run_due_timers()
             if not self._running:
                 break
-            for key, events in self._selector.select(timeout):
+            ready: list[tuple[int, Callback | None, Callback | None]] = [
+                (fd, reader, writer) for fd, (reader, writer) in self._always_ready.items()
+            ]
+            for key, events in self._selector.select(0 if ready else timeout):
                 reader, writer = key.data
-                if events & selectors.EVENT_READ and reader is not None and self._current(key.fd, 0, reader):
+                reading, writing = events & selectors.EVENT_READ, events & selectors.EVENT_WRITE
+                ready.append((key.fd, reader if reading else None, writer if writing else None))
+            for fd, reader, writer in ready:
+                if reader is not None and self._current(fd, 0, reader):
                     reader()
-                if events & selectors.EVENT_WRITE and writer is not None and self._current(key.fd, 1, writer):
+                if writer is not None and self._current(fd, 1, writer):
                     writer()
 
     def _current(self, fd: int, slot: int, callback: Callback) -> bool:
         """An earlier callback of this round may have unregistered (and closed) the fd: skip stale ones."""
+        if fd in self._always_ready:
+            return self._always_ready[fd][slot] is callback
         try:
             return self._selector.get_key(fd).data[slot] is callback
         except KeyError:
@@ -136,5 +170,6 @@ class EventLoop:
 
     def close(self) -> None:
         self._selector.close()
+        self._always_ready.clear()
         os.close(self._wake_read)
         os.close(self._wake_write)

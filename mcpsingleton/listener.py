@@ -11,9 +11,8 @@ import array
 import errno
 import os
 import socket
-import struct
 
-from . import wire
+from . import platform, wire
 from .eventloop import EventLoop
 from .keys import KeyPaths
 from .logfile import LogFile
@@ -29,18 +28,6 @@ STARVED_PAUSE = 0.1
 HELLO_TIMEOUT = 0.2
 """How long a connection accepted on the reserve fd may take to say what it wants."""
 BACKLOG = 128
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end of a Unix socket."""
-    if hasattr(socket, "SO_PEERCRED"):
-        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return pid, uid
-    local_peercred, local_peerpid = 0x001, 0x002  # macOS <sys/un.h>, level SOL_LOCAL (0)
-    xucred = conn.getsockopt(0, local_peercred, 76)
-    uid = struct.unpack_from("I", xucred, 4)[0]
-    pid = struct.unpack("i", conn.getsockopt(0, local_peerpid, 4))[0]
-    return pid, uid
 
 
 def close_fds(fds: list[int]) -> None:
@@ -168,7 +155,7 @@ class Listener:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-            pid, uid = peer_credentials(conn)
+            pid, uid = platform.peer_credentials(conn)
         except OSError as exc:
             self.log.write(f"control connection failed: {exc}")
             discard(conn, fds)

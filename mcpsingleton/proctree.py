@@ -8,11 +8,11 @@ on the whole tree. Processes come and go while we look: a vanished process simpl
 from __future__ import annotations
 
 import os
-import signal
-import time
 from collections.abc import Iterable, Mapping
 
 import psutil
+
+from .backend import stop_blocking
 
 
 def parent_map() -> dict[int, int]:
@@ -58,21 +58,32 @@ def tree_process_count(pid: int, parents: Mapping[int, int] | None = None) -> in
 
 
 def terminate_tree(pids: Iterable[int], grace: float = 3.0) -> list[int]:
-    """The MCP stop ladder for an arbitrary set of processes: SIGTERM all, wait `grace`, SIGKILL survivors.
+    """Stop an arbitrary set of processes with the stop ladder (SIGTERM all, wait `grace`, SIGKILL survivors).
 
     Group leaders also get their group signalled, which catches members that already left the tree
     by reparenting. Our own process and group are never signalled. Returns the pids still alive at
     the end (uninterruptible sleep, or not ours to signal).
     """
-    procs = _processes(pids)
-    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
-        procs = _alive(procs)
-        if not procs:
-            break
-        for proc in procs:
+    target = ProcessSet(pids)
+    stop_blocking(target, grace)
+    return [proc.pid for proc in _alive(target.procs)]
+
+
+class ProcessSet:
+    """Processes that are not our children, as the stop ladder's target (they have no stdin of ours)."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.procs = _processes(pids)
+
+    def close_input(self) -> bool:
+        return False
+
+    def send(self, signum: int) -> None:
+        for proc in _alive(self.procs):
             _signal(proc, signum)
-        procs = _wait_gone(procs, wait)
-    return [proc.pid for proc in _alive(procs)]
+
+    def alive(self) -> bool:
+        return bool(_alive(self.procs))
 
 
 def _processes(pids: Iterable[int]) -> list[psutil.Process]:
@@ -109,12 +120,3 @@ def _is_gone(proc: psutil.Process) -> bool:
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [proc for proc in procs if not _is_gone(proc)]
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    alive = _alive(procs)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = _alive(alive)
-    return alive

@@ -8,7 +8,10 @@
 - orphan-server: an MCP server not started by us whose stdin can never deliver another message. On
   Linux that is proved: the other end of its stdin pipe (or Unix socket) is held by no process outside
   its own tree, checked against every /proc/*/fd and confirmed by the kernel where it can tell.
-  Elsewhere only servers reparented to init qualify, and only when the user confirms.
+  Elsewhere (macOS, BSD, and MCPSINGLETON_PORTABLE=1) only servers reparented to init qualify, and only
+  when the user confirms: psutil's open_files and net_connections there list neither pipes nor who holds
+  their other end, so no proof is possible without libproc's per-fd pipe info (PROC_PIDFDPIPEINFO), which
+  psutil does not expose. Leftover backends are found the same way everywhere: their key tag, via psutil.
 
 It also provides `find_unmanaged_servers` for `ls --all`: what sharing would save.
 """
@@ -32,6 +35,8 @@ from typing import Any, TextIO
 
 import psutil
 
+from . import platform
+from .backend import is_ours
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, state_files
 from .election import try_lock
@@ -39,15 +44,12 @@ from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir,
 from .proctree import terminate_tree, tree_memory, tree_pids
 from .wire import STATUS
 
-LINUX = sys.platform.startswith("linux")
 UNREACHABLE_GRACE = 3.0
 """How long a live broker may have no listening socket (starting, or stopping its backend) before it counts
 as not answering."""
 
 MCP_WORD = re.compile(r"mcp|modelcontextprotocol|server-everything", re.IGNORECASE)
 """Names MCP servers go by: mcp-server-*, *-mcp, fastmcp, mcp_server_time, @modelcontextprotocol/*."""
-OUR_NAME = re.compile(r"^mcpsingleton(?:$|[._-])")
-"""Our programs: the mcpsingleton CLI and shim, `-m mcpsingleton.broker`, mcpsingleton-keeper."""
 
 
 @dataclass
@@ -67,11 +69,6 @@ class Finding:
 
 
 # ---- what a process is ----------------------------------------------------------------------------
-
-
-def is_ours(argv: list[str]) -> bool:
-    """A broker, shim, keeper or CLI of ours: a word named mcpsingleton, mcpsingleton.*, mcpsingleton-*."""
-    return any(OUR_NAME.match(os.path.basename(word)) for word in argv)
 
 
 def _is_launcher(program: str) -> bool:
@@ -181,7 +178,8 @@ def _state_findings(procs: _Processes) -> list[Finding]:
     findings = []
     for state in state_files():
         key = state["key"]
-        pid = state.get("broker_pid") if isinstance(state.get("broker_pid"), int) else 0
+        recorded = state.get("broker_pid")
+        pid = recorded if isinstance(recorded, int) else 0
         if _broker_gone(key):
             reason = f"broker {pid} is gone (its lock is free); stale {key}.json and socket"
             findings.append(Finding(pid, state.get("command") or "?", reason, "stale-state", key=key))
@@ -418,7 +416,7 @@ def find_reapable() -> list[Finding]:
     procs = _Processes()
     findings = _state_findings(procs)
     claimed = {os.getpid(), *procs.ancestors(os.getpid())}  # never the reaper or whatever runs it
-    for finder in (_leftover_findings, _orphan_findings if LINUX else _reparented_findings):
+    for finder in (_leftover_findings, _orphan_findings if platform.proves_orphans() else _reparented_findings):
         claimed.update(pid for finding in findings for pid in finding.pids)
         findings += finder(procs, claimed)
     return findings

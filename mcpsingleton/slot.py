@@ -45,6 +45,8 @@ IDLE_WAIT = 30.0
 """How long a memory-capped restart waits for in-flight requests to finish."""
 STDERR_TAIL = 8
 """Lines of the backend's stderr quoted when it cannot start."""
+EXIT_STATUS_WAIT = 0.2
+"""How long a backend whose stdout closed may take to become reapable before it is described anyway."""
 
 
 class BackendSlot:
@@ -102,8 +104,8 @@ class BackendSlot:
             self.log.write(f"the backend has {unread} MiB of input unread; pausing its sessions until it reads")
             self.host.pause_sessions(self, True)
 
-    def stop(self, done: Callback) -> None:
-        """Retire the slot: stop the backend with the ladder, then call `done`."""
+    def stop(self, done: Callback, strays: bool = False) -> None:
+        """Retire the slot: stop the backend with the ladder (and, with `strays`, what left its group), then `done`."""
         self.life.fire(lifecycle.STOP)
         if self.spawn_timer is not None:
             self.spawn_timer.cancel()
@@ -120,13 +122,14 @@ class BackendSlot:
         if backend is None:
             stopped()
         else:
-            stop_ladder(self.loop, backend, self.host.reap, stopped)
+            stop_ladder(self.loop, backend, self.host.reap, stopped, strays=strays)
 
     def mark_exited(self, pid: int, code: int) -> None:
         """A child was reaped: if it was one of our backends, remember its status."""
         for backend in ([self.backend] if self.backend is not None else []) + self.retired:
             if backend.pid == pid:
                 backend.mark_exited(code)
+            backend.group_alive()  # a group is confirmed gone the moment its last member is reaped
         self.retired = [b for b in self.retired if b.exit_status is None]
 
     def status(self, has_sessions: bool) -> BackendStatus:
@@ -156,14 +159,12 @@ class BackendSlot:
             return
         argv = self.spec["argv"]
         try:
-            backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.spec["key"])
+            backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.spec["key"], self.keeper)
         except OSError as exc:
             self._spawn_failed(f"cannot start backend {argv[0]!r}: {exc.strerror or exc}")
             return
         self.life.fire(lifecycle.SPAWNED)
         self.backend = backend
-        if self.keeper is not None:
-            self.keeper.guard(backend.pgid)
         self.outbox = Outbox(self.loop, backend.stdin, lambda exc: self._write_failed(backend, exc))
         self.outbox.on_drained = self._resume
         self.stdout = LineReader(backend.stdout, 1 << 31)
@@ -234,11 +235,18 @@ class BackendSlot:
         self.retired.append(backend)
         return backend
 
-    def _gone(self, backend: Backend) -> None:
-        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it."""
-        self._detach()
-        self._drain_stderr(backend)
+    def _gone(self, backend: Backend, waited: float = 0.0) -> None:
+        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it.
+
+        Its stdout can close a moment before its exit status can be collected; wait for that (briefly), so
+        that sessions are told what really happened ("killed by signal 9", not "closed its stdout")."""
+        if waited == 0.0:
+            self._detach()
+            self._drain_stderr(backend)
         self.host.reap()
+        if backend.exit_status is None and waited < EXIT_STATUS_WAIT:
+            self.loop.call_later(0.01, lambda: self._gone(backend, waited + 0.01))
+            return
         status = backend.exit_status
         described = f"exited with status {status}" if status is not None else "closed its stdout"
         if status is not None and status < 0:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from conftest import kill_quietly, wait_for
 
-from mcpsingleton import reaper
+from mcpsingleton import platform, reaper
 from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
 
 FAKE_SERVER = """
@@ -241,7 +241,12 @@ def test_does_not_look_like_mcp_server(argv: list[str]) -> None:
 
 # ---- orphan-server ------------------------------------------------------------------------------
 
+needs_proof = pytest.mark.skipif(
+    not platform.proves_orphans(), reason="proof needs Linux's /proc (macOS, BSD and portable mode do without)"
+)
 
+
+@needs_proof
 @pytest.mark.parametrize("stdin", ["pipe", "socket"])
 def test_finds_the_orphan_and_not_the_live_server(procs: Processes, stdin: str) -> None:
     orphan, live = procs.orphan(stdin), procs.live(stdin)
@@ -254,6 +259,7 @@ def test_finds_the_orphan_and_not_the_live_server(procs: Processes, stdin: str) 
     assert finding.command == [sys.executable, str(procs.script)]
 
 
+@needs_proof
 @pytest.mark.parametrize(
     ("kernel", "complete", "holder", "verdict"),
     [
@@ -281,6 +287,7 @@ def test_orphan_verdicts(
     assert (reason is None) if verdict is None else (verdict in reason)
 
 
+@needs_proof
 def test_dry_run_json_lists_the_orphan_and_kills_nothing(procs: Processes) -> None:
     orphan, live = procs.orphan(), procs.live()
     rows = [row for row in reap(dry_run=True) if row["pid"] in orphan.pids | live.pids]
@@ -289,6 +296,7 @@ def test_dry_run_json_lists_the_orphan_and_kills_nothing(procs: Processes) -> No
     assert all(alive(pid) for pid in orphan.pids | live.pids)
 
 
+@needs_proof
 def test_reap_kills_the_orphan_tree_and_spares_the_live_server(
     procs: Processes, restrict: Callable[..., None]
 ) -> None:
@@ -307,7 +315,7 @@ def test_without_proc_only_confirmed_reparented_servers_are_killed(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(reaper, "LINUX", False)
+    monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")  # the macOS/BSD rule
     orphan, live = procs.orphan(), procs.live()
     found = findings_for(*orphan.pids, *live.pids)
     assert set(found) == {orphan.pid} and found[orphan.pid].needs_confirm
