@@ -402,7 +402,7 @@ def default_name(argv: list[str]) -> str:
             continue
         if word.startswith("-"):
             if launcher == "shell" and word == "-c":
-                return default_name([part.strip("'\"") for part in next(words, "").split()])
+                return default_name([part.strip("'\";&|()") for part in next(words, "").split()])
             if "=" not in word and _takes_value(launcher, word):
                 next(words, None)
             continue

@@ -126,10 +126,13 @@ def daemonizer(tmp_path: Path, fake_server: list[str]) -> list[str]:
 
 
 def daemons(home: Path) -> list[psutil.Process]:
+    """This test's daemons only (they carry its MCPSINGLETON_HOME): other runs may share the machine."""
     found = []
     for process in psutil.process_iter():
         try:
-            if "daemonize.py" in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+            mine = process.environ().get("MCPSINGLETON_HOME") == str(home)
+            runs_it = any(word.endswith("daemonize.py") for word in process.cmdline()[1:2])  # not a waiter named so
+            if mine and runs_it and process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
         except psutil.Error:
             continue

@@ -113,6 +113,7 @@ def test_keys_follow_scope(tmp_path: Path) -> None:
         (["docker", "run", "-it", "-e", "TOKEN=s3cret", "--network", "host", "mcp/fetch"], "fetch"),
         (["npx", "-y", "@scope/pkg@1.2", "--flag", "v"], "pkg"),
         (["sh", "-c", "API_KEY=s3cret exec npx -y 'pkg'"], "pkg"),
+        (["/bin/sh", "-c", "python /tmp/daemonize.py; exec python x.py"], "daemonize"),
         (["node", "--require", "/s3cret/hook.js", "/a/server-everything/dist/index.js"], "server-everything"),
         (["API_TOKEN=s3cret"], "server"),
     ],
