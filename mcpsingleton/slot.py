@@ -42,6 +42,8 @@ SAMPLE_INTERVAL = 1.0
 """How often the backend tree is measured against --max-memory / --max-procs (only when one is set)."""
 IDLE_WAIT = 30.0
 """How long a memory-capped restart waits for in-flight requests to finish."""
+EXIT_PATIENCE = 0.1
+"""How long a backend that closed its stdout may take to become reapable (see _await_exit_status)."""
 STDERR_TAIL = 8
 """Lines of the backend's stderr quoted when it cannot start."""
 
@@ -232,7 +234,7 @@ class BackendSlot:
         """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it."""
         self._detach()
         self._drain_stderr(backend)
-        self.host.reap()
+        self._await_exit_status(backend)
         status = backend.exit_status
         described = f"exited with status {status}" if status is not None else "closed its stdout"
         if status is not None and status < 0:
@@ -249,6 +251,16 @@ class BackendSlot:
         self.host.perform(self, self.mux.backend_exited(f"the backend {described}"))
         if self.mux.has_subscribers():
             self.start()  # subscribers expect updates without asking again
+
+    def _await_exit_status(self, backend: Backend) -> None:
+        """A dying process closes its pipes a moment before it can be reaped: wait that moment (bounded),
+        so that sessions learn how it ended. A backend that closed stdout but runs on costs EXIT_PATIENCE."""
+        deadline = time.monotonic() + EXIT_PATIENCE
+        while True:
+            self.host.reap()
+            if backend.exit_status is not None or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
 
     def _write_failed(self, backend: Backend, exc: OSError) -> None:
         """The backend closed its stdin (EPIPE) yet may run on: it can never answer again, so replace it.
