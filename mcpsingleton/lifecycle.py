@@ -1,6 +1,6 @@
 """The lifecycle of one backend, as data: states, events, the allowed transitions, the restart backoff.
 
-The broker drives it (slot.py), and `ls` and `metrics` read the state it publishes (`SHOWN`), so
+The broker drives it (slot.py), and `ls` and `metrics` read the state it publishes (`shown()`, one of SHOWN_STATES), so
 the three always agree. An event that the table does not allow raises: a bug shows up where it
 happens instead of as a wedged backend later.
 
@@ -8,13 +8,13 @@ happens instead of as a wedged backend later.
     idle         spawned    starting     the first backend process of this slot is running
     idle         lost       failed       the first backend could not even be spawned
     starting     ready      running      it answered initialize
-    starting     lost       failed       it died (or could not be spawned) before ever answering
+    starting     lost       failed       it died, or stopped reading, before ever answering
     running      lost       restarting   it died, stopped reading, or outgrew its caps
     restarting   spawned    restarting   a replacement process is running (not yet initialized)
     restarting   lost       restarting   the replacement died too, or could not be spawned
     restarting   ready      running      the replacement answered initialize
-    (any live)   stop       stopping     the broker retires the slot
-    failed       stop       stopping
+    idle, starting, running, restarting, failed:
+                 stop       stopping     the broker retires the slot
     stopping     stopped    stopped      the process tree is gone
 """
 
