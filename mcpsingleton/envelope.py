@@ -7,22 +7,32 @@ the small members (`jsonrpc`, `id`, `method`) and skips the others at copy speed
 
 `scan` answers None whenever it is not certain, and the caller then uses the full parser
 (`jsonrpc.parse`), so every error reply and log line stays as it is. It answers None for: batches,
-duplicate top-level keys, anything `jsonrpc.check` would refuse, bytes that are not UTF-8, any control
-byte (a tab or CR anywhere, even as whitespace between tokens), NaN/Infinity, nesting deeper than
-`MAX_DEPTH`, and bodies made of so many small tokens that walking them would cost more than parsing
+duplicate keys (top level, or directly in `params`/`result`), anything `jsonrpc.check` would refuse,
+bytes that are not UTF-8, any control byte (a tab or CR anywhere, even as whitespace between tokens),
+NaN/Infinity, nesting deeper than `MAX_DEPTH`, text escaped twice over with many escaped backslashes
+before quotes, and bodies made of so many small tokens that walking them would cost more than parsing
 them (`_Walk.budget`). Everything else of the JSON grammar is checked, except one thing inside
 skipped strings: that every backslash escape is one JSON allows (`"\\q"`). Such a line is forwarded
 as the backend wrote it, and the client's own parser reports it, as with a direct connection.
 
-When the fast path may be taken (the router decides; this module only reads):
-- backend → session, a response (`kind == "response"`) whose id is a pending request of a session
-  with no reply hook, no progress token, a handshake-era session (no modern completion), a method
-  other than `tasks/list`, and whose `result` (`object_members`) has no `task` member: splice the
-  session's original id (`encode_id`) into the line. An `error` member still counts as an error.
-- session → backend, a request whose method the router forwards unchanged (not a local or
-  bookkeeping method) and whose `params` has no `_meta` member (no progress token, no modern
-  envelope): splice the broker's id in.
-Everything else (notifications, server requests, batches, `_meta`) takes the full parser.
+When the router may forward the bytes with only the id spliced (it decides; this module only reads),
+with the same bookkeeping and counters as the full path (stats, pending, inflight, outstanding):
+- backend → session, `kind == "response"` whose id is an int in `pending`, where that entry has no
+  reply hook, no progress token and is not a modern-era request (no completion to add), its method is
+  not `tasks/list` (filtered per owner), its session is still attached and has no unfinished batch
+  expecting that id (batch replies are joined into one array), and its `result`, when it is an object,
+  has no `task` member (`Envelope.body`; a created task must be recorded). Splice
+  `encode_id(original id)`; an `error` member still counts as an error.
+- session → backend, `kind == "request"` when the backend is ready, the method is none the router
+  answers or rewrites itself (initialize, ping, server/discover, subscriptions/listen,
+  logging/setLevel, resources/(un)subscribe, tasks/get|result|cancel), and `params` is absent, null,
+  an array, or an object without a `_meta` member (`Envelope.body`: no progress token, no modern
+  envelope). Splice the
+  new backend id.
+- session → backend, `kind == "response"` to an `outstanding` server request of that same session
+  without a reply hook: splice the backend's own id back.
+Everything else (notifications, requests from the backend, batches, lines `scan` declines) takes
+the full parser. Small lines gain nothing: a caller may keep the full path below some size.
 """
 
 from __future__ import annotations
@@ -46,19 +56,33 @@ _SMALL_VALUE = 1024
 """Top-level members decoded for routing (`jsonrpc`, `id`, `method`) longer than this: not certain."""
 
 Span = tuple[int, int]
+BODIES = ("params", "result")
+"""Top-level members whose own members are read too (a created task, a progress token or envelope)."""
+
+
+class Walked:
+    """An object's members, and the members of those named in BODIES that are objects."""
+
+    __slots__ = ("inner", "members")
+
+    def __init__(self) -> None:
+        self.members: dict[str, Span] = {}
+        self.inner: dict[str, dict[str, Span]] = {}
 
 
 class Envelope:
     """What the router needs from one line: kind, id (and where its value sits), method, member spans."""
 
-    __slots__ = ("id", "id_span", "kind", "members", "method")
+    __slots__ = ("body", "id", "id_span", "kind", "members", "method")
 
-    def __init__(self, kind: str, members: dict[str, Span], request_id: str | int | None, method: str | None):
+    def __init__(self, kind: str, walked: Walked, request_id: str | int | None, method: str | None):
         self.kind = kind  # "request", "notification" or "response"
-        self.members = members  # every top-level key → (start, end) of its value in the line
+        self.members = walked.members  # every top-level key → (start, end) of its value in the line
         self.id = request_id
-        self.id_span: Span | None = members.get("id")
+        self.id_span: Span | None = walked.members.get("id")
         self.method = method
+        # the members of `result` (a response) or `params` (a request), when that value is an object
+        self.body = walked.inner.get("params" if method is not None else "result")
 
     def __repr__(self) -> str:
         return f"Envelope({self.kind}, id={self.id!r}, method={self.method!r})"
@@ -74,25 +98,12 @@ def scan(line: bytes) -> Envelope | None:
         return None
     try:
         walk = _Walk(line)
-        start = walk.skip_spaces(0)
-        members, end = walk.members(start)
+        walked, end = walk.members(walk.skip_spaces(0), BODIES)
         if walk.skip_spaces(end) != len(line):
             return None
-        return _classify(line, members)
+        return _classify(line, walked)
     except (_Unsure, IndexError, ValueError):
         return None
-
-
-def object_members(line: bytes, span: Span) -> dict[str, Span] | None:
-    """The members of the object at `span` (e.g. a response's `result`), or None if not certainly one."""
-    start, end = span
-    if line[start] != _OPEN_OBJECT:
-        return None
-    try:
-        members, stop = _Walk(line).members(start)
-    except (_Unsure, IndexError, ValueError):
-        return None
-    return members if stop == end else None
 
 
 def replace_id(line: bytes, span: Span, new_id: bytes) -> bytes:
@@ -154,26 +165,30 @@ class _Walk:
             raise _Unsure
         return i + 1
 
-    def members(self, i: int) -> tuple[dict[str, Span], int]:
-        """The object at i: each key → its value's span, and the index after the object."""
+    def members(self, i: int, bodies: tuple[str, ...] = ()) -> tuple[Walked, int]:
+        """The object at i: each key → its value's span (and the members of `bodies`), and the index after it."""
         line = self.line
         if line[i] != _OPEN_OBJECT:
             raise _Unsure
-        members: dict[str, Span] = {}
+        walked = Walked()
         i = self.skip_spaces(i + 1)
         if line[i] == _CLOSE_OBJECT:
-            return members, i + 1
+            return walked, i + 1
         while True:
             key_end = self.string_end(i)
             key = self.decode_string(i, key_end)
-            if key in members:
+            if key in walked.members:
                 raise _Unsure  # json.loads keeps the last one; the router must not guess
             start = self.skip_spaces(self.expect(key_end, _COLON))
-            end = self.value_end(start)
-            members[key] = (start, end)
+            if key in bodies and line[start] == _OPEN_OBJECT:
+                inner, end = self.members(start)
+                walked.inner[key] = inner.members
+            else:
+                end = self.value_end(start)
+            walked.members[key] = (start, end)
             i = self.skip_spaces(end)
             if line[i] == _CLOSE_OBJECT:
-                return members, i + 1
+                return walked, i + 1
             if line[i] != _COMMA:
                 raise _Unsure
             i = self.skip_spaces(i + 1)
@@ -305,20 +320,21 @@ class _Walk:
         return i
 
 
-def _classify(line: bytes, members: dict[str, Span]) -> Envelope | None:
+def _classify(line: bytes, walked: Walked) -> Envelope | None:
     """The envelope when `jsonrpc.check` would accept the message, else None (it will say why)."""
+    members = walked.members
     if _small(line, members.get("jsonrpc")) != "2.0":
         return None
     checked_id = _routing_id(line, members.get("id"))
     if "method" not in members:
-        return Envelope("response", members, checked_id, None) if "result" in members or "error" in members else None
+        return Envelope("response", walked, checked_id, None) if "result" in members or "error" in members else None
     method = _small(line, members["method"])
     if not isinstance(method, str) or ("id" in members and checked_id is None):
         return None
     params = members.get("params")
     if params is not None and line[params[0]] not in (_OPEN_OBJECT, _OPEN_ARRAY) and line[slice(*params)] != b"null":
         return None  # "params": null is allowed, any other scalar is not
-    return Envelope("request" if "id" in members else "notification", members, checked_id, method)
+    return Envelope("request" if "id" in members else "notification", walked, checked_id, method)
 
 
 def _small(line: bytes, span: Span | None) -> object:
