@@ -51,7 +51,7 @@ _CONTROL_BYTES = tuple(bytes([code]) for code in range(0x20))
 _SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null")
 _UTF8_CHUNK = 256 * 1024
 _BLANKING_WINDOW = 32 * 1024
-_SPOTS_CHECKED = 64
+_SPOTS_PER_WINDOW = 64
 _SMALL_VALUE = 1024
 """Top-level members decoded for routing (`jsonrpc`, `id`, `method`) longer than this: not certain."""
 
@@ -233,38 +233,41 @@ class _Walk:
         while quote > 0 and not self.quote_is_real(quote):
             escaped += 1
             if escaped == self.escapes_before_blanking:
-                return self.blanked_string_end(i, quote)
+                return self.blanked_string_end(quote)
             self.tick()
             quote = line.find(b'"', quote + 1)
         if quote < 0:
             raise _Unsure
         return quote + 1
 
-    def blanked_string_end(self, start: int, escaped_quote: int) -> int:
-        """The closing quote, found window by window in copies where every backslash-quote pair is blanked.
+    def blanked_string_end(self, escaped_quote: int) -> int:
+        """The closing quote after `escaped_quote`, found window by window in copies where every
+        backslash-quote pair is blanked (small copies: no fresh pages to fault in for a 10 MB line).
 
-        Windows keep each copy small (no fresh pages to fault in for a 10 MB line). Blanking also hides
-        a real quote that follows an escaped backslash (`\\\\"`): each such spot is checked on its own.
+        Blanking also hides a real quote that follows an escaped backslash (`\\\\"`): each such spot is
+        checked on its own. Text escaped twice over is full of them; past `_SPOTS_PER_WINDOW` in one
+        window the full parser is the cheaper way.
         """
         line, window_start = self.line, escaped_quote + 1
-        candidate = -1
-        while candidate < 0:
-            if window_start >= len(line):
-                raise _Unsure
+        while window_start < len(line):
             window = line[window_start : window_start + _BLANKING_WINDOW].replace(b'\\"', b"__")
             found = window.find(b'"')
             if found == 0 and line[window_start - 1] == _BACKSLASH:  # its pair began in the previous window
                 found = window.find(b'"', 1)
-            candidate = window_start + found if found >= 0 else -1
-            window_start += _BLANKING_WINDOW
-        spot = line.find(b'\\\\"', start, candidate)
-        for _ in range(_SPOTS_CHECKED):
-            if spot < 0:
-                return candidate + 1
-            if self.quote_is_real(spot + 2):
-                return spot + 3
-            spot = line.find(b'\\\\"', spot + 3, candidate)
-        raise _Unsure  # JSON escaped twice over (text holding JSON that holds quotes): the full parser is cheaper
+            limit = window_start + (found if found >= 0 else len(window))
+            spot = line.find(b'\\\\"', window_start - 2, limit)
+            for _ in range(_SPOTS_PER_WINDOW):
+                if spot < 0:
+                    break
+                if self.quote_is_real(spot + 2):
+                    return spot + 3
+                spot = line.find(b'\\\\"', spot + 3, limit)
+            else:
+                raise _Unsure
+            if found >= 0:
+                return limit + 1
+            window_start = limit
+        raise _Unsure
 
     def quote_is_real(self, quote: int) -> bool:
         """A quote ends a string when an even number of backslashes precede it."""

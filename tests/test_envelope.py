@@ -243,6 +243,17 @@ def test_windows_of_the_blanked_copy_do_not_split_an_escape() -> None:
         assert scan_ok(line).id == shift
 
 
+def test_a_real_quote_after_an_escaped_backslash_at_a_window_boundary_ends_the_string() -> None:
+    prefix = b'{"result":{"t":"'
+    escaped = b'\\"' * 16  # the 16th escaped quote switches to blanked windows
+    first_window = len(prefix) + len(escaped)
+    for shift in range(-3, 4):
+        filler = b"a" * (envelope._BLANKING_WINDOW + shift - 2)
+        line = prefix + escaped + filler + b'\\\\"},"jsonrpc":"2.0","id":1}'
+        assert line.index(b'\\\\"') + 2 - first_window == envelope._BLANKING_WINDOW + shift
+        assert scan_ok(line).id == 1
+
+
 @pytest.mark.parametrize("kind", ["image", "text"])
 def test_ten_megabyte_lines_are_read_and_spliced(kind: str) -> None:
     rng = random.Random(kind)
