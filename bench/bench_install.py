@@ -10,8 +10,8 @@ isolated         python -I -S -c pass                 (no site, no .pth files, n
 editable         .venv/bin/mcpsingleton run -- …      (this repo's editable install)
 installed        <venv>/bin/mcpsingleton run -- …     (`python -m venv` + `pip install <repo>`: what
                                                        pipx and a user venv give; pip writes the wrapper)
-launcher         a prototype launcher `mcpsingleton`: `#!<venv python> -I -S` with the install's
-                 sys.path entries written into it (what `wrap` could write for configs)
+launcher         mcpsingleton.launcher for that install: `#!<venv python> -IS` with the install's
+                 sys.path entries written into it (what `wrap` would write into configs)
 
 Then `-X importtime` of the installed console script's path (site, .pth hooks, the wrapper's `re`).
 The install is made once into /tmp/msb-install-<uid> (reused; --reinstall to redo it).
@@ -32,6 +32,8 @@ from typing import Any
 from bench_latency import time_attach, time_bare
 from common import ROOT, Home, RawClient, entry_interpreter, fast_cmd, log, machine, role, summary, write_result
 
+from mcpsingleton.launcher import write_launcher
+
 INSTALL_DIR = os.path.join(tempfile.gettempdir(), f"msb-install-{os.getuid()}")
 
 
@@ -47,32 +49,6 @@ def real_install(reinstall: bool) -> str:
         subprocess.run([os.path.join(bin_dir, "pip"), "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
                        check=True)
     return bin_dir
-
-
-def site_paths(python: str) -> list[str]:
-    """The sys.path entries that site adds for this interpreter (its site-packages and .pth paths)."""
-    code = "import sys, json; print(json.dumps(sys.path))"
-    full = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
-    bare = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True).stdout
-    import json
-
-    return [path for path in json.loads(full) if path not in json.loads(bare)]
-
-
-def write_launcher(python: str, directory: str) -> str:
-    """The prototype: a script named mcpsingleton that starts Python without site and finds the package itself."""
-    paths = site_paths(python)
-    script = os.path.join(directory, "mcpsingleton")
-    with open(script, "w") as handle:
-        handle.write(
-            f"#!{python} -IS\n"
-            "import sys\n"
-            f"sys.path += {paths!r}\n"
-            "from mcpsingleton.__main__ import main\n"
-            "sys.exit(main())\n"
-        )
-    os.chmod(script, 0o755)
-    return script
 
 
 def import_profile(argv: list[str], env: dict[str, str]) -> list[tuple[str, int]]:
@@ -113,7 +89,7 @@ def main() -> None:
     python = os.path.join(bin_dir, "python")
     server = fast_cmd()
     with Home() as home, tempfile.TemporaryDirectory(prefix="msb-launcher-") as scratch:
-        launcher = write_launcher(python, scratch)
+        launcher = write_launcher(scratch, os.path.join(bin_dir, "mcpsingleton"), python)
         holder = RawClient([os.path.join(bin_dir, "mcpsingleton"), "run", "--", *server], home.env)
         holder.initialize(timeout=60)  # starts the broker every variant then attaches to
         variants = {
@@ -134,21 +110,28 @@ def main() -> None:
         brokers = [p.pid for p in home.processes() if role(p) == "broker"]
         with open(launcher) as handle:
             launcher_text = handle.read()
+        with open(os.path.join(bin_dir, "mcpsingleton")) as handle:
+            wrapper_text = handle.read()
         holder.close()
     stats = {name: summary(values) for name, values in samples.items()}
     bare = stats["bare"]["p50"]
     added = {name: round(stats[name]["p50"] - bare, 2) for name in stats}
+    paired = {name: summary([v - b for v, b in zip(samples[name], samples["bare"], strict=True)])["p50"]
+              for name in stats}  # per iteration, against the bare run next to it: steadier on a busy machine
     result: dict[str, Any] = {
         "machine": info, "runs": runs, "brokers": len(brokers), "ms": stats, "added_over_bare_ms_p50": added,
+        "added_over_bare_paired_ms_p50": paired,
         "import_profile_us": {name: rows[:12] for name, rows in profiles.items()}, "launcher": launcher_text,
-        "wrapper": open(os.path.join(bin_dir, "mcpsingleton")).read(),
+        "wrapper": wrapper_text,
         "samples_ms": samples,
     }
     write_result(args.out, result)
-    print("| variant | p50 ms | p95 ms | over bare `python -c pass` |")
-    print("|---|---:|---:|---:|")
+    print("| variant | p50 ms | min ms | p50 over bare `python -c pass` | paired p50 over bare | min over bare |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in variants:
-        print(f"| {name} | {stats[name]['p50']:.1f} | {stats[name]['p95']:.1f} | {added[name]:+.1f} |")
+        over_min = stats[name]["min"] - stats["bare"]["min"]
+        print(f"| {name} | {stats[name]['p50']:.1f} | {stats[name]['min']:.1f} | {added[name]:+.1f} "
+              f"| {paired[name]:+.1f} | {over_min:+.1f} |")
     print("\nimports (cumulative µs, top level):")
     for name, rows in profiles.items():
         print(f"  {name}: " + ", ".join(f"{module} {us}" for module, us in rows[:8]))
