@@ -1,13 +1,14 @@
 """Routing one big JSON-RPC response: what it costs to change its id, by JSON approach.
 
-    .venv/bin/python bench/bench_json.py [--quick] [--sizes 1K,100K,1M,10M]
+    .venv/bin/python bench/bench_json.py [--quick] [--sizes 1K,16K,100K,1M,10M]
 
 The broker's job on a backend response is to put the session's own id back. Today it decodes the
 whole line and encodes it again (`jsonrpc.parse` + `jsonrpc.encode`). Side by side, interleaved, on
 `tools/call` results of each size whose content is a text (source code: newlines, quotes), a JSON
-document serialized into a text (what many servers return: thousands of escaped quotes) or a base64
-image, keys in the order the TypeScript SDK writes them (`result` before `id`, so the whole result
-must be skipped to reach the id):
+document serialized into a text (what many servers return: thousands of escaped quotes), the same
+with a quoted word in every record (`json-in-json`: text escaped twice over) or a base64 image,
+keys in the order the TypeScript SDK writes them (`result` before `id`, so the whole result must be
+skipped to reach the id):
 
 stdlib      json.loads, id replaced in a copy, json.dumps(separators, ensure_ascii=False).encode()
 orjson      orjson.loads + orjson.dumps                        (bench-only install)
@@ -36,7 +37,8 @@ from common import ROOT, log, machine, summary, write_result
 
 from mcpsingleton import envelope
 
-SIZES = {"1K": 1024, "100K": 100 * 1024, "1M": 1024 * 1024, "10M": 10 * 1024 * 1024}
+SIZES = {"1K": 1024, "16K": 16 * 1024, "100K": 100 * 1024, "1M": 1024 * 1024, "10M": 10 * 1024 * 1024}
+PAYLOADS = ("text", "json-text", "json-in-json", "image")
 SESSION_ID = "session-7:42"
 BACKEND_ID = 1042
 
@@ -51,12 +53,11 @@ def _source_text(size: int) -> str:
     return (source * (size // len(source) + 1))[:size]
 
 
-def _json_text(size: int) -> str:
+def _json_text(size: int, note: str) -> str:
     rng = random.Random(7)
     rows, total = [], 0
     while total < size:
-        row = {"id": len(rows), "name": f"item {rng.randrange(10**6)}", "tags": ["a", "b"], "note": 'said "ok"'}
-        rows.append(row)
+        rows.append({"id": len(rows), "name": f"item {rng.randrange(10**6)}", "tags": ["a", "b"], "note": note})
         total += 70
     return json.dumps({"rows": rows})[:size]
 
@@ -70,7 +71,9 @@ def response_line(kind: str, size: int) -> bytes:
     if kind == "image":
         content = {"type": "image", "data": _image(size), "mimeType": "image/png"}
     else:
-        content = {"type": "text", "text": _source_text(size) if kind == "text" else _json_text(size)}
+        text = {"text": _source_text, "json-text": lambda n: _json_text(n, "fine"),
+                "json-in-json": lambda n: _json_text(n, 'said "ok"')}[kind](size)
+        content = {"type": "text", "text": text}
     message = {"result": {"content": [content], "isError": False}, "jsonrpc": "2.0", "id": BACKEND_ID}
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -218,7 +221,7 @@ def main() -> None:
     codecs, missing = approaches()
     rows = []
     for size_name in args.sizes.split(","):
-        for kind in ("text", "json-text", "image"):
+        for kind in PAYLOADS:
             log(f"{kind} {size_name}")
             rows.append(measure(kind, size_name, codecs, args.quick))
     names = list(codecs)

@@ -254,8 +254,11 @@ class _Walk:
             found = window.find(b'"')
             if found == 0 and line[window_start - 1] == _BACKSLASH:  # its pair began in the previous window
                 found = window.find(b'"', 1)
-            limit = window_start + (found if found >= 0 else len(window))
-            spot = line.find(b'\\\\"', window_start - 2, limit)
+            end = found if found >= 0 else len(window)
+            limit = window_start + end
+            # a spot leaves a backslash unblanked; JSON serialized into a text usually has none
+            unblanked = window.find(b"\\", 0, end) >= 0 or line[window_start - 1] == _BACKSLASH
+            spot = line.find(b'\\\\"', window_start - 2, limit) if unblanked else -1
             for _ in range(_SPOTS_PER_WINDOW):
                 if spot < 0:
                     break
