@@ -16,6 +16,8 @@ import subprocess
 import sys
 
 NAME = "mcpsingleton"
+SHEBANG_LIMIT = 127
+"""Bytes of a `#!` line every kernel we run on reads whole (Linux before 5.1 and macOS cut longer ones)."""
 
 
 def site_paths(python: str) -> list[str]:
@@ -46,7 +48,12 @@ def launcher_text(python: str, paths: list[str], console_script: str) -> str:
 
 
 def write_launcher(directory: str, console_script: str, python: str = sys.executable) -> str:
-    """Write the launcher for this interpreter into `directory` (atomically, mode 0755); its path."""
+    """Write the launcher for this interpreter into `directory` (atomically, mode 0755); its path.
+
+    An interpreter path too long for a `#!` line gets no launcher: the console script's path comes back.
+    """
+    if len(f"#!{python} -IS".encode()) > SHEBANG_LIMIT:
+        return console_script
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, NAME)
     partial = f"{path}.{os.getpid()}.tmp"

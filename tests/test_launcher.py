@@ -52,3 +52,9 @@ def test_a_launcher_whose_install_moved_hands_over_to_the_console_script(tmp_pat
     isolated = subprocess.run([sys.executable, "-I", "-S", "-c", "import mcpsingleton"], capture_output=True)
     assert isolated.returncode != 0  # without the recorded paths the package is not importable
     assert version([str(script)]) == version([mcpsingleton_exe()])
+
+
+def test_an_interpreter_path_too_long_for_a_shebang_gets_the_console_script(tmp_path: Path) -> None:
+    python = "/" + "d" * launcher.SHEBANG_LIMIT + "/python"
+    assert launcher.write_launcher(str(tmp_path / "bin"), mcpsingleton_exe(), python) == mcpsingleton_exe()
+    assert not (tmp_path / "bin").exists()
