@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole benchmark suite, one command:  bash bench/run_all.sh [--quick]
 # Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
-# installs bench/requirements.txt (matplotlib) into .venv if missing.
-# Writes bench/results/{sessions,latency,throughput,scale,profile}.json, memory_vs_sessions.png, scale.png,
-# summary.md. Full: about 11 minutes on 2 cores; --quick: about 3 minutes.
+# installs bench/requirements.txt (matplotlib) and, for bench_json's comparison only, orjson and msgspec
+# into .venv if missing (neither is a dependency of mcpsingleton).
+# Writes bench/results/{sessions,latency,throughput,scale,profile,json,install}.json, memory_vs_sessions.png,
+# scale.png, summary.md. Full: about 14 minutes on 2 cores; --quick: about 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -19,6 +20,9 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 "$PY" -c "import matplotlib" 2>/dev/null \
     || "$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+"$PY" -c "import orjson, msgspec" 2>/dev/null \
+    || "$PY" -m pip install --quiet --disable-pip-version-check orjson msgspec \
+    || echo "bench: orjson/msgspec not installable; bench_json compares stdlib and envelope only" >&2
 started=$(date +%s)
 # shellcheck disable=SC2086  # empty options must vanish
 "$PY" bench/bench_sessions.py $sessions --servers everything,time,npx $quick
@@ -26,5 +30,7 @@ started=$(date +%s)
 "$PY" bench/bench_throughput.py $quick
 "$PY" bench/bench_scale.py $quick
 "$PY" bench/bench_profile.py $quick > /dev/null
+"$PY" bench/bench_json.py $quick > /dev/null
+"$PY" bench/bench_install.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
 echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2

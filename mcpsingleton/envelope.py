@@ -1,0 +1,361 @@
+"""The envelope of one JSON-RPC line, read without decoding its body. Pure functions, no I/O.
+
+Routing a message needs its kind, `id` and `method`; decoding and re-encoding a 10 MB `result` only to
+change the id costs tens of milliseconds. `scan` walks the top-level object of a line, decodes only
+the small members (`jsonrpc`, `id`, `method`) and skips the others at copy speed: strings with
+`bytes.find`, containers token by token. `replace_id` splices a new id into the original bytes.
+
+`scan` answers None whenever it is not certain, and the caller then uses the full parser
+(`jsonrpc.parse`), so every error reply and log line stays as it is. It answers None for: batches,
+duplicate keys (top level, or directly in `params`/`result`), anything `jsonrpc.check` would refuse,
+bytes that are not UTF-8, any control byte (a tab or CR anywhere, even as whitespace between tokens),
+NaN/Infinity, nesting deeper than `MAX_DEPTH`, text escaped twice over with many escaped backslashes
+before quotes, and bodies made of so many small tokens that walking them would cost more than parsing
+them (`_Walk.budget`). Everything else of the JSON grammar is checked, except one thing inside
+skipped strings: that every backslash escape is one JSON allows (`"\\q"`). Such a line is forwarded
+as the backend wrote it, and the client's own parser reports it, as with a direct connection.
+
+When the router may forward the bytes with only the id spliced (it decides; this module only reads),
+with the same bookkeeping and counters as the full path (stats, pending, inflight, outstanding):
+- backend → session, `kind == "response"` whose id is an int in `pending`, where that entry has no
+  reply hook, no progress token and is not a modern-era request (no completion to add), its method is
+  not `tasks/list` (filtered per owner), its session is still attached and has no unfinished batch
+  expecting that id (batch replies are joined into one array), and its `result`, when it is an object,
+  has no `task` member (`Envelope.body`; a created task must be recorded). Splice
+  `encode_id(original id)`; an `error` member still counts as an error.
+- session → backend, `kind == "request"` when the backend is ready, the method is none the router
+  answers or rewrites itself (initialize, ping, server/discover, subscriptions/listen,
+  logging/setLevel, resources/(un)subscribe, tasks/get|result|cancel), and `params` is absent, null,
+  an array, or an object without a `_meta` member (`Envelope.body`: no progress token, no modern
+  envelope). Splice the
+  new backend id.
+- session → backend, `kind == "response"` to an `outstanding` server request of that same session
+  without a reply hook: splice the backend's own id back.
+Everything else (notifications, requests from the backend, batches, lines `scan` declines) takes
+the full parser. Lines under ~16 KiB gain nothing (bench/bench_json.py): keep the full path for them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+
+MAX_DEPTH = 64
+"""Deeper nesting is left to the full parser (which has its own recursion limit)."""
+
+_QUOTE, _BACKSLASH, _SPACE = 0x22, 0x5C, 0x20
+_OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = 0x7B, 0x7D, 0x5B, 0x5D
+_COMMA, _COLON = 0x2C, 0x3A
+_CONTROL_BYTES = tuple(bytes([code]) for code in range(0x20))
+_SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null")
+_UTF8_CHUNK = 256 * 1024
+_BLANKING_WINDOW = 32 * 1024
+_SPOTS_PER_WINDOW = 64
+_SMALL_VALUE = 1024
+"""Top-level members decoded for routing (`jsonrpc`, `id`, `method`) longer than this: not certain."""
+
+Span = tuple[int, int]
+BODIES = ("params", "result")
+"""Top-level members whose own members are read too (a created task, a progress token or envelope)."""
+
+
+class Walked:
+    """An object's members, and the members of those named in BODIES that are objects."""
+
+    __slots__ = ("inner", "members")
+
+    def __init__(self) -> None:
+        self.members: dict[str, Span] = {}
+        self.inner: dict[str, dict[str, Span]] = {}
+
+
+class Envelope:
+    """What the router needs from one line: kind, id (and where its value sits), method, member spans."""
+
+    __slots__ = ("body", "id", "id_span", "kind", "members", "method")
+
+    def __init__(self, kind: str, walked: Walked, request_id: str | int | None, method: str | None):
+        self.kind = kind  # "request", "notification" or "response"
+        self.members = walked.members  # every top-level key → (start, end) of its value in the line
+        self.id = request_id
+        self.id_span: Span | None = walked.members.get("id")
+        self.method = method
+        # the members of `result` (a response) or `params` (a request), when that value is an object
+        self.body = walked.inner.get("params" if method is not None else "result")
+
+    def __repr__(self) -> str:
+        return f"Envelope({self.kind}, id={self.id!r}, method={self.method!r})"
+
+
+class _Unsure(Exception):
+    """The walk cannot vouch for the line: the caller must use the full parser."""
+
+
+def scan(line: bytes) -> Envelope | None:
+    """The envelope of one JSON-RPC message line, or None when the full parser must decide."""
+    if not _plain_utf8(line):
+        return None
+    try:
+        walk = _Walk(line)
+        walked, end = walk.members(walk.skip_spaces(0), BODIES)
+        if walk.skip_spaces(end) != len(line):
+            return None
+        return _classify(line, walked)
+    except (_Unsure, IndexError, ValueError):
+        return None
+
+
+def replace_id(line: bytes, span: Span, new_id: bytes) -> bytes:
+    """The line with the value at `span` (the top-level id) replaced by the encoded `new_id`."""
+    start, end = span
+    return b"".join((line[:start], new_id, line[end:]))
+
+
+def encode_id(value: str | int) -> bytes:
+    """An id as the full encoder writes it (UTF-8, or escaped when it holds lone surrogates)."""
+    if isinstance(value, int):
+        return str(value).encode("ascii")
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
+
+
+def _plain_utf8(line: bytes) -> bool:
+    """UTF-8 as the full parser accepts it (surrogates too), without control bytes (tabs, CR included)."""
+    if any(control in line for control in _CONTROL_BYTES):
+        return False
+    if line.isascii():
+        return True
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # chunked: no full-size copy
+    view = memoryview(line)
+    try:
+        for offset in range(0, len(line), _UTF8_CHUNK):
+            decoder.decode(view[offset : offset + _UTF8_CHUNK])
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _Walk:
+    """One left-to-right walk over a line whose bytes are already known to be control-free UTF-8."""
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+        self.budget = 256 + len(line) // 1024  # Python steps; beyond these the full parser is the cheaper way
+        self.escapes_before_blanking = 16  # past these, blanking windows is cheaper than a step per quote
+
+    def tick(self) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Unsure
+
+    def skip_spaces(self, i: int) -> int:
+        line, end = self.line, len(self.line)
+        while i < end and line[i] == _SPACE:
+            i += 1
+        return i
+
+    def expect(self, i: int, byte: int) -> int:
+        """Index after `byte` (spaces before it allowed)."""
+        i = self.skip_spaces(i)
+        if self.line[i] != byte:
+            raise _Unsure
+        return i + 1
+
+    def members(self, i: int, bodies: tuple[str, ...] = ()) -> tuple[Walked, int]:
+        """The object at i: each key → its value's span (and the members of `bodies`), and the index after it."""
+        line = self.line
+        if line[i] != _OPEN_OBJECT:
+            raise _Unsure
+        walked = Walked()
+        i = self.skip_spaces(i + 1)
+        if line[i] == _CLOSE_OBJECT:
+            return walked, i + 1
+        while True:
+            key_end = self.string_end(i)
+            key = self.decode_string(i, key_end)
+            if key in walked.members:
+                raise _Unsure  # json.loads keeps the last one; the router must not guess
+            start = self.skip_spaces(self.expect(key_end, _COLON))
+            if key in bodies and line[start] == _OPEN_OBJECT:
+                inner, end = self.members(start)
+                walked.inner[key] = inner.members
+            else:
+                end = self.value_end(start)
+            walked.members[key] = (start, end)
+            i = self.skip_spaces(end)
+            if line[i] == _CLOSE_OBJECT:
+                return walked, i + 1
+            if line[i] != _COMMA:
+                raise _Unsure
+            i = self.skip_spaces(i + 1)
+
+    def decode_string(self, start: int, end: int) -> str:
+        raw = self.line[start + 1 : end - 1]
+        if _BACKSLASH in raw:
+            decoded = json.loads(self.line[start:end])
+            if not isinstance(decoded, str):
+                raise _Unsure
+            return decoded
+        return raw.decode("utf-8", "surrogatepass")
+
+    def value_end(self, i: int) -> int:
+        """Index after the JSON value starting at i, checked but not decoded."""
+        first = self.line[i]
+        if first == _QUOTE:
+            return self.string_end(i)
+        if first in (_OPEN_OBJECT, _OPEN_ARRAY):
+            return self.container_end(i)
+        return self.scalar_end(i)
+
+    def scalar_end(self, i: int) -> int:
+        self.tick()
+        match = _SCALAR.match(self.line, i)
+        if match is None:
+            raise _Unsure
+        return match.end()
+
+    def string_end(self, i: int) -> int:
+        """Index after the string whose opening quote is at i.
+
+        Text that embeds JSON has thousands of escaped quotes; past a few, one blanked copy of the line
+        finds the closing quote in one `find` instead of one Python step per escaped quote.
+        """
+        line = self.line
+        if line[i] != _QUOTE:
+            raise _Unsure
+        self.tick()
+        escaped = 0
+        quote = line.find(b'"', i + 1)
+        while quote > 0 and not self.quote_is_real(quote):
+            escaped += 1
+            if escaped == self.escapes_before_blanking:
+                return self.blanked_string_end(quote)
+            self.tick()
+            quote = line.find(b'"', quote + 1)
+        if quote < 0:
+            raise _Unsure
+        return quote + 1
+
+    def blanked_string_end(self, escaped_quote: int) -> int:
+        """The closing quote after `escaped_quote`, found window by window in copies where every
+        backslash-quote pair is blanked (small copies: no fresh pages to fault in for a 10 MB line).
+
+        Blanking also hides a real quote that follows an escaped backslash (`\\\\"`): each such spot is
+        checked on its own. Text escaped twice over is full of them; past `_SPOTS_PER_WINDOW` in one
+        window the full parser is the cheaper way.
+        """
+        line, window_start = self.line, escaped_quote + 1
+        while window_start < len(line):
+            window = line[window_start : window_start + _BLANKING_WINDOW].replace(b'\\"', b"__")
+            found = window.find(b'"')
+            if found == 0 and line[window_start - 1] == _BACKSLASH:  # its pair began in the previous window
+                found = window.find(b'"', 1)
+            end = found if found >= 0 else len(window)
+            limit = window_start + end
+            # a spot leaves a backslash unblanked; JSON serialized into a text usually has none
+            unblanked = window.find(b"\\", 0, end) >= 0 or line[window_start - 1] == _BACKSLASH
+            spot = line.find(b'\\\\"', window_start - 2, limit) if unblanked else -1
+            for _ in range(_SPOTS_PER_WINDOW):
+                if spot < 0:
+                    break
+                if self.quote_is_real(spot + 2):
+                    return spot + 3
+                spot = line.find(b'\\\\"', spot + 3, limit)
+            else:
+                raise _Unsure
+            if found >= 0:
+                return limit + 1
+            window_start = limit
+        raise _Unsure
+
+    def quote_is_real(self, quote: int) -> bool:
+        """A quote ends a string when an even number of backslashes precede it."""
+        line, run = self.line, quote - 1
+        while line[run] == _BACKSLASH:
+            run -= 1
+        return (quote - run) % 2 == 1
+
+    def container_end(self, i: int) -> int:
+        """Index after the object or array at i, walking every token in it (without a call stack)."""
+        line = self.line
+        closers: list[int] = []
+        while True:
+            self.tick()
+            opener = line[i]
+            if opener in (_OPEN_OBJECT, _OPEN_ARRAY):
+                closer = _CLOSE_OBJECT if opener == _OPEN_OBJECT else _CLOSE_ARRAY
+                closers.append(closer)
+                if len(closers) > MAX_DEPTH:
+                    raise _Unsure
+                i = self.skip_spaces(i + 1)
+                if line[i] == closer:
+                    closers.pop()
+                    i += 1
+                elif opener == _OPEN_OBJECT:
+                    i = self.skip_spaces(self.expect(self.string_end(i), _COLON))
+                    continue
+                else:
+                    continue
+            elif opener == _QUOTE:
+                i = self.string_end(i)
+            else:
+                i = self.scalar_end(i)
+            i = self.after_value(i, closers)
+            if not closers:
+                return i
+
+    def after_value(self, i: int, closers: list[int]) -> int:
+        """Past the closers that end here; at the start of the next value (after its key) otherwise."""
+        line = self.line
+        while closers:
+            i = self.skip_spaces(i)
+            if line[i] == closers[-1]:
+                closers.pop()
+                i += 1
+                continue
+            if line[i] != _COMMA:
+                raise _Unsure
+            i = self.skip_spaces(i + 1)
+            if closers[-1] == _CLOSE_OBJECT:
+                i = self.skip_spaces(self.expect(self.string_end(i), _COLON))
+            return i
+        return i
+
+
+def _classify(line: bytes, walked: Walked) -> Envelope | None:
+    """The envelope when `jsonrpc.check` would accept the message, else None (it will say why)."""
+    members = walked.members
+    if _small(line, members.get("jsonrpc")) != "2.0":
+        return None
+    checked_id = _routing_id(line, members.get("id"))
+    if "method" not in members:
+        return Envelope("response", walked, checked_id, None) if "result" in members or "error" in members else None
+    method = _small(line, members["method"])
+    if not isinstance(method, str) or ("id" in members and checked_id is None):
+        return None
+    params = members.get("params")
+    if params is not None and line[params[0]] not in (_OPEN_OBJECT, _OPEN_ARRAY) and line[slice(*params)] != b"null":
+        return None  # "params": null is allowed, any other scalar is not
+    return Envelope("request" if "id" in members else "notification", walked, checked_id, method)
+
+
+def _small(line: bytes, span: Span | None) -> object:
+    """A short top-level value decoded; None when absent or null."""
+    if span is None:
+        return None
+    start, end = span
+    if end - start > _SMALL_VALUE:
+        raise _Unsure
+    return json.loads(line[start:end])
+
+
+def _routing_id(line: bytes, span: Span | None) -> str | int | None:
+    """The id as MCP allows it (a string or an integer, never a bool or a float), or None when absent/null."""
+    value = _small(line, span)
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise _Unsure

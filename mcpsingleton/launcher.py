@@ -1,0 +1,64 @@
+"""A lean `mcpsingleton` for client configs: Python without `site`, the package found by path.
+
+Every session start runs the command a client config names. A console script written by pip starts
+Python with `site` (each `.pth` file in site-packages is read, setuptools' distutils hook runs) and,
+written by older pips, imports `re` to tidy `argv[0]`: about 10 ms more than bare `python -c pass` per
+session here. The launcher runs `python -I -S` with the sys.path entries `site` would have added,
+recorded when the launcher is written. It keeps the name `mcpsingleton`, so a wrapped entry still
+reads `mcpsingleton run …` and unwrap still recognizes it; should the install move or change under
+it, it hands over to the console script it was written for.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+NAME = "mcpsingleton"
+SHEBANG_LIMIT = 127
+"""Bytes of a `#!` line every kernel we run on reads whole (Linux before 5.1 and macOS cut longer ones)."""
+
+
+def site_paths(python: str) -> list[str]:
+    """The sys.path entries `site` adds for `python`: its site-packages and the paths its .pth files name."""
+    probe = "import sys; print('\\n'.join(sys.path))"
+
+    def path_with(*flags: str) -> list[str]:
+        done = subprocess.run([python, *flags, "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+        return done.stdout.splitlines()
+
+    without_site = set(path_with("-I", "-S"))
+    return [path for path in path_with("-I") if path not in without_site]
+
+
+def launcher_text(python: str, paths: list[str], console_script: str) -> str:
+    return (
+        f"#!{python} -IS\n"
+        f"# written by `mcpsingleton wrap`: starts without site; falls back to {console_script}\n"
+        "import sys\n"
+        f"sys.path += {paths!r}\n"
+        "try:\n"
+        "    from mcpsingleton.__main__ import main\n"
+        "except ImportError:\n"
+        "    import os\n"
+        f"    os.execv({console_script!r}, [{console_script!r}, *sys.argv[1:]])\n"
+        "sys.exit(main())\n"
+    )
+
+
+def write_launcher(directory: str, console_script: str, python: str = sys.executable) -> str:
+    """Write the launcher for this interpreter into `directory` (atomically, mode 0755); its path.
+
+    An interpreter path too long for a `#!` line gets no launcher: the console script's path comes back.
+    """
+    if len(f"#!{python} -IS".encode()) > SHEBANG_LIMIT:
+        return console_script
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, NAME)
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w") as handle:
+        handle.write(launcher_text(python, site_paths(python), console_script))
+    os.chmod(partial, 0o755)
+    os.replace(partial, path)
+    return path
