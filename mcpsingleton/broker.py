@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 
 from . import __version__, jsonrpc, platform, wire
+from .atomic import write_atomically
 from .backend import Keeper, kill_leftovers
 from .eventloop import Callback, EventLoop, Timer
 from .keys import KeyPaths, redacted_argv
@@ -102,11 +103,7 @@ class Broker:
             "log": self.spec["log"],
             "version": __version__,
         }
-        temp = f"{self.paths.state}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle)
-        os.replace(temp, self.paths.state)
+        write_atomically(self.paths.state, json.dumps(state).encode())
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):

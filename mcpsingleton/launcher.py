@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+from .atomic import write_atomically
+
 NAME = "mcpsingleton"
 SHEBANG_LIMIT = 127
 """Bytes of a `#!` line every kernel we run on reads whole (Linux before 5.1 and macOS cut longer ones)."""
@@ -56,9 +58,5 @@ def write_launcher(directory: str, console_script: str, python: str = sys.execut
         return console_script
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, NAME)
-    partial = f"{path}.{os.getpid()}.tmp"
-    with open(partial, "w") as handle:
-        handle.write(launcher_text(python, site_paths(python), console_script))
-    os.chmod(partial, 0o755)
-    os.replace(partial, path)
+    write_atomically(path, launcher_text(python, site_paths(python), console_script).encode(), mode=0o755)
     return path

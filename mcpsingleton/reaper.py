@@ -36,6 +36,7 @@ from typing import Any, TextIO
 import psutil
 
 from . import platform
+from .atomic import write_atomically
 from .backend import is_ours
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, state_files
@@ -491,10 +492,7 @@ def count_reaped(number: int) -> None:
         return
     path = reaped_counter_path()
     total = reaped_total() + number
-    temp = f"{path}.{os.getpid()}"
-    with open(temp, "w") as handle:
-        handle.write(str(total))
-    os.replace(temp, path)
+    write_atomically(path, str(total).encode())
 
 
 def reaped_total() -> int:

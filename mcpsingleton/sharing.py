@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from . import __version__
+from .atomic import write_atomically
 from .keys import sha256, stderr_line
 
 SHARED = "shared"
@@ -129,13 +130,7 @@ def _write_cached(path: str, decision: Decision) -> None:
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         _remove_older_generations(os.path.dirname(path))
-        tmp = f"{path}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, decision.as_lines().encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomically(path, decision.as_lines().encode())
     except OSError:
         pass
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 
+from mcpsingleton import atomic
 from mcpsingleton.configs.entries import ConfigError
 
 BACKUP_MARK = ".mcpsingleton-backup-"
@@ -78,20 +78,12 @@ def write_atomically(path: str, data: bytes, like: os.stat_result | None = None)
 
     The new file gets the mode (and, where allowed, the owner) of `like`; without it, mode 0600.
     """
-    directory = os.path.dirname(path) or "."
+    owner = (like.st_uid, like.st_gid) if like is not None else None
+    mode = stat.S_IMODE(like.st_mode) if like is not None else 0o600
     try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        atomic.write_atomically(path, data, mode, owner, durable=True)
     except OSError as exc:
-        raise _unwritable(directory, exc) from exc
-    try:
-        _fill(fd, data, like)
-        os.replace(temp, path)
-    except OSError as exc:
-        _discard(temp)
         raise _unwritable(path, exc) from exc
-    except BaseException:
-        _discard(temp)
-        raise
 
 
 def _discard(path: str) -> None:
