@@ -4,7 +4,7 @@ Any fd may be watched: those no selector reports truthfully (regular files, /dev
 `platform.watchable`) never block, so they are treated as always ready, as poll(2) does on Linux.
 
 Why not asyncio: the broker needs nothing beyond these three, and importing asyncio costs about
-10 MiB per broker (DESIGN §3) — one broker runs per server, so that would be most of its memory.
+10 MiB per broker (docs/ARCHITECTURE.md, "Budgets") — one broker runs per server, so that would be most of its memory.
 """
 
 from __future__ import annotations

@@ -45,6 +45,18 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
         lambda b: b.get("dropped", 0),
     ),
     (
+        "mcpsingleton_rejected_lines_total",
+        "counter",
+        "Session lines refused as malformed (answered -32700/-32600 to that session only).",
+        lambda b: b.get("rejected", 0),
+    ),
+    (
+        "mcpsingleton_internal_errors_total",
+        "counter",
+        "Inputs whose handling raised (answered -32603, logged): each one is a bug.",
+        lambda b: b.get("internal_errors", 0),
+    ),
+    (
         "mcpsingleton_backend_write_failures_total",
         "counter",
         "Times the backend stopped reading its stdin (each ended in a restart).",

@@ -1,7 +1,7 @@
 """`mcpsingleton reap`: stop what must not be running, each time with evidence, never on a guess.
 
 - stale-state: a `<key>.json` whose broker is gone. Brokers hold `<key>.lock` for life, so a free lock
-  proves it; the json and socket go, the lock file stays (DESIGN §4).
+  proves it; the json and socket go, the lock file stays (docs/ARCHITECTURE.md, "Election").
 - hung-broker: the lock is held by a live broker that does not answer `status` on its socket.
 - leftover-backend: a process tagged MCPSINGLETON_KEY that no live mcpsingleton process owns (a backend
   or grandchild of a broker that died).

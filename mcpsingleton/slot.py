@@ -141,6 +141,8 @@ class BackendSlot:
             requests=self.mux.stats.get("requests", 0),
             errors=self.mux.stats.get("errors", 0),
             dropped=self.mux.stats.get("dropped", 0),
+            rejected=self.mux.stats.get("rejected", 0),
+            internal_errors=self.mux.stats.get("internal_errors", 0),
             max_memory=self.spec.get("max_memory"),
             max_procs=self.spec.get("max_procs"),
             **self.counters,

@@ -71,6 +71,8 @@ FIELDS: dict[str, Any] = {
     "requests": 0,
     "errors": 0,
     "dropped": 0,
+    "rejected": 0,
+    "internal_errors": 0,
     "backend_write_failures": 0,
     "spawn_failures": 0,
     "backpressure_pauses": 0,
@@ -114,6 +116,10 @@ class BackendStatus:
     """Error replies the mux sent to sessions."""
     dropped: int
     """Lines the mux dropped (unknown ids, late replies, malformed backend output)."""
+    rejected: int
+    """Session lines refused (malformed JSON, too deep, not JSON-RPC): answered -32700/-32600."""
+    internal_errors: int
+    """Inputs whose handling raised: answered -32603, logged; each one is a bug to report."""
     backend_write_failures: int
     """The backend stopped taking input (EPIPE on its stdin): each one ended in a restart."""
     spawn_failures: int

@@ -74,7 +74,7 @@ def call_tool(request_id, params: dict) -> None:
         os._exit(3)
     elif name == "garbage":
         with write_lock:
-            sys.stdout.write("this is not json\n")
+            sys.stdout.write(str(args.get("line", "this is not json")) + "\n")
             sys.stdout.flush()
         reply(request_id, text("after garbage"))
     elif name == "sample":

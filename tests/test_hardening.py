@@ -215,3 +215,20 @@ def test_the_shims_exit_status_is_in_the_broker_log(home: Path, fake_server: lis
     assert killed.process.wait(timeout=10) == 143
     assert ended.close() == 0
     assert wait_for(lambda: "exit status 143" in log_text() and "exit status 0" in log_text())
+
+
+def test_hostile_nesting_reaches_only_its_sender_and_is_counted(home: Path, fake_server: list[str]) -> None:
+    """Rows 1-2 through real processes: a 5000-deep line from a session gets -32700 there only; the same
+    from the backend is dropped; the broker lives, the other session goes on, `ls` and `metrics` count both."""
+    hostile, bystander = session(fake_server), session(fake_server)
+    deep = "[" * 5000 + "]" * 5000
+    hostile.send_raw(deep.encode() + b"\n")
+    refusal = hostile.read()
+    assert isinstance(refusal, dict) and refusal["error"]["code"] == -32700 and refusal["id"] is None
+    assert result_text(hostile.call("garbage", {"line": deep})) == "after garbage"
+    assert result_text(bystander.call("echo", {"text": "unaffected"})) == "unaffected"
+    (entry,) = ls_json()
+    assert entry["rejected"] == 1 and entry["dropped"] >= 1 and entry["internal_errors"] == 0
+    metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
+    assert "mcpsingleton_rejected_lines_total" in metrics
+    assert hostile.close() == 0 and bystander.close() == 0
