@@ -152,7 +152,7 @@ def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
 
 
 @cli.command(name="ls")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per backend (fields in docs/ARCHITECTURE.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per backend.")
 @click.option("--all", "include_unmanaged", is_flag=True, help="Also list MCP servers not started by mcpsingleton.")
 @click.option("--watch", is_flag=True, help="Refresh in place every 2 seconds until Ctrl-C.")
 def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
