@@ -37,15 +37,20 @@ class Queue(Feature):
     def fail(self, reason: str) -> list[Action]:
         """Held requests get `reason` instead (the backend will not be ready); held notifications go."""
         actions: list[Action] = []
-        held, self.held = self.held, {}
-        for sid, messages in held.items():
-            session = self.mux.sessions.get(sid)
-            if session is None:
-                continue
-            for message in messages:
-                if jsonrpc.is_request(message):
-                    actions += self.mux.reply_error(session, message["id"], jsonrpc.INTERNAL_ERROR, reason)
+        for session, message in self._take_held():
+            if jsonrpc.is_request(message):
+                actions += self.mux.reply_error(session, message["id"], jsonrpc.INTERNAL_ERROR, reason)
         return actions
+
+    def _take_held(self) -> list[tuple[Session, Message]]:
+        """Everything held for sessions still attached, in order; the queue is empty afterwards."""
+        held, self.held = self.held, {}
+        return [
+            (session, message)
+            for sid, messages in held.items()
+            if (session := self.mux.sessions.get(sid)) is not None
+            for message in messages
+        ]
 
     def session_closed(self, session: Session) -> list[Action]:
         self.held.pop(session.sid, None)
@@ -56,11 +61,6 @@ class Queue(Feature):
 
     def backend_ready(self, restarted: bool) -> list[Action]:
         actions: list[Action] = []
-        held, self.held = self.held, {}
-        for sid, messages in held.items():
-            session = self.mux.sessions.get(sid)
-            if session is None:
-                continue
-            for message in messages:
-                actions += self.mux.dispatch(session, message)
+        for session, message in self._take_held():
+            actions += self.mux.dispatch(session, message)
         return actions
