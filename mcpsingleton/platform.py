@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the shim imports this module, and collections.abc costs ~2 ms
 if TYPE_CHECKING:
     import selectors
     import socket
+    from collections.abc import Callable, Iterator
 
 PORTABLE_ENV = "MCPSINGLETON_PORTABLE"
 PR_SET_PDEATHSIG = 1
