@@ -1,8 +1,8 @@
 """The broker's Unix socket: bind it race-free, accept connections, check the peer, read its hello.
 
 Out of file descriptors (EMFILE on accept) the listener does not spin: it closes a reserve fd to
-accept one newcomer, refuses it with a line its shim prints (a status request is still answered, so
-`reap` sees a busy broker, not a hung one), and accepts nothing more for a moment.
+accept a newcomer, refuses it with a line its shim prints (a status request is still answered, so
+`reap` sees a busy broker, not a hung one), a few at a time, and rests a moment between bursts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     OnHello = Callable[[socket.socket, int, list[str], list[int]], None]
 
 STARVED_PAUSE = 0.1
-"""Out of file descriptors: accept (and refuse) at most one newcomer per this many seconds."""
+"""Out of file descriptors: the listener rests this long between bursts of refusals (no busy loop)."""
+STARVED_BURST = 16
+"""… and refuses at most this many waiting newcomers per burst (a shim gives up after 5 s of silence)."""
 HELLO_TIMEOUT = 0.2
 """How long a connection accepted on the reserve fd may take to say what it wants."""
 BACKLOG = 128
@@ -127,6 +129,14 @@ class Listener:
             self.starved = True
             self.log.write("out of file descriptors; refusing new sessions until some leave")
         self.loop.remove_reader(self.sock.fileno())
+        for _ in range(STARVED_BURST):
+            if not self._refuse_one():
+                break
+        self.loop.call_later(STARVED_PAUSE, self._resume)
+
+    def _refuse_one(self) -> bool:
+        """Accept one waiting connection on the reserve fd and answer it; False when none was waiting."""
+        assert self.sock is not None
         if self.reserve_fd >= 0:
             os.close(self.reserve_fd)
             self.reserve_fd = -1
@@ -141,7 +151,7 @@ class Listener:
             self.reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             pass
-        self.loop.call_later(STARVED_PAUSE, self._resume)
+        return conn is not None
 
     def _resume(self) -> None:
         if self.sock is not None:
