@@ -69,7 +69,8 @@ class LineReader:
             if self.skipping:
                 self.skipping = False
             else:
-                line = bytes(self.buf[start:newline]).rstrip(b"\r")
+                with memoryview(self.buf) as view:  # one copy of the line, not two (a slice, then bytes)
+                    line = bytes(view[start:newline]).rstrip(b"\r")
                 if line.strip():
                     lines.append(line)
             start = search_from = newline + 1
@@ -98,21 +99,28 @@ class Outbox:
         self.broken = False
         self.on_drained: Callback | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
+        """Write `parts` as one run of bytes, without joining them (a big spliced line stays where it is)."""
         if self.broken:
             return
         if self.pending:
-            self.pending += data
+            for part in parts:
+                self.pending += part
             return
         try:
-            written = os.write(self.fd, data)
+            written = os.writev(self.fd, parts)
         except BlockingIOError:
             written = 0
         except OSError as exc:
             self._fail(exc)
             return
-        if written < len(data):
-            self.pending += data[written:]
+        for part in parts:
+            if written >= len(part):
+                written -= len(part)
+                continue
+            self.pending += part[written:]
+            written = 0
+        if self.pending:
             self.loop.add_writer(self.fd, self._flush)
 
     def _flush(self) -> None:
