@@ -14,8 +14,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from mux_harness import Harness
-from test_mux_fuzz import SESSION_METHODS, World, capabilities, ops, replies, results, values
+from mux_harness import Harness, is_request
+from test_mux_fuzz import SESSION_METHODS, World, capabilities, line_of, ops, replies, results, values
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux import Mux, ToBackend, ToSession, eras
@@ -56,13 +56,32 @@ PLAIN_REQUESTS = st.tuples(
     st.integers(0, 3),
     st.tuples(st.sampled_from(SESSION_METHODS), st.one_of(values, st.just({}), st.none()), st.just(False), st.none()),
 )
+ERRORS = st.fixed_dictionaries({"code": st.integers(), "message": st.text(max_size=5)}, optional={"data": values})
 PLAIN_ANSWERS = st.tuples(
     st.just("answer"),
     st.integers(0, 9),
-    st.one_of(st.fixed_dictionaries({"result": results}), st.fixed_dictionaries({"error": values}), replies),
+    st.one_of(
+        st.fixed_dictionaries({"result": results}),
+        st.fixed_dictionaries({"error": ERRORS}),
+        replies,
+    ),
 )
-MOSTLY_PLAIN = st.one_of(PLAIN_REQUESTS, PLAIN_ANSWERS, ops)
+SESSION_ANSWERS = st.tuples(st.just("reply"), st.integers(0, 3), results)
+MOSTLY_PLAIN = st.one_of(PLAIN_REQUESTS, PLAIN_ANSWERS, SESSION_ANSWERS, ops)
 """The fuzz suite's operations, with plain requests and replies (the shapes the fast path takes) added."""
+
+
+class AnsweringWorld(World):
+    """The fuzz world, where a session can also answer the newest request the broker sent it."""
+
+    def run(self, op: tuple[str, int, Any]) -> None:
+        name, index, value = op
+        sid = self.sid(index)
+        if name != "reply":
+            super().run(op)
+        elif sid is not None and (asked := [m for m in self.h.inbox[sid] if is_request(m)]):
+            reply = {"jsonrpc": "2.0", "id": asked[-1]["id"], "result": value}
+            self.perform(self.h.mux.from_session(sid, line_of(reply)))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -75,7 +94,7 @@ MOSTLY_PLAIN = st.one_of(PLAIN_REQUESTS, PLAIN_ANSWERS, ops)
 def test_fast_path_on_every_line_changes_nothing_anyone_sees(
     steps: list[tuple[str, int, Any]], sessions: list[Any], ready_first: bool, answers: list[dict[str, Any]]
 ) -> None:
-    fast, full = World(answers, fast_path_from=0), World(answers)
+    fast, full = AnsweringWorld(answers, fast_path_from=0), AnsweringWorld(answers)
     for world in (fast, full):
         for declared in sessions:
             world.open_session(declared)
