@@ -223,3 +223,15 @@ def test_threshold_setting() -> None:
     assert fast_path_threshold("0") == 0
     assert fast_path_threshold("off") == float("inf")
     assert fast_path_threshold("lots") == FAST_PATH_FROM
+
+
+def test_an_envelope_reader_that_raises_leaves_the_line_to_the_full_parser(monkeypatch: Any) -> None:
+    def broken_scan(line: bytes) -> None:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr("mcpsingleton.mux.router.scan", broken_scan)
+    h = ready(1)
+    h.request(1, "big", "tools/call", {"text": BIG})
+    h.answer(h.last_request("tools/call"), BIG_TEXT)
+    assert h.take(1) == [{"jsonrpc": "2.0", "id": "big", "result": BIG_TEXT}]
+    assert h.mux.stats["fast_path"] == 0 and h.mux.stats["internal_errors"] == 0

@@ -132,7 +132,7 @@ class Mux:
         if session is None:
             self.stats["rejected"] += 1
             return [Log(f"session {sid}: a line from a session that is not open; dropped")]
-        envelope = scan(line) if len(line) >= self.fast_path_from else None
+        envelope = self._envelope(line)
         if envelope is not None:
             try:
                 spliced = self._session_spliced(session, line, envelope)
@@ -178,7 +178,7 @@ class Mux:
 
     def from_backend(self, line: bytes) -> list[Action]:
         """One line of the backend's stdout."""
-        envelope = scan(line) if len(line) >= self.fast_path_from else None
+        envelope = self._envelope(line)
         if envelope is not None and envelope.kind == "response":
             try:
                 spliced = self.requests.answer_spliced(line, envelope)
@@ -252,6 +252,15 @@ class Mux:
         if envelope is not None:
             return self._modern_request(session, message, envelope)
         return self._request(session, message)
+
+    def _envelope(self, line: bytes) -> Envelope | None:
+        """The envelope of a line long enough to try the fast path; None: the full parser decides."""
+        if len(line) < self.fast_path_from:
+            return None
+        try:
+            return scan(line)
+        except Exception:  # scan answers None when unsure; should it raise, the full parser still decides
+            return None
 
     def _session_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action] | None:
         """A session's line passed on with only its id replaced, when that is all the full path would do."""
