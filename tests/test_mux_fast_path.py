@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness, is_request
@@ -225,7 +226,7 @@ def test_threshold_setting() -> None:
     assert fast_path_threshold("lots") == FAST_PATH_FROM
 
 
-def test_an_envelope_reader_that_raises_leaves_the_line_to_the_full_parser(monkeypatch: Any) -> None:
+def test_an_envelope_reader_that_raises_leaves_the_line_to_the_full_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_scan(line: bytes) -> None:
         raise MemoryError("injected")
 
