@@ -21,18 +21,16 @@ WIDE = 1 << 20
 """Pipe size and read size once a pipe has carried a big line (Linux's default limit for a user's pipe)."""
 
 
-def widen(fd: int) -> bool:
+def widen(fd: int) -> None:
     """Let a pipe hold WIDE bytes: a big message then crosses it in 1 MiB steps, not 64 KiB ones (each
     step wakes both ends). Only pipes that carry big lines are widened: the kernel counts every pipe's
-    size against its user. Whether a reader may read WIDE at once (False: not a pipe, or refused)."""
-    setting = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if setting is None:
-        return False
-    try:
-        fcntl.fcntl(fd, setting, WIDE)
-    except OSError:
-        return False
-    return True
+    size against its user. Not a pipe (a client may hand us a socket), not Linux, or refused: unchanged."""
+    setting = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setting is not None:
+        try:
+            fcntl.fcntl(fd, setting, WIDE)
+        except OSError:
+            pass
 
 
 class LineReader:
@@ -94,7 +92,8 @@ class LineReader:
             start = search_from = newline + 1
         del self.buf[:start]
         if not self.wide and len(self.buf) >= READ_CHUNK:
-            self.wide = widen(self.fd)
+            widen(self.fd)
+            self.wide = True  # tried once; big lines are read WIDE at a time either way
         overflowed = len(self.buf) > self.limit and not self.skipping
         if len(self.buf) > self.limit:
             self.buf.clear()
@@ -144,7 +143,8 @@ class Outbox:
         if self.pending:
             self.loop.add_writer(self.fd, self._flush)
             if not self.wide and len(self.pending) >= READ_CHUNK:
-                self.wide = widen(self.fd) or True  # tried once
+                widen(self.fd)
+                self.wide = True  # tried once
 
     def _flush(self) -> None:
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -23,8 +25,17 @@ def nonblocking_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-def test_a_big_line_split_over_many_reads_arrives_whole_and_once() -> None:
-    read_end, write_end = nonblocking_pipe()
+def nonblocking_socketpair() -> tuple[int, int]:
+    """What some clients hand a server as stdio instead of pipes (it cannot be widened)."""
+    one, other = socket.socketpair()
+    for end in (one, other):
+        end.setblocking(False)
+    return one.detach(), other.detach()
+
+
+@pytest.mark.parametrize("channel", [nonblocking_pipe, nonblocking_socketpair])
+def test_a_big_line_split_over_many_reads_arrives_whole_and_once(channel: Callable[[], tuple[int, int]]) -> None:
+    read_end, write_end = channel()
     reader = LineReader(read_end, 1 << 31)
     data = b"small\r\n" + BIG + b"\nlast\n"
     lines: list[bytes] = []
