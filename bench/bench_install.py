@@ -11,7 +11,10 @@ editable         .venv/bin/mcpsingleton run -- …      (this repo's editable in
 installed        <venv>/bin/mcpsingleton run -- …     (`python -m venv` + `pip install <repo>`: what
                                                        pipx and a user venv give; pip writes the wrapper)
 launcher         mcpsingleton.launcher for that install: `#!<venv python> -IS` with the install's
-                 sys.path entries written into it (what `wrap` would write into configs)
+                 sys.path entries written into it
+wrapped          the command and args `<venv>/bin/mcpsingleton wrap` wrote into a config naming the
+                 server: what a client runs after "Install for everyday use" (the launcher, in
+                 MCPSINGLETON_HOME/bin here)
 
 Then `-X importtime` of the installed console script's path (site, .pth hooks, the wrapper's `re`).
 The install is made once into /tmp/msb-install-<uid> (reused; --reinstall to redo it).
@@ -21,6 +24,7 @@ Writes bench/results/install.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -62,6 +66,19 @@ def import_profile(argv: list[str], env: dict[str, str]) -> list[tuple[str, int]
     return sorted(rows, key=lambda row: -row[1])
 
 
+def wrapped_entry(bin_dir: str, server: list[str], env: dict[str, str], directory: str) -> list[str]:
+    """argv of the entry `mcpsingleton wrap` writes for `server`, run by the installed console script."""
+    config = os.path.join(directory, "mcp.json")
+    with open(config, "w") as handle:
+        json.dump({"mcpServers": {"fast": {"command": server[0], "args": server[1:]}}}, handle)
+    path_env = {**env, "PATH": bin_dir + os.pathsep + env.get("PATH", "")}
+    subprocess.run([os.path.join(bin_dir, "mcpsingleton"), "wrap", "--config", config], env=path_env, check=True,
+                   capture_output=True, timeout=60)
+    with open(config) as handle:
+        entry = json.load(handle)["mcpServers"]["fast"]
+    return [entry["command"], *entry["args"]]
+
+
 def interleaved(variants: dict[str, tuple[str, list[str]]], env: dict[str, str], runs: int,
                 warmup: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -90,20 +107,23 @@ def main() -> None:
     server = fast_cmd()
     with Home() as home, tempfile.TemporaryDirectory(prefix="msb-launcher-") as scratch:
         launcher = write_launcher(scratch, os.path.join(bin_dir, "mcpsingleton"), python)
-        holder = RawClient([os.path.join(bin_dir, "mcpsingleton"), "run", "--", *server], home.env)
+        wrapped = wrapped_entry(bin_dir, server, home.env, scratch)
+        holder = RawClient(wrapped, home.env)
         holder.initialize(timeout=60)  # starts the broker every variant then attaches to
+        run_options = wrapped[1 : wrapped.index(server[0])]  # run and the options wrap chose: the same key
         variants = {
             "bare": ("bare", [python, "-c", "pass"]),
             "isolated": ("bare", [python, "-I", "-S", "-c", "pass"]),
-            "editable": ("attach", [str(ROOT / ".venv/bin/mcpsingleton"), "run", "--", *server]),
-            "installed": ("attach", [os.path.join(bin_dir, "mcpsingleton"), "run", "--", *server]),
-            "launcher": ("attach", [launcher, "run", "--", *server]),
+            "editable": ("attach", [str(ROOT / ".venv/bin/mcpsingleton"), *run_options, *server]),
+            "installed": ("attach", [os.path.join(bin_dir, "mcpsingleton"), *run_options, *server]),
+            "launcher": ("attach", [launcher, *run_options, *server]),
+            "wrapped": ("attach", wrapped),
         }
         samples = interleaved(variants, home.env, runs, warmup=2)
         profiles = {
-            "installed": import_profile([python, "-X", "importtime", os.path.join(bin_dir, "mcpsingleton"), "run",
-                                         "--", *server], home.env),
-            "launcher": import_profile([python, "-X", "importtime", "-I", "-S", launcher, "run", "--", *server],
+            "installed": import_profile([python, "-X", "importtime", os.path.join(bin_dir, "mcpsingleton"),
+                                         *run_options, *server], home.env),
+            "launcher": import_profile([python, "-X", "importtime", "-I", "-S", launcher, *run_options, *server],
                                        home.env),
             "bare": import_profile([python, "-X", "importtime", "-c", "pass"], home.env),
         }
@@ -119,6 +139,7 @@ def main() -> None:
     paired = {name: summary([v - b for v, b in zip(samples[name], samples["bare"], strict=True)])["p50"]
               for name in stats}  # per iteration, against the bare run next to it: steadier on a busy machine
     result: dict[str, Any] = {
+        "wrapped_entry": wrapped,
         "machine": info, "runs": runs, "brokers": len(brokers), "ms": stats, "added_over_bare_ms_p50": added,
         "added_over_bare_paired_ms_p50": paired,
         "import_profile_us": {name: rows[:12] for name, rows in profiles.items()}, "launcher": launcher_text,

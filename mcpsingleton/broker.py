@@ -194,11 +194,11 @@ class Broker:
             if isinstance(action, ToSession):
                 session = self.sessions.get(action.session)
                 if session is not None and session.outbox is not None:
-                    session.outbox.send(jsonrpc.encode(action.message))
+                    session.outbox.send(*action.parts())
                     if len(session.outbox.pending) > MAX_UNREAD:
                         self._session_broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
             elif isinstance(action, ToBackend):
-                slot.send(action.message)
+                slot.send(action)
             elif isinstance(action, Log):
                 self.log.write(action.text)
             elif isinstance(action, StartBackend):

@@ -110,6 +110,13 @@ def state_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "state", "mcpsingleton")
 
 
+def launcher_dir() -> str:
+    """Where `wrap` writes the launcher client configs name: MCPSINGLETON_HOME/bin, else beside the user
+    state (from the home directory alone, like `state_dir`: never from XDG variables clients may strip)."""
+    home = home_override()
+    return os.path.join(home, "bin") if home else os.path.join(state_dir(), "bin")
+
+
 def log_dir() -> str:
     """Where broker logs go: MCPSINGLETON_HOME/logs, else beside the user state."""
     home = home_override()

@@ -49,14 +49,22 @@ def launcher_text(python: str, paths: list[str], console_script: str) -> str:
     )
 
 
+def launcher_path(directory: str, console_script: str, python: str = sys.executable) -> str:
+    """Where `write_launcher` puts the launcher, or the console script when `python` cannot have one
+    (a path too long for a `#!` line)."""
+    if len(f"#!{python} -IS".encode()) > SHEBANG_LIMIT:
+        return console_script
+    return os.path.join(directory, NAME)
+
+
 def write_launcher(directory: str, console_script: str, python: str = sys.executable) -> str:
     """Write the launcher for this interpreter into `directory` (atomically, mode 0755); its path.
 
     An interpreter path too long for a `#!` line gets no launcher: the console script's path comes back.
     """
-    if len(f"#!{python} -IS".encode()) > SHEBANG_LIMIT:
+    path = launcher_path(directory, console_script, python)
+    if path == console_script:
         return console_script
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = os.path.join(directory, NAME)
     write_atomically(path, launcher_text(python, site_paths(python), console_script).encode(), mode=0o755)
     return path

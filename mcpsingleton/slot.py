@@ -10,16 +10,18 @@ A broker holds one slot today; nothing here assumes it is the only one.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 
-from . import __version__, jsonrpc, lifecycle
+from . import __version__, lifecycle
 from .backend import Backend, Keeper, stop_ladder
 from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
 from .lifecycle import Lifecycle
 from .logfile import LogFile
-from .mux import Mux
+from .mux import Mux, ToBackend
+from .mux.router import FAST_PATH_ENV, fast_path_threshold
 from .streams import LineReader, Outbox
 from .wire import BackendStatus
 
@@ -59,7 +61,7 @@ class BackendSlot:
         self.log = log
         self.keeper = keeper
         self.host = host
-        self.mux = Mux("mcpsingleton", __version__)
+        self.mux = Mux("mcpsingleton", __version__, fast_path_threshold(os.environ.get(FAST_PATH_ENV)))
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []
@@ -92,11 +94,11 @@ class BackendSlot:
             self.log.write(f"backend lost {self.life.streak} time(s) in a row; restarting in {delay:.2f}s")
         self.spawn_timer = self.loop.call_later(delay, self._spawn)
 
-    def send(self, message: Any) -> None:
+    def send(self, action: ToBackend) -> None:
         """A message for the backend; pauses the slot's sessions while the backend leaves too much unread."""
         if self.outbox is None:
             return
-        self.outbox.send(jsonrpc.encode(message))
+        self.outbox.send(*action.parts())
         if len(self.outbox.pending) > PAUSE_AT and not self.paused:
             self.paused = True
             self.counters["backpressure_pauses"] += 1

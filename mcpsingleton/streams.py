@@ -6,6 +6,7 @@ Every stream the broker reads (a session's stdin, the backend's stdout and stder
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from .eventloop import Callback, EventLoop
@@ -16,6 +17,20 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 64 * 1024
 """Below glibc's mmap threshold: a larger read buffer costs an mmap/munmap pair per message (~100 µs)."""
+WIDE = 1 << 20
+"""Pipe size and read size once a pipe has carried a big line (Linux's default limit for a user's pipe)."""
+
+
+def widen(fd: int) -> None:
+    """Let a pipe hold WIDE bytes: a big message then crosses it in 1 MiB steps, not 64 KiB ones (each
+    step wakes both ends). Only pipes that carry big lines are widened: the kernel counts every pipe's
+    size against its user. Not a pipe (a client may hand us a socket), not Linux, or refused: unchanged."""
+    setting = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setting is not None:
+        try:
+            fcntl.fcntl(fd, setting, WIDE)
+        except OSError:
+            pass
 
 
 class LineReader:
@@ -25,13 +40,14 @@ class LineReader:
     read error counts as end of file (the other end is gone either way).
     """
 
-    __slots__ = ("buf", "fd", "limit", "skipping")
+    __slots__ = ("buf", "fd", "limit", "skipping", "wide")
 
     def __init__(self, fd: int, limit: int) -> None:
         self.fd = fd
         self.limit = limit
         self.buf = bytearray()
         self.skipping = False
+        self.wide = False
 
     def read(self) -> tuple[list[bytes], bool, bool]:
         data = self._chunk()
@@ -54,7 +70,7 @@ class LineReader:
     def _chunk(self) -> bytes | None:
         """None when nothing is ready after all; b"" at end of file or on a read error."""
         try:
-            return os.read(self.fd, READ_CHUNK)
+            return os.read(self.fd, WIDE if self.wide and len(self.buf) >= READ_CHUNK else READ_CHUNK)
         except BlockingIOError:
             return None
         except OSError:
@@ -69,11 +85,15 @@ class LineReader:
             if self.skipping:
                 self.skipping = False
             else:
-                line = bytes(self.buf[start:newline]).rstrip(b"\r")
+                with memoryview(self.buf) as view:  # one copy of the line, not two (a slice, then bytes)
+                    line = bytes(view[start:newline]).rstrip(b"\r")
                 if line.strip():
                     lines.append(line)
             start = search_from = newline + 1
         del self.buf[:start]
+        if not self.wide and len(self.buf) >= READ_CHUNK:
+            widen(self.fd)
+            self.wide = True  # tried once; big lines are read WIDE at a time either way
         overflowed = len(self.buf) > self.limit and not self.skipping
         if len(self.buf) > self.limit:
             self.buf.clear()
@@ -88,7 +108,7 @@ class Outbox:
     `on_drained` is called whenever the buffer empties after having been non-empty.
     """
 
-    __slots__ = ("broken", "fd", "loop", "on_drained", "on_error", "pending")
+    __slots__ = ("broken", "fd", "loop", "on_drained", "on_error", "pending", "wide")
 
     def __init__(self, loop: EventLoop, fd: int, on_error: Callable[[OSError], None]) -> None:
         self.loop = loop
@@ -96,24 +116,35 @@ class Outbox:
         self.pending = bytearray()
         self.on_error = on_error
         self.broken = False
+        self.wide = False
         self.on_drained: Callback | None = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
+        """Write `parts` as one run of bytes, without joining them (a big spliced line stays where it is)."""
         if self.broken:
             return
         if self.pending:
-            self.pending += data
+            for part in parts:
+                self.pending += part
             return
         try:
-            written = os.write(self.fd, data)
+            written = os.writev(self.fd, parts)
         except BlockingIOError:
             written = 0
         except OSError as exc:
             self._fail(exc)
             return
-        if written < len(data):
-            self.pending += data[written:]
+        for part in parts:
+            if written >= len(part):
+                written -= len(part)
+                continue
+            self.pending += part[written:]
+            written = 0
+        if self.pending:
             self.loop.add_writer(self.fd, self._flush)
+            if not self.wide and len(self.pending) >= READ_CHUNK:
+                widen(self.fd)
+                self.wide = True  # tried once
 
     def _flush(self) -> None:
         try:

@@ -9,6 +9,7 @@ from typing import Any
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Id, Message
 from mcpsingleton.mux import Action, Log, Mux, StartBackend, ToBackend, ToSession
+from mcpsingleton.mux.router import FAST_PATH_FROM
 
 SERVER_CAPABILITIES: dict[str, Any] = {
     "logging": {},
@@ -26,8 +27,9 @@ def init_result(capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def encode(message: object) -> bytes:
-    """One line as a peer would write it (`json.dumps` keeps non-dict payloads possible)."""
-    return json.dumps(message).encode() + b"\n"
+    """One line as a peer would write it and the broker's reader hands it on, without its newline
+    (`json.dumps` keeps non-dict payloads possible)."""
+    return json.dumps(message).encode()
 
 
 def wire(message: Any) -> Any:
@@ -60,8 +62,9 @@ class Harness:
         auto_start: bool = True,
         auto_initialize: bool = True,
         server_capabilities: dict[str, Any] | None = None,
+        fast_path_from: float = FAST_PATH_FROM,
     ) -> None:
-        self.mux = Mux("mcpsingleton", "test")
+        self.mux = Mux("mcpsingleton", "test", fast_path_from)
         self.auto_start = auto_start
         self.auto_initialize = auto_initialize
         self.init_result = init_result(server_capabilities)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import tomllib
 from dataclasses import dataclass
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from mcpsingleton import launcher
 from mcpsingleton.configs import clients as registry
 from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
 from mcpsingleton.configs.entries import Document, classify
 from mcpsingleton.configs.records import records_path
 from mcpsingleton.configs.wrapping import Edit, apply
+from mcpsingleton.keys import launcher_dir
 from mcpsingleton.shim import parse_args
 
 FIXTURES = Path(__file__).parent / "fixtures" / "configs"
@@ -70,7 +73,8 @@ CURSOR, CODEX, DESKTOP = CASES[3], CASES[8], CASES[0]
 
 @pytest.fixture
 def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A HOME (our state goes under it), a project dir as cwd, and an installed `mcpsingleton` first on PATH."""
+    """A HOME (our state goes under it), a project dir as cwd, and an installed `mcpsingleton` first on PATH;
+    the command wrap writes into configs: the launcher for it, under HOME."""
     home, project, bindir = tmp_path / "home", tmp_path / "project", tmp_path / "bin"
     for directory in (home, project, bindir):
         directory.mkdir()
@@ -83,7 +87,7 @@ def exe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("XDG_CONFIG_HOME", "CODEX_HOME", "APPDATA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(project)
-    return str(program)
+    return launcher.launcher_path(launcher_dir(), str(program))
 
 
 def wrap(
@@ -357,8 +361,12 @@ def test_a_file_changed_while_editing_is_not_overwritten(exe: str, monkeypatch: 
 def test_an_unwritable_file_is_reported_and_untouched(exe: str, monkeypatch: pytest.MonkeyPatch) -> None:
     original = CURSOR.install()
 
+    real_replace = os.replace
+
     def refuse(source: str, target: str) -> None:
-        raise PermissionError(13, "Permission denied")
+        if os.fspath(target) == str(CURSOR.path):
+            raise PermissionError(13, "Permission denied")
+        real_replace(source, target)  # the launcher
 
     monkeypatch.setattr(os, "replace", refuse)
 
@@ -371,6 +379,18 @@ def test_an_unwritable_file_is_reported_and_untouched(exe: str, monkeypatch: pyt
     )
     assert CURSOR.path.read_bytes() == original
     assert [p.name for p in CURSOR.path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_configs_name_the_console_script_when_the_launcher_cannot_be_written(exe: str) -> None:
+    Path(exe).parent.parent.mkdir(parents=True)
+    Path(exe).parent.write_text("a file where the launcher's directory should be")
+    CURSOR.install()
+    code, _, err = wrap("cursor")
+    assert code == 0
+    assert err.startswith(f"mcpsingleton: cannot write the launcher in {Path(exe).parent} (")
+    console_script = shutil.which("mcpsingleton")
+    assert json.loads(CURSOR.path.read_text())["mcpServers"]["time"]["command"] == console_script
+    assert console_script != exe
 
 
 def test_a_symlinked_config_stays_a_link(exe: str, tmp_path: Path) -> None:

@@ -186,11 +186,16 @@ WEIGHTED_OPS = (
 ops = st.sampled_from([strategy for strategy, weight in WEIGHTED_OPS for _ in range(weight)]).flatmap(lambda op: op)
 
 
+def line_of(value: Any) -> bytes:
+    """`value` as the broker's reader hands a peer's line to the mux: compact JSON, without its newline."""
+    return jsonrpc.encode(value)[:-1]
+
+
 class World:
     """Drives the mux, counting what each session is owed and what it received."""
 
-    def __init__(self, answers: list[dict[str, Any]]) -> None:
-        self.h = Harness(auto_start=False, auto_initialize=False)
+    def __init__(self, answers: list[dict[str, Any]], fast_path_from: float = float("inf")) -> None:
+        self.h = Harness(auto_start=False, auto_initialize=False, fast_path_from=fast_path_from)
         self.answers = answers  # how the backend answers, in turn, what it is sent (initialize: properly)
         self.open: list[int] = []
         self.next_sid = 1
@@ -237,7 +242,7 @@ class World:
                 self.owe(sid, item)
         elif isinstance(value, dict):
             self.owe(sid, value)
-        self.perform(self.h.mux.from_session(sid, jsonrpc.encode(value)))
+        self.perform(self.h.mux.from_session(sid, line_of(value)))
 
     def request(self, index: int, method: str, body: Any, modern: bool, meta: Any) -> None:
         """A well-formed request under a fresh id, with anything in its params (a 2026-07-28 envelope when modern)."""
@@ -273,7 +278,7 @@ class World:
         if waiting:
             request = waiting[index % len(waiting)]
             self.answered.add(request["id"])
-            self.perform(self.h.mux.from_backend(jsonrpc.encode({"jsonrpc": "2.0", "id": request["id"], **reply})))
+            self.perform(self.h.mux.from_backend(line_of({"jsonrpc": "2.0", "id": request["id"], **reply})))
 
     def start(self) -> None:
         if self.h.mux.backend.state in (DOWN, SPAWNING):
@@ -286,7 +291,7 @@ class World:
         elif name == "request":
             self.request(index, *value)
         elif name == "backend":
-            self.perform(self.h.mux.from_backend(jsonrpc.encode(value)))
+            self.perform(self.h.mux.from_backend(line_of(value)))
         elif name == "answer":
             self.answer(index, value)
         elif name == "open":
@@ -316,7 +321,7 @@ class World:
             proper = request["method"] == "initialize"
             reply = {"result": init_result()} if proper else self.answers[n % len(self.answers)]
             self.answered.add(request["id"])
-            self.perform(self.h.mux.from_backend(jsonrpc.encode({"jsonrpc": "2.0", "id": request["id"], **reply})))
+            self.perform(self.h.mux.from_backend(line_of({"jsonrpc": "2.0", "id": request["id"], **reply})))
         return bool(waiting)
 
 

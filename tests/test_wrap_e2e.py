@@ -19,7 +19,9 @@ def test_wrapped_entry_really_shares_a_backend(home: Path, fake_server: list[str
                          timeout=30)
     assert out.returncode == 0, out.stderr
     entry = json.loads(config.read_text())["mcpServers"]["fake"]
-    assert os.path.isabs(entry["command"]) and entry["args"][0] == "run"
+    assert entry["command"] == str(home / "bin" / "mcpsingleton") and entry["args"][0] == "run"
+    shebang = Path(entry["command"]).read_text().splitlines()[0]
+    assert shebang.startswith("#!/") and shebang.endswith(" -IS"), "configs name the -I -S launcher"
     assert "--env-key" in entry["args"] and "FAKE_API_KEY" in entry["args"]
 
     def launch(env_value: str) -> RawClient:

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TextIO
 
+from mcpsingleton import launcher
 from mcpsingleton.configs import clients as registry
 from mcpsingleton.configs import codex_toml, diff, files, jsonc
 from mcpsingleton.configs.clients import CLIENT_NAMES, ConfigFile
 from mcpsingleton.configs.entries import ConfigError, Document
 from mcpsingleton.configs.records import InsertedArgs
 from mcpsingleton.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
-from mcpsingleton.keys import HOME_ENV, SCOPES, home_override
+from mcpsingleton.keys import HOME_ENV, SCOPES, home_override, launcher_dir
 
 __all__ = ["CLIENT_NAMES", "run_wrap"]
 
@@ -55,15 +57,30 @@ def run_wrap(
         err.write(f"mcpsingleton: {problem}\n")
         return 2
     targets = [registry.explicit(config, clients)] if config else _discover(clients, out)
-    job = _Job(unwrap, dry_run, scope, out, err, executable="" if unwrap else mcpsingleton_executable(),
-               home=home_override())
+    executable = "" if unwrap else mcpsingleton_executable(dry_run, err)
+    job = _Job(unwrap, dry_run, scope, out, err, executable=executable, home=home_override())
     return max((job.run(target) for target in targets), default=0)
 
 
-def mcpsingleton_executable() -> str:
-    """Absolute path for client configs: desktop clients do not start servers through the shell's PATH."""
+def mcpsingleton_executable(dry_run: bool = False, err: TextIO | None = None) -> str:
+    """Absolute path for client configs (desktop clients do not start servers through the shell's PATH):
+    the `-I -S` launcher, written now (each session then starts ~10 ms sooner than through the console
+    script, see mcpsingleton.launcher), or the console script when the launcher cannot be written."""
     found = shutil.which("mcpsingleton")
-    return os.path.abspath(found) if found else os.path.realpath(sys.argv[0])
+    console_script = os.path.abspath(found) if found else os.path.realpath(sys.argv[0])
+    directory = launcher_dir()
+    planned = launcher.launcher_path(directory, console_script)
+    if dry_run or planned == console_script:  # a dry run writes nothing; PATH may name the launcher itself
+        return planned
+    try:
+        return launcher.write_launcher(directory, console_script)
+    except (OSError, subprocess.SubprocessError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        (err or sys.stderr).write(
+            f"mcpsingleton: cannot write the launcher in {directory} ({why}); configs name {console_script}"
+            " instead, which starts each session ~10 ms later\n"
+        )
+        return console_script
 
 
 def _usage_problem(clients: list[str], scope: str | None) -> str:

@@ -6,33 +6,78 @@ costs each broker ~1.8 MiB and ~15 ms of cold start, and one broker runs per ser
 
 from __future__ import annotations
 
+import json
+
+from .. import jsonrpc
 from ..jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import TypeAlias
+    from typing import Any, TypeAlias
 
+    from ..envelope import Span
     from .router import Mux
     from .session import Session
 
 
-class ToBackend:
-    __slots__ = ("message",)
+class Spliced:
+    """A line passed on as its sender wrote it, with only its top-level id replaced (the fast path: a big
+    message is neither decoded nor re-encoded). `parts` are written out as they are, without joining."""
 
-    def __init__(self, message: Message) -> None:
-        self.message = message
+    __slots__ = ("line", "new_id", "span")
+
+    def __init__(self, line: bytes, span: Span, new_id: bytes) -> None:
+        self.line = line
+        self.span = span
+        self.new_id = new_id
+
+    def parts(self) -> tuple[bytes | memoryview, ...]:
+        """The line with the new id and its newline, as slices of the original bytes (no copy)."""
+        start, end = self.span
+        view = memoryview(self.line)
+        return view[:start], self.new_id, view[end:], b"\n"
+
+    def decode(self) -> Any:
+        return json.loads(b"".join(self.parts()))
+
+
+class Outgoing:
+    """A message for one peer: a decoded message, or a `Spliced` line that is decoded only if asked."""
+
+    __slots__ = ("_message", "spliced")
+
+    def __init__(self, message: Any, spliced: Spliced | None = None) -> None:
+        self._message = message
+        self.spliced = spliced
+
+    @property
+    def message(self) -> Any:
+        if self._message is None and self.spliced is not None:
+            self._message = self.spliced.decode()
+        return self._message
+
+    def parts(self) -> tuple[bytes | memoryview, ...]:
+        """What to write: the spliced line's slices, or the message encoded as one line."""
+        return self.spliced.parts() if self.spliced is not None else (jsonrpc.encode(self._message),)
+
+
+class ToBackend(Outgoing):
+    __slots__ = ()
+
+    def __init__(self, message: Message | None, spliced: Spliced | None = None) -> None:
+        super().__init__(message, spliced)
 
     def __repr__(self) -> str:
         return f"ToBackend({self.message!r})"
 
 
-class ToSession:
-    __slots__ = ("message", "session")
+class ToSession(Outgoing):
+    __slots__ = ("session",)
 
-    def __init__(self, session: int, message: Message | list[Message]) -> None:
+    def __init__(self, session: int, message: Message | list[Message] | None, spliced: Spliced | None = None) -> None:
+        super().__init__(message, spliced)
         self.session = session
-        self.message = message
 
     def __repr__(self) -> str:
         return f"ToSession({self.session}, {self.message!r})"

@@ -82,6 +82,11 @@ class Batches(Feature):
         batch.replies.append(reply)
         return self._settle(session, batch)
 
+    def expects(self, session: Session, request_id: Id) -> bool:
+        """Whether an unfinished batch of `session` waits for the reply to `request_id`."""
+        index = self.expected.get(session.sid)
+        return index is not None and bool(index.get(id_key(request_id)))
+
     def no_reply(self, session: Session, key: tuple[bool, Id]) -> list[Action]:
         """A cancelled request gets no reply: the batch holding it must not wait for one."""
         batch = self._take(session, key[1]) if session.sid in self.expected else None

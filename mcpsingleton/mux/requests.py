@@ -7,10 +7,13 @@ while, so its late reply is dropped quietly.
 
 from __future__ import annotations
 
+import json
+
 from .. import jsonrpc
+from ..envelope import Envelope, encode_id
 from ..jsonrpc import Id, Message, id_key
 from . import eras
-from .actions import Feature, Log, ToBackend
+from .actions import Feature, Log, Spliced, ToBackend, ToSession
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -64,9 +67,20 @@ class Requests(Feature):
         outgoing = dict(message)
         outgoing["id"] = backend_id
         token = self.mux.progress.claim(session, outgoing, backend_id)
-        self.pending[backend_id] = Pending(session.sid, message["id"], message["method"], token, on_reply)
-        session.inflight[id_key(message["id"])] = backend_id
+        self._track(backend_id, Pending(session.sid, message["id"], message["method"], token, on_reply), session)
         return [ToBackend(outgoing)]
+
+    def forward_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action]:
+        """`forward` for a request that needs no rewriting but its id (no `_meta`): its bytes pass as written."""
+        assert envelope.id is not None and envelope.method is not None and envelope.id_span is not None
+        backend_id = self.new_id()
+        self._track(backend_id, Pending(session.sid, envelope.id, envelope.method), session)
+        return [ToBackend(None, Spliced(line, envelope.id_span, encode_id(backend_id)))]
+
+    def _track(self, backend_id: int, pending: Pending, session: Session) -> None:
+        assert pending.original_id is not None
+        self.pending[backend_id] = pending
+        session.inflight[id_key(pending.original_id)] = backend_id
 
     def own(self, method: str, params: dict[str, Any], on_reply: Reply | None = None) -> ToBackend:
         """A request the broker sends on its own behalf (its answer goes to `on_reply`, or nowhere)."""
@@ -112,6 +126,29 @@ class Requests(Feature):
             actions += mux.batches.deliver(session, reply)
         del self.pending[backend_id]  # only now: should anything above fail, `fail` still finds the asker
         return actions
+
+    def answer_spliced(self, line: bytes, envelope: Envelope) -> list[Action] | None:
+        """`answer` for a reply that needs nothing but its asker's id: the backend's bytes pass as written.
+
+        None (nothing done) when the reply needs more: a reply hook, a progress token to release, a
+        2026-07-28 completion, a tasks/list filter, a created task, a batch to join, a malformed body.
+        """
+        backend_id = envelope.id
+        pending = self.pending.get(backend_id) if type(backend_id) is int else None
+        if pending is None or pending.on_reply is not None or pending.token is not None or pending.modern:
+            return None
+        session = self.mux.sessions.get(pending.session) if pending.session is not None else None
+        original_id = pending.original_id
+        if session is None or original_id is None or pending.method == "tasks/list":
+            return None
+        if self.mux.batches.expects(session, original_id) or not _well_formed(line, envelope):
+            return None
+        assert type(backend_id) is int and envelope.id_span is not None
+        session.inflight.pop(id_key(original_id), None)
+        del self.pending[backend_id]
+        if "error" in envelope.members:
+            self.mux.stats["errors"] += 1
+        return [ToSession(session.sid, None, Spliced(line, envelope.id_span, encode_id(original_id)))]
 
     def _as_asked(
         self, pending: Pending, original_id: Id, session: Session, message: Message, log: list[Action]
@@ -184,6 +221,19 @@ def malformed(reply: Message) -> str | None:
     if not isinstance(reply.get("result"), dict):
         return "a result that is not an object"
     return None
+
+
+def _well_formed(line: bytes, envelope: Envelope) -> bool:
+    """`malformed` would pass this reply, and it creates no task (its error, always small, is decoded)."""
+    body, error = envelope.body, envelope.members.get("error")
+    if body is not None and "task" in body:
+        return False
+    if error is None:
+        return body is not None  # a result that is an object
+    try:
+        return malformed({"error": json.loads(line[error[0] : error[1]])}) is None
+    except ValueError:
+        return False
 
 
 def cancel(request_id: int, reason: str) -> Message:

@@ -5,6 +5,11 @@ notifications, backend requests, backend notifications) to the feature module th
 in no table takes the default (forward, forward, refuse, broadcast). Lifecycle events (a session
 closed, the backend lost, the backend ready) go to every feature in `self.features` order.
 
+Lines of `fast_path_from` bytes or more are first read as an envelope only (`envelope.scan`): a reply
+or request that needs nothing but a new id passes on as written, its new id spliced in, with the same
+bookkeeping as the full path (`Requests.answer_spliced`, `Requests.forward_spliced`,
+`ServerRequests.answer_spliced`); anything else, and every smaller line, is decoded in full.
+
 The entry points enforce the one rule that keeps a shared broker alive: nothing raised while handling
 one session's or the backend's input escapes to the broker. The offending line is answered (-32603 to
 its session) or dropped, logged with its source, and counted in `stats`.
@@ -13,6 +18,7 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
+from ..envelope import Envelope, scan
 from ..jsonrpc import Id, Invalid, Message
 from . import eras, failures
 from .actions import Log, ToBackend, ToSession
@@ -37,18 +43,27 @@ if TYPE_CHECKING:
 
     from .actions import Action, BackendHandler, Feature, SessionHandler
 
+FAST_PATH_FROM = 16 * 1024
+"""Lines this long or longer try the envelope path; below, the full parser costs as little (bench/bench_json.py)."""
+FAST_PATH_ENV = "MCPSINGLETON_FAST_PATH_FROM"
+"""Overrides FAST_PATH_FROM in the broker (bytes; `off` disables the fast path), for benchmarks."""
+
 
 class Mux:
     """State of one backend and the sessions sharing it."""
 
-    def __init__(self, client_name: str = "mcpsingleton", version: str = "0") -> None:
+    def __init__(
+        self, client_name: str = "mcpsingleton", version: str = "0", fast_path_from: float = FAST_PATH_FROM
+    ) -> None:
         self.sessions: dict[int, Session] = {}
+        self.fast_path_from = fast_path_from
         self.stats = {
             "requests": 0,  # requests from sessions
             "errors": 0,  # error replies to sessions (the backend's and the broker's own)
             "dropped": 0,  # messages not passed on: unusable backend lines, unknown ids, malformed replies
             "rejected": 0,  # session lines refused: unparseable, not JSON-RPC, or failing inside the mux
             "internal_errors": 0,  # exceptions caught while handling one input: each one is a bug
+            "fast_path": 0,  # lines passed on as written with only their id replaced (big ones only)
         }
         self.backend = BackendView()
         self.handshake = Handshake(self, {"name": client_name, "version": version})
@@ -117,6 +132,15 @@ class Mux:
         if session is None:
             self.stats["rejected"] += 1
             return [Log(f"session {sid}: a line from a session that is not open; dropped")]
+        envelope = self._envelope(line)
+        if envelope is not None:
+            try:
+                spliced = self._session_spliced(session, line, envelope)
+            except Exception as exc:
+                return failures.session_line_failed(self, session, _routing_stub(envelope), exc)
+            if spliced is not None:
+                self.stats["fast_path"] += 1
+                return spliced
         try:
             data = jsonrpc.parse(line)
         except Invalid as bad:
@@ -154,6 +178,15 @@ class Mux:
 
     def from_backend(self, line: bytes) -> list[Action]:
         """One line of the backend's stdout."""
+        envelope = self._envelope(line)
+        if envelope is not None and envelope.kind == "response":
+            try:
+                spliced = self.requests.answer_spliced(line, envelope)
+            except Exception as exc:
+                return failures.backend_line_failed(self, _routing_stub(envelope), exc)
+            if spliced is not None:
+                self.stats["fast_path"] += 1
+                return spliced
         try:
             data = jsonrpc.parse(line)
         except Invalid as bad:
@@ -220,6 +253,26 @@ class Mux:
             return self._modern_request(session, message, envelope)
         return self._request(session, message)
 
+    def _envelope(self, line: bytes) -> Envelope | None:
+        """The envelope of a line long enough to try the fast path; None: the full parser decides."""
+        if len(line) < self.fast_path_from:
+            return None
+        try:
+            return scan(line)
+        except Exception:  # scan answers None when unsure; should it raise, the full parser still decides
+            return None
+
+    def _session_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action] | None:
+        """A session's line passed on with only its id replaced, when that is all the full path would do."""
+        if envelope.kind == "response":
+            return self.server_requests.answer_spliced(session, line, envelope)
+        if envelope.kind != "request" or not self.backend.ready or envelope.method in self.session_requests:
+            return None
+        if envelope.body is not None and "_meta" in envelope.body:
+            return None  # a progress token or a 2026-07-28 envelope to translate
+        self.stats["requests"] += 1
+        return self.requests.forward_spliced(session, line, envelope)
+
     def _request(self, session: Session, message: Message) -> list[Action]:
         handler = self.session_requests.get(message["method"])
         return handler(session, message) if handler is not None else self.requests.forward(session, message)
@@ -255,3 +308,23 @@ class Mux:
                 self.stats["internal_errors"] += 1
                 actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
         return actions
+
+
+def _routing_stub(envelope: Envelope) -> Message:
+    """The routing members of a line whose fast path failed: what the failure handlers read."""
+    stub: Message = {"jsonrpc": "2.0", "id": envelope.id}
+    if envelope.method is None:
+        stub["result"] = {}
+    else:
+        stub["method"] = envelope.method
+    return stub
+
+
+def fast_path_threshold(setting: str | None) -> float:
+    """FAST_PATH_ENV's value as a threshold: bytes, `off` (never), FAST_PATH_FROM when unset or unreadable."""
+    if setting == "off":
+        return float("inf")
+    try:
+        return int(setting) if setting else FAST_PATH_FROM
+    except ValueError:
+        return FAST_PATH_FROM

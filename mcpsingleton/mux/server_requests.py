@@ -5,8 +5,9 @@ is not certain, never guessed. Also the broker's own requests to sessions (roots
 from __future__ import annotations
 
 from .. import jsonrpc
+from ..envelope import Envelope, encode_id
 from ..jsonrpc import Id, Message, id_key
-from .actions import Feature, Log, ToBackend, ToSession
+from .actions import Feature, Log, Spliced, ToBackend, ToSession
 from .requests import cancel
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -67,16 +68,34 @@ class ServerRequests(Feature):
     def answer(self, session: Session, message: Message) -> list[Action]:
         """A session's answer to a server→client request: back to the backend under its own id."""
         our_id = message.get("id")
-        outstanding = self.outstanding.get(our_id) if type(our_id) is int else None
-        if outstanding is None or outstanding.session != session.sid:
+        outstanding = self._owed_by(session, our_id)
+        if outstanding is None:
             self.mux.stats["dropped"] += 1
             return [Log(f"session {session.sid}: response to unknown request {our_id!r}; dropped")]
         del self.outstanding[message["id"]]
         if outstanding.on_reply is not None:
             return outstanding.on_reply(message)
+        return [ToBackend({**message, "id": self._settled(outstanding)})]
+
+    def answer_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action] | None:
+        """`answer` for a backend's request: the session's bytes pass as written with the backend's id
+        spliced in. None (nothing done) for anything else (the broker's own requests, unknown ids)."""
+        outstanding = self._owed_by(session, envelope.id)
+        if outstanding is None or outstanding.on_reply is not None:
+            return None
+        assert type(envelope.id) is int and envelope.id_span is not None
+        del self.outstanding[envelope.id]
+        return [ToBackend(None, Spliced(line, envelope.id_span, encode_id(self._settled(outstanding))))]
+
+    def _owed_by(self, session: Session, our_id: object) -> Outstanding | None:
+        outstanding = self.outstanding.get(our_id) if type(our_id) is int else None
+        return outstanding if outstanding is not None and outstanding.session == session.sid else None
+
+    def _settled(self, outstanding: Outstanding) -> Id:
+        """The backend's own id for an answered request, which no longer needs mapping back."""
         assert outstanding.backend_id is not None
         self.by_backend.pop(id_key(outstanding.backend_id), None)
-        return [ToBackend({**message, "id": outstanding.backend_id})]
+        return outstanding.backend_id
 
     def cancelled(self, message: Message) -> list[Action]:
         """The backend gave up a server→client request: its session hears it, under the id it knows."""
