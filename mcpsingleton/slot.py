@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from . import __version__, jsonrpc, lifecycle
+from . import __version__, discovery, jsonrpc, lifecycle
 from .backend import Backend, Keeper, stop_ladder
 from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
@@ -59,7 +59,7 @@ class BackendSlot:
         self.log = log
         self.keeper = keeper
         self.host = host
-        self.mux = Mux("mcpsingleton", __version__)
+        self.mux = Mux("mcpsingleton", __version__, discovery.load(spec), bool(spec.get("lazy")))
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []

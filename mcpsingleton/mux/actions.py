@@ -11,7 +11,7 @@ from ..jsonrpc import Message
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import TypeAlias
+    from typing import Any, TypeAlias
 
     from .router import Mux
     from .session import Session
@@ -50,6 +50,18 @@ class StartBackend:
         return hash(StartBackend)
 
 
+class StoreDiscovery:
+    """What the backend said about itself changed: store it for this key (None: forget what is stored)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: dict[str, Any] | None) -> None:
+        self.entry = entry
+
+    def __repr__(self) -> str:
+        return f"StoreDiscovery({self.entry!r})"
+
+
 class Log:
     __slots__ = ("text",)
 
@@ -60,7 +72,7 @@ class Log:
         return f"Log({self.text!r})"
 
 
-Action = ToBackend | ToSession | StartBackend | Log
+Action = ToBackend | ToSession | StartBackend | StoreDiscovery | Log
 
 if TYPE_CHECKING:
     Reply: TypeAlias = Callable[[Message], list[Action]]

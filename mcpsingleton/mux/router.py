@@ -19,6 +19,7 @@ from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
 from .cancellation import Cancellation
+from .discovery import Discovery
 from .handshake import LOCAL_METHODS, Handshake
 from .log_levels import LogLevels
 from .progress import Progress
@@ -41,7 +42,15 @@ if TYPE_CHECKING:
 class Mux:
     """State of one backend and the sessions sharing it."""
 
-    def __init__(self, client_name: str = "mcpsingleton", version: str = "0") -> None:
+    def __init__(
+        self,
+        client_name: str = "mcpsingleton",
+        version: str = "0",
+        discovery: dict[str, Any] | None = None,
+        lazy: bool = False,
+    ) -> None:
+        """`discovery`: the key's cached discovery entry (`{}` when none yet; None: never cache this key);
+        `lazy`: with an entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.stats = {
             "requests": 0,  # requests from sessions
@@ -62,6 +71,7 @@ class Mux:
         self.cancellation = Cancellation(self)
         self.batches = Batches(self)
         self.queue = Queue(self)
+        self.discovery = Discovery(self, discovery, lazy)
         self.features: tuple[Feature, ...] = (
             self.handshake,
             self.requests,
@@ -72,6 +82,7 @@ class Mux:
             self.log_levels,
             self.roots,
             self.batches,
+            self.discovery,
             self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
         )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
         self.session_requests: dict[str, SessionHandler] = {
@@ -214,7 +225,7 @@ class Mux:
         if method in LOCAL_METHODS:
             return self.session_requests[method](session, message)
         if not self.backend.ready:
-            return self.queue.hold(session, message)
+            return self.discovery.answer(session, message) or self.queue.hold(session, message)
         envelope = eras.envelope(message)
         if envelope is not None:
             return self._modern_request(session, message, envelope)
