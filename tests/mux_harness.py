@@ -8,7 +8,7 @@ from typing import Any
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Id, Message
-from mcpsingleton.mux import Action, Log, Mux, StartBackend, ToBackend, ToSession
+from mcpsingleton.mux import Action, Log, Mux, StartBackend, StoreDiscovery, ToBackend, ToSession
 
 SERVER_CAPABILITIES: dict[str, Any] = {
     "logging": {},
@@ -60,8 +60,10 @@ class Harness:
         auto_start: bool = True,
         auto_initialize: bool = True,
         server_capabilities: dict[str, Any] | None = None,
+        discovery: dict[str, Any] | None = None,
+        lazy: bool = False,
     ) -> None:
-        self.mux = Mux("mcpsingleton", "test")
+        self.mux = Mux("mcpsingleton", "test", discovery, lazy)
         self.auto_start = auto_start
         self.auto_initialize = auto_initialize
         self.init_result = init_result(server_capabilities)
@@ -69,6 +71,7 @@ class Harness:
         self.inbox: defaultdict[int, list[Any]] = defaultdict(list)
         self.logs: list[str] = []
         self.starts = 0
+        self.stored: list[dict[str, Any] | None] = []  # each StoreDiscovery's entry
         self.last: list[Action] = []
 
     # ---- driving the mux --------------------------------------------------------------------
@@ -85,6 +88,8 @@ class Harness:
                 self.inbox[action.session].append(wire(action.message))
             elif isinstance(action, Log):
                 self.logs.append(action.text)
+            elif isinstance(action, StoreDiscovery):
+                self.stored.append(action.entry)
             elif isinstance(action, StartBackend):
                 self.starts += 1
                 if self.auto_start:
