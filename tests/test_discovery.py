@@ -113,7 +113,8 @@ def test_the_first_run_stores_what_the_server_said() -> None:
     h = Harness(discovery={})
     h.open(1)
     answer_lists(h, [TOOL_A])
-    assert h.stored == [{"initialize": h.init_result, "tools/list": {"tools": [TOOL_A]}, "resources/list": {"resources": []}}]
+    expected = {"initialize": h.init_result, "tools/list": {"tools": [TOOL_A]}, "resources/list": {"resources": []}}
+    assert h.stored == [expected]
 
 
 def test_a_paginated_server_is_not_cached() -> None:
