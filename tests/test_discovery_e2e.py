@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from conftest import RawClient, backend_roots, ls_json, processes_of, result_text, shim, wait_for
 
 SECRET = "s3cret-token-value-42"
@@ -45,9 +46,12 @@ def test_a_second_start_answers_initialize_before_the_backend_has(home: Path, fa
     assert client.close() == 0
 
 
-def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: list[str]) -> None:
+@pytest.mark.parametrize("asked_by", ["--lazy", "config.toml"])
+def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: list[str], asked_by: str) -> None:
     first_run(fake_server, home)
-    client = RawClient(shim(fake_server, "--lazy"))
+    if asked_by == "config.toml":
+        (home / "config.toml").write_text('[servers."fake-server"]\nlazy = true\n')
+    client = RawClient(shim(fake_server, *([asked_by] if asked_by == "--lazy" else [])))
     client.initialize()
     client.reply_to(client.request("tools/list"))
     client.reply_to(client.request("ping"))

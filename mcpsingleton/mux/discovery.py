@@ -142,4 +142,3 @@ def valid_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     kept = {method: entry[method] for method in LISTS if isinstance(entry.get(method), dict)}
     return {INITIALIZE: entry[INITIALIZE], **kept}
-
