@@ -10,7 +10,9 @@ cold   spawn → InitializeResult of the first session on a cold key (no broker 
 lazy   a client session that opens ten servers (server-everything, ten keys), initializes and lists
        tools on each, then calls one tool on one of them: PSS of the brokers, keepers and backends
        once that call has been answered, and the time until all ten InitializeResults were in.
-       Variants: no cache entries (today), entries without --lazy, entries with --lazy. Interleaved.
+       Variants: the servers started directly by the client (their process trees' PSS), through
+       mcpsingleton without cache entries (before this change), with entries, with entries and --lazy.
+       Interleaved.
 Writes bench/results/discovery.json.
 """
 
@@ -33,10 +35,12 @@ from common import (
     entry_point,
     log,
     machine,
+    memory,
     server_cmd,
     server_cwd,
     shim_cmd,
     summary,
+    tree,
     write_result,
 )
 
@@ -155,8 +159,27 @@ def ten_server_session(home: Home, dirs: list[str], lazy: bool) -> dict[str, flo
             client.close()
 
 
+def ten_servers_direct(dirs: list[str]) -> dict[str, float]:
+    """The same client session without mcpsingleton: it starts every server itself."""
+    server = server_cmd("everything")
+    clients = [RawClient(server, base_env(), directory) for directory in dirs]
+    try:
+        for client in clients:
+            client.initialize()
+        all_initialized = (time.perf_counter() - clients[0].started) * 1000
+        for client in clients:
+            client.request("tools/list")
+        clients[0].request(*ECHO_CALL["everything"])
+        time.sleep(0.5)
+        pss = sum(memory(process)["pss"] for client in clients for process in tree(client.process.pid)) / MIB
+        return {"all_initialized_ms": all_initialized, "pss_mib": pss, "backends": len(clients)}
+    finally:
+        for client in clients:
+            client.close()
+
+
 def bench_lazy(runs: int) -> dict[str, Any]:
-    variants = {"no_cache": False, "cache": False, "cache_lazy": True}
+    variants = {"direct": False, "no_cache": False, "cache": False, "cache_lazy": True}
     samples: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     with Home() as home:
         dirs = [os.path.join(home.path, f"server-{number}") for number in range(SERVERS)]  # --scope cwd: ten keys
@@ -168,6 +191,9 @@ def bench_lazy(runs: int) -> dict[str, Any]:
         for iteration in range(runs):
             order = list(variants) if iteration % 2 == 0 else list(variants)[::-1]
             for variant in order:
+                if variant == "direct":
+                    samples[variant].append(ten_servers_direct(dirs))
+                    continue
                 if variant == "no_cache":
                     drop_cache(home)
                 samples[variant].append(ten_server_session(home, dirs, variants[variant]))
