@@ -179,3 +179,19 @@ def test_a_broken_entry_is_ignored() -> None:
     h = Harness(auto_start=False, discovery={"initialize": "not an object", "tools/list": {"tools": []}})
     h.open(1)
     assert h.replies(1) == [] and h.starts == 1  # waits for the backend as without a cache
+
+
+def test_a_list_the_backend_says_changed_reaches_every_session_and_refreshes_the_entry() -> None:
+    h = Harness(discovery={})
+    h.open(1)
+    answer_lists(h, [TOOL_A])
+    h.clear()
+    h.from_backend({"jsonrpc": "2.0", "method": TOOLS_CHANGED})
+    assert [n["method"] for n in h.notes_to(1)] == [TOOLS_CHANGED]
+    assert [r["method"] for r in h.backend_requests()] == ["tools/list"]  # only the list that changed
+    answer_lists(h, [TOOL_A, TOOL_B])
+    assert h.stored[-1] == {
+        "initialize": h.init_result,
+        "tools/list": {"tools": [TOOL_A, TOOL_B]},
+        "resources/list": {"resources": []},
+    }
