@@ -89,3 +89,19 @@ def test_discovery_that_contains_a_secret_value_is_not_cached(home: Path, fake_s
     assert wait_for(lambda: "contains the value of $API_TOKEN" in log.read_text())
     assert cache_files(home) == []
     assert client.close() == 0
+
+
+def test_server_everything_from_the_cache_answers_as_it_did_live(home: Path, everything: list[str]) -> None:
+    live = RawClient(shim(everything, "--linger", "0"))
+    live_init = live.initialize()["result"]
+    live_tools = live.reply_to(live.request("tools/list"))["result"]
+    assert wait_for(lambda: cache_files(home))
+    assert live.close() == 0
+    assert wait_for(lambda: not processes_of(home))
+    cached = RawClient(shim(everything, "--lazy"))
+    assert cached.initialize()["result"] == live_init
+    assert cached.reply_to(cached.request("tools/list"))["result"] == live_tools
+    assert backend_roots(home) == []  # all of that without a backend
+    reply = cached.call("echo", {"message": "from a lazy start"})
+    assert "from a lazy start" in result_text(reply)
+    assert cached.close() == 0
