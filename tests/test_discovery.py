@@ -3,9 +3,12 @@ backend starts (or, lazily, not at all), and told what changed once the live ans
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mux_harness import Harness, init_result
+
+from mcpsingleton import discovery
 
 TOOL_A = {"name": "a", "inputSchema": {"type": "object"}}
 TOOL_B = {"name": "b", "inputSchema": {"type": "object"}}
@@ -195,3 +198,39 @@ def test_a_list_the_backend_says_changed_reaches_every_session_and_refreshes_the
         "tools/list": {"tools": [TOOL_A, TOOL_B]},
         "resources/list": {"resources": []},
     }
+
+
+# ---- the file the broker keeps (mcpsingleton/discovery.py) -----------------------------------
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    return {"key": "k" * 64, "scope": "cwd", "sharing": None, "sharing_final": False, "env": {}, **overrides}
+
+
+def test_the_stored_entry_loads_back_and_anything_else_loads_as_nothing(home: Path) -> None:
+    assert discovery.load(spec()) == {}
+    assert discovery.store(spec(), ENTRY).startswith("discovery: cached")
+    assert discovery.load(spec()) == ENTRY
+    assert discovery.load(spec(key="j" * 64)) == {}
+    path = Path(discovery.path_for("k" * 64))
+    for broken in ("{", '{"format": 0, "key": "' + "k" * 64 + '", "entry": {}}', "[]"):
+        path.write_text(broken)
+        assert discovery.load(spec()) == {}
+
+
+def test_isolated_keys_are_never_cached(home: Path) -> None:
+    assert discovery.load(spec(scope="isolated", sharing="isolated")) is None
+    declared = {**ENTRY, "initialize": init_result({"experimental": {"x-mux": {"sharing": "isolated"}}})}
+    assert "server declares x-mux sharing=isolated" in discovery.store(spec(), declared)
+    browser = {**ENTRY, "tools/list": {"tools": [{"name": "browser_navigate"}]}}
+    assert "tools look session-bound" in discovery.store(spec(), browser)
+    assert not Path(discovery.path_for("k" * 64)).exists()
+    assert discovery.store(spec(sharing="shared", sharing_final=True), browser).startswith("discovery: cached")
+
+
+def test_an_entry_holding_a_secret_value_is_removed_not_written(home: Path) -> None:
+    discovery.store(spec(), ENTRY)
+    leaky = {**ENTRY, "initialize": {**CACHED_INIT, "instructions": "token s3cret-value"}}
+    line = discovery.store(spec(env={"MY_API_KEY": "s3cret-value", "HOME": "s3cret-value"}), leaky)
+    assert line == "discovery: not cached: it contains the value of $MY_API_KEY"
+    assert not Path(discovery.path_for("k" * 64)).exists()
