@@ -19,8 +19,9 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from . import __version__, discovery, jsonrpc, platform, wire
+from . import __version__, jsonrpc, platform, wire
 from .backend import Keeper, kill_leftovers
+from .discovery import store as store_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
@@ -209,7 +210,7 @@ class Broker:
             elif isinstance(action, StartBackend):
                 slot.start()
             elif isinstance(action, StoreDiscovery):
-                self.log.write(discovery.store(self.spec, action.entry))
+                self.log.write(store_discovery(self.spec, action.entry))
         self._finish_ending_sessions()
 
     # ---- control requests -------------------------------------------------------------------
