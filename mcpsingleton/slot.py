@@ -59,7 +59,7 @@ class BackendSlot:
         self.log = log
         self.keeper = keeper
         self.host = host
-        self.mux = Mux("mcpsingleton", __version__, discovery.load(spec), bool(spec.get("lazy")))
+        self.mux = Mux("mcpsingleton", __version__, discovery=discovery.load(spec), lazy=bool(spec.get("lazy")))
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []

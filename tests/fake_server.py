@@ -3,9 +3,9 @@
 Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
 its stdin again, still running). Flags: --fail-start (stderr, exit 2 before reading anything),
---grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof,
---initialize-gate PATH (answer initialize only once PATH exists: a slow start whose end the test
-decides), --instructions-env VAR (the value of $VAR as the InitializeResult's instructions).
+--grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof.
+Discovery flags: --initialize-gate=PATH (answer initialize only once PATH exists: a slow start whose
+end the test decides), --instructions-env=VAR (the value of $VAR as the InitializeResult's instructions).
 """
 
 from __future__ import annotations
@@ -110,10 +110,6 @@ def call_tool(request_id, params: dict) -> None:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"unknown tool {name}"}})
 
 
-def flag_value(flag: str) -> str | None:
-    return sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv[:-1] else None
-
-
 def handle(message: dict) -> None:
     method, request_id = message.get("method"), message.get("id")
     params = message.get("params") or {}
@@ -126,20 +122,20 @@ def handle(message: dict) -> None:
     if request_id is None:
         return
     if method == "initialize":
-        while (gate := flag_value("--initialize-gate")) and not os.path.exists(gate):
-            time.sleep(0.01)
-        result = {
-            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-            "capabilities": {
-                "tools": {"listChanged": True},
-                "logging": {},
-                "resources": {"subscribe": True, "listChanged": True},
+        wait_for_gate()
+        reply(
+            request_id,
+            {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {
+                    "tools": {"listChanged": True},
+                    "logging": {},
+                    "resources": {"subscribe": True, "listChanged": True},
+                },
+                "serverInfo": {"name": "fake-server", "version": "1.0"},
+                **instructions(),
             },
-            "serverInfo": {"name": "fake-server", "version": "1.0"},
-        }
-        if variable := flag_value("--instructions-env"):
-            result["instructions"] = os.environ.get(variable, "")
-        reply(request_id, result)
+        )
     elif method == "tools/list":
         reply(
             request_id,
@@ -172,6 +168,21 @@ def handle(message: dict) -> None:
         reply(request_id, {})
     else:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}})
+
+
+def flag_value(name: str) -> str | None:
+    return next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith(name + "=")), None)
+
+
+def wait_for_gate() -> None:
+    gate = flag_value("--initialize-gate")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.01)
+
+
+def instructions() -> dict:
+    variable = flag_value("--instructions-env")
+    return {"instructions": os.environ.get(variable, "")} if variable else {}
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ class Harness:
         discovery: dict[str, Any] | None = None,
         lazy: bool = False,
     ) -> None:
-        self.mux = Mux("mcpsingleton", "test", discovery, lazy)
+        self.mux = Mux("mcpsingleton", "test", discovery=discovery, lazy=lazy)
         self.auto_start = auto_start
         self.auto_initialize = auto_initialize
         self.init_result = init_result(server_capabilities)

@@ -31,7 +31,7 @@ def first_run(command: list[str], home: Path, *options: str, env: dict[str, str]
 def test_a_second_start_answers_initialize_before_the_backend_has(home: Path, fake_server: list[str]) -> None:
     gate = home / "gate"
     gate.touch()
-    command = [*fake_server, "--initialize-gate", str(gate)]
+    command = [*fake_server, f"--initialize-gate={gate}"]
     first_run(command, home)
     gate.unlink()  # from now on the backend cannot answer initialize until the test says so
     client = RawClient(shim(command, "--linger", "0"))
@@ -82,7 +82,7 @@ def test_the_cache_file_is_private_and_holds_no_env_values(home: Path, fake_serv
 
 
 def test_discovery_that_contains_a_secret_value_is_not_cached(home: Path, fake_server: list[str]) -> None:
-    command = [*fake_server, "--instructions-env", "API_TOKEN"]
+    command = [*fake_server, "--instructions-env=API_TOKEN"]
     client = RawClient(shim(command, "--linger", "0"), env={**os.environ, "API_TOKEN": SECRET})
     assert client.initialize()["result"]["instructions"] == SECRET
     log = next((home / "logs").glob("*.log"))

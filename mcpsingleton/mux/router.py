@@ -46,6 +46,7 @@ class Mux:
         self,
         client_name: str = "mcpsingleton",
         version: str = "0",
+        *,
         discovery: dict[str, Any] | None = None,
         lazy: bool = False,
     ) -> None:
