@@ -13,8 +13,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from . import __version__, discovery, jsonrpc, lifecycle
+from . import __version__, jsonrpc, lifecycle
 from .backend import Backend, Keeper, stop_ladder
+from .discovery import load as load_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
 from .lifecycle import Lifecycle
@@ -59,7 +60,7 @@ class BackendSlot:
         self.log = log
         self.keeper = keeper
         self.host = host
-        self.mux = Mux("mcpsingleton", __version__, discovery=discovery.load(spec), lazy=bool(spec.get("lazy")))
+        self.mux = Mux("mcpsingleton", __version__, discovery=load_discovery(spec), lazy=bool(spec.get("lazy")))
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []
