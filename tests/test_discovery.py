@@ -184,20 +184,29 @@ def test_a_broken_entry_is_ignored() -> None:
     assert h.replies(1) == [] and h.starts == 1  # waits for the backend as without a cache
 
 
-def test_a_list_the_backend_says_changed_reaches_every_session_and_refreshes_the_entry() -> None:
+def test_a_list_a_session_asks_for_again_keeps_the_entry_current() -> None:
+    """After `list_changed` clients list again: what they are answered updates the entry, and the mux asks
+    the backend for nothing itself (a server that says list_changed on every list cannot make it loop)."""
     h = Harness(discovery={})
     h.open(1)
     answer_lists(h, [TOOL_A])
     h.clear()
     h.from_backend({"jsonrpc": "2.0", "method": TOOLS_CHANGED})
-    assert [n["method"] for n in h.notes_to(1)] == [TOOLS_CHANGED]
-    assert [r["method"] for r in h.backend_requests()] == ["tools/list"]  # only the list that changed
-    answer_lists(h, [TOOL_A, TOOL_B])
+    assert [n["method"] for n in h.notes_to(1)] == [TOOLS_CHANGED] and h.backend == []
+    h.request(1, 7, "tools/list")
+    h.answer(h.last_request("tools/list"), {"tools": [TOOL_A, TOOL_B]})
+    assert h.only_reply(1)["result"] == {"tools": [TOOL_A, TOOL_B]}
     assert h.stored[-1] == {
         "initialize": h.init_result,
         "tools/list": {"tools": [TOOL_A, TOOL_B]},
         "resources/list": {"resources": []},
     }
+    stored = len(h.stored)
+    h.request(1, 8, "tools/list")
+    h.answer(h.last_request("tools/list"), {"tools": [TOOL_A, TOOL_B]})
+    h.request(1, 9, "tools/list", {"cursor": "page-2"})
+    h.answer(h.last_request("tools/list"), {"tools": [TOOL_A]})
+    assert len(h.stored) == stored  # the same list again, or a later page: nothing to store
 
 
 # ---- the file the broker keeps (mcpsingleton/discovery.py) -----------------------------------

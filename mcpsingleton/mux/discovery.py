@@ -6,8 +6,8 @@ first-page `tools/list`, `prompts/list`, `resources/list` and `resources/templat
 from the entry; everything else waits for the backend (queue.py). With `lazy`, those answers do not
 even start the backend.
 
-Each time the backend becomes ready, and each time it says a list changed, the mux asks it for the
-lists itself. Sessions that were answered
+Each time the backend becomes ready the mux asks it for the lists itself; later first-page list
+results that sessions ask for keep the entry current. Sessions that were answered
 from the entry get the matching `notifications/*/list_changed` for every list that turned out
 different (every list, when the server's serverInfo changed), and the broker is asked to store the
 new entry. A server that paginates its lists (a `nextCursor`) is not cached: its lists may depend on
@@ -38,7 +38,6 @@ LISTS: dict[str, tuple[str, str]] = {
     "resources/templates/list": ("resources", "notifications/resources/list_changed"),
 }
 """Each cached list: the server capability that declares it, and the notification that says it changed."""
-LIST_CHANGED = frozenset(notice for _, notice in LISTS.values())
 
 
 class Discovery(Feature):
@@ -83,37 +82,45 @@ class Discovery(Feature):
         if not self.enabled:
             return []
         declared = self.mux.handshake.capabilities()
-        self.live, self.paginated = {}, False
-        return self._collect([method for method, (capability, _) in LISTS.items() if capability in declared])
-
-    def list_changed(self, message: Message) -> list[Action]:
-        """The backend says a list changed: every session hears it, and the entry is refreshed to match."""
-        actions = self.mux.subscriptions.broadcast(message)
-        if not self.enabled or not self.mux.backend.ready or self.awaiting:
-            return actions  # a refresh is under way (or comes with readiness): it will see the change
-        declared = self.mux.handshake.capabilities()
-        methods = [
-            m for m, (capability, notice) in LISTS.items() if notice == message["method"] and capability in declared
-        ]
-        return actions + self._collect(methods)
-
-    def _collect(self, methods: list[str]) -> list[Action]:
-        self.awaiting = len(methods)
+        methods = [method for method, (capability, _) in LISTS.items() if capability in declared]
+        self.live, self.paginated, self.awaiting = {}, False, len(methods)
         if not methods:
             return self._compare()
         return [self.mux.requests.own(method, {}, self._collector(method)) for method in methods]
 
+    def forward(self, session: Session, message: Message) -> list[Action]:
+        """A session's list request to the ready backend; a first-page answer that differs updates the entry.
+
+        Clients list again when the backend says a list changed, so the entry follows without the mux
+        asking the backend anything more (and a server that says `list_changed` on every list cannot loop)."""
+        if not self.enabled or "cursor" in jsonrpc.params_of(message):
+            return self.mux.requests.forward(session, message)
+        return self.mux.requests.forward(session, message, self._observer(message["method"]))
+
     def _collector(self, method: str) -> Callable[[Message], list[Action]]:
         def collect(reply: Message) -> list[Action]:
-            result = reply.get("result")
-            self.live.pop(method, None)
-            if isinstance(result, dict) and "error" not in reply:
-                self.live[method] = result
-                self.paginated = self.paginated or "nextCursor" in result
+            self._take(method, reply)
             self.awaiting -= 1
             return self._compare() if self.awaiting == 0 else []
 
         return collect
+
+    def _observer(self, method: str) -> Callable[[Message], list[Action]]:
+        def observe(reply: Message) -> list[Action]:
+            if self.awaiting or not self._take(method, reply):
+                return []  # the backend's own answers are still coming in, or nothing new
+            return self._compare()
+
+        return observe
+
+    def _take(self, method: str, reply: Message) -> bool:
+        """Remember a list result from the backend; whether it is new."""
+        result = reply.get("result")
+        if "error" in reply or not isinstance(result, dict) or self.live.get(method) == result:
+            return False
+        self.live[method] = result
+        self.paginated = self.paginated or "nextCursor" in result
+        return True
 
     def _compare(self) -> list[Action]:
         """All lists are in: tell sessions answered from the entry what changed, and store the new entry."""

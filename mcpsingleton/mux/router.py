@@ -19,7 +19,7 @@ from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
 from .cancellation import Cancellation
-from .discovery import LIST_CHANGED, Discovery
+from .discovery import LISTS, Discovery
 from .handshake import LOCAL_METHODS, Handshake
 from .log_levels import LogLevels
 from .progress import Progress
@@ -96,6 +96,7 @@ class Mux:
             "tasks/get": self.tasks.guard,
             "tasks/result": self.tasks.guard,
             "tasks/cancel": self.tasks.guard,
+            **dict.fromkeys(LISTS, self.discovery.forward),
         }  # any other method: forwarded to the backend
         self.session_notifications: dict[str, SessionHandler] = {
             "notifications/initialized": self.roots.ask,
@@ -115,7 +116,6 @@ class Mux:
             "notifications/cancelled": self.server_requests.cancelled,
             "notifications/tasks/status": self.tasks.route_status,
             "notifications/elicitation/complete": self.server_requests.elicitation_complete,
-            **dict.fromkeys(LIST_CHANGED, self.discovery.list_changed),
         }  # any other: to every session that may hear it
 
     # ---- events from the broker -------------------------------------------------------------
