@@ -74,6 +74,16 @@ def test_lazy_answers_initialize_lists_and_ping_without_starting_the_backend() -
     assert h.backend_requests("tools/call")
 
 
+def test_a_list_answered_from_the_cache_inside_a_batch_is_answered_once() -> None:
+    h = Harness(discovery=ENTRY, lazy=True)
+    h.open(1)
+    h.take(1)
+    h.send(1, [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}])
+    assert h.starts == 0  # nothing in the batch needed the backend
+    (batch,) = h.take(1)
+    assert sorted(reply["id"] for reply in batch) == [1, 2]
+
+
 def test_lazy_without_a_cache_entry_starts_the_backend_for_the_first_session() -> None:
     h = Harness(discovery={}, lazy=True)
     assert not h.mux.discovery.serves_without_backend()

@@ -6,12 +6,11 @@ first-page `tools/list`, `prompts/list`, `resources/list` and `resources/templat
 from the entry; everything else waits for the backend (queue.py). With `lazy`, those answers do not
 even start the backend.
 
-Each time the backend becomes ready the mux asks it for the lists itself; later first-page list
-results that sessions ask for keep the entry current. Sessions that were answered
-from the entry get the matching `notifications/*/list_changed` for every list that turned out
-different (every list, when the server's serverInfo changed), and the broker is asked to store the
-new entry. A server that paginates its lists (a `nextCursor`) is not cached: its lists may depend on
-who asks.
+Each time the backend becomes ready the mux asks it for the lists itself. Sessions that were
+answered from the entry get the matching `notifications/*/list_changed` for every list that turned
+out different (every list, when the server's serverInfo changed), and the broker is asked to store
+the new entry; later first-page list results that sessions ask for keep it current. A server that
+paginates its lists (a `nextCursor`) is not cached: its lists may depend on who asks.
 """
 
 from __future__ import annotations

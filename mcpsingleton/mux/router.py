@@ -227,7 +227,8 @@ class Mux:
         if method in LOCAL_METHODS:
             return self.session_requests[method](session, message)
         if not self.backend.ready:
-            return self.discovery.answer(session, message) or self.queue.hold(session, message)
+            cached = self.discovery.answer(session, message)
+            return cached if cached is not None else self.queue.hold(session, message)
         envelope = eras.envelope(message)
         if envelope is not None:
             return self._modern_request(session, message, envelope)
