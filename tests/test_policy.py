@@ -143,7 +143,7 @@ def test_decision_cache_is_private_holds_no_argv_and_follows_config_edits(home: 
     assert renewed.parent != cached.parent, "the decisions of the old config.toml are gone"
 
 
-def test_config_toml_lazy_applies_with_or_without_a_scope_and_survives_the_decision_cache(home: Path) -> None:
+def test_config_toml_lazy_needs_no_scope_and_survives_the_decision_cache(home: Path) -> None:
     (home / "config.toml").write_text('[servers."mcp-server-time"]\nlazy = true\n[servers."y"]\nscope = "global"\n')
     lazy = decide("auto", ["uvx", "mcp-server-time"])
     assert lazy.lazy and lazy.policy.startswith("catalog: ")  # lazy alone leaves the sharing decision alone
