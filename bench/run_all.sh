@@ -3,7 +3,7 @@
 # Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
 # installs bench/requirements.txt (matplotlib) and, for bench_json's comparison only, orjson and msgspec
 # into .venv if missing (neither is a dependency of mcpsingleton).
-# Writes bench/results/{sessions,latency,throughput,scale,profile,json,install}.json, memory_vs_sessions.png,
+# Writes bench/results/{sessions,latency,throughput,scale,profile,json,install,discovery}.json, memory_vs_sessions.png,
 # scale.png, summary.md. Full: about 14 minutes on 2 cores; --quick: about 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +33,6 @@ started=$(date +%s)
 "$PY" bench/bench_json.py $quick > /dev/null
 "$PY" bench/bench_install.py $quick > /dev/null
 "$PY" bench/bench_big.py $quick > /dev/null
+"$PY" bench/bench_discovery.py $quick
 "$PY" bench/report.py > /dev/null
 echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2

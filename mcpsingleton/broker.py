@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from . import __version__, jsonrpc, platform, wire
 from .atomic import write_atomically
 from .backend import Keeper, kill_leftovers
+from .discovery import store as store_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
-from .mux import Log, StartBackend, ToBackend, ToSession
+from .mux import Log, StartBackend, StoreDiscovery, ToBackend, ToSession
 from .slot import BackendSlot
 from .streams import LineReader, Outbox
 
@@ -117,7 +118,9 @@ class Broker:
         self.keeper = Keeper()
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
         self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
-        self.create_slot().start()
+        slot = self.create_slot()
+        if not slot.mux.discovery.serves_without_backend():  # --lazy: the first request that needs it starts it
+            slot.start()
         self._arm_linger()
         self.loop.run()
         return self.exit_code
@@ -203,6 +206,8 @@ class Broker:
                 self.log.write(action.text)
             elif isinstance(action, StartBackend):
                 slot.start()
+            elif isinstance(action, StoreDiscovery):
+                self.log.write(store_discovery(self.spec, action.entry))
         self._finish_ending_sessions()
 
     # ---- control requests -------------------------------------------------------------------

@@ -39,6 +39,9 @@ def cli() -> None:
 def _run_options(command: Callable[..., None]) -> Callable[..., None]:
     """Declare `run`'s options from its one table, so help and completions match what the shim parses."""
     for option in reversed(RUN_OPTIONS):
+        if option.is_flag:
+            command = click.option(option.flag, option.attr, is_flag=True, help=option.help)(command)
+            continue
         command = click.option(
             option.flag,
             option.attr,

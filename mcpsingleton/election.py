@@ -79,6 +79,7 @@ def broker_spec(
         "linger": parse_duration(options.linger),
         "max_memory": options.max_memory,
         "max_procs": options.max_procs,
+        "lazy": options.lazy or decision.lazy,
     }
 
 

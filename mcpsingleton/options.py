@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 HELP_FLAGS = ("-h", "--help")
+FLAG_GIVEN = "\0on"
+"""The value split_run_args gives an on/off option that is present (no word on a command line can hold NUL)."""
 
 
 def _scope(value: str) -> str:
@@ -53,7 +55,7 @@ def _text(value: str) -> str:
 class RunOption:
     """One option of `run`: its flag, where its value goes, how the value is checked, and its help."""
 
-    __slots__ = ("attr", "choices", "convert", "default", "env", "flag", "help", "metavar", "repeatable")
+    __slots__ = ("attr", "choices", "convert", "default", "env", "flag", "help", "is_flag", "metavar", "repeatable")
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class RunOption:
         env: str | None = None,
         repeatable: bool = False,
         choices: tuple[str, ...] | None = None,
+        is_flag: bool = False,
     ) -> None:
         self.flag = flag
         self.attr = attr
@@ -77,8 +80,11 @@ class RunOption:
         self.env = env
         self.repeatable = repeatable
         self.choices = choices
+        self.is_flag = is_flag  # takes no value: present means on
 
     def usage(self) -> str:
+        if self.is_flag:
+            return f"[{self.flag}]"
         return f"[{self.flag} {self.metavar}]" + ("..." if self.repeatable else "")
 
 
@@ -125,6 +131,14 @@ RUN_OPTIONS = (
         _positive_count,
         "Restart the backend gracefully when its process tree holds more than N processes.",
     ),
+    RunOption(
+        "--lazy",
+        "lazy",
+        "",
+        _text,
+        "With this server's discovery cached from an earlier run, start the backend only when a request needs it.",
+        is_flag=True,
+    ),
 )
 BY_FLAG = {option.flag: option for option in RUN_OPTIONS}
 
@@ -138,10 +152,11 @@ class RunOptions:
     env_keys: list[str]
     max_memory: int | None
     max_procs: int | None
+    lazy: bool
 
     def __init__(self) -> None:
         for option in RUN_OPTIONS:
-            setattr(self, option.attr, [] if option.repeatable else option.default)
+            setattr(self, option.attr, [] if option.repeatable else False if option.is_flag else option.default)
         self.command: list[str] = []
 
 
@@ -153,7 +168,8 @@ def split_run_args(argv: list[str]) -> tuple[list[tuple[str, str | None]], int]:
     """`run`'s own option words as (flag, value) pairs, and the index where the server command starts.
 
     Nothing is checked here: a flag that is not in the table comes back with value None, like a value
-    option at the very end. Any option in the table takes the next word as its value, even `--` or `-h`.
+    option at the very end. Any value option in the table takes the next word as its value, even `--`
+    or `-h`; an on/off option (`--lazy`) comes back with FLAG_GIVEN.
     """
     pairs: list[tuple[str, str | None]] = []
     index = 0
@@ -166,6 +182,8 @@ def split_run_args(argv: list[str]) -> tuple[list[tuple[str, str | None]], int]:
         flag, has_inline, inline = word.partition("=")
         if has_inline:
             pairs.append((flag, inline))
+        elif flag in BY_FLAG and BY_FLAG[flag].is_flag:
+            pairs.append((flag, FLAG_GIVEN))
         elif flag in BY_FLAG and index + 1 < len(argv):
             index += 1
             pairs.append((flag, argv[index]))
@@ -203,6 +221,11 @@ def parse_run_args(argv: list[str]) -> RunOptions:
 
 
 def _set(options: RunOptions, option: RunOption, text: str, source: str) -> None:
+    if option.is_flag:
+        if text != FLAG_GIVEN:
+            raise UsageError(f"option {source} takes no value")
+        setattr(options, option.attr, True)
+        return
     try:
         value = option.convert(text)
     except UsageError as exc:
@@ -213,12 +236,15 @@ def _set(options: RunOptions, option: RunOption, text: str, source: str) -> None
         setattr(options, option.attr, value)
 
 
-def run_prefix(command_word: str, **values: str | Iterable[str] | None) -> list[str]:
+def run_prefix(command_word: str, **values: str | Iterable[str] | bool | None) -> list[str]:
     """The words that put `command_word …` behind `run`: `run`, the given options in table order, and
     `--` only when the command needs one (it starts with `-`), since some tools split argv at `--`."""
     words = ["run"]
     for option in RUN_OPTIONS:
         value = values.pop(option.attr, None)
+        if isinstance(value, bool):
+            words += [option.flag] if value and option.is_flag else []
+            continue
         if value is None:
             continue
         for item in [value] if isinstance(value, str) else value:

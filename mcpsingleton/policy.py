@@ -156,6 +156,8 @@ def load_table(path: str) -> ServerTable:
             raise ValueError(f'[servers."{match}"] scope = {scope!r}: choose from {", ".join(SCOPE_CHOICES)}')
         if entry.get("sharing", SHARED) not in (SHARED, ISOLATED):
             raise ValueError(f'[servers."{match}"] sharing must be "shared" or "isolated"')
+        if not isinstance(entry.get("lazy", False), bool):
+            raise ValueError(f'[servers."{match}"] lazy must be true or false')
         aliases = entry.get("aliases", [])
         if not isinstance(aliases, list) or not all(isinstance(alias, str) for alias in aliases):
             raise ValueError(f'[servers."{match}"] aliases must be a list of names')
@@ -184,14 +186,13 @@ def decide(requested: str, command: list[str], name: str | None = None) -> Decis
         return explicit_decision(requested)
     names = match_names(command, name)
     try:
-        by_user = _from_config(load_table(config_path()).find(names))
+        found = load_table(config_path()).find(names)
         error = None
     except ValueError as exc:
-        by_user, error = None, " ".join(str(exc).split())
-    if by_user is not None:
-        return by_user
-    decision = _from_catalog(load_table(CATALOG_PATH).find(names))
+        found, error = None, " ".join(str(exc).split())
+    decision = _from_config(found) or _from_catalog(load_table(CATALOG_PATH).find(names))
     decision.config_error = error
+    decision.lazy = bool(found and found.get("lazy"))
     return decision
 
 

@@ -25,19 +25,28 @@ class Decision:
 
     `sharing` is None when only the running server can tell (its declaration or its tools). `final`
     means a user decided (option or config.toml): nothing learnt at runtime overrides it.
-    `config_error` is the one-line reason config.toml was ignored, if it was.
+    `config_error` is the one-line reason config.toml was ignored, if it was. `lazy`: config.toml asks
+    for `run --lazy`.
     """
 
-    __slots__ = ("config_error", "final", "policy", "scope", "sharing")
+    __slots__ = ("config_error", "final", "lazy", "policy", "scope", "sharing")
 
     def __init__(
-        self, scope: str, sharing: str | None, policy: str, *, final: bool = False, config_error: str | None = None
+        self,
+        scope: str,
+        sharing: str | None,
+        policy: str,
+        *,
+        final: bool = False,
+        config_error: str | None = None,
+        lazy: bool = False,
     ) -> None:
         self.scope = scope
         self.sharing = sharing
         self.policy = policy
         self.final = final
         self.config_error = config_error
+        self.lazy = lazy
 
     def __repr__(self) -> str:
         return f"Decision({self.scope!r}, {self.sharing!r}, {self.policy!r}, final={self.final})"
@@ -46,16 +55,19 @@ class Decision:
         return isinstance(other, Decision) and self.as_lines() == other.as_lines()
 
     def as_lines(self) -> str:
-        fields = (self.scope, self.sharing or "", self.policy, "final" if self.final else "", self.config_error or "")
+        final, lazy = "final" if self.final else "", "lazy" if self.lazy else ""
+        fields = (self.scope, self.sharing or "", self.policy, final, self.config_error or "", lazy)
         return "".join(_one_line(field) + "\n" for field in fields)
 
     @classmethod
     def from_lines(cls, text: str) -> Decision | None:
         fields = text.split("\n")
-        if len(fields) != 6 or fields[0] not in ("cwd", "global", "isolated"):
+        if len(fields) != 7 or fields[0] not in ("cwd", "global", "isolated"):
             return None
-        scope, sharing, policy, final, error, _ = fields
-        return cls(scope, sharing or None, policy, final=final == "final", config_error=error or None)
+        scope, sharing, policy, final, error, lazy, _ = fields
+        return cls(
+            scope, sharing or None, policy, final=final == "final", config_error=error or None, lazy=lazy == "lazy"
+        )
 
 
 def _one_line(text: str) -> str:

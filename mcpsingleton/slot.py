@@ -16,6 +16,7 @@ from collections import deque
 
 from . import __version__, lifecycle
 from .backend import Backend, Keeper, stop_ladder
+from .discovery import load as load_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
 from .lifecycle import Lifecycle
@@ -61,7 +62,13 @@ class BackendSlot:
         self.log = log
         self.keeper = keeper
         self.host = host
-        self.mux = Mux("mcpsingleton", __version__, fast_path_threshold(os.environ.get(FAST_PATH_ENV)))
+        self.mux = Mux(
+            "mcpsingleton",
+            __version__,
+            fast_path_threshold(os.environ.get(FAST_PATH_ENV)),
+            discovery=load_discovery(spec),
+            lazy=bool(spec.get("lazy")),
+        )
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []

@@ -4,6 +4,8 @@ Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, 
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
 its stdin again, still running). Flags: --fail-start (stderr, exit 2 before reading anything),
 --grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof.
+Discovery flags: --initialize-gate=PATH (answer initialize only once PATH exists: a slow start whose
+end the test decides), --instructions-env=VAR (the value of $VAR as the InitializeResult's instructions).
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def handle(message: dict) -> None:
     if request_id is None:
         return
     if method == "initialize":
+        wait_for_gate()
         reply(
             request_id,
             {
@@ -130,6 +133,7 @@ def handle(message: dict) -> None:
                     "resources": {"subscribe": True, "listChanged": True},
                 },
                 "serverInfo": {"name": "fake-server", "version": "1.0"},
+                **instructions(),
             },
         )
     elif method == "tools/list":
@@ -164,6 +168,21 @@ def handle(message: dict) -> None:
         reply(request_id, {})
     else:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}})
+
+
+def flag_value(name: str) -> str | None:
+    return next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith(name + "=")), None)
+
+
+def wait_for_gate() -> None:
+    gate = flag_value("--initialize-gate")
+    while gate and not os.path.exists(gate):
+        time.sleep(0.01)
+
+
+def instructions() -> dict:
+    variable = flag_value("--instructions-env")
+    return {"instructions": os.environ.get(variable, "")} if variable else {}
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Id, Message
-from mcpsingleton.mux import Action, Log, Mux, StartBackend, ToBackend, ToSession
+from mcpsingleton.mux import Action, Log, Mux, StartBackend, StoreDiscovery, ToBackend, ToSession
 from mcpsingleton.mux.router import FAST_PATH_FROM
 
 SERVER_CAPABILITIES: dict[str, Any] = {
@@ -63,8 +63,10 @@ class Harness:
         auto_initialize: bool = True,
         server_capabilities: dict[str, Any] | None = None,
         fast_path_from: float = FAST_PATH_FROM,
+        discovery: dict[str, Any] | None = None,
+        lazy: bool = False,
     ) -> None:
-        self.mux = Mux("mcpsingleton", "test", fast_path_from)
+        self.mux = Mux("mcpsingleton", "test", fast_path_from, discovery=discovery, lazy=lazy)
         self.auto_start = auto_start
         self.auto_initialize = auto_initialize
         self.init_result = init_result(server_capabilities)
@@ -72,6 +74,7 @@ class Harness:
         self.inbox: defaultdict[int, list[Any]] = defaultdict(list)
         self.logs: list[str] = []
         self.starts = 0
+        self.stored: list[dict[str, Any] | None] = []  # each StoreDiscovery's entry
         self.last: list[Action] = []
 
     # ---- driving the mux --------------------------------------------------------------------
@@ -88,6 +91,8 @@ class Harness:
                 self.inbox[action.session].append(wire(action.message))
             elif isinstance(action, Log):
                 self.logs.append(action.text)
+            elif isinstance(action, StoreDiscovery):
+                self.stored.append(action.entry)
             elif isinstance(action, StartBackend):
                 self.starts += 1
                 if self.auto_start:

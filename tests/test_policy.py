@@ -109,6 +109,7 @@ def test_config_toml_overrides_catalog_by_name_or_word(home: Path) -> None:
         '[servers."x"]\nscope = "everywhere"\n',
         'servers = "x"\n',
         '[servers."x"]\naliases = "y"\n',
+        '[servers."x"]\nlazy = "yes"\n',
         b"\xff\xfe",
     ],
 )
@@ -140,6 +141,17 @@ def test_decision_cache_is_private_holds_no_argv_and_follows_config_edits(home: 
     assert resolve_scope("auto", command, None, directory, SALT).policy == "config.toml"
     [renewed] = list((home / "run" / "decisions").glob("*/*"))
     assert renewed.parent != cached.parent, "the decisions of the old config.toml are gone"
+
+
+def test_config_toml_lazy_needs_no_scope_and_survives_the_decision_cache(home: Path) -> None:
+    (home / "config.toml").write_text('[servers."mcp-server-time"]\nlazy = true\n[servers."y"]\nscope = "global"\n')
+    lazy = decide("auto", ["uvx", "mcp-server-time"])
+    assert lazy.lazy and lazy.policy.startswith("catalog: ")  # lazy alone leaves the sharing decision alone
+    assert not decide("auto", ["y"]).lazy
+    directory = str(home / "run")
+    os.makedirs(directory, mode=0o700)
+    resolve_scope("auto", ["uvx", "mcp-server-time"], None, directory, SALT)
+    assert resolve_scope("auto", ["uvx", "mcp-server-time"], None, directory, SALT).lazy  # read back from the cache
 
 
 def test_decision_round_trips_through_its_cache_text() -> None:

@@ -24,6 +24,7 @@ from mcpsingleton.keys import (
     redacted_argv,
 )
 from mcpsingleton.logfile import LogFile
+from mcpsingleton.options import command_index, run_prefix
 from mcpsingleton.shim import parse_args
 
 SALT = b"s" * 32
@@ -151,6 +152,17 @@ def test_run_arguments() -> None:
     for bad in (["--scope", "world", "--", "x"], ["--bogus", "--", "x"], ["--name"], ["--"], ["--max-procs", "0"]):
         with pytest.raises(UsageError):
             parse_args(bad)
+
+
+def test_lazy_is_an_on_off_option_read_only_before_the_command() -> None:
+    assert parse_args(["--lazy", "--name", "x", "srv", "--lazy"]).lazy is True
+    assert parse_args(["--lazy", "--", "srv"]).command == ["srv"]
+    assert parse_args(["srv", "--lazy"]).lazy is False  # the server's own word
+    with pytest.raises(UsageError, match="takes no value"):
+        parse_args(["--lazy=yes", "srv"])
+    written = run_prefix("srv", name="n", lazy=True)
+    assert written == ["run", "--name", "n", "--lazy"] and run_prefix("srv", lazy=False) == ["run"]
+    assert command_index([*written, "srv", "-h"]) == len(written)  # unwrap finds the server's command after it
 
 
 @pytest.mark.parametrize(

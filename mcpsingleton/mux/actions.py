@@ -95,6 +95,18 @@ class StartBackend:
         return hash(StartBackend)
 
 
+class StoreDiscovery:
+    """What the backend said about itself changed: store it for this key (None: forget what is stored)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: dict[str, Any] | None) -> None:
+        self.entry = entry
+
+    def __repr__(self) -> str:
+        return f"StoreDiscovery({self.entry!r})"
+
+
 class Log:
     __slots__ = ("text",)
 
@@ -105,7 +117,7 @@ class Log:
         return f"Log({self.text!r})"
 
 
-Action = ToBackend | ToSession | StartBackend | Log
+Action = ToBackend | ToSession | StartBackend | StoreDiscovery | Log
 
 if TYPE_CHECKING:
     Reply: TypeAlias = Callable[[Message], list[Action]]

@@ -66,6 +66,11 @@ class Handshake(Feature):
         if self.mux.backend.ready and self.init_result is not None:
             session.initialized = True
             return self.mux.batches.deliver(session, jsonrpc.result(message["id"], self._result_for(session)))
+        cached = self.mux.discovery.answer_initialize(session)
+        if cached is not None:
+            session.initialized = True
+            reply = self.mux.batches.deliver(session, jsonrpc.result(message["id"], self._result_for(session, cached)))
+            return reply if self.mux.discovery.lazy else reply + self.want_backend()
         self.waiters.append((session.sid, message["id"]))
         return self.want_backend()
 
@@ -129,18 +134,19 @@ class Handshake(Feature):
             "clientInfo": info if isinstance(info, dict) else dict(self.own_info),
         }
 
-    def _result_for(self, session: Session) -> dict[str, Any]:
+    def _result_for(self, session: Session, result: dict[str, Any] | None = None) -> dict[str, Any]:
         """The cached InitializeResult, at the session's own version when that is an older handshake one.
 
         A server that supports the requested version must answer with it; ours negotiated the first
         session's. Revisions only add optional fields, so an older client is served correctly by the
         same backend, while answering it with a newer version could make it hang up.
         """
-        assert self.init_result is not None
-        asked, negotiated = session.protocol_version, self.init_result.get("protocolVersion")
+        result = result or self.init_result  # `result`: the cached one, before the backend answered
+        assert result is not None
+        asked, negotiated = session.protocol_version, result.get("protocolVersion")
         if asked in HANDSHAKE_VERSIONS and negotiated in HANDSHAKE_VERSIONS and asked < negotiated:
-            return {**self.init_result, "protocolVersion": asked}
-        return self.init_result
+            return {**result, "protocolVersion": asked}
+        return result
 
     def _fail_waiters(self, reason: str) -> list[Action]:
         actions: list[Action] = []

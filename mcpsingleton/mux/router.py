@@ -25,6 +25,7 @@ from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
 from .cancellation import Cancellation
+from .discovery import LISTS, Discovery
 from .handshake import LOCAL_METHODS, Handshake
 from .log_levels import LogLevels
 from .progress import Progress
@@ -53,8 +54,17 @@ class Mux:
     """State of one backend and the sessions sharing it."""
 
     def __init__(
-        self, client_name: str = "mcpsingleton", version: str = "0", fast_path_from: float = FAST_PATH_FROM
+        self,
+        client_name: str = "mcpsingleton",
+        version: str = "0",
+        fast_path_from: float = FAST_PATH_FROM,
+        *,
+        discovery: dict[str, Any] | None = None,
+        lazy: bool = False,
     ) -> None:
+        """`fast_path_from`: lines this long or longer may be spliced (see envelope.py); `discovery`: the
+        key's cached discovery entry (`{}` when none yet; None: never cache this key); `lazy`: with an
+        entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
         self.stats = {
@@ -77,6 +87,7 @@ class Mux:
         self.cancellation = Cancellation(self)
         self.batches = Batches(self)
         self.queue = Queue(self)
+        self.discovery = Discovery(self, discovery, lazy)
         self.features: tuple[Feature, ...] = (
             self.handshake,
             self.requests,
@@ -87,6 +98,7 @@ class Mux:
             self.log_levels,
             self.roots,
             self.batches,
+            self.discovery,
             self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
         )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
         self.session_requests: dict[str, SessionHandler] = {
@@ -99,6 +111,7 @@ class Mux:
             "tasks/get": self.tasks.guard,
             "tasks/result": self.tasks.guard,
             "tasks/cancel": self.tasks.guard,
+            **dict.fromkeys(LISTS, self.discovery.forward),
         }  # any other method: forwarded to the backend
         self.session_notifications: dict[str, SessionHandler] = {
             "notifications/initialized": self.roots.ask,
@@ -247,7 +260,8 @@ class Mux:
         if method in LOCAL_METHODS:
             return self.session_requests[method](session, message)
         if not self.backend.ready:
-            return self.queue.hold(session, message)
+            cached = self.discovery.answer(session, message)
+            return cached if cached is not None else self.queue.hold(session, message)
         envelope = eras.envelope(message)
         if envelope is not None:
             return self._modern_request(session, message, envelope)

@@ -1,0 +1,90 @@
+"""The discovery cache on disk: one file per key holding what its server said about itself last time.
+
+A file holds the server's InitializeResult and its first-page list results (tools, prompts,
+resources, resource templates): what mux/discovery.py serves to a session while the backend starts.
+It lives in the state dir (it should survive a reboot), 0600 in a 0700 dir, written atomically. The
+file is named by the key, which already hashes the command and the env that must match; the env
+itself is never written, and an entry that happens to contain the value of a secret-looking
+variable (a server echoing its token in a description) is not written at all.
+
+A key that is never shared (isolated sharing: decided by the user, the catalog, or the server's
+own declaration or tool shapes) is never cached: its discovery may depend on the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .atomic import write_atomically
+from .keys import is_secret_name, state_dir
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
+
+FORMAT = 1
+"""Bumped when the file's shape changes; a file of another format is ignored (and replaced)."""
+MIN_SECRET_LENGTH = 6
+"""Shorter env values (`1`, `true`, a port) are too common to say anything when found in a result."""
+
+
+def path_for(key: str) -> str:
+    return os.path.join(state_dir(), "discovery", f"{key}.json")
+
+
+def cacheable(spec: dict[str, Any]) -> bool:
+    """Whether this key's discovery may be cached at all (never for isolated sharing)."""
+    return spec.get("scope") != "isolated" and spec.get("sharing") != "isolated"
+
+
+def load(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry for the mux: None when the key is never cached, {} when nothing usable is stored."""
+    if not cacheable(spec):
+        return None
+    try:
+        with open(path_for(spec["key"]), encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != spec["key"]:
+        return {}
+    entry = stored.get("entry")
+    return entry if isinstance(entry, dict) else {}
+
+
+def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
+    """Write (or, for None, remove) the key's entry; the line for the broker's log."""
+    path = path_for(spec["key"])
+    refusal = _refusal(spec, entry) if entry is not None else None
+    if entry is None or refusal is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return f"discovery: cannot remove {path}: {exc.strerror}"
+        return refusal or "discovery: cache entry removed"
+    text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        write_atomically(path, text.encode("utf-8"))
+    except OSError as exc:
+        return f"discovery: cannot write {path}: {exc.strerror}; sessions wait for the backend next time"
+    return f"discovery: cached what the server said about itself ({len(text)} bytes)"
+
+
+def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """Why this entry must not be written, or None: session-bound sharing, or a secret value inside."""
+    from .policy import ISOLATED, runtime_decision  # cold: once per backend start, and only when it changed
+
+    tools = entry.get("tools/list", {}).get("tools")
+    tools = tools if isinstance(tools, list) else None
+    decided = runtime_decision(spec.get("sharing"), bool(spec.get("sharing_final")), entry["initialize"], tools)
+    if decided is not None and decided[0] == ISOLATED:
+        return f"discovery: not cached ({decided[1]})"
+    text = json.dumps(entry, ensure_ascii=False)
+    for name, value in spec.get("env", {}).items():
+        if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH and value in text:
+            return f"discovery: not cached: it contains the value of ${name}"
+    return None
