@@ -26,8 +26,10 @@ from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
 from .mux import Log, StartBackend, ToBackend, ToSession
+from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
+from .sharing import ISOLATED, SHARED
 from .slot import BackendSlot
-from .streams import LineReader, Outbox
+from .streams import LineReader, Outbox, write_if_room
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -46,15 +48,17 @@ FIRST_SESSION_WINDOW = 5.0
 class Session:
     """One client session: its connection to the shim's waiter, the client's stdio, and its backend slot."""
 
-    def __init__(self, sid: int, conn: socket.socket, pid: int, in_fd: int, out_fd: int, slot: BackendSlot) -> None:
+    def __init__(self, sid: int, conn: socket.socket, pid: int, fds: list[int], slot: BackendSlot) -> None:
         self.sid = sid
         self.conn = conn
         self.pid = pid
-        self.in_fd = in_fd
-        self.out_fd = out_fd
+        self.in_fd, self.out_fd = fds[0], fds[1]
+        self.err_fd = fds[2] if len(fds) > 2 else None  # older shims hand over stdin and stdout only
         self.slot = slot
-        self.reader = LineReader(in_fd, MAX_LINE)
-        self.saved_flags = {fd: os.get_blocking(fd) for fd in {in_fd, out_fd}}
+        self.held = False  # not read until the broker knows whether the server may be shared (placement.py)
+        self.parked = False  # in its slot's mux for its handshake; its requests wait until it is placed
+        self.reader = LineReader(self.in_fd, MAX_LINE)
+        self.saved_flags = {fd: os.get_blocking(fd) for fd in {self.in_fd, self.out_fd}}
         self.outbox: Outbox | None = None
         self.ending = False
         self.reading = False  # the waiter said it is ready: the client's input may be read
@@ -79,6 +83,9 @@ class Broker:
         self.loop = EventLoop()
         self.sessions: dict[int, Session] = {}
         self.slots: dict[int, BackendSlot] = {}
+        self.retiring: dict[int, list[Callback]] = {}
+        self.decision = SharingDecision(spec)
+        self.waiting: list[Session] = []  # held until the decision is known
         self.next_sid = 0
         self.next_slot = 0
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
@@ -120,7 +127,8 @@ class Broker:
         self.keeper = Keeper()
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
         self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
-        self.create_slot().start()
+        self.first_slot = self.create_slot()
+        self.first_slot.start()
         self._arm_linger()
         self.loop.run()
         return self.exit_code
@@ -132,10 +140,18 @@ class Broker:
     # ---- backend slots ----------------------------------------------------------------------
 
     def create_slot(self) -> BackendSlot:
-        """A new backend slot (not started yet). Today a broker creates exactly one."""
+        """A new backend slot (not started yet), with the sharing decided so far."""
         self.next_slot += 1
         slot = BackendSlot(self.next_slot, self.spec, self.loop, self.log, self.keeper, self)
+        slot.sharing = self.decision.sharing if self.decision.known else None
+        slot.policy = self.decision.policy
         self.slots[slot.number] = slot
+        return slot
+
+    def new_slot(self, why: str) -> BackendSlot:
+        slot = self.create_slot()
+        self.log.write(f"backend slot {slot.number} created: {why}")
+        slot.start()
         return slot
 
     def retire_slot(self, slot: BackendSlot, done: Callback, strays: bool = False) -> None:
@@ -143,21 +159,118 @@ class Broker:
 
         `strays`: also stop processes that left the backend's group. Only when the whole broker stops:
         the key tag they are found by is shared by every slot of the key."""
+        waiting = self.retiring.setdefault(slot.number, [])
+        waiting.append(done)
+        if len(waiting) > 1:
+            return  # already stopping: `done` runs when it has
+        slot.retiring = True
 
         def stopped() -> None:
             self.slots.pop(slot.number, None)
-            done()
+            for callback in self.retiring.pop(slot.number, []):
+                callback()
 
         slot.stop(stopped, strays)
 
-    def slot_for_new_session(self) -> BackendSlot:
-        """Which slot a new session joins: today the one shared slot."""
-        return next(iter(self.slots.values()))
+    # ---- placement (rules: placement.py) ------------------------------------------------------
+
+    def _join(self, session: Session) -> None:
+        """Put a new session on a slot: held, on its own slot (isolated), or parked on the shared one."""
+        session.held = True  # not on any slot while it is being placed
+
+        def taken(slot: BackendSlot) -> bool:
+            return self.has_sessions(slot) or slot.used and slot.sharing == ISOLATED
+
+        first = self.slots.get(self.first_slot.number)
+        if not self.decision.known and first is not None and not first.retiring and self.has_sessions(first):
+            session.slot = first
+            self.waiting.append(session)
+            return
+        if self.decision.known and self.decision.isolated:
+            unused = [s for s in self.slots.values() if not s.retiring and not taken(s)]
+            self._open(session, unused[0] if unused else self.new_slot(f"session {session.sid} (isolated)"), False)
+            return
+        shared = [s for s in self.slots.values() if not s.retiring and s.sharing != ISOLATED]
+        home = shared[0] if shared else self.new_slot(f"session {session.sid}")
+        self._open(session, home, taken(home))
+
+    def _open(self, session: Session, slot: BackendSlot, parked: bool) -> None:
+        session.slot, session.parked, session.held, slot.used = slot, parked, False, True
+        self.perform(slot, slot.mux.open_session(session.sid, parked))
+        if session.reading and not slot.paused and not session.ending:
+            self._read_session(session)
+
+    def _place(self, session: Session) -> None:
+        """A parked session whose roots are known: stay, or move to a slot whose backend has the same roots."""
+        slot = session.slot
+        signature = slot.mux.placeable(session.sid)
+        if signature is None:
+            return
+        session.parked = False
+        if fits(slot, signature):
+            self.perform(slot, slot.mux.unpark(session.sid))
+            return
+        others = [s for s in self.slots.values() if s is not slot]
+        target = slot_for_roots(others, signature) or self.new_slot(f"session {session.sid} declared other roots")
+        target.used = True
+        target.mux.roots.used = True  # the server acts on roots: no other roots may join this backend
+        state, actions = slot.mux.export_session(session.sid)
+        self.perform(slot, actions)
+        session.slot = target
+        self.log.write(f"session {session.sid}: its roots differ from slot {slot.number}'s; placed on slot {target.number}")
+        self.perform(target, target.mux.adopt_session(state))
+
+    def _decided(self) -> None:
+        """The sharing is known: record it on the slots and place the sessions held until now."""
+        self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy})")
+        for slot in self.slots.values():
+            if slot.sharing is None:
+                slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
+                self.backend_stderr(slot, [])
+        waiting, self.waiting = self.waiting, []
+        for session in waiting:
+            if session.sid in self.sessions and not session.ending:
+                self._join(session)
+
+    def slot_ready(self, slot: BackendSlot) -> None:
+        """A backend answered initialize: the first one may tell whether the server can be shared."""
+        if self.decision.known or slot is not self.first_slot:
+            return
+        init_result = slot.mux.handshake.init_result or {}
+        if self.decision.learn(init_result, None):
+            self._decided()
+            return
+
+        def listed(tools: list[Any] | None) -> list[Any]:
+            if not self.decision.known:
+                if tools is None:
+                    self.decision.give_up("its tools/list failed")
+                else:
+                    self.decision.learn(init_result, tools)
+                self.loop.call_later(0, self._decided)
+            return []
+
+        self.perform(slot, slot.mux.ask_tools(listed))
+
+    def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
+        """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
+
+        A shared backend's stays in the log: its lines may carry another session's data."""
+        if slot.sharing == SHARED:
+            slot.stderr_unsent.clear()
+            return
+        slot.stderr_unsent.extend(lines)
+        owner = next((s for s in self.sessions.values() if s.slot is slot and not s.held), None)
+        if slot.sharing is None or owner is None or owner.err_fd is None:
+            return
+        data = b"".join(line + b"\n" for line in slot.stderr_unsent)
+        slot.stderr_unsent.clear()
+        slot.counters["stderr_dropped"] += write_if_room(owner.err_fd, data)
 
     # the Host protocol of slot.py
 
     def has_sessions(self, slot: BackendSlot) -> bool:
-        return any(session.slot is slot for session in self.sessions.values())
+        return any(session.slot is slot and not session.held for session in self.sessions.values())
 
     def pause_sessions(self, slot: BackendSlot, paused: bool) -> None:
         """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""
@@ -211,8 +324,8 @@ class Broker:
     # ---- control requests -------------------------------------------------------------------
 
     def _on_hello(self, conn: socket.socket, pid: int, words: list[str], fds: list[int]) -> None:
-        if words == [wire.ATTACH, self.key] and len(fds) == 2:
-            self._attach(conn, pid, fds[0], fds[1])
+        if words == [wire.ATTACH, self.key] and len(fds) in (2, 3):
+            self._attach(conn, pid, fds)
         elif words == [wire.STATUS]:
             close_fds(fds)
             reply_and_close(conn, wire.encode_status(self.status()))
@@ -233,15 +346,15 @@ class Broker:
 
     # ---- sessions ---------------------------------------------------------------------------
 
-    def _attach(self, conn: socket.socket, pid: int, in_fd: int, out_fd: int) -> None:
+    def _attach(self, conn: socket.socket, pid: int, fds: list[int]) -> None:
         if self.stopping:
-            discard(conn, [in_fd, out_fd])  # the shim sees EOF before welcome and retries
+            discard(conn, fds)  # the shim sees EOF before welcome and retries
             return
         self.next_sid += 1
-        session = Session(self.next_sid, conn, pid, in_fd, out_fd, self.slot_for_new_session())
+        session = Session(self.next_sid, conn, pid, fds, self.first_slot)
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
-        session.outbox = Outbox(self.loop, out_fd, lambda exc: self._session_broken(session, exc))
+        session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._session_broken(session, exc))
         try:
             conn.send(wire.WELCOME)
         except OSError:
@@ -249,7 +362,7 @@ class Broker:
             conn.close()
             return
         self.sessions[session.sid] = session
-        self.perform(session.slot, session.slot.mux.open_session(session.sid))
+        self._join(session)
         self.loop.add_reader(conn.fileno(), lambda: self._waiter_event(session))
         self._cancel_linger()
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.sessions)} attached")
@@ -268,7 +381,7 @@ class Broker:
         if not session.reading and data.startswith(wire.WAITER_READY):
             data = data[len(wire.WAITER_READY) :]
             session.reading = True
-            if not session.slot.paused and not session.ending:
+            if not session.slot.paused and not session.ending and not session.held:
                 self._read_session(session)
         session.waiter_said = (session.waiter_said + data)[-64:]
 
@@ -286,6 +399,8 @@ class Broker:
             if session.sid not in self.sessions:
                 return
             self.perform(session.slot, session.slot.mux.from_session(session.sid, line))
+            if session.parked:
+                self._place(session)
         if at_eof:
             self._session_eof(session)
         elif session.slot.fatal is not None and session.sid in self.sessions:
@@ -340,7 +455,10 @@ class Broker:
         """Forget a session; unless its waiter is already gone (`code` None), tell it how to exit."""
         if self.sessions.pop(session.sid, None) is None:
             return
-        self.perform(session.slot, session.slot.mux.close_session(session.sid))
+        if session.held:
+            self.waiting.remove(session)
+        else:
+            self.perform(session.slot, session.slot.mux.close_session(session.sid))
         self.loop.remove_reader(session.in_fd)
         self.loop.remove_reader(session.conn.fileno())
         if session.outbox is not None:
@@ -354,7 +472,17 @@ class Broker:
             why += f"; exit status {code}"
         session.conn.close()
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.sessions)} attached")
+        self._after_leaving(session.slot)
         self._arm_linger()
+
+    def _after_leaving(self, slot: BackendSlot) -> None:
+        """An isolated or roots-holding backend ends with its last session; held sessions never wait on nobody."""
+        if not self.decision.known and slot is self.first_slot and not self.has_sessions(slot) and self.waiting:
+            self.decision.give_up("its first session left before the server said")
+            self._decided()
+        if not self.has_sessions(slot) and ends_with_last_session(slot) and not self.stopping:
+            self.log.write(f"backend slot {slot.number} ends with its last session ({slot.policy})")
+            self.retire_slot(slot, lambda: None)
 
     @staticmethod
     def _release_fds(session: Session) -> None:
@@ -363,7 +491,7 @@ class Broker:
                 os.set_blocking(fd, blocking)  # a tty or shared pipe must not stay non-blocking for others
             except OSError:
                 pass
-        close_fds(list(session.saved_flags))
+        close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
 
     # ---- linger and shutdown ----------------------------------------------------------------
 
@@ -373,7 +501,7 @@ class Broker:
             return
         if not self.next_sid:
             delay = max(self.linger, FIRST_SESSION_WINDOW)  # the shim that started us is on its way
-        elif all(slot.fatal is not None for slot in self.slots.values()):
+        elif self.slots and all(slot.fatal is not None for slot in self.slots.values()):
             delay = 0.0
         else:
             delay = self.linger
@@ -437,8 +565,9 @@ class Broker:
         record.command = redacted_argv(self.spec["argv"])
         record.cwd = self.spec["cwd"]
         record.scope = self.spec["scope"]
-        record.sharing = self.spec.get("sharing") or "shared"
-        record.policy = self.spec.get("policy") or f"--scope {self.spec['scope']}"
+        record.sharing = slot.sharing or "undecided"
+        record.policy = slot.policy
+        record.config_error = self.spec.get("config_error")
         record.broker_pid = os.getpid()
         record.clients = [
             {

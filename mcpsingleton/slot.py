@@ -35,6 +35,8 @@ if TYPE_CHECKING:
         def slot_failed(self, slot: BackendSlot, reason: str) -> None: ...
         def has_sessions(self, slot: BackendSlot) -> bool: ...
         def reap(self) -> None: ...
+        def slot_ready(self, slot: BackendSlot) -> None: ...
+        def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None: ...
 
 
 PAUSE_AT = 4 * 1024 * 1024
@@ -45,6 +47,8 @@ IDLE_WAIT = 30.0
 """How long a memory-capped restart waits for in-flight requests to finish."""
 STDERR_TAIL = 8
 """Lines of the backend's stderr quoted when it cannot start."""
+STDERR_BACKLOG = 64
+"""Lines of stderr kept for a backend's session until it is known whether they may go to it."""
 EXIT_STATUS_WAIT = 0.2
 """How long a backend whose stdout closed may take to become reapable before it is described anyway."""
 
@@ -54,6 +58,11 @@ class BackendSlot:
         self, number: int, spec: dict[str, Any], loop: EventLoop, log: LogFile, keeper: Keeper | None, host: Host
     ) -> None:
         self.number = number
+        self.sharing: str | None = None  # shared|isolated, None while the broker has not decided (placement.py)
+        self.policy = ""
+        self.retiring = False
+        self.used = False  # a session was ever placed here (an isolated slot serves exactly one)
+        self.stderr_unsent: deque[bytes] = deque(maxlen=STDERR_BACKLOG)
         self.spec = spec
         self.loop = loop
         self.log = log
@@ -71,7 +80,7 @@ class BackendSlot:
         self.fatal: str | None = None
         self.paused = False
         self.counters = dict.fromkeys(
-            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses"), 0
+            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses", "stderr_dropped"), 0
         )
         if spec.get("max_memory") or spec.get("max_procs"):
             loop.call_later(SAMPLE_INTERVAL, self._sample)
@@ -195,6 +204,7 @@ class BackendSlot:
             self._gone(backend)
         elif self.life.state in (lifecycle.STARTING, lifecycle.RESTARTING) and self.mux.backend_ready():
             self.life.fire(lifecycle.READY)
+            self.host.slot_ready(self)
 
     def _stderr_readable(self) -> None:
         assert self.stderr is not None
@@ -208,6 +218,8 @@ class BackendSlot:
             text = line.decode("utf-8", "replace")
             self.stderr_tail.append(text)
             self.log.write(f"backend: {text}")
+        if lines:
+            self.host.backend_stderr(self, lines)
 
     def _drain_stderr(self, backend: Backend) -> None:
         if self.stderr is not None and self.stderr.fd == backend.stderr:

@@ -1,7 +1,7 @@
 """The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
 
 Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
-- `attach KEY` with the client's stdin and stdout as SCM_RIGHTS: answered `ok` (welcome) or
+- `attach KEY` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and stdout): answered `ok` (welcome) or
   `no <reason>` (refused: the shim prints the reason and exits 1). After the welcome the socket
   carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's (`msg TEXT`, `exit N`).
 - `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
@@ -74,6 +74,8 @@ FIELDS: dict[str, Any] = {
     "backend_write_failures": 0,
     "spawn_failures": 0,
     "backpressure_pauses": 0,
+    "stderr_dropped": 0,
+    "config_error": None,
     "sessions_refused": 0,
     "log_lines_dropped": 0,
     "version": "?",
@@ -120,6 +122,10 @@ class BackendStatus:
     """Spawning the backend failed (not executable, out of fds …)."""
     backpressure_pauses: int
     """Times the sessions were paused because the backend left too much input unread."""
+    stderr_dropped: int
+    """Bytes of an isolated backend's stderr not copied to its session's stderr (it was not being read)."""
+    config_error: str | None
+    """Why config.toml was ignored when the decision was made, if it was."""
     sessions_refused: int
     """Sessions refused because the broker was out of file descriptors."""
     log_lines_dropped: int

@@ -667,6 +667,18 @@ def test_a_session_without_roots_never_lets_the_backend_see_anyone_s_roots() -> 
     assert h.requests_to(2, "roots/list") == []
 
 
+def test_backend_roots_list_waits_for_the_roots_of_a_session_that_has_them() -> None:
+    h = Harness()
+    h.open(1, capabilities=ROOTS, initialized=False)
+    h.clear()
+    h.from_backend(jsonrpc.request("early", "roots/list"))
+    assert h.backend_responses() == [], "session 1 has not said its roots yet"
+    h.notify(1, "notifications/initialized")
+    answer_roots(h, 1, ["file:///a"])
+    assert h.backend_responses() == [jsonrpc.result("early", {"roots": [{"uri": "file:///a"}]})]
+    assert h.backend_notes() == []
+
+
 def test_roots_union_change_notifies_backend_once() -> None:
     h = roots_harness({1: ["file:///a"]})
     h.notify(1, "notifications/roots/list_changed")

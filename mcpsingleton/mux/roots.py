@@ -37,6 +37,8 @@ class Roots(Feature):
         self.declared: dict[int, list[dict[str, Any]]] = {}
         self.answer_now: list[dict[str, Any]] = []
         self.used = False  # the backend has asked roots/list: it acts on roots, so placement must match them
+        self.learnt = False  # the backend was ever answered a root: it must end with its sessions (no linger)
+        self.deferred: list[Message] = []  # the backend's roots/list, waiting for a placed session's roots
 
     def ask(self, session: Session, message: Message) -> list[Action]:
         """notifications/initialized, notifications/roots/list_changed: (re)read the session's roots."""
@@ -63,8 +65,15 @@ class Roots(Feature):
         return self.mux.server_requests.ask(session, "roots/list", remember)
 
     def answer(self, message: Message) -> list[Action]:
-        """The backend's roots/list: what every placed session declared."""
+        """The backend's roots/list: what every placed session declared, once each of them has said.
+
+        A server asks as soon as it is initialized, before the first session has answered the broker's own
+        roots/list; answered at once it would start without that session's roots (as no direct client does)."""
         self.used = True
+        if any(s.can("roots") and not settled(s.roots_signature) for s in self.mux.sessions.values() if not s.parked):
+            self.deferred.append(message)
+            return []
+        self.learnt = self.learnt or bool(self.answer_now)
         actions: list[Action] = [ToBackend(jsonrpc.result(message["id"], {"roots": list(self.answer_now)}))]
         signatures = {session.roots_signature for session in self._placed()}
         if len(signatures) > 1:
@@ -72,10 +81,9 @@ class Roots(Feature):
             actions.append(Log(f"backend asked roots/list: {text}root(s) all of them declared"))
         return actions
 
-    def signature(self) -> RootsSignature | None:
-        """The roots every placed session of this backend declared (None: no placed session has said yet)."""
-        signatures = {session.roots_signature for session in self._placed()}
-        return signatures.pop() if len(signatures) == 1 else None
+    def signatures(self) -> set[RootsSignature | None]:
+        """The distinct roots signatures of this backend's placed sessions."""
+        return {session.roots_signature for session in self._placed()}
 
     def _placed(self) -> list[Session]:
         return [s for s in self.mux.sessions.values() if not s.parked and settled(s.roots_signature)]
@@ -93,12 +101,12 @@ class Roots(Feature):
 
     def _update(self) -> list[Action]:
         common = self._common()
-        if common == self.answer_now:
-            return []
-        self.answer_now = common
-        if not self.mux.backend.ready:
-            return []
-        return [ToBackend(jsonrpc.notification("notifications/roots/list_changed"))]
+        changed, self.answer_now = common != self.answer_now, common
+        deferred, self.deferred = self.deferred, []
+        actions = [action for message in deferred for action in self.answer(message)]
+        if changed and not deferred and self.mux.backend.ready:
+            actions.append(ToBackend(jsonrpc.notification("notifications/roots/list_changed")))
+        return actions
 
     def refresh(self) -> list[Action]:
         """A session was placed here (or left): the answer may change."""
@@ -107,6 +115,10 @@ class Roots(Feature):
     def session_closed(self, session: Session) -> list[Action]:
         self.declared.pop(session.sid, None)
         return self._update()
+
+    def backend_lost(self, reason: str) -> list[Action]:
+        self.deferred = []
+        return []
 
     def backend_ready(self, restarted: bool) -> list[Action]:
         if not restarted or not self.answer_now:
