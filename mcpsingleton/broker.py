@@ -41,6 +41,8 @@ MAX_UNREAD = 64 * 1024 * 1024
 """A session that leaves this much of its stdout unread is disconnected; the others go on."""
 END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
+DECISION_WAIT = 10.0
+"""How long the first backend's tools/list may take before its tool shapes are no longer waited for."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
 
@@ -55,7 +57,6 @@ class Session:
         self.in_fd, self.out_fd = fds[0], fds[1]
         self.err_fd = fds[2] if len(fds) > 2 else None  # older shims hand over stdin and stdout only
         self.slot = slot
-        self.held = False  # not read until the broker knows whether the server may be shared (placement.py)
         self.parked = False  # in its slot's mux for its handshake; its requests wait until it is placed
         self.reader = LineReader(self.in_fd, MAX_LINE)
         self.saved_flags = {fd: os.get_blocking(fd) for fd in {self.in_fd, self.out_fd}}
@@ -85,7 +86,7 @@ class Broker:
         self.slots: dict[int, BackendSlot] = {}
         self.retiring: dict[int, list[Callback]] = {}
         self.decision = SharingDecision(spec)
-        self.waiting: list[Session] = []  # held until the decision is known
+        self.decision_timer: Timer | None = None
         self.next_sid = 0
         self.next_slot = 0
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
@@ -175,62 +176,69 @@ class Broker:
     # ---- placement (rules: placement.py) ------------------------------------------------------
 
     def _join(self, session: Session) -> None:
-        """Put a new session on a slot: held, on its own slot (isolated), or parked on the shared one."""
-        session.held = True  # not on any slot while it is being placed
-
-        def taken(slot: BackendSlot) -> bool:
-            return self.has_sessions(slot) or slot.used and slot.sharing == ISOLATED
-
-        first = self.slots.get(self.first_slot.number)
-        if not self.decision.known and first is not None and not first.retiring and self.has_sessions(first):
-            session.slot = first
-            self.waiting.append(session)
-            return
+        """Put a new session on a slot: its own (isolated), or parked on a shared one until it is placed."""
         if self.decision.known and self.decision.isolated:
-            unused = [s for s in self.slots.values() if not s.retiring and not taken(s)]
-            self._open(session, unused[0] if unused else self.new_slot(f"session {session.sid} (isolated)"), False)
+            self._open(session, self._isolated_slot(session), False)
             return
         shared = [s for s in self.slots.values() if not s.retiring and s.sharing != ISOLATED]
         home = shared[0] if shared else self.new_slot(f"session {session.sid}")
-        self._open(session, home, taken(home))
+        self._open(session, home, self._taken(home, session))
+
+    def _taken(self, slot: BackendSlot, besides: Session) -> bool:
+        return (slot.used and slot.sharing == ISOLATED) or any(
+            s.slot is slot and s is not besides for s in self.sessions.values()
+        )
+
+    def _isolated_slot(self, session: Session) -> BackendSlot:
+        unused = [s for s in self.slots.values() if not s.retiring and not self._taken(s, session)]
+        return unused[0] if unused else self.new_slot(f"session {session.sid} (isolated)")
 
     def _open(self, session: Session, slot: BackendSlot, parked: bool) -> None:
-        session.slot, session.parked, session.held, slot.used = slot, parked, False, True
+        session.slot, session.parked, slot.used = slot, parked, True
         self.perform(slot, slot.mux.open_session(session.sid, parked))
-        if session.reading and not slot.paused and not session.ending:
-            self._read_session(session)
 
     def _place(self, session: Session) -> None:
-        """A parked session whose roots are known: stay, or move to a slot whose backend has the same roots."""
+        """A parked session whose handshake is done, once sharing is known: stay, or move to another slot."""
         slot = session.slot
-        signature = slot.mux.placeable(session.sid)
+        signature = slot.mux.placeable(session.sid) if self.decision.known else None
         if signature is None:
             return
         session.parked = False
-        if fits(slot, signature):
+        if not self.decision.isolated and fits(slot, signature):
             self.perform(slot, slot.mux.unpark(session.sid))
             return
-        others = [s for s in self.slots.values() if s is not slot]
-        target = slot_for_roots(others, signature) or self.new_slot(f"session {session.sid} declared other roots")
+        if self.decision.isolated:
+            target = self._isolated_slot(session)
+        else:
+            others = [s for s in self.slots.values() if s is not slot]
+            target = slot_for_roots(others, signature) or self.new_slot(f"session {session.sid} declared other roots")
+            target.mux.roots.used = True  # the server acts on roots: no other roots may join this backend
+            self.log.write(f"session {session.sid}: roots differ from slot {slot.number}'s; on slot {target.number}")
         target.used = True
-        target.mux.roots.used = True  # the server acts on roots: no other roots may join this backend
         state, actions = slot.mux.export_session(session.sid)
         self.perform(slot, actions)
         session.slot = target
-        self.log.write(f"session {session.sid}: its roots differ from slot {slot.number}'s; placed on slot {target.number}")
         self.perform(target, target.mux.adopt_session(state))
 
     def _decided(self) -> None:
-        """The sharing is known: record it on the slots and place the sessions held until now."""
+        """The sharing is known: record it on the slots and place the sessions parked until now."""
+        if self.decision_timer is not None:
+            self.decision_timer.cancel()
+            self.decision_timer = None
         self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy})")
         for slot in self.slots.values():
             if slot.sharing is None:
                 slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
                 self.backend_stderr(slot, [])
-        waiting, self.waiting = self.waiting, []
-        for session in waiting:
-            if session.sid in self.sessions and not session.ending:
-                self._join(session)
+                self._after_leaving(slot)  # its first session may have left already
+        for session in list(self.sessions.values()):
+            if session.parked and not session.ending:
+                self._place(session)
+
+    def _give_up(self, why: str) -> None:
+        if not self.decision.known:
+            self.decision.give_up(why)
+            self._decided()
 
     def slot_ready(self, slot: BackendSlot) -> None:
         """A backend answered initialize: the first one may tell whether the server can be shared."""
@@ -251,6 +259,9 @@ class Broker:
             return []
 
         self.perform(slot, slot.mux.ask_tools(listed))
+        if self.decision_timer is None:
+            why = f"its tools/list took over {DECISION_WAIT:.0f}s"
+            self.decision_timer = self.loop.call_later(DECISION_WAIT, lambda: self._give_up(why))
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
@@ -260,7 +271,7 @@ class Broker:
             slot.stderr_unsent.clear()
             return
         slot.stderr_unsent.extend(lines)
-        owner = next((s for s in self.sessions.values() if s.slot is slot and not s.held), None)
+        owner = next((s for s in self.sessions.values() if s.slot is slot and not s.parked), None)
         if slot.sharing is None or owner is None or owner.err_fd is None:
             return
         data = b"".join(line + b"\n" for line in slot.stderr_unsent)
@@ -270,7 +281,7 @@ class Broker:
     # the Host protocol of slot.py
 
     def has_sessions(self, slot: BackendSlot) -> bool:
-        return any(session.slot is slot and not session.held for session in self.sessions.values())
+        return any(session.slot is slot for session in self.sessions.values())
 
     def pause_sessions(self, slot: BackendSlot, paused: bool) -> None:
         """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""
@@ -283,6 +294,7 @@ class Broker:
 
     def slot_failed(self, slot: BackendSlot, reason: str) -> None:
         """The slot's backend never worked: end its sessions with the reason (their shims exit 1)."""
+        self._give_up("its first backend never worked")
         for session in list(self.sessions.values()):
             if session.slot is slot:
                 self.end_session(session, 1, reason)
@@ -381,7 +393,7 @@ class Broker:
         if not session.reading and data.startswith(wire.WAITER_READY):
             data = data[len(wire.WAITER_READY) :]
             session.reading = True
-            if not session.slot.paused and not session.ending and not session.held:
+            if not session.slot.paused and not session.ending:
                 self._read_session(session)
         session.waiter_said = (session.waiter_said + data)[-64:]
 
@@ -455,10 +467,7 @@ class Broker:
         """Forget a session; unless its waiter is already gone (`code` None), tell it how to exit."""
         if self.sessions.pop(session.sid, None) is None:
             return
-        if session.held:
-            self.waiting.remove(session)
-        else:
-            self.perform(session.slot, session.slot.mux.close_session(session.sid))
+        self.perform(session.slot, session.slot.mux.close_session(session.sid))
         self.loop.remove_reader(session.in_fd)
         self.loop.remove_reader(session.conn.fileno())
         if session.outbox is not None:
@@ -476,10 +485,7 @@ class Broker:
         self._arm_linger()
 
     def _after_leaving(self, slot: BackendSlot) -> None:
-        """An isolated or roots-holding backend ends with its last session; held sessions never wait on nobody."""
-        if not self.decision.known and slot is self.first_slot and not self.has_sessions(slot) and self.waiting:
-            self.decision.give_up("its first session left before the server said")
-            self._decided()
+        """An isolated or roots-holding backend ends with its last session (its state must not carry over)."""
         if not self.has_sessions(slot) and ends_with_last_session(slot) and not self.stopping:
             self.log.write(f"backend slot {slot.number} ends with its last session ({slot.policy})")
             self.retire_slot(slot, lambda: None)

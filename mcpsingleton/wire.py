@@ -1,9 +1,10 @@
 """The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
 
 Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
-- `attach KEY` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and stdout): answered `ok` (welcome) or
-  `no <reason>` (refused: the shim prints the reason and exits 1). After the welcome the socket
-  carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's (`msg TEXT`, `exit N`).
+- `attach KEY` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and stdout):
+  answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1). After the
+  welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's
+  (`msg TEXT`, `exit N`).
 - `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
 - `stop`: answered `ok`; the broker then stops in order.
 

@@ -1,0 +1,212 @@
+"""Issue 12, learnt at run time: one broker, one backend per session when the running server says it is
+per-client (x-mux, tool shapes); roots never mix (server-filesystem); an isolated backend's stderr reaches
+its own session. Real processes; official SDK sessions where roots matter.
+
+server-filesystem (dist/index.js, pinned in shell/install.sh) asks roots/list once initialized when the
+client declares roots, and again on notifications/roots/list_changed; a non-empty answer REPLACES its
+allowed directories, an empty one keeps them (the directories on its command line). Without the roots
+capability it never asks and serves its command-line directories.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+from conftest import ROOT, RawClient, backend_roots, ls_json, result_text, shim, wait_for
+from mcp import Client, types
+from test_sharing import shim_params, text_of
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
+
+FILESYSTEM_JS = ROOT / ".cache/npm/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
+
+
+def whoami(client: RawClient) -> int:
+    return json.loads(result_text(client.call("whoami")))["pid"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("flag", "policy"),
+    [
+        ("--x-mux=isolated", "server declares x-mux sharing=isolated"),
+        ("--x-mux-experimental=isolated", "server declares x-mux sharing=isolated"),
+        ("--browser-tools", "tools look session-bound: browser_navigate"),
+    ],
+)
+def test_a_per_client_server_gets_one_backend_per_session_in_one_broker(
+    home: Path, fake_server: list[str], flag: str, policy: str
+) -> None:
+    command = shim([*fake_server, flag])
+    first, second = RawClient(command), RawClient(command)
+    first.initialize()
+    first_pid = whoami(first)
+    second.initialize()
+    second_pid = whoami(second)
+    assert first_pid != second_pid, "each session has its own backend"
+    records = ls_json()
+    assert len(records) == 2 and len({record["broker_pid"] for record in records}) == 1, records
+    assert {record["backend_pid"] for record in records} == {first_pid, second_pid}
+    assert all(record["sharing"] == "isolated" and record["policy"] == policy for record in records), records
+    assert all(len(record["clients"]) == 1 for record in records)
+    assert second.close() == 0
+    assert wait_for(lambda: not alive(second_pid)), "an isolated backend ends with its session (no linger)"
+    assert alive(first_pid) and [r["backend_pid"] for r in ls_json()] == [first_pid]
+    assert first.close() == 0
+    assert wait_for(lambda: not alive(first_pid)), "the first session's backend too"
+
+
+def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list[str]) -> None:
+    command = shim([*fake_server, "--x-mux=shared"])
+    first, second = RawClient(command), RawClient(command)
+    first.initialize()
+    second.initialize()
+    assert whoami(first) == whoami(second)
+    (record,) = ls_json()
+    assert record["sharing"] == "shared" and record["policy"] == "server declares x-mux sharing=shared"
+    assert len(record["clients"]) == 2
+    first.close(), second.close()
+
+
+@pytest.mark.parametrize(("flag", "reaches_session"), [("--x-mux=isolated", True), ("--x-mux=shared", False)])
+def test_stderr_of_an_isolated_backend_reaches_its_session_only(
+    home: Path, fake_server: list[str], flag: str, reaches_session: bool
+) -> None:
+    command = shim([*fake_server, flag])
+    first, second = RawClient(command), RawClient(command)
+    first.initialize()
+    second.initialize()
+    first.call("stderr", {"text": "first-secret"})
+    second.call("stderr", {"text": "second-secret"})
+    first.close(), second.close()
+    first_err, second_err = first.stderr(), second.stderr()
+    assert ("first-secret" in first_err) is reaches_session, first_err
+    assert "second-secret" not in first_err and "first-secret" not in second_err
+
+
+# ---- roots: server-filesystem ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def directories(tmp_path: Path) -> dict[str, Path]:
+    """Three project directories, each with a file naming it; `configured` is on the server's command line."""
+    found = {}
+    for name in ("alpha", "beta", "configured"):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "secret.txt").write_text(f"{name} secret")
+        found[name] = directory.resolve()
+    return found
+
+
+def filesystem(configured: Path) -> list[str]:
+    if not FILESYSTEM_JS.exists():
+        pytest.fail(f"server-filesystem is not installed at {FILESYSTEM_JS}; run `bash shell/install.sh`")
+    return [shutil.which("node") or "node", str(FILESYSTEM_JS), str(configured)]
+
+
+def roots_client(params, roots: list[Path] | None) -> Client:
+    """An SDK session declaring `roots` (None: no roots capability at all)."""
+    if roots is None:
+        return Client(params, read_timeout_seconds=30)
+
+    async def list_roots(context) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=path.as_uri()) for path in roots])
+
+    return Client(params, read_timeout_seconds=30, list_roots_callback=list_roots)
+
+
+async def allowed(client: Client, expected: Path) -> str:
+    """list_allowed_directories once it shows `expected` (the server learns roots just after initialize)."""
+    with anyio.fail_after(20):
+        while True:
+            text = text_of(await client.call_tool("list_allowed_directories", {}))
+            if str(expected) in text:
+                return text
+            await anyio.sleep(0.1)
+
+
+async def reads(client: Client, path: Path) -> str:
+    result = await client.call_tool("read_text_file", {"path": str(path / "secret.txt")})
+    return text_of(result)
+
+
+def test_sessions_with_different_roots_never_see_each_other(home: Path, directories: dict[str, Path]) -> None:
+    params = shim_params(filesystem(directories["configured"]), "--linger", "0")
+    alpha, beta = directories["alpha"], directories["beta"]
+
+    async def main() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(roots_client(params, [alpha]))
+            second = await stack.enter_async_context(roots_client(params, [beta]))
+            seen["first"], seen["second"] = await allowed(first, alpha), await allowed(second, beta)
+            seen["first reads beta"] = await reads(first, beta)
+            seen["second reads alpha"] = await reads(second, alpha)
+            seen["first reads alpha"] = await reads(first, alpha)
+            seen["backends"] = len(backend_roots(home))
+        return seen
+
+    seen = anyio.run(main)
+    assert str(beta) not in str(seen["first"]) and str(directories["configured"]) not in str(seen["first"])
+    assert str(alpha) not in str(seen["second"])
+    assert "beta secret" not in str(seen["first reads beta"]) and "denied" in str(seen["first reads beta"])
+    assert "alpha secret" not in str(seen["second reads alpha"])
+    assert seen["first reads alpha"] == "alpha secret"
+    assert seen["backends"] == 2
+    assert wait_for(lambda: not backend_roots(home)), "a backend that learnt roots ends with its sessions"
+
+
+def test_sessions_with_equal_roots_share_one_backend(home: Path, directories: dict[str, Path]) -> None:
+    params = shim_params(filesystem(directories["configured"]))
+    alpha = directories["alpha"]
+
+    async def main() -> int:
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(roots_client(params, [alpha])) for _ in range(2)]
+            for client in clients:
+                assert await reads(client, alpha) == "alpha secret" or await allowed(client, alpha)
+                await allowed(client, alpha)
+            return len(backend_roots(home))
+
+    assert anyio.run(main) == 1
+
+
+def test_a_client_without_roots_gets_the_configured_directory_as_direct(
+    home: Path, directories: dict[str, Path]
+) -> None:
+    params = shim_params(filesystem(directories["configured"]))
+    alpha, configured = directories["alpha"], directories["configured"]
+
+    async def main() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        async with AsyncExitStack() as stack:
+            with_roots = await stack.enter_async_context(roots_client(params, [alpha]))
+            await allowed(with_roots, alpha)
+            without = await stack.enter_async_context(roots_client(params, None))
+            seen["allowed"] = text_of(await without.call_tool("list_allowed_directories", {}))
+            seen["reads alpha"] = await reads(without, alpha)
+            seen["reads configured"] = await reads(without, configured)
+            seen["backends"] = len(backend_roots(home))
+        return seen
+
+    seen = anyio.run(main)
+    assert str(configured) in str(seen["allowed"]) and str(alpha) not in str(seen["allowed"])
+    assert "alpha secret" not in str(seen["reads alpha"])
+    assert seen["reads configured"] == "configured secret"
+    assert seen["backends"] == 2
