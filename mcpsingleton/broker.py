@@ -575,6 +575,7 @@ class Broker:
         record.policy = slot.policy
         record.config_error = self.spec.get("config_error")
         record.broker_pid = os.getpid()
+        record.slot = slot.number
         record.clients = [
             {
                 "pid": session.pid,

@@ -60,6 +60,7 @@ FIELDS: dict[str, Any] = {
     "sharing": "shared",
     "policy": "",
     "broker_pid": 0,
+    "slot": 1,
     "backend_pid": None,
     "clients": [],
     "state": "starting",
@@ -100,6 +101,8 @@ class BackendStatus:
     sharing: str
     policy: str
     broker_pid: int
+    slot: int
+    """Which of its broker's backends this is (a broker runs one per isolated session or per set of roots)."""
     backend_pid: int | None
     clients: list[dict[str, Any]]
     """{pid, client, attached_at} per attached session."""

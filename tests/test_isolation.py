@@ -11,14 +11,27 @@ capability it never asks and serves its command-line directories.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
-from conftest import ROOT, RawClient, backend_roots, ls_json, result_text, shim, wait_for
+from conftest import (
+    ROOT,
+    RawClient,
+    backend_roots,
+    ls_json,
+    mcpsingleton_exe,
+    result_text,
+    shim,
+    tagged_backends,
+    wait_for,
+)
 from mcp import Client, types
 from test_sharing import shim_params, text_of
 
@@ -69,6 +82,41 @@ def test_a_per_client_server_gets_one_backend_per_session_in_one_broker(
     assert alive(first_pid) and [r["backend_pid"] for r in ls_json()] == [first_pid]
     assert first.close() == 0
     assert wait_for(lambda: not alive(first_pid)), "the first session's backend too"
+
+
+def test_every_backend_of_a_broker_is_listed_stopped_and_orphan_proof(home: Path, fake_server: list[str]) -> None:
+    command = shim([*fake_server, "--x-mux=isolated", "--grandchild"], "--name", "iso")
+    clients = [RawClient(command) for _ in range(2)]
+    for client in clients:
+        client.initialize()
+    pids = [whoami(client) for client in clients]
+    table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
+    assert table.count("server declares x-mux sharing=isolated") == 2 and "SHARING" in table, table
+    metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
+    assert sorted(line.split(",slot=")[1][:3] for line in metrics.splitlines() if "backend_up{" in line) == [
+        '"1"',
+        '"2"',
+    ]
+    assert {p.pid for p in backend_roots(home)} == set(pids)
+    (broker_pid,) = {record["broker_pid"] for record in ls_json()}
+    everything = [p.pid for p in tagged_backends(home)]
+    assert len(everything) >= 4, "two backends, each with a grandchild"
+    os.kill(broker_pid, signal.SIGKILL)
+    assert wait_for(lambda: not any(alive(pid) for pid in everything)), "the keeper stops every backend's group"
+    for client in clients:
+        client.close()
+
+
+def test_stop_ends_every_backend_of_the_broker(home: Path, fake_server: list[str]) -> None:
+    command = shim([*fake_server, "--x-mux=isolated"], "--name", "iso")
+    clients = [RawClient(command) for _ in range(2)]
+    for client in clients:
+        client.initialize()
+    pids = [whoami(client) for client in clients]
+    stopped = subprocess.run([mcpsingleton_exe(), "stop", "iso"], capture_output=True, text=True, timeout=30)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(alive(pid) for pid in pids)
+    assert [client.process.wait(timeout=10) for client in clients] == [0, 0]
 
 
 def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list[str]) -> None:
