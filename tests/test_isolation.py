@@ -10,10 +10,12 @@ capability it never asks and serves its command-line directories.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -34,6 +36,9 @@ from conftest import (
 )
 from mcp import Client, types
 from test_sharing import shim_params, text_of
+
+from mcpsingleton import wire
+from mcpsingleton.keys import KeyPaths
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -119,6 +124,28 @@ def test_stop_ends_every_backend_of_the_broker(home: Path, fake_server: list[str
     assert [client.process.wait(timeout=10) for client in clients] == [0, 0]
 
 
+def test_a_shim_of_the_older_protocol_handing_over_two_fds_still_attaches(home: Path, fake_server: list[str]) -> None:
+    first = RawClient(shim(fake_server))
+    first.initialize()
+    (record,) = ls_json()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(KeyPaths(record["key"]).sock)
+    to_broker, our_stdin = os.pipe()
+    our_stdout, from_broker = os.pipe()
+    two_fds = array.array("i", [to_broker, from_broker])
+    conn.sendmsg([wire.hello(wire.ATTACH, record["key"])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, two_fds)])
+    assert conn.recv(16) == wire.WELCOME
+    conn.sendall(wire.WAITER_READY)
+    os.close(to_broker), os.close(from_broker)
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "old", "version": "0"}}
+    request = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    os.write(our_stdin, json.dumps(request).encode() + b"\n")
+    assert json.loads(os.read(our_stdout, 1 << 16))["result"]["serverInfo"]["name"] == "fake-server"
+    os.close(our_stdin)
+    conn.close()
+    first.close()
+
+
 def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list[str]) -> None:
     command = shim([*fake_server, "--x-mux=shared"])
     first, second = RawClient(command), RawClient(command)
@@ -131,11 +158,18 @@ def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list
     first.close(), second.close()
 
 
-@pytest.mark.parametrize(("flag", "reaches_session"), [("--x-mux=isolated", True), ("--x-mux=shared", False)])
+@pytest.mark.parametrize(
+    ("flag", "options", "reaches_session"),
+    [
+        ("--x-mux=isolated", (), True),
+        ("--x-mux=shared", (), False),
+        ("--grandchild", ("--scope", "isolated"), True),
+    ],
+)
 def test_stderr_of_an_isolated_backend_reaches_its_session_only(
-    home: Path, fake_server: list[str], flag: str, reaches_session: bool
+    home: Path, fake_server: list[str], flag: str, options: tuple[str, ...], reaches_session: bool
 ) -> None:
-    command = shim([*fake_server, flag])
+    command = shim([*fake_server, flag], *options)
     first, second = RawClient(command), RawClient(command)
     first.initialize()
     second.initialize()
@@ -144,6 +178,7 @@ def test_stderr_of_an_isolated_backend_reaches_its_session_only(
     first.close(), second.close()
     first_err, second_err = first.stderr(), second.stderr()
     assert ("first-secret" in first_err) is reaches_session, first_err
+    assert ("fake server" in first_err) is reaches_session, "its lines from before the session was placed too"
     assert "second-secret" not in first_err and "first-secret" not in second_err
 
 
