@@ -231,6 +231,9 @@ class Broker:
                 slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
                 self.backend_stderr(slot, [])
                 self._after_leaving(slot)  # its first session may have left already
+        self._place_parked()
+
+    def _place_parked(self) -> None:
         for session in list(self.sessions.values()):
             if session.parked and not session.ending:
                 self._place(session)
@@ -241,8 +244,13 @@ class Broker:
             self._decided()
 
     def slot_ready(self, slot: BackendSlot) -> None:
-        """A backend answered initialize: the first one may tell whether the server can be shared."""
-        if self.decision.known or slot is not self.first_slot:
+        """A backend answered initialize: the first one may tell whether the server can be shared.
+
+        Parked sessions whose initialize waited for it may be placed now (they may send nothing more)."""
+        if self.decision.known:
+            self._place_parked()
+            return
+        if slot is not self.first_slot:
             return
         init_result = slot.mux.handshake.init_result or {}
         if self.decision.learn(init_result, None):

@@ -146,6 +146,18 @@ def test_a_shim_of_the_older_protocol_handing_over_two_fds_still_attaches(home: 
     first.close()
 
 
+def test_a_pipelining_session_waiting_for_a_restarting_backend_is_placed(home: Path, fake_server: list[str]) -> None:
+    first = RawClient(shim(fake_server))
+    first.initialize()
+    first.call("crash")  # the shared backend is gone; the next session's initialize waits for a new one
+    second = RawClient(shim(fake_server))
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "eager", "version": "1"}}
+    second.request("initialize", params)
+    call = second.request("tools/call", {"name": "echo", "arguments": {"text": "placed"}})
+    assert result_text(second.reply_to(call)) == "placed"
+    first.close(), second.close()
+
+
 def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list[str]) -> None:
     command = shim([*fake_server, "--x-mux=shared"])
     first, second = RawClient(command), RawClient(command)
