@@ -158,6 +158,11 @@ class BackendSlot:
     # ---- spawning and reading -----------------------------------------------------------------
 
     @property
+    def label(self) -> str:
+        """How the log names this backend: plain for a broker's first, numbered for the others (`ls` slot)."""
+        return "backend" if self.number == 1 else f"backend #{self.number}"
+
+    @property
     def command_text(self) -> str:
         """The backend's command for log lines and errors, secret values masked."""
         return " ".join(redacted_argv(self.spec["argv"]))
@@ -180,7 +185,7 @@ class BackendSlot:
         self.stderr = LineReader(backend.stderr, 1 << 20)
         self.loop.add_reader(backend.stdout, lambda: self._readable(backend))
         self.loop.add_reader(backend.stderr, self._stderr_readable)
-        self.log.write(f"backend started: pid {backend.pid} `{self.command_text}`")
+        self.log.write(f"{self.label} started: pid {backend.pid} `{self.command_text}`")
         self.host.perform(self, self.mux.backend_started())
 
     def _spawn_failed(self, reason: str) -> None:
@@ -217,7 +222,7 @@ class BackendSlot:
         for line in lines:
             text = line.decode("utf-8", "replace")
             self.stderr_tail.append(text)
-            self.log.write(f"backend: {text}")
+            self.log.write(f"{self.label}: {text}")
         if lines:
             self.host.backend_stderr(self, lines)
 

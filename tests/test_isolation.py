@@ -103,6 +103,9 @@ def test_every_backend_of_a_broker_is_listed_stopped_and_orphan_proof(home: Path
         '"2"',
     ]
     assert {p.pid for p in backend_roots(home)} == set(pids)
+    logs = subprocess.run([mcpsingleton_exe(), "logs", "iso"], capture_output=True, text=True, timeout=30).stdout
+    second = next(pid for pid in pids if f"backend #2 started: pid {pid}" in logs)
+    assert f"backend #2: fake server {second} starting" in logs, "each backend's stderr, named, in `logs`"
     (broker_pid,) = {record["broker_pid"] for record in ls_json()}
     everything = [p.pid for p in tagged_backends(home)]
     assert len(everything) >= 4, "two backends, each with a grandchild"
