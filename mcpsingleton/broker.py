@@ -510,12 +510,13 @@ class Broker:
     # ---- linger and shutdown ----------------------------------------------------------------
 
     def _arm_linger(self) -> None:
-        """No session left: stay `linger` seconds (a broken backend: none, once its error is delivered)."""
+        """No session left: stay `linger` seconds to keep the backend warm; not at all when there is none to keep
+        (it is broken, or ended with its session: isolated or holding roots)."""
         if self.sessions or self.stopping or self.linger_timer is not None:
             return
         if not self.next_sid:
             delay = max(self.linger, FIRST_SESSION_WINDOW)  # the shim that started us is on its way
-        elif self.slots and all(slot.fatal is not None for slot in self.slots.values()):
+        elif all(slot.fatal is not None or slot.retiring for slot in self.slots.values()):
             delay = 0.0
         else:
             delay = self.linger

@@ -85,8 +85,10 @@ def test_a_per_client_server_gets_one_backend_per_session_in_one_broker(
     assert second.close() == 0
     assert wait_for(lambda: not alive(second_pid)), "an isolated backend ends with its session (no linger)"
     assert alive(first_pid) and [r["backend_pid"] for r in ls_json()] == [first_pid]
+    (broker,) = {psutil.Process(record["broker_pid"]) for record in records}
     assert first.close() == 0
     assert wait_for(lambda: not alive(first_pid)), "the first session's backend too"
+    assert wait_for(lambda: not alive(broker.pid)), "a broker with no backend left to keep warm does not linger"
 
 
 def test_every_backend_of_a_broker_is_listed_stopped_and_orphan_proof(home: Path, fake_server: list[str]) -> None:
