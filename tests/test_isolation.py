@@ -163,6 +163,17 @@ def test_a_pipelining_session_waiting_for_a_restarting_backend_is_placed(home: P
     first.close(), second.close()
 
 
+def test_ls_says_when_config_toml_was_ignored(home: Path, fake_server: list[str]) -> None:
+    (home / "config.toml").write_text("[servers\n")
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    (record,) = ls_json()
+    assert record["config_error"] and record["sharing"] == "shared"
+    table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
+    assert f"config.toml was ignored when deciding: {record['config_error']}" in table
+    client.close()
+
+
 def test_a_shared_server_still_shares_and_says_why(home: Path, fake_server: list[str]) -> None:
     command = shim([*fake_server, "--x-mux=shared"])
     first, second = RawClient(command), RawClient(command)
@@ -310,3 +321,18 @@ def test_a_client_without_roots_gets_the_configured_directory_as_direct(
     assert "alpha secret" not in str(seen["reads alpha"])
     assert seen["reads configured"] == "configured secret"
     assert seen["backends"] == 2
+
+
+def test_a_server_that_never_asks_for_roots_is_shared_whatever_the_roots(
+    home: Path, time_server: list[str], directories: dict[str, Path]
+) -> None:
+    params = shim_params(time_server)
+
+    async def main() -> int:
+        async with AsyncExitStack() as stack:
+            for roots in ([directories["alpha"]], None, [directories["beta"]]):  # like Claude Code, Codex, …
+                client = await stack.enter_async_context(roots_client(params, roots))
+                assert "UTC" in text_of(await client.call_tool("get_current_time", {"timezone": "UTC"}))
+            return len(backend_roots(home))
+
+    assert anyio.run(main) == 1
