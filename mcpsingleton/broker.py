@@ -1,9 +1,10 @@
 """The broker: one detached daemon per key, owning the sessions' stdio and the backend slots.
 
 Thin I/O glue, readable top to bottom: it listens on the key's Unix socket (listener.py), answers control
-requests (`status`, `stop`), takes over each attaching session's stdin/stdout, maps the session to
-a backend slot (slot.py: one backend, its mux and its lifecycle), performs what the slot's mux
-decides, lingers after the last session leaves, and exits without leaving anything behind.
+requests (`status`, `stop`), takes over each attaching session's stdin/stdout (and stderr), places
+the session on a backend slot (slot.py: one backend, its mux and its lifecycle; the rules in
+placement.py), performs what the slot's mux decides, lingers after the last session leaves while a
+backend is worth keeping warm, and exits without leaving anything behind.
 
 Run as `python -m mcpsingleton.broker CHANNEL_FD LOCK_FD`: the spec arrives as JSON on the channel
 (a socketpair with the shim that started it), and readiness goes back on it.

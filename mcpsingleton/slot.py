@@ -5,7 +5,8 @@ it when it is lost: crashed, stopped reading its stdin, could not be spawned, or
 --max-memory / --max-procs. Restarts follow lifecycle.py (backoff within a crash streak); only a
 backend that never worked in this slot is fatal. The broker owns the sessions and the sockets; it
 hands a slot the lines of the sessions mapped to it and performs the actions the slot gives back.
-A broker holds one slot today; nothing here assumes it is the only one.
+A broker holds one shared slot, plus one per isolated session or per distinct set of roots
+(placement.py); each slot keeps every guarantee on its own: caps, restarts, status, its stderr in the log.
 """
 
 from __future__ import annotations
