@@ -91,3 +91,15 @@ def test_a_parked_session_s_roots_do_not_count_until_it_is_placed() -> None:
     h.perform(h.mux.unpark(2))
     h.from_backend(jsonrpc.request("q2", "roots/list"))
     assert h.backend_responses()[-1]["result"] == {"roots": []}
+
+
+def test_a_big_request_of_a_parked_session_waits_too() -> None:
+    """Big lines may take a shortcut past the full parser; not around parking."""
+    h = Harness()
+    h.open(1)
+    parked(h, 2)
+    h.clear()
+    h.request(2, "big", "tools/call", {"name": "echo", "arguments": {"text": "x" * 100_000}})
+    assert h.backend_requests("tools/call") == []
+    h.perform(h.mux.unpark(2))
+    assert len(h.backend_requests("tools/call")) == 1
