@@ -1,9 +1,10 @@
 """The broker: one detached daemon per key, owning the sessions' stdio and the backend slots.
 
 Thin I/O glue, readable top to bottom: it listens on the key's Unix socket (listener.py), answers control
-requests (`status`, `stop`), takes over each attaching session's stdin/stdout, maps the session to
-a backend slot (slot.py: one backend, its mux and its lifecycle), performs what the slot's mux
-decides, lingers after the last session leaves, and exits without leaving anything behind.
+requests (`status`, `stop`), takes over each attaching session's stdin/stdout (and stderr), places
+the session on a backend slot (slot.py: one backend, its mux and its lifecycle; the rules in
+placement.py), performs what the slot's mux decides, lingers after the last session leaves while a
+backend is worth keeping warm, and exits without leaving anything behind.
 
 Run as `python -m mcpsingleton.broker CHANNEL_FD LOCK_FD`: the spec arrives as JSON on the channel
 (a socketpair with the shim that started it), and readiness goes back on it.
@@ -28,8 +29,10 @@ from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
 from .mux import Log, StartBackend, StoreDiscovery, ToBackend, ToSession
+from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
+from .sharing import ISOLATED, SHARED
 from .slot import BackendSlot
-from .streams import LineReader, Outbox
+from .streams import LineReader, Outbox, write_if_room
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ MAX_UNREAD = 64 * 1024 * 1024
 """A session that leaves this much of its stdout unread is disconnected; the others go on."""
 END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
+DECISION_WAIT = 10.0
+"""How long the first backend's tools/list may take before its tool shapes are no longer waited for."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
 
@@ -48,15 +53,16 @@ FIRST_SESSION_WINDOW = 5.0
 class Session:
     """One client session: its connection to the shim's waiter, the client's stdio, and its backend slot."""
 
-    def __init__(self, sid: int, conn: socket.socket, pid: int, in_fd: int, out_fd: int, slot: BackendSlot) -> None:
+    def __init__(self, sid: int, conn: socket.socket, pid: int, fds: list[int], slot: BackendSlot) -> None:
         self.sid = sid
         self.conn = conn
         self.pid = pid
-        self.in_fd = in_fd
-        self.out_fd = out_fd
+        self.in_fd, self.out_fd = fds[0], fds[1]
+        self.err_fd = fds[2] if len(fds) > 2 else None  # older shims hand over stdin and stdout only
         self.slot = slot
-        self.reader = LineReader(in_fd, MAX_LINE)
-        self.saved_flags = {fd: os.get_blocking(fd) for fd in {in_fd, out_fd}}
+        self.parked = False  # in its slot's mux for its handshake; its requests wait until it is placed
+        self.reader = LineReader(self.in_fd, MAX_LINE)
+        self.saved_flags = {fd: os.get_blocking(fd) for fd in {self.in_fd, self.out_fd}}
         self.outbox: Outbox | None = None
         self.ending = False
         self.reading = False  # the waiter said it is ready: the client's input may be read
@@ -81,6 +87,9 @@ class Broker:
         self.loop = EventLoop()
         self.sessions: dict[int, Session] = {}
         self.slots: dict[int, BackendSlot] = {}
+        self.retiring: dict[int, list[Callback]] = {}
+        self.decision = SharingDecision(spec)
+        self.decision_timer: Timer | None = None
         self.next_sid = 0
         self.next_slot = 0
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
@@ -118,9 +127,9 @@ class Broker:
         self.keeper = Keeper()
         self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
         self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
-        slot = self.create_slot()
-        if not slot.mux.discovery.serves_without_backend():  # --lazy: the first request that needs it starts it
-            slot.start()
+        self.first_slot = self.create_slot()
+        if not self.first_slot.mux.discovery.serves_without_backend():  # --lazy: a request that needs it starts it
+            self.first_slot.start()
         self._arm_linger()
         self.loop.run()
         return self.exit_code
@@ -132,10 +141,18 @@ class Broker:
     # ---- backend slots ----------------------------------------------------------------------
 
     def create_slot(self) -> BackendSlot:
-        """A new backend slot (not started yet). Today a broker creates exactly one."""
+        """A new backend slot (not started yet), with the sharing decided so far."""
         self.next_slot += 1
         slot = BackendSlot(self.next_slot, self.spec, self.loop, self.log, self.keeper, self)
+        slot.sharing = self.decision.sharing if self.decision.known else None
+        slot.policy = self.decision.policy
         self.slots[slot.number] = slot
+        return slot
+
+    def new_slot(self, why: str) -> BackendSlot:
+        slot = self.create_slot()
+        self.log.write(f"backend slot {slot.number} created: {why}")
+        slot.start()
         return slot
 
     def retire_slot(self, slot: BackendSlot, done: Callback, strays: bool = False) -> None:
@@ -143,16 +160,131 @@ class Broker:
 
         `strays`: also stop processes that left the backend's group. Only when the whole broker stops:
         the key tag they are found by is shared by every slot of the key."""
+        waiting = self.retiring.setdefault(slot.number, [])
+        waiting.append(done)
+        if len(waiting) > 1:
+            return  # already stopping: `done` runs when it has
+        slot.retiring = True
 
         def stopped() -> None:
             self.slots.pop(slot.number, None)
-            done()
+            for callback in self.retiring.pop(slot.number, []):
+                callback()
 
         slot.stop(stopped, strays)
 
-    def slot_for_new_session(self) -> BackendSlot:
-        """Which slot a new session joins: today the one shared slot."""
-        return next(iter(self.slots.values()))
+    # ---- placement (rules: placement.py) ------------------------------------------------------
+
+    def _join(self, session: Session) -> None:
+        """Put a new session on a slot: its own (isolated), or parked on a shared one until it is placed."""
+        if self.decision.known and self.decision.isolated:
+            self._open(session, self._isolated_slot(session), False)
+            return
+        shared = [s for s in self.slots.values() if not s.retiring and s.sharing != ISOLATED]
+        home = shared[0] if shared else self.new_slot(f"session {session.sid}")
+        self._open(session, home, self._taken(home, session))
+
+    def _taken(self, slot: BackendSlot, besides: Session) -> bool:
+        return (slot.used and slot.sharing == ISOLATED) or any(
+            s.slot is slot and s is not besides for s in self.sessions.values()
+        )
+
+    def _isolated_slot(self, session: Session) -> BackendSlot:
+        unused = [s for s in self.slots.values() if not s.retiring and not self._taken(s, session)]
+        return unused[0] if unused else self.new_slot(f"session {session.sid} (isolated)")
+
+    def _open(self, session: Session, slot: BackendSlot, parked: bool) -> None:
+        session.slot, session.parked, slot.used = slot, parked, True
+        self.perform(slot, slot.mux.open_session(session.sid, parked))
+
+    def _place(self, session: Session) -> None:
+        """A parked session whose handshake is done, once sharing is known: stay, or move to another slot."""
+        slot = session.slot
+        signature = slot.mux.placeable(session.sid) if self.decision.known else None
+        if signature is None:
+            return
+        session.parked = False
+        if not self.decision.isolated and fits(slot, signature):
+            self.perform(slot, slot.mux.unpark(session.sid))
+            return
+        if self.decision.isolated:
+            target = self._isolated_slot(session)
+        else:
+            others = [s for s in self.slots.values() if s is not slot]
+            target = slot_for_roots(others, signature) or self.new_slot(f"session {session.sid} declared other roots")
+            target.mux.roots.used = True  # the server acts on roots: no other roots may join this backend
+            self.log.write(f"session {session.sid}: roots differ from slot {slot.number}'s; on slot {target.number}")
+        target.used = True
+        state, actions = slot.mux.export_session(session.sid)
+        self.perform(slot, actions)
+        session.slot = target
+        self.perform(target, target.mux.adopt_session(state))
+
+    def _decided(self) -> None:
+        """The sharing is known: record it on the slots and place the sessions parked until now."""
+        if self.decision_timer is not None:
+            self.decision_timer.cancel()
+            self.decision_timer = None
+        self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy})")
+        for slot in self.slots.values():
+            if slot.sharing is None:
+                slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
+                self.backend_stderr(slot, [])
+                self._after_leaving(slot)  # its first session may have left already
+        self._place_parked()
+
+    def _place_parked(self) -> None:
+        for session in list(self.sessions.values()):
+            if session.parked and not session.ending:
+                self._place(session)
+
+    def _give_up(self, why: str) -> None:
+        if not self.decision.known:
+            self.decision.give_up(why)
+            self._decided()
+
+    def slot_ready(self, slot: BackendSlot) -> None:
+        """A backend answered initialize: the first one may tell whether the server can be shared.
+
+        Parked sessions whose initialize waited for it may be placed now (they may send nothing more)."""
+        if self.decision.known:
+            self._place_parked()
+            return
+        if slot is not self.first_slot:
+            return
+        init_result = slot.mux.handshake.init_result or {}
+        if self.decision.learn(init_result, None):
+            self._decided()
+            return
+
+        def listed(tools: list[Any] | None) -> list[Any]:
+            if not self.decision.known:
+                if tools is None:
+                    self.decision.give_up("its tools/list failed")
+                else:
+                    self.decision.learn(init_result, tools)
+                self.loop.call_later(0, self._decided)
+            return []
+
+        self.perform(slot, slot.mux.ask_tools(listed))
+        if self.decision_timer is None:
+            why = f"its tools/list took over {DECISION_WAIT:.0f}s"
+            self.decision_timer = self.loop.call_later(DECISION_WAIT, lambda: self._give_up(why))
+
+    def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
+        """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
+
+        A shared backend's stays in the log: its lines may carry another session's data."""
+        if slot.sharing == SHARED:
+            slot.stderr_unsent.clear()
+            return
+        slot.stderr_unsent.extend(lines)
+        owner = next((s for s in self.sessions.values() if s.slot is slot and not s.parked), None)
+        if slot.sharing is None or owner is None or owner.err_fd is None:
+            return
+        data = b"".join(line + b"\n" for line in slot.stderr_unsent)
+        slot.stderr_unsent.clear()
+        slot.counters["stderr_dropped"] += write_if_room(owner.err_fd, data)
 
     # the Host protocol of slot.py
 
@@ -170,6 +302,7 @@ class Broker:
 
     def slot_failed(self, slot: BackendSlot, reason: str) -> None:
         """The slot's backend never worked: end its sessions with the reason (their shims exit 1)."""
+        self._give_up("its first backend never worked")
         for session in list(self.sessions.values()):
             if session.slot is slot:
                 self.end_session(session, 1, reason)
@@ -213,8 +346,8 @@ class Broker:
     # ---- control requests -------------------------------------------------------------------
 
     def _on_hello(self, conn: socket.socket, pid: int, words: list[str], fds: list[int]) -> None:
-        if words == [wire.ATTACH, self.key] and len(fds) == 2:
-            self._attach(conn, pid, fds[0], fds[1])
+        if words == [wire.ATTACH, self.key] and len(fds) in (2, 3):
+            self._attach(conn, pid, fds)
         elif words == [wire.STATUS]:
             close_fds(fds)
             reply_and_close(conn, wire.encode_status(self.status()))
@@ -235,15 +368,15 @@ class Broker:
 
     # ---- sessions ---------------------------------------------------------------------------
 
-    def _attach(self, conn: socket.socket, pid: int, in_fd: int, out_fd: int) -> None:
+    def _attach(self, conn: socket.socket, pid: int, fds: list[int]) -> None:
         if self.stopping:
-            discard(conn, [in_fd, out_fd])  # the shim sees EOF before welcome and retries
+            discard(conn, fds)  # the shim sees EOF before welcome and retries
             return
         self.next_sid += 1
-        session = Session(self.next_sid, conn, pid, in_fd, out_fd, self.slot_for_new_session())
+        session = Session(self.next_sid, conn, pid, fds, self.first_slot)
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
-        session.outbox = Outbox(self.loop, out_fd, lambda exc: self._session_broken(session, exc))
+        session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._session_broken(session, exc))
         try:
             conn.send(wire.WELCOME)
         except OSError:
@@ -251,7 +384,7 @@ class Broker:
             conn.close()
             return
         self.sessions[session.sid] = session
-        self.perform(session.slot, session.slot.mux.open_session(session.sid))
+        self._join(session)
         self.loop.add_reader(conn.fileno(), lambda: self._waiter_event(session))
         self._cancel_linger()
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.sessions)} attached")
@@ -288,6 +421,8 @@ class Broker:
             if session.sid not in self.sessions:
                 return
             self.perform(session.slot, session.slot.mux.from_session(session.sid, line))
+            if session.parked:
+                self._place(session)
         if at_eof:
             self._session_eof(session)
         elif session.slot.fatal is not None and session.sid in self.sessions:
@@ -356,7 +491,14 @@ class Broker:
             why += f"; exit status {code}"
         session.conn.close()
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.sessions)} attached")
+        self._after_leaving(session.slot)
         self._arm_linger()
+
+    def _after_leaving(self, slot: BackendSlot) -> None:
+        """An isolated or roots-holding backend ends with its last session (its state must not carry over)."""
+        if not self.has_sessions(slot) and ends_with_last_session(slot) and not self.stopping:
+            self.log.write(f"backend slot {slot.number} ends with its last session ({slot.policy})")
+            self.retire_slot(slot, lambda: None)
 
     @staticmethod
     def _release_fds(session: Session) -> None:
@@ -365,17 +507,18 @@ class Broker:
                 os.set_blocking(fd, blocking)  # a tty or shared pipe must not stay non-blocking for others
             except OSError:
                 pass
-        close_fds(list(session.saved_flags))
+        close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
 
     # ---- linger and shutdown ----------------------------------------------------------------
 
     def _arm_linger(self) -> None:
-        """No session left: stay `linger` seconds (a broken backend: none, once its error is delivered)."""
+        """No session left: stay `linger` seconds to keep the backend warm; not at all when there is none to keep
+        (it is broken, or ended with its session: isolated or holding roots)."""
         if self.sessions or self.stopping or self.linger_timer is not None:
             return
         if not self.next_sid:
             delay = max(self.linger, FIRST_SESSION_WINDOW)  # the shim that started us is on its way
-        elif all(slot.fatal is not None for slot in self.slots.values()):
+        elif all(slot.fatal is not None or slot.retiring for slot in self.slots.values()):
             delay = 0.0
         else:
             delay = self.linger
@@ -439,9 +582,11 @@ class Broker:
         record.command = redacted_argv(self.spec["argv"])
         record.cwd = self.spec["cwd"]
         record.scope = self.spec["scope"]
-        record.sharing = self.spec.get("sharing") or "shared"
-        record.policy = self.spec.get("policy") or f"--scope {self.spec['scope']}"
+        record.sharing = slot.sharing or "undecided"
+        record.policy = slot.policy
+        record.config_error = self.spec.get("config_error")
         record.broker_pid = os.getpid()
+        record.slot = slot.number
         record.clients = [
             {
                 "pid": session.pid,

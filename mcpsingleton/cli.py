@@ -111,11 +111,13 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
 
 
 def render_table(backends: list[dict[str, Any]]) -> str:
-    header = ("NAME", "SCOPE", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY")
+    header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
+    header.append("POLICY")
     rows = [header] + [
-        (
+        [
             str(b.get("name")),
             str(b.get("scope")),
+            str(b.get("sharing")),
             str(b.get("state")),
             _sessions_cell(b.get("clients", [])),
             str(b.get("backend_pid") or "-"),
@@ -123,11 +125,14 @@ def render_table(backends: list[dict[str, Any]]) -> str:
             _uptime(b.get("started_at", "")),
             str(b.get("restarts", 0)),
             str(b.get("key", ""))[:12],
-        )
+            str(b.get("policy", "")),
+        ]
         for b in backends
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
+    return "\n".join(lines + [f"config.toml was ignored when deciding: {error}" for error in errors])
 
 
 def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:

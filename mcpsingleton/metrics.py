@@ -75,6 +75,12 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
         lambda b: b.get("backpressure_pauses", 0),
     ),
     (
+        "mcpsingleton_stderr_dropped_bytes_total",
+        "counter",
+        "Bytes of an isolated backend's stderr its session was not reading in time, not copied to it.",
+        lambda b: b.get("stderr_dropped", 0),
+    ),
+    (
         "mcpsingleton_sessions_refused_total",
         "counter",
         "Sessions refused because the broker was out of file descriptors.",
@@ -101,6 +107,7 @@ def render(backends: list[Backend]) -> str:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for backend in backends:
             labels = f'name="{_label(backend.get("name"))}",key="{_label(backend.get("key"))}"'
+            labels += f',slot="{_label(backend.get("slot", 1))}"'
             lines.append(f"{name}{{{labels}}} {_number(value(backend))}")
     lines += [
         "# HELP mcpsingleton_orphans_reaped_total Orphaned MCP servers killed by `mcpsingleton reap`.",

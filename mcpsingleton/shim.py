@@ -2,7 +2,7 @@
 
 It is the per-session cost of the whole product, so the warm path is lean: standard library
 modules that are cheap to import, no click/asyncio/psutil. It computes the key, connects to
-the broker's socket, hands over the client's stdin/stdout with SCM_RIGHTS, and once welcomed execs
+the broker's socket, hands over the client's stdin/stdout/stderr with SCM_RIGHTS, and once welcomed execs
 into a POSIX `sh` that only waits on the socket (same pid, well under 1 MiB). It never touches a
 message. Only when no broker answers does it import the cold path (`election`) to start one.
 """
@@ -61,7 +61,7 @@ def try_attach(paths: KeyPaths) -> _socket.socket | None:
     try:
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(paths.sock)
-        fds = (0, 1)
+        fds = (0, 1, 2)  # stderr too: an isolated backend's stderr goes to the client, as a direct server's
         conn.sendmsg([wire.hello(wire.ATTACH, paths.key)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
         welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):

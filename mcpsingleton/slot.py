@@ -5,7 +5,8 @@ it when it is lost: crashed, stopped reading its stdin, could not be spawned, or
 --max-memory / --max-procs. Restarts follow lifecycle.py (backoff within a crash streak); only a
 backend that never worked in this slot is fatal. The broker owns the sessions and the sockets; it
 hands a slot the lines of the sessions mapped to it and performs the actions the slot gives back.
-A broker holds one slot today; nothing here assumes it is the only one.
+A broker holds one shared slot, plus one per isolated session or per distinct set of roots
+(placement.py); each slot keeps every guarantee on its own: caps, restarts, status, its stderr in the log.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
         def slot_failed(self, slot: BackendSlot, reason: str) -> None: ...
         def has_sessions(self, slot: BackendSlot) -> bool: ...
         def reap(self) -> None: ...
+        def slot_ready(self, slot: BackendSlot) -> None: ...
+        def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None: ...
 
 
 PAUSE_AT = 4 * 1024 * 1024
@@ -48,6 +51,8 @@ IDLE_WAIT = 30.0
 """How long a memory-capped restart waits for in-flight requests to finish."""
 STDERR_TAIL = 8
 """Lines of the backend's stderr quoted when it cannot start."""
+STDERR_BACKLOG = 64
+"""Lines of stderr kept for a backend's session until it is known whether they may go to it."""
 EXIT_STATUS_WAIT = 0.2
 """How long a backend whose stdout closed may take to become reapable before it is described anyway."""
 
@@ -57,6 +62,11 @@ class BackendSlot:
         self, number: int, spec: dict[str, Any], loop: EventLoop, log: LogFile, keeper: Keeper | None, host: Host
     ) -> None:
         self.number = number
+        self.sharing: str | None = None  # shared|isolated, None while the broker has not decided (placement.py)
+        self.policy = ""
+        self.retiring = False
+        self.used = False  # a session was ever placed here (an isolated slot serves exactly one)
+        self.stderr_unsent: deque[bytes] = deque(maxlen=STDERR_BACKLOG)
         self.spec = spec
         self.loop = loop
         self.log = log
@@ -66,8 +76,10 @@ class BackendSlot:
             "mcpsingleton",
             __version__,
             fast_path_threshold(os.environ.get(FAST_PATH_ENV)),
-            discovery=load_discovery(spec),
-            lazy=bool(spec.get("lazy")),
+            # only the key's first backend reads and writes its discovery entry: later slots are
+            # isolated or roots-bound ones, whose answers must not replace the shared entry
+            discovery=load_discovery(spec) if number == 1 else None,
+            lazy=number == 1 and bool(spec.get("lazy")),
         )
         self.life = Lifecycle()
         self.backend: Backend | None = None
@@ -80,7 +92,7 @@ class BackendSlot:
         self.fatal: str | None = None
         self.paused = False
         self.counters = dict.fromkeys(
-            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses"), 0
+            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses", "stderr_dropped"), 0
         )
         if spec.get("max_memory") or spec.get("max_procs"):
             loop.call_later(SAMPLE_INTERVAL, self._sample)
@@ -160,6 +172,11 @@ class BackendSlot:
     # ---- spawning and reading -----------------------------------------------------------------
 
     @property
+    def label(self) -> str:
+        """How the log names this backend: plain for a broker's first, numbered for the others (`ls` slot)."""
+        return "backend" if self.number == 1 else f"backend #{self.number}"
+
+    @property
     def command_text(self) -> str:
         """The backend's command for log lines and errors, secret values masked."""
         return " ".join(redacted_argv(self.spec["argv"]))
@@ -182,7 +199,7 @@ class BackendSlot:
         self.stderr = LineReader(backend.stderr, 1 << 20)
         self.loop.add_reader(backend.stdout, lambda: self._readable(backend))
         self.loop.add_reader(backend.stderr, self._stderr_readable)
-        self.log.write(f"backend started: pid {backend.pid} `{self.command_text}`")
+        self.log.write(f"{self.label} started: pid {backend.pid} `{self.command_text}`")
         self.host.perform(self, self.mux.backend_started())
 
     def _spawn_failed(self, reason: str) -> None:
@@ -206,6 +223,7 @@ class BackendSlot:
             self._gone(backend)
         elif self.life.state in (lifecycle.STARTING, lifecycle.RESTARTING) and self.mux.backend_ready():
             self.life.fire(lifecycle.READY)
+            self.host.slot_ready(self)
 
     def _stderr_readable(self) -> None:
         assert self.stderr is not None
@@ -218,7 +236,9 @@ class BackendSlot:
         for line in lines:
             text = line.decode("utf-8", "replace")
             self.stderr_tail.append(text)
-            self.log.write(f"backend: {text}")
+            self.log.write(f"{self.label}: {text}")
+        if lines:
+            self.host.backend_stderr(self, lines)
 
     def _drain_stderr(self, backend: Backend) -> None:
         if self.stderr is not None and self.stderr.fd == backend.stderr:

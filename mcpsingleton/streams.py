@@ -171,3 +171,24 @@ class Outbox:
             self.loop.remove_writer(self.fd)
         self.broken = True
         self.pending.clear()
+
+
+def write_if_room(fd: int, data: bytes) -> int:
+    """Write what fits into `fd` now, without blocking and without changing its flags (it is the client's
+    stderr, shared with other processes); the number of bytes that did not fit and were dropped.
+
+    Chunks of PIPE_BUF bytes after a zero-timeout poll: a pipe reported writable takes them at once."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while data:
+        try:
+            events = poller.poll(0)
+            if not events or not events[0][1] & select.POLLOUT:
+                return len(data)
+            written = os.write(fd, data[: select.PIPE_BUF])
+        except OSError:
+            return len(data)
+        data = data[written:]
+    return 0

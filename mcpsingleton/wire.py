@@ -1,9 +1,10 @@
 """The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
 
 Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
-- `attach KEY` with the client's stdin and stdout as SCM_RIGHTS: answered `ok` (welcome) or
-  `no <reason>` (refused: the shim prints the reason and exits 1). After the welcome the socket
-  carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's (`msg TEXT`, `exit N`).
+- `attach KEY` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and stdout):
+  answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1). After the
+  welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's
+  (`msg TEXT`, `exit N`).
 - `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
 - `stop`: answered `ok`; the broker then stops in order.
 
@@ -59,6 +60,7 @@ FIELDS: dict[str, Any] = {
     "sharing": "shared",
     "policy": "",
     "broker_pid": 0,
+    "slot": 1,
     "backend_pid": None,
     "clients": [],
     "state": "starting",
@@ -76,6 +78,8 @@ FIELDS: dict[str, Any] = {
     "backend_write_failures": 0,
     "spawn_failures": 0,
     "backpressure_pauses": 0,
+    "stderr_dropped": 0,
+    "config_error": None,
     "sessions_refused": 0,
     "log_lines_dropped": 0,
     "version": "?",
@@ -99,6 +103,8 @@ class BackendStatus:
     sharing: str
     policy: str
     broker_pid: int
+    slot: int
+    """Which of its broker's backends this is (a broker runs one per isolated session or per set of roots)."""
     backend_pid: int | None
     clients: list[dict[str, Any]]
     """{pid, client, attached_at} per attached session."""
@@ -126,6 +132,10 @@ class BackendStatus:
     """Spawning the backend failed (not executable, out of fds …)."""
     backpressure_pauses: int
     """Times the sessions were paused because the backend left too much input unread."""
+    stderr_dropped: int
+    """Bytes of an isolated backend's stderr not copied to its session's stderr (it was not being read)."""
+    config_error: str | None
+    """Why config.toml was ignored when the decision was made, if it was."""
     sessions_refused: int
     """Sessions refused because the broker was out of file descriptors."""
     log_lines_dropped: int

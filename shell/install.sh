@@ -16,6 +16,7 @@ NPM_SERVERS=(
     "@modelcontextprotocol/server-memory@2026.8.31"
     "@modelcontextprotocol/server-sequential-thinking@2026.8.31"
     "@wonderwhy-er/desktop-commander@0.2.52"
+    "@modelcontextprotocol/server-filesystem@2026.8.31"
 )
 for spec in "${NPM_SERVERS[@]}"; do
     if [ ! -f ".cache/npm/node_modules/${spec%@*}/package.json" ]; then

@@ -2,8 +2,10 @@
 
 Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
-its stdin again, still running). Flags: --fail-start (stderr, exit 2 before reading anything),
---grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof.
+its stdin again, still running), stderr (writes its text to stderr). Flags: --fail-start (stderr, exit 2
+before reading anything), --grandchild (start a sleeping child at once, like npx → node trees),
+--no-exit-on-eof, --x-mux=SHARING (declares `x-mux` in its capabilities; --x-mux-experimental=SHARING:
+in capabilities.experimental), --browser-tools (lists browser-shaped tools, like a browser server).
 Discovery flags: --initialize-gate=PATH (answer initialize only once PATH exists: a slow start whose
 end the test decides), --instructions-env=VAR (the value of $VAR as the InitializeResult's instructions).
 """
@@ -103,11 +105,29 @@ def call_tool(request_id, params: dict) -> None:
         for _ in range(int(args.get("count", 1))):
             children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
         reply(request_id, text(f"{len(children)} children"))
+    elif name == "stderr":
+        sys.stderr.write(str(args.get("text", "")) + "\n")
+        sys.stderr.flush()
+        reply(request_id, text("written"))
     elif name == "grow":
         state.setdefault("ballast", []).append(bytearray(int(args.get("mib", 10)) * 1024 * 1024))
         reply(request_id, text("grown"))
     else:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"unknown tool {name}"}})
+
+
+def flag_value(name: str) -> str | None:
+    return next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith(name + "=")), None)
+
+
+def capabilities() -> dict:
+    resources = {"subscribe": True, "listChanged": True}
+    declared: dict = {"tools": {"listChanged": True}, "logging": {}, "resources": resources}
+    if flag_value("--x-mux"):
+        declared["x-mux"] = {"sharing": flag_value("--x-mux")}
+    if flag_value("--x-mux-experimental"):
+        declared["experimental"] = {"x-mux": {"sharing": flag_value("--x-mux-experimental")}}
+    return declared
 
 
 def handle(message: dict) -> None:
@@ -127,25 +147,16 @@ def handle(message: dict) -> None:
             request_id,
             {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-                "capabilities": {
-                    "tools": {"listChanged": True},
-                    "logging": {},
-                    "resources": {"subscribe": True, "listChanged": True},
-                },
+                "capabilities": capabilities(),
                 "serverInfo": {"name": "fake-server", "version": "1.0"},
                 **instructions(),
             },
         )
     elif method == "tools/list":
-        reply(
-            request_id,
-            {
-                "tools": [
-                    {"name": n, "inputSchema": {"type": "object"}}
-                    for n in ("echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log")
-                ]
-            },
-        )
+        names = ["echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log", "stderr"]
+        if "--browser-tools" in sys.argv:
+            names += ["browser_navigate", "browser_click"]
+        reply(request_id, {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in names]})
     elif method == "tools/call" and params.get("name") == "close_stdin":  # on the main thread, the only reader
         state["stay"] = True
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the pipe's only read end is gone: writers get EPIPE
@@ -168,10 +179,6 @@ def handle(message: dict) -> None:
         reply(request_id, {})
     else:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}})
-
-
-def flag_value(name: str) -> str | None:
-    return next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith(name + "=")), None)
 
 
 def wait_for_gate() -> None:

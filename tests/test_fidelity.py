@@ -403,27 +403,23 @@ def test_elicitation_goes_to_the_one_capable_caller(home: Path, everything: list
 # ---- 5. roots ----------------------------------------------------------------------------------
 
 
-def test_roots_are_the_union_and_shrink_when_a_session_leaves(home: Path, everything: list[str]) -> None:
+def test_sessions_with_different_roots_each_see_only_their_own(home: Path, everything: list[str]) -> None:
     alpha, beta = "file:///tmp/ms-root-alpha", "file:///tmp/ms-root-beta"
     a, b = Recorder("A", roots=[alpha]), Recorder("B", roots=[beta])
     params = shim_params(everything, "--linger", "0")
 
     async def main() -> None:
+        async def listed(client: Client) -> str:
+            return text_of(await client.call_tool("get-roots-list"))
+
         async with AsyncExitStack() as stack:
-            (client_a,) = await open_sessions(stack, params, a)
-
-            async def listed() -> str:
-                return text_of(await client_a.call_tool("get-roots-list"))
-
-            async with AsyncExitStack() as session_b:
-                (client_b,) = await open_sessions(session_b, params, b)
-                text = await poll(listed, lambda t: alpha in t and beta in t, "the union of both sessions' roots")
-                assert "(2 total)" in text
-                from_b = await client_b.call_tool("get-roots-list")
-                assert alpha in text_of(from_b) and beta in text_of(from_b), "one backend, one union"
-            # B left: the broker tells the backend the roots changed, and it asks again
-            text = await poll(listed, lambda t: beta not in t, "B's root to leave the union")
-            assert alpha in text and "(1 total)" in text
+            (client_a,) = await open_sessions(stack, params, a)  # its backend asks for roots (on first use)
+            await poll(lambda: listed(client_a), lambda t: alpha in t, "A's root")
+            (client_b,) = await open_sessions(stack, params, b)
+            text_b = await poll(lambda: listed(client_b), lambda t: beta in t, "B's root")
+            text_a = await listed(client_a)
+            assert alpha in text_a and beta not in text_a and alpha not in text_b, "never another session's root"
+            assert len(backend_roots(home)) == 2, "the server asked for roots: different roots, different backends"
         assert a.roots_asked >= 1 and b.roots_asked >= 1, "each session is asked for its own roots"
         assert_nothing_undeclared(a, b)
 

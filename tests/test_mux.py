@@ -369,11 +369,15 @@ def test_leaving_session_log_level_removed() -> None:
     assert h.last_request("logging/setLevel")["params"] == {"level": "error"}
 
 
-def test_leaving_session_roots_removed_from_union() -> None:
-    h = roots_harness({1: ["file:///a"], 2: ["file:///b"]})
-    h.close(1)
-    assert h.backend_notes() == [jsonrpc.notification("notifications/roots/list_changed")]
+def test_leaving_session_roots_leave_the_answer() -> None:
+    h = roots_harness({1: ["file:///a", "file:///b"], 2: ["file:///b"]})
     assert backend_roots(h) == ["file:///b"]
+    h.clear()
+    h.close(1)
+    assert backend_roots(h) == ["file:///b"]
+    h.close(2)
+    assert h.backend_notes() == [jsonrpc.notification("notifications/roots/list_changed")]
+    assert backend_roots(h) == [], "no root outlives the sessions that declared it"
 
 
 def test_leaving_session_tasks_cancelled_at_backend() -> None:
@@ -648,10 +652,31 @@ def test_roots_not_asked_of_sessions_without_roots() -> None:
     assert h.requests_to(1) == []
 
 
-def test_backend_roots_list_answered_with_union() -> None:
+def test_backend_roots_list_answered_with_only_the_roots_every_session_declared() -> None:
     h = roots_harness({1: ["file:///a", "file:///b"], 2: ["file:///b", "file:///c"]})
-    assert backend_roots(h) == ["file:///a", "file:///b", "file:///c"]
+    assert backend_roots(h) == ["file:///b"]
     assert h.inbox[1] == h.inbox[2] == []
+    assert any("different roots share this backend" in line for line in h.logs)
+
+
+def test_a_session_without_roots_never_lets_the_backend_see_anyone_s_roots() -> None:
+    h = roots_harness({1: ["file:///a"]})
+    assert backend_roots(h) == ["file:///a"]
+    h.open(2)
+    assert backend_roots(h) == []
+    assert h.requests_to(2, "roots/list") == []
+
+
+def test_backend_roots_list_waits_for_the_roots_of_a_session_that_has_them() -> None:
+    h = Harness()
+    h.open(1, capabilities=ROOTS, initialized=False)
+    h.clear()
+    h.from_backend(jsonrpc.request("early", "roots/list"))
+    assert h.backend_responses() == [], "session 1 has not said its roots yet"
+    h.notify(1, "notifications/initialized")
+    answer_roots(h, 1, ["file:///a"])
+    assert h.backend_responses() == [jsonrpc.result("early", {"roots": [{"uri": "file:///a"}]})]
+    assert h.backend_notes() == []
 
 
 def test_roots_union_change_notifies_backend_once() -> None:

@@ -139,7 +139,7 @@ def test_metrics_prometheus_text(home: Path, fake_server: list[str]) -> None:
             continue
         name, value = line.rsplit(" ", 1)
         samples[name] = float(value)
-    labels = '{name="metered",key="' + ls_json()[0]["key"] + '"}'
+    labels = '{name="metered",key="' + ls_json()[0]["key"] + '",slot="1"}'
     assert samples["mcpsingleton_backends"] == 1
     assert samples[f"mcpsingleton_sessions{labels}"] == 2
     assert samples[f"mcpsingleton_backend_up{labels}"] == 1
@@ -172,7 +172,8 @@ def test_demo_runs(home: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Echo: hello from demo-client-2" in out.stdout
-    assert re.search(r"server-everything\s+global\s+running\s+3 ", out.stdout), "the catalog shares it everywhere"
+    shown = re.search(r"server-everything\s+global\s+shared\s+running\s+3 ", out.stdout)
+    assert shown, "the catalog shares it everywhere"
     saved = re.search(r"saved:\s+([\d.]+) MiB", out.stdout)
     assert saved and float(saved.group(1)) > 0
     assert "nothing left running" in out.stdout

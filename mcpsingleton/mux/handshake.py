@@ -81,6 +81,11 @@ class Handshake(Feature):
         text = "Method not found: the backend speaks the handshake era"
         return self.mux.reply_error(session, message["id"], jsonrpc.METHOD_NOT_FOUND, text)
 
+    def adopted(self, session: Session) -> None:
+        """A session moved here after its handshake elsewhere: this backend's initialize follows its version."""
+        if self.init_params is None:
+            self.init_params = self._params_for_backend(session.protocol_version, None)
+
     def forget(self, session: Session, request_id: Id) -> None:
         """A session's initialize is answered elsewhere (it failed): stop waiting for it."""
         self.waiters = [(s, i) for s, i in self.waiters if (s, i) != (session.sid, request_id)]

@@ -28,6 +28,7 @@ from .cancellation import Cancellation
 from .discovery import LISTS, Discovery
 from .handshake import LOCAL_METHODS, Handshake
 from .log_levels import LogLevels
+from .parking import Parking, SessionState
 from .progress import Progress
 from .queue import Queue
 from .requests import Requests
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .actions import Action, BackendHandler, Feature, SessionHandler
+    from .session import RootsSignature
 
 FAST_PATH_FROM = 16 * 1024
 """Lines this long or longer try the envelope path; below, the full parser costs as little (bench/bench_json.py)."""
@@ -87,6 +89,7 @@ class Mux:
         self.cancellation = Cancellation(self)
         self.batches = Batches(self)
         self.queue = Queue(self)
+        self.parking = Parking(self)
         self.discovery = Discovery(self, discovery, lazy)
         self.features: tuple[Feature, ...] = (
             self.handshake,
@@ -98,6 +101,7 @@ class Mux:
             self.log_levels,
             self.roots,
             self.batches,
+            self.parking,
             self.discovery,
             self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
         )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
@@ -135,9 +139,38 @@ class Mux:
 
     # ---- events from the broker -------------------------------------------------------------
 
-    def open_session(self, sid: int) -> list[Action]:
+    def open_session(self, sid: int, parked: bool = False) -> list[Action]:
+        """A new session; `parked`: its requests wait until the broker places it (parking.py)."""
         self.sessions[sid] = Session(sid)
+        self.sessions[sid].parked = parked
         return []
+
+    def placeable(self, sid: int) -> RootsSignature | None:
+        """A parked session's roots signature once its handshake has said it (the broker places it then)."""
+        return self.parking.placeable(sid)
+
+    def unpark(self, sid: int) -> list[Action]:
+        """The parked session stays on this backend: what it holds goes on."""
+        return self.parking.unpark(sid)
+
+    def export_session(self, sid: int) -> tuple[SessionState, list[Action]]:
+        """Move a parked session out (nothing of it reached this backend): its state, for `adopt_session`."""
+        state = self.parking.export(sid)
+        return state, self.close_session(sid)
+
+    def adopt_session(self, state: SessionState) -> list[Action]:
+        """Take in a session exported by another mux, placed here."""
+        return self.parking.adopt(state)
+
+    def ask_tools(self, on_tools: Callable[[list[Any] | None], list[Action]]) -> list[Action]:
+        """The broker's own tools/list (to learn the server's tool shapes); `on_tools(None)` when it fails."""
+
+        def listed(reply: Message) -> list[Action]:
+            result = reply.get("result")
+            tools = result.get("tools") if isinstance(result, dict) else None
+            return on_tools(tools if isinstance(tools, list) else None)
+
+        return [self.requests.own("tools/list", {}, listed)]
 
     def from_session(self, sid: int, line: bytes) -> list[Action]:
         """One line of a session's stdin."""
@@ -224,7 +257,12 @@ class Mux:
         session = self.sessions.get(sid)
         if session is None:
             return False
-        return bool(session.inflight) or self.queue.holding(sid) or self.handshake.waiting(sid)
+        return (
+            bool(session.inflight)
+            or self.queue.holding(sid)
+            or self.handshake.waiting(sid)
+            or bool(self.parking.held.get(sid))
+        )
 
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""
@@ -252,6 +290,8 @@ class Mux:
         if "method" not in message:
             return self.server_requests.answer(session, message)
         method = message["method"]
+        if self.parking.holds(session, message):
+            return self.parking.hold(session, message)
         if "id" not in message:
             notified = self.session_notifications.get(method)
             if notified is not None:
@@ -281,6 +321,8 @@ class Mux:
         if envelope.kind == "response":
             return self.server_requests.answer_spliced(session, line, envelope)
         if envelope.kind != "request" or not self.backend.ready or envelope.method in self.session_requests:
+            return None
+        if session.parked:  # not placed yet: its requests are held (parking.py), never forwarded
             return None
         if envelope.body is not None and "_meta" in envelope.body:
             return None  # a progress token or a 2026-07-28 envelope to translate

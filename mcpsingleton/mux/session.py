@@ -6,13 +6,26 @@ from ..jsonrpc import Id
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
+
+    RootsSignature: TypeAlias = "str | tuple[str, ...]"
+    """What a session's roots are for placement: NO_ROOTS, ASKING, or the sorted URIs it declared."""
 
 
 class Session:
     """Identity and capabilities of one session; each feature keeps its own per-session state."""
 
-    __slots__ = ("capabilities", "client_name", "inflight", "initialized", "modern", "protocol_version", "sid")
+    __slots__ = (
+        "capabilities",
+        "client_name",
+        "inflight",
+        "initialized",
+        "modern",
+        "parked",
+        "protocol_version",
+        "roots_signature",
+        "sid",
+    )
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
@@ -22,6 +35,8 @@ class Session:
         self.initialized = False
         self.modern = False  # speaks 2026-07-28: no handshake, an envelope on every request
         self.inflight: dict[tuple[bool, Id], int] = {}  # its request id → the backend id it was sent under
+        self.parked = False  # its handshake is served here, its requests wait until the broker places it (parking.py)
+        self.roots_signature: RootsSignature | None = None  # None: not known yet (roots.py)
 
     def can(self, capability: str, mode: object = None) -> bool:
         """Whether the backend's server→client requests may be sent to this session."""

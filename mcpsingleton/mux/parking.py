@@ -1,0 +1,94 @@
+"""Parking: a session whose backend is not chosen yet gets its handshake here, its requests wait.
+
+The broker attaches a new session to a backend parked, and places it once its handshake says what it
+needs (its roots): it stays here (`unpark`), or moves to another backend's mux (`export` here, `adopt`
+there). Nothing of a parked session reaches a backend, so moving it is safe; once a request of its was
+forwarded it never moves again. Only handshake-level state moves (`SessionState`).
+"""
+
+from __future__ import annotations
+
+from ..jsonrpc import Message
+from .actions import Feature
+from .roots import ASKING, NO_ROOTS, settled
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .actions import Action
+    from .router import Mux
+    from .session import RootsSignature, Session
+
+PASSES = frozenset(
+    {"initialize", "ping", "server/discover", "notifications/initialized", "notifications/roots/list_changed"}
+)
+"""What a parked session may do before it is placed: its handshake, answered by the broker alone."""
+
+
+class SessionState:
+    """A parked session on its way to another mux: who it is, its roots, and what it sent meanwhile."""
+
+    __slots__ = ("held", "roots", "session")
+
+    def __init__(self, session: Session, roots: list[dict[str, Any]] | None, held: list[Message]) -> None:
+        self.session = session
+        self.roots = roots
+        self.held = held
+
+
+class Parking(Feature):
+    def __init__(self, mux: Mux) -> None:
+        super().__init__(mux)
+        self.held: dict[int, list[Message]] = {}
+
+    def holds(self, session: Session, message: Message) -> bool:
+        return session.parked and message["method"] not in PASSES
+
+    def hold(self, session: Session, message: Message) -> list[Action]:
+        self.held.setdefault(session.sid, []).append(message)
+        return []
+
+    def placeable(self, sid: int) -> RootsSignature | None:
+        """The signature to place a parked session by, once its handshake has said it; else None.
+
+        A session that sends a request without having finished the handshake (no notifications/initialized)
+        is placed as one without roots: it never declared any."""
+        session = self.mux.sessions.get(sid)
+        if session is None or not session.parked or self.mux.handshake.waiting(sid):
+            return None
+        if settled(session.roots_signature):
+            return session.roots_signature
+        if session.roots_signature != ASKING and self.held.get(sid):
+            session.roots_signature = NO_ROOTS
+            return NO_ROOTS
+        return None
+
+    def export(self, sid: int) -> SessionState:
+        """Take a parked session out of this mux, with its roots and held messages."""
+        session = self.mux.sessions[sid]
+        state = SessionState(session, self.mux.roots.declared.get(sid), self.held.pop(sid, []))
+        return state
+
+    def adopt(self, state: SessionState) -> list[Action]:
+        """Take in a session exported by another mux, placed: its held messages go on at once."""
+        session = state.session
+        self.mux.sessions[session.sid] = session
+        if state.roots is not None:
+            self.mux.roots.declared[session.sid] = state.roots
+        self.held[session.sid] = state.held
+        self.mux.handshake.adopted(session)
+        return self.unpark(session.sid)
+
+    def unpark(self, sid: int) -> list[Action]:
+        """The session stays on this backend: its roots count from now on, its held messages are sent."""
+        session = self.mux.sessions[sid]
+        session.parked = False
+        actions = self.mux.roots.refresh()
+        for message in self.held.pop(sid, []):
+            actions += self.mux.dispatch(session, message)
+        return actions
+
+    def session_closed(self, session: Session) -> list[Action]:
+        self.held.pop(session.sid, None)
+        return []

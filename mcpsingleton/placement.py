@@ -1,0 +1,77 @@
+"""Which backend slot a session joins (docs/ARCHITECTURE.md, "Placement"); pure rules, no I/O.
+
+- Sharing is decided once per broker: statically (`--scope`, config.toml, catalog) or, when the running
+  server may still change it, from its first backend's InitializeResult and tools (`SharingDecision`).
+  Until then later sessions are held unread; no request of theirs reaches any backend before it is known.
+- Isolated: every session gets its own slot, which ends with it. The first session keeps the first slot.
+- Shared: a session joins a slot parked (its handshake is served, its requests wait) and is placed once
+  its roots signature is known. A slot whose backend has asked roots/list takes only sessions with the
+  same signature; any other slot takes everyone, so sessions of servers that ignore roots still share.
+"""
+
+from __future__ import annotations
+
+from .sharing import ISOLATED, SHARED
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .mux.session import RootsSignature
+    from .slot import BackendSlot
+
+
+class SharingDecision:
+    """Shared or isolated, and why; `known` once nothing the running server says can change it any more."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        static_isolated = spec["scope"] == ISOLATED
+        self.sharing: str | None = ISOLATED if static_isolated else spec.get("sharing")
+        self.policy: str = spec.get("policy") or f"--scope {spec['scope']}"
+        self.final = static_isolated or bool(spec.get("sharing_final"))
+        self.known = self.final
+
+    def learn(self, init_result: dict[str, Any], tools: list[Any] | None) -> bool:
+        """Apply what the first backend said; False while its tools are still needed to decide."""
+        from .policy import runtime_decision  # cold: only brokers whose server may still change the decision
+
+        change = runtime_decision(self.sharing, self.final, init_result, tools)
+        if change is None and tools is None and self.sharing is None and _declares_tools(init_result):
+            return False
+        if change is not None:
+            self.sharing, self.policy = change
+        self.sharing = self.sharing or SHARED
+        self.known = True
+        return True
+
+    def give_up(self, why: str) -> None:
+        """The first backend could not tell (it failed, or its tools/list did): keep the static decision."""
+        self.sharing = self.sharing or SHARED
+        self.policy += f" ({why})"
+        self.known = True
+
+    @property
+    def isolated(self) -> bool:
+        return self.sharing == ISOLATED
+
+
+def _declares_tools(init_result: dict[str, Any]) -> bool:
+    capabilities = init_result.get("capabilities")
+    return isinstance(capabilities, dict) and isinstance(capabilities.get("tools"), dict)
+
+
+def fits(slot: BackendSlot, signature: RootsSignature) -> bool:
+    """Whether a session with these roots may share this slot's backend."""
+    if slot.sharing == ISOLATED or slot.retiring:
+        return False
+    return not slot.mux.roots.used or slot.mux.roots.signatures() <= {signature}
+
+
+def slot_for_roots(slots: list[BackendSlot], signature: RootsSignature) -> BackendSlot | None:
+    """An existing roots-using slot whose sessions declared exactly these roots."""
+    return next((slot for slot in slots if slot.mux.roots.used and fits(slot, signature)), None)
+
+
+def ends_with_last_session(slot: BackendSlot) -> bool:
+    """Isolated backends, and backends that learnt roots, must not carry state to the next session: no linger."""
+    return slot.sharing == ISOLATED or slot.mux.roots.learnt

@@ -1,0 +1,105 @@
+"""Parking (sans-IO): a parked session's handshake is served, nothing of it reaches the backend until it is
+placed, and export/adopt moves it between two muxes with its roots and what it sent meanwhile."""
+
+from __future__ import annotations
+
+from mux_harness import Harness
+
+from mcpsingleton import jsonrpc
+from mcpsingleton.mux.roots import NO_ROOTS
+
+ROOTS_CAPABILITY = {"roots": {"listChanged": True}}
+
+
+def parked(h: Harness, sid: int, capabilities: dict | None = None, initialized: bool = True) -> None:
+    h.perform(h.mux.open_session(sid, parked=True))
+    params = {"protocolVersion": "2025-03-26", "capabilities": capabilities or {}, "clientInfo": {"name": "c"}}
+    h.request(sid, 0, "initialize", params)
+    if initialized:
+        h.notify(sid, "notifications/initialized")
+
+
+def answer_roots(h: Harness, sid: int, uris: list[str]) -> None:
+    request = h.requests_to(sid, "roots/list")[-1]
+    h.reply(sid, request, {"roots": [{"uri": uri} for uri in uris]})
+
+
+def test_a_parked_session_is_initialized_but_its_requests_wait() -> None:
+    h = Harness()
+    h.open(1)
+    parked(h, 2)
+    h.clear()
+    h.request(2, "call", "tools/call", {"name": "echo"})
+    h.notify(2, "notifications/other")
+    assert h.backend_requests("tools/call") == [] and h.backend_notes("notifications/other") == []
+    assert h.mux.busy(2)
+    h.perform(h.mux.unpark(2))
+    assert [m["method"] for m in h.backend if "method" in m] == ["tools/call", "notifications/other"]
+
+
+def test_placeable_once_roots_are_known() -> None:
+    h = Harness()
+    h.open(1)
+    parked(h, 2, ROOTS_CAPABILITY)
+    assert h.mux.placeable(2) is None, "its roots/list answer is still awaited"
+    answer_roots(h, 2, ["file:///b", "file:///a"])
+    assert h.mux.placeable(2) == ("file:///a", "file:///b")
+    parked(h, 3)
+    assert h.mux.placeable(3) == NO_ROOTS
+
+
+def test_a_request_before_the_handshake_ends_places_the_session_as_rootless() -> None:
+    h = Harness()
+    h.open(1)
+    parked(h, 2, initialized=False)
+    assert h.mux.placeable(2) is None
+    h.request(2, "call", "tools/list")
+    assert h.mux.placeable(2) == NO_ROOTS
+
+
+def test_export_and_adopt_move_a_session_with_its_roots_and_held_requests() -> None:
+    shared, own = Harness(), Harness()
+    shared.open(1, capabilities=ROOTS_CAPABILITY)
+    answer_roots(shared, 1, ["file:///one"])
+    parked(shared, 2, ROOTS_CAPABILITY)
+    answer_roots(shared, 2, ["file:///two"])
+    shared.request(2, "call", "tools/call", {"name": "echo"})
+    shared.clear()
+    state, actions = shared.mux.export_session(2)
+    shared.perform(actions)
+    assert 2 not in shared.mux.sessions and shared.backend == []
+    own.perform(own.mux.adopt_session(state))
+    initialize = own.backend_requests("initialize")[0]
+    assert initialize["params"]["protocolVersion"] == "2025-03-26", "the moved session's version"
+    call = own.backend_requests("tools/call")[0]
+    own.answer(call, {"content": []})
+    assert own.only_reply(2)["id"] == "call"
+    own.from_backend(jsonrpc.request("q", "roots/list"))
+    assert own.backend_responses()[-1]["result"] == {"roots": [{"uri": "file:///two"}]}
+    shared.from_backend(jsonrpc.request("q", "roots/list"))
+    assert shared.backend_responses()[-1]["result"] == {"roots": [{"uri": "file:///one"}]}
+
+
+def test_a_parked_session_s_roots_do_not_count_until_it_is_placed() -> None:
+    h = Harness()
+    h.open(1, capabilities=ROOTS_CAPABILITY)
+    answer_roots(h, 1, ["file:///one"])
+    parked(h, 2)
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    assert h.backend_responses()[-1]["result"] == {"roots": [{"uri": "file:///one"}]}
+    assert h.mux.roots.signatures() == {("file:///one",)}
+    h.perform(h.mux.unpark(2))
+    h.from_backend(jsonrpc.request("q2", "roots/list"))
+    assert h.backend_responses()[-1]["result"] == {"roots": []}
+
+
+def test_a_big_request_of_a_parked_session_waits_too() -> None:
+    """Big lines may take a shortcut past the full parser; not around parking."""
+    h = Harness()
+    h.open(1)
+    parked(h, 2)
+    h.clear()
+    h.request(2, "big", "tools/call", {"name": "echo", "arguments": {"text": "x" * 100_000}})
+    assert h.backend_requests("tools/call") == []
+    h.perform(h.mux.unpark(2))
+    assert len(h.backend_requests("tools/call")) == 1
