@@ -117,7 +117,8 @@ def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
     os.dup2(conn.fileno(), 3)
     os.set_inheritable(3, True)
     try:
-        os.execv("/bin/sh", ["mcpsingleton-session", "-c", WAITER, "mcpsingleton-session", name, sys.executable, RESUME])
+        argv0 = "mcpsingleton-session"
+        os.execv("/bin/sh", [argv0, "-c", WAITER, argv0, name, sys.executable, RESUME])
     except OSError:
         pass
     _wait_in_python(conn)  # no /bin/sh: do the same job here, just heavier
