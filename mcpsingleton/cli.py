@@ -185,7 +185,7 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
 @click.option("--all", "stop_all", is_flag=True, help="Stop every broker.")
 def stop(target: str | None, stop_all: bool) -> None:
     """Stop a backend (by NAME or KEY) in order; its sessions get end of file."""
-    _stop_brokers(target, stop_all, control.stop, "stopped")
+    _stop_brokers(target, stop_all, control.stop, "stopped", "run `mcpsingleton reap`")
 
 
 @cli.command()
@@ -195,10 +195,11 @@ def restart(target: str | None, restart_all: bool) -> None:
     """Hand a backend's sessions (by NAME or KEY) over to a fresh broker, running the installed mcpsingleton.
 
     Requests in flight finish first (up to a few seconds); the sessions go on, on a new backend."""
-    _stop_brokers(target, restart_all, control.restart, "restarted")
+    older = "a broker of an older mcpsingleton cannot hand over: `mcpsingleton stop` ends its sessions"
+    _stop_brokers(target, restart_all, control.restart, "restarted", older)
 
 
-def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], done: str) -> None:
+def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], done: str, unanswered: str) -> None:
     """Ask the chosen brokers to stop (`stop`) or hand over (`restart`); return once they have exited."""
     if not target and not every:
         raise click.UsageError("give a NAME or KEY, or --all")
@@ -211,9 +212,9 @@ def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], d
     names = {record.key: record.name for record in chosen}  # a broker with several backends is asked once
     for key, name in names.items():
         if not ask(key):
-            fail(f"the broker of {name} did not answer (an older mcpsingleton has no restart); run `mcpsingleton reap`")
+            fail(f"the broker of {name} did not answer; {unanswered}")
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
-    remaining = {record.key: record.broker_pid for record in chosen}  # by pid: after a restart the key's files are the new broker's
+    remaining = {record.key: record.broker_pid for record in chosen}  # by pid: a restarted key has a new broker
     while remaining and time.monotonic() < deadline:
         remaining = {key: pid for key, pid in remaining.items() if _runs(pid)}
         time.sleep(0.05)
