@@ -48,6 +48,7 @@ FIRST_SESSION_WINDOW = 5.0
 HANDOVER_DRAIN = 5.0
 """A handover (restart, SIGTERM) waits this long for the requests in flight before it stops the backends."""
 DRAIN_POLL = 0.02
+CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
 
 
 class Session:
@@ -395,6 +396,8 @@ class Broker:
 
     def _resume(self, session: Session, text: str) -> None:
         """A session whose broker went away re-attached with its state: go on from it (no initialize follows)."""
+        if os.environ.get(CRASH_ON_RESUME_ENV):  # tests only: a broker that dies on every re-attach (a crash loop)
+            os._exit(70)
         state = wire.decode_state(text)
         if state is None:
             self.log.write(f"session {session.sid}: re-attached with an unreadable state; served as a new session")

@@ -82,6 +82,8 @@ def restore(mux: Mux, sid: int, state: dict[str, Any]) -> list[Action]:
     elif session.initialized:
         session.roots_signature = NO_ROOTS
     mux.handshake.adopted(session)
+    if session.initialized:
+        actions += mux.handshake.want_backend()  # no initialize of the client's will start it: the sharing waits on it
     subscriptions = [uri for uri in _typed(state, "subscriptions", list) or [] if isinstance(uri, str)]
     carried = Carried(_typed(state, "level", str), subscriptions)
     if session.parked:
