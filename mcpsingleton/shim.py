@@ -44,7 +44,7 @@ WAITER = (
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; '
     '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) break;; esac; done; '
     "[ $s = 0 ] || { printf 'x %s\\n' $s >&3; exit $s; }; "
-    'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3"'
+    'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3" mcpsingleton-session "$1"'
 )
 """The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
 (and then tells the broker `x 128+N`, for its log). It keeps the last `state` line in its environment.
@@ -61,7 +61,8 @@ RESUME = (
     "from mcpsingleton.shim import resume;sys.exit(resume(s))"
 )
 """What the waiter runs to re-attach: the session's `run` arguments and sys.path come from its environment
-(private to the user, unlike argv, which `ps` shows to everyone)."""
+(private to the user, unlike argv, which `ps` shows to everyone). Its argv ends `mcpsingleton-session NAME`:
+`ps` shows what it is, and a new broker's sweep of leftovers knows it for one of ours."""
 SESSION_ENV = "MCPSINGLETON_SESSION"
 STATE_ENV = "MCPSINGLETON_STATE"
 REATTACHES_ENV = "MCPSINGLETON_REATTACHES"
@@ -121,10 +122,10 @@ def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
         os.execv("/bin/sh", [argv0, "-c", WAITER, argv0, name, sys.executable, RESUME])
     except OSError:
         pass
-    _wait_in_python(conn)  # no /bin/sh: do the same job here, just heavier
+    _wait_in_python(conn, name)  # no /bin/sh: do the same job here, just heavier
 
 
-def _wait_in_python(conn: _socket.socket) -> None:
+def _wait_in_python(conn: _socket.socket, name: str) -> None:
     conn.settimeout(None)
     conn.sendall(b"r")
     data = b""
@@ -138,7 +139,7 @@ def _wait_in_python(conn: _socket.socket) -> None:
         elif line.startswith("state "):
             os.environ[STATE_ENV] = line[6:]
     conn.close()
-    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", RESUME])
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", RESUME, "mcpsingleton-session", name])
 
 
 def resume(session: dict[str, Any]) -> int:

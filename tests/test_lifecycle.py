@@ -135,7 +135,10 @@ def test_attach_detach_churn_leaks_nothing(home: Path, fake_server: list[str]) -
             os.write(writer, init)
             assert b'"id":1' in os.read(reader, 65536)
             os.close(writer)
-            assert conn.recv(64).endswith(b"exit 0\n")
+            said = b""
+            while chunk := conn.recv(4096):  # a `state` line (the session's, for re-attaching) comes first
+                said += chunk
+            assert said.endswith(b"exit 0\n")
             conn.close()
             os.close(reader)
 
