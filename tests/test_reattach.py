@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -150,3 +151,18 @@ def test_a_broker_that_keeps_dying_ends_the_session_with_an_error(home: Path, fa
     assert client.process.wait(timeout=30) == 1
     assert "mcpsingleton: the broker for fake_server went away 4 times within 60s" in client.stderr()
     assert wait_for(lambda: not tagged_backends(home), timeout=5), "nothing left running"
+
+
+def test_a_line_half_read_by_a_dead_broker_costs_one_parse_error(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    (entry,) = ls_json()
+    client.send_raw(b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ec')
+    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    os.kill(entry["broker_pid"], signal.SIGKILL)
+    client.send_raw(b'ho","arguments":{"text":"lost"}}}\n')
+    after = client.call("echo", {"text": "after"})
+    (cut,) = client.seen
+    assert cut["error"]["code"] == -32700 and cut["id"] is None, "the rest of the cut line, and nothing else"
+    assert result_text(after) == "after"
+    assert client.close() == 0
