@@ -440,7 +440,11 @@ class Broker:
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     def _read_session(self, session: Session) -> None:
-        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready."""
+        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready.
+
+        Never once the session is being handed over: what the client writes from then on is the next broker's."""
+        if session.handed_over:
+            return
         self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
 
     def _session_readable(self, session: Session) -> None:
