@@ -32,5 +32,6 @@ started=$(date +%s)
 "$PY" bench/bench_profile.py $quick > /dev/null
 "$PY" bench/bench_json.py $quick > /dev/null
 "$PY" bench/bench_install.py $quick > /dev/null
+"$PY" bench/bench_reattach.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
 echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2
