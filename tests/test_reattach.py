@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import mcp_types as types
 import psutil
 import pytest
@@ -71,6 +72,8 @@ def test_sessions_go_on_when_the_broker_is_killed(home: Path, fake_server: list[
             assert len(shims) == SESSIONS
             old_tree = {p.pid for p in tagged_backends(home)}
             os.kill(entry["broker_pid"], signum)
+            # (a SIGTERMed broker serves what it read before the signal: the next request is the one after)
+            assert await anyio.to_thread.run_sync(lambda: wait_for(lambda: not running(entry["broker_pid"])))
             with anyio.fail_after(10):
                 pids = [await whoami(client) for client in clients]
             assert len(first) == 1
