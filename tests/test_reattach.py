@@ -20,6 +20,7 @@ from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result
 from mcp import Client
 from test_sharing import shim_params, text_of
 
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # handshake-era calls
 SESSIONS = 3
 
 
