@@ -16,7 +16,18 @@ import anyio.to_thread
 import mcp_types as types
 import psutil
 import pytest
-from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, tagged_backends, wait_for
+from conftest import (
+    RawClient,
+    backend_roots,
+    ls_json,
+    mcpsingleton_exe,
+    result_text,
+    shim,
+    tagged_backends,
+    tap_messages,
+    tapped,
+    wait_for,
+)
 from mcp import Client
 from test_sharing import shim_params, text_of
 
@@ -56,7 +67,8 @@ def assert_handed_over(home: Path, old_tree: set[int], old_broker: int, shims: s
     (entry,) = ls_json()
     assert entry["broker_pid"] != old_broker
     assert {client["pid"] for client in entry["clients"]} == shims, "the same shims, re-attached"
-    assert [root.pid for root in backend_roots(home)] == [pids[0]], "one backend tree, nothing orphaned"
+    (root,) = backend_roots(home)
+    assert pids[0] in {root.pid, *(child.pid for child in root.children(recursive=True))}, "one tree, no orphan"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
@@ -83,8 +95,10 @@ def test_sessions_go_on_when_the_broker_is_killed(home: Path, fake_server: list[
     run(main)
 
 
-def test_restart_keeps_sessions_their_subscription_and_log_level(home: Path, fake_server: list[str]) -> None:
-    params = shim_params(fake_server)
+def test_restart_keeps_sessions_their_subscription_and_log_level(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    params = shim_params(tapped(fake_server, tmp_path))
     updates: list[str] = []
     logs: list[str] = []
 
@@ -105,10 +119,10 @@ def test_restart_keeps_sessions_their_subscription_and_log_level(home: Path, fak
             shims = client_pids()
             old_tree = {p.pid for p in tagged_backends(home)}
             done = await anyio.to_thread.run_sync(
-                lambda: subprocess.run([mcpsingleton_exe(), "restart", "fake_server"], capture_output=True, text=True)
+                lambda: subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True)
             )
             assert done.returncode == 0, done.stderr
-            assert "restarted fake_server" in done.stdout
+            assert done.stdout.startswith("restarted ")
             with anyio.fail_after(10):
                 pids = [await whoami(a), await whoami(b)]
             assert_handed_over(home, old_tree, entry["broker_pid"], shims, pids)
@@ -120,6 +134,12 @@ def test_restart_keeps_sessions_their_subscription_and_log_level(home: Path, fak
             await anyio.sleep(0.05)  # the SDK runs notification handlers in tasks
             assert updates == ["file:///watched"], "the subscription survived the restart"
             assert logs == ["above the level"], "the log level survived the restart"
+        read = tap_messages(tmp_path / "in.jsonl")  # both backends' input, one after the other
+        inits = [index for index, message in enumerate(read) if message.get("method") == "initialize"]
+        assert len(inits) == 2
+        replayed = [(m.get("method"), m.get("params")) for m in read[inits[1] :] if "id" in m]
+        assert ("resources/subscribe", {"uri": "file:///watched"}) in replayed, "the new backend was subscribed"
+        assert ("logging/setLevel", {"level": "warning"}) in replayed, "and set to the session's level"
 
     run(main)
 
