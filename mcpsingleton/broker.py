@@ -415,11 +415,11 @@ class Broker:
         mark = mux.session_state_mark(session.sid)
         if mark == session.state_mark or mark is None:
             return
-        session.state_mark = mark
         try:
             session.conn.send(wire.state_line(mux.session_state(session.sid)))
         except OSError:
-            pass  # the waiter is gone: its end of file is on its way to _waiter_event
+            return  # the waiter is gone (its end of file is on its way to _waiter_event), or busy: sent next time
+        session.state_mark = mark
 
     def _waiter_event(self, session: Session) -> None:
         """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
