@@ -34,5 +34,6 @@ started=$(date +%s)
 "$PY" bench/bench_install.py $quick > /dev/null
 "$PY" bench/bench_big.py $quick > /dev/null
 "$PY" bench/bench_discovery.py $quick
+"$PY" bench/bench_reattach.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
 echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2

@@ -1,10 +1,11 @@
 """The broker: one detached daemon per key, owning the sessions' stdio and the backend slots.
 
 Thin I/O glue, readable top to bottom: it listens on the key's Unix socket (listener.py), answers control
-requests (`status`, `stop`), takes over each attaching session's stdin/stdout (and stderr), places
-the session on a backend slot (slot.py: one backend, its mux and its lifecycle; the rules in
+requests (`status`, `stop`, `restart`), takes over each attaching session's stdin/stdout (and stderr),
+places the session on a backend slot (slot.py: one backend, its mux and its lifecycle; the rules in
 placement.py), performs what the slot's mux decides, lingers after the last session leaves while a
-backend is worth keeping warm, and exits without leaving anything behind.
+backend is worth keeping warm, hands its sessions over to a fresh broker on `restart` (or a SIGTERM
+from anything but `stop`), and exits without leaving anything behind.
 
 Run as `python -m mcpsingleton.broker CHANNEL_FD LOCK_FD`: the spec arrives as JSON on the channel
 (a socketpair with the shim that started it), and readiness goes back on it.
@@ -48,6 +49,10 @@ DECISION_WAIT = 10.0
 """How long the first backend's tools/list may take before its tool shapes are no longer waited for."""
 FIRST_SESSION_WINDOW = 5.0
 """A new broker waits at least this long for its first session, even with --linger 0."""
+HANDOVER_DRAIN = 5.0
+"""A handover (restart, SIGTERM) waits this long for the requests in flight before it stops the backends."""
+DRAIN_POLL = 0.02
+CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
 
 
 class Session:
@@ -68,6 +73,8 @@ class Session:
         self.reading = False  # the waiter said it is ready: the client's input may be read
         self.waiter_said = b""
         self.attached_at = time.time()
+        self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
+        self.handed_over = False  # told to re-attach to the next broker rather than to exit
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
@@ -116,8 +123,10 @@ class Broker:
         write_atomically(self.paths.state, json.dumps(state).encode())
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, lambda: self.shutdown("signal"))
+        # SIGTERM is a handover, as `restart`: it comes from a blind `kill`, a logout or a service manager,
+        # none of which means "end the user's conversations"; `mcpsingleton stop` is how to end them.
+        self.loop.add_signal_handler(signal.SIGTERM, lambda: self.shutdown("SIGTERM", handover=True))
+        self.loop.add_signal_handler(signal.SIGINT, lambda: self.shutdown("SIGINT"))
         self.loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
         subreaper = platform.become_subreaper()
@@ -346,8 +355,8 @@ class Broker:
     # ---- control requests -------------------------------------------------------------------
 
     def _on_hello(self, conn: socket.socket, pid: int, words: list[str], fds: list[int]) -> None:
-        if words == [wire.ATTACH, self.key] and len(fds) in (2, 3):
-            self._attach(conn, pid, fds)
+        if words[:2] == [wire.ATTACH, self.key] and len(words) <= 3 and len(fds) in (2, 3):
+            self._attach(conn, pid, fds, words[2] if len(words) == 3 else None)
         elif words == [wire.STATUS]:
             close_fds(fds)
             reply_and_close(conn, wire.encode_status(self.status()))
@@ -356,6 +365,11 @@ class Broker:
             reply_and_close(conn, wire.WELCOME)
             self.log.write(f"stop requested by pid {pid}")
             self.shutdown("stop requested")
+        elif words == [wire.RESTART]:
+            close_fds(fds)
+            reply_and_close(conn, wire.WELCOME)
+            self.log.write(f"restart requested by pid {pid}")
+            self.shutdown("restart requested", handover=True)
         else:
             self.log.write(f"refused a connection from pid {pid}: bad hello {' '.join(words)[:80]!r}")
             discard(conn, fds)
@@ -368,7 +382,7 @@ class Broker:
 
     # ---- sessions ---------------------------------------------------------------------------
 
-    def _attach(self, conn: socket.socket, pid: int, fds: list[int]) -> None:
+    def _attach(self, conn: socket.socket, pid: int, fds: list[int], state: str | None) -> None:
         if self.stopping:
             discard(conn, fds)  # the shim sees EOF before welcome and retries
             return
@@ -388,6 +402,35 @@ class Broker:
         self.loop.add_reader(conn.fileno(), lambda: self._waiter_event(session))
         self._cancel_linger()
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.sessions)} attached")
+        if state is not None:
+            self._resume(session, state)
+
+    def _resume(self, session: Session, text: str) -> None:
+        """A session whose broker went away re-attached with its state: go on from it (no initialize follows)."""
+        if os.environ.get(CRASH_ON_RESUME_ENV):  # tests only: a broker that dies on every re-attach (a crash loop)
+            os._exit(70)
+        state = wire.decode_state(text)
+        if state is None:
+            self.log.write(f"session {session.sid}: re-attached with an unreadable state; served as a new session")
+            return
+        self.log.write(f"session {session.sid}: re-attached from an earlier broker; state restored")
+        self.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
+        if session.parked:
+            self._place(session)
+
+    def _sync_state(self, session: Session) -> None:
+        """Tell the waiter the session's state when it changed, so the session can outlive this broker.
+
+        Only after the waiter said `r`: the shim reads the welcome alone, and nothing may follow it there."""
+        mux = session.slot.mux
+        mark = mux.session_state_mark(session.sid)
+        if mark == session.state_mark or mark is None:
+            return
+        try:
+            session.conn.send(wire.state_line(mux.session_state(session.sid)))
+        except OSError:
+            return  # the waiter is gone (its end of file is on its way to _waiter_event), or busy: sent next time
+        session.state_mark = mark
 
     def _waiter_event(self, session: Session) -> None:
         """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
@@ -408,7 +451,11 @@ class Broker:
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     def _read_session(self, session: Session) -> None:
-        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready."""
+        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready.
+
+        Never once the session is being handed over: what the client writes from then on is the next broker's."""
+        if session.handed_over:
+            return
         self.loop.add_reader(session.in_fd, lambda: self._session_readable(session))
 
     def _session_readable(self, session: Session) -> None:
@@ -423,6 +470,8 @@ class Broker:
             self.perform(session.slot, session.slot.mux.from_session(session.sid, line))
             if session.parked:
                 self._place(session)
+        if session.sid in self.sessions:
+            self._sync_state(session)
         if at_eof:
             self._session_eof(session)
         elif session.slot.fatal is not None and session.sid in self.sessions:
@@ -485,10 +534,10 @@ class Broker:
         self._release_fds(session)
         if code is not None:
             try:
-                session.conn.send(wire.farewell(code, message))
+                session.conn.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
             except OSError:
                 pass
-            why += f"; exit status {code}"
+            why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
         session.conn.close()
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.sessions)} attached")
         self._after_leaving(session.slot)
@@ -529,25 +578,59 @@ class Broker:
             self.linger_timer.cancel()
             self.linger_timer = None
 
-    def shutdown(self, why: str) -> None:
-        """Stop taking sessions, end the attached ones, retire every slot (ladder), then exit."""
+    def shutdown(self, why: str, handover: bool = False) -> None:
+        """Stop taking sessions, retire every slot (ladder), then exit.
+
+        The sessions end (`stop`), or with `handover` (`restart`, SIGTERM) are told to re-attach to the next
+        broker: their input is no longer read, the requests in flight get up to HANDOVER_DRAIN to finish
+        (the rest are answered with an error when the backend stops), and only once the backends are gone
+        are the waiters told, so the next broker never runs next to this one's backends."""
         if self.stopping:
             return
         self.stopping = True
         self._cancel_linger()
-        self.log.write(f"shutting down: {why}")
+        self.log.write(f"shutting down: {why}" + (" (handing the sessions over)" if handover else ""))
         self.listener.close()
-        for session in list(self.sessions.values()):
-            self.end_session(session, 0)
+        if not handover:
+            for session in list(self.sessions.values()):
+                self.end_session(session, 0)
+            self._retire_all()
+            return
+        for session in self.sessions.values():
+            session.handed_over = True
+            self.loop.remove_reader(session.in_fd)
+        self._drain(time.monotonic() + HANDOVER_DRAIN)
+
+    def _drain(self, deadline: float) -> None:
+        busy = [s for s in self.sessions.values() if s.slot.mux.busy(s.sid)]
+        if busy and time.monotonic() < deadline:
+            self.loop.call_later(DRAIN_POLL, lambda: self._drain(deadline))
+            return
+        if busy:
+            self.log.write(f"handover: {len(busy)} session(s) still had requests in flight; they get errors")
+
+        def hand_over() -> None:
+            for session in list(self.sessions.values()):
+                self.end_session(session, 0)
+
+        self._retire_all(before_exit=hand_over)
+
+    def _retire_all(self, before_exit: Callback | None = None) -> None:
         remaining = set(self.slots)
-        if not remaining:
+
+        def finish() -> None:
+            if before_exit is not None:
+                before_exit()
             self._exit()
+
+        if not remaining:
+            finish()
         for number in list(remaining):
 
             def retired(number: int = number) -> None:
                 remaining.discard(number)
                 if not remaining:
-                    self._exit()
+                    finish()
 
             self.retire_slot(self.slots[number], retired, strays=True)
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control
-from .keys import SCOPES, KeyPaths, log_dir
+from .keys import SCOPES, log_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
@@ -193,25 +193,51 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
 @click.option("--all", "stop_all", is_flag=True, help="Stop every broker.")
 def stop(target: str | None, stop_all: bool) -> None:
     """Stop a backend (by NAME or KEY) in order; its sessions get end of file."""
-    if not target and not stop_all:
+    _stop_brokers(target, stop_all, control.stop, "stopped", "run `mcpsingleton reap`")
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--all", "restart_all", is_flag=True, help="Restart every broker.")
+def restart(target: str | None, restart_all: bool) -> None:
+    """Hand a backend's sessions (by NAME or KEY) over to a fresh broker, running the installed mcpsingleton.
+
+    Requests in flight finish first (up to a few seconds); the sessions go on, on a new backend."""
+    older = "a broker of an older mcpsingleton cannot hand over: `mcpsingleton stop` ends its sessions"
+    _stop_brokers(target, restart_all, control.restart, "restarted", older)
+
+
+def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], done: str, unanswered: str) -> None:
+    """Ask the chosen brokers to stop (`stop`) or hand over (`restart`); return once they have exited."""
+    if not target and not every:
         raise click.UsageError("give a NAME or KEY, or --all")
-    chosen = [s for s in control.running_backends() if stop_all or control.matches(s, target or "")]
-    if not chosen and stop_all:
+    chosen = [s for s in control.running_backends() if every or control.matches(s, target or "")]
+    if not chosen and every:
         click.echo("no backends are running")
         return
     if not chosen:
         fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
-    names = {record.key: record.name for record in chosen}  # a broker with several backends is stopped once
+    names = {record.key: record.name for record in chosen}  # a broker with several backends is asked once
     for key, name in names.items():
-        if not control.stop(key):
-            fail(f"the broker of {name} did not answer; run `mcpsingleton reap`")
+        if not ask(key):
+            fail(f"the broker of {name} did not answer; {unanswered}")
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
-    remaining = set(names)
+    remaining = {record.key: record.broker_pid for record in chosen}  # by pid: a restarted key has a new broker
     while remaining and time.monotonic() < deadline:
-        remaining = {k for k in remaining if os.path.exists(KeyPaths(k).state)}
+        remaining = {key: pid for key, pid in remaining.items() if _runs(pid)}
         time.sleep(0.05)
     for key, name in names.items():
-        click.echo(f"stopped {name} ({key[:12]})")
+        click.echo(f"{done} {name} ({key[:12]})")
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def find_log(target: str) -> str | None:

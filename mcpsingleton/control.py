@@ -1,4 +1,4 @@
-"""Client side of the brokers' control socket: find brokers, ask their live status, stop them."""
+"""Client side of the brokers' control socket: find brokers, ask their live status, stop or restart them."""
 
 from __future__ import annotations
 
@@ -69,3 +69,8 @@ def matches(status: dict[str, Any] | BackendStatus, target: str) -> bool:
 
 def stop(key: str) -> bool:
     return ask(KeyPaths(key), wire.STOP) == wire.WELCOME
+
+
+def restart(key: str) -> bool:
+    """Ask a broker to hand its sessions over to the next one; False when it does not answer (or is too old)."""
+    return ask(KeyPaths(key), wire.RESTART) == wire.WELCOME

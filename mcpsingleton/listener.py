@@ -28,6 +28,8 @@ STARVED_PAUSE = 0.1
 STARVED_BURST = 16
 """… and refuses at most this many waiting newcomers per burst (a shim gives up after 5 s of silence)."""
 HELLO_TIMEOUT = 0.2
+HELLO_BYTES = 16 * 1024
+"""A hello and the state a re-attaching session brings (wire.STATE_LIMIT) arrive in one read."""
 """How long a connection accepted on the reserve fd may take to say what it wants."""
 BACKLOG = 128
 
@@ -161,7 +163,7 @@ class Listener:
         self.loop.remove_reader(conn.fileno())
         fds: list[int] = []
         try:
-            data, ancillary, flags, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * array.array("i").itemsize))
+            data, ancillary, flags, _ = conn.recvmsg(HELLO_BYTES, socket.CMSG_SPACE(4 * array.array("i").itemsize))
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))

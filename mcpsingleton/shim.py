@@ -34,35 +34,59 @@ from .options import parse_run_args as parse_args
 from .options import usage
 from .sharing import resolve_scope
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
+if TYPE_CHECKING:
+    from typing import Any
+
 WAITER = (
     "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
     "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
-    '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; esac; done; '
+    '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; '
+    '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) break;; esac; done; '
     "[ $s = 0 ] || { printf 'x %s\\n' $s >&3; exit $s; }; "
-    'echo "mcpsingleton: the broker for $1 went away; the next session starts a new one" >&2; exit 1'
+    'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3" mcpsingleton-session "$1"'
 )
 """The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
-(and then tells the broker `x 128+N`, for its log).
+(and then tells the broker `x 128+N`, for its log). It keeps the last `state` line in its environment.
 
 It says `r` once its traps are set; only then does the broker start reading the session, so a signal
-can never find the session served but the waiter not yet able to exit with 128+N."""
+can never find the session served but the waiter not yet able to exit with 128+N.
+
+When the broker goes away without an `exit N` (killed, crashed: end of file on fd 3, a half-read line
+dropped with it) or says `reattach` (a restart), it becomes Python again (same pid, the client's stdin,
+stdout and stderr still its own) and re-attaches to the next broker: `resume`."""
+
+RESUME = (
+    "import ast,os,sys;s=ast.literal_eval(os.environ['MCPSINGLETON_SESSION']);sys.path[:]=s['path'];"
+    "from mcpsingleton.shim import resume;sys.exit(resume(s))"
+)
+"""What the waiter runs to re-attach: the session's `run` arguments and sys.path come from its environment
+(private to the user, unlike argv, which `ps` shows to everyone). Its argv ends `mcpsingleton-session NAME`:
+`ps` shows what it is, and a new broker's sweep of leftovers knows it for one of ours."""
+SESSION_ENV = "MCPSINGLETON_SESSION"
+STATE_ENV = "MCPSINGLETON_STATE"
+REATTACHES_ENV = "MCPSINGLETON_REATTACHES"
+CRASH_LOOP = (3, 60.0)
+"""More than 3 re-attaches within 60 s: the broker itself keeps dying, and the session ends with an error."""
 
 ATTACH_TIMEOUT = 5.0
 BACKLOG_BACKOFF = 0.05
 STARTUP_DEADLINE = 15.0
 
 
-def try_attach(paths: KeyPaths) -> _socket.socket | None:
+def try_attach(paths: KeyPaths, state: str = "") -> _socket.socket | None:
     """Connect and hand over stdin/stdout; the connection once the broker has welcomed us, else None.
 
     None means "try again": no broker, one shutting down, or its listen backlog is full (a storm of
-    sessions at once). A broker that refuses us (out of file descriptors) is a SetupError."""
+    sessions at once). A broker that refuses us (out of file descriptors) is a SetupError.
+    `state`: a session re-attaching brings what its previous broker last told its waiter."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(paths.sock)
         fds = (0, 1, 2)  # stderr too: an isolated backend's stderr goes to the client, as a direct server's
-        conn.sendmsg([wire.hello(wire.ATTACH, paths.key)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        hello = wire.hello(wire.ATTACH, paths.key, state) if state else wire.hello(wire.ATTACH, paths.key)
+        conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
         welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
@@ -87,34 +111,64 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
     return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
 
 
-def become_waiter(conn: _socket.socket, name: str) -> None:
-    """Give up the client's pipes (the broker has them now) and exec into the waiter, same pid."""
+def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
+    """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name})
     os.dup2(conn.fileno(), 3)
     os.set_inheritable(3, True)
     try:
-        os.execv("/bin/sh", ["mcpsingleton-session", "-c", WAITER, "mcpsingleton-session", name])
+        argv0 = "mcpsingleton-session"
+        os.execv("/bin/sh", [argv0, "-c", WAITER, argv0, name, sys.executable, RESUME])
     except OSError:
         pass
-    _wait_in_python(conn)  # no /bin/sh: do the same job here, just heavier
+    _wait_in_python(conn, name)  # no /bin/sh: do the same job here, just heavier
 
 
-def _wait_in_python(conn: _socket.socket) -> None:
+def _wait_in_python(conn: _socket.socket, name: str) -> None:
     conn.settimeout(None)
     conn.sendall(b"r")
     data = b""
-    while chunk := conn.recv(4096):
+    while b"\nreattach\n" not in b"\n" + data and (chunk := conn.recv(4096)):
         data += chunk
-    for line in data.decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").split("\n")[:-1]:  # a half line at end of file is dropped
         if line.startswith("msg "):
             sys.stderr.write(line[4:] + "\n")
         elif line.startswith("exit "):
             sys.exit(int(line[5:]))
-    stderr_line("the broker went away; the next session starts a new one")
-    sys.exit(1)
+        elif line.startswith("state "):
+            os.environ[STATE_ENV] = line[6:]
+    conn.close()
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", RESUME, "mcpsingleton-session", name])
+
+
+def resume(session: dict[str, Any]) -> int:
+    """The waiter's broker went away: attach the same client to the next broker, with the session's state.
+
+    What the previous broker owed the session (replies to requests it had read) is lost with it. A broker
+    that keeps dying ends the session with an error instead of an endless respawn."""
+    os.closerange(3, 4)  # the old broker's socket, should the waiter have kept it
+    state = os.environ.get(STATE_ENV, "")  # the next waiter keeps it until the next broker says otherwise
+    os.environ.pop(SESSION_ENV, None)
+    now = time.time()
+    earlier = [float(t) for t in os.environ.pop(REATTACHES_ENV, "").split() if t.replace(".", "", 1).isdigit()]
+    recent = [t for t in earlier if now - t < CRASH_LOOP[1]] + [now]
+    name = session.get("name", "?")
+    if len(recent) > CRASH_LOOP[0]:
+        stderr_line(
+            f"the broker for {name} went away {len(recent)} times within {CRASH_LOOP[1]:.0f}s; "
+            f"this session ends; see `mcpsingleton logs {name}`"
+        )
+        return 1
+    if state == wire.NO_STATE:
+        stderr_line(
+            f"the broker for {name} went away and this session's state was too large to carry over; "
+            "restart the server in your client"
+        )
+        return 1
+    os.environ[REATTACHES_ENV] = " ".join(f"{t:.3f}" for t in recent)
+    exit_on_signals()
+    return main(session["argv"], state)
 
 
 def exit_on_signals() -> None:
@@ -123,12 +177,13 @@ def exit_on_signals() -> None:
         _signal.signal(signum, lambda number, _frame: os._exit(128 + number))
 
 
-def run(argv: list[str]) -> int:
+def run(argv: list[str], state: str = "") -> int:
     exit_on_signals()
     options = parse_args(argv)
     directory = ensure_private_dir(runtime_dir())
     cwd = os.getcwd()
-    env = dict(os.environ)
+    waiter_env = {name: os.environ.pop(name) for name in (STATE_ENV, REATTACHES_ENV) if name in os.environ}
+    env = dict(os.environ)  # without the waiter's own variables: they are no part of the server's environment
     salt = user_salt(directory)
     # The one place where the scope is decided; the broker records the decided scope, never `auto`.
     decision = resolve_scope(options.scope, options.command, options.name, directory, salt)
@@ -138,9 +193,10 @@ def run(argv: list[str]) -> int:
     name = options.name or default_name(options.command)
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:
-        conn = try_attach(paths)
+        conn = try_attach(paths, state)
         if conn is not None:
-            become_waiter(conn, name)
+            os.environ.update(waiter_env)
+            become_waiter(conn, name, argv)
         from . import election  # cold path only
 
         ensure_private_dir(log_dir())
@@ -149,9 +205,9 @@ def run(argv: list[str]) -> int:
             raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], state: str = "") -> int:
     try:
-        return run(argv)
+        return run(argv, state)
     except UsageError as exc:
         sys.stderr.write(f"{usage()}\nmcpsingleton: {exc}\n")
         return 2

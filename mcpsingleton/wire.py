@@ -1,12 +1,15 @@
 """The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
 
 Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
-- `attach KEY` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and stdout):
-  answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1). After the
-  welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's
-  (`msg TEXT`, `exit N`).
+- `attach KEY [STATE]` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and
+  stdout); STATE: a session re-attaching after its broker went away, with the last `state` its waiter was
+  sent. Answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1). After
+  the welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's
+  (`msg TEXT`; `exit N`: the session ends; `state TEXT`: what to re-attach with, `state -` when it is
+  too large to carry; `reattach`: attach to the next broker).
 - `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
-- `stop`: answered `ok`; the broker then stops in order.
+- `stop`: answered `ok`; the broker then stops in order and its sessions end.
+- `restart`: answered `ok`; the broker hands its sessions over to the next broker (they re-attach) and stops.
 
 The shim imports this module on its warm path: nothing heavy at import time (json only inside the
 functions that need it).
@@ -19,6 +22,12 @@ from .keys import PROTOCOL
 ATTACH = "attach"
 STATUS = "status"
 STOP = "stop"
+RESTART = "restart"
+REATTACH = b"reattach\n"
+STATE_LIMIT = 12 * 1024
+"""Bytes of an encoded session state the waiter is sent (a hello carries it back, in one read of the listener's).
+Beyond it the waiter is sent `state -`: should the broker die, that session ends as one that cannot resume."""
+NO_STATE = "-"
 WELCOME = b"ok\n"
 REFUSAL = b"no "
 WAITER_READY = b"r"
@@ -49,6 +58,28 @@ def refusal(reason: str) -> bytes:
 def farewell(code: int, message: str | None) -> bytes:
     """What the broker tells a session's waiter when it ends the session: print `message`, exit `code`."""
     return ((f"msg mcpsingleton: {message}\n" if message else "") + f"exit {code}\n").encode("utf-8", "replace")
+
+
+def state_line(state: dict[str, Any] | None) -> bytes:
+    """`state TEXT`: the session's state as base64 of compact JSON (one word: the hello carries it back)."""
+    import base64
+    import json
+
+    text = base64.b64encode(json.dumps(state, separators=(",", ":")).encode()).decode("ascii")
+    return f"state {text if len(text) <= STATE_LIMIT else NO_STATE}\n".encode()
+
+
+def decode_state(text: str) -> dict[str, Any] | None:
+    """The state a re-attaching session brought; None when it is not one (client data: never trusted)."""
+    import base64
+    import binascii
+    import json
+
+    try:
+        state = json.loads(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 FIELDS: dict[str, Any] = {

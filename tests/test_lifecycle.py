@@ -42,18 +42,17 @@ def test_sigkill_of_broker_takes_the_whole_backend_tree(home: Path, fake_server:
     (entry,) = ls_json()
     tree = tagged_backends(home)
     assert len(tree) >= 3, "sh, server and grandchild"
-    os.kill(entry["broker_pid"], signal.SIGKILL)
-    killed = time.monotonic()
-    assert wait_for(lambda: not tagged_backends(home), timeout=3.0), [p.cmdline() for p in tagged_backends(home)]
-    assert time.monotonic() - killed < 3.0
     for client in clients:
-        code = client.process.wait(timeout=3)
-        assert code != 0
-        assert "mcpsingleton: the broker for" in client.stderr()
-    fresh = RawClient(shim(launcher(fake_server)))
-    fresh.initialize()
-    assert json.loads(result_text(fresh.call("whoami")))["pid"] not in {p.pid for p in tree}
-    assert fresh.close() == 0
+        client.process.send_signal(signal.SIGSTOP)  # held back from re-attaching: the kill alone must clean up
+    os.kill(entry["broker_pid"], signal.SIGKILL)
+    assert wait_for(lambda: not tagged_backends(home), timeout=3.0), [p.cmdline() for p in tagged_backends(home)]
+    for client in clients:
+        client.process.send_signal(signal.SIGCONT)
+    for client in clients:  # the sessions go on, each on the one new backend
+        assert json.loads(result_text(client.call("whoami")))["pid"] not in {p.pid for p in tree}
+    assert len(backend_roots(home)) == 1
+    for client in clients:
+        assert client.close() == 0
 
 
 def test_stdin_eof_exits_zero_and_signals_exit_128_plus_n(home: Path, fake_server: list[str]) -> None:
@@ -136,7 +135,10 @@ def test_attach_detach_churn_leaks_nothing(home: Path, fake_server: list[str]) -
             os.write(writer, init)
             assert b'"id":1' in os.read(reader, 65536)
             os.close(writer)
-            assert conn.recv(64).endswith(b"exit 0\n")
+            said = b""
+            while chunk := conn.recv(4096):  # a `state` line (the session's, for re-attaching) comes first
+                said += chunk
+            assert said.endswith(b"exit 0\n")
             conn.close()
             os.close(reader)
 

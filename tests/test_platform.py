@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -175,9 +176,12 @@ def test_sigkill_of_broker_leaves_nothing(home: Path, fake_server: list[str], mo
     (root,) = backend_roots(home)
     tree = [root, *root.children(recursive=True)]
     assert len(tree) >= 3, "sh, server and grandchild"
+    client.process.send_signal(signal.SIGSTOP)  # its session would re-attach and start a broker that sweeps too
     os.kill(entry["broker_pid"], signal.SIGKILL)
     assert wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree), timeout=5)
-    assert client.process.wait(timeout=5) != 0
+    client.process.send_signal(signal.SIGCONT)
+    assert json.loads(result_text(client.call("whoami")))["pid"] not in {p.pid for p in tree}, "the session goes on"
+    assert client.close() == 0
 
 
 def test_dev_null_and_tty_stdin_never_crash_the_broker(home: Path, fake_server: list[str], mode: str) -> None:

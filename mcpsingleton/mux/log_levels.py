@@ -38,6 +38,13 @@ class LogLevels(Feature):
         self.backend_level = wanted
         return self.mux.requests.forward(session, {**message, "params": {**params, "level": wanted}})
 
+    def resume(self, session: Session, level: str | None) -> list[Action]:
+        """A re-attached session's level from its previous broker (sent to the backend when it is ready)."""
+        if level not in LOG_LEVELS:
+            return []
+        self.levels[session.sid] = level
+        return self._apply()
+
     def opt_in(self, pending: Pending, level: object) -> list[Action]:
         """A 2026-07-28 request asked for logs at `level` while it runs."""
         if level not in LOG_LEVELS:
@@ -78,6 +85,7 @@ class LogLevels(Feature):
         return self._apply() if self.levels.pop(session.sid, None) is not None else []
 
     def backend_ready(self, restarted: bool) -> list[Action]:
-        if not restarted or self.backend_level is None:
+        """After a restart, or when a level was wanted before the backend was ready (a re-attached session's)."""
+        if self.backend_level is None or "logging" not in self.mux.handshake.capabilities():
             return []
         return [self.mux.requests.own("logging/setLevel", {"level": self.backend_level})]

@@ -3,7 +3,8 @@
 The broker attaches a new session to a backend parked, and places it once its handshake says what it
 needs (its roots): it stays here (`unpark`), or moves to another backend's mux (`export` here, `adopt`
 there). Nothing of a parked session reaches a backend, so moving it is safe; once a request of its was
-forwarded it never moves again. Only handshake-level state moves (`SessionState`).
+forwarded it never moves again. Only handshake-level state moves (`SessionState`), and what a session
+re-attached from a dead broker carries (its log level and subscriptions, applied once it is placed).
 """
 
 from __future__ import annotations
@@ -26,21 +27,35 @@ PASSES = frozenset(
 """What a parked session may do before it is placed: its handshake, answered by the broker alone."""
 
 
+class Carried:
+    """What a re-attached session held in its previous broker, applied where it is placed."""
+
+    __slots__ = ("level", "subscriptions")
+
+    def __init__(self, level: str | None, subscriptions: list[str]) -> None:
+        self.level = level
+        self.subscriptions = subscriptions
+
+
 class SessionState:
-    """A parked session on its way to another mux: who it is, its roots, and what it sent meanwhile."""
+    """A parked session on its way to another mux: who it is, its roots, what it sent meanwhile and carries."""
 
-    __slots__ = ("held", "roots", "session")
+    __slots__ = ("carried", "held", "roots", "session")
 
-    def __init__(self, session: Session, roots: list[dict[str, Any]] | None, held: list[Message]) -> None:
+    def __init__(
+        self, session: Session, roots: list[dict[str, Any]] | None, held: list[Message], carried: Carried | None
+    ) -> None:
         self.session = session
         self.roots = roots
         self.held = held
+        self.carried = carried
 
 
 class Parking(Feature):
     def __init__(self, mux: Mux) -> None:
         super().__init__(mux)
         self.held: dict[int, list[Message]] = {}
+        self.carried: dict[int, Carried] = {}
 
     def holds(self, session: Session, message: Message) -> bool:
         return session.parked and message["method"] not in PASSES
@@ -67,8 +82,8 @@ class Parking(Feature):
     def export(self, sid: int) -> SessionState:
         """Take a parked session out of this mux, with its roots and held messages."""
         session = self.mux.sessions[sid]
-        state = SessionState(session, self.mux.roots.declared.get(sid), self.held.pop(sid, []))
-        return state
+        held = self.held.pop(sid, [])
+        return SessionState(session, self.mux.roots.declared.get(sid), held, self.carried.pop(sid, None))
 
     def adopt(self, state: SessionState) -> list[Action]:
         """Take in a session exported by another mux, placed: its held messages go on at once."""
@@ -77,6 +92,8 @@ class Parking(Feature):
         if state.roots is not None:
             self.mux.roots.declared[session.sid] = state.roots
         self.held[session.sid] = state.held
+        if state.carried is not None:
+            self.carried[session.sid] = state.carried
         self.mux.handshake.adopted(session)
         return self.unpark(session.sid)
 
@@ -85,10 +102,15 @@ class Parking(Feature):
         session = self.mux.sessions[sid]
         session.parked = False
         actions = self.mux.roots.refresh()
+        carried = self.carried.pop(sid, None)
+        if carried is not None:
+            actions += self.mux.log_levels.resume(session, carried.level)
+            actions += self.mux.subscriptions.resume(session, carried.subscriptions)
         for message in self.held.pop(sid, []):
             actions += self.mux.dispatch(session, message)
         return actions
 
     def session_closed(self, session: Session) -> list[Action]:
         self.held.pop(session.sid, None)
+        self.carried.pop(session.sid, None)
         return []

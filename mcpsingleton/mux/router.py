@@ -20,7 +20,7 @@ from __future__ import annotations
 from .. import jsonrpc
 from ..envelope import Envelope, scan
 from ..jsonrpc import Id, Invalid, Message
-from . import eras, failures
+from . import eras, failures, resume
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
@@ -40,7 +40,7 @@ from .tasks import Tasks
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Hashable
     from typing import Any
 
     from .actions import Action, BackendHandler, Feature, SessionHandler
@@ -161,6 +161,18 @@ class Mux:
     def adopt_session(self, state: SessionState) -> list[Action]:
         """Take in a session exported by another mux, placed here."""
         return self.parking.adopt(state)
+
+    def resume_session(self, sid: int, state: dict[str, Any]) -> list[Action]:
+        """The just-opened session `sid` re-attached from a dead broker with its last snapshot: go on from it."""
+        return resume.restore(self, sid, state)
+
+    def session_state(self, sid: int) -> dict[str, Any] | None:
+        """What the session's waiter keeps so the session outlives this broker (resume.py)."""
+        return resume.snapshot(self, sid)
+
+    def session_state_mark(self, sid: int) -> Hashable:
+        """Changes whenever `session_state` would; cheap enough to ask after every read."""
+        return resume.mark(self, sid)
 
     def ask_tools(self, on_tools: Callable[[list[Any] | None], list[Action]]) -> list[Action]:
         """The broker's own tools/list (to learn the server's tool shapes); `on_tools(None)` when it fails."""

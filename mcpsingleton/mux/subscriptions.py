@@ -68,6 +68,14 @@ class Subscriptions(Feature):
             return self.mux.batches.deliver(session, jsonrpc.result(message["id"], {}))
         return self.mux.requests.forward(session, message)
 
+    def resume(self, session: Session, uris: list[str]) -> list[Action]:
+        """A re-attached session's subscriptions from its previous broker: held again, the backend told once."""
+        actions: list[Action] = []
+        for uri in uris:
+            if uri not in self.held.get(session.sid, ()) and self._count_in(session, uri) and self.mux.backend.ready:
+                actions.append(self.mux.requests.own("resources/subscribe", {"uri": uri}))
+        return actions
+
     def listen(self, session: Session, message: Message) -> list[Action]:
         """Acknowledge what the backend can serve; hold the stream open until the session cancels it."""
         wanted = jsonrpc.params_of(message).get("notifications")
@@ -173,10 +181,12 @@ class Subscriptions(Feature):
         return actions
 
     def backend_ready(self, restarted: bool) -> list[Action]:
-        """After a restart the new backend is subscribed again, and sessions learn lists may differ."""
-        if not restarted:
-            return []
+        """After a restart the new backend is subscribed again, and sessions learn lists may differ.
+
+        A first backend has subscribers only when sessions re-attached from a dead broker brought them."""
         actions: list[Action] = [self.mux.requests.own("resources/subscribe", {"uri": uri}) for uri in self.subscribers]
+        if not restarted:
+            return actions
         for kind in LIST_CHANGED_KINDS:
             actions += self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))
         return actions
