@@ -279,3 +279,19 @@ def test_batch_reply_lookup_is_linear_in_open_batches() -> None:
     """Counted, not timed: twice the batches must cost (about) twice the mux lines, not four times."""
     small, large = lines_run(300), lines_run(600)
     assert large < 2.2 * small, (small, large)
+
+
+def test_a_batch_holding_a_listen_stream_still_answers_its_other_requests() -> None:
+    """Found by the fuzz test: a listen stream never replies while open, so a batch that held one kept
+    the other replies back forever (here: initialize "1")."""
+    h = Harness()
+    h.mux.open_session(1)
+    listen = {"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen",
+              "params": {"notifications": {"toolsListChanged": True}, "_meta": MODERN}}
+    initialize = {"jsonrpc": "2.0", "id": "1", "method": "initialize",
+                  "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c"}}}
+    h.send(1, [listen, initialize])
+    for request in h.backend_requests("initialize"):
+        h.answer(request, init_result())
+    batches = [item for item in h.take(1) if isinstance(item, list)]
+    assert [[reply["id"] for reply in batch] for batch in batches] == [["1"]]

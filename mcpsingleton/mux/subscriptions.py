@@ -94,7 +94,8 @@ class Subscriptions(Feature):
         for uri in sorted(listen.uris):
             if uri not in self.held.get(session.sid, ()) and self._count_in(session, uri):
                 actions.append(self.mux.requests.own("resources/subscribe", {"uri": uri}))
-        return actions
+        # an open stream has no reply (until it is cancelled): a batch holding it must not wait for one
+        return actions + self.mux.batches.no_reply(session, id_key(message["id"]))
 
     def end_listen(self, session: Session, key: tuple[bool, Id]) -> list[Action] | None:
         """The session cancelled a listen stream (None: `key` is not one)."""
