@@ -76,7 +76,7 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
 
 def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
     """Why this entry must not be written, or None: session-bound sharing, or a secret value inside."""
-    from .policy import ISOLATED, runtime_decision  # cold: once per backend start, and only when it changed
+    from .learnt import ISOLATED, runtime_decision  # once per backend start, and only when it changed
 
     tools = entry.get("tools/list", {}).get("tools")
     tools = tools if isinstance(tools, list) else None

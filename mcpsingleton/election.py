@@ -58,7 +58,7 @@ def broker_spec(
 ) -> dict:
     """Everything the broker needs; sent over a socketpair, never written to disk (env holds secrets).
 
-    `sharing` is None when the running server decides (see policy.runtime_decision); `sharing_final`
+    `sharing` is None when the running server decides (see learnt.runtime_decision); `sharing_final`
     when a user decided and nothing learnt at runtime may change it; `config_error` is why the user's
     config.toml was ignored, for `ls`.
     """

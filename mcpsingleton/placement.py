@@ -33,7 +33,7 @@ class SharingDecision:
 
     def learn(self, init_result: dict[str, Any], tools: list[Any] | None) -> bool:
         """Apply what the first backend said; False while its tools are still needed to decide."""
-        from .policy import runtime_decision  # cold: only brokers whose server may still change the decision
+        from .learnt import runtime_decision  # only brokers whose server may still change the decision
 
         change = runtime_decision(self.sharing, self.final, init_result, tools)
         if change is None and tools is None and self.sharing is None and _declares_tools(init_result):

@@ -13,13 +13,8 @@ import pytest
 from conftest import mcpsingleton_exe
 
 from mcpsingleton import sharing
-from mcpsingleton.policy import (
-    decide,
-    declared_sharing,
-    match_names,
-    runtime_decision,
-    tool_shape_sharing,
-)
+from mcpsingleton.learnt import declared_sharing, runtime_decision, tool_shape_sharing
+from mcpsingleton.policy import decide, match_names
 from mcpsingleton.sharing import Decision, resolve_scope
 
 SALT = b"s" * 32
