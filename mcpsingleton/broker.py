@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 
 class Broker:
+    """One key's broker: the loop, the key's socket and the keeper, and the three parts it holds together:
+    its sessions (sessions.py), its backend slots (slots.py), and how it ends (handover.py)."""
+
     def __init__(self, spec: dict[str, Any], lock_fd: int) -> None:
         self.spec = spec
         self.key: str = spec["key"]
