@@ -1,0 +1,306 @@
+"""The broker's sessions: each client's stdio, taken over from its shim, and the waiter that stands in for it.
+
+Attach (or resume with the state an earlier broker left with the waiter), read the client's stdin into its
+slot's mux, keep the waiter told of the session's state, and end a session (EOF, a broken stdout, or told
+to), giving the client's fds back as they were. Which slot a session goes to is slots.py's business.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from . import jsonrpc, wire
+from .listener import close_fds, discard
+from .mux import ToSession
+from .sharing import SHARED
+from .streams import LineReader, Outbox, write_if_room
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .broker import Broker
+    from .slot import BackendSlot
+
+MAX_LINE = 64 * 1024 * 1024
+"""A longer line from a session is refused with -32700 (and skipped to its end), not buffered."""
+MAX_UNREAD = 64 * 1024 * 1024
+"""A session that leaves this much of its stdout unread is disconnected; the others go on."""
+END_GRACE = 1.5
+"""How long a leaving session's in-flight replies, or its final error, may take to be written."""
+CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
+
+
+class Session:
+    """One client session: its connection to the shim's waiter, the client's stdio, and its backend slot."""
+
+    def __init__(self, sid: int, conn: socket.socket, pid: int, fds: list[int], slot: BackendSlot) -> None:
+        self.sid = sid
+        self.conn = conn
+        self.pid = pid
+        self.in_fd, self.out_fd = fds[0], fds[1]
+        self.err_fd = fds[2] if len(fds) > 2 else None  # older shims hand over stdin and stdout only
+        self.slot = slot
+        self.parked = False  # in its slot's mux for its handshake; its requests wait until it is placed
+        self.reader = LineReader(self.in_fd, MAX_LINE)
+        self.saved_flags = {fd: os.get_blocking(fd) for fd in {self.in_fd, self.out_fd}}
+        self.outbox: Outbox | None = None
+        self.ending = False
+        self.reading = False  # the waiter said it is ready: the client's input may be read
+        self.waiter_said = b""
+        self.attached_at = time.time()
+        self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
+        self.handed_over = False  # told to re-attach to the next broker rather than to exit
+
+    def waiter_status(self) -> str:
+        """How the waiter said its session ended (`x N`), as the log line shows it."""
+        for line in self.waiter_said.decode("ascii", "replace").splitlines():
+            if line.startswith(wire.WAITER_STATUS):
+                return f"exit status {line[len(wire.WAITER_STATUS) :].strip()}"
+        return "exit status unknown (the waiter was killed)"
+
+
+class Sessions:
+    """The attached sessions, by id, and the I/O of each: its stdin, stdout, stderr and waiter."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loop = broker.loop
+        self.log = broker.log
+        self.by_sid: dict[int, Session] = {}
+        self.next_sid = 0
+
+    def __len__(self) -> int:
+        return len(self.by_sid)
+
+    def __iter__(self) -> Iterator[Session]:
+        """A snapshot: sessions may leave while the caller walks them."""
+        return iter(list(self.by_sid.values()))
+
+    def on(self, slot: BackendSlot) -> list[Session]:
+        return [session for session in self.by_sid.values() if session.slot is slot]
+
+    # ---- attaching ----------------------------------------------------------------------------
+
+    def attach(self, conn: socket.socket, pid: int, fds: list[int], state: str | None) -> None:
+        if self.broker.lifetime.stopping:
+            discard(conn, fds)  # the shim sees EOF before welcome and retries
+            return
+        self.next_sid += 1
+        session = Session(self.next_sid, conn, pid, fds, self.broker.slots.first)
+        for fd in session.saved_flags:
+            os.set_blocking(fd, False)
+        session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
+        try:
+            conn.send(wire.WELCOME)
+        except OSError:
+            self._release_fds(session)
+            conn.close()
+            return
+        self.by_sid[session.sid] = session
+        self.broker.slots.join(session)
+        self.loop.add_reader(conn.fileno(), lambda: self._waiter_event(session))
+        self.broker.lifetime.cancel_linger()
+        self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.by_sid)} attached")
+        if state is not None:
+            self._resume(session, state)
+
+    def _resume(self, session: Session, text: str) -> None:
+        """A session whose broker went away re-attached with its state: go on from it (no initialize follows)."""
+        if os.environ.get(CRASH_ON_RESUME_ENV):  # tests only: a broker that dies on every re-attach (a crash loop)
+            os._exit(70)
+        state = wire.decode_state(text)
+        if state is None:
+            self.log.write(f"session {session.sid}: re-attached with an unreadable state; served as a new session")
+            return
+        self.log.write(f"session {session.sid}: re-attached from an earlier broker; state restored")
+        self.broker.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
+        if session.parked:
+            self.broker.slots.place(session)
+
+    # ---- the waiter -----------------------------------------------------------------------------
+
+    def _sync_state(self, session: Session) -> None:
+        """Tell the waiter the session's state when it changed, so the session can outlive this broker.
+
+        Only after the waiter said `r`: the shim reads the welcome alone, and nothing may follow it there."""
+        mux = session.slot.mux
+        mark = mux.session_state_mark(session.sid)
+        if mark == session.state_mark or mark is None:
+            return
+        try:
+            session.conn.send(wire.state_line(mux.session_state(session.sid)))
+        except OSError:
+            return  # the waiter is gone (its end of file is on its way to _waiter_event), or busy: sent next time
+        session.state_mark = mark
+
+    def _waiter_event(self, session: Session) -> None:
+        """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
+        try:
+            data = session.conn.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(session, f"shim exited ({session.waiter_status()})")
+            return
+        if not session.reading and data.startswith(wire.WAITER_READY):
+            data = data[len(wire.WAITER_READY) :]
+            session.reading = True
+            if not session.slot.paused and not session.ending:
+                self._read(session)
+        session.waiter_said = (session.waiter_said + data)[-64:]
+
+    # ---- the client's stdin and stdout ------------------------------------------------------------
+
+    def _read(self, session: Session) -> None:
+        """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready.
+
+        Never once the session is being handed over: what the client writes from then on is the next broker's."""
+        if session.handed_over:
+            return
+        self.loop.add_reader(session.in_fd, lambda: self._readable(session))
+
+    def _readable(self, session: Session) -> None:
+        lines, overflowed, at_eof = session.reader.read()
+        if overflowed:
+            message = f"Parse error: line longer than {MAX_LINE // (1024 * 1024)} MiB; skipped"
+            self.log.write(f"session {session.sid}: {message}")
+            self.broker.perform(
+                session.slot, [ToSession(session.sid, jsonrpc.error(None, jsonrpc.PARSE_ERROR, message))]
+            )
+        for line in lines:
+            if session.sid not in self.by_sid:
+                return
+            self.broker.perform(session.slot, session.slot.mux.from_session(session.sid, line))
+            if session.parked:
+                self.broker.slots.place(session)
+        if session.sid in self.by_sid:
+            self._sync_state(session)
+        if at_eof:
+            self._eof(session)
+        elif session.slot.fatal is not None and session.sid in self.by_sid:
+            self.end(session, 1, session.slot.fatal)
+
+    def pause(self, slot: BackendSlot, paused: bool) -> None:
+        """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""
+        for session in self.on(slot):
+            if session.reading and not session.ending:
+                if paused:
+                    self.loop.remove_reader(session.in_fd)
+                else:
+                    self._read(session)
+
+    def deliver(self, action: ToSession) -> None:
+        """Queue a message for a session's stdout; one that leaves too much of it unread is detached."""
+        session = self.by_sid.get(action.session)
+        if session is not None and session.outbox is not None:
+            session.outbox.send(*action.parts())
+            if len(session.outbox.pending) > MAX_UNREAD:
+                self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
+
+    def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
+        """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
+
+        A shared backend's stays in the log: its lines may carry another session's data."""
+        if slot.sharing == SHARED:
+            slot.stderr_unsent.clear()
+            return
+        slot.stderr_unsent.extend(lines)
+        owner = next((s for s in self.by_sid.values() if s.slot is slot and not s.parked), None)
+        if slot.sharing is None or owner is None or owner.err_fd is None:
+            return
+        data = b"".join(line + b"\n" for line in slot.stderr_unsent)
+        slot.stderr_unsent.clear()
+        slot.counters["stderr_dropped"] += write_if_room(owner.err_fd, data)
+
+    # ---- ending ---------------------------------------------------------------------------------
+
+    def _eof(self, session: Session) -> None:
+        """The client closed our stdin: let in-flight replies out (briefly), then detach with status 0."""
+        self.loop.remove_reader(session.in_fd)
+        if session.slot.mux.busy(session.sid):
+            session.ending = True
+            self.loop.call_later(END_GRACE, lambda: self.end(session, *self._verdict(session)))
+            return
+        self.end(session, *self._verdict(session))
+
+    @staticmethod
+    def _verdict(session: Session) -> tuple[int, str | None]:
+        """How a session ends: status 0, or 1 with the reason when its backend cannot start."""
+        return (0, None) if session.slot.fatal is None else (1, session.slot.fatal)
+
+    def finish_ending(self) -> None:
+        """Detach the sessions whose stdin closed once nothing of theirs is in flight or unwritten."""
+        for session in self:
+            if (
+                session.ending
+                and not session.slot.mux.busy(session.sid)
+                and not (session.outbox and session.outbox.pending)
+            ):
+                self._drop(session, "stdin closed", *self._verdict(session))
+
+    def _broken(self, session: Session, exc: OSError) -> None:
+        self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
+        self.loop.call_later(0, lambda: self._drop(session, "stdout closed", 0))
+
+    def hand_over(self) -> None:
+        """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end."""
+        for session in self:
+            session.handed_over = True
+            self.loop.remove_reader(session.in_fd)
+
+    def end_all(self) -> None:
+        for session in self:
+            self.end(session, 0)
+
+    def end(self, session: Session, code: int, message: str | None = None) -> None:
+        """Detach a session after its pending output is written; its shim prints `message` and exits."""
+        if session.sid not in self.by_sid:
+            return
+        session.ending = True
+        outbox = session.outbox
+        if outbox is not None and outbox.pending and not outbox.broken:
+            timer = self.loop.call_later(END_GRACE, lambda: self._drop(session, "ended", code, message))
+
+            def drained() -> None:
+                timer.cancel()
+                self._drop(session, "ended", code, message)
+
+            outbox.on_drained = drained
+            self.loop.remove_reader(session.in_fd)
+            return
+        self._drop(session, "ended", code, message)
+
+    def _drop(self, session: Session, why: str, code: int | None = None, message: str | None = None) -> None:
+        """Forget a session; unless its waiter is already gone (`code` None), tell it how to exit."""
+        if self.by_sid.pop(session.sid, None) is None:
+            return
+        self.broker.perform(session.slot, session.slot.mux.close_session(session.sid))
+        self.loop.remove_reader(session.in_fd)
+        self.loop.remove_reader(session.conn.fileno())
+        if session.outbox is not None:
+            session.outbox.close()
+        self._release_fds(session)
+        if code is not None:
+            try:
+                session.conn.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
+            except OSError:
+                pass
+            why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
+        session.conn.close()
+        self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
+        self.broker.slots.after_leaving(session.slot)
+        self.broker.lifetime.arm_linger()
+
+    @staticmethod
+    def _release_fds(session: Session) -> None:
+        for fd, blocking in session.saved_flags.items():
+            try:
+                os.set_blocking(fd, blocking)  # a tty or shared pipe must not stay non-blocking for others
+            except OSError:
+                pass
+        close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
