@@ -5,15 +5,12 @@
 shim     interpreter start-up vs the shim's own imports (interleaved runs of `python -I -S -c pass`,
          `python -c pass`, `python -c "import mcpsingleton.shim"`), `-X importtime` of a real warm
          attach (top modules), and the shim's pure steps (argument parsing, key, paths) timed in-process.
-broker   the broker's per-message work timed in-process with the project's own classes (LineBuffer,
-         Mux, jsonrpc): a ping and a tools/call round trip; the cost of `os.read` with the broker's
-         READ_CHUNK (1 MiB) vs 64 KiB; `Broker._finish_ending_sessions` vs attached sessions; a cProfile
-         of the round trip; and what-if variants of suspected hot spots (a cached JSON encoder, a
-         LineBuffer fast path) measured the same way.
-live     the same broker A/B on real processes: stock vs with its reads capped at 64 KiB vs that plus a
-         cached encoder (applied by a sitecustomize overlay on PYTHONPATH that patches the running
-         broker only — mcpsingleton/ itself is not modified), interleaved round-trip blocks against
-         bench/fast_server.py, next to the direct round trip.
+broker   the broker's per-message work timed in-process with the project's own Mux and jsonrpc: a ping
+         and a tools/call round trip (lines handed to the mux as the broker's LineReader hands them,
+         actions encoded as the broker writes them), and a cProfile of the round trip. (Issue 7's
+         one-off A/B experiments — READ_CHUNK, a cached encoder, a line-splitter fast path, a live
+         A/B through a sitecustomize overlay — were removed with the classes they patched; their
+         results are in bench/README.md.)
 memory   what the broker's imports cost in anonymous memory (one interpreter per module).
 Writes bench/results/profile.json.
 """
@@ -33,10 +30,7 @@ import tempfile
 import time
 from typing import Any
 
-import psutil
-from bench_latency import cpu_seconds, roundtrips
 from common import (
-    ECHO_CALL,
     Home,
     RawClient,
     base_env,
@@ -44,7 +38,6 @@ from common import (
     initialize_line,
     log,
     machine,
-    role,
     server_cmd,
     shim_cmd,
     summary,
@@ -145,15 +138,20 @@ def shim_steps(count: int) -> dict[str, float]:
     env = dict(os.environ)
     cwd = os.getcwd()
     options = shim.parse_args(argv)
-    scope = shim.resolve_scope(options, options.command, cwd, env)
+    decision = shim.resolve_scope(options.scope, options.command, options.name, directory, salt)
+    client = keys.client_environ()
     result = {
         "parse_args": per_call_us(lambda _: shim.parse_args(argv), count),
         "runtime_dir+ensure_private_dir": per_call_us(lambda _: keys.ensure_private_dir(keys.runtime_dir()), count),
         "user_salt (read)": per_call_us(lambda _: keys.user_salt(directory), count),
         "dict(os.environ)": per_call_us(lambda _: dict(os.environ), count),
-        "resolve_scope": per_call_us(lambda _: shim.resolve_scope(options, options.command, cwd, env), count),
+        "resolve_scope (cached decision)": per_call_us(
+            lambda _: shim.resolve_scope(options.scope, options.command, options.name, directory, salt), count),
+        "client_environ": per_call_us(lambda _: keys.client_environ(), count),
         "compute_key": per_call_us(
-            lambda _: keys.compute_key(options.command, scope, cwd, env, options.env_keys, salt), count),
+            lambda _: keys.compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client),
+            count,
+        ),
         "default_name": per_call_us(lambda _: keys.default_name(options.command), count),
     }
     result["total_us"] = round(sum(result.values()), 1)
@@ -164,9 +162,9 @@ def shim_steps(count: int) -> dict[str, float]:
 
 # ---- broker, in-process ---------------------------------------------------------------------
 
-PING = b'{"jsonrpc":"2.0","id":%d,"method":"ping"}\n'
-CALL = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}\n'
-REPLY = b'{"jsonrpc":"2.0","id":%d,"result":{"content":[{"type":"text","text":"hello"}]}}\n'
+PING = b'{"jsonrpc":"2.0","id":%d,"method":"ping"}'
+CALL = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
+REPLY = b'{"jsonrpc":"2.0","id":%d,"result":{"content":[{"type":"text","text":"hello"}]}}'
 
 
 def ready_mux() -> Any:
@@ -182,126 +180,31 @@ def ready_mux() -> Any:
     return mux
 
 
-def message_paths(encode: Any, feed_class: Any) -> tuple[Any, Any]:
-    """(ping, tools/call round trip) as the broker does them: split lines, run the mux, encode actions."""
+def message_path() -> tuple[Any, Any]:
+    """(ping, tools/call round trip) as the broker does them: the mux on each line, every action encoded."""
     mux = ready_mux()
-    session_lines, backend_lines = feed_class(1 << 26), feed_class(1 << 26)
 
     def ping(index: int) -> None:
-        for line in session_lines.feed(PING % index)[0]:
-            for action in mux.from_session(1, line):
-                encode(action.message)
+        for action in mux.from_session(1, PING % index):
+            b"".join(action.parts())
 
     def call(index: int) -> None:
         backend_id = 0
-        for line in session_lines.feed(CALL % index)[0]:
-            for action in mux.from_session(1, line):
-                encode(action.message)
-                backend_id = action.message["id"]
-        for line in backend_lines.feed(REPLY % backend_id)[0]:
-            for action in mux.from_backend(line):
-                encode(action.message)
+        for action in mux.from_session(1, CALL % index):
+            b"".join(action.parts())
+            backend_id = action.message["id"]
+        for action in mux.from_backend(REPLY % backend_id):
+            b"".join(action.parts())
 
     return ping, call
 
 
-def cached_encoder() -> Any:
-    """What-if: one JSONEncoder built once (json.dumps with non-default arguments builds one per call)."""
-    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-    ascii_encoder = json.JSONEncoder(separators=(",", ":"))
-
-    def encode(message: Any) -> bytes:
-        text = encoder.encode(message)
-        try:
-            return text.encode("utf-8") + b"\n"
-        except UnicodeEncodeError:
-            return ascii_encoder.encode(message).encode("ascii") + b"\n"
-
-    return encode
-
-
-def fast_feed_class() -> Any:
-    """What-if: LineBuffer with a fast path for the common case, an empty buffer and whole lines."""
-    from mcpsingleton.broker import LineBuffer
-
-    class FastLineBuffer(LineBuffer):
-        def feed(self, data: bytes) -> tuple[list[bytes], bool]:
-            if not self.buf and not self.skipping and data.endswith(b"\n") and len(data) <= self.limit:
-                return [line.rstrip(b"\r") for line in data.split(b"\n")[:-1] if line.strip()], False
-            return super().feed(data)
-
-    return FastLineBuffer
-
-
-def read_chunk_cost(count: int) -> dict[str, float]:
-    from mcpsingleton import broker
-
-    read_fd, write_fd = os.pipe()
-    message = REPLY % 1
-    result = {}
-    for label, size in ((f"READ_CHUNK={broker.READ_CHUNK}", broker.READ_CHUNK), ("65536", 65536)):
-        def one(_: int, size: int = size) -> None:
-            os.write(write_fd, message)
-            os.read(read_fd, size)
-
-        result[f"write+read, {label}"] = per_call_us(one, count)
-    buffer = bytearray(broker.READ_CHUNK)
-
-    def into(_: int) -> None:
-        os.write(write_fd, message)
-        count = os.readv(read_fd, [buffer])
-        bytes(buffer[:count])
-
-    result[f"write+readv into a reused {broker.READ_CHUNK} bytearray"] = per_call_us(into, count)
-    os.close(read_fd)
-    os.close(write_fd)
-    return result
-
-
-def ending_sessions_cost(count: int) -> dict[str, float]:
-    """Broker._finish_ending_sessions runs after every message; it walks every attached session."""
-    from mcpsingleton.broker import Broker, Session
-
-    directory = tempfile.mkdtemp(prefix="msb-", dir="/tmp")
-    spec = {"key": "k" * 20, "runtime_dir": directory, "log": os.path.join(directory, "bench.log"), "name": "bench",
-            "argv": ["true"], "cwd": "/", "env": {}, "scope": "cwd", "linger": 0}
-    result = {}
-    read_fd, write_fd = os.pipe()
-    for sessions in (1, 10, 50):
-        broker = Broker(spec, -1)
-        for sid in range(sessions):
-            broker.sessions[sid] = Session(sid, None, 0, read_fd, write_fd)  # type: ignore[arg-type]
-            broker.mux.open_session(sid)
-        result[f"{sessions} sessions"] = per_call_us(lambda _, b=broker: b._finish_ending_sessions(), count)
-        broker.loop.close()
-        broker.log.close()
-    os.close(read_fd)
-    os.close(write_fd)
-    shutil.rmtree(directory, ignore_errors=True)
-    return result
-
-
 def broker_inprocess(count: int) -> dict[str, Any]:
-    from mcpsingleton import jsonrpc
-    from mcpsingleton.broker import LineBuffer
-
-    variants = {
-        "as is": (jsonrpc.encode, LineBuffer),
-        "as is, again (noise control)": (jsonrpc.encode, LineBuffer),
-        "cached encoder": (cached_encoder(), LineBuffer),
-        "cached encoder + LineBuffer fast path": (cached_encoder(), fast_feed_class()),
-    }
-    functions = {name: message_paths(encode, feed_class) for name, (encode, feed_class) in variants.items()}
-    rounds: dict[str, dict[str, list[float]]] = {name: {"ping_us": [], "tools_call_round_trip_us": []}
-                                                 for name in variants}
-    names = list(functions)
-    for index in range(12):  # interleaved rounds in rotating order, best per variant
-        for name in names[index % len(names):] + names[:index % len(names)]:
-            ping, call = functions[name]
-            rounds[name]["ping_us"].append(per_call_us(ping, count // 5, repeats=1))
-            rounds[name]["tools_call_round_trip_us"].append(per_call_us(call, count // 5, repeats=1))
-    paths = {name: {k: round(min(v), 2) for k, v in values.items()} for name, values in rounds.items()}
-    _, call = message_paths(jsonrpc.encode, LineBuffer)
+    ping, call = message_path()
+    rounds: dict[str, list[float]] = {"ping_us": [], "tools_call_round_trip_us": []}
+    for _ in range(12):
+        rounds["ping_us"].append(per_call_us(ping, count // 5, repeats=1))
+        rounds["tools_call_round_trip_us"].append(per_call_us(call, count // 5, repeats=1))
     profiler = cProfile.Profile()
     profiler.enable()
     for index in range(count):
@@ -311,98 +214,8 @@ def broker_inprocess(count: int) -> dict[str, Any]:
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(14)
     lines = [line for line in text.getvalue().splitlines() if line.strip()]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
-    return {"message_path": paths, "read": read_chunk_cost(count),
-            "finish_ending_sessions_us": ending_sessions_cost(count),
-            "cprofile_tools_call_top": lines[start:]}
+    return {"message_path": {k: round(min(v), 2) for k, v in rounds.items()}, "cprofile_tools_call_top": lines[start:]}
 
-
-# ---- broker, live A/B -----------------------------------------------------------------------
-
-SITECUSTOMIZE = '''
-import os, sys
-PATCH = os.environ.get("MSB_PATCH", "")
-if any("mcpsingleton.broker" in word for word in getattr(sys, "orig_argv", [])):
-    if "read64k" in PATCH:
-        _read = os.read
-        os.read = lambda fd, n, _read=_read: _read(fd, min(n, 65536))
-    if "encoder" in PATCH:
-        import json
-        from mcpsingleton import jsonrpc
-        _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        _fallback = jsonrpc.encode
-        def encode(message, _encoder=_encoder, _fallback=_fallback):
-            try:
-                return _encoder.encode(message).encode("utf-8") + b"\\n"
-            except UnicodeEncodeError:
-                return _fallback(message)
-        jsonrpc.encode = encode
-'''
-
-
-RELAY = """
-import os, selectors, subprocess, sys
-server = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-selector = selectors.DefaultSelector()
-selector.register(0, selectors.EVENT_READ, server.stdin.fileno())
-selector.register(server.stdout.fileno(), selectors.EVENT_READ, 1)
-while True:
-    for key, _ in selector.select():
-        data = os.read(key.fd, 65536)
-        if not data:
-            sys.exit(0)
-        while data:
-            data = data[os.write(key.data, data):]
-"""
-"""The floor for any extra process in the path: a Python byte relay that parses nothing."""
-
-
-def broker_live(calls: int, block: int) -> dict[str, Any]:
-    server = server_cmd("fast")
-    method, params = ECHO_CALL["fast"]
-    overlay = tempfile.mkdtemp(prefix="msb-overlay-")
-    with open(os.path.join(overlay, "sitecustomize.py"), "w") as handle:
-        handle.write(SITECUSTOMIZE)
-    patches = {"stock": "", "reads capped at 64 KiB": "read64k", "reads capped + cached encoder": "read64k,encoder"}
-    homes = {name: Home() for name in patches}
-    clients: dict[str, RawClient] = {"direct": RawClient(server, base_env()),
-                                     "byte relay (floor)": RawClient([entry_interpreter(), "-c", RELAY, *server],
-                                                                     base_env())}
-    brokers = {"byte relay (floor)": psutil.Process(clients["byte relay (floor)"].process.pid)}
-    try:
-        for name, patch in patches.items():
-            env = {**homes[name].env, "PYTHONPATH": overlay, "MSB_PATCH": patch}
-            clients[name] = RawClient(shim_cmd(server), env)
-        for name, client in clients.items():
-            client.initialize()
-            if name in patches:
-                brokers[name] = next(p for p in homes[name].processes() if role(p) == "broker")
-            roundtrips(client, method, params, 300)
-        samples: dict[str, list[float]] = {name: [] for name in clients}
-        cpu = dict.fromkeys(brokers, 0.0)
-        names = list(clients)
-        for index in range(max(1, calls // block)):
-            for name in names[index % len(names):] + names[:index % len(names)]:
-                before = cpu_seconds(brokers[name]) if name in brokers else 0.0
-                samples[name] += roundtrips(clients[name], method, params, block)
-                if name in brokers:
-                    cpu[name] += cpu_seconds(brokers[name]) - before
-    finally:
-        for client in clients.values():
-            client.close()
-        for home in homes.values():
-            home.close()
-        shutil.rmtree(overlay, ignore_errors=True)
-    stats = {name: summary(values, 1) for name, values in samples.items()}
-    direct = stats["direct"]["p50"]
-    return {
-        "calls": calls, "block": block, "backend": "bench/fast_server.py", "us": stats,
-        "added_us_p50": {name: round(stats[name]["p50"] - direct, 1) for name in brokers},
-        "middle_process_cpu_us_per_request": {name: round(cpu[name] / len(samples[name]) * 1e6, 1)
-                                              for name in brokers},
-    }
-
-
-# ---- broker memory --------------------------------------------------------------------------
 
 ANON = ("import sys\n"
         "for name in sys.argv[1:]: __import__(name)\n"
@@ -437,7 +250,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="profile")
     args = parser.parse_args()
-    runs, count, calls = (10, 3000, 600) if args.quick else (30, 20000, 2000)
+    runs, count = (10, 3000) if args.quick else (30, 20000)
     data: dict[str, Any] = {"benchmark": "profile", "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
                             "machine": machine()}
     log("shim: start-up breakdown")
@@ -448,8 +261,6 @@ def main() -> None:
     data["shim_steps_us"] = shim_steps(count // 10)
     log("broker: in-process message path")
     data["broker_inprocess"] = broker_inprocess(count)
-    log("broker: live A/B")
-    data["broker_live"] = broker_live(calls, 100)
     log("broker: import memory")
     data["broker_import_memory"] = import_memory(3)
     write_result(args.out, data)
