@@ -133,19 +133,26 @@ def bench_cold(runs: int, kinds: list[str]) -> dict[str, Any]:
 # ---- ten servers, one tool called -----------------------------------------------------------
 
 
+def use_one_tool(clients: list[RawClient]) -> float:
+    """A client session's start: initialize every server, list their tools, call one tool on the first,
+    then wait for eager backends to finish starting (their cost is what is measured); ms to all initialized."""
+    for client in clients:
+        client.initialize()
+    all_initialized = (time.perf_counter() - clients[0].started) * 1000
+    for client in clients:
+        client.request("tools/list")
+    clients[0].request(*ECHO_CALL["everything"])
+    time.sleep(0.5)
+    return all_initialized
+
+
 def ten_server_session(home: Home, dirs: list[str], lazy: bool) -> dict[str, float]:
     """Open all servers at once as a client does, call one tool on the first, measure, close."""
     server = server_cmd("everything")
     options = ("--scope", "cwd", *(("--lazy",) if lazy else ()))
     clients = [RawClient(shim_cmd(server, *options), home.env, directory) for directory in dirs]
     try:
-        for client in clients:
-            client.initialize()
-        all_initialized = (time.perf_counter() - clients[0].started) * 1000
-        for client in clients:
-            client.request("tools/list")
-        clients[0].request(*ECHO_CALL["everything"])
-        time.sleep(0.5)  # let eager backends finish starting: their cost is what is measured
+        all_initialized = use_one_tool(clients)
         roles = census(home.path, exclude={client.process.pid for client in clients})
         cost = {role: sum(p["pss"] for p in roles.get(role, [])) / MIB for role in COST_ROLES}
         return {
@@ -164,13 +171,7 @@ def ten_servers_direct(dirs: list[str]) -> dict[str, float]:
     server = server_cmd("everything")
     clients = [RawClient(server, base_env(), directory) for directory in dirs]
     try:
-        for client in clients:
-            client.initialize()
-        all_initialized = (time.perf_counter() - clients[0].started) * 1000
-        for client in clients:
-            client.request("tools/list")
-        clients[0].request(*ECHO_CALL["everything"])
-        time.sleep(0.5)
+        all_initialized = use_one_tool(clients)
         pss = sum(memory(process)["pss"] for client in clients for process in tree(client.process.pid)) / MIB
         return {"all_initialized_ms": all_initialized, "pss_mib": pss, "backends": len(clients)}
     finally:
