@@ -29,7 +29,7 @@ from .handover import Lifetime
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
-from .mux import Log, StartBackend, StoreDiscovery, ToBackend, ToSession
+from .mux import Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .sessions import Sessions
 from .slots import Slots
 
@@ -105,6 +105,8 @@ class Broker:
         for action in actions:
             if isinstance(action, ToSession):
                 self.sessions.deliver(action)
+            elif isinstance(action, StreamPart):
+                self.sessions.stream(action)
             elif isinstance(action, ToBackend):
                 slot.send(action)
             elif isinstance(action, Log):

@@ -359,3 +359,138 @@ def _routing_id(line: bytes, span: Span | None) -> str | int | None:
     if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise _Unsure
+
+
+# ---- a line too long to wait for: its head and its tail ----------------------------------------
+
+
+class Head:
+    """The start of a line: its top-level members complete so far, and the member whose value is still open."""
+
+    __slots__ = ("body", "body_open", "members", "open_key", "open_start")
+
+    def __init__(self, members: dict[str, Span], open_key: str, open_start: int) -> None:
+        self.members = members
+        self.open_key = open_key
+        self.open_start = open_start
+        self.body: dict[str, Span] = {}  # the open value's own complete members, when it is an object
+        self.body_open: str | None = None  # and its open member
+
+    def small(self, line: bytes, key: str) -> object:
+        """A complete short member decoded (None when absent or null); raises ValueError when unsure."""
+        try:
+            return _small(line, self.members.get(key))
+        except _Unsure:
+            raise ValueError(f"{key} is too long to be read") from None
+
+
+def head(line: bytes) -> Head | None:
+    """The head of a line whose end has not arrived: its complete members up to the one still open (None
+    when the line is not an object being written, or its head is not control-free UTF-8). Only the head is
+    read: what follows the open member's start is the caller's to pass on unread."""
+    walk = _Walk(line)
+    try:
+        found = _open_object(walk, walk.skip_spaces(0))
+        if found is None:
+            return None
+        members, open_key, open_start = found
+        opened = Head(members, open_key, open_start)
+        if open_key in BODIES and line[open_start] == _OPEN_OBJECT:
+            inner = _open_object(walk, open_start)
+            if inner is not None:
+                opened.body, opened.body_open, _ = inner
+    except (_Unsure, IndexError, ValueError):
+        return None
+    return opened if _plain_utf8(line[:open_start]) else None
+
+
+def _open_object(walk: _Walk, i: int) -> tuple[dict[str, Span], str, int] | None:
+    """The object at i, read up to its first member whose value does not end within the line."""
+    line = walk.line
+    if line[i] != _OPEN_OBJECT:
+        return None
+    members: dict[str, Span] = {}
+    i = walk.skip_spaces(i + 1)
+    while True:
+        key_end = walk.string_end(i)
+        key = walk.decode_string(i, key_end)
+        if key in members:
+            return None
+        start = walk.skip_spaces(walk.expect(key_end, _COLON))
+        try:
+            end = walk.value_end(start)
+            i = walk.skip_spaces(end)
+            closing = line[i]
+        except (_Unsure, IndexError):
+            return members, key, start  # runs past what has arrived (or past the walk's budget)
+        if closing != _COMMA:
+            return None  # the object ends (or is broken) within the line: nothing is open
+        members[key] = (start, end)
+        i = walk.skip_spaces(i + 1)
+
+
+_TAIL_SPACES = b" \t\r\n"
+_SCALAR_BYTES = frozenset(b"0123456789+-.eEtrufalsn")
+
+
+def tail(line: bytes) -> dict[str, Span] | None:
+    """The top-level members at the end of a line, read backwards for as long as their values are scalars
+    or strings without escapes (the first other value ends the reading); None when the line does not end
+    as an object does. Sound for any valid JSON object: the closing brace is outside every string, so each
+    member read backwards from it is a real top-level member."""
+    j = _back_spaces(line, len(line))
+    if j == 0 or line[j - 1] != _CLOSE_OBJECT:
+        return None
+    members: dict[str, Span] = {}
+    j = _back_spaces(line, j - 1)
+    while True:
+        value_start = _simple_value_start(line, j)
+        if value_start is None:
+            return members
+        colon = _back_spaces(line, value_start)
+        if colon == 0 or line[colon - 1] != _COLON:
+            return None
+        key_end = _back_spaces(line, colon - 1)
+        key_start = _plain_string_start(line, key_end)
+        if key_start is None:
+            return None
+        key = line[key_start + 1 : key_end - 1].decode("utf-8", "strict")
+        if key in members:
+            return None
+        members[key] = (value_start, j)
+        before = _back_spaces(line, key_start)
+        if before == 0 or line[before - 1] != _COMMA:
+            return members if before and line[before - 1] == _OPEN_OBJECT else None
+        j = _back_spaces(line, before - 1)
+
+
+def _back_spaces(line: bytes, j: int) -> int:
+    while j > 0 and line[j - 1] in _TAIL_SPACES:
+        j -= 1
+    return j
+
+
+def _simple_value_start(line: bytes, end: int) -> int | None:
+    """Where the value ending at `end` starts, when it is a scalar or a string without escapes."""
+    if end == 0:
+        return None
+    if line[end - 1] == _QUOTE:
+        return _plain_string_start(line, end)
+    start = end
+    while start > 0 and line[start - 1] in _SCALAR_BYTES:
+        start -= 1
+    return start if start and _SCALAR.fullmatch(line, start, end) else None
+
+
+def _plain_string_start(line: bytes, end: int) -> int | None:
+    """The opening quote of the string ending at `end`, when it holds no backslash and no control byte
+    and that quote is certainly not escaped (the byte before it is seen, and is not a backslash)."""
+    if end < 2 or line[end - 1] != _QUOTE:
+        return None
+    start = line.rfind(b'"', 0, end - 1)
+    if start < 1 or line[start - 1] == _BACKSLASH:
+        return None
+    content = line[start + 1 : end - 1]
+    if _BACKSLASH in content or any(byte < _SPACE for byte in content):
+        return None
+    return start

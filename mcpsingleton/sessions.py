@@ -13,7 +13,7 @@ import time
 
 from . import jsonrpc, wire
 from .listener import close_fds, discard
-from .mux import ToSession
+from .mux import StreamPart, ToSession
 from .sharing import SHARED
 from .streams import LineReader, Outbox, write_if_room
 
@@ -53,6 +53,8 @@ class Session:
         self.attached_at = time.time()
         self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
+        self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
+        self.held: list[ToSession] = []
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
@@ -197,10 +199,30 @@ class Sessions:
     def deliver(self, action: ToSession) -> None:
         """Queue a message for a session's stdout; one that leaves too much of it unread is detached."""
         session = self.by_sid.get(action.session)
-        if session is not None and session.outbox is not None:
-            session.outbox.send(*action.parts())
-            if len(session.outbox.pending) > MAX_UNREAD:
-                self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
+        if session is None or session.outbox is None:
+            return
+        if session.streaming:
+            session.held.append(action)  # a line is half written: this one follows it
+            return
+        self._write(session, action.parts())
+
+    def stream(self, part: StreamPart) -> None:
+        """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows."""
+        session = self.by_sid.get(part.session)
+        if session is None or session.outbox is None:
+            return
+        self._write(session, part.parts)
+        session.streaming = not part.done
+        if part.done:
+            held, session.held = session.held, []
+            for action in held:
+                self.deliver(action)
+
+    def _write(self, session: Session, parts: tuple[bytes | memoryview, ...]) -> None:
+        assert session.outbox is not None
+        session.outbox.send(*parts)
+        if len(session.outbox.pending) > MAX_UNREAD:
+            self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.

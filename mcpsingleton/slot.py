@@ -24,6 +24,7 @@ from .lifecycle import Lifecycle
 from .logfile import LogFile
 from .mux import Mux, ToBackend
 from .mux.router import FAST_PATH_ENV, fast_path_threshold
+from .mux.streaming import STREAM_FROM, BackendStream
 from .streams import LineReader, Outbox
 from .wire import BackendStatus
 
@@ -224,6 +225,15 @@ class BackendSlot:
         elif self.life.state in (lifecycle.STARTING, lifecycle.RESTARTING) and self.mux.backend_ready():
             self.life.fire(lifecycle.READY)
             self.host.slot_ready(self)
+        elif self.life.state == lifecycle.RUNNING:
+            self.stdout.stream(STREAM_FROM, self._open_stream)
+
+    def _open_stream(self, line_head: bytes) -> StreamRelay | None:
+        stream = self.mux.stream_from_backend(line_head)
+        if stream is None:
+            return None
+        self.host.perform(self, stream.start(line_head))
+        return StreamRelay(self, stream)
 
     def _stderr_readable(self) -> None:
         assert self.stderr is not None
@@ -259,6 +269,8 @@ class BackendSlot:
             return None
         self.loop.remove_reader(backend.stdout)
         self.loop.remove_reader(backend.stderr)
+        if self.stdout is not None:
+            self.stdout.abort_stream()
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
@@ -361,3 +373,23 @@ class BackendSlot:
     def _recycle(self, backend: Backend, reason: str) -> None:
         self.counters["limit_restarts"] += 1
         self._replace(backend, reason)
+
+
+class StreamRelay:
+    """The broker's side of a backend reply streamed to its session: the stream's actions, performed as
+    the reply's bytes arrive (mux/streaming.py decides them; this only carries them out)."""
+
+    __slots__ = ("slot", "stream")
+
+    def __init__(self, slot: BackendSlot, stream: BackendStream) -> None:
+        self.slot = slot
+        self.stream = stream
+
+    def more(self, data: bytes) -> None:
+        self.slot.host.perform(self.slot, self.stream.more(data))
+
+    def end(self, data: bytes) -> None:
+        self.slot.host.perform(self.slot, self.stream.end(data))
+
+    def abort(self) -> None:
+        self.slot.host.perform(self.slot, self.stream.abort())

@@ -14,6 +14,15 @@ from .eventloop import Callback, EventLoop
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Protocol
+
+    class Sink(Protocol):
+        """Where the rest of a line being streamed goes (the broker's side of mux/streaming.py)."""
+
+        def more(self, data: bytes) -> None: ...
+        def end(self, data: bytes) -> None: ...
+        def abort(self) -> None: ...
+
 
 READ_CHUNK = 64 * 1024
 """Below glibc's mmap threshold: a larger read buffer costs an mmap/munmap pair per message (~100 µs)."""
@@ -37,10 +46,11 @@ class LineReader:
     """Reads what a readable fd has and splits it into lines; lines over `limit` are skipped to their end.
 
     `read()` answers (lines, overflowed, at_eof): `overflowed` is True once per skipped line, and a
-    read error counts as end of file (the other end is gone either way).
+    read error counts as end of file (the other end is gone either way). A line being read may be
+    handed to a sink instead (`stream`): its bytes then go there as they arrive, up to its end.
     """
 
-    __slots__ = ("buf", "fd", "limit", "skipping", "wide")
+    __slots__ = ("buf", "fd", "limit", "offered", "sink", "skipping", "wide")
 
     def __init__(self, fd: int, limit: int) -> None:
         self.fd = fd
@@ -48,18 +58,39 @@ class LineReader:
         self.buf = bytearray()
         self.skipping = False
         self.wide = False
+        self.sink: Sink | None = None
+        self.offered = False  # the line being read was offered to `stream` already
 
     def read(self) -> tuple[list[bytes], bool, bool]:
         data = self._chunk()
         if data is None:
             return [], False, False
         if not data:
+            self.abort_stream()
             return [], False, True
         lines, overflowed = self.feed(data)
         return lines, overflowed, False
 
+    def stream(self, at_least: int, open_sink: Callable[[bytes], Sink | None]) -> None:
+        """Offer the line being read, once `at_least` bytes of it arrived, to `open_sink` (once per line):
+        a sink it returns has taken those bytes and gets the rest of the line as it arrives. Call after
+        the lines `read` returned are handled, so that they go out first."""
+        if self.sink is None and not self.offered and not self.skipping and len(self.buf) >= at_least:
+            self.offered = True
+            sink = open_sink(bytes(self.buf))
+            if sink is not None:
+                self.buf.clear()
+                self.sink = sink
+
+    def abort_stream(self) -> None:
+        """The fd is gone in the middle of a streamed line: its sink is told so."""
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.abort()
+
     def drain(self) -> list[bytes]:
         """Everything available now (the fd is gone or going), the unterminated tail included."""
+        self.abort_stream()
         lines: list[bytes] = []
         while data := self._chunk():
             lines += self.feed(data)[0]
@@ -70,13 +101,23 @@ class LineReader:
     def _chunk(self) -> bytes | None:
         """None when nothing is ready after all; b"" at end of file or on a read error."""
         try:
-            return os.read(self.fd, WIDE if self.wide and len(self.buf) >= READ_CHUNK else READ_CHUNK)
+            big = len(self.buf) >= READ_CHUNK or self.sink is not None
+            return os.read(self.fd, WIDE if self.wide and big else READ_CHUNK)
         except BlockingIOError:
             return None
         except OSError:
             return b""
 
     def feed(self, data: bytes) -> tuple[list[bytes], bool]:
+        if self.sink is not None:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self.sink.more(data)
+                return [], False
+            sink, self.sink = self.sink, None
+            sink.end(data[:newline])
+            self.offered = False
+            data = data[newline + 1 :]
         search_from = len(self.buf)
         self.buf += data
         lines: list[bytes] = []
@@ -90,6 +131,7 @@ class LineReader:
                 if line.strip():
                     lines.append(line)
             start = search_from = newline + 1
+            self.offered = False
         del self.buf[:start]
         if not self.wide and len(self.buf) >= READ_CHUNK:
             widen(self.fd)

@@ -2,10 +2,12 @@
 
 Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
-its stdin again, still running), stderr (writes its text to stderr). Flags: --fail-start (stderr, exit 2
-before reading anything), --grandchild (start a sleeping child at once, like npx → node trees),
---no-exit-on-eof, --x-mux=SHARING (declares `x-mux` in its capabilities; --x-mux-experimental=SHARING:
-in capabilities.experimental), --browser-tools (lists browser-shaped tools, like a browser server).
+its stdin again, still running), stderr (writes its text to stderr), big (a `size`-long text, the id
+first or, with `id_last`, last; with `gate`, its second half only once that file exists), half (the
+first `size` bytes of a reply, then exits). Flags: --fail-start (stderr, exit 2 before reading
+anything), --grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof,
+--x-mux=SHARING (declares `x-mux` in its capabilities; --x-mux-experimental=SHARING: in
+capabilities.experimental), --browser-tools (lists browser-shaped tools, like a browser server).
 Discovery flags: --initialize-gate=PATH (answer initialize only once PATH exists: a slow start whose
 end the test decides), --instructions-env=VAR (the value of $VAR as the InitializeResult's instructions).
 """
@@ -109,6 +111,23 @@ def call_tool(request_id, params: dict) -> None:
         sys.stderr.write(str(args.get("text", "")) + "\n")
         sys.stderr.flush()
         reply(request_id, text("written"))
+    elif name == "big":
+        body = json.dumps(text(str(args.get("fill", "x")) * int(args.get("size", 1 << 20))))
+        head, tail = f'"jsonrpc":"2.0","id":{json.dumps(request_id)}', f'"result":{body}'
+        members = (tail, head) if args.get("id_last") else (head, tail)  # TypeScript servers write the id last
+        line = "{" + ",".join(members) + "}\n"
+        with write_lock:
+            if args.get("gate"):  # half of it, then the rest once the test creates the gate file
+                sys.stdout.write(line[: len(line) // 2])
+                sys.stdout.flush()
+                wait_for_path(args["gate"])
+            sys.stdout.write(line[len(line) // 2 :] if args.get("gate") else line)
+            sys.stdout.flush()
+    elif name == "half":
+        with write_lock:
+            sys.stdout.write('{"result":{"content":[{"type":"text","text":"' + "x" * int(args.get("size", 1 << 18)))
+            sys.stdout.flush()
+        os._exit(4)
     elif name == "grow":
         state.setdefault("ballast", []).append(bytearray(int(args.get("mib", 10)) * 1024 * 1024))
         reply(request_id, text("grown"))
@@ -182,8 +201,12 @@ def handle(message: dict) -> None:
 
 
 def wait_for_gate() -> None:
-    gate = flag_value("--initialize-gate")
-    while gate and not os.path.exists(gate):
+    wait_for_path(flag_value("--initialize-gate"))
+
+
+def wait_for_path(path: str | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while path and not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

@@ -83,6 +83,22 @@ class ToSession(Outgoing):
         return f"ToSession({self.session}, {self.message!r})"
 
 
+class StreamPart:
+    """Bytes of a line being passed to a session as they arrive (streaming.py); `done` ends the line.
+    Until then nothing else may be written to that session: its other messages wait."""
+
+    __slots__ = ("done", "parts", "session")
+
+    def __init__(self, session: int, parts: tuple[bytes | memoryview, ...], done: bool = False) -> None:
+        self.session = session
+        self.parts = parts
+        self.done = done
+
+    def __repr__(self) -> str:
+        size = sum(len(part) for part in self.parts)
+        return f"StreamPart({self.session}, {size} bytes{', done' if self.done else ''})"
+
+
 class StartBackend:
     """The mux needs a backend process and none is running."""
 
@@ -117,7 +133,7 @@ class Log:
         return f"Log({self.text!r})"
 
 
-Action = ToBackend | ToSession | StartBackend | StoreDiscovery | Log
+Action = ToBackend | ToSession | StreamPart | StartBackend | StoreDiscovery | Log
 
 if TYPE_CHECKING:
     Reply: TypeAlias = Callable[[Message], list[Action]]

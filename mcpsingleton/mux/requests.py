@@ -53,7 +53,7 @@ class Requests(Feature):
     def __init__(self, mux: Mux) -> None:
         super().__init__(mux)
         self.pending: dict[int, Pending] = {}
-        self.abandoned: dict[int, None] = {}  # insertion-ordered set of cancelled backend ids
+        self.abandoned: dict[int, int | None] = {}  # cancelled backend id → the session that asked, in order
         self._next_id = 0
 
     def new_id(self) -> int:
@@ -101,7 +101,7 @@ class Requests(Feature):
             session.inflight.pop(id_key(pending.original_id), None)
         if pending.token is not None:
             self.mux.progress.release(pending.token)
-        self.abandoned[backend_id] = None
+        self.abandoned[backend_id] = pending.session
         if len(self.abandoned) > ABANDONED_MEMORY:
             del self.abandoned[next(iter(self.abandoned))]
         return [ToBackend(cancel(backend_id, reason))]
@@ -149,6 +149,18 @@ class Requests(Feature):
         if "error" in envelope.members:
             self.mux.stats["errors"] += 1
         return [ToSession(session.sid, None, Spliced(line, envelope.id_span, encode_id(original_id)))]
+
+    def streamed(self, backend_id: int) -> list[Action]:
+        """A reply streamed to its asker has ended (streaming.py): `answer_spliced`'s bookkeeping."""
+        pending = self.pending.pop(backend_id, None)
+        if pending is None:
+            return []  # cancelled while it streamed, or its session left
+        session = self.mux.sessions.get(pending.session) if pending.session is not None else None
+        if session is not None and pending.original_id is not None:
+            session.inflight.pop(id_key(pending.original_id), None)
+        if pending.token is not None:
+            self.mux.progress.release(pending.token)
+        return []
 
     def _as_asked(
         self, pending: Pending, original_id: Id, session: Session, message: Message, log: list[Action]

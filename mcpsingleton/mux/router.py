@@ -20,7 +20,7 @@ from __future__ import annotations
 from .. import jsonrpc
 from ..envelope import Envelope, scan
 from ..jsonrpc import Id, Invalid, Message
-from . import eras, failures, resume
+from . import eras, failures, resume, streaming
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .batches import Batches
@@ -76,6 +76,7 @@ class Mux:
             "rejected": 0,  # session lines refused: unparseable, not JSON-RPC, or failing inside the mux
             "internal_errors": 0,  # exceptions caught while handling one input: each one is a bug
             "fast_path": 0,  # lines passed on as written with only their id replaced (big ones only)
+            "streamed": 0,  # of those, backend replies passed on as they arrived (streaming.py)
         }
         self.backend = BackendView()
         self.handshake = Handshake(self, {"name": client_name, "version": version})
@@ -233,6 +234,16 @@ class Mux:
         self.backend.handle("exited")
         text = f"mcpsingleton: {reason}"
         return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
+
+    def stream_from_backend(self, line_head: bytes) -> streaming.BackendStream | None:
+        """The backend is writing a line too long to wait for: a stream for it, or None (wait for its end).
+
+        The stream's `start(line_head)` gives the first actions; like every entry point, nothing raises."""
+        try:
+            return streaming.open_stream(self, line_head)
+        except Exception:  # the line then takes the full path at its end, which reports what is wrong
+            self.stats["internal_errors"] += 1
+            return None
 
     def from_backend(self, line: bytes) -> list[Action]:
         """One line of the backend's stdout."""

@@ -1,0 +1,376 @@
+"""Big backend replies stream through the broker (mux/streaming.py): the head decides, the rest passes as it
+arrives, the id is spliced at the head or read from the end; nothing the session sees differs from the
+full path, and every way a stream can go wrong leaves the session with an answer.
+
+Layers: envelope.head / envelope.tail (property tests against json.loads), the mux's streams (sans-IO,
+against the full path), LineReader's hand-off, then real sessions through a real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RawClient, result_text, shim
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mux_harness import Harness
+
+from mcpsingleton import envelope, jsonrpc
+from mcpsingleton.mux import StreamPart
+from mcpsingleton.mux.streaming import HOLD, STREAM_FROM
+from mcpsingleton.streams import LineReader
+
+FILL = 'x " \\ é \u2028 '
+RESULT = {"content": [{"type": "text", "text": FILL * (STREAM_FROM // 4)}]}
+
+# ---- envelope.head and envelope.tail: sound for any JSON object ---------------------------------
+
+keys = st.text(min_size=1, max_size=6)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3))
+objects = st.dictionaries(keys, values, min_size=1, max_size=6)
+
+
+def dumped(value: Any, spaced: bool) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ") if spaced else (",", ":")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects, st.booleans())
+def test_every_member_tail_reports_is_a_top_level_member_with_that_value(value: dict[str, Any], spaced: bool) -> None:
+    line = dumped(value, spaced)
+    members = envelope.tail(line)
+    if members is None:  # a key written with escapes was reached: refused, never guessed
+        assert any(b"\\" in dumped(key, False) for key in value)
+        return
+    for key, (start, end) in members.items():
+        assert json.loads(line[start:end]) == value[key]
+    last_key = list(value)[-1]
+    last = value[last_key]
+    if not isinstance(last, list | dict) and b"\\" not in dumped(last, False):
+        assert last_key in members  # a simple last member is always found
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects, st.booleans(), st.integers(1, 400))
+def test_every_member_head_reports_is_complete_and_the_open_one_is_cut(
+    value: dict[str, Any], spaced: bool, cut: int
+) -> None:
+    line = dumped(value, spaced)
+    opened = envelope.head(line[: min(cut, len(line) - 1)])
+    if opened is None:
+        return
+    assert list(opened.members) == list(value)[: len(opened.members)]
+    for key, (start, end) in opened.members.items():
+        assert json.loads(line[start:end]) == value[key]
+    assert opened.open_key in value and opened.open_key not in opened.members
+
+
+def test_tail_refuses_what_it_cannot_vouch_for() -> None:
+    assert envelope.tail(b'"x","id":1') is None  # not the end of an object
+    assert envelope.tail(b'a\\"id":7}') is None  # the key's quote is escaped
+    assert envelope.tail(b'"id":7}') is None  # the byte before the key is not seen
+    assert envelope.tail(b'"a\\"b"}') == {}  # a value with escapes ends the reading
+    assert envelope.tail(b'x"},"jsonrpc":"2.0","id":7}\r') == {"id": (25, 26), "jsonrpc": (14, 19)}
+
+
+def test_head_reads_up_to_the_open_member() -> None:
+    line = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"xxxx'
+    opened = envelope.head(line)
+    assert opened is not None and list(opened.members) == ["jsonrpc", "id"] and opened.open_key == "result"
+    assert opened.body == {} and opened.body_open == "content"
+    assert envelope.head(b'{"result":{},"id":1}') is None  # complete: nothing is open
+    assert envelope.head(b'{"jsonrpc":"2.0"\x01,"result":{"a":"xx') is None  # a control byte in the head
+
+
+# ---- the mux's streams ------------------------------------------------------------------------
+
+
+def reply_line(backend_id: int, result: dict[str, Any], id_last: bool) -> bytes:
+    head, body = f'"jsonrpc":"2.0","id":{backend_id}', f'"result":{json.dumps(result)}'
+    return ("{" + ",".join((body, head) if id_last else (head, body)) + "}").encode()
+
+
+def streamed(h: Harness, line: bytes, chunk: int = 50_000) -> dict[int, bytes] | None:
+    """Feed `line` to the mux as the broker does when it arrives in `chunk`-sized reads: what each session got."""
+    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
+    if stream is None:
+        return None
+    got: dict[int, bytearray] = {}
+    actions = stream.start(line[:STREAM_FROM])
+    rest = line[STREAM_FROM:]
+    while len(rest) > chunk:
+        actions += stream.more(rest[:chunk])
+        rest = rest[chunk:]
+    actions += stream.end(rest)
+    h.perform([action for action in actions if not isinstance(action, StreamPart)])
+    for action in actions:
+        if isinstance(action, StreamPart):
+            for part in action.parts:
+                got.setdefault(action.session, bytearray()).extend(part)
+    return {sid: bytes(data) for sid, data in got.items()}
+
+
+def asked(h: Harness, sid: int, request_id: jsonrpc.Id, arguments: dict[str, Any] | None = None) -> int:
+    """A session asks for a big result (what was recorded before is forgotten); the backend's id of it."""
+    h.clear()
+    h.request(sid, request_id, "tools/call", {"name": "big", "arguments": arguments or {}})
+    return h.last_request("tools/call")["id"]
+
+
+@pytest.mark.parametrize("id_last", [False, True])
+def test_a_big_reply_streams_to_its_asker_under_its_own_id(id_last: bool) -> None:
+    h = Harness()
+    h.open(1)
+    h.open(2)
+    backend_id = asked(h, 1, "mine")
+    got = streamed(h, reply_line(backend_id, RESULT, id_last))
+    assert got is not None and list(got) == [1]
+    assert got[1].endswith(b"\n") and got[1].count(b"\n") == 1
+    assert json.loads(got[1]) == {"jsonrpc": "2.0", "id": "mine", "result": RESULT}
+    assert h.mux.requests.pending == {} and h.mux.sessions[1].inflight == {}
+    assert h.mux.stats["streamed"] == 1 and not h.mux.busy(1)
+
+
+def test_a_progress_token_is_released_when_the_streamed_reply_ends() -> None:
+    h = Harness()
+    h.open(1)
+    h.request(1, 5, "tools/call", {"name": "big", "_meta": {"progressToken": "p"}})
+    backend_id = h.last_request("tools/call")["id"]
+    assert h.mux.progress.owners
+    assert streamed(h, reply_line(backend_id, RESULT, True)) is not None
+    assert h.mux.progress.owners == {}
+
+
+def test_with_the_id_last_only_a_backend_owing_one_request_streams() -> None:
+    h = Harness()
+    h.open(1)
+    h.open(2)
+    first = asked(h, 1, 1)
+    asked(h, 2, 1)
+    assert streamed(h, reply_line(first, RESULT, True)) is None  # two owed: the asker is known only at the end
+    assert streamed(h, reply_line(first, RESULT, False)) is not None  # the id at the head names it
+
+
+def test_a_cancelled_request_of_another_session_stops_streams_whose_id_comes_last() -> None:
+    h = Harness()
+    h.open(1)
+    h.open(2)
+    asked(h, 2, 1)
+    h.notify(2, "notifications/cancelled", {"requestId": 1})
+    mine = asked(h, 1, 1)
+    assert streamed(h, reply_line(mine, RESULT, True)) is None  # it could be session 2's late reply
+    assert streamed(h, reply_line(mine, RESULT, False)) is not None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"' + b"x" * STREAM_FROM,
+        b'{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"' + b"x" * STREAM_FROM,
+        b'{"jsonrpc":"2.0","id":1,"result":"' + b"x" * STREAM_FROM,  # a result that is not an object
+        b'{"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t"},"x":"' + b"x" * STREAM_FROM,
+        b'{"jsonrpc":"1.0","id":1,"result":{"x":"' + b"x" * STREAM_FROM,
+        b'{"jsonrpc":"2.0","id":99,"result":{"x":"' + b"x" * STREAM_FROM,  # nobody asked 99
+        b'[{"jsonrpc":"2.0","id":1,"result":{"x":"' + b"x" * STREAM_FROM,
+    ],
+)
+def test_lines_that_need_the_full_path_do_not_stream(line: bytes) -> None:
+    h = Harness()
+    h.open(1)
+    asked(h, 1, 1)
+    assert h.mux.stream_from_backend(line[:STREAM_FROM]) is None
+
+
+def test_the_brokers_own_requests_and_batches_do_not_stream() -> None:
+    h = Harness()
+    h.open(1)
+    h.perform(h.mux.ask_tools(lambda tools: []))
+    own = h.last_request("tools/list")["id"]
+    assert streamed(h, reply_line(own, RESULT, False)) is None
+    h.send(1, [jsonrpc.request(7, "tools/call", {"name": "big"}), jsonrpc.request(8, "tools/call", {"name": "b"})])
+    batched = h.last_request("tools/call")["id"]
+    assert streamed(h, reply_line(batched, RESULT, False)) is None
+
+
+def test_a_reply_that_does_not_end_with_its_id_fails_its_request_and_a_late_reply_is_dropped() -> None:
+    h = Harness()
+    h.open(1)
+    backend_id = asked(h, 1, "mine")
+    wrong = reply_line(backend_id + 1000, RESULT, True)
+    got = streamed(h, wrong)
+    assert got is not None and got[1] == wrong + b"\n"  # as the backend wrote it
+    (error,) = h.replies(1)
+    assert error["id"] == "mine" and error["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    h.clear()
+    h.from_backend(reply_line(backend_id, {"content": []}, False))
+    assert h.take(1) == [] and h.mux.stats["internal_errors"] == 0
+
+
+def test_a_stream_cut_short_ends_the_line_and_the_lost_backend_fails_the_request() -> None:
+    h = Harness()
+    h.open(1)
+    backend_id = asked(h, 1, "mine")
+    line = reply_line(backend_id, RESULT, True)
+    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
+    assert stream is not None
+    parts = stream.start(line[:STREAM_FROM]) + stream.more(line[STREAM_FROM : STREAM_FROM + 5000]) + stream.abort()
+    sent = b"".join(bytes(part) for action in parts for part in action.parts)
+    assert sent == line[: STREAM_FROM + 5000] + b"\n"  # the held bytes too, then the line ends
+    assert parts[-1].done and stream.abort() == [] and stream.more(b"late") == []
+    assert h.mux.busy(1)
+    h.crash()
+    assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
+
+
+def test_a_failure_inside_a_stream_ends_the_line_and_answers_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    h.open(1)
+    backend_id = asked(h, 1, "mine")
+    line = reply_line(backend_id, RESULT, True)
+    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
+    assert stream is not None
+    monkeypatch.setattr(envelope, "tail", lambda line: 1 / 0)
+    actions = stream.start(line[:STREAM_FROM]) + stream.end(line[STREAM_FROM:])
+    assert [a.done for a in actions if isinstance(a, StreamPart)][-1]
+    h.perform([a for a in actions if not isinstance(a, StreamPart)])
+    assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert h.mux.stats["internal_errors"] == 1 and not h.mux.busy(1)
+
+
+def test_held_bytes_are_only_the_last_ones() -> None:
+    h = Harness()
+    h.open(1)
+    backend_id = asked(h, 1, 1)
+    line = reply_line(backend_id, RESULT, True)
+    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
+    assert stream is not None
+    out = b"".join(bytes(p) for a in stream.start(line[:STREAM_FROM]) for p in a.parts)
+    assert out == line[: STREAM_FROM - HOLD]
+
+
+def test_the_fast_path_setting_off_turns_streaming_off() -> None:
+    h = Harness(fast_path_from=float("inf"))
+    h.open(1)
+    backend_id = asked(h, 1, 1)
+    assert streamed(h, reply_line(backend_id, RESULT, False)) is None
+
+
+# ---- LineReader hands the rest of a line to its sink ----------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ended: bytes | None = None
+        self.aborted = False
+
+    def more(self, data: bytes) -> None:
+        self.data += data
+
+    def end(self, data: bytes) -> None:
+        self.ended = bytes(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_line_reader_streams_the_rest_of_a_line_and_splits_what_follows() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        reader = LineReader(read_end, 1 << 31)
+        sink = Sink()
+        offered: list[bytes] = []
+        assert reader.feed(b'{"a":1}\n{"big":"' + b"y" * 100) == ([b'{"a":1}'], False)
+        reader.stream(1000, lambda head: offered.append(head) or sink)  # too short yet: not offered
+        assert offered == []
+        reader.feed(b"y" * 2000)
+        reader.stream(1000, lambda head: offered.append(head) or sink)
+        assert len(offered) == 1 and offered[0].startswith(b'{"big"')
+        assert reader.feed(b"z" * 10) == ([], False) and sink.data == b"z" * 10
+        lines, _ = reader.feed(b'zz"}\n{"b":2}\n')
+        assert sink.ended == b'zz"}' and lines == [b'{"b":2}']
+        declined = LineReader(read_end, 1 << 31)
+        declined.feed(b"q" * 2000)
+        declined.stream(1000, lambda head: None)
+        declined.stream(1000, lambda head: pytest.fail("offered twice"))
+        assert declined.feed(b"\n") == ([b"q" * 2000], False)
+        cut = LineReader(read_end, 1 << 31)
+        cut.feed(b"r" * 2000)
+        cut_sink = Sink()
+        cut.stream(1000, lambda head: cut_sink)
+        os.close(write_end)
+        write_end = -1
+        assert cut.read() == ([], False, True) and cut_sink.aborted
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+# ---- real sessions through a real broker ------------------------------------------------------
+
+
+def raw_lines(client: RawClient, until: bytes, timeout: float = 20.0) -> list[bytes]:
+    """Raw lines from the client's stdout up to and including the first that contains `until`."""
+    assert client.process.stdout is not None
+    fd, lines, deadline = client.process.stdout.fileno(), [], time.monotonic() + timeout
+    while True:
+        while b"\n" in client.buffer:
+            line, client.buffer = client.buffer.split(b"\n", 1)
+            lines.append(line)
+            if until in line:
+                return lines
+        assert select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0], f"no {until!r} in time"
+        chunk = os.read(fd, 1 << 20)
+        assert chunk, "the session's stdout closed"
+        client.buffer += chunk
+
+
+def received_before(client: RawClient, count: int, timeout: float = 20.0) -> int:
+    """Read raw bytes until `count` arrived (kept in the buffer); how many did."""
+    assert client.process.stdout is not None
+    fd, deadline = client.process.stdout.fileno(), time.monotonic() + timeout
+    while len(client.buffer) < count and select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        client.buffer += os.read(fd, 1 << 20)
+    return len(client.buffer)
+
+
+@pytest.mark.parametrize("id_last", [False, True])
+def test_a_session_gets_a_big_reply_before_the_backend_finished_writing_it(
+    home: Path, fake_server: list[str], tmp_path: Path, id_last: bool
+) -> None:
+    asker, bystander = RawClient(shim(fake_server)), RawClient(shim(fake_server))
+    asker.initialize()
+    bystander.initialize()
+    gate, size = tmp_path / "gate", 4 << 20
+    arguments = {"size": size, "gate": str(gate), "id_last": id_last}
+    request_id = asker.request("tools/call", {"name": "big", "arguments": arguments})
+    arrived = received_before(asker, 1 << 20)
+    gate.touch()  # only now does the backend write the second half
+    assert arrived >= 1 << 20, "nothing of the reply arrived before its end was written"
+    (line,) = raw_lines(asker, b'"jsonrpc"')
+    reply = json.loads(line)
+    assert reply["id"] == request_id and len(result_text(reply)) == size
+    assert result_text(bystander.call("echo", {"text": "and me"})) == "and me"
+    assert result_text(asker.call("echo", {"text": "next"})) == "next"
+    assert asker.close() == 0 and bystander.close() == 0
+
+
+def test_a_backend_lost_in_the_middle_of_a_streamed_reply(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    request_id = client.request("tools/call", {"name": "half", "arguments": {"size": 1 << 20}})
+    cut, error = raw_lines(client, b'"error"')
+    assert cut.startswith(b'{"result":{"content":') and len(cut) >= 1 << 20  # ended where it stopped
+    reply = json.loads(error)
+    assert reply["id"] == request_id and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert "killed" in reply["error"]["message"] or "exited" in reply["error"]["message"]
+    assert result_text(client.call("echo", {"text": "after"})) == "after"  # a new backend
+    assert client.close() == 0
