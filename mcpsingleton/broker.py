@@ -29,7 +29,7 @@ from .handover import Lifetime
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
-from .mux import Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
+from .mux import BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .sessions import Sessions
 from .slots import Slots
 
@@ -107,6 +107,8 @@ class Broker:
                 self.sessions.deliver(action)
             elif isinstance(action, StreamPart):
                 self.sessions.stream(action)
+            elif isinstance(action, BackendPart):
+                slot.send_part(action)
             elif isinstance(action, ToBackend):
                 slot.send(action)
             elif isinstance(action, Log):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -145,10 +146,27 @@ def notification(method: str, params: dict[str, Any] | None = None) -> Message:
     return message
 
 
+def _not_serializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _compact_encoder() -> Callable[[object], str]:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, without the encoder that json.dumps
+    builds on every call (~2 µs of a small message's ~4 µs: the broker encodes every message it routes)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python): the plain call
+        return lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    chunks = make(None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _compact_encoder()
+
+
 def encode(message: Message | list[Message]) -> bytes:
     """One line of compact JSON; non-ASCII kept as UTF-8 (escaped only when it holds lone surrogates)."""
     try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        text = _dumps(message)
     except RecursionError:
         return _encode_deep(message)
     try:

@@ -14,8 +14,9 @@ import time
 from . import jsonrpc, wire
 from .listener import close_fds, discard
 from .mux import StreamPart, ToSession
+from .mux.streaming import STREAM_FROM
 from .sharing import SHARED
-from .streams import LineReader, Outbox, write_if_room
+from .streams import LineReader, Outbox, Relay, write_if_room
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Sessions:
         self.loop = broker.loop
         self.log = broker.log
         self.by_sid: dict[int, Session] = {}
+        self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
         self.next_sid = 0
 
     def __len__(self) -> int:
@@ -182,10 +184,20 @@ class Sessions:
                 self.broker.slots.place(session)
         if session.sid in self.by_sid:
             self._sync_state(session)
+            if not at_eof:
+                session.reader.stream(STREAM_FROM, lambda line_head: self._open_stream(session, line_head))
         if at_eof:
             self._eof(session)
         elif session.slot.fatal is not None and session.sid in self.by_sid:
             self.end(session, 1, session.slot.fatal)
+
+    def _open_stream(self, session: Session, line_head: bytes) -> Relay | None:
+        """A request too long to wait for: passed to the backend as it arrives, when the mux says it may."""
+        stream = session.slot.mux.stream_from_session(session.sid, line_head)
+        if stream is None:
+            return None
+        self.broker.perform(session.slot, stream.start(line_head))
+        return Relay(stream, lambda actions: self.broker.perform(session.slot, actions))
 
     def pause(self, slot: BackendSlot, paused: bool) -> None:
         """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""
@@ -245,7 +257,7 @@ class Sessions:
         """The client closed our stdin: let in-flight replies out (briefly), then detach with status 0."""
         self.loop.remove_reader(session.in_fd)
         if session.slot.mux.busy(session.sid):
-            session.ending = True
+            self._mark_leaving(session)
             self.loop.call_later(END_GRACE, lambda: self.end(session, *self._verdict(session)))
             return
         self.end(session, *self._verdict(session))
@@ -255,9 +267,15 @@ class Sessions:
         """How a session ends: status 0, or 1 with the reason when its backend cannot start."""
         return (0, None) if session.slot.fatal is None else (1, session.slot.fatal)
 
+    def _mark_leaving(self, session: Session) -> None:
+        session.ending = True
+        self.leaving.add(session.sid)
+
     def finish_ending(self) -> None:
-        """Detach the sessions whose stdin closed once nothing of theirs is in flight or unwritten."""
-        for session in self:
+        """Detach the sessions whose stdin closed once nothing of theirs is in flight or unwritten.
+
+        Runs after every message routed: only the sessions that are ending are looked at."""
+        for session in [self.by_sid[sid] for sid in self.leaving if sid in self.by_sid]:
             if (
                 session.ending
                 and not session.slot.mux.busy(session.sid)
@@ -274,6 +292,7 @@ class Sessions:
         for session in self:
             session.handed_over = True
             self.loop.remove_reader(session.in_fd)
+            session.reader.abort_stream()
 
     def end_all(self) -> None:
         for session in self:
@@ -283,7 +302,7 @@ class Sessions:
         """Detach a session after its pending output is written; its shim prints `message` and exits."""
         if session.sid not in self.by_sid:
             return
-        session.ending = True
+        self._mark_leaving(session)
         outbox = session.outbox
         if outbox is not None and outbox.pending and not outbox.broken:
             timer = self.loop.call_later(END_GRACE, lambda: self._drop(session, "ended", code, message))
@@ -299,8 +318,11 @@ class Sessions:
 
     def _drop(self, session: Session, why: str, code: int | None = None, message: str | None = None) -> None:
         """Forget a session; unless its waiter is already gone (`code` None), tell it how to exit."""
-        if self.by_sid.pop(session.sid, None) is None:
+        self.leaving.discard(session.sid)
+        if session.sid not in self.by_sid:
             return
+        session.reader.abort_stream()  # a request it was writing is cut off at the backend
+        del self.by_sid[session.sid]
         self.broker.perform(session.slot, session.slot.mux.close_session(session.sid))
         self.loop.remove_reader(session.in_fd)
         self.loop.remove_reader(session.conn.fileno())
@@ -326,3 +348,4 @@ class Sessions:
             except OSError:
                 pass
         close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
+

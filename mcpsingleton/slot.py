@@ -22,10 +22,10 @@ from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
 from .lifecycle import Lifecycle
 from .logfile import LogFile
-from .mux import Mux, ToBackend
+from .mux import BackendPart, Mux, ToBackend
 from .mux.router import FAST_PATH_ENV, fast_path_threshold
-from .mux.streaming import STREAM_FROM, BackendStream
-from .streams import LineReader, Outbox
+from .mux.streaming import STREAM_FROM
+from .streams import LineReader, Outbox, Relay
 from .wire import BackendStatus
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -86,6 +86,8 @@ class BackendSlot:
         self.backend: Backend | None = None
         self.retired: list[Backend] = []
         self.outbox: Outbox | None = None
+        self.streaming = False  # a session's request is being streamed in: other messages wait in `held`
+        self.held: list[ToBackend] = []
         self.stdout: LineReader | None = None
         self.stderr: LineReader | None = None
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
@@ -118,7 +120,25 @@ class BackendSlot:
         """A message for the backend; pauses the slot's sessions while the backend leaves too much unread."""
         if self.outbox is None:
             return
-        self.outbox.send(*action.parts())
+        if self.streaming:
+            self.held.append(action)  # a session's request is half written: this one follows it
+            return
+        self._write(action.parts())
+
+    def send_part(self, part: BackendPart) -> None:
+        """Part of a session's request streamed to the backend (mux/streaming.py); at its end, what waited follows."""
+        if self.outbox is None:
+            return
+        self._write(part.parts)
+        self.streaming = not part.done
+        if part.done:
+            held, self.held = self.held, []
+            for action in held:
+                self.send(action)
+
+    def _write(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        assert self.outbox is not None
+        self.outbox.send(*parts)
         if len(self.outbox.pending) > PAUSE_AT and not self.paused:
             self.paused = True
             self.counters["backpressure_pauses"] += 1
@@ -196,7 +216,7 @@ class BackendSlot:
         self.backend = backend
         self.outbox = Outbox(self.loop, backend.stdin, lambda exc: self._write_failed(backend, exc))
         self.outbox.on_drained = self._resume
-        self.stdout = LineReader(backend.stdout, 1 << 31)
+        self.stdout = LineReader(backend.stdout, 1 << 31, reuse=True)
         self.stderr = LineReader(backend.stderr, 1 << 20)
         self.loop.add_reader(backend.stdout, lambda: self._readable(backend))
         self.loop.add_reader(backend.stderr, self._stderr_readable)
@@ -228,12 +248,13 @@ class BackendSlot:
         elif self.life.state == lifecycle.RUNNING:
             self.stdout.stream(STREAM_FROM, self._open_stream)
 
-    def _open_stream(self, line_head: bytes) -> StreamRelay | None:
+    def _open_stream(self, line_head: bytes) -> Relay | None:
+        """A reply too long to wait for: passed to its session as it arrives, when the mux says it may."""
         stream = self.mux.stream_from_backend(line_head)
         if stream is None:
             return None
         self.host.perform(self, stream.start(line_head))
-        return StreamRelay(self, stream)
+        return Relay(stream, lambda actions: self.host.perform(self, actions))
 
     def _stderr_readable(self) -> None:
         assert self.stderr is not None
@@ -274,6 +295,8 @@ class BackendSlot:
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
+        self.streaming = False
+        self.held = []  # what they were is failed with everything the backend owed
         self._resume()
         self.retired.append(backend)
         return backend
@@ -374,22 +397,3 @@ class BackendSlot:
         self.counters["limit_restarts"] += 1
         self._replace(backend, reason)
 
-
-class StreamRelay:
-    """The broker's side of a backend reply streamed to its session: the stream's actions, performed as
-    the reply's bytes arrive (mux/streaming.py decides them; this only carries them out)."""
-
-    __slots__ = ("slot", "stream")
-
-    def __init__(self, slot: BackendSlot, stream: BackendStream) -> None:
-        self.slot = slot
-        self.stream = stream
-
-    def more(self, data: bytes) -> None:
-        self.slot.host.perform(self.slot, self.stream.more(data))
-
-    def end(self, data: bytes) -> None:
-        self.slot.host.perform(self.slot, self.stream.end(data))
-
-    def abort(self) -> None:
-        self.slot.host.perform(self.slot, self.stream.abort())

@@ -223,8 +223,14 @@ def main() -> None:
     if "--grandchild" in sys.argv:
         children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
     for line in sys.stdin:
-        if line.strip():
-            handle(json.loads(line))
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError:  # as the SDKs' servers do: the line is reported and dropped
+            sys.stderr.write(f"fake server: unparseable line of {len(line)} bytes\n")
+            continue
+        handle(message)
     if "--no-exit-on-eof" in sys.argv or state.get("stay"):
         time.sleep(600)
 

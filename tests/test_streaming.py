@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mux_harness import Harness
 
 from mcpsingleton import envelope, jsonrpc
-from mcpsingleton.mux import StreamPart
+from mcpsingleton.mux import BackendPart, StreamPart
 from mcpsingleton.mux.streaming import HOLD, STREAM_FROM
 from mcpsingleton.streams import LineReader
 
@@ -32,7 +32,8 @@ RESULT = {"content": [{"type": "text", "text": FILL * (STREAM_FROM // 4)}]}
 # ---- envelope.head and envelope.tail: sound for any JSON object ---------------------------------
 
 keys = st.text(min_size=1, max_size=6)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=8))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3))
 objects = st.dictionaries(keys, values, min_size=1, max_size=6)
 
@@ -108,7 +109,7 @@ def streamed(h: Harness, line: bytes, chunk: int = 50_000) -> dict[int, bytes] |
     while len(rest) > chunk:
         actions += stream.more(rest[:chunk])
         rest = rest[chunk:]
-    actions += stream.end(rest)
+    actions += stream.end(rest + b"\n")
     h.perform([action for action in actions if not isinstance(action, StreamPart)])
     for action in actions:
         if isinstance(action, StreamPart):
@@ -237,7 +238,7 @@ def test_a_failure_inside_a_stream_ends_the_line_and_answers_the_request(monkeyp
     stream = h.mux.stream_from_backend(line[:STREAM_FROM])
     assert stream is not None
     monkeypatch.setattr(envelope, "tail", lambda line: 1 / 0)
-    actions = stream.start(line[:STREAM_FROM]) + stream.end(line[STREAM_FROM:])
+    actions = stream.start(line[:STREAM_FROM]) + stream.end(line[STREAM_FROM:] + b"\n")
     assert [a.done for a in actions if isinstance(a, StreamPart)][-1]
     h.perform([a for a in actions if not isinstance(a, StreamPart)])
     assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
@@ -295,7 +296,7 @@ def test_line_reader_streams_the_rest_of_a_line_and_splits_what_follows() -> Non
         assert len(offered) == 1 and offered[0].startswith(b'{"big"')
         assert reader.feed(b"z" * 10) == ([], False) and sink.data == b"z" * 10
         lines, _ = reader.feed(b'zz"}\n{"b":2}\n')
-        assert sink.ended == b'zz"}' and lines == [b'{"b":2}']
+        assert sink.ended == b'zz"}\n' and lines == [b'{"b":2}']
         declined = LineReader(read_end, 1 << 31)
         declined.feed(b"q" * 2000)
         declined.stream(1000, lambda head: None)
@@ -374,3 +375,194 @@ def test_a_backend_lost_in_the_middle_of_a_streamed_reply(home: Path, fake_serve
     assert "killed" in reply["error"]["message"] or "exited" in reply["error"]["message"]
     assert result_text(client.call("echo", {"text": "after"})) == "after"  # a new backend
     assert client.close() == 0
+
+
+# ---- a session's big request streams to the backend ----------------------------------------------
+
+
+def request_line(request_id: jsonrpc.Id, params: dict[str, Any], id_last: bool, method: str = "tools/call") -> bytes:
+    """As the SDKs write a request: Python's id first, TypeScript's last (with `_meta` ending the params)."""
+    if id_last:
+        return json.dumps({"method": method, "params": params, "jsonrpc": "2.0", "id": request_id}).encode()
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
+
+
+def sent_in(h: Harness, sid: int, line: bytes, chunk: int = 50_000) -> tuple[bytes, list[Any]] | None:
+    """Stream a session's line into the mux in `chunk`-sized reads: the bytes the backend got, and the rest."""
+    stream = h.mux.stream_from_session(sid, line[:STREAM_FROM])
+    if stream is None:
+        return None
+    actions = stream.start(line[:STREAM_FROM])
+    rest = line[STREAM_FROM:]
+    while len(rest) > chunk:
+        actions += stream.more(rest[:chunk])
+        rest = rest[chunk:]
+    actions += stream.end(rest + b"\n")
+    got = b"".join(bytes(part) for action in actions if isinstance(action, BackendPart) for part in action.parts)
+    return got, h.perform([action for action in actions if not isinstance(action, BackendPart)])
+
+
+def without_meta(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if key != "_meta"}
+
+
+BIG_ARGS = {"name": "echo", "arguments": {"text": FILL * (STREAM_FROM // 2)}}
+
+
+@pytest.mark.parametrize("id_last", [False, True])
+def test_a_big_request_streams_under_a_fresh_backend_id_and_its_reply_comes_back(id_last: bool) -> None:
+    h = Harness()
+    h.open(1)
+    h.open(2)
+    h.clear()
+    before = h.mux.stats["requests"]
+    sent = sent_in(h, 1, request_line("req-1", BIG_ARGS, id_last))
+    assert sent is not None
+    got, rest = sent
+    assert rest == [] and got.endswith(b"\n") and got.count(b"\n") == 1
+    forwarded = json.loads(got)
+    assert forwarded["params"] == BIG_ARGS and forwarded["method"] == "tools/call"
+    (backend_id,) = h.mux.requests.pending
+    assert forwarded["id"] == backend_id and h.mux.busy(1) and h.mux.stats["requests"] == before + 1
+    h.answer(forwarded, {"content": []})
+    assert h.only_reply(1) == {"jsonrpc": "2.0", "id": "req-1", "result": {"content": []}}
+    assert h.mux.inbound is None and not h.mux.busy(1)
+
+
+def test_a_typescript_progress_token_at_the_end_is_rewritten_like_the_full_path_does() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    params = {**BIG_ARGS, "_meta": {"progressToken": 3}}
+    sent = sent_in(h, 1, request_line(3, params, id_last=True))
+    assert sent is not None
+    forwarded = json.loads(sent[0])
+    backend_id = forwarded["id"]
+    assert forwarded["params"]["_meta"] == {"progressToken": backend_id}
+    h.from_backend(jsonrpc.notification("notifications/progress", {"progressToken": backend_id, "progress": 1}))
+    (note,) = h.notes_to(1, "notifications/progress")
+    assert note["params"]["progressToken"] == 3
+    h.answer(forwarded)
+    assert h.mux.progress.owners == {}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {**BIG_ARGS, "later": {"_meta": {"progressToken": 1}}, "x": "a\\b"},  # `_meta` not where it can be read
+        {**BIG_ARGS, "_meta": {"progressToken": 1, "other": True}},  # more than a token
+        {**BIG_ARGS, "\u005fmeta": 1},  # json.dumps writes it plainly; escaped below
+    ],
+)
+@pytest.mark.parametrize("id_last", [False, True])
+def test_a_meta_after_the_head_sends_the_request_in_full(params: dict[str, Any], id_last: bool) -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(9, params, id_last).replace(b'"_meta": 1', b'"\\u005fmeta": 1')
+    sent = sent_in(h, 1, line)
+    assert sent is not None
+    got, _ = sent
+    cut, full = got.split(b"\n")[0], h.backend[-1]
+    original = json.loads(line)["params"]
+    assert without_meta(full["params"]) == without_meta(original)
+    assert len(h.backend_requests("tools/call")) == 1 and full["params"]["name"] == "echo"
+    if cut:  # what the backend had is cut off: a line that does not parse
+        with pytest.raises(ValueError):
+            json.loads(cut)
+    assert any("not passed on as it came" in text for text in h.logs)
+    (backend_id,) = h.mux.requests.pending
+    assert full["id"] == backend_id
+    h.answer(full)
+    assert h.only_reply(1)["id"] == 9
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        request_line(1, {"_meta": {"progressToken": 1}, **BIG_ARGS}, id_last=False),  # `_meta` first: full path
+        request_line(1, BIG_ARGS, id_last=False, method="resources/subscribe"),  # the router answers it
+        request_line(1, BIG_ARGS, id_last=False, method="initialize"),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/roots/list_changed", "params": BIG_ARGS}).encode(),
+        json.dumps({"jsonrpc": "2.0", "id": True, "method": "tools/call", "params": BIG_ARGS}).encode(),
+        json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": BIG_ARGS}]).encode(),
+    ],
+)
+def test_requests_the_router_must_read_whole_do_not_stream(line: bytes) -> None:
+    h = Harness()
+    h.open(1)
+    assert h.mux.stream_from_session(1, line[:STREAM_FROM]) is None
+
+
+def test_one_request_streams_at_a_time_and_a_parked_session_or_a_backend_not_ready_waits() -> None:
+    h = Harness()
+    h.open(1)
+    h.open(2)
+    line = request_line(1, BIG_ARGS, id_last=False)
+    first = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    assert first is not None and h.mux.stream_from_session(2, line[:STREAM_FROM]) is None
+    first.abort()
+    assert h.mux.stream_from_session(2, line[:STREAM_FROM]) is not None
+    waiting = Harness(auto_initialize=False)
+    waiting.perform(waiting.mux.open_session(1))
+    assert waiting.mux.stream_from_session(1, line[:STREAM_FROM]) is None
+
+
+def test_a_request_whose_id_never_comes_is_sent_in_full() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = json.dumps({"method": "notifications/custom", "params": BIG_ARGS, "jsonrpc": "2.0"}).encode()
+    sent = sent_in(h, 1, line)
+    assert sent is not None and h.backend_notes("notifications/custom") and h.mux.requests.pending == {}
+
+
+def test_a_session_that_leaves_mid_request_cuts_the_backends_line_and_is_forgotten() -> None:
+    h = Harness()
+    h.open(1)
+    line = request_line(1, BIG_ARGS, id_last=False)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    assert stream is not None
+    parts = stream.start(line[:STREAM_FROM]) + stream.abort()
+    assert isinstance(parts[-2], BackendPart) and parts[-2].parts == (b"\n",) and parts[-2].done
+    assert h.mux.requests.pending == {} and not h.mux.busy(1) and h.mux.inbound is None
+
+
+@pytest.mark.parametrize("id_last", [False, True])
+def test_a_backend_lost_mid_request(id_last: bool) -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line("r", BIG_ARGS, id_last)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    assert stream is not None
+    first = stream.start(line[:STREAM_FROM])
+    assert first and all(isinstance(action, BackendPart) for action in first)
+    h.crash()
+    h.start()  # a new backend, ready
+    later = stream.more(line[STREAM_FROM:-10]) + stream.end(line[-10:] + b"\n")
+    assert not any(isinstance(action, BackendPart) for action in later)  # nothing of it reaches the new one
+    h.perform(later)
+    if id_last:  # nobody knew the request: it goes to the new backend in full
+        (resent,) = h.backend_requests("tools/call")
+        h.answer(resent)
+        assert h.only_reply(1)["result"] == {}
+    else:  # it failed with what the lost backend owed
+        assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
+        assert h.backend_requests("tools/call") == []
+
+
+def test_meta_split_between_two_reads_is_seen() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(4, {**BIG_ARGS, "z": {"_meta": 1}}, id_last=False)
+    cut_at = line.index(b'"_meta"') + 3
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    assert stream is not None
+    actions = stream.start(line[:STREAM_FROM]) + stream.more(line[STREAM_FROM:cut_at])
+    actions += stream.more(line[cut_at : cut_at + 10])
+    passed = b"".join(bytes(p) for a in actions if isinstance(a, BackendPart) for p in a.parts)
+    assert passed.endswith(b'"_m')  # what follows the split did not pass
+    h.perform(stream.end(line[cut_at + 10 :] + b"\n"))
+    assert h.backend_requests("tools/call")[-1]["params"]["z"] == {"_meta": 1}

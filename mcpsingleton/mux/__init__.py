@@ -8,7 +8,7 @@ One module per protocol feature, each owning its state (see docs/ARCHITECTURE.md
 the facade the broker uses and the one place where methods are routed.
 """
 
-from .actions import Action, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
+from .actions import Action, BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .backend_state import IllegalTransition
 from .handshake import HANDSHAKE_VERSIONS, LEGACY_VERSION, LOCAL_METHODS
 from .log_levels import LOG_LEVELS
@@ -22,6 +22,7 @@ __all__ = [
     "LOCAL_METHODS",
     "LOG_LEVELS",
     "Action",
+    "BackendPart",
     "IllegalTransition",
     "Log",
     "Mux",

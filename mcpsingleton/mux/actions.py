@@ -99,6 +99,21 @@ class StreamPart:
         return f"StreamPart({self.session}, {size} bytes{', done' if self.done else ''})"
 
 
+class BackendPart:
+    """Bytes of a session's request being passed to the backend as they arrive (streaming.py); `done` ends
+    the line. Until then nothing else may be written to the backend: other messages wait."""
+
+    __slots__ = ("done", "parts")
+
+    def __init__(self, parts: tuple[bytes | memoryview, ...], done: bool = False) -> None:
+        self.parts = parts
+        self.done = done
+
+    def __repr__(self) -> str:
+        size = sum(len(part) for part in self.parts)
+        return f"BackendPart({size} bytes{', done' if self.done else ''})"
+
+
 class StartBackend:
     """The mux needs a backend process and none is running."""
 
@@ -133,7 +148,7 @@ class Log:
         return f"Log({self.text!r})"
 
 
-Action = ToBackend | ToSession | StreamPart | StartBackend | StoreDiscovery | Log
+Action = ToBackend | ToSession | StreamPart | BackendPart | StartBackend | StoreDiscovery | Log
 
 if TYPE_CHECKING:
     Reply: TypeAlias = Callable[[Message], list[Action]]

@@ -28,8 +28,12 @@ class Progress(Feature):
         meta = params.get("_meta")
         if not isinstance(meta, dict) or "progressToken" not in meta:
             return None
-        self.owners[backend_id] = (session.sid, meta["progressToken"])
         outgoing["params"] = {**params, "_meta": {**meta, "progressToken": backend_id}}
+        return self.adopt(session.sid, meta["progressToken"], backend_id)
+
+    def adopt(self, sid: int, token: Any, backend_id: int) -> int:
+        """Session `sid`'s token `token` travels as `backend_id`; that token, for its request's Pending."""
+        self.owners[backend_id] = (sid, token)
         return backend_id
 
     def release(self, token: int) -> None:

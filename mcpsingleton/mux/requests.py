@@ -67,17 +67,18 @@ class Requests(Feature):
         outgoing = dict(message)
         outgoing["id"] = backend_id
         token = self.mux.progress.claim(session, outgoing, backend_id)
-        self._track(backend_id, Pending(session.sid, message["id"], message["method"], token, on_reply), session)
+        self.track(backend_id, Pending(session.sid, message["id"], message["method"], token, on_reply), session)
         return [ToBackend(outgoing)]
 
     def forward_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action]:
         """`forward` for a request that needs no rewriting but its id (no `_meta`): its bytes pass as written."""
         assert envelope.id is not None and envelope.method is not None and envelope.id_span is not None
         backend_id = self.new_id()
-        self._track(backend_id, Pending(session.sid, envelope.id, envelope.method), session)
+        self.track(backend_id, Pending(session.sid, envelope.id, envelope.method), session)
         return [ToBackend(None, Spliced(line, envelope.id_span, encode_id(backend_id)))]
 
-    def _track(self, backend_id: int, pending: Pending, session: Session) -> None:
+    def track(self, backend_id: int, pending: Pending, session: Session) -> None:
+        """The backend owes `pending` an answer under `backend_id`."""
         assert pending.original_id is not None
         self.pending[backend_id] = pending
         session.inflight[id_key(pending.original_id)] = backend_id

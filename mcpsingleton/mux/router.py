@@ -69,6 +69,7 @@ class Mux:
         entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
+        self.inbound: streaming.SessionStream | None = None  # the session request being streamed in
         self.stats = {
             "requests": 0,  # requests from sessions
             "errors": 0,  # error replies to sessions (the backend's and the broker's own)
@@ -232,6 +233,8 @@ class Mux:
         The sessions stay attached; the next request starts a new backend.
         """
         self.backend.handle("exited")
+        if self.inbound is not None:
+            self.inbound.backend_lost()
         text = f"mcpsingleton: {reason}"
         return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
 
@@ -241,6 +244,14 @@ class Mux:
         The stream's `start(line_head)` gives the first actions; like every entry point, nothing raises."""
         try:
             return streaming.open_stream(self, line_head)
+        except Exception:  # the line then takes the full path at its end, which reports what is wrong
+            self.stats["internal_errors"] += 1
+            return None
+
+    def stream_from_session(self, sid: int, line_head: bytes) -> streaming.SessionStream | None:
+        """A session is writing a line too long to wait for: a stream for it, or None (wait for its end)."""
+        try:
+            return streaming.open_session_stream(self, sid, line_head)
         except Exception:  # the line then takes the full path at its end, which reports what is wrong
             self.stats["internal_errors"] += 1
             return None
