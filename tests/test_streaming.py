@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RawClient, result_text, shim
+from conftest import RawClient, result_text, shim, tapped, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness
@@ -566,3 +566,48 @@ def test_meta_split_between_two_reads_is_seen() -> None:
     assert passed.endswith(b'"_m')  # what follows the split did not pass
     h.perform(stream.end(line[cut_at + 10 :] + b"\n"))
     assert h.backend_requests("tools/call")[-1]["params"]["z"] == {"_meta": 1}
+
+
+def test_a_backend_gets_a_big_request_before_the_session_finished_writing_it(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    client = RawClient(shim(tapped(fake_server, tmp_path)))
+    client.initialize()
+    text = "y" * (4 << 20)
+    line = request_line(77, {"name": "echo", "arguments": {"text": text}}, id_last=False) + b"\n"
+    client.send_raw(line[: 2 << 20])
+    received = wait_for(lambda: (tmp_path / "in.jsonl").stat().st_size > (1 << 20), timeout=20)
+    client.send_raw(line[2 << 20 :])
+    assert received, "nothing of the request reached the backend before its end was written"
+    reply = client.reply_to(77, timeout=30)
+    assert result_text(reply) == text
+    assert client.close() == 0
+
+
+def test_a_typescript_request_with_a_progress_token_at_the_end_gets_its_progress(
+    home: Path, fake_server: list[str]
+) -> None:
+    client, bystander = RawClient(shim(fake_server)), RawClient(shim(fake_server))
+    client.initialize()
+    bystander.initialize()
+    params = {"name": "progress", "arguments": {"steps": 2, "pad": "z" * (1 << 20)}, "_meta": {"progressToken": "t"}}
+    client.send_raw(request_line("ts-1", params, id_last=True) + b"\n")
+    reply = client.reply_to("ts-1", timeout=30)
+    assert result_text(reply) == "2 steps"
+    progress = [m for m in client.seen if m.get("method") == "notifications/progress"]
+    assert [m["params"]["progressToken"] for m in progress] == ["t", "t"]
+    assert result_text(bystander.call("echo", {"text": "unaffected"})) == "unaffected"
+    assert client.close() == 0 and bystander.close() == 0
+
+
+def test_a_session_that_dies_mid_request_costs_the_others_nothing(home: Path, fake_server: list[str]) -> None:
+    dying, bystander = RawClient(shim(fake_server)), RawClient(shim(fake_server))
+    dying.initialize()
+    bystander.initialize()
+    line = request_line(5, {"name": "echo", "arguments": {"text": "q" * (2 << 20)}}, id_last=True)
+    dying.send_raw(line[: 1 << 20])
+    time.sleep(0.2)  # the first MiB is on its way to the backend
+    dying.process.kill()
+    dying.process.wait()
+    assert result_text(bystander.call("echo", {"text": "still here"}, timeout=20)) == "still here"
+    assert bystander.close() == 0
