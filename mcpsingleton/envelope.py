@@ -1,5 +1,7 @@
 """The envelope of one JSON-RPC line, read without decoding its body. Pure functions, no I/O.
 
+`head` and `tail` read the start and the end of a line that is still arriving (mux/streaming.py).
+
 Routing a message needs its kind, `id` and `method`; decoding and re-encoding a 10 MB `result` only to
 change the id costs tens of milliseconds. `scan` walks the top-level object of a line, decodes only
 the small members (`jsonrpc`, `id`, `method`) and skips the others at copy speed: strings with

@@ -8,7 +8,8 @@ closed, the backend lost, the backend ready) go to every feature in `self.featur
 Lines of `fast_path_from` bytes or more are first read as an envelope only (`envelope.scan`): a reply
 or request that needs nothing but a new id passes on as written, its new id spliced in, with the same
 bookkeeping as the full path (`Requests.answer_spliced`, `Requests.forward_spliced`,
-`ServerRequests.answer_spliced`); anything else, and every smaller line, is decoded in full.
+`ServerRequests.answer_spliced`); anything else, and every smaller line, is decoded in full. Lines
+too long to wait for may stream instead (`stream_from_session`, `stream_from_backend`; streaming.py).
 
 The entry points enforce the one rule that keeps a shared broker alive: nothing raised while handling
 one session's or the backend's input escapes to the broker. The offending line is answered (-32603 to

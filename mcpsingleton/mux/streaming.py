@@ -1,24 +1,33 @@
-"""Streaming: a backend reply too long to wait for is passed to its session as it arrives.
+"""Streaming: a line too long to wait for passes through the broker as it arrives, in either direction.
 
-Store-and-forward costs a big reply one more full pipe transfer and a copy of the whole line in the
-broker; a reply streamed through costs neither (bench/bench_big.py). The broker offers the head of a
-line once `STREAM_FROM` bytes of it have arrived without its end (`Mux.stream_from_backend`); the
-head decides. It streams only a `result` whose asker is certain before its end, with nothing for the
-router to do but the id:
+Store-and-forward costs a big message a full copy in the broker and one more full pipe transfer;
+streamed, it costs neither (bench/bench_big.py). The broker offers the head of a line once
+`STREAM_FROM` bytes of it arrived without its end; the head decides, and everything else waits for
+its end as before.
+
+Backend replies (`open_stream`, `BackendStream`): only a `result` whose asker is certain before its
+end, with nothing for the router to do but the id:
 - the head holds the id (Python servers write it first): the pending request it names; or
 - the id comes last (TypeScript servers write `result` first): the backend owes exactly one request,
   and no request abandoned by another session may still be answered (its late reply must never reach
-  this one). The id is then read from the end of the line (`envelope.tail`), the last `HOLD` bytes
-  held back until it arrives.
+  this one). The id is read from the end of the line (`envelope.tail`); the last `HOLD` bytes wait.
 The request must meet the conditions of the spliced path (envelope.py): no reply hook, not a 2026-07-28
-request, not tasks/list, no batch waiting for it, its session attached, and the reply creates no task.
-A progress token is released at the end. Everything else waits for its end as before.
+request, not tasks/list, no batch waiting for it, its session attached, no task created. A progress
+token is released at the end.
+
+Session requests (`open_session_stream`, `SessionStream`): a method the router neither answers nor
+rewrites, the backend ready, the session placed, no `_meta` in the head, and no other request streaming
+to that backend. The id is replaced at the head, or (TypeScript clients) in the held-back tail, where a
+`_meta` holding only a progress token and ending the params is rewritten too. Any other `_meta` may
+only be seen after parts have passed: then the rest waits, the backend's copy is cut off (a broken
+line, which SDK servers drop), and the whole request takes the full path.
 
 What streaming gives up, stated: the bytes after the head are not checked (control bytes, UTF-8,
 structure). A malformed reply reaches its session as the backend wrote it, as on a direct connection;
 when its end does not carry the id it was routed by, the session also gets -32603 for its request. A
-backend lost in the middle of a line: the line is ended there (the client's parser drops it) and the
-request fails as every request of a lost backend does.
+backend lost in the middle of a reply: the line is ended there (the client's parser drops it) and the
+request fails as every request of a lost backend does. A backend lost in the middle of a request: with
+the id first, the request failed with the rest; with the id last, it goes to the next backend in full.
 """
 
 from __future__ import annotations
