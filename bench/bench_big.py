@@ -1,6 +1,8 @@
-"""Big messages: a `tools/call` echo of 1 MB and 10 MB of text, direct vs through mcpsingleton, with the
-envelope fast path on (the default) and off (`MCPSINGLETON_FAST_PATH_FROM=off`), side by side in one
-run; plus the small `tools/call` round trip on server-everything, which must not regress.
+"""Big messages: a `tools/call` echo of 1 MB and 10 MB of text, and a reply of that size to a small
+request, direct vs through mcpsingleton, with the fast path (envelope splicing and streaming) on (the
+default) and off (`MCPSINGLETON_FAST_PATH_FROM=off`), side by side in one run; plus the small
+`tools/call` round trip on server-everything, and a bare relay (bench/relay.py: reads and writes,
+nothing parsed) as the floor of any process between a client and its server.
 
     .venv/bin/python bench/bench_big.py [--quick] [--sizes 1M,10M] [--runs 30] [--before /path/to/mcpsingleton]
 
@@ -93,8 +95,10 @@ class Session:
 def open_variants(server: list[str], before: str | None) -> tuple[dict[str, Session], list[Home]]:
     homes = [Home(), Home()]
     homes[1].env["MCPSINGLETON_FAST_PATH_FROM"] = "off"
+    relay = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")]
     sessions = {
         "direct": Session(server, base_env()),
+        "relay": Session([*relay, *server], base_env()),
         "fast_path": Session(shim_cmd(server), homes[0].env),
         "no_fast_path": Session(shim_cmd(server), homes[1].env),
     }
@@ -138,6 +142,8 @@ def describe(label: str, result: dict[str, Any]) -> None:
 
 
 def bench_sizes(sizes: list[str], runs: int, before: str | None) -> dict[str, Any]:
+    """Per size: the echo (big request, big reply), and a big reply to a small request (`blob`), its id
+    written last as TypeScript servers do (the reply is routed by the one request the backend owes)."""
     sessions, homes = open_variants(server_cmd("fast"), before)
     result: dict[str, Any] = {}
     try:
@@ -145,6 +151,9 @@ def bench_sizes(sizes: list[str], runs: int, before: str | None) -> dict[str, An
             params = {"name": "echo", "arguments": {"text": "x" * SIZES[size]}}
             result[size] = table(measure(sessions, "tools/call", params, runs, SIZES[size]))
             describe(f"echo {size}", result[size])
+            blob = {"name": "blob", "arguments": {"size": SIZES[size], "id_last": True}}
+            result[f"reply {size}"] = table(measure(sessions, "tools/call", blob, runs, SIZES[size]))
+            describe(f"reply {size}", result[f"reply {size}"])
     finally:
         for session in sessions.values():
             session.close()

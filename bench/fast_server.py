@@ -1,8 +1,10 @@
 """A trivial legacy-era MCP stdio server that answers at once: the backend for overhead and throughput
 benchmarks, where the real server's own work must not hide the broker's cost.
 
-Standard library only. Tools: `echo` (returns its `text` argument). Also answers initialize, ping,
-tools/list; notifications are ignored; any other request gets -32601. Exits on stdin EOF.
+Standard library only. Tools: `echo` (returns its `text` argument), `blob` (returns `size` bytes of
+text; with `id_last`, the reply's id is written last, as TypeScript servers do). Also answers
+initialize, ping, tools/list; notifications are ignored; any other request gets -32601. Exits on
+stdin EOF.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ TOOLS = [{
     "name": "echo",
     "description": "Return the text argument.",
     "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+}, {
+    "name": "blob",
+    "description": "Return `size` bytes of text.",
+    "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}, "id_last": {"type": "boolean"}}},
 }]
 
 
@@ -25,8 +31,12 @@ def answer(message: dict) -> dict | None:
     request_id = message["id"]
     params = message.get("params") or {}
     if method == "tools/call":
-        text = str((params.get("arguments") or {}).get("text", ""))
-        return {"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": text}]}}
+        arguments = params.get("arguments") or {}
+        text = "x" * int(arguments.get("size", 0)) if params.get("name") == "blob" else str(arguments.get("text", ""))
+        result = {"content": [{"type": "text", "text": text}]}
+        if arguments.get("id_last"):
+            return {"result": result, "jsonrpc": "2.0", "id": request_id}
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
     if method == "ping":
         return {"jsonrpc": "2.0", "id": request_id, "result": {}}
     if method == "initialize":
