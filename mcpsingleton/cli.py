@@ -339,3 +339,5 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
         return
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
+    if decision.lazy:
+        click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")

@@ -266,6 +266,12 @@ def test_explain_shows_config_override_and_reports_a_broken_config(home: Path) -
     assert len(out.stderr.splitlines()) == 1 and "config.toml" in out.stderr
 
 
+def test_explain_says_when_config_toml_makes_a_server_lazy(home: Path) -> None:
+    assert "lazy:" not in _explain("--", "uvx", "mcp-server-time").stdout
+    (home / "config.toml").write_text('[servers."mcp-server-time"]\nlazy = true\n')
+    assert "lazy:    yes (config.toml)" in _explain("--", "uvx", "mcp-server-time").stdout
+
+
 def test_explain_starts_nothing(home: Path) -> None:
     assert _explain("--json", "--", "mcp-server-time").returncode == 0
     assert not (home / "run").exists()
