@@ -42,6 +42,11 @@ def hostile_lines(rng: random.Random) -> dict[str, bytes]:
         "deep": b"[" * 5000 + b"]" * 5000,
         "batch": json.dumps([{"jsonrpc": "2.0", "method": "notifications/progress", "params": []}, 7]).encode(),
         "bad_utf8": b'{"jsonrpc": "2.0", "method": "x", "params": {"s": "\xff\xfe"}}',
+        # streamed lines (64 KiB or more): cut short, with the id first; and a TypeScript-order end that is broken
+        "big_truncated": b'{"jsonrpc":"2.0","id":"cut","method":"tools/call","params":{"name":"echo","arguments":'
+        + b'{"text":"' + b"t" * rng.randint(70_000, 300_000),
+        "big_bad_tail": b'{"method":"tools/call","params":{"name":"echo","arguments":{"text":"'
+        + b"u" * rng.randint(70_000, 300_000) + b'"}},"jsonrpc":"2.0","id":{"no":1}}',
     }
 
 
@@ -69,9 +74,12 @@ class SoakSession:
         except (BrokenPipeError, ValueError):
             return False
 
-    def request(self, method: str, params: dict | None = None) -> bool:
+    def request(self, method: str, params: dict | None = None, id_last: bool = False) -> bool:
+        """A request that must be answered; `id_last`: written as TypeScript clients do (method, params, id)."""
         request_id = f"s{self.number}-{self.sent}"
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, **({"params": params} if params else {})}
+        if id_last:
+            message = {"method": method, **({"params": params} if params else {}), "jsonrpc": "2.0", "id": request_id}
         with self.lock:
             self.waiting[request_id] = time.monotonic()
             self.sent += 1
@@ -87,7 +95,12 @@ class SoakSession:
         roll = self.rng.random()
         if roll < 0.6:
             text = "x" * self.rng.choice((1, 100, 10_000, 200_000))
-            return self.request("tools/call", {"name": "echo", "arguments": {"message": text, "text": text}})
+            params: dict = {"name": "echo", "arguments": {"message": text, "text": text}}
+            if self.rng.random() < 0.2:  # as TypeScript clients send progress: `_meta` last in params
+                params["_meta"] = {"progressToken": self.rng.choice((1, "p"))}
+            elif self.rng.random() < 0.1:  # a `_meta` key deep in a big request: sent in full
+                params["arguments"]["z"] = {"_meta": 1}
+            return self.request("tools/call", params, id_last=self.rng.random() < 0.5)
         if roll < 0.7:
             return self.request(self.rng.choice(("ping", "tools/list")))
         kinds = {k: v for k, v in hostile_lines(self.rng).items() if k not in self.skip}

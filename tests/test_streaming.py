@@ -720,3 +720,18 @@ def test_streamed_or_not_the_backend_and_the_session_see_the_same(
     for h in worlds:
         assert h.mux.requests.pending == {} and h.mux.progress.owners == {} and not h.mux.busy(1)
         assert h.mux.inbound is None and h.mux.stats["internal_errors"] == 0
+
+
+def test_a_streamed_request_that_ends_before_its_object_is_answered_with_a_parse_error() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    whole = request_line(8, BIG_ARGS, id_last=False)
+    assert sent_in(h, 1, whole + b"   \r") is not None and h.mux.requests.pending  # whitespace after it: fine
+    h.clear()
+    h.mux.requests.pending.clear()
+    h.mux.sessions[1].inflight.clear()
+    assert sent_in(h, 1, whole[:-40]) is not None
+    (error,) = h.replies(1)
+    assert error["id"] == 8 and error["error"]["code"] == jsonrpc.PARSE_ERROR
+    assert h.mux.requests.pending == {} and not h.mux.busy(1)

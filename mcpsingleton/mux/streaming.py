@@ -39,7 +39,7 @@ from .. import envelope, jsonrpc
 from ..envelope import Span, encode_id
 from ..jsonrpc import Id, id_key
 from . import failures
-from .actions import BackendPart, Log, StreamPart
+from .actions import BackendPart, Log, StreamPart, ToSession
 from .requests import Pending
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -269,6 +269,7 @@ class SessionStream:
         self.kept: list[bytes] = []  # the whole line so far, for the full path should it be needed
         self.held = b""  # the last bytes, when the id comes last: it is spliced there at the end
         self.overlap = b""
+        self.last_byte = 0  # the last byte that is not whitespace: a request ends with its object's brace
         self.waiting: str | None = None  # why the rest waits for the line's end, then takes the full path
         self.cut = True  # the backend has part of the line: it must be cut off before anything else goes
         self.failed = False  # ended, lost with its backend, or broken by an internal error
@@ -352,6 +353,7 @@ class SessionStream:
 
     def _more(self, data: bytes) -> list[Action]:
         self.kept.append(data)
+        self.last_byte = _last_solid_byte(data, self.last_byte)
         if self.waiting:
             return []
         if self.id_span is not None:  # the id came first: everything passes
@@ -381,6 +383,8 @@ class SessionStream:
         if self.waiting:
             return actions + self._full_path(self.waiting)
         if self.id_span is not None:
+            if self.last_byte != ord("}"):
+                return [*actions, BackendPart((), done=True), *self._cut_short()]
             self.mux.stats["requests"] += 1
             return [*actions, BackendPart((), done=True)]
         line_tail, self.held = self.held, b""
@@ -428,6 +432,16 @@ class SessionStream:
         token = meta.get("progressToken") if isinstance(meta, dict) and list(meta) == ["progressToken"] else None
         return (token, span) if jsonrpc.valid_id(token) else None
 
+    def _cut_short(self) -> list[Action]:
+        """The line passed on ends before its object does (a truncated request): it is answered here with
+        -32700, as the full path would; the server dropped what it got, as SDK servers do."""
+        self._untrack()
+        self.mux.stats["errors"] += 1
+        self.mux.stats["rejected"] += 1
+        error = jsonrpc.error(self.request_id, jsonrpc.PARSE_ERROR, "Parse error: the line ends before its object does")
+        log = Log(f"session {self.sid}: a streamed request ended before its object did; -32700")
+        return [log, ToSession(self.sid, error)]
+
     def _full_path(self, why: str) -> list[Action]:
         """The backend's copy is cut off where it stands; the whole line is routed anew, as any other."""
         self._untrack()
@@ -449,6 +463,17 @@ class SessionStream:
         session = self.mux.sessions.get(self.sid)
         if pending is not None and session is not None and pending.original_id is not None:
             session.inflight.pop(id_key(pending.original_id), None)
+
+
+def _last_solid_byte(data: bytes, before: int) -> int:
+    """The last byte of `data` that is not JSON whitespace (`before` when there is none)."""
+    end = len(data)
+    while end and data[end - 1] in _SPACES:
+        end -= 1
+    return data[end - 1] if end else before
+
+
+_SPACES = b" \t\r\n"
 
 
 def _has_meta(data: bytes, start: int, end: int | None = None) -> bool:
