@@ -472,7 +472,10 @@ def _object_back(line: bytes, close: int, depth: int) -> tuple[dict[str, Span], 
         key_start = _plain_string_start(line, key_end)
         if key_start is None:
             return None
-        key = line[key_start + 1 : key_end - 1].decode("utf-8", "strict")
+        try:
+            key = line[key_start + 1 : key_end - 1].decode("utf-8", "strict")
+        except UnicodeDecodeError:
+            return None
         if key in members:
             return None
         members[key] = (value_start, j)
@@ -518,3 +521,61 @@ def _plain_string_start(line: bytes, end: int) -> int | None:
     if _BACKSLASH in content or any(byte < _SPACE for byte in content):
         return None
     return start
+
+
+class OpenString:
+    """A line cut inside one string value: the keys of the objects down to it, where the string starts,
+    and the members of each of those objects that came before it."""
+
+    __slots__ = ("levels", "path", "start")
+
+    def __init__(self, path: list[str], start: int, levels: list[dict[str, Span]]) -> None:
+        self.path = path
+        self.start = start
+        self.levels = levels
+
+
+def open_string(line: bytes) -> OpenString | None:
+    """Where the head of a line is cut, when that is inside a string nested only in objects (a big text,
+    file or base64 argument): everything after is that string's content, up to its closing quote."""
+    walk = _Walk(line)
+    path: list[str] = []
+    levels: list[dict[str, Span]] = []
+    try:
+        i = walk.skip_spaces(0)
+        for _ in range(MAX_DEPTH):
+            found = _open_object(walk, i)
+            if found is None:
+                return None
+            members, key, i = found
+            path.append(key)
+            levels.append(members)
+            if line[i] == _QUOTE:
+                return OpenString(path, i, levels) if _plain_utf8(line[:i]) else None
+            if line[i] != _OPEN_OBJECT:
+                return None
+    except (_Unsure, IndexError, ValueError):
+        return None
+    return None
+
+
+def closing_quote(piece: bytes, escaped: bool) -> tuple[int, bool]:
+    """In the content of a string that `piece` continues: the index of its closing quote (-1 when it does
+    not close here), and whether the piece's last byte leaves the next one escaped. `escaped`: the previous
+    piece did. Plain text is cleared by one memchr; text with quotes costs two blanked copies of the piece."""
+    if _QUOTE not in piece:
+        return -1, _ends_escaping(piece, escaped)
+    lead = b"\\" if escaped else b""
+    blanked = (lead + piece).replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    found = blanked.find(b'"')
+    if found >= 0:
+        return found - len(lead), False
+    return -1, _ends_escaping(piece, escaped)
+
+
+def _ends_escaping(piece: bytes, escaped: bool) -> bool:
+    """Whether an odd run of backslashes ends `piece` (counting the previous piece's, when it is all of them)."""
+    run = 0
+    while run < len(piece) and piece[len(piece) - 1 - run] == _BACKSLASH:
+        run += 1
+    return (run + escaped) % 2 == 1 if run == len(piece) else run % 2 == 1

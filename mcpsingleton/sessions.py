@@ -14,7 +14,7 @@ import time
 from . import jsonrpc, wire
 from .listener import close_fds, discard
 from .mux import StreamPart, ToSession
-from .mux.streaming import STREAM_FROM
+from .mux.streaming import STREAM_FROM, SessionStream
 from .sharing import SHARED
 from .streams import LineReader, Outbox, Relay, write_if_room
 
@@ -32,6 +32,10 @@ MAX_UNREAD = 64 * 1024 * 1024
 END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
 CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
+STALL = 0.5
+"""A session's request streaming to the shared backend may pause this long (seconds) before it is cut off."""
+STREAM_AT_MOST = 2.0
+"""And take this long in all: what the other sessions' messages to that backend may wait."""
 
 
 class Session:
@@ -193,11 +197,25 @@ class Sessions:
 
     def _open_stream(self, session: Session, line_head: bytes) -> Relay | None:
         """A request too long to wait for: passed to the backend as it arrives, when the mux says it may."""
-        stream = session.slot.mux.stream_from_session(session.sid, line_head)
+        stream = session.slot.mux.stream_from_session(session.sid, line_head, session.reader.limit)
         if stream is None:
             return None
         self.broker.perform(session.slot, stream.start(line_head))
-        return Relay(stream, lambda actions: self.broker.perform(session.slot, actions))
+        relay = Relay(stream, lambda actions: self.broker.perform(session.slot, actions))
+        deadline = time.monotonic() + STREAM_AT_MOST
+        self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, 0, deadline))
+        return relay
+
+    def _watch(self, session: Session, relay: Relay, stream: SessionStream, seen: int, deadline: float) -> None:
+        """Every session shares the backend a request streams to: should its writer pause for STALL, or take
+        longer than STREAM_AT_MOST, the backend's copy is cut off and the request goes in full at its end."""
+        if session.reader.sink is not relay:
+            return  # the line ended (or the session did)
+        if relay.pieces == seen or time.monotonic() > deadline:
+            self.broker.perform(session.slot, stream.stalled())
+            return
+        pieces = relay.pieces
+        self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, pieces, deadline))
 
     def pause(self, slot: BackendSlot, paused: bool) -> None:
         """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""

@@ -171,13 +171,15 @@ class Relay:
     """The sink of a streamed line: each piece goes to its stream (mux/streaming.py), and what the stream
     answers is performed at once."""
 
-    __slots__ = ("perform", "stream")
+    __slots__ = ("perform", "pieces", "stream")
 
     def __init__(self, stream: Stream, perform: Callable[[list[Any]], None]) -> None:
         self.stream = stream
         self.perform = perform
+        self.pieces = 0  # how many have arrived (a watcher tells a stalled writer by it)
 
     def more(self, data: bytes | memoryview) -> None:
+        self.pieces += 1
         self.perform(self.stream.more(data))
 
     def end(self, data: bytes | memoryview) -> None:

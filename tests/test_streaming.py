@@ -27,6 +27,7 @@ from mcpsingleton.mux import BackendPart, StreamPart
 from mcpsingleton.mux.streaming import HOLD, STREAM_FROM
 from mcpsingleton.streams import LineReader
 
+LIMIT = 64 << 20
 FILL = 'x " \\ é \u2028 '
 RESULT = {"content": [{"type": "text", "text": FILL * (STREAM_FROM // 4)}]}
 
@@ -228,7 +229,7 @@ def test_a_stream_cut_short_ends_the_line_and_the_lost_backend_fails_the_request
     assert stream is not None
     parts = stream.start(line[:STREAM_FROM]) + stream.more(line[STREAM_FROM : STREAM_FROM + 5000]) + stream.abort()
     sent = b"".join(bytes(part) for action in parts for part in action.parts)
-    assert sent == line[: STREAM_FROM + 5000] + b"\n"  # the held bytes too, then the line ends
+    assert sent == line[: STREAM_FROM + 5000 - HOLD] + b"\n"  # not the held bytes: the line ends before them
     assert parts[-1].done and stream.abort() == [] and stream.more(b"late") == []
     assert h.mux.busy(1)
     h.crash()
@@ -374,7 +375,7 @@ def test_a_backend_lost_in_the_middle_of_a_streamed_reply(home: Path, fake_serve
     client.initialize()
     request_id = client.request("tools/call", {"name": "half", "arguments": {"size": 1 << 20}})
     cut, error = raw_lines(client, b'"error"')
-    assert cut.startswith(b'{"result":{"content":') and len(cut) >= 1 << 20  # ended where it stopped
+    assert cut.startswith(b'{"result":{"content":') and len(cut) >= (1 << 20) - HOLD  # ended where it stopped
     reply = json.loads(error)
     assert reply["id"] == request_id and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
     assert "killed" in reply["error"]["message"] or "exited" in reply["error"]["message"]
@@ -394,7 +395,7 @@ def request_line(request_id: jsonrpc.Id, params: dict[str, Any], id_last: bool, 
 
 def sent_in(h: Harness, sid: int, line: bytes, chunk: int = 50_000) -> tuple[bytes, list[Any]] | None:
     """Stream a session's line into the mux in `chunk`-sized reads: the bytes the backend got, and the rest."""
-    stream = h.mux.stream_from_session(sid, line[:STREAM_FROM])
+    stream = h.mux.stream_from_session(sid, line[:STREAM_FROM], LIMIT)
     if stream is None:
         return None
     actions = fed(stream, line, list(range(STREAM_FROM, len(line), chunk)))
@@ -446,35 +447,46 @@ def test_a_typescript_progress_token_at_the_end_is_rewritten_like_the_full_path_
     assert h.mux.progress.owners == {}
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        {**BIG_ARGS, "later": {"_meta": {"progressToken": 1}}, "x": "a\\b"},  # `_meta` not where it can be read
-        {**BIG_ARGS, "_meta": {"progressToken": 1, "other": True}},  # more than a token
-        {**BIG_ARGS, "\u005fmeta": 1},  # json.dumps writes it plainly; escaped below
-    ],
-)
+def mismatched_end(case: str, id_last: bool) -> bytes:
+    """A big request whose end says something its head did not (or that only the full path handles)."""
+    if case == "meta with more than a token":
+        return request_line(9, {**BIG_ARGS, "_meta": {"progressToken": 1, "other": True}}, id_last)
+    if case == "escaped meta":
+        return request_line(9, {**BIG_ARGS, "_meta": 1}, id_last).replace(b'"_meta"', b'"\\u005fmeta"')
+    second = {"second id": b', "id": 5}', "second method": b', "method": "initialize"}'}[case]
+    return request_line(9, BIG_ARGS, id_last)[:-1] + second  # the backend's parser keeps the last one
+
+
+@pytest.mark.parametrize("case", ["meta with more than a token", "escaped meta", "second id", "second method"])
 @pytest.mark.parametrize("id_last", [False, True])
-def test_a_meta_after_the_head_sends_the_request_in_full(params: dict[str, Any], id_last: bool) -> None:
+def test_an_end_that_does_not_match_the_head_never_reaches_the_backend_whole(case: str, id_last: bool) -> None:
     h = Harness()
     h.open(1)
     h.clear()
-    line = request_line(9, params, id_last).replace(b'"_meta": 1', b'"\\u005fmeta": 1')
+    line = mismatched_end(case, id_last)
     sent = sent_in(h, 1, line)
     assert sent is not None
     got, _ = sent
-    cut, full = got.split(b"\n")[0], h.backend[-1]
-    original = json.loads(line)["params"]
-    assert without_meta(full["params"]) == without_meta(original)
-    assert len(h.backend_requests("tools/call")) == 1 and full["params"]["name"] == "echo"
-    if cut:  # what the backend had is cut off: a line that does not parse
+    for piece in got.split(b"\n")[:-1]:  # what the backend had of the line: never a whole request
         with pytest.raises(ValueError):
-            json.loads(cut)
+            json.loads(piece)
     assert any("not passed on as it came" in text for text in h.logs)
-    (backend_id,) = h.mux.requests.pending
-    assert full["id"] == backend_id
-    h.answer(full)
-    assert h.only_reply(1)["id"] == 9
+    reference = Harness(fast_path_from=float("inf"))  # the full path, for the same line
+    reference.open(1)
+    reference.clear()
+    reference.send(1, line)
+    assert backend_ids_out(h.backend) == backend_ids_out(reference.backend)
+    assert h.take(1) == reference.take(1)
+
+
+def test_meta_inside_the_big_string_is_text_not_a_key() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    params = {"name": "echo", "arguments": {"text": BIG_TEXT + ' "_meta": {"progressToken": 1}, \\u005f '}}
+    sent = sent_in(h, 1, request_line(4, params, id_last=True))
+    assert sent is not None and not any("not passed on" in text for text in h.logs)
+    assert json.loads(sent[0])["params"] == params and h.mux.progress.owners == {}
 
 
 @pytest.mark.parametrize(
@@ -491,7 +503,7 @@ def test_a_meta_after_the_head_sends_the_request_in_full(params: dict[str, Any],
 def test_requests_the_router_must_read_whole_do_not_stream(line: bytes) -> None:
     h = Harness()
     h.open(1)
-    assert h.mux.stream_from_session(1, line[:STREAM_FROM]) is None
+    assert h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT) is None
 
 
 def test_one_request_streams_at_a_time_and_a_parked_session_or_a_backend_not_ready_waits() -> None:
@@ -499,13 +511,13 @@ def test_one_request_streams_at_a_time_and_a_parked_session_or_a_backend_not_rea
     h.open(1)
     h.open(2)
     line = request_line(1, BIG_ARGS, id_last=False)
-    first = h.mux.stream_from_session(1, line[:STREAM_FROM])
-    assert first is not None and h.mux.stream_from_session(2, line[:STREAM_FROM]) is None
+    first = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
+    assert first is not None and h.mux.stream_from_session(2, line[:STREAM_FROM], LIMIT) is None
     first.abort()
-    assert h.mux.stream_from_session(2, line[:STREAM_FROM]) is not None
+    assert h.mux.stream_from_session(2, line[:STREAM_FROM], LIMIT) is not None
     waiting = Harness(auto_initialize=False)
     waiting.perform(waiting.mux.open_session(1))
-    assert waiting.mux.stream_from_session(1, line[:STREAM_FROM]) is None
+    assert waiting.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT) is None
 
 
 def test_a_request_whose_id_never_comes_is_sent_in_full() -> None:
@@ -521,7 +533,7 @@ def test_a_session_that_leaves_mid_request_cuts_the_backends_line_and_is_forgott
     h = Harness()
     h.open(1)
     line = request_line(1, BIG_ARGS, id_last=False)
-    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
     assert stream is not None
     parts = stream.start(line[:STREAM_FROM]) + stream.abort()
     assert isinstance(parts[-2], BackendPart) and parts[-2].parts == (b"\n",) and parts[-2].done
@@ -529,43 +541,25 @@ def test_a_session_that_leaves_mid_request_cuts_the_backends_line_and_is_forgott
 
 
 @pytest.mark.parametrize("id_last", [False, True])
-def test_a_backend_lost_mid_request(id_last: bool) -> None:
+def test_a_backend_lost_mid_request_sends_it_to_the_next_backend_in_full(id_last: bool) -> None:
     h = Harness()
     h.open(1)
     h.clear()
     line = request_line("r", BIG_ARGS, id_last)
-    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
     assert stream is not None
     first = stream.start(line[:STREAM_FROM])
     assert first and all(isinstance(action, BackendPart) for action in first)
     h.crash()
+    assert h.take(1) == []  # nothing failed: the request was never whole at the lost backend
     h.start()  # a new backend, ready
     later = stream.more(line[STREAM_FROM:-10]) + stream.end(line[-10:] + b"\n")
     assert not any(isinstance(action, BackendPart) for action in later)  # nothing of it reaches the new one
     h.perform(later)
-    if id_last:  # nobody knew the request: it goes to the new backend in full
-        (resent,) = h.backend_requests("tools/call")
-        h.answer(resent)
-        assert h.only_reply(1)["result"] == {}
-    else:  # it failed with what the lost backend owed
-        assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
-        assert h.backend_requests("tools/call") == []
-
-
-def test_meta_split_between_two_reads_is_seen() -> None:
-    h = Harness()
-    h.open(1)
-    h.clear()
-    line = request_line(4, {**BIG_ARGS, "z": {"_meta": 1}}, id_last=False)
-    cut_at = line.index(b'"_meta"') + 3
-    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
-    assert stream is not None
-    actions = stream.start(line[:STREAM_FROM]) + stream.more(line[STREAM_FROM:cut_at])
-    actions += stream.more(line[cut_at : cut_at + 10])
-    passed = b"".join(bytes(p) for a in actions if isinstance(a, BackendPart) for p in a.parts)
-    assert passed.endswith(b'"_m')  # what follows the split did not pass
-    h.perform(stream.end(line[cut_at + 10 :] + b"\n"))
-    assert h.backend_requests("tools/call")[-1]["params"]["z"] == {"_meta": 1}
+    (resent,) = h.backend_requests("tools/call")
+    assert resent["params"] == BIG_ARGS
+    h.answer(resent)
+    assert h.only_reply(1) == {"jsonrpc": "2.0", "id": "r", "result": {}}
 
 
 def test_a_backend_gets_a_big_request_before_the_session_finished_writing_it(
@@ -667,7 +661,7 @@ def backend_ids_out(messages: list[Any]) -> list[Any]:
 
 def stream_in(h: Harness, line: bytes, cuts: list[int]) -> None:
     """A session line as the broker handles it: streamed when the mux offers, else whole."""
-    stream = h.mux.stream_from_session(1, line[:STREAM_FROM])
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
     if stream is None:
         h.send(1, line)
         return
@@ -722,7 +716,7 @@ def test_streamed_or_not_the_backend_and_the_session_see_the_same(
         assert h.mux.inbound is None and h.mux.stats["internal_errors"] == 0
 
 
-def test_a_streamed_request_that_ends_before_its_object_is_answered_with_a_parse_error() -> None:
+def test_a_streamed_request_cut_short_is_answered_with_a_parse_error() -> None:
     h = Harness()
     h.open(1)
     h.clear()
@@ -731,7 +725,73 @@ def test_a_streamed_request_that_ends_before_its_object_is_answered_with_a_parse
     h.clear()
     h.mux.requests.pending.clear()
     h.mux.sessions[1].inflight.clear()
-    assert sent_in(h, 1, whole[:-40]) is not None
+    sent = sent_in(h, 1, whole[:-40])  # ends inside its big string
+    assert sent is not None
+    with pytest.raises(ValueError):
+        json.loads(sent[0])  # the backend's copy is cut off
     (error,) = h.replies(1)
-    assert error["id"] == 8 and error["error"]["code"] == jsonrpc.PARSE_ERROR
+    assert error["error"]["code"] == jsonrpc.PARSE_ERROR
     assert h.mux.requests.pending == {} and not h.mux.busy(1)
+
+
+def test_a_streamed_request_over_the_line_limit_is_cut_off_and_refused() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(3, {"name": "echo", "arguments": {"text": "v" * (3 * STREAM_FROM)}}, id_last=False)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], 2 * STREAM_FROM)
+    assert stream is not None
+    actions = fed(stream, line, list(range(STREAM_FROM, len(line), 20_000)))
+    written = b"".join(bytes(p) for a in actions if isinstance(a, BackendPart) for p in a.parts)
+    assert written.endswith(b"\n") and len(written) <= 2 * STREAM_FROM + 20_000 + 1
+    with pytest.raises(ValueError):
+        json.loads(written)
+    h.perform([a for a in actions if not isinstance(a, BackendPart)])
+    (refusal,) = h.replies(1)
+    assert refusal["error"]["code"] == jsonrpc.PARSE_ERROR and "longer than" in refusal["error"]["message"]
+    assert h.mux.requests.pending == {} and h.mux.inbound is None and stream.kept == []
+
+
+def test_a_stalled_request_is_cut_off_and_sent_in_full_at_its_end() -> None:
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(6, BIG_ARGS, id_last=False)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
+    assert stream is not None
+    first = stream.start(line[:STREAM_FROM])
+    stalled = stream.stalled()
+    assert isinstance(stalled[0], BackendPart) and stalled[0].parts == (b"\n",) and stalled[0].done
+    assert h.mux.inbound is None and h.mux.requests.pending == {} and stream.stalled() == []
+    rest = stream.more(line[STREAM_FROM:]) + stream.end(b"\n")
+    assert not any(isinstance(a, BackendPart) for a in rest) and first
+    h.perform(rest)
+    (resent,) = h.backend_requests("tools/call")
+    assert resent["params"] == BIG_ARGS
+
+
+def test_tail_of_any_suffix_reports_only_real_members() -> None:
+    @settings(max_examples=300, deadline=None)
+    @given(objects, st.booleans(), st.integers(0, 200))
+    def check(value: dict[str, Any], spaced: bool, cut: int) -> None:
+        line = dumped(value, spaced)
+        suffix = line[min(cut, len(line)) :]
+        members = envelope.tail(suffix)
+        for key, (start, end) in (members or {}).items():
+            assert json.loads(suffix[start:end]) == value[key]
+
+    check()
+    assert envelope.tail(b'{"a":"x","\xff":2,"id":3}') is None  # a key that is not UTF-8: refused, not raised
+
+
+def test_a_bystander_is_not_held_up_by_a_session_that_stops_mid_request(home: Path, fake_server: list[str]) -> None:
+    writer, bystander = RawClient(shim(fake_server)), RawClient(shim(fake_server))
+    writer.initialize()
+    bystander.initialize()
+    line = request_line(21, {"name": "echo", "arguments": {"text": "w" * (1 << 20)}}, id_last=False) + b"\n"
+    writer.send_raw(line[: 1 << 19])  # half of it, then nothing for a while
+    time.sleep(0.2)
+    assert result_text(bystander.call("echo", {"text": "not held up"}, timeout=10)) == "not held up"
+    writer.send_raw(line[1 << 19 :])
+    assert len(result_text(writer.reply_to(21, timeout=20))) == 1 << 20  # sent in full at its end
+    assert writer.close() == 0 and bystander.close() == 0

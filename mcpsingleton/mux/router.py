@@ -249,10 +249,11 @@ class Mux:
             self.stats["internal_errors"] += 1
             return None
 
-    def stream_from_session(self, sid: int, line_head: bytes) -> streaming.SessionStream | None:
-        """A session is writing a line too long to wait for: a stream for it, or None (wait for its end)."""
+    def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> streaming.SessionStream | None:
+        """A session is writing a line too long to wait for: a stream for it, or None (wait for its end).
+        `limit`: the session's line limit (beyond it the line is refused with -32700, as when whole)."""
         try:
-            return streaming.open_session_stream(self, sid, line_head)
+            return streaming.open_session_stream(self, sid, line_head, limit)
         except Exception:  # the line then takes the full path at its end, which reports what is wrong
             self.stats["internal_errors"] += 1
             return None

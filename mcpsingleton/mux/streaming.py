@@ -15,25 +15,28 @@ The request must meet the conditions of the spliced path (envelope.py): no reply
 request, not tasks/list, no batch waiting for it, its session attached, no task created. A progress
 token is released at the end.
 
-Session requests (`open_session_stream`, `SessionStream`): a method the router neither answers nor
-rewrites, the backend ready, the session placed, no `_meta` in the head, and no other request streaming
-to that backend. The id is replaced at the head, or (TypeScript clients) in the held-back tail, where a
-`_meta` holding only a progress token and ending the params is rewritten too. Any other `_meta` may
-only be seen after parts have passed: then the rest waits, the backend's copy is cut off (a broken
-line, which SDK servers drop), and the whole request takes the full path.
+Session requests (`open_session_stream`, `SessionStream`): cut inside one big string nested only in
+objects under `params` (a text, a file, base64), a method the router neither answers nor rewrites, the
+backend ready, the session placed and not on 2026-07-28, no `_meta` in the head, and no other request
+streaming to that backend. The string's content passes as it arrives; what follows its closing quote
+waits for the line's end and is checked with the string taken as empty (`envelope.scan`): one request,
+the same method, no duplicate member, `_meta` holding at most a progress token (a TypeScript client's,
+which ends the params: rewritten in place). The id is replaced at the head, or in that held end. A line
+that fails the check, stalls (broker timer) or loses its backend never reaches a backend whole: the
+copy is cut off (a broken line, which servers drop) and the request takes the full path at its end.
+Until the backend has the whole line, every other message to it waits: a stalled writer is cut off
+after 0.5 s (sessions.py), so it cannot hold the others up for longer.
 
-What streaming gives up, stated: the bytes after the head are not checked (control bytes, UTF-8,
-structure). A malformed reply reaches its session as the backend wrote it, as on a direct connection;
-when its end does not carry the id it was routed by, the session also gets -32603 for its request. A
-backend lost in the middle of a reply: the line is ended there (the client's parser drops it) and the
-request fails as every request of a lost backend does. A backend lost in the middle of a request: with
-the id first, the request failed with the rest; with the id last, it goes to the next backend in full.
+What streaming gives up, stated: the bytes of a reply after its head, and the content of a request's big
+string, are not checked (control bytes, UTF-8, escapes); they reach the other end as written, as on a
+direct connection. A reply whose end does not carry the id it was routed by: its request also gets
+-32603. A backend lost in the middle of a reply: the line is ended before the held bytes (the client's
+parser drops it) and the request fails as every request of a lost backend does.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 from .. import envelope, jsonrpc
 from ..envelope import Span, encode_id
@@ -139,12 +142,13 @@ class BackendStream:
         return actions
 
     def abort(self) -> list[Action]:
-        """The backend is gone in the middle of the line: end it where it stopped (the request stays owed)."""
+        """The backend is gone in the middle of the line: end it where it stopped, without the held bytes (they
+        may complete an object still carrying the backend's id), so the client drops it; the request stays owed."""
         if self.failed:
             return []
         self.failed = True
         self.mux.stats["dropped"] += 1
-        return [StreamPart(self.session, (self.held, b"\n"), done=True)]
+        return [StreamPart(self.session, (b"\n",), done=True)]
 
     def _safely(self, step: Callable[[Piece], list[Action]], data: Piece) -> list[Action]:
         if self.failed:
@@ -213,37 +217,32 @@ class BackendStream:
 
 # ---- a session's request too long to wait for ----------------------------------------------------
 
-_ESCAPED_LETTER = re.compile(rb"\\u00(?:5[fF]|6[15dD]|74)")
-"""An escape of a letter of `_meta` (or `_`): the only way that key can be written but as `"_meta"`."""
-_OVERLAP = 6
-"""Bytes of the previous piece searched again with the next one: a `"_meta"` split between two reads."""
 
-
-def open_session_stream(mux: Mux, sid: int, line_head: bytes) -> SessionStream | None:
+def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> SessionStream | None:
     """A stream for the session line that starts with `line_head`, or None: wait for its end."""
     session = mux.sessions.get(sid)
-    if len(line_head) < mux.fast_path_from or session is None or session.parked or not mux.backend.ready:
+    if len(line_head) < mux.fast_path_from or session is None or session.parked or session.modern:
         return None
-    if mux.inbound is not None:  # another session's request is half written: this one waits for its end
+    if not mux.backend.ready or mux.inbound is not None:  # one request streams to a backend at a time
         return None
-    opened = envelope.head(line_head)
-    if opened is None or opened.open_key != "params" or line_head[opened.open_start] != ord("{"):
+    opened = envelope.open_string(line_head)
+    if opened is None or opened.path[0] != "params" or len(opened.path) < 2 or "_meta" in opened.levels[1]:
         return None
-    if "_meta" in opened.body or opened.body_open == "_meta" or "result" in opened.members or "error" in opened.members:
-        return None
+    top = opened.levels[0]
     try:
-        method, version = opened.small(line_head, "method"), opened.small(line_head, "jsonrpc")
-        request_id = opened.small(line_head, "id")
+        method = _small(line_head, top.get("method"))
+        request_id = _small(line_head, top.get("id"))
     except ValueError:
         return None
-    if not isinstance(method, str) or version not in (None, "2.0") or _answered_here(mux, method):
+    if not isinstance(method, str) or _answered_here(mux, method) or "result" in top or "error" in top:
         return None
-    if "id" not in opened.members:
-        return SessionStream(mux, sid, method, None, None)  # the id comes last (TypeScript clients)
-    if not jsonrpc.valid_id(request_id):
+    if "id" in top and not jsonrpc.valid_id(request_id):
         return None
-    assert isinstance(request_id, str | int)
-    return SessionStream(mux, sid, method, request_id, opened.members["id"])
+    return SessionStream(mux, sid, method, opened, line_head, limit)
+
+
+def _small(line: bytes, span: Span | None) -> object:
+    return json.loads(line[span[0] : span[1]]) if span is not None else None
 
 
 def _answered_here(mux: Mux, method: str) -> bool:
@@ -252,25 +251,29 @@ def _answered_here(mux: Mux, method: str) -> bool:
 
 
 class SessionStream:
-    """One request on its way to the backend: the head under a fresh backend id, then the rest as it arrives.
+    """One request on its way to the backend while it arrives: its head under a fresh backend id, then the
+    content of the one big string it was cut in (a text, a file, base64), up to that string's closing quote.
 
-    `_meta` (a progress token, a 2026-07-28 envelope) must be rewritten, and may come after the head: every
-    piece is searched for that key before it is passed on. Should it be there, what follows waits, and at
-    the line's end the backend's copy is cut off (a broken line, which it drops) and the whole request
-    takes the full path. The pieces are kept until the end for that reason."""
+    What follows that quote waits for the line's end: the line is checked then as if the string were empty
+    (`envelope.scan`: one request, the same method, no duplicate member, `_meta` holding at most a progress
+    token), the id (when it comes last) and the token are spliced in, and the rest goes out. A line that
+    fails the check never reaches the backend whole: its copy is cut off (a broken line, which servers
+    drop) and the whole request takes the full path, like a line that stalls or whose backend is lost."""
 
-    def __init__(self, mux: Mux, sid: int, method: str, request_id: Id | None, id_span: Span | None) -> None:
+    def __init__(self, mux: Mux, sid: int, method: str, opened: envelope.OpenString, head: bytes, limit: int) -> None:
         self.mux = mux
         self.sid = sid
         self.method = method
-        self.request_id = request_id
-        self.id_span = id_span
         self.backend_id = mux.requests.new_id()
+        self.prefix = head[: opened.start]  # the line up to the big string's opening quote
+        self.id_span = opened.levels[0].get("id")
+        self.limit = limit
+        self.size = 0
         self.kept: list[bytes] = []  # the whole line so far, for the full path should it be needed
-        self.held = b""  # the last bytes, when the id comes last: it is spliced there at the end
-        self.overlap = b""
-        self.last_byte = 0  # the last byte that is not whitespace: a request ends with its object's brace
-        self.waiting: str | None = None  # why the rest waits for the line's end, then takes the full path
+        self.in_string = True
+        self.escaped = False  # the piece so far ended inside an escape
+        self.after: list[bytes] = []  # from the string's closing quote on: waits for the line's end
+        self.waiting: str | None = None  # why nothing more passes: the full path takes the line at its end
         self.cut = True  # the backend has part of the line: it must be cut off before anything else goes
         self.failed = False  # ended, lost with its backend, or broken by an internal error
         mux.inbound = self
@@ -287,13 +290,8 @@ class SessionStream:
             self.mux.inbound = None
 
     def backend_lost(self) -> None:
-        """The backend that had the head is gone. With the id first, the request failed with the rest of what
-        it owed; with the id last, nobody knows it yet: it goes to the next backend in full at its end."""
-        if self.id_span is not None:
-            self.close()
-            return
-        self.waiting, self.cut = "its backend was lost while it arrived", False
-        self._release()
+        """The backend that had the head is gone: at its end, the request goes to the next one in full."""
+        self._stop_passing("its backend was lost while it arrived", cut=False)
 
     # ---- entry points: they never raise -----------------------------------------------------------
 
@@ -308,17 +306,23 @@ class SessionStream:
         self.close()
         return actions
 
+    def stalled(self) -> list[Action]:
+        """The session stopped writing in the middle of the line (the broker's timer says so): the backend,
+        which every session shares, may not wait for it. Its copy is cut off; the line goes in full at its end."""
+        if self.failed or self.waiting:
+            return []
+        actions = self._cut()
+        self._stop_passing("its session stopped writing it mid-line", cut=False)
+        return [*actions, Log(f"session {self.sid}: a streamed request stalled; the backend serves the others")]
+
     def abort(self) -> list[Action]:
         """The session is gone in the middle of the line: the backend's copy is cut off, nobody waits for it."""
         if self.failed:
             return []
+        actions = self._cut()
         self.close()
         self._untrack()
-        return [*self._cut(), Log(f"session {self.sid} left in the middle of a request; dropped")]
-
-    def _cut(self) -> list[Action]:
-        """End the backend's part of the line where it stands (a broken line, which it drops)."""
-        return [BackendPart((b"\n",), done=True)] if self.cut else []
+        return [*actions, Log(f"session {self.sid} left in the middle of a request; dropped")]
 
     def _safely(self, step: Callable[[bytes], list[Action]], data: bytes) -> list[Action]:
         if self.failed:
@@ -326,162 +330,159 @@ class SessionStream:
         try:
             return step(data)
         except Exception as exc:
+            actions = [*self._cut(), *self._answer_failed()]
             self.close()
             self.mux.stats["internal_errors"] += 1
-            self._untrack()
             text = f"internal error while streaming a request of session {self.sid}: {failures.describe(exc)}"
-            actions: list[Action] = [*self._cut(), Log(text)]
-            session = self.mux.sessions.get(self.sid)
-            if session is not None and self.request_id is not None:
-                text = "mcpsingleton: internal error"
-                actions += self.mux.reply_error(session, self.request_id, jsonrpc.INTERNAL_ERROR, text)
-            return actions
+            return [*actions, Log(text)]
+
+    def _answer_failed(self) -> list[Action]:
+        """-32603 for the request, when its id is known (it came first): it will never be answered otherwise."""
+        session = self.mux.sessions.get(self.sid)
+        pending = self.mux.requests.pending.get(self.backend_id)
+        self._untrack()
+        if session is None or pending is None or pending.original_id is None:
+            return []
+        text = "mcpsingleton: internal error"
+        return self.mux.reply_error(session, pending.original_id, jsonrpc.INTERNAL_ERROR, text)
+
+    def _cut(self) -> list[Action]:
+        """End the backend's part of the line where it stands: never a whole request (the string is open)."""
+        if not self.cut:
+            return []
+        self.cut = False
+        return [BackendPart((b"\n",), done=True)]
+
+    def _stop_passing(self, why: str, cut: bool) -> None:
+        self.waiting = why
+        self.cut = self.cut and cut
+        self._untrack()
+        self._release()
 
     # ---- the line -----------------------------------------------------------------------------
 
     def _start(self, line_head: bytes) -> list[Action]:
-        if self.id_span is not None and self.request_id is not None:
-            self._track(self.request_id)
-        if self.id_span is None:
-            return self._more(line_head)
         self.kept.append(line_head)
-        if self._meta_ahead(line_head, 0, len(line_head)):
-            return []
-        start, end = self.id_span
-        view = memoryview(line_head)
-        return [BackendPart((view[:start], encode_id(self.backend_id), view[end:]))]
+        self.size = len(line_head)
+        if self.id_span is not None:
+            self._track(self._head_id(line_head))
+            start, end = self.id_span
+            parts: list[Piece] = [memoryview(line_head)[:start], encode_id(self.backend_id)]
+            return self._string(line_head, len(self.prefix) + 1, parts, memoryview(line_head)[end:])
+        return self._string(line_head, len(self.prefix) + 1, [], memoryview(line_head))
 
     def _more(self, data: bytes) -> list[Action]:
+        self.size += len(data)
+        if self.size > self.limit:
+            return self._too_long()
         self.kept.append(data)
-        self.last_byte = _last_solid_byte(data, self.last_byte)
-        if self.waiting:
+        if self.waiting or self.failed:
             return []
-        if self.id_span is not None:  # the id came first: everything passes
-            return [] if self._meta_ahead(data, 0, len(data)) else [BackendPart((data,))]
-        if len(data) >= HOLD:  # the id comes last: the last HOLD bytes wait for the end
-            if self._meta_ahead(self.held, 0, len(self.held)) or self._meta_ahead(data, 0, len(data) - HOLD):
-                return []
-            parts: tuple[bytes | memoryview, ...] = (self.held, memoryview(data)[:-HOLD])
-            self.held = data[-HOLD:]
-            return [BackendPart(parts)]
-        joined = self.held + data
-        if self._meta_ahead(joined, 0, len(joined) - HOLD):
+        if not self.in_string:
+            self.after.append(data)
             return []
-        self.held = joined[-HOLD:]
-        return [BackendPart((joined[:-HOLD],))]
+        return self._string(data, 0, [], memoryview(data))
 
-    def _meta_ahead(self, data: bytes, start: int, end: int) -> bool:
-        """Whether data[start:end], about to pass, may hold `_meta` (then nothing more passes)."""
-        if end > start:
-            if _has_meta(self.overlap + data[start : start + _OVERLAP], 0) or _has_meta(data, start, end):
-                self.waiting = "it carries _meta after its first bytes"
-            self.overlap = data[max(start, end - _OVERLAP) : end]
-        return self.waiting is not None
+    def _string(self, piece: bytes, offset: int, parts: list[Piece], rest: memoryview) -> list[Action]:
+        """Pass `rest` (the tail of `piece` not yet passed, after `parts`) up to the string's closing quote."""
+        found, self.escaped = envelope.closing_quote(piece[offset:], self.escaped)
+        if found < 0:
+            return [BackendPart((*parts, rest))]
+        quote = offset + found
+        self.in_string = False
+        self.after.append(piece[quote:])
+        passed = len(piece) - len(rest)  # where `rest` starts in `piece`
+        return [BackendPart((*parts, rest[: quote - passed]))]
 
     def _end(self, last: bytes) -> list[Action]:
         actions = self._more(last)
+        if self.failed:
+            return actions
         if self.waiting:
             return actions + self._full_path(self.waiting)
-        if self.id_span is not None:
-            if self.last_byte != ord("}"):
-                return [*actions, BackendPart((), done=True), *self._cut_short()]
-            self.mux.stats["requests"] += 1
-            return [*actions, BackendPart((), done=True)]
-        line_tail, self.held = self.held, b""
-        spliced = self._spliced_tail(line_tail)
+        if self.in_string:
+            return actions + self._cut() + self._full_path("it ends inside its big string")
+        tail = b"".join(self.after)
+        spliced = self._checked(tail)
         if spliced is None:
-            return actions + self._full_path("its id or its _meta is not among its last members as expected")
+            return actions + self._cut() + self._full_path("its end does not match its head")
         self.mux.stats["requests"] += 1
         return [*actions, BackendPart(spliced, done=True)]
 
-    def _spliced_tail(self, line_tail: bytes) -> tuple[bytes, ...] | None:
-        """The last bytes of a request whose id comes last, with the backend's id (and, when `_meta` ends
-        its params as TypeScript clients write a progress token, the backend's token) spliced in."""
-        found = envelope.tail_split(line_tail)
-        span = found[0].get("id") if found is not None else None
-        if found is None or span is None or "method" in found[0]:
+    def _checked(self, tail: bytes) -> tuple[bytes, ...] | None:
+        """The tail to send (from the closing quote on) with the id and progress token spliced in, when the
+        line, its big string taken as empty, is one request the spliced path would pass; else None."""
+        shown = self.prefix + b'"' + tail  # the line as if the big string were empty
+        found = envelope.scan(shown.rstrip(b" \t\r\n"))
+        if found is None or found.kind != "request" or found.method != self.method or found.id_span is None:
             return None
-        request_id = json.loads(line_tail[span[0] : span[1]])
-        if not jsonrpc.valid_id(request_id):
+        offset = len(self.prefix) + 1  # where `tail` starts in `shown`
+        splices: list[tuple[Span, bytes]] = []
+        if self.id_span is None:
+            self._track(found.id)
+            splices.append(((found.id_span[0] - offset, found.id_span[1] - offset), encode_id(self.backend_id)))
+        elif found.id_span != self.id_span:
             return None
-        splices = [(span, encode_id(self.backend_id))]
-        token = None
-        if _has_meta(self.overlap + line_tail, 0):
-            meta = self._progress_meta(line_tail, found[1])
-            if meta is None:
+        meta = found.body.get("_meta") if found.body is not None else None
+        if meta is not None:
+            token = self._progress_token(json.loads(shown[meta[0] : meta[1]]))
+            if token is None:
                 return None
-            token, meta_span = meta
-            splices.insert(0, (meta_span, b'{"progressToken":%d}' % self.backend_id))
-        self._track(request_id, token)
+            splices.append(((meta[0] - offset, meta[1] - offset), b'{"progressToken":%d}' % self.backend_id))
         parts: list[bytes] = []
         done = 0
-        for (start, end), new in splices:
-            parts += (line_tail[done:start], new)
+        for (start, end), new in sorted(splices):
+            parts += (tail[done:start], new)
             done = end
-        return (*parts, line_tail[done:])
+        return (*parts, tail[done:])
 
-    def _progress_meta(self, line_tail: bytes, params_end: int) -> tuple[Id, Span] | None:
-        """The progress token of a `_meta` that is the last member of the object ending at `params_end`
-        (the params, as TypeScript clients write them), and where that `_meta` sits; None for any other."""
-        inner = envelope.tail(line_tail[:params_end]) if params_end else None
-        span = inner.get("_meta") if inner is not None else None
-        seen = self.overlap + line_tail
-        if span is None or seen.count(b'"_meta"') != 1 or _ESCAPED_LETTER.search(seen) is not None:
-            return None
-        meta = json.loads(line_tail[span[0] : span[1]])
+    def _progress_token(self, meta: object) -> Id | None:
+        """A `_meta` holding only a progress token: that token, now owned by this request's backend id."""
         token = meta.get("progressToken") if isinstance(meta, dict) and list(meta) == ["progressToken"] else None
-        return (token, span) if jsonrpc.valid_id(token) else None
+        if not jsonrpc.valid_id(token):
+            return None
+        pending = self.mux.requests.pending.get(self.backend_id)
+        if pending is not None:
+            pending.token = self.mux.progress.adopt(self.sid, token, self.backend_id)
+        return token
 
-    def _cut_short(self) -> list[Action]:
-        """The line passed on ends before its object does (a truncated request): it is answered here with
-        -32700, as the full path would; the server dropped what it got, as SDK servers do."""
-        self._untrack()
-        self.mux.stats["errors"] += 1
-        self.mux.stats["rejected"] += 1
-        error = jsonrpc.error(self.request_id, jsonrpc.PARSE_ERROR, "Parse error: the line ends before its object does")
-        log = Log(f"session {self.sid}: a streamed request ended before its object did; -32700")
-        return [log, ToSession(self.sid, error)]
+    def _too_long(self) -> list[Action]:
+        """Over the session's line limit: cut off, forgotten, and answered -32700 at its end (as when whole)."""
+        self.kept = []
+        if self.waiting != "too long":
+            actions = self._cut()
+            self._stop_passing("too long", cut=False)
+            return actions
+        return []
 
     def _full_path(self, why: str) -> list[Action]:
-        """The backend's copy is cut off where it stands; the whole line is routed anew, as any other."""
+        """The whole line is routed anew, as any other (the backend never had it whole)."""
         self._untrack()
+        if why == "too long":
+            text = f"Parse error: line longer than {self.limit >> 20} MiB; skipped"
+            refusal = ToSession(self.sid, jsonrpc.error(None, jsonrpc.PARSE_ERROR, text))
+            return [Log(f"session {self.sid}: {text}"), refusal]
         line = b"".join(self.kept).rstrip(b"\r\n")
         self.kept = []
         log = Log(f"session {self.sid}: a {len(line) >> 10} KiB request was not passed on as it came ({why}); resent")
-        return [*self._cut(), log, *self.mux.from_session(self.sid, line)]
+        return [log, *self.mux.from_session(self.sid, line)]
 
-    def _track(self, request_id: Id, token: Id | None = None) -> None:
+    def _head_id(self, line_head: bytes) -> Id:
+        assert self.id_span is not None
+        value = json.loads(line_head[self.id_span[0] : self.id_span[1]])
+        assert isinstance(value, str | int)
+        return value
+
+    def _track(self, request_id: Id | None) -> None:
         session = self.mux.sessions.get(self.sid)
-        if session is not None:
-            self.request_id = request_id
-            claimed = self.mux.progress.adopt(self.sid, token, self.backend_id) if token is not None else None
-            self.mux.requests.track(self.backend_id, Pending(self.sid, request_id, self.method, claimed), session)
+        if session is not None and request_id is not None:
+            self.mux.requests.track(self.backend_id, Pending(self.sid, request_id, self.method), session)
 
     def _untrack(self) -> None:
         """Forget the request the backend will never see whole (it may have been tracked at the head)."""
         pending = self.mux.requests.pending.pop(self.backend_id, None)
+        if pending is not None and pending.token is not None:
+            self.mux.progress.release(pending.token)
         session = self.mux.sessions.get(self.sid)
         if pending is not None and session is not None and pending.original_id is not None:
             session.inflight.pop(id_key(pending.original_id), None)
-
-
-def _last_solid_byte(data: bytes, before: int) -> int:
-    """The last byte of `data` that is not JSON whitespace (`before` when there is none)."""
-    end = len(data)
-    while end and data[end - 1] in _SPACES:
-        end -= 1
-    return data[end - 1] if end else before
-
-
-_SPACES = b" \t\r\n"
-
-
-def _has_meta(data: bytes, start: int, end: int | None = None) -> bool:
-    """Whether data[start:end] may hold the key `_meta`: memchr for `_` and `\\` first (text without them,
-    base64 for instance, is cleared at copy speed; a multi-byte search costs ~0.5 ms per MiB)."""
-    end = len(data) if end is None else end
-    underscore = data.find(b"_", start, end)
-    if underscore >= 0 and data.find(b'"_meta"', max(start, underscore - 1), end) >= 0:
-        return True
-    backslash = data.find(b"\\", start, end)
-    return backslash >= 0 and _ESCAPED_LETTER.search(data, backslash, end) is not None
