@@ -562,15 +562,34 @@ def open_string(line: bytes) -> OpenString | None:
 def closing_quote(piece: bytes, escaped: bool) -> tuple[int, bool]:
     """In the content of a string that `piece` continues: the index of its closing quote (-1 when it does
     not close here), and whether the piece's last byte leaves the next one escaped. `escaped`: the previous
-    piece did. Plain text is cleared by one memchr; text with quotes costs two blanked copies of the piece."""
-    if _QUOTE not in piece:
+    piece did. Plain text costs one memchr; past a few escaped quotes, one blanked copy of the rest."""
+    quote = piece.find(b'"')
+    for _ in range(_QUOTES_BEFORE_BLANKING):
+        if quote < 0:
+            return -1, _ends_escaping(piece, escaped)
+        if _quote_is_real(piece, quote, escaped):
+            return quote, False
+        quote = piece.find(b'"', quote + 1)
+    if quote < 0:
         return -1, _ends_escaping(piece, escaped)
-    lead = b"\\" if escaped else b""
-    blanked = (lead + piece).replace(b"\\\\", b"__").replace(b'\\"', b"__")
-    found = blanked.find(b'"')
+    # text escaped into text (thousands of \"): from just after the last escaped quote (nothing carries
+    # over it), escape pairs blanked in a copy, the first quote left is the closing one
+    start = piece.rfind(b'"', 0, quote) + 1
+    found = piece[start:].replace(b"\\\\", b"__").replace(b'\\"', b"__").find(b'"')
     if found >= 0:
-        return found - len(lead), False
+        return start + found, False
     return -1, _ends_escaping(piece, escaped)
+
+
+def _quote_is_real(piece: bytes, quote: int, escaped: bool) -> bool:
+    """An even run of backslashes before it (the previous piece's trailing escape counted)."""
+    run = 0
+    while run < quote and piece[quote - 1 - run] == _BACKSLASH:
+        run += 1
+    return (run + (escaped if run == quote else 0)) % 2 == 0
+
+
+_QUOTES_BEFORE_BLANKING = 16
 
 
 def _ends_escaping(piece: bytes, escaped: bool) -> bool:

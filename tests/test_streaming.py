@@ -795,3 +795,19 @@ def test_a_bystander_is_not_held_up_by_a_session_that_stops_mid_request(home: Pa
     writer.send_raw(line[1 << 19 :])
     assert len(result_text(writer.reply_to(21, timeout=20))) == 1 << 20  # sent in full at its end
     assert writer.close() == 0 and bystander.close() == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab"\\\n\u00e9', max_size=300), st.lists(st.integers(0, 400), max_size=4))
+def test_closing_quote_finds_a_strings_end_across_any_pieces(text: str, cuts: list[int]) -> None:
+    encoded = json.dumps(text, ensure_ascii=False).encode()
+    rest = encoded[1:] + b',"z":"q\\"r"}'  # the content after the opening quote, and what follows
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(rest)), len(rest)]
+    escaped, offset = False, 0
+    for start, end in itertools.pairwise(bounds):
+        found, escaped = envelope.closing_quote(rest[start:end], escaped)
+        if found >= 0:
+            assert offset + found == len(encoded) - 2
+            return
+        offset += end - start
+    pytest.fail("the closing quote was not found")
