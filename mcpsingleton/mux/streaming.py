@@ -283,6 +283,7 @@ class SessionStream:
     def close(self) -> None:
         """Nothing more of this line goes to the backend; another session's request may stream now."""
         self.failed = True
+        self.kept, self.after = [], []  # the broker's stall timer may hold this stream a moment longer
         self._release()
 
     def _release(self) -> None:
