@@ -380,10 +380,15 @@ class Head:
 
     def small(self, line: bytes, key: str) -> object:
         """A complete short member decoded (None when absent or null); raises ValueError when unsure."""
-        try:
-            return _small(line, self.members.get(key))
-        except _Unsure:
-            raise ValueError(f"{key} is too long to be read") from None
+        return member_value(line, self.members, key)
+
+
+def member_value(line: bytes, members: dict[str, Span], key: str) -> object:
+    """A short member of `members` decoded (None when absent or null); ValueError when it is too long."""
+    try:
+        return _small(line, members.get(key))
+    except _Unsure:
+        raise ValueError(f"{key} is too long to be read") from None
 
 
 def head(line: bytes) -> Head | None:
@@ -436,35 +441,19 @@ _SCALAR_BYTES = frozenset(b"0123456789+-.eEtrufalsn")
 
 
 def tail(line: bytes) -> dict[str, Span] | None:
-    """The top-level members at the end of a line, read backwards for as long as their values are scalars,
-    strings without escapes or objects of such members (the first other value ends the reading); None when
-    the line does not end as an object does. Sound for any valid JSON object: the closing brace is outside
-    every string, so each member read backwards from it is a real top-level member."""
-    found = tail_split(line)
-    return found[0] if found is not None else None
-
-
-def tail_split(line: bytes) -> tuple[dict[str, Span], int] | None:
-    """`tail`, and where the reading stopped: the end of the value it could not read (0 when it read all)."""
-    close = _back_spaces(line, len(line))
-    if close == 0 or line[close - 1] != _CLOSE_OBJECT:
+    """The top-level members at the end of a line, read backwards for as long as their values are scalars
+    or strings without escapes (the first other value ends the reading); None when the line does not end
+    as an object does. Sound for any valid JSON object: the closing brace is outside every string, so each
+    member read backwards from it is a real top-level member."""
+    j = _back_spaces(line, len(line))
+    if j == 0 or line[j - 1] != _CLOSE_OBJECT:
         return None
-    found = _object_back(line, close - 1, 1)
-    return None if found is None else (found[0], 0 if found[2] else found[1])
-
-
-def _object_back(line: bytes, close: int, depth: int) -> tuple[dict[str, Span], int, bool] | None:
-    """The members of the object whose closing brace is at `close`, read backwards while their values are
-    simple (objects of simple members too, `depth` levels down): (members, where the reading stopped,
-    whether it reached the opening brace); None when what it reads is not an object's end."""
     members: dict[str, Span] = {}
-    j = _back_spaces(line, close)
-    if j and line[j - 1] == _OPEN_OBJECT:
-        return members, j - 1, True
+    j = _back_spaces(line, j - 1)
     while True:
-        value_start = _simple_value_start(line, j, depth)
+        value_start = _simple_value_start(line, j)
         if value_start is None:
-            return members, j, False
+            return members
         colon = _back_spaces(line, value_start)
         if colon == 0 or line[colon - 1] != _COLON:
             return None
@@ -481,7 +470,7 @@ def _object_back(line: bytes, close: int, depth: int) -> tuple[dict[str, Span], 
         members[key] = (value_start, j)
         before = _back_spaces(line, key_start)
         if before and line[before - 1] == _OPEN_OBJECT:
-            return members, before - 1, True
+            return members
         if before == 0 or line[before - 1] != _COMMA:
             return None
         j = _back_spaces(line, before - 1)
@@ -493,16 +482,12 @@ def _back_spaces(line: bytes, j: int) -> int:
     return j
 
 
-def _simple_value_start(line: bytes, end: int, depth: int) -> int | None:
-    """Where the value ending at `end` starts, when it is a scalar, a string without escapes, or (`depth`
-    levels down) an object of such members."""
+def _simple_value_start(line: bytes, end: int) -> int | None:
+    """Where the value ending at `end` starts, when it is a scalar or a string without escapes."""
     if end == 0:
         return None
     if line[end - 1] == _QUOTE:
         return _plain_string_start(line, end)
-    if line[end - 1] == _CLOSE_OBJECT:
-        inner = _object_back(line, end - 1, depth - 1) if depth > 0 else None
-        return inner[1] if inner is not None and inner[2] else None
     start = end
     while start > 0 and line[start - 1] in _SCALAR_BYTES:
         start -= 1

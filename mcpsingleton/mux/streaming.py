@@ -230,8 +230,8 @@ def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> Ses
         return None
     top = opened.levels[0]
     try:
-        method = _small(line_head, top.get("method"))
-        request_id = _small(line_head, top.get("id"))
+        method = envelope.member_value(line_head, top, "method")
+        request_id = envelope.member_value(line_head, top, "id")
     except ValueError:
         return None
     if not isinstance(method, str) or _answered_here(mux, method) or "result" in top or "error" in top:
@@ -239,10 +239,6 @@ def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> Ses
     if "id" in top and not jsonrpc.valid_id(request_id):
         return None
     return SessionStream(mux, sid, method, opened, line_head, limit)
-
-
-def _small(line: bytes, span: Span | None) -> object:
-    return json.loads(line[span[0] : span[1]]) if span is not None else None
 
 
 def _answered_here(mux: Mux, method: str) -> bool:
