@@ -131,6 +131,16 @@ def asked(h: Harness, sid: int, request_id: jsonrpc.Id, arguments: dict[str, Any
     return h.last_request("tools/call")["id"]
 
 
+def opened_reply() -> tuple[Harness, bytes, Any]:
+    """Session 1 asked (id "mine"); the backend's big reply, its id last, and the stream opened for it."""
+    h = Harness()
+    h.open(1)
+    line = reply_line(asked(h, 1, "mine"), RESULT, True)
+    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
+    assert stream is not None
+    return h, line, stream
+
+
 @pytest.mark.parametrize("id_last", [False, True])
 def test_a_big_reply_streams_to_its_asker_under_its_own_id(id_last: bool) -> None:
     h = Harness()
@@ -221,12 +231,7 @@ def test_a_reply_that_does_not_end_with_its_id_fails_its_request_and_a_late_repl
 
 
 def test_a_stream_cut_short_ends_the_line_and_the_lost_backend_fails_the_request() -> None:
-    h = Harness()
-    h.open(1)
-    backend_id = asked(h, 1, "mine")
-    line = reply_line(backend_id, RESULT, True)
-    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
-    assert stream is not None
+    h, line, stream = opened_reply()
     parts = stream.start(line[:STREAM_FROM]) + stream.more(line[STREAM_FROM : STREAM_FROM + 5000]) + stream.abort()
     sent = b"".join(bytes(part) for action in parts for part in action.parts)
     assert sent == line[: STREAM_FROM + 5000 - HOLD] + b"\n"  # not the held bytes: the line ends before them
@@ -237,12 +242,7 @@ def test_a_stream_cut_short_ends_the_line_and_the_lost_backend_fails_the_request
 
 
 def test_a_failure_inside_a_stream_ends_the_line_and_answers_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    h = Harness()
-    h.open(1)
-    backend_id = asked(h, 1, "mine")
-    line = reply_line(backend_id, RESULT, True)
-    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
-    assert stream is not None
+    h, line, stream = opened_reply()
     monkeypatch.setattr(envelope, "tail", lambda line: 1 / 0)
     actions = stream.start(line[:STREAM_FROM]) + stream.end(line[STREAM_FROM:] + b"\n")
     assert [a.done for a in actions if isinstance(a, StreamPart)][-1]
@@ -252,12 +252,7 @@ def test_a_failure_inside_a_stream_ends_the_line_and_answers_the_request(monkeyp
 
 
 def test_held_bytes_are_only_the_last_ones() -> None:
-    h = Harness()
-    h.open(1)
-    backend_id = asked(h, 1, 1)
-    line = reply_line(backend_id, RESULT, True)
-    stream = h.mux.stream_from_backend(line[:STREAM_FROM])
-    assert stream is not None
+    _, line, stream = opened_reply()
     out = b"".join(bytes(p) for a in stream.start(line[:STREAM_FROM]) for p in a.parts)
     assert out == line[: STREAM_FROM - HOLD]
 
