@@ -327,11 +327,14 @@ def _unix_socket_peer(inode: int) -> tuple[int, int | None] | None:
 
     When the peer closes, the kernel marks this end shut down for reading: no byte can ever arrive.
     """
+    netlink_family = getattr(socket, "AF_NETLINK", None)  # Linux only; the callers need /proc anyway
+    if netlink_family is None:
+        return None
     all_states = 0xFFFFFFFF
     request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, all_states, inode, UDIAG_SHOW_PEER, *NO_COOKIE)
     header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 1, 1, 0)  # NLM_F_REQUEST
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
+        with socket.socket(netlink_family, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
             netlink.settimeout(1.0)
             netlink.send(header + request)
             reply = netlink.recv(65536)

@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash shell/install.sh
 .venv/bin/ruff check mcpsingleton tests bench
-.venv/bin/mypy  # configured in pyproject.toml: mcpsingleton/
+for target in linux darwin; do  # configured in pyproject.toml: mcpsingleton/; each OS's stubs differ
+    .venv/bin/mypy --platform "$target"
+done
 .venv/bin/python -m pytest -p no:cacheprovider "$@"  # pyproject adds -q: one summary line
 real_processes=(
     tests/test_lifecycle.py tests/test_faults.py tests/test_sharing.py tests/test_fidelity.py tests/test_eras.py

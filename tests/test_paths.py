@@ -114,6 +114,8 @@ def test_a_runtime_dir_squatted_by_another_user_is_never_used(
     bare_home: Path, fake_server: list[str], squatted: str
 ) -> None:
     """Row 13: a dir another user created first at a predictable name must not stop (or capture) our sessions."""
+    if os.geteuid() != 0:
+        pytest.skip("staging another user's dir needs root (chown to nobody)")
     path = Path(squatted.format(uid=os.getuid()))
     if path.exists() or not path.parent.is_dir():
         pytest.skip(f"{path} exists here (or its parent does not): cannot stage the squat")
