@@ -219,6 +219,21 @@ def running(pid: int) -> bool:
         return False
 
 
+def group_runs_code(pgid: int) -> bool:
+    """Whether a process of group `pgid` is alive and not a zombie: for when kill(-pgid, 0) says EPERM,
+    which macOS answers for a group of zombies only, as everywhere for a group holding another user's process.
+    A whole scan, but only on that rare answer."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except OSError:
+            continue  # exited meanwhile
+    return False
+
+
 def describe(selector: selectors.BaseSelector, subreaper: bool) -> str:
     """One line for the broker's log: which implementations this process really uses."""
     pipes = "pipe2" if hasattr(os, "pipe2") and not portable() else "pipe+fcntl"

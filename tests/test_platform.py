@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -217,6 +218,34 @@ def test_keeper_stops_only_the_groups_it_still_guards(started: list[subprocess.P
     keeper.close()  # EOF, as when the broker dies
     assert guarded.wait(timeout=5) == -signal.SIGTERM
     assert forgotten.poll() is None and never.poll() is None
+
+
+@pytest.mark.parametrize("member", ["zombie", "running"])
+def test_eperm_from_a_group_of_zombies_is_not_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    """Issue 20 row 9: XNU answers kill(-pgid, 0) with EPERM when the group holds only zombies (Linux says
+    yes): a real group, with that one answer of macOS's put in its place."""
+    from mcpsingleton.backend import Backend
+
+    backend = Backend(["sleep", "0" if member == "zombie" else "60"], str(tmp_path), dict(os.environ), "row9")
+    real_killpg = os.killpg
+
+    def xnu_killpg(pgid: int, signum: int) -> None:
+        if signum == 0 and pgid == backend.pgid:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        real_killpg(pgid, signum)
+
+    try:
+        if member == "zombie":
+            assert wait_for(lambda: psutil.Process(backend.pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
+        monkeypatch.setattr(os, "killpg", xnu_killpg)
+        assert backend.group_alive() is (member == "running")
+    finally:
+        monkeypatch.undo()
+        kill_quietly(backend.pid)
+        backend.process.wait()
+        backend.close_pipes()
 
 
 # ---- nested use and recycled ids (issue 10 rows 8 and 9) ---------------------------------------------------
