@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from conftest import RawClient, backend_roots, kill_quietly, ls_json, mcpsinglet
 
 from mcpsingleton import platform
 from mcpsingleton.eventloop import EventLoop
+from mcpsingleton.streams import write_if_room
 
 MODES = ["native", "portable"]
 
@@ -105,6 +108,33 @@ def test_files_and_dev_null_are_read_to_the_end_under_every_selector(
     loop.run()
     loop.close()
     assert read == {"file": 200_000, "null": 0} and not sources
+
+
+class DarwinPoll:
+    """select.poll as macOS answers: POLLNVAL for devices other than ttys (XNU's poll is built on kqueue)."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def register(self, fd: int, events: int) -> None:
+        self.fds.append(fd)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        def answer(fd: int) -> int:
+            device = stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd)
+            return select.POLLNVAL if device else select.POLLOUT
+
+        return [(fd, answer(fd)) for fd in self.fds]
+
+
+def test_dev_null_takes_an_isolated_backends_stderr_under_macos_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 row 11: a client whose stderr is /dev/null got every stderr line counted as dropped."""
+    monkeypatch.setattr(select, "poll", DarwinPoll)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert write_if_room(null, b"a line of stderr\n" * 1000) == 0
+    finally:
+        os.close(null)
 
 
 # ---- the broker in both modes -------------------------------------------------------------------------
