@@ -110,6 +110,45 @@ def test_files_and_dev_null_are_read_to_the_end_under_every_selector(
     assert read == {"file": 200_000, "null": 0} and not sources
 
 
+class TtyRefusingSelector(selectors.PollSelector):
+    """Refuses ttys (EINVAL), as macOS's kqueue does for some: the portable selector with kqueue's refusal."""
+
+    def register(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
+        if os.isatty(fileobj):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return super().register(fileobj, events, data)
+
+
+def test_a_tty_the_selector_refuses_is_polled_on_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 row 10: such a tty counted as always ready, and the loop spun at 100% CPU while it was idle."""
+    monkeypatch.setenv(platform.PORTABLE_ENV, "1")
+    monkeypatch.setattr(platform, "new_selector", TtyRefusingSelector)
+    controller, terminal = os.openpty()
+    os.set_blocking(terminal, False)
+    loop = EventLoop()
+    tries, received = [0], bytearray()
+
+    def reader() -> None:
+        tries[0] += 1
+        try:
+            received.extend(os.read(terminal, 1024))
+            loop.stop()
+        except BlockingIOError:
+            pass
+
+    try:
+        loop.add_reader(terminal, reader)
+        loop.call_later(0.5, lambda: os.write(controller, b"typed\n"))
+        loop.call_later(30, loop.stop)
+        loop.run()
+    finally:
+        loop.close()
+        os.close(controller)
+        os.close(terminal)
+    assert received == b"typed\n", "what the tty delivers is read"
+    assert tries[0] < 50, f"{tries[0]} reads in 0.5 s: the loop spun (one per POLL_INTERVAL is ~10)"
+
+
 class DarwinPoll:
     """select.poll as macOS answers: POLLNVAL for devices other than ttys (XNU's poll is built on kqueue)."""
 
