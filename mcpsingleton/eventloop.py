@@ -161,8 +161,7 @@ class EventLoop:
     def _unselected_ready(self) -> list[tuple[int, Callback | None, Callback | None]]:
         """The always-ready fds, every round; the polled ones, once per POLL_INTERVAL."""
         ready = [(fd, reader, writer) for fd, (reader, writer) in self._always_ready.items()]
-        now = time.monotonic()
-        if self._polled and now >= self._next_poll:
+        if self._polled and (now := time.monotonic()) >= self._next_poll:
             self._next_poll = now + POLL_INTERVAL
             ready += [(fd, reader, writer) for fd, (reader, writer) in self._polled.items()]
         return ready
