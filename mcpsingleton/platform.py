@@ -15,6 +15,7 @@ no OS-specific call of their own; the variable reaches every process through the
 |                         |                               | portable mode there still uses SO_PEERCRED)       |
 | process scans           | /proc/*/environ               | psutil                                            |
 | event-loop selector     | epoll (DefaultSelector)       | kqueue on macOS; PollSelector in portable mode    |
+| memory of a process     | PSS (/proc smaps)             | RSS (USS would need task_for_pid)                 |
 
 Why the keeper and not kqueue's EVFILT_PROC/NOTE_EXIT on macOS: NOTE_EXIT still needs a process that
 outlives the broker to watch it, i.e. a keeper anyway, and that keeper would have to be Python (~10 MiB)
@@ -156,6 +157,15 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
 
 def _proc_environ_readable() -> bool:
     return not portable() and os.path.exists(f"/proc/{os.getpid()}/environ")
+
+
+def memory_measure() -> str:
+    """"PSS" where the kernel splits shared pages between sharers (Linux's /proc smaps), else "RSS".
+
+    Elsewhere psutil's USS comes from task_for_pid, which macOS denies to users (and which can block
+    for a long time on a headless Mac): RSS is what can be read there, cheaply, for every own process.
+    """
+    return "PSS" if not portable() and os.path.exists(f"/proc/{os.getpid()}/smaps_rollup") else "RSS"
 
 
 def proves_orphans() -> bool:

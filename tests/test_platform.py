@@ -225,6 +225,15 @@ def test_portable_mode_is_really_taken(home: Path, fake_server: list[str], tmp_p
     assert client.close() == 0
 
 
+def test_ls_says_when_memory_is_rss(home: Path, fake_server: list[str], mode: str) -> None:
+    """Issue 20 row 7: without PSS (macOS, portable mode) shared pages count in each process: ls says so."""
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
+    assert ("MEMORY is RSS" in table) == (platform.memory_measure() == "RSS"), table
+    assert client.close() == 0
+
+
 def test_setsid_daemon_does_not_survive_an_orderly_stop(
     home: Path, fake_server: list[str], tmp_path: Path, mode: str
 ) -> None:
