@@ -159,6 +159,14 @@ def _proc_environ_readable() -> bool:
     return not portable() and os.path.exists(f"/proc/{os.getpid()}/environ")
 
 
+def launchd_label(environ: dict[str, str]) -> str | None:
+    """The launchd job a macOS process belongs to, from the XPC_SERVICE_NAME launchd gives each job (and its
+    descendants inherit); None elsewhere, in Terminal ("0") and in apps ("application.<bundle id>.…"),
+    whose children are clients' servers like any other."""
+    label = environ.get("XPC_SERVICE_NAME", "0")
+    return None if label in ("", "0") or label.startswith("application.") else label
+
+
 def memory_measure() -> str:
     """"PSS" where the kernel splits shared pages between sharers (Linux's /proc smaps), else "RSS".
 
