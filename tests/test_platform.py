@@ -298,6 +298,7 @@ def test_keeper_stops_only_the_groups_it_still_guards(started: list[subprocess.P
     assert forgotten.poll() is None and never.poll() is None
 
 
+@pytest.mark.real_process
 @pytest.mark.parametrize("member", ["zombie", "running"])
 def test_eperm_from_a_group_of_zombies_is_not_alive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
