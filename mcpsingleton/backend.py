@@ -228,14 +228,16 @@ class Backend:
             return False
         try:
             os.killpg(self.pgid, 0)
-        except ProcessLookupError:
-            self.group_gone = True
-            if self.keeper is not None:
-                self.keeper.forget(self.pgid)
-            return False
-        except PermissionError:
             return True
-        return True
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # another user's process in it, or (macOS) only zombies, which run no code
+            if platform.group_runs_code(self.pgid):
+                return True
+        self.group_gone = True
+        if self.keeper is not None:
+            self.keeper.forget(self.pgid)
+        return False
 
     def mark_exited(self, status: int) -> None:
         """The broker reaped the leader: the group may be empty from this instant, so look now, not later."""

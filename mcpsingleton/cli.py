@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control
+from . import __version__, control, platform
 from .keys import SCOPES, log_dir
 from .options import RUN_OPTIONS
 
@@ -132,7 +132,10 @@ def render_table(backends: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
-    return "\n".join(lines + [f"config.toml was ignored when deciding: {error}" for error in errors])
+    notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
+    if backends and platform.memory_measure() == "RSS":
+        notes.append("MEMORY is RSS: pages shared between processes count in each (this OS gives users no PSS)")
+    return "\n".join(lines + notes)
 
 
 def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:

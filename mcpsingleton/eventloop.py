@@ -1,7 +1,9 @@
 """A minimal event loop for the broker: fd readiness, timers and signals over `selectors`.
 
 Any fd may be watched: those no selector reports truthfully (regular files, /dev/null; see
-`platform.watchable`) never block, so they are treated as always ready, as poll(2) does on Linux.
+`platform.watchable`) never block, so they are treated as always ready, as poll(2) does on Linux. Those a
+selector refuses although they may block (a tty kqueue refuses on macOS) are tried every POLL_INTERVAL:
+treated as always ready, they would keep the loop spinning at 100% CPU.
 
 Why not asyncio: the broker needs nothing beyond these three, and importing asyncio costs about
 10 MiB per broker (docs/ARCHITECTURE.md, "Budgets") — one broker runs per server, so that would be most of its memory.
@@ -20,6 +22,10 @@ from collections.abc import Callable
 from . import platform
 
 Callback = Callable[[], None]
+Callbacks = list[Callback | None]  # [reader, writer]
+
+POLL_INTERVAL = 0.05
+"""How often fds that may block but that the selector refused are tried (their callbacks meet EAGAIN)."""
 
 
 class Timer:
@@ -37,7 +43,9 @@ class Timer:
 class EventLoop:
     def __init__(self) -> None:
         self._selector = platform.new_selector()
-        self._always_ready: dict[int, list[Callback | None]] = {}
+        self._always_ready: dict[int, Callbacks] = {}
+        self._polled: dict[int, Callbacks] = {}
+        self._next_poll = 0.0
         self._timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._signal_handlers: dict[int, Callback] = {}
@@ -68,8 +76,9 @@ class EventLoop:
             key: selectors.SelectorKey | None = self._selector.get_key(fd)
         except KeyError:
             key = None
-        if key is None and (fd in self._always_ready or (callback is not None and not platform.watchable(fd))):
-            self._set_always_ready(fd, slot, callback)
+        unselected = self._unselected_table(fd, callback) if key is None else None
+        if unselected is not None:
+            self._set_unselected(unselected, fd, slot, callback)
             return
         callbacks = list(key.data) if key is not None else [None, None]
         callbacks[slot] = callback
@@ -82,18 +91,25 @@ class EventLoop:
         else:
             self._selector.unregister(fd)
 
-    def _register(self, fd: int, events: int, callbacks: list[Callback | None]) -> None:
-        """A selector may still refuse a kind of fd we did not foresee: that one too is always ready."""
+    def _register(self, fd: int, events: int, callbacks: Callbacks) -> None:
+        """A selector may refuse an fd that can block (kqueue and some ttys): that one is polled on a timer."""
         try:
             self._selector.register(fd, events, tuple(callbacks))
         except OSError:
-            self._always_ready[fd] = callbacks
+            self._polled[fd] = callbacks
 
-    def _set_always_ready(self, fd: int, slot: int, callback: Callback | None) -> None:
-        callbacks = self._always_ready.setdefault(fd, [None, None])
+    def _unselected_table(self, fd: int, callback: Callback | None) -> dict[int, Callbacks] | None:
+        """Where an fd the selector does not watch is kept, or None for one the selector is to be given."""
+        for table in (self._always_ready, self._polled):
+            if fd in table:
+                return table
+        return self._always_ready if callback is not None and not platform.watchable(fd) else None
+
+    def _set_unselected(self, table: dict[int, Callbacks], fd: int, slot: int, callback: Callback | None) -> None:
+        callbacks = table.setdefault(fd, [None, None])
         callbacks[slot] = callback
         if callbacks == [None, None]:
-            del self._always_ready[fd]
+            del table[fd]
 
     # ---- timers -----------------------------------------------------------------------------
 
@@ -131,10 +147,8 @@ class EventLoop:
             timeout = self._run_due_timers()
             if not self._running:
                 break
-            ready: list[tuple[int, Callback | None, Callback | None]] = [
-                (fd, reader, writer) for fd, (reader, writer) in self._always_ready.items()
-            ]
-            for key, events in self._selector.select(0 if ready else timeout):
+            ready = self._unselected_ready()
+            for key, events in self._selector.select(0 if ready else self._until_poll(timeout)):
                 reader, writer = key.data
                 reading, writing = events & selectors.EVENT_READ, events & selectors.EVENT_WRITE
                 ready.append((key.fd, reader if reading else None, writer if writing else None))
@@ -144,10 +158,26 @@ class EventLoop:
                 if writer is not None and self._current(fd, 1, writer):
                     writer()
 
+    def _unselected_ready(self) -> list[tuple[int, Callback | None, Callback | None]]:
+        """The always-ready fds, every round; the polled ones, once per POLL_INTERVAL."""
+        ready = [(fd, reader, writer) for fd, (reader, writer) in self._always_ready.items()]
+        if self._polled and (now := time.monotonic()) >= self._next_poll:
+            self._next_poll = now + POLL_INTERVAL
+            ready += [(fd, reader, writer) for fd, (reader, writer) in self._polled.items()]
+        return ready
+
+    def _until_poll(self, timeout: float | None) -> float | None:
+        """The select timeout, cut short where a polled fd is due sooner."""
+        if not self._polled:
+            return timeout
+        wait = max(0.0, self._next_poll - time.monotonic())
+        return wait if timeout is None else min(timeout, wait)
+
     def _current(self, fd: int, slot: int, callback: Callback) -> bool:
         """An earlier callback of this round may have unregistered (and closed) the fd: skip stale ones."""
-        if fd in self._always_ready:
-            return self._always_ready[fd][slot] is callback
+        for table in (self._always_ready, self._polled):
+            if fd in table:
+                return table[fd][slot] is callback
         try:
             return self._selector.get_key(fd).data[slot] is callback
         except KeyError:
@@ -171,5 +201,6 @@ class EventLoop:
     def close(self) -> None:
         self._selector.close()
         self._always_ready.clear()
+        self._polled.clear()
         os.close(self._wake_read)
         os.close(self._wake_write)

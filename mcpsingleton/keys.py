@@ -118,9 +118,14 @@ def launcher_dir() -> str:
 
 
 def log_dir() -> str:
-    """Where broker logs go: MCPSINGLETON_HOME/logs, else beside the user state."""
+    """Where broker logs go: MCPSINGLETON_HOME/logs; else on macOS ~/Library/Logs/mcpsingleton, where users
+    and Console.app look for an app's logs; else beside the user state (from the home directory alone)."""
     home = home_override()
-    return os.path.join(home, "logs") if home else os.path.join(state_dir(), "logs")
+    if home:
+        return os.path.join(home, "logs")
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~"), "Library", "Logs", "mcpsingleton")
+    return os.path.join(state_dir(), "logs")
 
 
 def ensure_private_dir(path: str) -> str:

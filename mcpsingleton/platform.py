@@ -15,6 +15,7 @@ no OS-specific call of their own; the variable reaches every process through the
 |                         |                               | portable mode there still uses SO_PEERCRED)       |
 | process scans           | /proc/*/environ               | psutil                                            |
 | event-loop selector     | epoll (DefaultSelector)       | kqueue on macOS; PollSelector in portable mode    |
+| memory of a process     | PSS (/proc smaps)             | RSS (USS would need task_for_pid)                 |
 
 Why the keeper and not kqueue's EVFILT_PROC/NOTE_EXIT on macOS: NOTE_EXIT still needs a process that
 outlives the broker to watch it, i.e. a keeper anyway, and that keeper would have to be Python (~10 MiB)
@@ -158,6 +159,23 @@ def _proc_environ_readable() -> bool:
     return not portable() and os.path.exists(f"/proc/{os.getpid()}/environ")
 
 
+def launchd_label(environ: dict[str, str]) -> str | None:
+    """The launchd job a macOS process belongs to, from the XPC_SERVICE_NAME launchd gives each job (and its
+    descendants inherit); None elsewhere, in Terminal ("0") and in apps ("application.<bundle id>.…"),
+    whose children are clients' servers like any other."""
+    label = environ.get("XPC_SERVICE_NAME", "0")
+    return None if label in ("", "0") or label.startswith("application.") else label
+
+
+def memory_measure() -> str:
+    """"PSS" where the kernel splits shared pages between sharers (Linux's /proc smaps), else "RSS".
+
+    Elsewhere psutil's USS comes from task_for_pid, which macOS denies to users (and which can block
+    for a long time on a headless Mac): RSS is what can be read there, cheaply, for every own process.
+    """
+    return "PSS" if not portable() and os.path.exists(f"/proc/{os.getpid()}/smaps_rollup") else "RSS"
+
+
 def proves_orphans() -> bool:
     """Whether `reap` can prove a server's stdin dead: needs /proc/PID/fd and fdinfo (Linux)."""
     return not portable() and os.path.isdir(f"/proc/{os.getpid()}/fdinfo")
@@ -217,6 +235,21 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def group_runs_code(pgid: int) -> bool:
+    """Whether a process of group `pgid` is alive and not a zombie: for when kill(-pgid, 0) says EPERM,
+    which macOS answers for a group of zombies only, as everywhere for a group holding another user's process.
+    A whole scan, but only on that rare answer."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+        except OSError:
+            continue  # exited meanwhile
+    return False
 
 
 def describe(selector: selectors.BaseSelector, subreaper: bool) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import psutil
 
+from . import platform
 from .backend import stop_blocking
 
 
@@ -36,14 +37,17 @@ def tree_pids(pid: int, parents: Mapping[int, int] | None = None) -> list[int]:
 
 
 def process_memory(pid: int) -> int:
-    """PSS where the OS has it (shared pages split fairly between sharers), else USS, else RSS."""
+    """PSS where the OS has it (shared pages split fairly between sharers), else RSS (platform.memory_measure).
+
+    Never USS: it needs task_for_pid on macOS, which is denied to users and can block the broker's loop."""
     try:
         proc = psutil.Process(pid)
-        try:
-            full = proc.memory_full_info()
-            return int(getattr(full, "pss", full.uss))
-        except psutil.AccessDenied:  # another user's process, or hardened /proc: RSS is still public
-            return int(proc.memory_info().rss)
+        if platform.memory_measure() == "PSS":
+            try:
+                return int(proc.memory_full_info()._asdict()["pss"])  # a field on Linux only
+            except psutil.AccessDenied:  # another user's process, or hardened /proc: RSS is still public
+                pass
+        return int(proc.memory_info().rss)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0
 

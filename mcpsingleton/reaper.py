@@ -8,10 +8,12 @@
 - orphan-server: an MCP server not started by us whose stdin can never deliver another message. On
   Linux that is proved: the other end of its stdin pipe (or Unix socket) is held by no process outside
   its own tree, checked against every /proc/*/fd and confirmed by the kernel where it can tell.
-  Elsewhere (macOS, BSD, and MCPSINGLETON_PORTABLE=1) only servers reparented to init qualify, and only
-  when the user confirms: psutil's open_files and net_connections there list neither pipes nor who holds
-  their other end, so no proof is possible without libproc's per-fd pipe info (PROC_PIDFDPIPEINFO), which
-  psutil does not expose. Leftover backends are found the same way everywhere: their key tag, via psutil.
+  Elsewhere (macOS, BSD, and MCPSINGLETON_PORTABLE=1) psutil's open_files and net_connections list
+  neither pipes nor who holds their other end, so no proof is possible without libproc's per-fd pipe info
+  (PROC_PIDFDPIPEINFO), which psutil does not expose. A server there is only a suspect, acted on when the
+  user confirms, and only with evidence that whatever started it is gone (`_why_suspected`): on macOS
+  every launchd agent and Dock-launched app has parent pid 1 too, so that alone says nothing.
+  Leftover backends are found the same way everywhere: their key tag, via psutil.
 
 It also provides `find_unmanaged_servers` for `ls --all`: what sharing would save.
 """
@@ -113,10 +115,19 @@ class _Processes:
             parent = self.parents.get(parent, 0)
         return chain
 
-    def key_tag(self, pid: int) -> str | None:
+    def environ(self, pid: int) -> dict[str, str]:
         try:
-            return psutil.Process(pid).environ().get(KEY_ENV)
+            return psutil.Process(pid).environ()
         except psutil.Error:
+            return {}
+
+    def key_tag(self, pid: int) -> str | None:
+        return self.environ(pid).get(KEY_ENV)
+
+    def group_of(self, pid: int) -> int | None:
+        try:
+            return os.getpgid(pid)
+        except OSError:
             return None
 
     def under_ours(self, pid: int) -> bool:
@@ -327,11 +338,14 @@ def _unix_socket_peer(inode: int) -> tuple[int, int | None] | None:
 
     When the peer closes, the kernel marks this end shut down for reading: no byte can ever arrive.
     """
+    netlink_family = getattr(socket, "AF_NETLINK", None)  # Linux only; the callers need /proc anyway
+    if netlink_family is None:
+        return None
     all_states = 0xFFFFFFFF
     request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, all_states, inode, UDIAG_SHOW_PEER, *NO_COOKIE)
     header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, 1, 1, 0)  # NLM_F_REQUEST
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
+        with socket.socket(netlink_family, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as netlink:
             netlink.settimeout(1.0)
             netlink.send(header + request)
             reply = netlink.recv(65536)
@@ -399,14 +413,34 @@ def _orphan_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
     return [found[pid] for pid in procs.topmost(found)]
 
 
+def _why_suspected(procs: _Processes, pid: int) -> str | None:
+    """Why a server is believed orphaned where its stdin cannot be examined, or None if there is no evidence.
+
+    Parent pid 1 is not enough: launchd is every agent's and app's parent. launchd starts each job as the
+    leader of its own session and group; a client's stdio children join the client's group (or a group the
+    client led). So: reparented, not a group leader, the leader of its group gone (the client that started
+    it exited), and not a descendant of a launchd job (XPC_SERVICE_NAME names the job in their environment).
+    """
+    group = procs.group_of(pid)
+    if procs.parents.get(pid) != 1 or group is None or group == pid:
+        return None
+    if group in procs.parents and procs.group_of(group) == group:
+        return None  # its group leader, probably its client, still runs
+    if platform.launchd_label(procs.environ(pid)):
+        return None
+    return (
+        f"reparented to init, and its process group's leader {group} (what started it) is gone;"
+        " this OS cannot prove its stdin is dead"
+    )
+
+
 def _reparented_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
-    """Without /proc there is no proof; a server reparented to init is only a suspect."""
-    reason = "reparented to init; this OS cannot prove its stdin is dead"
-    return [
-        Finding(pid, argv, reason, "suspected-orphan", procs.tree(pid), needs_confirm=True)
-        for pid, argv in procs.unmanaged_servers().items()
-        if pid not in claimed and procs.parents.get(pid) == 1
-    ]
+    """Without /proc there is no proof: a server whose starter is gone is only a suspect."""
+    found = []
+    for pid, argv in procs.unmanaged_servers().items():
+        if pid not in claimed and (reason := _why_suspected(procs, pid)):
+            found.append(Finding(pid, argv, reason, "suspected-orphan", procs.tree(pid), needs_confirm=True))
+    return found
 
 
 # ---- the command ------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 import fcntl
 import os
 
+from . import platform
 from .eventloop import Callback, EventLoop
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
+    import select
     from collections.abc import Callable
     from typing import Any, Protocol
 
@@ -265,18 +267,26 @@ def write_if_room(fd: int, data: bytes) -> int:
     """Write what fits into `fd` now, without blocking and without changing its flags (it is the client's
     stderr, shared with other processes); the number of bytes that did not fit and were dropped.
 
-    Chunks of PIPE_BUF bytes after a zero-timeout poll: a pipe reported writable takes them at once."""
+    Chunks of PIPE_BUF bytes after a zero-timeout poll: a pipe reported writable takes them at once. Files
+    and devices other than ttys never block, and are not polled: macOS answers POLLNVAL for /dev/null."""
     import select
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
+    never_blocks = not platform.watchable(fd)
     while data:
         try:
-            events = poller.poll(0)
-            if not events or not events[0][1] & select.POLLOUT:
+            if not (never_blocks or _writable_now(poller)):
                 return len(data)
             written = os.write(fd, data[: select.PIPE_BUF])
         except OSError:
             return len(data)
         data = data[written:]
     return 0
+
+
+def _writable_now(poller: select.poll) -> bool:
+    import select
+
+    events = poller.poll(0)
+    return bool(events) and bool(events[0][1] & select.POLLOUT)

@@ -21,6 +21,20 @@ EVERYTHING_JS = ROOT / ".cache/npm/node_modules/@modelcontextprotocol/server-eve
 FAKE_SERVER = Path(__file__).resolve().parent / "fake_server.py"
 
 
+PROCESS_FIXTURES = frozenset(
+    {"home", "bare_home", "fake_server", "everything", "time_server", "procs", "started", "family"}
+)
+"""Fixtures that start, or isolate, real processes (shim, broker, servers): a test using one is marked
+`real_process`, and shell/test.sh runs those again in portable mode. Others that start processes are marked
+by hand."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_process)
+
+
 def mcpsingleton_exe() -> str:
     found = shutil.which("mcpsingleton", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     assert found, "mcpsingleton is not installed in this environment; run `pip install -e .[test]`"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 NAME = "hardened"
@@ -107,6 +108,8 @@ def test_a_backend_that_stops_reading_pauses_its_sessions(home: Path, fake_serve
 
 def test_out_of_file_descriptors_refuses_newcomers_clearly(home: Path, fake_server: list[str]) -> None:
     """Row 5: EMFILE on accept: no busy loop or log flood, a clear refusal, and `reap` leaves the broker alone."""
+    if not hasattr(psutil.Process, "rlimit"):
+        pytest.skip("psutil cannot set another process's limits here (prlimit is Linux-only)")
     first = session(fake_server)
     broker = broker_process()
     broker.rlimit(psutil.RLIMIT_NOFILE, (64, 64))

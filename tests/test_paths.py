@@ -19,7 +19,15 @@ import psutil
 import pytest
 from conftest import RawClient, ls_json, mcpsingleton_exe, shim
 
-from mcpsingleton.keys import SOCKET_PATH_LIMIT, KeyPaths, SetupError, check_socket_path, runtime_dir
+from mcpsingleton.keys import (
+    SOCKET_PATH_LIMIT,
+    KeyPaths,
+    SetupError,
+    check_socket_path,
+    log_dir,
+    runtime_dir,
+    state_dir,
+)
 
 NOBODY = 65534
 
@@ -49,6 +57,15 @@ def bare_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         except psutil.Error:
             pass
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("system", "expected"), [("darwin", "Library/Logs/mcpsingleton"), ("linux", None)])
+def test_logs_go_where_the_system_keeps_them(
+    bare_home: Path, monkeypatch: pytest.MonkeyPatch, system: str, expected: str | None
+) -> None:
+    """Issue 20: macOS users (and Console.app) look in ~/Library/Logs; elsewhere they stay beside the state."""
+    monkeypatch.setattr(sys, "platform", system)
+    assert log_dir() == (str(bare_home / expected) if expected else os.path.join(state_dir(), "logs"))
 
 
 def run_line(command: list[str], *options: str) -> list[str]:
@@ -114,6 +131,8 @@ def test_a_runtime_dir_squatted_by_another_user_is_never_used(
     bare_home: Path, fake_server: list[str], squatted: str
 ) -> None:
     """Row 13: a dir another user created first at a predictable name must not stop (or capture) our sessions."""
+    if os.geteuid() != 0:
+        pytest.skip("staging another user's dir needs root (chown to nobody)")
     path = Path(squatted.format(uid=os.getuid()))
     if path.exists() or not path.parent.is_dir():
         pytest.skip(f"{path} exists here (or its parent does not): cannot stage the squat")

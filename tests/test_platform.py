@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from conftest import RawClient, backend_roots, kill_quietly, ls_json, mcpsinglet
 
 from mcpsingleton import platform
 from mcpsingleton.eventloop import EventLoop
+from mcpsingleton.streams import write_if_room
 
 MODES = ["native", "portable"]
 
@@ -106,6 +110,72 @@ def test_files_and_dev_null_are_read_to_the_end_under_every_selector(
     assert read == {"file": 200_000, "null": 0} and not sources
 
 
+class TtyRefusingSelector(selectors.PollSelector):
+    """Refuses ttys (EINVAL), as macOS's kqueue does for some: the portable selector with kqueue's refusal."""
+
+    def register(self, fileobj, events, data=None):  # type: ignore[no-untyped-def]
+        if os.isatty(fileobj):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return super().register(fileobj, events, data)
+
+
+def test_a_tty_the_selector_refuses_is_polled_on_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 row 10: such a tty counted as always ready, and the loop spun at 100% CPU while it was idle."""
+    monkeypatch.setenv(platform.PORTABLE_ENV, "1")
+    monkeypatch.setattr(platform, "new_selector", TtyRefusingSelector)
+    controller, terminal = os.openpty()
+    os.set_blocking(terminal, False)
+    loop = EventLoop()
+    tries, received = [0], bytearray()
+
+    def reader() -> None:
+        tries[0] += 1
+        try:
+            received.extend(os.read(terminal, 1024))
+            loop.stop()
+        except BlockingIOError:
+            pass
+
+    try:
+        loop.add_reader(terminal, reader)
+        loop.call_later(0.5, lambda: os.write(controller, b"typed\n"))
+        loop.call_later(30, loop.stop)
+        loop.run()
+    finally:
+        loop.close()
+        os.close(controller)
+        os.close(terminal)
+    assert received == b"typed\n", "what the tty delivers is read"
+    assert tries[0] < 50, f"{tries[0]} reads in 0.5 s: the loop spun (one per POLL_INTERVAL is ~10)"
+
+
+class DarwinPoll:
+    """select.poll as macOS answers: POLLNVAL for devices other than ttys (XNU's poll is built on kqueue)."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def register(self, fd: int, events: int) -> None:
+        self.fds.append(fd)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        def answer(fd: int) -> int:
+            device = stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd)
+            return select.POLLNVAL if device else select.POLLOUT
+
+        return [(fd, answer(fd)) for fd in self.fds]
+
+
+def test_dev_null_takes_an_isolated_backends_stderr_under_macos_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20 row 11: a client whose stderr is /dev/null got every stderr line counted as dropped."""
+    monkeypatch.setattr(select, "poll", DarwinPoll)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert write_if_room(null, b"a line of stderr\n" * 1000) == 0
+    finally:
+        os.close(null)
+
+
 # ---- the broker in both modes -------------------------------------------------------------------------
 
 
@@ -152,6 +222,15 @@ def test_portable_mode_is_really_taken(home: Path, fake_server: list[str], tmp_p
     elif hasattr(os, "pipe2"):  # Linux: the native implementations
         assert "EpollSelector, pipe2, pdeathsig+keeper, subreaper on, scans via /proc" in log
         assert daemon.ppid() == entry["broker_pid"], "the broker is the backend's subreaper"
+    assert client.close() == 0
+
+
+def test_ls_says_when_memory_is_rss(home: Path, fake_server: list[str], mode: str) -> None:
+    """Issue 20 row 7: without PSS (macOS, portable mode) shared pages count in each process: ls says so."""
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
+    assert ("MEMORY is RSS" in table) == (platform.memory_measure() == "RSS"), table
     assert client.close() == 0
 
 
@@ -217,6 +296,35 @@ def test_keeper_stops_only_the_groups_it_still_guards(started: list[subprocess.P
     keeper.close()  # EOF, as when the broker dies
     assert guarded.wait(timeout=5) == -signal.SIGTERM
     assert forgotten.poll() is None and never.poll() is None
+
+
+@pytest.mark.real_process
+@pytest.mark.parametrize("member", ["zombie", "running"])
+def test_eperm_from_a_group_of_zombies_is_not_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    """Issue 20 row 9: XNU answers kill(-pgid, 0) with EPERM when the group holds only zombies (Linux says
+    yes): a real group, with that one answer of macOS's put in its place."""
+    from mcpsingleton.backend import Backend
+
+    backend = Backend(["sleep", "0" if member == "zombie" else "60"], str(tmp_path), dict(os.environ), "row9")
+    real_killpg = os.killpg
+
+    def xnu_killpg(pgid: int, signum: int) -> None:
+        if signum == 0 and pgid == backend.pgid:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        real_killpg(pgid, signum)
+
+    try:
+        if member == "zombie":
+            assert wait_for(lambda: psutil.Process(backend.pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
+        monkeypatch.setattr(os, "killpg", xnu_killpg)
+        assert backend.group_alive() is (member == "running")
+    finally:
+        monkeypatch.undo()
+        kill_quietly(backend.pid)
+        backend.process.wait()
+        backend.close_pipes()
 
 
 # ---- nested use and recycled ids (issue 10 rows 8 and 9) ---------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from mcpsingleton import proctree
+from mcpsingleton import platform, proctree
 
 SLEEPER = "import time; time.sleep(60)"
 PARENT = """
@@ -89,6 +89,20 @@ def test_memory_falls_back_to_rss_when_pss_is_denied(
         raise psutil.AccessDenied(self.pid)
 
     monkeypatch.setattr(psutil.Process, "memory_full_info", denied)
+    assert proctree.process_memory(parent) == psutil.Process(parent).memory_info().rss
+
+
+def test_without_pss_memory_is_rss_and_never_asks_for_uss(
+    family: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 row 7: USS needs task_for_pid on macOS (denied to users, and it can block the broker's loop)."""
+    parent, _ = family
+    monkeypatch.setenv(platform.PORTABLE_ENV, "1")
+
+    def task_for_pid(self: psutil.Process) -> None:
+        raise AssertionError("memory_full_info: on macOS task_for_pid, denied and possibly blocking")
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", task_for_pid)
     assert proctree.process_memory(parent) == psutil.Process(parent).memory_info().rss
 
 

@@ -35,14 +35,16 @@ time.sleep(120)
 LAUNCHER = """
 import socket, subprocess, sys
 kind, argv = sys.argv[1], sys.argv[2:]
-if kind == "pipe":
-    subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+if kind in ("pipe", "session"):
+    subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=kind == "session")
 else:
     mine, theirs = socket.socketpair()
     subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL)
 """
 """Starts a server and exits at once, like a client that dies: the server is reparented to init and
-the other end of its stdin closes with the launcher."""
+the other end of its stdin closes with the launcher. It runs as the leader of its own process group, as a
+client started from a shell does; with "session" the server leads its own session and group instead, as
+every launchd job does."""
 
 FAKE_BROKER = """
 import fcntl, json, os, socket, subprocess, sys, time
@@ -114,9 +116,13 @@ class Processes:
         """A fake server whose starter died, and with it the other end of the server's stdin."""
         server_env, pidfile = self._server_env(env)
         launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, stdin, sys.executable, str(self.script)],
-                                    env=server_env)
+                                    env=server_env, process_group=0)
         launcher.wait(timeout=10)
         return self._wait_server(pidfile)
+
+    def agent(self, **env: str) -> Server:
+        """A server as launchd runs a user's agent: parent pid 1, leader of its own session and group."""
+        return self.orphan("session", **env)
 
     def live(self, stdin: str = "pipe", **env: str) -> Server:
         """A fake server whose client (this test) still holds the other end of its stdin."""
@@ -325,6 +331,60 @@ def test_without_proc_only_confirmed_reparented_servers_are_killed(
     assert alive(orphan.pid)
     assert [row["pid"] for row in reap(dry_run=False, confirm=True)] == [orphan.pid]
     assert not alive(orphan.pid) and not alive(orphan.child) and alive(live.pid)
+
+
+def test_without_proc_a_launchd_style_agent_is_never_reaped(
+    procs: Processes, restrict: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 row 8: on macOS every LaunchAgent has parent pid 1; `reap --yes` killed one named *mcp*."""
+    monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")
+    agent, orphan = procs.agent(), procs.orphan()
+    assert psutil.Process(agent.pid).ppid() == 1 == psutil.Process(orphan.pid).ppid()
+    restrict(agent.pid, orphan.pid)
+    (row,) = reap(dry_run=False, confirm=True)
+    assert row["pid"] == orphan.pid and f"its process group's leader {os.getpgid(orphan.pid)}" in row["reason"]
+    assert alive(agent.pid) and alive(agent.child)
+
+
+class Table(reaper._Processes):
+    """An injected process table: what a Mac shows, where real processes here cannot show it."""
+
+    def __init__(self, rows: dict[int, tuple[int, int, dict[str, str]]]) -> None:
+        """pid → (parent pid, process group, environment); every row runs fake-mcp-server as this user."""
+        self.rows = rows
+        self.parents = {pid: parent for pid, (parent, _, _) in rows.items()}
+        self.own = {pid: ["python3", "fake-mcp-server.py"] for pid in rows}
+
+    def group_of(self, pid: int) -> int | None:
+        return self.rows[pid][1] if pid in self.rows else None
+
+    def environ(self, pid: int) -> dict[str, str]:
+        return self.rows[pid][2]
+
+
+AGENT_ENV = {"XPC_SERVICE_NAME": "com.example.mcp-sync"}
+APP_ENV = {"XPC_SERVICE_NAME": "application.com.anthropic.claudefordesktop.4242.4250"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "suspected"),
+    [
+        ({500: (1, 500, AGENT_ENV)}, False),  # a LaunchAgent: leads its group
+        ({500: (1, 500, APP_ENV)}, False),  # an app the Dock started: leads its group too
+        ({501: (1, 490, AGENT_ENV)}, False),  # left behind by an agent (AbandonProcessGroup): launchd's
+        ({501: (1, 490, APP_ENV)}, True),  # Claude Desktop (490) is gone: its server stays behind
+        ({501: (1, 490, {"XPC_SERVICE_NAME": "0"})}, True),  # a client run in Terminal is gone
+        ({490: (300, 490, APP_ENV), 501: (1, 490, APP_ENV)}, False),  # its client still runs
+        ({490: (300, 77, {}), 501: (1, 490, {})}, True),  # 490 is now another process: the leader is gone
+        ({501: (600, 490, {})}, False),  # not reparented
+    ],
+)
+def test_without_proc_a_server_is_suspected_only_when_its_starter_is_gone(
+    rows: dict[int, tuple[int, int, dict[str, str]]], suspected: bool
+) -> None:
+    found = reaper._reparented_findings(Table(rows), claimed=set())
+    assert [f.pid for f in found] == ([501] if suspected else [])
+    assert all("leader 490" in f.reason and f.needs_confirm for f in found)
 
 
 # ---- leftover-backend ---------------------------------------------------------------------------
