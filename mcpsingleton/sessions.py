@@ -161,6 +161,8 @@ class Sessions:
             session.reading = True
             if not session.slot.paused and not session.ending:
                 self._read(session)
+                if session.slot.fatal is not None:  # what it sent is answered, then it ends (as on every read):
+                    self._readable(session)  # one re-attached may send nothing for long
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     # ---- the client's stdin and stdout ------------------------------------------------------------
@@ -385,7 +387,6 @@ class Sessions:
             except OSError:
                 pass
         close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
-
 
 
 def _request_id(line_head: bytes) -> str | int | None:

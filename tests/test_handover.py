@@ -76,3 +76,65 @@ def test_a_request_line_half_written_at_a_restart_is_served_whole(home: Path, fa
     assert not getattr(client, "seen", []), "no parse error for a line cut in two"
     assert handover.wait(timeout=30) == 0
     assert client.close() == 0
+
+
+def test_reap_leaves_a_broker_that_hands_over_alone(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    slow = client.request("tools/call", {"name": "slow", "arguments": {"seconds": 4}})
+    assert wait_for(lambda: ls_json()[0]["requests"] >= 1)
+    (entry,) = ls_json()
+    handover = subprocess.Popen([mcpsingleton_exe(), "restart", "--all"])
+    assert wait_for(lambda: "shutting down: restart requested" in log_text(home))
+    # --dry-run: what reap would kill, without touching what other tests on this machine run
+    found = subprocess.run([mcpsingleton_exe(), "reap", "--dry-run", "--json"], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert entry["broker_pid"] not in {row["pid"] for row in json.loads(found.stdout)}, found.stdout
+    assert result_text(client.reply_to(slow, timeout=30)) == "slow done", "the call in flight finished"
+    assert handover.wait(timeout=30) == 0
+    assert client.close() == 0
+
+
+def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    gone.mkdir()
+    client = RawClient(shim(fake_server), cwd=str(gone))
+    client.initialize()
+    assert json.loads(result_text(client.call("whoami")))["cwd"] == str(gone)
+    gone.rmdir()
+    done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert client.process.wait(timeout=30) == 1
+    (line,) = client.stderr().splitlines()
+    assert line.startswith("mcpsingleton: ") and f"{gone} no longer exists" in line, line
+
+
+def test_a_shared_session_whose_cwd_was_deleted_goes_on_after_a_restart(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    gone.mkdir()
+    client = RawClient(shim(fake_server, "--scope", "global"), cwd=str(gone))
+    client.initialize()
+    gone.rmdir()
+    done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pid" in result_text(client.call("whoami", timeout=30)), "re-attached: the cwd is no part of its key"
+    assert client.close() == 0
+
+
+def test_a_session_started_from_a_deleted_directory_is_refused_with_one_line(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    gone.mkdir()
+    script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    started = subprocess.run(
+        ["sh", "-c", script, "sh", str(gone), *shim(fake_server)], capture_output=True, text=True, timeout=30
+    )
+    assert started.returncode == 1
+    assert started.stderr.splitlines() == [
+        "mcpsingleton: the current directory no longer exists; start the session from an existing one"
+    ]
