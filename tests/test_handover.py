@@ -61,17 +61,20 @@ def big_echo(request_id: int, size: int) -> bytes:
     )
 
 
-def test_a_request_line_half_written_at_a_restart_is_served_whole(home: Path, fake_server: list[str]) -> None:
+@pytest.mark.parametrize("size", [40_000, 300_000], ids=["40KB", "streamed-300KB"])
+def test_a_request_line_half_written_at_a_restart_is_served_whole(
+    home: Path, fake_server: list[str], size: int
+) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()
-    line = big_echo(7, 40_000)
+    line = big_echo(7, size)
     client.send_raw(line[: len(line) // 2])
     time.sleep(0.3)  # the broker reads (and buffers) the first half
     handover = subprocess.Popen([mcpsingleton_exe(), "restart", "--all"])
     assert wait_for(lambda: "shutting down: restart requested" in log_text(home))
     client.send_raw(line[len(line) // 2 :])
     reply = client.reply_to(7, timeout=30)
-    assert result_text(reply) == "x" * 40_000
+    assert result_text(reply) == "x" * size
     assert "pid" in result_text(client.call("whoami", timeout=30)), "the session went on, on the next broker"
     assert not getattr(client, "seen", []), "no parse error for a line cut in two"
     assert handover.wait(timeout=30) == 0
@@ -138,3 +141,21 @@ def test_a_session_started_from_a_deleted_directory_is_refused_with_one_line(
     assert started.stderr.splitlines() == [
         "mcpsingleton: the current directory no longer exists; start the session from an existing one"
     ]
+
+
+def test_a_request_line_left_half_written_past_the_drain_is_answered_under_its_id(
+    home: Path, fake_server: list[str]
+) -> None:
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    line = big_echo(7, 40_000)
+    client.send_raw(line[: len(line) // 2])
+    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reply = client.reply_to(7, timeout=30)
+    assert reply["error"]["code"] == -32603 and "send it again" in reply["error"]["message"]
+    client.send_raw(line[len(line) // 2 :])  # the rest goes to the next broker: one line it cannot parse
+    assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+    assert [message["error"]["code"] for message in client.seen] == [-32700]
+    assert client.close() == 0
