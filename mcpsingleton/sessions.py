@@ -58,7 +58,7 @@ class Session:
         self.attached_at = time.time()
         self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
-        self.streamed_head = b""  # the head of the request line streaming to the backend, while one does
+        self.streamed_id: str | int | None = None  # the id of the request line streaming in, while one does
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
         self.held: list[ToSession] = []
 
@@ -207,7 +207,7 @@ class Sessions:
         if stream is None:
             return None
         self.broker.perform(session.slot, stream.start(line_head))
-        session.streamed_head = line_head
+        session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
         relay = Relay(stream, lambda actions: self.broker.perform(session.slot, actions))
         deadline = time.monotonic() + STREAM_AT_MOST
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, 0, deadline))
@@ -326,10 +326,9 @@ class Sessions:
         """The handover can wait no longer for the end of the line a session is writing: the request is
         answered with `reason` under its id when the part that arrived holds it (the next broker gets the rest)."""
         reader = session.reader
-        line_head = session.streamed_head if reader.sink is not None else bytes(reader.buf)
+        request_id = session.streamed_id if reader.sink is not None else _request_id(bytes(reader.buf))
         reader.abort_stream()
         self.loop.remove_reader(session.in_fd)
-        request_id = _request_id(line_head)
         if request_id is not None:
             self.deliver(ToSession(session.sid, jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, reason)))
 

@@ -145,12 +145,13 @@ def test_a_session_started_from_a_deleted_directory_is_refused_with_one_line(
     ]
 
 
+@pytest.mark.parametrize("size", [40_000, 300_000], ids=["40KB", "streamed"])
 def test_a_request_line_left_half_written_past_the_drain_is_answered_under_its_id(
-    home: Path, fake_server: list[str]
+    home: Path, fake_server: list[str], size: int
 ) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()
-    line = big_echo(7, 40_000)
+    line = big_echo(7, size)
     client.send_raw(line[: len(line) // 2])
     time.sleep(0.3)  # the broker reads (and buffers) the first half
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
