@@ -161,8 +161,9 @@ class Sessions:
             session.reading = True
             if not session.slot.paused and not session.ending:
                 self._read(session)
-                if session.slot.fatal is not None:  # what it sent is answered, then it ends (as on every read):
-                    self._readable(session)  # one re-attached may send nothing for long
+                if session.slot.fatal is not None:
+                    # its backend can never start: it ends now, not at its next line (a re-attached one may send none)
+                    self._readable(session)
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     # ---- the client's stdin and stdout ------------------------------------------------------------
@@ -390,9 +391,9 @@ class Sessions:
 
 def _request_id(line_head: bytes) -> str | int | None:
     """The id of a request line whose end has not arrived, when it came before the member still open."""
-    found = envelope.head(line_head)
     try:
+        found = envelope.head(line_head)
         value = found.small(line_head, "id") if found is not None else None
-    except ValueError:
+    except Exception:  # a client's bytes: nothing in them may reach the loop
         return None
     return value if isinstance(value, str | int) and not isinstance(value, bool) else None
