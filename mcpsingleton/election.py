@@ -69,7 +69,7 @@ def broker_spec(
         "log": paths.log(),
         "name": name,
         "argv": options.command,
-        "cwd": cwd,
+        "cwd": backend_dir(cwd, decision.scope),
         "env": env,
         "scope": decision.scope,
         "sharing": decision.sharing,
@@ -81,6 +81,14 @@ def broker_spec(
         "max_procs": options.max_procs,
         "lazy": options.lazy or decision.lazy,
     }
+
+
+def backend_dir(cwd: str, scope: str) -> str:
+    """Where the backend runs: the session's directory, unless it was deleted (a session re-attaching from it)
+    and the directory is no part of the key: the server is shared across directories, any existing one will do."""
+    if scope != "global" or os.path.isdir(cwd):
+        return cwd
+    return os.path.expanduser("~")
 
 
 def launch(spec: dict, lock_fd: int, name: str) -> None:
