@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RawClient, backend_roots, ls_json, processes_of, result_text, shim, wait_for
+from test_policy_servers import node_server
 
 SECRET = "s3cret-token-value-42"
 
@@ -46,7 +47,7 @@ def test_a_second_start_answers_initialize_before_the_backend_has(home: Path, fa
     assert client.close() == 0
 
 
-@pytest.mark.parametrize("asked_by", ["--lazy", "config.toml"])
+@pytest.mark.parametrize("asked_by", ["default", "--lazy", "config.toml"])
 def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: list[str], asked_by: str) -> None:
     first_run(fake_server, home)
     if asked_by == "config.toml":
@@ -62,6 +63,43 @@ def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: li
     (row,) = ls_json()
     assert row["state"] == "running" and row["backend_pid"] and row["memory_bytes"] > 0
     assert client.close() == 0
+
+
+@pytest.mark.parametrize("asked_by", ["--eager", "config.toml"])
+def test_eager_starts_the_backend_at_once_even_with_discovery_cached(
+    home: Path, fake_server: list[str], asked_by: str
+) -> None:
+    first_run(fake_server, home)
+    if asked_by == "config.toml":
+        (home / "config.toml").write_text('[servers."fake-server"]\nlazy = false\n')
+    client = RawClient(shim(fake_server, *([asked_by] if asked_by == "--eager" else [])))
+    assert client.initialize()["result"]["serverInfo"]["name"] == "fake-server"
+    assert wait_for(lambda: backend_roots(home)), "an eager session starts its backend without a request"
+    assert client.close() == 0
+
+
+def test_isolated_sessions_that_never_call_a_tool_start_no_backend(home: Path) -> None:
+    """sequential-thinking (isolated by the catalog): once its discovery is cached, three sessions list its
+    tools without a backend; the one that calls a tool gets exactly one, its own."""
+    command = node_server("@modelcontextprotocol/server-sequential-thinking")
+    first_run(command, home)
+    clients = [RawClient(shim(command)) for _ in range(3)]
+    try:
+        for client in clients:
+            client.initialize()
+            tools = client.reply_to(client.request("tools/list"))["result"]["tools"]
+            assert [tool["name"] for tool in tools] == ["sequentialthinking"]
+        assert backend_roots(home) == []
+        records = ls_json()
+        assert len(records) == 3 and {r["state"] for r in records} == {"idle"}, records
+        thought = {"thought": "t", "thoughtNumber": 1, "totalThoughts": 1, "nextThoughtNeeded": False}
+        assert "thoughtNumber" in result_text(clients[1].call("sequentialthinking", thought))
+        assert len(backend_roots(home)) == 1
+        states = sorted(r["state"] for r in ls_json())
+        assert states == ["idle", "idle", "running"], states
+    finally:
+        for client in clients:
+            assert client.close() == 0
 
 
 def test_lazy_without_a_cache_entry_starts_the_backend_at_once(home: Path, fake_server: list[str]) -> None:
