@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         def reap(self) -> None: ...
         def slot_ready(self, slot: BackendSlot) -> None: ...
         def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None: ...
+        def may_start(self, slot: BackendSlot) -> str | None:
+            """None: spawn it; else why not (the budget), one line for the requests that needed it."""
 
 
 PAUSE_AT = 4 * 1024 * 1024
@@ -109,7 +111,15 @@ class BackendSlot:
         self.idle_timer: Timer | None = None
         self.after_reclaim: list[Callback] = []  # what waits for a reclaimed backend's process to be gone
         self.counters = dict.fromkeys(
-            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses", "stderr_dropped"), 0
+            (
+                "limit_restarts",
+                "backend_write_failures",
+                "spawn_failures",
+                "backpressure_pauses",
+                "stderr_dropped",
+                "budget_refusals",
+            ),
+            0,
         )
         if spec.get("max_memory") or spec.get("max_procs"):
             loop.call_later(SAMPLE_INTERVAL, self._sample)
@@ -240,6 +250,12 @@ class BackendSlot:
     def _spawn(self) -> None:
         self.spawn_timer = None
         if self.backend is not None or not self.life.live:
+            return
+        refusal = self.host.may_start(self)
+        if refusal is not None:
+            self.counters["budget_refusals"] += 1
+            self.log.write(f"{self.label} not started: {refusal}")
+            self.host.perform(self, self.mux.backend_refused(refusal))
             return
         argv = self.spec["argv"]
         try:
