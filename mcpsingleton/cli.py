@@ -328,12 +328,18 @@ cli.command(name="unwrap", help="Restore client configs exactly as they were bef
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...]) -> None:
     """Which scope and sharing `run` would use for COMMAND, and why; starts nothing."""
-    from .policy import decide
+    from .policy import decide, unread_xdg_config
     from .sharing import config_path
 
     decision = decide(scope, list(command), name)
     if decision.config_error:
         click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
+    if unread := unread_xdg_config():
+        click.echo(
+            f"mcpsingleton: ignoring {unread}: clients strip XDG_CONFIG_HOME, so the config is read from"
+            f" {config_path()} only; move it there",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
         return

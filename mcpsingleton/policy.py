@@ -9,6 +9,7 @@ name found in the command line, however it is launched (`match_names`).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from typing import Any
 
@@ -147,6 +148,8 @@ def load_table(path: str) -> ServerTable:
         return ServerTable({})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(str(exc)) from exc
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ValueError("nested too deeply to read") from None
     servers = data.get("servers", {})
     if not isinstance(servers, dict) or not all(isinstance(entry, dict) for entry in servers.values()):
         raise ValueError('expected [servers."NAME"] tables')
@@ -162,6 +165,15 @@ def load_table(path: str) -> ServerTable:
         if not isinstance(aliases, list) or not all(isinstance(alias, str) for alias in aliases):
             raise ValueError(f'[servers."{match}"] aliases must be a list of names')
     return ServerTable(servers)
+
+
+def unread_xdg_config() -> str | None:
+    """A config.toml under $XDG_CONFIG_HOME that is not the one read (see `sharing.config_path`), or None."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    candidate = os.path.join(xdg, "mcpsingleton", "config.toml") if xdg else ""
+    if candidate and os.path.isfile(candidate) and os.path.realpath(candidate) != os.path.realpath(config_path()):
+        return candidate
+    return None
 
 
 def _from_config(found: dict[str, Any] | None) -> Decision | None:

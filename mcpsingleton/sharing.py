@@ -80,14 +80,18 @@ def explicit_decision(scope: str) -> Decision:
 
 
 def config_path() -> str:
-    """MCPSINGLETON_HOME/config.toml, else platformdirs' user config dir (computed here: no import)."""
+    """MCPSINGLETON_HOME/config.toml, else the user config dir as platformdirs' defaults name it (no import).
+
+    From the home directory alone, never XDG_CONFIG_HOME: clients strip XDG_* (Codex), and a config
+    that only some sessions read would share, in those, a server the user asked to isolate.
+    """
     home = os.environ.get("MCPSINGLETON_HOME")
     if home:
         return os.path.join(home, "config.toml")
     if os.uname().sysname == "Darwin":
         base = os.path.expanduser("~/Library/Application Support")
     else:
-        base = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+        base = os.path.expanduser("~/.config")
     return os.path.join(base, "mcpsingleton", "config.toml")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 import pytest
-from conftest import mcpsingleton_exe
+from conftest import RawClient, mcpsingleton_exe, shim
 
 from mcpsingleton import sharing
 from mcpsingleton.learnt import declared_sharing, runtime_decision, tool_shape_sharing
@@ -106,6 +106,7 @@ def test_config_toml_overrides_catalog_by_name_or_word(home: Path) -> None:
         '[servers."x"]\naliases = "y"\n',
         '[servers."x"]\nlazy = "yes"\n',
         b"\xff\xfe",
+        "a = " + "[" * 2000 + "]" * 2000 + "\n",  # issue 19 row 12: tomllib's RecursionError
     ],
 )
 def test_broken_config_falls_back_to_builtin_policy_with_its_reason(home: Path, text: str | bytes) -> None:
@@ -116,10 +117,40 @@ def test_broken_config_falls_back_to_builtin_policy_with_its_reason(home: Path, 
     assert decision.config_error and "\n" not in decision.config_error
 
 
-def test_config_path_is_platformdirs_user_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_is_platformdirs_default_user_config_dir_whatever_xdg_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 19 row 13: clients strip XDG_* (Codex), so the path must not depend on it."""
     monkeypatch.delenv("MCPSINGLETON_HOME", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     expected = os.path.join(platformdirs.user_config_dir("mcpsingleton"), "config.toml")
     assert sharing.config_path() == expected
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert sharing.config_path() == expected
+
+
+def test_a_client_that_strips_xdg_reads_the_same_config_and_explain_names_an_unread_one(tmp_path: Path) -> None:
+    """Issue 19 row 13: the isolation asked for in config.toml holds for a client that strips XDG_*."""
+    user_config = tmp_path / ".config" / "mcpsingleton"
+    user_config.mkdir(parents=True)
+    (user_config / "config.toml").write_text('[servers."mcp-server-time"]\nscope = "isolated"\n')
+    stripped = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    with_xdg = {**stripped, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    for env in (stripped, with_xdg):
+        out = subprocess.run(
+            [mcpsingleton_exe(), "explain", "--json", "--", "uvx", "mcp-server-time"],
+            capture_output=True, text=True, timeout=30, env=env,
+        )
+        assert json.loads(out.stdout)["policy"] == "config.toml", out.stderr
+        assert out.stderr == ""
+    (tmp_path / "xdg" / "mcpsingleton").mkdir(parents=True)
+    (tmp_path / "xdg" / "mcpsingleton" / "config.toml").write_text("")
+    out = subprocess.run(
+        [mcpsingleton_exe(), "explain", "--", "uvx", "mcp-server-time"],
+        capture_output=True, text=True, timeout=30, env=with_xdg,
+    )
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {tmp_path}/xdg/mcpsingleton/config.toml: ")
 
 
 def test_decision_cache_is_private_holds_no_argv_and_follows_config_edits(home: Path) -> None:
@@ -264,6 +295,24 @@ def test_explain_shows_config_override_and_reports_a_broken_config(home: Path) -
     assert out.returncode == 0
     assert "policy:  catalog: " in out.stdout
     assert len(out.stderr.splitlines()) == 1 and "config.toml" in out.stderr
+
+
+def test_a_config_nested_too_deeply_is_one_line_and_sessions_run_on_the_catalog(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Issue 19 row 12: a 2000-deep array killed every `run` and `explain` with a RecursionError traceback."""
+    (home / "config.toml").write_text("a = " + "[" * 2000 + "]" * 2000 + "\n")
+    out = _explain("--", "uvx", "mcp-server-time")
+    assert out.returncode == 0 and "policy:  catalog: " in out.stdout
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {home / 'config.toml'}: ")
+    client = RawClient(shim(fake_server))
+    try:
+        assert "result" in client.initialize()
+    finally:
+        assert client.close() == 0
+    [line] = client.stderr().splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {home / 'config.toml'}: ")
 
 
 def test_explain_says_when_config_toml_makes_a_server_lazy(home: Path) -> None:
