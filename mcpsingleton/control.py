@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from . import wire
-from .keys import KeyPaths, runtime_dir
+from .keys import KeyPaths, ensure_private_dir, runtime_dir
 from .wire import BackendStatus
 
 TIMEOUT = 2.0
@@ -31,9 +31,12 @@ def ask(paths: KeyPaths, command: str, timeout: float = TIMEOUT) -> bytes | None
 
 
 def state_files(directory: str | None = None) -> list[dict[str, Any]]:
-    """Every broker state file in the runtime dir (live or stale), parsed."""
+    """Every broker state file in the runtime dir (live or stale), parsed.
+
+    The runtime dir is checked (and made) as `run` does, so a home no session can use is the same one
+    line for every command as for `run`, never an empty listing."""
     found = []
-    for path in sorted(glob.glob(os.path.join(directory or runtime_dir(), "*.json"))):
+    for path in sorted(glob.glob(os.path.join(directory or ensure_private_dir(runtime_dir()), "*.json"))):
         try:
             with open(path) as handle:
                 state = json.load(handle)

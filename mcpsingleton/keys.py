@@ -64,27 +64,19 @@ def runtime_dir() -> str:
 
     It must be the same for every client of the same user, and clients start servers with a filtered
     environment (Codex passes little more than HOME and PATH), so it depends on nothing a client may
-    strip: MCPSINGLETON_HOME when set, else the system's per-user runtime dir (Linux `/run/user/UID`,
-    macOS's per-user temp dir) when it exists and is ours and private, else a dir under the home
-    directory. Never a shared-/tmp name that another user could create first. See docs/ARCHITECTURE.md.
+    strip: MCPSINGLETON_HOME when set, else Linux's per-user runtime dir `/run/user/UID` when it exists
+    and is ours and private, else a dir under the home directory (macOS: always; its per-user temp dir
+    is not offered by CPython's confstr, and its contents are removed after 3 days unused, which would
+    take live locks with them). Never a shared-/tmp name that another user could create first.
+    See docs/ARCHITECTURE.md.
     """
     home = home_override()
     if home:
         return os.path.join(home, "run")
-    for system_dir in (f"{RUN_USER}/{os.getuid()}", _darwin_user_temp_dir()):
-        if system_dir and _is_private_and_ours(system_dir):
-            return os.path.join(system_dir, "mcpsingleton")
+    system_dir = f"{RUN_USER}/{os.getuid()}"
+    if _is_private_and_ours(system_dir):
+        return os.path.join(system_dir, "mcpsingleton")
     return os.path.join(os.path.expanduser("~"), ".cache", "mcpsingleton")
-
-
-def _darwin_user_temp_dir() -> str | None:
-    """macOS's private per-user temp dir, asked of the system (not $TMPDIR, which clients may drop)."""
-    if "CS_DARWIN_USER_TEMP_DIR" not in getattr(os, "confstr_names", {}):
-        return None
-    try:
-        return os.confstr("CS_DARWIN_USER_TEMP_DIR")
-    except (OSError, ValueError):
-        return None
 
 
 def _is_private_and_ours(path: str) -> bool:
@@ -124,17 +116,45 @@ def log_dir() -> str:
 
 
 def ensure_private_dir(path: str) -> str:
-    """Create `path` 0700, or check that an existing one is ours and private; refuse otherwise."""
+    """Create `path` 0700, or check that an existing one is ours and private; refuse otherwise.
+
+    The dirs above it up to the root of our files (MCPSINGLETON_HOME, else the state dir) must be ours
+    and not writable by others as well: whoever may rename one of them may swap what we read and run.
+    """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
     except OSError as exc:
         raise SetupError(f"cannot create {path} ({exc.strerror}); set MCPSINGLETON_HOME to a writable dir") from exc
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise SetupError(f"{path} is not a directory owned by you; remove it or set MCPSINGLETON_HOME")
+    _check_ours(path, info)
     if info.st_mode & 0o077:
         raise SetupError(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); run: chmod 700 {path}")
+    for above in _dirs_above_within_our_root(path):
+        try:
+            info = os.lstat(above)
+        except OSError as exc:
+            raise SetupError(f"cannot use {above} ({exc.strerror}); set MCPSINGLETON_HOME to a dir of yours") from exc
+        _check_ours(above, info)
+        if info.st_mode & 0o022:
+            mode = f"mode {info.st_mode & 0o777:o}"
+            raise SetupError(f"{above} is writable by others ({mode}); run: chmod go-w {above}")
     return path
+
+
+def _check_ours(path: str, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise SetupError(f"{path} is not a directory owned by you; remove it or set MCPSINGLETON_HOME")
+
+
+def _dirs_above_within_our_root(path: str) -> list[str]:
+    """`path`'s parents up to and including MCPSINGLETON_HOME (else the state dir), when it lies under it."""
+    root = os.path.abspath(home_override() or state_dir())
+    found = []
+    above = os.path.dirname(os.path.abspath(path))
+    while above == root or above.startswith(root + os.sep):
+        found.append(above)
+        above = os.path.dirname(above)
+    return found
 
 
 class KeyPaths:
