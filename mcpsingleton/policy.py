@@ -64,10 +64,24 @@ def _strip_version(word: str) -> str:
 
 
 def _path_names(word: str) -> list[str]:
-    """Names a filesystem path stands for: the package under node_modules, else the program or script."""
+    """Names a filesystem path stands for: the package under node_modules, else the program or script.
+
+    A link into node_modules (npm's `node_modules/.bin/NAME`, a global bin dir) also stands for the
+    package it points into, so every launch form of a catalog server finds its entry.
+    """
+    names = _names_in_path(word)
+    target = os.path.realpath(os.path.expanduser(word))
+    if "/node_modules/" in target and target != os.path.abspath(os.path.expanduser(word)):
+        names = _names_in_path(target) + names
+    return names
+
+
+def _names_in_path(word: str) -> list[str]:
     parts = [part for part in word.replace("\\", "/").split("/") if part not in ("", ".", "..")]
     if "node_modules" in parts:
         after = parts[len(parts) - parts[::-1].index("node_modules") :]
+        if after[:1] == [".bin"]:
+            return after[1:2]  # the bin name; its package comes from the link, where it can be read
         if after:
             return ["/".join(after[:2]) if after[0].startswith("@") and len(after) > 1 else after[0]]
     if not parts:
@@ -85,7 +99,7 @@ def _word_names(word: str) -> list[str]:
     """What one command-line word may name: a package (bare, and a registry image's last part) or a path."""
     if word.startswith(("/", "./", "../", "~")) or "\\" in word or word.endswith(SCRIPT_SUFFIXES):
         return _path_names(word)
-    bare = _strip_version(word)
+    bare = _strip_version(word).removeprefix("docker.io/").removeprefix("index.docker.io/")
     if not bare:
         return []
     names = [bare]

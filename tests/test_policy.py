@@ -59,6 +59,43 @@ def test_match_names_find_the_server_however_launched(command: list[str], expect
     assert expected in match_names(command)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["./node_modules/.bin/playwright-mcp"],
+        ["./node_modules/.bin/mcp-server-playwright", "--headless"],
+        ["docker", "run", "-i", "--rm", "--init", "mcp/playwright"],
+        ["docker", "run", "-i", "--rm", "docker.io/mcp/playwright:latest"],
+        ["podman", "run", "-i", "mcr.microsoft.com/playwright/mcp"],
+    ],
+)
+def test_every_launch_form_of_playwright_gets_its_catalog_decision(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Issue 19 row 18: a `.bin` link or a Docker Hub image was no catalog match, so sessions shared one browser."""
+    package = tmp_path / "node_modules" / "@playwright" / "mcp"
+    package.mkdir(parents=True)
+    (package / "cli.js").write_text("")
+    bins = tmp_path / "node_modules" / ".bin"
+    bins.mkdir()
+    (bins / "playwright-mcp").symlink_to("../@playwright/mcp/cli.js")
+    (bins / "mcp-server-playwright").symlink_to("../@playwright/mcp/cli.js")
+    monkeypatch.chdir(tmp_path)
+    decision = decide("auto", command)
+    assert (decision.sharing, decision.policy) == ("isolated", catalog_policy("@playwright/mcp"))
+
+
+def test_a_bin_link_answers_to_the_package_it_points_into(tmp_path: Path) -> None:
+    package = tmp_path / "node_modules" / "@acme" / "weather-mcp" / "dist"
+    package.mkdir(parents=True)
+    (package / "index.js").write_text("")
+    (tmp_path / "node_modules" / ".bin").mkdir()
+    link = tmp_path / "node_modules" / ".bin" / "weather"
+    link.symlink_to("../@acme/weather-mcp/dist/index.js")
+    assert match_names([str(link)]) == ["@acme/weather-mcp", "weather"]
+    assert match_names([str(tmp_path / "node_modules/.bin/not-installed")]) == ["not-installed"]
+
+
 def test_match_names_skip_launchers_option_values_and_assignments() -> None:
     names = match_names(["docker", "run", "-e", "secret-ish", "--name", "box", "TOKEN=abc", "image"], name="mine")
     assert names == ["mine", "image"]
