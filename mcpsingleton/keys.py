@@ -60,26 +60,29 @@ def home_override() -> str | None:
 
 
 def runtime_dir() -> str:
-    """Private per-user directory for sockets, locks and state files.
+    """Private per-user directory for sockets, locks and state files: MCPSINGLETON_HOME/run when set, else
+    `default_runtime_dir()`."""
+    home = home_override()
+    return os.path.join(home, "run") if home else default_runtime_dir()
+
+
+def default_runtime_dir() -> str:
+    """The runtime dir without MCPSINGLETON_HOME: where sessions of clients that strip it run, too.
 
     It must be the same for every client of the same user, and clients start servers with a filtered
     environment (Codex passes little more than HOME and PATH), so it depends on nothing a client may
-    strip: MCPSINGLETON_HOME when set, else Linux's per-user runtime dir `/run/user/UID` when it exists
-    and is ours and private, else a dir under the home directory (macOS: always; its per-user temp dir
-    is not offered by CPython's confstr, and its contents are removed after 3 days unused, which would
-    take live locks with them). Never a shared-/tmp name that another user could create first.
-    See docs/ARCHITECTURE.md.
+    strip: Linux's per-user runtime dir `/run/user/UID` when it exists and is ours and private, else a
+    dir under the home directory (macOS: always; its per-user temp dir is not offered by CPython's
+    confstr, and its contents are removed after 3 days unused, which would take live locks with them).
+    Never a shared-/tmp name that another user could create first. See docs/ARCHITECTURE.md.
     """
-    home = home_override()
-    if home:
-        return os.path.join(home, "run")
     system_dir = f"{RUN_USER}/{os.getuid()}"
-    if _is_private_and_ours(system_dir):
+    if is_private_and_ours(system_dir):
         return os.path.join(system_dir, "mcpsingleton")
     return os.path.join(os.path.expanduser("~"), ".cache", "mcpsingleton")
 
 
-def _is_private_and_ours(path: str) -> bool:
+def is_private_and_ours(path: str) -> bool:
     try:
         info = os.lstat(path)
     except OSError:
@@ -88,15 +91,16 @@ def _is_private_and_ours(path: str) -> bool:
 
 
 def state_dir() -> str:
-    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else the user state dir.
-
-    Derived from the home directory alone (not XDG_STATE_HOME, which clients may strip), so every
-    client's brokers log to the place `mcpsingleton logs` looks. On Linux this is platformdirs'
-    default, on macOS the same as platformdirs'.
-    """
+    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else `default_state_dir()`."""
     home = home_override()
-    if home:
-        return os.path.join(home, "state")
+    return os.path.join(home, "state") if home else default_state_dir()
+
+
+def default_state_dir() -> str:
+    """The user state dir, derived from the home directory alone (not XDG_STATE_HOME, which clients may
+    strip), so every client's brokers log to the place `mcpsingleton logs` looks. On Linux this is
+    platformdirs' default, on macOS the same as platformdirs'.
+    """
     if sys.platform == "darwin":
         return os.path.join(os.path.expanduser("~"), "Library", "Application Support", "mcpsingleton")
     return os.path.join(os.path.expanduser("~"), ".local", "state", "mcpsingleton")
@@ -110,9 +114,14 @@ def launcher_dir() -> str:
 
 
 def log_dir() -> str:
-    """Where broker logs go: MCPSINGLETON_HOME/logs, else beside the user state."""
+    """Where broker logs go: MCPSINGLETON_HOME/logs, else `default_log_dir()`."""
     home = home_override()
-    return os.path.join(home, "logs") if home else os.path.join(state_dir(), "logs")
+    return os.path.join(home, "logs") if home else default_log_dir()
+
+
+def default_log_dir() -> str:
+    """Broker logs without MCPSINGLETON_HOME (or from a client that stripped it): beside the user state."""
+    return os.path.join(default_state_dir(), "logs")
 
 
 def ensure_private_dir(path: str) -> str:

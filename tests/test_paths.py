@@ -292,3 +292,36 @@ def test_a_darwin_user_temp_dir_is_never_the_runtime_dir(
     monkeypatch.setattr(os, "confstr", lambda name: str(temp))
     monkeypatch.setattr("mcpsingleton.keys.RUN_USER", str(tmp_path / "no-run-user"))
     assert runtime_dir() == str(bare_home / ".cache" / "mcpsingleton")
+
+
+def test_a_shell_with_mcpsingleton_home_finds_the_sessions_of_clients_that_strip_it(
+    bare_home: Path, fake_server: list[str]
+) -> None:
+    """Issue 19 row 21: with MCPSINGLETON_HOME exported, `ls` showed nothing of the sessions Codex ran without it."""
+    from mcpsingleton.keys import default_runtime_dir
+
+    shell = {**os.environ, "MCPSINGLETON_HOME": tempfile.mkdtemp(prefix="ms-", dir="/tmp")}
+    session = RawClient(run_line(fake_server, "--name", "stripped"), env=minimal_env(bare_home))
+    try:
+        session.initialize()
+
+        def in_shell(*words: str) -> subprocess.CompletedProcess:
+            return subprocess.run([mcpsingleton_exe(), *words], env=shell, capture_output=True, text=True, timeout=30)
+
+        where = f"under {default_runtime_dir()}, started by clients that do not pass MCPSINGLETON_HOME on"
+        listed = in_shell("ls")
+        assert listed.stdout.startswith(f"No shared backends are running.\n\nAlso running {where}:\nNAME ")
+        assert "\nstripped " in listed.stdout
+        as_json = in_shell("ls", "--json")
+        assert json.loads(as_json.stdout) == [], "--json lists this home's backends only"
+        assert as_json.stderr == f"mcpsingleton: 1 more backend(s) run {where}; unset MCPSINGLETON_HOME to list them\n"
+        logs = in_shell("logs", "stripped")
+        assert logs.returncode == 0 and "started for stripped (" in logs.stdout
+        assert logs.stderr == f"mcpsingleton: stripped ran {where}\n"
+        stopped = in_shell("stop", "stripped")
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith("stopped stripped (") and stopped.stdout.endswith(f") {where}\n")
+        assert session.read() is None, "the session got end of file"
+    finally:
+        session.close()
+        shutil.rmtree(shell["MCPSINGLETON_HOME"], ignore_errors=True)
