@@ -9,6 +9,10 @@ import os
 import stat
 import sys
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 try:  # the small builtin module avoids loading OpenSSL on every session start
     from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
@@ -201,8 +205,30 @@ def resolve_argv(argv: list[str], cwd: str) -> list[str]:
     program = argv[0]
     found = which(program) if os.sep not in program else os.path.join(cwd, program)
     if found:
-        program = os.path.realpath(found)
+        program = canonical_path(found)
     return [program, *argv[1:]]
+
+
+def canonical_path(path: str, case_insensitive: Callable[[str], bool] | None = None) -> str:
+    """`path` as its filesystem tells directories apart, so one directory is one key: links resolved, and
+    on a case-insensitive filesystem (macOS's default APFS, vfat, an ext4 casefold dir) case folded, so
+    `~/Projects` and `~/projects` agree. Detected per path (`case_insensitive`), never assumed by platform.
+    """
+    real = os.path.realpath(path)
+    return real.casefold() if (case_insensitive or is_case_insensitive)(real) else real
+
+
+def is_case_insensitive(path: str) -> bool:
+    """Whether `path`'s deepest name with letters also names the same file in the other case (two stats)."""
+    parent, name = os.path.split(path)
+    while name and name.swapcase() == name:
+        parent, name = os.path.split(parent)
+    if not name:
+        return False
+    try:
+        return os.path.samestat(os.stat(os.path.join(parent, name)), os.stat(os.path.join(parent, name.swapcase())))
+    except OSError:
+        return False
 
 
 def _is_volatile(upper: str) -> bool:
@@ -341,7 +367,7 @@ def compute_key(
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
     elif scope == "cwd":
-        scope_part = "cwd:" + os.path.realpath(cwd)
+        scope_part = "cwd:" + canonical_path(cwd)
     elif scope == "global":
         scope_part = "global"
     else:

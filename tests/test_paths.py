@@ -325,3 +325,41 @@ def test_a_shell_with_mcpsingleton_home_finds_the_sessions_of_clients_that_strip
     finally:
         session.close()
         shutil.rmtree(shell["MCPSINGLETON_HOME"], ignore_errors=True)
+
+
+# ---- issue 20 row 12: one directory, one key, whatever case it is named in ---------------------------
+
+
+def test_one_directory_named_in_two_cases_is_one_key_where_the_filesystem_ignores_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APFS (macOS's default) finds `~/projects` as `~/Projects`: two keys split one project's sessions.
+
+    No case-insensitive filesystem mounts here, so its detection is injected; the next test checks it."""
+    from mcpsingleton import keys
+
+    (tmp_path / "Projects").mkdir()
+    (tmp_path / "other").mkdir()
+    argv = [sys.executable, "server.py"]
+
+    def key_in(directory: Path) -> str:
+        return keys.compute_key(argv, "cwd", str(directory), {}, [], b"s" * 32)
+
+    assert key_in(tmp_path / "Projects") != key_in(tmp_path / "projects"), "here case tells directories apart"
+    monkeypatch.setattr(keys, "is_case_insensitive", lambda path: True)
+    assert key_in(tmp_path / "Projects") == key_in(tmp_path / "projects") == key_in(tmp_path / "PROJECTS")
+    assert key_in(tmp_path / "Projects") != key_in(tmp_path / "other")
+
+
+def test_case_insensitivity_is_detected_on_the_path_not_assumed_by_platform(tmp_path: Path) -> None:
+    from mcpsingleton.keys import canonical_path, is_case_insensitive
+
+    project = tmp_path / "Projects"
+    project.mkdir()
+    assert not is_case_insensitive(str(project))
+    assert canonical_path(str(project)) == str(project)
+    (tmp_path / "pROJECTS").symlink_to(project)  # the other case names the same dir, as on APFS
+    assert is_case_insensitive(str(project))
+    assert canonical_path(str(project)) == str(project).casefold()
+    assert canonical_path(str(project / "123"), case_insensitive=lambda path: False) == str(project / "123")
+    assert not is_case_insensitive("/") and not is_case_insensitive(str(tmp_path / "no such dir"))
