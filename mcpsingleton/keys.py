@@ -9,6 +9,8 @@ import os
 import stat
 import sys
 
+from .cmdline import is_assignment
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -388,95 +390,6 @@ def check_socket_path(paths: KeyPaths) -> None:
         )
 
 
-LAUNCHERS = frozenset(
-    {
-        "npx",
-        "uvx",
-        "pipx",
-        "bunx",
-        "node",
-        "deno",
-        "bun",
-        "python",
-        "python3",
-        "uv",
-        "npm",
-        "pnpm",
-        "yarn",
-        "sh",
-        "bash",
-        "zsh",
-        "env",
-        "exec",
-        "run",
-        "dlx",
-        "tool",
-        "-m",
-        "-c",
-        "docker",
-        "podman",
-    }
-)
-
-LAUNCHER_KINDS = {
-    **dict.fromkeys(("npx", "bunx", "npm", "pnpm", "yarn", "bun"), "js"),
-    **dict.fromkeys(("uv", "uvx"), "uv"),
-    **dict.fromkeys(("docker", "podman"), "container"),
-    **dict.fromkeys(("sh", "bash", "zsh", "dash"), "shell"),
-    **{name: name for name in ("env", "node", "deno", "pipx", "python")},
-}
-"""Launchers whose options take values; `run`, `exec`, `dlx`, `tool` keep the launcher they follow."""
-
-VALUE_OPTIONS = {
-    "js": frozenset({"-p", "--package", "-c", "--call", "--registry", "--cache", "--prefix", "-w", "--workspace"}),
-    "uv": frozenset(
-        {"--with", "-w", "--with-editable", "--with-requirements", "--from", "--python", "-p", "--directory",
-         "--project", "--package", "--index", "--default-index", "--index-url", "-i", "--extra-index-url",
-         "--find-links", "-f", "--env-file", "--cache-dir", "--config-file"}
-    ),
-    "env": frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}),
-    "node": frozenset(
-        {"-r", "--require", "--import", "--loader", "--experimental-loader", "-e", "--eval", "-p", "--print",
-         "-C", "--conditions", "--env-file", "--title"}
-    ),
-    "deno": frozenset({"-c", "--config", "--import-map", "--lock", "--cert", "--location", "--env-file"}),
-    "pipx": frozenset({"--spec", "--python", "--pip-args", "--index-url", "-i"}),
-    "python": frozenset({"-W", "-X", "-c"}),
-}
-"""Options that take the next word as their value: a value is never a name (it may be a secret)."""
-
-CONTAINER_FLAGS = frozenset(
-    {"--rm", "--init", "--interactive", "--tty", "--detach", "--privileged", "--read-only", "--publish-all"}
-)
-"""`docker run` options that take no value; every other option of a container runner takes one."""
-
-
-def default_name(argv: list[str]) -> str:
-    """A short label for ls/stop/logs: the word of the command that names the server.
-
-    It appears in `ls` and in the waiter's world-readable argv, so it never comes from a `VAR=value`
-    word or an option's value (`env TOKEN=… server`, `uvx --with 'mcp<2' x`, `docker run -e TOKEN image`).
-    """
-    launcher = ""
-    words = iter(argv)
-    for word in words:
-        if _is_assignment(word):
-            continue
-        if word.startswith("-"):
-            if launcher == "shell" and word == "-c":
-                return default_name([part.strip("'\";&|()") for part in next(words, "").split()])
-            if "=" not in word and _takes_value(launcher, word):
-                next(words, None)
-            continue
-        base = os.path.basename(word.rstrip("/"))
-        if base in LAUNCHERS or base.startswith(("python3", "node")):
-            launcher = LAUNCHER_KINDS.get(base.rstrip(".0123456789"), launcher)
-            continue
-        return _name_of(word, base, image=launcher == "container") or "server"
-    first = os.path.basename(argv[0]) if argv else ""
-    return first if first and not _is_assignment(first) else "server"
-
-
 def redacted_argv(argv: list[str]) -> list[str]:
     """The command as `ls` shows it and state files keep it: values of secret-named `VAR=value` words and
     options (`TOKEN=…`, `--api-key …`, `--token=…`) replaced by `***`, so secrets never reach disk or `ls`."""
@@ -486,47 +399,12 @@ def redacted_argv(argv: list[str]) -> list[str]:
         name, equals, _ = word.partition("=")
         is_option = word.startswith("-")
         secret = is_secret_name(name.lstrip("-").replace("-", "_"))
-        if hide_next or (secret and equals and (is_option or _is_assignment(word))):
+        if hide_next or (secret and equals and (is_option or is_assignment(word))):
             shown.append(f"{name}=***" if equals and not hide_next else "***")
         else:
             shown.append(word)
         hide_next = secret and is_option and not equals
     return shown
-
-
-def _is_assignment(word: str) -> bool:
-    """`NAME=value`, as `env` and shells read it."""
-    name, equals, _ = word.partition("=")
-    return bool(equals) and name.replace("_", "a").isalnum() and not name[0].isdigit()
-
-
-def _takes_value(launcher: str, option: str) -> bool:
-    if launcher == "container":
-        is_flag_cluster = option[1:2] != "-" and set(option[1:]) <= set("itdP")
-        return not (is_flag_cluster or option in CONTAINER_FLAGS)
-    return option in VALUE_OPTIONS.get(launcher, ())
-
-
-def _name_of(word: str, base: str, image: bool) -> str:
-    """`@scope/pkg@1.2` → `pkg`, `.../server-everything/dist/index.js` → `server-everything`, `reg/img:tag` → `img`."""
-    if image:
-        base = base.partition(":")[0]
-    if "@" in base[1:]:
-        base = base[: base.index("@", 1)]
-    base = base.split("/")[-1].lstrip("@")
-    for suffix in (".js", ".mjs", ".cjs", ".py", ".ts"):
-        base = base.removesuffix(suffix)
-    if base in ("index", "main", "server", "cli", "__main__") and os.sep in word:
-        base = _package_dir_name(word) or base
-    return base
-
-
-def _package_dir_name(path: str) -> str | None:
-    """`.../server-everything/dist/index.js` → `server-everything`: skip build-output folder names."""
-    for part in reversed(os.path.dirname(path).split(os.sep)):
-        if part and part not in ("dist", "build", "bin", "src", "lib", "out", "cjs", "esm"):
-            return part
-    return None
 
 
 def parse_duration(text: str) -> float:

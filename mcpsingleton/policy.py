@@ -13,35 +13,10 @@ import os
 import tomllib
 from typing import Any
 
-from .keys import LAUNCHERS
+from .cmdline import LAUNCHERS, server_words, word_names
 from .sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
 
 SCOPE_CHOICES = ("auto", "cwd", "global", "isolated")
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-VALUE_OPTIONS = _words(
-    # docker run / podman run
-    "-e --env --env-file -v --volume --mount -w --workdir --name --network --net -p --publish -u --user"
-    " --entrypoint --platform -l --label --memory --cpus --pull --add-host --hostname --cap-add --cap-drop"
-    " --security-opt"
-    # npx / npm exec / pnpm dlx / bunx / uvx / uv run / pipx run
-    " --registry --cache --prefix --userconfig --python --with --with-requirements --index-url"
-    " --extra-index-url --index --directory --project --spec"
-    # python / node
-    " -X -W -r --require --import --loader"
-)
-"""Launcher options whose value is not a server name (a port, a path, an env var)."""
-
-PACKAGE_OPTIONS = frozenset({"--package", "--from"})
-"""Launcher options whose value names the server's package (`npx --package pkg bin`, `uvx --from pkg bin`)."""
-
-BUILD_DIRS = frozenset({"dist", "build", "bin", "src", "lib", "out", "cjs", "esm", "scripts"})
-ENTRY_FILES = frozenset({"index", "main", "server", "cli", "__main__", "app", "stdio"})
-SCRIPT_SUFFIXES = (".js", ".mjs", ".cjs", ".ts", ".py", ".exe", ".cmd", ".bat")
 
 
 def normalize(name: str) -> str:
@@ -49,94 +24,12 @@ def normalize(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def _strip_version(word: str) -> str:
-    """`pkg@1.2`, `@scope/pkg@latest`, `pkg==1.0`, `pkg[extra]`, `image:tag`, `image@sha256:…` → the bare name."""
-    at = word.find("@", 1)
-    if at > 0:
-        word = word[:at]
-    for marker in ("==", ">=", "<=", "~=", "!=", "[", ">", "<"):
-        word = word.split(marker, 1)[0]
-    last_slash = word.rfind("/")
-    colon = word.rfind(":")
-    if colon > last_slash:
-        word = word[:colon]
-    return word
-
-
-def _path_names(word: str) -> list[str]:
-    """Names a filesystem path stands for: the package under node_modules, else the program or script.
-
-    A link into node_modules (npm's `node_modules/.bin/NAME`, a global bin dir) also stands for the
-    package it points into, so every launch form of a catalog server finds its entry.
-    """
-    names = _names_in_path(word)
-    target = os.path.realpath(os.path.expanduser(word))
-    if "/node_modules/" in target and target != os.path.abspath(os.path.expanduser(word)):
-        names = _names_in_path(target) + names
-    return names
-
-
-def _names_in_path(word: str) -> list[str]:
-    parts = [part for part in word.replace("\\", "/").split("/") if part not in ("", ".", "..")]
-    if "node_modules" in parts:
-        after = parts[len(parts) - parts[::-1].index("node_modules") :]
-        if after[:1] == [".bin"]:
-            return after[1:2]  # the bin name; its package comes from the link, where it can be read
-        if after:
-            return ["/".join(after[:2]) if after[0].startswith("@") and len(after) > 1 else after[0]]
-    if not parts:
-        return []
-    base = parts[-1]
-    for suffix in SCRIPT_SUFFIXES:
-        base = base.removesuffix(suffix)
-    if base in ENTRY_FILES:
-        folders = [part for part in parts[:-1] if part not in BUILD_DIRS]
-        return [folders[-1]] if folders else []
-    return [base]
-
-
-def _word_names(word: str) -> list[str]:
-    """What one command-line word may name: a package (bare, and a registry image's last part) or a path."""
-    if word.startswith(("/", "./", "../", "~")) or "\\" in word or word.endswith(SCRIPT_SUFFIXES):
-        return _path_names(word)
-    bare = _strip_version(word).removeprefix("docker.io/").removeprefix("index.docker.io/")
-    if not bare:
-        return []
-    names = [bare]
-    if "/" in bare and not bare.startswith("@"):
-        names.append(bare.rsplit("/", 1)[1])  # docker `ghcr.io/org/server` → `server` as well
-    return names
-
-
-def _is_assignment(word: str) -> bool:
-    name, equals, _ = word.partition("=")
-    return bool(equals) and name.replace("_", "a").isalnum() and not name[:1].isdigit()
-
-
 def match_names(command: list[str], name: str | None = None) -> list[str]:
-    """Every MATCH this command answers to, most specific first: `--name`, then its words in order.
-
-    Launchers (`npx`, `node`, `docker`, …), option values and `VAR=value` words are skipped; a
-    `sh -c "…"` script is split into words.
-    """
+    """Every MATCH this command answers to, most specific first: `--name`, then the names of its words in
+    order, as `cmdline` reads them (the reader `ls` names servers by), links into node_modules followed."""
     found: list[str] = [name] if name else []
-    skip_next = False
-    for word in command:
-        if skip_next:
-            skip_next = False
-            continue
-        if " " in word.strip():
-            found += match_names(word.split())
-            continue
-        if word.startswith("-"):
-            flag, has_value, value = word.partition("=")
-            if flag in PACKAGE_OPTIONS and has_value:
-                found += _word_names(value)
-            skip_next = flag in VALUE_OPTIONS and not has_value
-            continue
-        if _is_assignment(word):
-            continue
-        found += _word_names(word)
+    for word, _ in server_words(command):
+        found += word_names(word, follow_links=True)
     return list(dict.fromkeys(normalize(n) for n in found if n and n not in LAUNCHERS))
 
 

@@ -42,10 +42,11 @@ import psutil
 from . import platform
 from .atomic import write_atomically
 from .backend import is_ours
+from .cmdline import is_launcher
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, state_files
 from .election import try_lock
-from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, log_dir, runtime_dir, stderr_line
+from .keys import KEY_ENV, KeyPaths, ensure_private_dir, log_dir, runtime_dir, stderr_line
 from .logfile import START_LINE_WITHIN
 from .proctree import terminate_tree, tree_memory, tree_pids
 from .sharing import ISOLATED
@@ -80,17 +81,13 @@ class Finding:
 # ---- what a process is ----------------------------------------------------------------------------
 
 
-def _is_launcher(program: str) -> bool:
-    return program in LAUNCHERS or program.startswith(("python", "node"))
-
-
 def looks_like_mcp_server(argv: list[str]) -> bool:
     """An MCP server by its name: the program's own name, or — for launchers and interpreters (npx, uvx,
     node, python, sh -c, docker …) — any argument, since that is where they name the server."""
     if not argv or is_ours(argv):
         return False
     program = os.path.basename(argv[0])
-    words = [program, *argv[1:]] if _is_launcher(program) else [program]
+    words = [program, *argv[1:]] if is_launcher(program) else [program]
     return any(MCP_WORD.search(word) for word in words)
 
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import RawClient, mcpsingleton_exe, shim
 
 from mcpsingleton import sharing
+from mcpsingleton.cmdline import default_name
 from mcpsingleton.learnt import declared_sharing, runtime_decision, tool_shape_sharing
 from mcpsingleton.policy import decide, match_names
 from mcpsingleton.sharing import Decision, resolve_scope
@@ -94,6 +95,27 @@ def test_a_bin_link_answers_to_the_package_it_points_into(tmp_path: Path) -> Non
     link.symlink_to("../@acme/weather-mcp/dist/index.js")
     assert match_names([str(link)]) == ["@acme/weather-mcp", "weather"]
     assert match_names([str(tmp_path / "node_modules/.bin/not-installed")]) == ["not-installed"]
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["node", "/x/my-server/scripts/index.js"], "my-server"),  # issue 22: `ls` said `scripts`
+        (["python", "/x/weather/stdio.py"], "weather"),  # issue 22: `ls` said `stdio`
+        (["uvx", "mcp-server-time"], "mcp-server-time"),
+        (["bash", "-lc", "TOKEN=x exec npx -y chrome-devtools-mcp@1"], "chrome-devtools-mcp"),
+        (["docker", "run", "-i", "--rm", "-e", "TOKEN", "docker.io/mcp/playwright:1"], "playwright"),
+    ],
+)
+def test_ls_names_a_server_by_what_the_policy_matches_it_as(command: list[str], name: str) -> None:
+    """One reader of the command line (`cmdline`): the name `ls` shows is the last part of the first MATCH."""
+    assert default_name(command) == name
+    assert match_names(command)[0].rsplit("/", 1)[-1] == name
+
+
+def test_a_url_with_a_token_names_nothing() -> None:
+    names = match_names(["uvx", "--from", "git+https://tok3n@host/r.git", "mcp-x"])
+    assert names == ["mcp-x"]
 
 
 def test_match_names_skip_launchers_option_values_and_assignments() -> None:
