@@ -14,9 +14,8 @@ import tomllib
 from typing import Any
 
 from .cmdline import LAUNCHERS, server_words, word_names
+from .keys import SCOPES
 from .sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
-
-SCOPE_CHOICES = ("auto", "cwd", "global", "isolated")
 
 
 def normalize(name: str) -> str:
@@ -62,8 +61,8 @@ def load_table(path: str) -> ServerTable:
         raise ValueError('expected [servers."NAME"] tables')
     for match, entry in servers.items():
         scope = entry.get("scope", "auto")
-        if scope not in SCOPE_CHOICES:
-            raise ValueError(f'[servers."{match}"] scope = {scope!r}: choose from {", ".join(SCOPE_CHOICES)}')
+        if scope not in SCOPES:
+            raise ValueError(f'[servers."{match}"] scope = {scope!r}: choose from {", ".join(SCOPES)}')
         if entry.get("sharing", SHARED) not in (SHARED, ISOLATED):
             raise ValueError(f'[servers."{match}"] sharing must be "shared" or "isolated"')
         if not isinstance(entry.get("lazy", False), bool):

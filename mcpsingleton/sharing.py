@@ -13,7 +13,7 @@ import os
 
 from . import __version__
 from .atomic import write_atomically
-from .keys import sha256, stderr_line
+from .keys import KEY_SCOPES, sha256, stderr_line
 
 SHARED = "shared"
 ISOLATED = "isolated"
@@ -62,7 +62,7 @@ class Decision:
     @classmethod
     def from_lines(cls, text: str) -> Decision | None:
         fields = text.split("\n")
-        if len(fields) != 7 or fields[0] not in ("cwd", "global", "isolated"):
+        if len(fields) != 7 or fields[0] not in KEY_SCOPES:
             return None
         scope, sharing, policy, final, error, lazy, _ = fields
         return cls(
