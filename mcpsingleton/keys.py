@@ -146,11 +146,11 @@ def ensure_private_dir(path: str) -> str:
         raise SetupError(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); run: chmod 700 {path}")
     for above in _dirs_above_within_our_root(path):
         try:
-            info = os.lstat(above)
+            info = os.stat(above)  # MCPSINGLETON_HOME may be a link of the user's to a dir of theirs
         except OSError as exc:
             raise SetupError(f"cannot use {above} ({exc.strerror}); set MCPSINGLETON_HOME to a dir of yours") from exc
         _check_ours(above, info)
-        if info.st_mode & 0o022:
+        if _writable_by_others(info):
             mode = f"mode {info.st_mode & 0o777:o}"
             raise SetupError(f"{above} is writable by others ({mode}); run: chmod go-w {above}")
     return path
@@ -159,6 +159,12 @@ def ensure_private_dir(path: str) -> str:
 def _check_ours(path: str, info: os.stat_result) -> None:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise SetupError(f"{path} is not a directory owned by you; remove it or set MCPSINGLETON_HOME")
+
+
+def _writable_by_others(info: os.stat_result) -> bool:
+    """World-writable, or writable by a group other than our own primary group: with umask 002 (user
+    private groups, Ubuntu's default) every dir is group-writable by a group of one, which is no one else."""
+    return bool(info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != os.getgid()))
 
 
 def _dirs_above_within_our_root(path: str) -> list[str]:

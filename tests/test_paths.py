@@ -242,6 +242,36 @@ def test_a_home_another_user_created_is_refused_by_run_and_ls(foreign_home: Path
             "MCPSINGLETON_HOME\n"
 
 
+@pytest.mark.parametrize(
+    ("mode", "group", "refused"),
+    [
+        (0o755, "ours", False),
+        (0o775, "ours", False),  # umask 002 with user private groups (Ubuntu): a group of one
+        (0o775, "theirs", True),
+        (0o777, "ours", True),
+    ],
+)
+def test_the_home_may_be_group_writable_only_by_our_own_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, group: str, refused: bool
+) -> None:
+    from mcpsingleton.keys import ensure_private_dir, log_dir
+
+    if group == "theirs" and os.geteuid() != 0:
+        pytest.skip("staging another group's dir needs root (os.chown)")
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(mode)
+    os.chown(home, -1, os.getgid() if group == "ours" else NOBODY)
+    link = tmp_path / "link"
+    link.symlink_to(home)  # a home reached through a link of the user's is theirs all the same
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(link))
+    if refused:
+        with pytest.raises(SetupError, match=f"^{link} is writable by others"):
+            ensure_private_dir(log_dir())
+    else:
+        assert ensure_private_dir(log_dir()) == str(link / "logs")
+
+
 @needs_root
 def test_a_planted_discovery_entry_is_never_read_nor_written(foreign_home: Path) -> None:
     """Issue 19 row 14: planted `instructions` in a discovery dir of another user's must not reach the model."""
