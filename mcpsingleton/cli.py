@@ -22,6 +22,8 @@ from .keys import SCOPES, default_log_dir, log_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
+STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
+"""Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
 
 
 def fail(message: str) -> NoReturn:
@@ -195,10 +197,6 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
-
-
-STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
-"""Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
 
 
 def _more_elsewhere(others: list[Any], elsewhere: str | None) -> str:
