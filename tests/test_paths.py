@@ -208,14 +208,17 @@ EVERY_COMMAND = [["ls"], ["ls", "--json"], ["stop", "--all"], ["restart", "--all
 
 
 @pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
-def test_a_home_no_session_can_use_is_the_same_one_line_for_every_command(command: list[str]) -> None:
-    """A bad MCPSINGLETON_HOME made `ls` and `stop --all` say nothing runs (exit 0) while `run` exited 1."""
-    env = {**os.environ, "MCPSINGLETON_HOME": "/proc/x"}
+def test_a_home_no_session_can_use_is_the_same_one_line_for_every_command(command: list[str], tmp_path: Path) -> None:
+    """A bad MCPSINGLETON_HOME (`/proc/x`, here a path under a file: the same on every OS and for root) made
+    `ls` and `stop --all` say nothing runs (exit 0) while `run` exited 1."""
+    (tmp_path / "file").write_text("")
+    home = tmp_path / "file" / "x"
+    env = {**os.environ, "MCPSINGLETON_HOME": str(home)}
     out = subprocess.run([mcpsingleton_exe(), *command], env=env, stdin=subprocess.DEVNULL, capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 1, out
     assert out.stdout == ""
-    assert out.stderr == "mcpsingleton: cannot create /proc/x/run (No such file or directory); " \
+    assert out.stderr == f"mcpsingleton: cannot create {home}/run (Not a directory); " \
         "set MCPSINGLETON_HOME to a writable dir\n"
 
 
