@@ -204,7 +204,8 @@ def _ended_isolated_findings(keys_with_state: set[str]) -> list[Finding]:
     for log in sorted(glob.glob(os.path.join(log_dir(), "*.log"))):
         key = os.path.basename(log)[: -len(".log")]
         name = _isolated_start_name(log)
-        if name is not None and key not in keys_with_state and _broker_gone(key):
+        no_lock = not os.path.exists(KeyPaths(key).lock)  # gone with a reboot's tmpfs: no broker; none made here
+        if name is not None and key not in keys_with_state and (no_lock or _broker_gone(key)):
             reason = f"isolated key {key} of {name} ended: nothing can run under it again; its lock and log"
             findings.append(Finding(0, name, reason, "stale-state", key=key, ended=True))
     return findings

@@ -415,6 +415,21 @@ def test_a_killed_isolated_broker_leaves_nothing_after_reap(
     assert not any(os.path.exists(path) for path in (state, paths.sock, paths.lock, paths.log()))
 
 
+def test_an_isolated_log_without_its_lock_is_removed_and_a_dry_run_makes_no_lock(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reboot empties /run/user/UID, the logs of ended isolated keys remain alone."""
+    paths = KeyPaths("j" * 20)
+    os.makedirs(os.path.dirname(paths.log()), exist_ok=True)
+    Path(paths.log()).write_text(f"t broker 1 started for fake ({paths.key}), scope isolated, linger 0s\n")
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    only_stale_state(monkeypatch)
+    assert [row["action"] for row in reap(dry_run=True)] == ["would remove"]
+    assert not os.path.exists(paths.lock) and os.path.exists(paths.log())
+    assert [row["action"] for row in reap(dry_run=False)] == ["removed"]
+    assert not os.path.exists(paths.lock) and not os.path.exists(paths.log())
+
+
 @pytest.mark.parametrize("mode", ["silent", "no-socket"])
 def test_a_hung_broker_is_killed_with_its_tree_and_its_state_removed(
     procs: Processes, restrict: Callable[..., None], monkeypatch: pytest.MonkeyPatch, mode: str
