@@ -18,12 +18,19 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control
-from .keys import SCOPES, default_log_dir, log_dir
+from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
 STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
 """Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
+
+
+def ensure_usable_home() -> None:
+    """The one-line SetupError `run` (and every command that reads the runtime dir) gives for a home no
+    session can use (`/proc/x`, a dir of another user's), for `wrap`/`unwrap`, which do not read it.
+    (`explain` and dry runs write nothing, so they are not asked to make it.)"""
+    ensure_private_dir(runtime_dir())
 
 
 def fail(message: str) -> NoReturn:
@@ -340,6 +347,8 @@ def _config_command(unwrap: bool):
     def command(clients: tuple[str, ...], config: str | None, dry_run: bool, scope: str | None = None) -> None:
         from .configs import run_wrap
 
+        if not dry_run:  # never write into configs a MCPSINGLETON_HOME no session can use
+            ensure_usable_home()
         sys.exit(run_wrap(list(clients), config, dry_run, scope, unwrap))
 
     if not unwrap:

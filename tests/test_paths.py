@@ -204,7 +204,8 @@ def test_a_secret_in_the_command_reaches_neither_the_name_nor_ls_nor_disk(home: 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="staging another user's dir needs root (os.chown)")
 
 EVERY_COMMAND = [["ls"], ["ls", "--json"], ["stop", "--all"], ["restart", "--all"], ["logs", "x"], ["reap"],
-                 ["metrics"], ["run", "--", "true"]]
+                 ["metrics"], ["run", "--", "true"], ["wrap", "--config", "c.json"],
+                 ["unwrap", "--config", "c.json"]]
 
 
 @pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
@@ -215,7 +216,7 @@ def test_a_home_no_session_can_use_is_the_same_one_line_for_every_command(comman
     home = tmp_path / "file" / "x"
     env = {**os.environ, "MCPSINGLETON_HOME": str(home)}
     out = subprocess.run([mcpsingleton_exe(), *command], env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, cwd=tmp_path)
     assert out.returncode == 1, out
     assert out.stdout == ""
     assert out.stderr == f"mcpsingleton: cannot create {home}/run (Not a directory); " \
