@@ -114,10 +114,13 @@ def cache_path(directory: str, command: list[str], name: str | None, salt: bytes
     """decisions/GENERATION/COMMAND: the generation changes with the package, catalog or config.toml.
 
     The command part is salted (a command line can carry secrets); a new generation lets the first
-    cold decision after an edit remove every older one.
+    cold decision after an edit remove every older one. A relative path (`./node_modules/.bin/x`) names
+    what the cwd holds, so the cwd is part of such a command's entry.
     """
     generation = _digest(b"", [__version__, _file_version(CATALOG_PATH), _file_version(config_path())])[:16]
-    return os.path.join(directory, "decisions", generation, _digest(salt, [name or "", *command])[:32])
+    relative = any(word.startswith(("./", "../")) for word in command)
+    parts = [name or "", *command, *([os.getcwd()] if relative else [])]
+    return os.path.join(directory, "decisions", generation, _digest(salt, parts)[:32])
 
 
 def _remove_older_generations(current: str) -> None:

@@ -86,6 +86,23 @@ def test_every_launch_form_of_playwright_gets_its_catalog_decision(
     assert (decision.sharing, decision.policy) == ("isolated", catalog_policy("@playwright/mcp"))
 
 
+def test_a_relative_bin_link_is_decided_per_directory_by_what_it_points_into(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision cache must not carry one project's `./node_modules/.bin/srv` over to another's."""
+    for project, package in (("a", "weather-mcp"), ("b", "@playwright/mcp")):
+        (tmp_path / project / "node_modules" / package).mkdir(parents=True)
+        (tmp_path / project / "node_modules" / package / "cli.js").write_text("")
+        (tmp_path / project / "node_modules" / ".bin").mkdir()
+        (tmp_path / project / "node_modules" / ".bin" / "srv").symlink_to(f"../{package}/cli.js")
+    directory = str(home / "run")
+    os.makedirs(directory, mode=0o700)
+    monkeypatch.chdir(tmp_path / "a")
+    assert resolve_scope("auto", ["./node_modules/.bin/srv"], None, directory, SALT).sharing is None
+    monkeypatch.chdir(tmp_path / "b")
+    assert resolve_scope("auto", ["./node_modules/.bin/srv"], None, directory, SALT).sharing == "isolated"
+
+
 def test_a_bin_link_answers_to_the_package_it_points_into(tmp_path: Path) -> None:
     package = tmp_path / "node_modules" / "@acme" / "weather-mcp" / "dist"
     package.mkdir(parents=True)
