@@ -152,7 +152,7 @@ def word_names(word: str, follow_links: bool = False) -> list[str]:
         return _path_names(word, follow_links)
     if "://" in word or word.startswith("git+"):
         return []  # a URL (`uvx --from git+https://…`) names a source, and may carry a token
-    bare = _strip_version(word)
+    bare = _strip_version(word.removeprefix("npm:").removeprefix("jsr:"))  # deno's `npm:pkg@1`, `jsr:@s/p`
     for prefix in REGISTRY_PREFIXES:
         bare = bare.removeprefix(prefix)
     if not bare:

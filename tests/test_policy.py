@@ -122,6 +122,7 @@ def test_a_bin_link_answers_to_the_package_it_points_into(tmp_path: Path) -> Non
         (["uvx", "mcp-server-time"], "mcp-server-time"),
         (["bash", "-lc", "TOKEN=x exec npx -y chrome-devtools-mcp@1"], "chrome-devtools-mcp"),
         (["docker", "run", "-i", "--rm", "-e", "TOKEN", "docker.io/mcp/playwright:1"], "playwright"),
+        (["deno", "run", "-A", "npm:@playwright/mcp@1"], "mcp"),
     ],
 )
 def test_ls_names_a_server_by_what_the_policy_matches_it_as(command: list[str], name: str) -> None:
