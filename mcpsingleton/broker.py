@@ -87,7 +87,8 @@ class Broker:
         if leftovers:
             self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
         self.keeper = Keeper()
-        self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
+        started = f"broker {os.getpid()} started for {self.spec['name']} ({self.key})"
+        self.log.write(f"{started}, scope {self.spec['scope']}, linger {self.linger}s")  # `reap` reads the scope
         self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
         self.slots.start_first()
         self.lifetime.arm_linger()

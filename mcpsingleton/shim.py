@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import wire
+from .cmdline import default_name
 from .keys import (
     KeyPaths,
     SetupError,
@@ -23,7 +24,6 @@ from .keys import (
     check_socket_path,
     client_environ,
     compute_key,
-    default_name,
     ensure_private_dir,
     log_dir,
     runtime_dir,
