@@ -9,17 +9,19 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import mcpsingleton_exe
 
 from mcpsingleton import launcher
 from mcpsingleton.configs import clients as registry
 from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
 from mcpsingleton.configs.entries import Document, classify
-from mcpsingleton.configs.records import records_path
+from mcpsingleton.configs.records import InsertedArgs, records_path
 from mcpsingleton.configs.wrapping import Edit, apply
 from mcpsingleton.keys import launcher_dir
 from mcpsingleton.shim import parse_args
@@ -597,6 +599,81 @@ def test_an_args_member_the_user_changed_after_wrap_is_kept(exe: str) -> None:
 
     sqlite = json.loads(DESKTOP.path.read_text(encoding="utf-8"))["mcpServers"]["sqlite"]
     assert sqlite == {"command": "/opt/homebrew/bin/mcp-server-sqlite", "args": ["--db", "x.db"]}
+
+
+def test_unwrap_after_the_client_rewrote_the_file_removes_exactly_what_wrap_added(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemini CLI saves its settings in its own layout (JSON.stringify, 2 spaces): the texts wrap recorded
+    are gone, yet the args and env members (and the variable in the user's env) it added still go."""
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    servers = {
+        "bare": {"command": "srv"},
+        "own-env": {"command": "srv", "args": ["-v"], "env": {"TZ": "UTC"}},
+        "empty-env": {"env": {}, "command": "srv"},
+    }
+    gemini.path.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    assert wrap("gemini")[:2] == (0, f"{gemini.path} (gemini): wrapped 3 servers (bare, own-env, empty-env); "
+                                     f"backup: {backups(gemini.path)[0]}\n")
+    rewritten = json.loads(gemini.path.read_text(encoding="utf-8"))
+    rewritten["theme"] = "Dark"
+    rewritten["mcpServers"]["own-env"]["env"]["DEBUG"] = "1"
+    gemini.path.write_text(json.dumps(rewritten, indent=2), encoding="utf-8")
+
+    code, _, err = unwrap("gemini")
+
+    assert (code, err) == (0, "")
+    servers["own-env"]["env"]["DEBUG"] = "1"
+    assert json.loads(gemini.path.read_text(encoding="utf-8")) == {"mcpServers": servers, "theme": "Dark"}
+    assert json.loads(Path(records_path()).read_text())["records"] == []
+
+
+def test_a_variable_the_user_added_to_the_env_wrap_created_is_kept(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    gemini.path.write_text(json.dumps({"mcpServers": {"bare": {"command": "srv"}}}), encoding="utf-8")
+    wrap("gemini")
+    rewritten = json.loads(gemini.path.read_text(encoding="utf-8"))
+    rewritten["mcpServers"]["bare"]["env"]["DEBUG"] = "1"
+    gemini.path.write_text(json.dumps(rewritten, indent=4), encoding="utf-8")
+
+    assert unwrap("gemini")[0] == 0
+
+    bare = json.loads(gemini.path.read_text(encoding="utf-8"))["mcpServers"]["bare"]
+    assert bare == {"command": "srv", "env": {"DEBUG": "1"}}
+
+
+def test_records_of_two_wrap_runs_at_once_are_both_kept(exe: str) -> None:
+    """Each run reads the shared records, then writes them back: the later writer must not drop the other's."""
+    first, second = InsertedArgs(), InsertedArgs()
+    entry = ("mcpServers", "x")
+    assert first.texts("/a.json", entry) == frozenset()  # the first run has read the records
+    second.add("/b.json", [(entry, ', "args": ["run", "x"]')])
+    first.add("/a.json", [(entry, ', "args": ["run", "y"]')])
+    assert InsertedArgs().texts("/b.json", entry) == {', "args": ["run", "x"]'}
+
+
+def test_concurrent_wraps_of_many_configs_all_unwrap_exactly(exe: str, tmp_path: Path) -> None:
+    configs = [tmp_path / f"c{number}.json" for number in range(8)]
+    originals = []
+    for number, config in enumerate(configs):
+        originals.append(json.dumps({"mcpServers": {f"s{number}": {"command": "srv"}}}, indent=2))
+        config.write_text(originals[-1], encoding="utf-8")
+
+    def run_all(command: str) -> None:
+        runs = [subprocess.Popen([mcpsingleton_exe(), command, "--config", str(config)], stdout=subprocess.DEVNULL)
+                for config in configs]
+        assert [run.wait(timeout=60) for run in runs] == [0] * len(runs)
+
+    run_all("wrap")
+    run_all("unwrap")
+
+    assert [config.read_text(encoding="utf-8") for config in configs] == originals
 
 
 def test_a_lost_record_unwraps_to_an_empty_args(exe: str) -> None:

@@ -81,6 +81,9 @@ class Document:
     secrets: tuple[Span, ...]  # values under env/headers and of secret-named keys; masked in diffs
     quote: Callable[[str], str]  # a string literal in this format
     pair: Callable[[str, str], str]  # a `key: "value"` member of a mapping in this format
+    drop: Callable[[tuple[str, ...]], Span | None] = lambda path: None
+    """The text to delete to take out the member at `path` with one separator (None: this format cannot
+    say), so unwrap can remove what wrap added after a client rewrote the file in its own layout."""
 
 
 REMOTE_KEYS = ("url", "httpUrl", "serverUrl")

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mcpsingleton.configs.entries import (
@@ -39,6 +40,7 @@ class Node:
     start: int
     end: int
     value: Any
+    key_start: int = -1  # where a member's key is written (-1 for the root and array items)
     members: dict[str, Node] = field(default_factory=dict)
     items: list[Node] = field(default_factory=list)
 
@@ -109,12 +111,13 @@ class _Parser:
         while self.blank() != "}":
             if self.text[self.pos : self.pos + 1] != '"':
                 raise self.fail("expected a quoted key or '}'")
-            key = self.string().value
+            key = self.string()
             if self.blank() != ":":
                 raise self.fail("expected ':' after a key")
             self.pos += 1
             self.blank()
-            node.members[key] = self.value()
+            member = node.members[key.value] = self.value()
+            member.key_start = key.start
             if not self.separator("}"):
                 raise self.fail("expected ',' or '}'")
         self.pos += 1
@@ -164,7 +167,7 @@ def load(text: str, server_paths: tuple[tuple[str, ...], ...]) -> Document:
         for path, servers in _find(root, server_paths)
         for name, node in servers.members.items()
     )
-    return Document(text, root.value, entries, tuple(_secrets(root)), quote, pair)
+    return Document(text, root.value, entries, tuple(_secrets(root)), quote, pair, partial(_drop, root))
 
 
 def _find(root: Node, server_paths: tuple[tuple[str, ...], ...]) -> Iterator[tuple[tuple[str, ...], Node]]:
@@ -201,6 +204,23 @@ def _env_spot(text: str, entry: Node, command: Span | None) -> EnvSpot | None:
         return EnvSpot(env.start + 1, "", "")
     lead = text[env.start + 1 : len(text) - len(text[env.start + 1 :].lstrip(" \t\r\n"))]
     return EnvSpot(env.start + 1, lead, ",") if "\n" in lead else EnvSpot(env.start + 1, "", ", ")
+
+
+def _drop(root: Node, path: tuple[str, ...]) -> Span | None:
+    """The member at `path` with the comma before it (or, for a first member, the comma after it)."""
+    parent: Node | None = root
+    for key in path[:-1]:
+        parent = parent.members.get(key) if parent else None
+    if parent is None or path[-1] not in parent.members:
+        return None
+    keys = list(parent.members)
+    index = keys.index(path[-1])
+    member = parent.members[path[-1]]
+    if index > 0:
+        return Span(parent.members[keys[index - 1]].end, member.end)
+    if len(keys) > 1:
+        return Span(member.key_start, parent.members[keys[1]].key_start)
+    return Span(member.key_start, member.end)
 
 
 def pair(key: str, value: str) -> str:
