@@ -232,6 +232,26 @@ def test_diffs_never_show_a_secret(case: Case, exe: str) -> None:
     assert SECRET not in wrap_diff + wrap_err + unwrap_diff + unwrap_err
 
 
+def test_dry_run_masks_secrets_only(exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secret-named values and args (as `ls` masks them) and credentials in URLs are hidden; the rest of
+    the env, and the MCPSINGLETON_HOME wrap is about to write, are what the user came to check."""
+    home = tmp_path / "ms"
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(home))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    env = {"TZ": "UTC", "MEMORY_FILE_PATH": "/data/memory.json", "GITHUB_TOKEN": "ghp_s3cr3t",
+           "DATABASE_URL": "postgres://u:s3cr3t@db/app"}
+    args = ["--api-key", "s3cr3t_arg", "--port", "8080", "OPENAI_API_KEY=sk-s3cr3t"]
+    gemini.path.write_text(json.dumps({"mcpServers": {"m": {"command": "srv", "args": args, "env": env}}}))
+
+    code, out, _ = wrap("gemini", dry_run=True)
+
+    assert code == 0 and SECRET not in out
+    shown = ['"TZ": "UTC"', '"MEMORY_FILE_PATH": "/data/memory.json"', f'"MCPSINGLETON_HOME": {json.dumps(str(home))}']
+    masked = ['"--api-key", "***", "--port", "8080", "***"', '"GITHUB_TOKEN": "***"', '"DATABASE_URL": "***"']
+    assert all(text in out for text in shown + masked)
+
+
 def test_secrets_on_a_changed_line_are_masked(exe: str) -> None:
     """In a one-line file the changed line holds the env too: an unmasked diff would leak it."""
     case = CASES[6]

@@ -10,10 +10,10 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
+from typing import Any
 
 from mcpsingleton.configs.entries import (
     FIX,
-    SECRET_CONTAINERS,
     ArgsArray,
     ConfigError,
     Document,
@@ -21,8 +21,8 @@ from mcpsingleton.configs.entries import (
     ServerEntry,
     Slot,
     Span,
+    is_secret,
 )
-from mcpsingleton.keys import is_secret_name
 
 SERVERS = "mcp_servers"
 
@@ -180,7 +180,9 @@ def load(text: str) -> Document:
         if isinstance(servers, dict)
         else ()
     )
-    secrets = tuple(spot.span for path, spot in written.items() if not spot.container and _is_secret(path))
+    secrets = tuple(
+        spot.span for path, spot in written.items() if not spot.container and is_secret(path, _value_at(data, path))
+    )
     return Document(text, data, entries, secrets, quote, pair)
 
 
@@ -188,9 +190,10 @@ def pair(key: str, value: str) -> str:
     return f"{key if _BARE_KEY.fullmatch(key) else quote(key)} = {quote(value)}"
 
 
-def _is_secret(path: tuple[str, ...]) -> bool:
-    """A value under env/headers, or of a secret-named key."""
-    return (len(path) > 1 and path[-2] in SECRET_CONTAINERS) or is_secret_name(path[-1])
+def _value_at(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _entry(

@@ -15,7 +15,6 @@ from typing import Any
 
 from mcpsingleton.configs.entries import (
     FIX,
-    SECRET_CONTAINERS,
     ArgsArray,
     ConfigError,
     Document,
@@ -23,8 +22,8 @@ from mcpsingleton.configs.entries import (
     ServerEntry,
     Slot,
     Span,
+    is_secret,
 )
-from mcpsingleton.keys import is_secret_name
 
 _BLANK = re.compile(r"(?:[ \t\r\n]+|//[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _STRING = re.compile(r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"')
@@ -227,14 +226,13 @@ def pair(key: str, value: str) -> str:
     return f"{quote(key)}: {quote(value)}"
 
 
-def _secrets(node: Node, secret: bool = False) -> Iterator[Span]:
-    """Spans of the scalar values under env/headers objects or of secret-named keys, anywhere in the file."""
+def _secrets(node: Node, path: tuple[str, ...] = (), secret: bool = False) -> Iterator[Span]:
+    """Spans of the scalar values `is_secret` names, anywhere in the file; everything below a secret key."""
     if not isinstance(node.value, dict | list):
-        if secret:
+        if secret or is_secret(path, node.value):
             yield Span(node.start, node.end)
         return
     for key, member in node.members.items():
-        scalar = not isinstance(member.value, dict | list)
-        yield from _secrets(member, secret or key in SECRET_CONTAINERS or (scalar and is_secret_name(key)))
+        yield from _secrets(member, (*path, key), secret or is_secret((*path, key), None))
     for item in node.items:
-        yield from _secrets(item, secret)
+        yield from _secrets(item, path, secret)
