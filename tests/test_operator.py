@@ -189,3 +189,19 @@ def test_ls_watch_refreshes_until_interrupted(home: Path, fake_server: list[str]
     assert watcher.returncode == 0
     assert output.count("mcpsingleton ls (Ctrl-C to quit)") >= 2
     assert "watched" in output
+
+
+def test_a_backend_that_never_starts_is_logged_without_nested_parentheses(home: Path) -> None:
+    """The log's sharing line once ended `…; shared per directory (its first backend never worked))`."""
+    initialize = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",' \
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}\n'
+    done = subprocess.run([mcpsingleton_exe(), "run", "--", "false"], input=initialize, capture_output=True, timeout=30)
+    assert done.returncode == 1
+
+    def sharing_lines() -> list[str]:
+        logs = "".join(log.read_text() for log in (home / "logs").glob("*.log"))
+        return [line for line in logs.splitlines() if " sharing: " in line]
+
+    [line] = wait_for(sharing_lines)  # the broker may log it after the session ended
+    assert line.endswith("sharing: shared (default: no catalog entry; shared per directory; kept, as its first"
+                         " backend never worked)")
