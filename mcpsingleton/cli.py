@@ -30,7 +30,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsage(click.Group):
+    """Every usage error in one line, `mcpsingleton: what; see mcpsingleton COMMAND --help`, exit status 2,
+    whether click found it (an unknown option, a missing argument) or a command did; as `run` says them."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)  # standalone_mode=False: --help and --version return 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "mcpsingleton"
+            click.echo(f"mcpsingleton: {usage_message(exc.format_message())}; see {command} --help", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_message(message: str) -> str:
+    """Click's sentences as one clause: "No such option '--x'." becomes "no such option '--x'"."""
+    sentences = [sentence.strip() for sentence in message.strip().rstrip(".?").split(". ")]
+    return "; ".join(sentence[:1].lower() + sentence[1:] for sentence in sentences if sentence)
+
+
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
 @click.version_option(__version__, prog_name="mcpsingleton")
 def cli() -> None:
     """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""

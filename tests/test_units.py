@@ -190,6 +190,36 @@ def test_run_option_defaults_come_from_the_environment(monkeypatch: pytest.Monke
         parse_args(["x"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], ""),
+        (["bogus"], ""),
+        (["ls", "--bogus"], "ls"),
+        (["ls", "extra"], "ls"),
+        (["stop"], "stop"),
+        (["restart"], "restart"),
+        (["logs"], "logs"),
+        (["explain"], "explain"),
+        (["wrap", "--scope", "world"], "wrap"),
+        (["wrap", "no-such-client"], "wrap"),
+        (["unwrap", "no-such-client"], "unwrap"),
+        (["run"], "run"),
+        (["run", "--bogus", "x"], "run"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_every_usage_error_is_one_line_naming_the_help_and_exits_2(
+    argv: list[str], command: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "MCPSINGLETON_HOME": str(tmp_path)}
+    out = subprocess.run([mcpsingleton_exe(), *argv], capture_output=True, text=True, env=env, timeout=30)
+    assert (out.returncode, out.stdout) == (2, "")
+    [line] = out.stderr.splitlines()
+    help_command = f"mcpsingleton {command}".strip()
+    assert line.startswith("mcpsingleton: ") and line.endswith(f"; see {help_command} --help")
+
+
 def test_run_usage_error_exit_status() -> None:
     out = subprocess.run([mcpsingleton_exe(), "run", "--scope", "world", "--", "x"], capture_output=True, text=True)
     assert out.returncode == 2 and "--scope: invalid value 'world'" in out.stderr

@@ -54,7 +54,7 @@ def run_wrap(
     out, err = out or sys.stdout, err or sys.stderr
     problem = _usage_problem(clients, scope)
     if problem:
-        err.write(f"mcpsingleton: {problem}\n")
+        err.write(f"mcpsingleton: {problem}; see mcpsingleton {'unwrap' if unwrap else 'wrap'} --help\n")
         return 2
     targets = [registry.explicit(config, clients)] if config else _discover(clients, out)
     executable = "" if unwrap else mcpsingleton_executable(dry_run, err)
