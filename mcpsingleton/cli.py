@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control
+from . import __version__, control, table
 from .keys import SCOPES, log_dir
 from .options import RUN_OPTIONS
 
@@ -137,7 +137,9 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
     return f"{len(clients)}" + (f" ({detail})" if detail else "")
 
 
-def render_table(backends: list[dict[str, Any]]) -> str:
+def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
+    """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
+    on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
     header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
     header.append("POLICY")
     rows = [header] + [
@@ -156,8 +158,7 @@ def render_table(backends: list[dict[str, Any]]) -> str:
         ]
         for b in backends
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     return "\n".join(lines + [f"config.toml was ignored when deciding: {error}" for error in errors])
 
@@ -209,7 +210,7 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
     if as_json:
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed) if managed else "No shared backends are running."
+    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
