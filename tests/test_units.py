@@ -247,3 +247,19 @@ def test_event_loop_timers_fds_and_signals() -> None:
     loop.close()
     os.close(read_end)
     os.close(write_end)
+
+
+def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> None:
+    """Its lines run as written in an empty HOME; only `pip install /path/to/clone` is stood in for (no
+    network here): the venv gets this install's console script."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    recipe = readme.split("# or a user venv from a clone:\n", 1)[1].split("mcpsingleton wrap", 1)[0]
+    venv_line, *rest = recipe.strip().splitlines()
+    assert venv_line.startswith("python3 -m venv ~/.local/share/mcpsingleton && ") and "pip install" in venv_line
+    stand_in = f"{sys.executable} -m venv --without-pip ~/.local/share/mcpsingleton && " \
+        f"ln -s {mcpsingleton_exe()} ~/.local/share/mcpsingleton/bin/mcpsingleton"
+    env = {"HOME": str(tmp_path), "PATH": f"{tmp_path}/.local/bin:/usr/bin:/bin"}
+    done = subprocess.run(["sh", "-ec", "\n".join([stand_in, *rest, "mcpsingleton --version"])],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mcpsingleton, version ")
