@@ -25,7 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH / "results")
+RESULTS = Path(os.environ["BENCH_RESULTS"]).resolve() if os.environ.get("BENCH_RESULTS") else BENCH / "results"
 """The committed results (of the last full run: README's numbers come from them), or BENCH_RESULTS:
 `run_all.sh --quick` writes its smoke-run numbers to results/quick/ instead."""
 NPM_PREFIX = ROOT / ".cache/npm"
@@ -500,7 +500,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
         data["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {os.path.relpath(path, ROOT)}", file=sys.stderr)
     return path
 
 

@@ -38,23 +38,28 @@ def test_readme_numbers_are_the_result_files_numbers() -> None:
     assert numbers.in_readme(readme) == numbers.table(), "run .venv/bin/python bench/readme_numbers.py"
 
 
-def test_report_renders_result_files_with_and_without_the_broker_live_section(tmp_path: Path) -> None:
-    """bench_profile no longer measures broker_live: a fresh profile.json lacks it (was a KeyError)."""
+def test_report_renders_older_result_files_and_what_bench_profile_writes_today(tmp_path: Path) -> None:
+    """bench_profile no longer measures the live A/B, reads and session endings, and times one message path:
+    a fresh profile.json made report.py fail (KeyError: 'broker_live')."""
     for name in ("profile", "latency", "sessions"):
         shutil.copy(BENCH / "results" / f"{name}.json", tmp_path)
-    profile = json.loads((tmp_path / "profile.json").read_text())
-    assert "broker_live" in profile
     env = {**os.environ, "BENCH_RESULTS": str(tmp_path)}
     report = [sys.executable, str(BENCH / "report.py")]
-    assert "**Broker live A/B**" in subprocess.run(report, env=env, capture_output=True, text=True, check=True).stdout
+    older = subprocess.run(report, env=env, capture_output=True, text=True, timeout=60)
+    assert older.returncode == 0 and "**Broker live A/B**" in older.stdout and "Reads (µs" in older.stdout
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    inproc = profile["broker_inprocess"]
+    for gone in ("read", "finish_ending_sessions_us"):
+        del inproc[gone]
+    inproc["message_path"] = next(iter(inproc["message_path"].values()))
     del profile["broker_live"]
     (tmp_path / "profile.json").write_text(json.dumps(profile))
 
-    done = subprocess.run(report, env=env, capture_output=True, text=True, timeout=60)
+    today = subprocess.run(report, env=env, capture_output=True, text=True, timeout=60)
 
-    assert done.returncode == 0, done.stderr
-    assert "### Profile" in done.stdout and "Broker live" not in done.stdout
-    assert (tmp_path / "summary.md").read_text() == done.stdout
+    assert today.returncode == 0, today.stderr
+    assert "message path: ping " in today.stdout and "Broker live" not in today.stdout
+    assert (tmp_path / "summary.md").read_text() == today.stdout
 
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="needs node's npx")
