@@ -651,6 +651,45 @@ def test_unwrap_after_the_client_rewrote_the_file_removes_exactly_what_wrap_adde
     assert json.loads(Path(records_path()).read_text())["records"] == []
 
 
+def codex_layout(data: dict) -> str:
+    """config.toml as a tool that rebuilds the server tables writes it: `[mcp_servers.NAME]`, env a sub-table."""
+    def keyvals(table: dict, leave_out: str) -> list[str]:
+        return [f"{key} = {json.dumps(value)}" for key, value in table.items() if key != leave_out]
+
+    lines = keyvals(data, "mcp_servers")
+    for name, server in data["mcp_servers"].items():
+        lines += ["", f"[mcp_servers.{name}]", *keyvals(server, "env")]
+        if "env" in server:
+            lines += ["", f"[mcp_servers.{name}.env]", *keyvals(server["env"], "")]
+    return "\n".join(lines) + "\n"
+
+
+def test_unwrap_after_codex_rebuilt_its_server_tables_removes_exactly_what_wrap_added(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CODEX.path.parent.mkdir(parents=True)
+    CODEX.path.write_text(
+        'model = "o3"\n'
+        'mcp_servers.bare = { command = "srv" }\n'
+        '[mcp_servers.own-env]\ncommand = "srv"\nargs = ["-v"]\nenv = { TZ = "UTC" }\n'
+        '[mcp_servers.grows]\ncommand = "srv"\n',
+        encoding="utf-8",
+    )
+    original = tomllib.loads(CODEX.path.read_text(encoding="utf-8"))
+    assert wrap("codex")[0] == 0
+    rebuilt = tomllib.loads(CODEX.path.read_text(encoding="utf-8"))
+    rebuilt["mcp_servers"]["grows"]["env"]["DEBUG"] = "1"
+    CODEX.path.write_text(codex_layout(rebuilt), encoding="utf-8")
+
+    code, _, err = unwrap("codex")
+
+    assert (code, err) == (0, "")
+    original["mcp_servers"]["grows"]["env"] = {"DEBUG": "1"}
+    assert tomllib.loads(CODEX.path.read_text(encoding="utf-8")) == original
+    assert json.loads(Path(records_path()).read_text())["records"] == []
+
+
 def test_a_variable_the_user_added_to_the_env_wrap_created_is_kept(
     exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from mcpsingleton.configs.entries import (
@@ -183,7 +184,40 @@ def load(text: str) -> Document:
     secrets = tuple(
         spot.span for path, spot in written.items() if not spot.container and is_secret(path, _value_at(data, path))
     )
-    return Document(text, data, entries, secrets, quote, pair)
+    return Document(text, data, entries, secrets, quote, pair, partial(_drop, text, written, scanner.headers))
+
+
+def _drop(
+    text: str, written: dict[tuple[str, ...], _Written], headers: dict[tuple[str, ...], Span], path: tuple[str, ...]
+) -> Span | None:
+    """The member at `path` with its separator: a key's whole line(s), a pair of an inline table with the comma
+    before (or after) it, or a `[table]` from its header to the next one."""
+    spot = written.get(path)
+    if spot is not None and spot.inline:
+        return _inline_pair(written, path, spot)
+    if spot is not None:
+        after = text.find("\n", spot.span.end)
+        return Span(_line_start(text, spot.key), len(text) if after < 0 else after + 1)
+    header = headers.get(path)
+    if header is None:
+        return None
+    following = [span.start for span in headers.values() if span.start > header.start]
+    return Span(_line_start(text, header.start), _line_start(text, min(following)) if following else len(text))
+
+
+def _inline_pair(written: dict[tuple[str, ...], _Written], path: tuple[str, ...], spot: _Written) -> Span:
+    siblings = sorted((other for key, other in written.items() if key[:-1] == path[:-1] and other.inline),
+                      key=lambda other: other.key)
+    index = siblings.index(spot)
+    if index > 0:
+        return Span(siblings[index - 1].span.end, spot.span.end)
+    if len(siblings) > 1:
+        return Span(spot.key, siblings[1].key)
+    return Span(spot.key, spot.span.end)
+
+
+def _line_start(text: str, pos: int) -> int:
+    return text.rfind("\n", 0, pos) + 1
 
 
 def pair(key: str, value: str) -> str:

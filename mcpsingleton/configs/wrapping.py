@@ -172,7 +172,9 @@ def _unpass_home(
         removal: Edit | None = Edit(pos, pos + len(text), "")
     else:
         whole = bool(created) and len(env) == 1
-        removal = _deletion(doc.drop(member_path if whole else variable_path)) if texts else None
+        # a whole env written as dotted keys (`env.VAR = …`) has no member of its own: its one line goes
+        removal = (_deletion(doc.drop(member_path) if whole else None) or _deletion(doc.drop(variable_path))
+                   if texts else None)
     if removal is None:
         return
     plan.edits.append(removal)
