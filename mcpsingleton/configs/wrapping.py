@@ -8,9 +8,11 @@ Wrap touches two places per stdio entry and nothing else:
 The original command token is copied verbatim (escapes and quoting included) and the original `args`
 elements are never rewritten, so the wrapped entry itself holds everything unwrap needs: replace the
 command token by the first word after run's options, delete the elements before the original args. The one
-bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
-and honoured only while that text is still there unchanged. Unwrap works on a fresh parse, so edits the
-user made anywhere else (even inside the original args) stay.
+bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted
+(so is the MCPSINGLETON_HOME it may add). Unwrap deletes that text where it is still in place, else (a
+client rewrote the file in its own layout) the member wherever the parser finds it, and only while no
+original args follow. Unwrap works on a fresh parse, so edits the user made anywhere else (even inside
+the original args) stay.
 """
 
 from __future__ import annotations
