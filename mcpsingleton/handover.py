@@ -23,16 +23,21 @@ DRAIN_POLL = 0.02
 EXIT_POLL = 0.05
 HANDED_OVER = "restarts_handed_over"
 """In the state file a broker leaves after a handover: the restarts the next broker goes on counting from."""
+HANDED_OVER_WINDOW = 60.0
+"""A handover's sessions re-attach within seconds; an older note was left by a broker none followed (its
+sessions had all ended), and a broker started later for the key is a fresh start, not a restart."""
 
 
 def restarts_handed_over(state_path: str) -> int:
     """What the previous broker for this key handed over (read before our own state file replaces its)."""
     try:
         with open(state_path) as handle:
+            age = time.time() - os.fstat(handle.fileno()).st_mtime
             restarts = json.load(handle).get(HANDED_OVER, 0)
     except (OSError, ValueError, AttributeError):
         return 0
-    return restarts if isinstance(restarts, int) and restarts >= 0 else 0
+    fresh = age <= HANDED_OVER_WINDOW
+    return restarts if fresh and isinstance(restarts, int) and restarts >= 0 else 0
 
 
 class Lifetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -263,3 +264,18 @@ def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> No
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("mcpsingleton, version ")
+
+
+def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Path) -> None:
+    """A broker none followed (its sessions had ended) leaves a note; a broker started a day later is no restart."""
+    from mcpsingleton.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
+
+    state = tmp_path / "key.json"
+    assert restarts_handed_over(str(state)) == 0
+    state.write_text(json.dumps({"key": "k", "broker_pid": 1, HANDED_OVER: 3}))
+    assert restarts_handed_over(str(state)) == 3
+    old = time.time() - HANDED_OVER_WINDOW - 1
+    os.utime(state, (old, old))
+    assert restarts_handed_over(str(state)) == 0
+    state.write_text(json.dumps({"key": "k", HANDED_OVER: "many"}))
+    assert restarts_handed_over(str(state)) == 0
