@@ -26,7 +26,7 @@ from .backend import Keeper, kill_leftovers
 from .budget import admit
 from .discovery import store as store_discovery
 from .eventloop import EventLoop
-from .handover import Lifetime
+from .handover import Lifetime, restarts_handed_over
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
@@ -59,6 +59,7 @@ class Broker:
         self.keeper: Keeper | None = None
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.exit_code = 0
+        self.restarts_before = restarts_handed_over(self.paths.state)  # read before write_state replaces it
 
     # ---- startup ----------------------------------------------------------------------------
 
@@ -88,7 +89,8 @@ class Broker:
         if leftovers:
             self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
         self.keeper = Keeper()
-        self.log.write(f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s")
+        started = f"broker {os.getpid()} started for {self.spec['name']} ({self.key})"
+        self.log.write(f"{started}, scope {self.spec['scope']}, linger {self.linger}s")  # `reap` reads the scope
         self.log.write(platform.describe(self.loop.selector, subreaper))  # after: `logs NAME` reads the first line
         self.slots.start_first()
         self.lifetime.arm_linger()
@@ -195,6 +197,7 @@ class Broker:
     def _slot_status(self, slot: BackendSlot) -> wire.BackendStatus:
         record = slot.status(self.has_sessions(slot))
         record.state = "stopping" if self.lifetime.stopping else record.state
+        record.restarts += self.restarts_before
         record.key = self.key
         record.name = self.spec["name"]
         record.command = redacted_argv(self.spec["argv"])

@@ -17,11 +17,20 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control, platform
-from .keys import SCOPES, log_dir
+from . import __version__, control, platform, table
+from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
+STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
+"""Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
+
+
+def ensure_usable_home() -> None:
+    """The one-line SetupError `run` (and every command that reads the runtime dir) gives for a home no
+    session can use (`/proc/x`, a dir of another user's), for `wrap`/`unwrap`, which do not read it.
+    (`explain` and dry runs write nothing, so they are not asked to make it.)"""
+    ensure_private_dir(runtime_dir())
 
 
 def fail(message: str) -> NoReturn:
@@ -30,7 +39,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsage(click.Group):
+    """Every usage error in one line, `mcpsingleton: what; see mcpsingleton COMMAND --help`, exit status 2,
+    whether click found it (an unknown option, a missing argument) or a command did; as `run` says them."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)  # standalone_mode=False: --help and --version return 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "mcpsingleton"
+            click.echo(f"mcpsingleton: {usage_message(exc.format_message())}; see {command} --help", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_message(message: str) -> str:
+    """Click's sentences as one clause: "No such option '--x'." becomes "no such option '--x'"."""
+    sentences = [sentence.strip() for sentence in message.strip().rstrip(".?").split(". ")]
+    return "; ".join(sentence[:1].lower() + sentence[1:] for sentence in sentences if sentence)
+
+
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
 @click.version_option(__version__, prog_name="mcpsingleton")
 def cli() -> None:
     """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""
@@ -110,7 +146,9 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
     return f"{len(clients)}" + (f" ({detail})" if detail else "")
 
 
-def render_table(backends: list[dict[str, Any]]) -> str:
+def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
+    """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
+    on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
     header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
     header.append("POLICY")
     rows = [header] + [
@@ -129,8 +167,7 @@ def render_table(backends: list[dict[str, Any]]) -> str:
         ]
         for b in backends
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and platform.memory_measure() == "RSS":
@@ -150,11 +187,13 @@ def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
+def collect(include_unmanaged: bool, directory: str | None = None) -> list[dict[str, Any]]:
+    """The backends of the brokers in `directory` (else the runtime dir), and with `include_unmanaged` the
+    MCP servers mcpsingleton did not start."""
     from .proctree import parent_map
 
     parents = parent_map()  # one process snapshot for every backend's tree
-    backends = [_with_memory(record, parents) for record in control.running_backends()]
+    backends = [_with_memory(record, parents) for record in control.running_backends(directory)]
     if include_unmanaged:
         from .reaper import find_unmanaged_servers
 
@@ -182,13 +221,24 @@ def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
 
 def render_ls(as_json: bool, include_unmanaged: bool) -> str:
     entries = collect(include_unmanaged)
+    elsewhere = control.stripped_home_dir()
+    others = collect(False, elsewhere) if elsewhere else []
     if as_json:
+        if others:
+            note = _more_elsewhere(others, elsewhere)
+            click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed) if managed else "No shared backends are running."
+    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
+    if others:
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
+
+
+def _more_elsewhere(others: list[Any], elsewhere: str | None) -> str:
+    return f"{len(others)} more backend(s) run under {elsewhere}, {STRIPPED_HOME}"
 
 
 @cli.command()
@@ -210,11 +260,23 @@ def restart(target: str | None, restart_all: bool) -> None:
     _stop_brokers(target, restart_all, control.restart, "restarted", older)
 
 
-def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], done: str, unanswered: str) -> None:
-    """Ask the chosen brokers to stop (`stop`) or hand over (`restart`); return once they have exited."""
+def _stop_brokers(
+    target: str | None, every: bool, ask: Callable[[str, str | None], bool], done: str, unanswered: str
+) -> None:
+    """Ask the chosen brokers to stop (`stop`) or hand over (`restart`); return once they have exited.
+
+    A NAME not found here is also looked for where clients that drop MCPSINGLETON_HOME run their sessions."""
     if not target and not every:
         raise click.UsageError("give a NAME or KEY, or --all")
     chosen = [s for s in control.running_backends() if every or control.matches(s, target or "")]
+    elsewhere = control.stripped_home_dir()
+    others = control.running_backends(elsewhere) if elsewhere else []
+    directory = None
+    if not chosen and not every:
+        chosen = [s for s in others if control.matches(s, target or "")]
+        directory = elsewhere if chosen else None
+    if every and others:
+        click.echo(f"{_more_elsewhere(others, elsewhere)}; unset MCPSINGLETON_HOME to include them")
     if not chosen and every:
         click.echo("no backends are running")
         return
@@ -222,15 +284,16 @@ def _stop_brokers(target: str | None, every: bool, ask: Callable[[str], bool], d
         fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
     names = {record.key: record.name for record in chosen}  # a broker with several backends is asked once
     for key, name in names.items():
-        if not ask(key):
+        if not ask(key, directory):
             fail(f"the broker of {name} did not answer; {unanswered}")
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
     remaining = {record.key: record.broker_pid for record in chosen}  # by pid: a restarted key has a new broker
     while remaining and time.monotonic() < deadline:
         remaining = {key: pid for key, pid in remaining.items() if _runs(pid)}
         time.sleep(0.05)
+    where = f" under {directory}, {STRIPPED_HOME}" if directory else ""
     for key, name in names.items():
-        click.echo(f"{done} {name} ({key[:12]})")
+        click.echo(f"{done} {name} ({key[:12]}){where}")
 
 
 def _runs(pid: int) -> bool:
@@ -243,12 +306,13 @@ def _runs(pid: int) -> bool:
     return True
 
 
-def find_log(target: str) -> str | None:
-    """The log of a running broker by name or key, else of an exited one by key or by name in its first line."""
-    for state in control.state_files():
+def find_log(target: str, directory: str | None = None, logs_dir: str | None = None) -> str | None:
+    """The log of a running broker by name or key, else of an exited one by key or by name in its first line
+    (in `directory` and `logs_dir`, else the runtime and log dirs)."""
+    for state in control.state_files(directory):
         if control.matches(state, target) and state.get("log"):
             return str(state["log"])
-    for path in sorted(glob.glob(os.path.join(log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
+    for path in sorted(glob.glob(os.path.join(logs_dir or log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
         if control.matches({"key": os.path.basename(path)[: -len(".log")]}, target):
             return path
         try:
@@ -266,6 +330,11 @@ def find_log(target: str) -> str | None:
 def logs(target: str, follow: bool) -> None:
     """Print the log of a backend's broker (by NAME or KEY)."""
     path = find_log(target)
+    elsewhere = control.stripped_home_dir() if path is None else None
+    if elsewhere:
+        path = find_log(target, elsewhere, default_log_dir())
+        if path is not None:
+            click.echo(f"mcpsingleton: {target} ran under {elsewhere}, {STRIPPED_HOME}", err=True)
     if path is None:
         fail(f"no log for {target!r}; see `mcpsingleton ls` for names and keys")
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -309,6 +378,8 @@ def _config_command(unwrap: bool):
     def command(clients: tuple[str, ...], config: str | None, dry_run: bool, scope: str | None = None) -> None:
         from .configs import run_wrap
 
+        if not dry_run:  # never write into configs a MCPSINGLETON_HOME no session can use
+            ensure_usable_home()
         sys.exit(run_wrap(list(clients), config, dry_run, scope, unwrap))
 
     if not unwrap:
@@ -331,12 +402,18 @@ cli.command(name="unwrap", help="Restore client configs exactly as they were bef
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...]) -> None:
     """Which scope and sharing `run` would use for COMMAND, and why; starts nothing."""
-    from .policy import decide
+    from .policy import decide, unread_xdg_config
     from .sharing import config_path
 
     decision = decide(scope, list(command), name)
     if decision.config_error:
         click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
+    if unread := unread_xdg_config():
+        click.echo(
+            f"mcpsingleton: ignoring {unread}: clients strip XDG_CONFIG_HOME, so the config is read from"
+            f" {config_path()} only; move it there",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
         return

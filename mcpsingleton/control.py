@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from . import wire
-from .keys import KeyPaths, runtime_dir
+from .keys import KeyPaths, default_runtime_dir, ensure_private_dir, home_override, is_private_and_ours, runtime_dir
 from .wire import BackendStatus
 
 TIMEOUT = 2.0
@@ -31,9 +31,12 @@ def ask(paths: KeyPaths, command: str, timeout: float = TIMEOUT) -> bytes | None
 
 
 def state_files(directory: str | None = None) -> list[dict[str, Any]]:
-    """Every broker state file in the runtime dir (live or stale), parsed."""
+    """Every broker state file in the runtime dir (live or stale), parsed.
+
+    The runtime dir is checked (and made) as `run` does, so a home no session can use is the same one
+    line for every command as for `run`, never an empty listing."""
     found = []
-    for path in sorted(glob.glob(os.path.join(directory or runtime_dir(), "*.json"))):
+    for path in sorted(glob.glob(os.path.join(directory or ensure_private_dir(runtime_dir()), "*.json"))):
         try:
             with open(path) as handle:
                 state = json.load(handle)
@@ -51,9 +54,18 @@ def live_status(state: dict[str, Any]) -> list[BackendStatus] | None:
     return wire.decode_status(reply) if reply else None
 
 
-def running_backends() -> list[BackendStatus]:
-    """Live status of every backend of every broker that answers."""
-    return [record for state in state_files() for record in live_status(state) or []]
+def running_backends(directory: str | None = None) -> list[BackendStatus]:
+    """Live status of every backend of every broker (in `directory`, else the runtime dir) that answers."""
+    return [record for state in state_files(directory) for record in live_status(state) or []]
+
+
+def stripped_home_dir() -> str | None:
+    """Where the sessions of clients that do not pass MCPSINGLETON_HOME on (Codex, Gemini CLI) run while it
+    is set here: the default runtime dir, when it exists (ours and private); None without MCPSINGLETON_HOME."""
+    if not home_override():
+        return None
+    directory = default_runtime_dir()
+    return directory if directory != runtime_dir() and is_private_and_ours(directory) else None
 
 
 def matches(status: dict[str, Any] | BackendStatus, target: str) -> bool:
@@ -67,10 +79,10 @@ def matches(status: dict[str, Any] | BackendStatus, target: str) -> bool:
     return target in (name, key) or (len(target) >= 6 and str(key or "").startswith(target))
 
 
-def stop(key: str) -> bool:
-    return ask(KeyPaths(key), wire.STOP) == wire.WELCOME
+def stop(key: str, directory: str | None = None) -> bool:
+    return ask(KeyPaths(key, directory), wire.STOP) == wire.WELCOME
 
 
-def restart(key: str) -> bool:
+def restart(key: str, directory: str | None = None) -> bool:
     """Ask a broker to hand its sessions over to the next one; False when it does not answer (or is too old)."""
-    return ask(KeyPaths(key), wire.RESTART) == wire.WELCOME
+    return ask(KeyPaths(key, directory), wire.RESTART) == wire.WELCOME

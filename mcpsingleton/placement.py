@@ -49,7 +49,7 @@ class SharingDecision:
     def give_up(self, why: str) -> None:
         """The first backend could not tell (it failed, or its tools/list did): keep the static decision."""
         self.sharing = self.sharing or SHARED
-        self.policy += f" ({why})"
+        self.policy += f"; kept, as {why}"  # the log wraps the policy in parentheses: none nested here
         self.known = True
 
     @property

@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import wire
+from .cmdline import default_name
 from .keys import (
     KeyPaths,
     SetupError,
@@ -23,7 +24,6 @@ from .keys import (
     check_socket_path,
     client_environ,
     compute_key,
-    default_name,
     ensure_private_dir,
     log_dir,
     runtime_dir,
@@ -31,7 +31,6 @@ from .keys import (
     user_salt,
 )
 from .options import parse_run_args as parse_args
-from .options import usage
 from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
@@ -225,7 +224,7 @@ def main(argv: list[str], state: str = "", started_in: str | None = None) -> int
     try:
         return run(argv, state, started_in)
     except UsageError as exc:
-        sys.stderr.write(f"{usage()}\nmcpsingleton: {exc}\n")
+        stderr_line(f"{exc}; see mcpsingleton run --help")
         return 2
     except SetupError as exc:
         stderr_line(str(exc))

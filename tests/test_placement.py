@@ -45,4 +45,5 @@ def test_giving_up_keeps_the_static_decision_and_says_why() -> None:
     decision = SharingDecision(spec())
     decision.give_up("its tools/list failed")
     assert decision.known and decision.sharing == "shared"
-    assert decision.policy == "default: shared per directory (its tools/list failed)"
+    assert decision.policy == "default: shared per directory; kept, as its tools/list failed"
+
