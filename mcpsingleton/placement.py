@@ -46,6 +46,14 @@ class SharingDecision:
         self.known = True
         return True
 
+    def learn_from_cache(self, entry: dict[str, Any]) -> bool:
+        """Apply what the server said about itself last time (its cached discovery entry); whether that decided."""
+        init_result, listed = entry.get("initialize"), entry.get("tools/list")
+        tools = listed.get("tools") if isinstance(listed, dict) else None
+        if not isinstance(init_result, dict):
+            return False
+        return self.learn(init_result, tools if isinstance(tools, list) else None)
+
     def give_up(self, why: str) -> None:
         """The first backend could not tell (it failed, or its tools/list did): keep the static decision."""
         self.sharing = self.sharing or SHARED

@@ -8,6 +8,7 @@ to a slot of its own or to one with its roots.
 
 from __future__ import annotations
 
+from .discovery import load as load_discovery
 from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
 from .sharing import ISOLATED
 from .slot import BackendSlot
@@ -45,7 +46,12 @@ class Slots:
     # ---- creating and retiring ----------------------------------------------------------------
 
     def start_first(self) -> None:
-        """The slot every session joins first; its backend starts now unless it may wait for a request (lazy)."""
+        """The slot every session joins first; its backend starts now unless it may wait for a request (lazy).
+
+        A server that decides its sharing at run time said it last time too: the cached discovery holds its
+        InitializeResult and tools, so later sessions are placed without waiting for a backend (lazy ones)."""
+        if not self.decision.known and self.decision.learn_from_cache(load_discovery(self.broker.spec)):
+            self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy}; from the cached discovery)")
         self.first = self.create()
         self.first.start_unless_lazy()
 

@@ -102,6 +102,29 @@ def test_isolated_sessions_that_never_call_a_tool_start_no_backend(home: Path) -
             assert client.close() == 0
 
 
+def test_a_server_that_declared_itself_isolated_is_placed_from_the_cache_without_a_backend(
+    home: Path, fake_server: list[str]
+) -> None:
+    """x-mux sharing=isolated, learnt by the first run: the next broker knows it from the cached entry, so three
+    sessions each get a lazy slot of their own, and only the one that calls a tool starts a backend."""
+    command = [*fake_server, "--x-mux=isolated"]
+    first_run(command, home)
+    clients = [RawClient(shim(command)) for _ in range(3)]
+    try:
+        for client in clients:
+            client.initialize()
+            assert "echo" in [t["name"] for t in client.reply_to(client.request("tools/list"))["result"]["tools"]]
+        assert backend_roots(home) == []
+        assert result_text(clients[2].call("echo", {"text": "mine"})) == "mine"
+        assert len(backend_roots(home)) == 1
+        records = ls_json()
+        assert sorted(r["state"] for r in records) == ["idle", "idle", "running"], records
+        assert {r["sharing"] for r in records} == {"isolated"}
+    finally:
+        for client in clients:
+            assert client.close() == 0
+
+
 def test_lazy_without_a_cache_entry_starts_the_backend_at_once(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server, "--lazy"))
     assert client.initialize()["result"]["serverInfo"]["name"] == "fake-server"
