@@ -3,10 +3,11 @@ answers the request that needed it with one clear line, counts it, logs it, and 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, backend_roots, ls_json, result_text, shim, wait_for
+from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,6 +29,9 @@ def test_a_start_over_max_backends_is_refused_with_one_line_and_asked_again_late
         assert "running: iso (pid" in message and "config.toml" in message
         assert len(backend_roots(home)) == 1, "the backend in use is never stopped for the budget"
         assert sum(record["budget_refusals"] for record in ls_json()) == 1
+        metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
+        counted = [line for line in metrics.splitlines() if line.startswith("mcpsingleton_budget_refusals_total{")]
+        assert sorted(line.rsplit(" ", 1)[1] for line in counted) == ["0", "1"], counted
         log = next((home / "logs").glob("*.log")).read_text()
         assert log.count("not started: the [budget] max_backends = 1") == 1
         assert first.close() == 0
