@@ -431,7 +431,11 @@ class BackendSlot:
     # ---- idle reclaim -------------------------------------------------------------------------
 
     def _arm_idle(self, backend: Backend, delay: float) -> None:
-        if self.idle_after > 0 and self.idle_timer is None:
+        """Look at `backend` again in `delay` seconds (one timer per slot: a new backend's replaces the last's)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.idle_after > 0:
             self.idle_timer = self.loop.call_later(delay, lambda: self._idle_check(backend))
 
     def _idle_check(self, backend: Backend) -> None:

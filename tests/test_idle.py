@@ -39,6 +39,7 @@ def test_an_idle_stateless_backend_is_stopped_and_comes_back_for_both_sessions(
         again = {backend_pid(client) for client in clients}
         assert len(again) == 1 and again != first and len(backend_roots(home)) == 1
         assert all(client.read(timeout=0.3) is None for client in clients), "no list_changed: the lists are the same"
+        assert wait_for(lambda: backend_roots(home) == [], timeout=15), "idle again: reclaimed again"
     finally:
         for client in clients:
             assert client.close() == 0
