@@ -15,7 +15,7 @@ lazy   a client session that opens ten servers (server-everything, ten keys), in
        Variants: the servers started directly by the client (their process trees' PSS), through
        mcpsingleton without cache entries, with entries and `--eager`, with entries and lazy (the default).
        Interleaved.
-firstcall  a session initializes and lists tools (answered from the cache), waits 2 s (an eager backend is
+firstcall  a session initializes and lists tools (answered from the cache), waits 5 s (an eager backend is
        ready by then), then calls one tool: that first call's round trip, lazy (it starts the backend and
        initializes it first) against eager (the backend is up). The difference is what lazy costs the
        first call of a session's life on a server; later calls are the same. Node and `npx -y`.
@@ -221,7 +221,7 @@ def bench_lazy(runs: int) -> dict[str, Any]:
 # ---- the first tool call on a lazy backend --------------------------------------------------
 
 
-WARM_WAIT = 2.0
+WARM_WAIT = 5.0
 """Seconds between initialize and the first call: an eager backend has started and initialized by then."""
 
 
