@@ -45,7 +45,7 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
     try:
         with open(path_for(spec["key"]), encoding="utf-8") as handle:
             stored = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a file nested too deeply (not one we wrote) reads as none
         return {}
     if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != spec["key"]:
         return {}
@@ -56,8 +56,14 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
 def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
     """Write (or, for None, remove) the key's entry; the line for the broker's log."""
     path = path_for(spec["key"])
-    refusal = _refusal(spec, entry) if entry is not None else None
-    if entry is None or refusal is not None:
+    text, refusal = None, None
+    if entry is not None:
+        try:
+            refusal = _refusal(spec, entry)
+            text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
+        except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write
+            refusal = f"discovery: not cached: the entry cannot be written ({type(exc).__name__})"
+    if text is None or refusal is not None:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -65,7 +71,6 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
         except OSError as exc:
             return f"discovery: cannot remove {path}: {exc.strerror}"
         return refusal or "discovery: cache entry removed"
-    text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         write_atomically(path, text.encode("utf-8"))

@@ -19,7 +19,7 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
-from ..envelope import Envelope, scan
+from ..envelope import Envelope, reply_id, scan
 from ..jsonrpc import Id, Invalid, Message
 from . import eras, failures, resume, streaming
 from .actions import Log, ToBackend, ToSession
@@ -270,10 +270,26 @@ class Mux:
                 self.stats["fast_path"] += 1
                 return spliced
         try:
-            data = jsonrpc.parse(line)
+            data, repaired = _parse_backend_line(line)
         except Invalid as bad:
-            self.stats["dropped"] += 1
-            return [Log(f"backend wrote an unusable line ({bad}); dropped")]
+            return self._unusable_backend_line(line, bad)
+        if repaired:
+            note = Log("backend wrote bytes that are not UTF-8; passed on with U+FFFD in their place")
+            return [note, *self._from_backend_parsed(data)]
+        return self._from_backend_parsed(data)
+
+    def _unusable_backend_line(self, line: bytes, bad: Invalid) -> list[Action]:
+        """Dropped; but when it is certainly a reply (read from its head or tail), its asker gets an error."""
+        self.stats["dropped"] += 1
+        actions: list[Action] = [Log(f"backend wrote an unusable line ({bad}); dropped")]
+        backend_id = reply_id(line)
+        if type(backend_id) is int and backend_id in self.requests.pending:
+            text = f"mcpsingleton: the server's reply could not be read ({bad})"
+            actions += self._from_backend_parsed(jsonrpc.error(backend_id, jsonrpc.INTERNAL_ERROR, text))
+        return actions
+
+    def _from_backend_parsed(self, data: Message | list[Any]) -> list[Action]:
+        """A decoded backend line, routed by its kind (a reply, a request, a notification)."""
         if isinstance(data, list):
             self.stats["dropped"] += 1
             return [Log("backend wrote a JSON-RPC batch, which no session can be sent; dropped")]
@@ -400,6 +416,18 @@ class Mux:
                 self.stats["internal_errors"] += 1
                 actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
         return actions
+
+
+def _parse_backend_line(line: bytes) -> tuple[Message | list[Any], bool]:
+    """`jsonrpc.parse` for a backend line, and whether it parsed only once its bytes that are not UTF-8 were
+    replaced (a server writing a Latin-1 file's bytes): such a reply is passed on, never left unanswered."""
+    try:
+        return jsonrpc.parse(line), False
+    except Invalid:
+        repaired = jsonrpc.utf8_replaced(line)
+        if repaired is None:
+            raise
+        return jsonrpc.parse(repaired), True  # raises the repaired line's Invalid when that did not help
 
 
 def _routing_stub(envelope: Envelope) -> Message:
