@@ -178,7 +178,7 @@ def test_subscription_answered_with_a_malformed_reply_is_not_held() -> None:
     h.request(1, 1, "resources/subscribe", {"uri": "file:///x"})
     h.from_backend({"jsonrpc": "2.0", "id": h.last_request("resources/subscribe")["id"], "result": "ok"})
     assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
-    assert not h.mux.has_subscribers()
+    assert not h.mux.needs_backend()
 
 
 # ---- the rule: a failure while handling one input stays with that input ------------------------

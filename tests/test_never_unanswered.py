@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, result_text, shim
+from conftest import RawClient, backend_roots, processes_of, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,3 +59,25 @@ def test_a_reply_that_is_not_utf8_reaches_its_session_with_the_byte_replaced(
     assert result_text(client.call("latin1")) == "caf\N{REPLACEMENT CHARACTER}"
     assert result_text(client.call("echo", {"text": "after"})) == "after"
     assert client.close() == 0
+
+
+def test_a_second_lazy_session_is_answered_from_the_cache_or_starts_the_backend(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Row 1: the server is unknown to the catalog, so a second session waits to be placed until the first
+    backend says how it shares; with --lazy and a cache entry no backend ran, and nothing started one."""
+    first = RawClient(shim(fake_server, "--linger", "0"))
+    first.initialize()
+    assert wait_for(lambda: cache_files(home)), "the broker stored no discovery"
+    assert first.close() == 0
+    assert wait_for(lambda: not processes_of(home)), "the first broker did not go away"
+    one = RawClient(shim(fake_server, "--lazy"))
+    one.initialize()
+    two = RawClient(shim(fake_server, "--lazy"))
+    two.initialize()
+    tools = two.reply_to(two.request("tools/list"))
+    assert "echo" in [tool["name"] for tool in tools["result"]["tools"]]
+    assert backend_roots(home) == [], "a list the cache answers starts no backend"
+    assert result_text(two.call("echo", {"text": "placed"})) == "placed"
+    assert result_text(one.call("echo", {"text": "first"})) == "first"
+    assert one.close() == 0 and two.close() == 0

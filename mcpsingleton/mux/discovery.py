@@ -167,6 +167,16 @@ class Discovery(Feature):
         }
         return [ToSession(session.sid, jsonrpc.notification(notice)) for notice in sorted(notices)]
 
+    def adopt(self, session: Session, served: dict[str, Any] | None) -> list[Action]:
+        """A session moved here (parking.py) with lists it was given from the entry: compared with this
+        backend's own lists once they are in; at once when they are (every list, when none are cached here)."""
+        if not served:
+            return []
+        if self.enabled and not (self.mux.backend.ready and not self.awaiting):
+            self.served[session.sid] = served
+            return []
+        return self._notify_changed(session, served, not self.enabled)
+
     def session_closed(self, session: Session) -> list[Action]:
         self.served.pop(session.sid, None)
         return []

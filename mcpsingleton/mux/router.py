@@ -313,16 +313,17 @@ class Mux:
             bool(session.inflight)
             or self.queue.holding(sid)
             or self.handshake.waiting(sid)
-            or bool(self.parking.held.get(sid))
+            or self.parking.holding_requests(sid)
         )
 
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""
         return bool(self.requests.pending)
 
-    def has_subscribers(self) -> bool:
-        """Whether a session expects resource updates without asking again (restart the backend at once)."""
-        return self.subscriptions.has_subscribers()
+    def needs_backend(self) -> bool:
+        """Whether something waits on the backend without asking again (restart it at once): a session
+        expecting resource updates, or a parked request whose placement may need the backend's word."""
+        return self.subscriptions.has_subscribers() or self.parking.holding_requests()
 
     def ever_initialized(self) -> bool:
         """Whether a backend ever answered initialize in this broker (else a crash means it cannot start)."""
