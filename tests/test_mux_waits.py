@@ -1,10 +1,11 @@
-"""No request waits on a backend that nothing starts (issue 19 row 1; issue 21 point 4), sans-IO.
+"""No request waits on a backend that nothing starts, nor on a client that never says its roots (issue 19
+rows 1 and 9; issue 21 point 4), sans-IO.
 
 A parked session's list is answered from the cached discovery, any other request of it wants the backend
 it is parked on, a crash restarts that backend while parked requests wait, a refused initialize fails them;
-and a property test drives random sessions, lazy or not, cached or not, against a backend that starts only
-when asked, checking after every step that whatever waits has a backend on its way, and that in the end
-every request was answered exactly once.
+and a property test drives random sessions, lazy or not, cached or not, some never answering roots/list,
+against a backend that starts only when asked and a broker that ticks, checking after every step that
+whatever waits has a backend on its way, and that in the end every request was answered exactly once.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_a_session_moved_after_a_cached_list_hears_when_its_new_backend_lists_ot
 
 STEPS = st.lists(
     st.one_of(
-        st.tuples(st.just("open"), st.integers(1, 4), st.booleans(), st.booleans()),
+        st.tuples(st.just("open"), st.integers(1, 4), st.booleans(), st.booleans(), st.booleans()),
         st.tuples(st.just("request"), st.integers(1, 4), st.sampled_from(["tools/list", "tools/call", "ping"])),
         st.tuples(st.just("spawn")),
         st.tuples(st.just("initialize"), st.booleans()),
@@ -102,6 +103,7 @@ STEPS = st.lists(
         st.tuples(st.just("crash")),
         st.tuples(st.just("roots"), st.integers(1, 4)),
         st.tuples(st.just("close"), st.integers(1, 4)),
+        st.tuples(st.just("tick")),
     ),
     max_size=40,
 )
@@ -119,6 +121,7 @@ class Broker:
         self.next_id = 0
         self.running = False
         self.done: set[int] = set()  # backend ids answered (or lost with their backend)
+        self.silent: set[int] = set()  # sessions that never answer roots/list
 
     def waiting(self) -> bool:
         return any(self.h.mux.busy(sid) for sid in self.h.mux.sessions)
@@ -163,6 +166,8 @@ class Broker:
                 self.h.perform(self.h.mux.unpark(sid))
 
     def settle_roots(self, sid: int) -> None:
+        if sid in self.silent:
+            return
         for request in self.h.requests_to(sid, "roots/list"):
             self.h.reply(sid, request, {"roots": [{"uri": f"file:///{sid}"}]})
         self.h.inbox[sid] = [m for m in self.h.inbox[sid] if m.get("method") != "roots/list"]
@@ -170,7 +175,10 @@ class Broker:
     def step(self, step: tuple[Any, ...]) -> None:
         h, kind = self.h, step[0]
         if kind == "open" and step[1] not in h.mux.sessions:
-            sid, is_parked, roots = step[1], step[2], step[3]
+            sid, is_parked, roots, silent = step[1], step[2], step[3], step[4]
+            self.silent.discard(sid)
+            if silent:
+                self.silent.add(sid)  # declares roots, never answers the broker's roots/list
             h.perform(h.mux.open_session(sid, parked=is_parked and bool(h.mux.sessions)))
             params = {"protocolVersion": "2025-06-18", "capabilities": ROOTS if roots else {}, "clientInfo": {}}
             self.send(sid, "initialize", params)
@@ -187,6 +195,8 @@ class Broker:
             self.crash()
         elif kind == "roots" and step[1] in h.mux.sessions:
             self.settle_roots(step[1])
+        elif kind == "tick":
+            h.perform(h.mux.tick())
         elif kind == "close" and step[1] in h.mux.sessions:
             h.close(step[1])
             self.asked = {key: n for key, n in self.asked.items() if key[0] != step[1]}
@@ -207,7 +217,8 @@ class Broker:
             self.h.inbox[sid] = [m for m in self.h.inbox[sid] if "method" in m]
 
     def nothing_waits_on_nothing(self) -> None:
-        """Whatever waits has a backend running or on its way, or waits on its own client's roots."""
+        """Whatever waits has a backend running or on its way, or waits on its own client's roots (for
+        a few ticks at most: `drain` lets silent clients time out)."""
         mux = self.h.mux
         for sid, session in mux.sessions.items():
             if mux.busy(sid) and session.roots_signature != ASKING:
@@ -221,18 +232,30 @@ class Broker:
             self.answer_all()
             for sid in list(self.h.mux.sessions):
                 self.settle_roots(sid)
+            self.h.perform(self.h.mux.tick())
             self.place()
             self.collect()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entry=st.sampled_from([None, {}, ENTRY]), lazy=st.booleans(), decided=st.booleans(), steps=STEPS)
-@example(ENTRY, True, False, [("open", 1, False, False), ("open", 2, True, False), ("request", 2, "tools/call")])
+@example(
+    ENTRY,
+    True,
+    False,
+    [("open", 1, False, False, False), ("open", 2, True, False, False), ("request", 2, "tools/call")],
+)
 @example(
     {},
     False,
     False,
-    [("open", 1, False, False), ("spawn",), ("open", 2, True, False), ("request", 2, "tools/call"), ("crash",)],
+    [
+        ("open", 1, False, False, False),
+        ("spawn",),
+        ("open", 2, True, False, False),
+        ("request", 2, "tools/call"),
+        ("crash",),
+    ],
 )
 def test_no_request_waits_on_a_backend_that_nothing_starts(
     entry: dict[str, Any] | None, lazy: bool, decided: bool, steps: list[tuple[Any, ...]]

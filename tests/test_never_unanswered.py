@@ -81,3 +81,17 @@ def test_a_second_lazy_session_is_answered_from_the_cache_or_starts_the_backend(
     assert result_text(two.call("echo", {"text": "placed"})) == "placed"
     assert result_text(one.call("echo", {"text": "first"})) == "first"
     assert one.close() == 0 and two.close() == 0
+
+
+def test_a_client_that_never_answers_roots_list_holds_no_one_up(home: Path, fake_server: list[str]) -> None:
+    """Row 9: after a few seconds it counts as declaring no roots; the backend's own roots/list is answered."""
+    silent = RawClient(shim(fake_server))
+    silent.initialize(capabilities={"roots": {"listChanged": True}})  # asked for its roots; never answers
+    other = RawClient(shim(fake_server))
+    other.initialize()
+    reply = other.call("roots", timeout=25)  # the backend asks roots/list: what every session declared
+    assert json.loads(result_text(reply)) == {"roots": []}
+    assert result_text(silent.call("echo", {"text": "still served"})) == "still served"
+    log = next((home / "logs").glob("*.log")).read_text()
+    assert "no answer to roots/list" in log
+    assert silent.close() == 0 and other.close() == 0

@@ -165,6 +165,14 @@ class Mux:
         """Take in a session exported by another mux, placed here."""
         return self.parking.adopt(state)
 
+    def tick(self) -> list[Action]:
+        """About a second passed (the broker's timer: the mux has no clock), while `ticking()` says so."""
+        return self._fan_out("tick", lambda feature: feature.tick())
+
+    def ticking(self) -> bool:
+        """Whether the mux counts time now: a session slow to say its roots, a backend not yet quiet on roots."""
+        return self.roots.ticking()
+
     def resume_session(self, sid: int, state: dict[str, Any]) -> list[Action]:
         """The just-opened session `sid` re-attached from a dead broker with its last snapshot: go on from it."""
         return resume.restore(self, sid, state)
