@@ -13,8 +13,7 @@ is parked on, whose answers (its sharing, whether it asks for roots) are what pl
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message
+from ..jsonrpc import INTERNAL_ERROR, Message, is_request
 from .actions import Feature
 from .roots import ASKING, NO_ROOTS, settled
 
@@ -77,12 +76,12 @@ class Parking(Feature):
             if cached is not None:
                 return cached
         self.held.setdefault(session.sid, []).append(message)
-        return self.mux.handshake.want_backend() if jsonrpc.is_request(message) else []
+        return self.mux.handshake.want_backend() if is_request(message) else []
 
     def holding_requests(self, sid: int | None = None) -> bool:
         """Whether a request of `sid` (of anyone when None) waits here for placement, which may need the backend."""
         held = [self.held.get(sid, [])] if sid is not None else self.held.values()
-        return any(jsonrpc.is_request(message) for messages in held for message in messages)
+        return any(is_request(message) for messages in held for message in messages)
 
     def placeable(self, sid: int) -> RootsSignature | None:
         """The signature to place a parked session by, once its handshake has said it; else None.
@@ -98,18 +97,6 @@ class Parking(Feature):
             session.roots_signature = NO_ROOTS
             return NO_ROOTS
         return None
-
-    def fail(self, reason: str) -> list[Action]:
-        """The backend refused to be initialized: held requests get `reason` (placing them would need it)."""
-        actions: list[Action] = []
-        for sid, messages in self.held.items():
-            session = self.mux.sessions.get(sid)
-            if session is None:
-                continue
-            for message in [m for m in messages if jsonrpc.is_request(m)]:
-                messages.remove(message)
-                actions += self.mux.reply_error(session, message["id"], jsonrpc.INTERNAL_ERROR, reason)
-        return actions
 
     def export(self, sid: int) -> SessionState:
         """Take a parked session out of this mux, with its roots and held messages."""
@@ -141,6 +128,18 @@ class Parking(Feature):
             actions += self.mux.subscriptions.resume(session, carried.subscriptions)
         for message in self.held.pop(sid, []):
             actions += self.mux.dispatch(session, message)
+        return actions
+
+    def fail(self, reason: str) -> list[Action]:
+        """Held requests get `reason` instead (they will never be placed here); held notifications go."""
+        held, self.held = self.held, {}
+        actions: list[Action] = []
+        for sid, messages in held.items():
+            session = self.mux.sessions.get(sid)
+            if session is None:
+                continue
+            for message in filter(is_request, messages):
+                actions += self.mux.reply_error(session, message["id"], INTERNAL_ERROR, reason)
         return actions
 
     def session_closed(self, session: Session) -> list[Action]:
