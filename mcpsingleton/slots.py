@@ -3,7 +3,8 @@
 A session first joins a shared slot, parked there for its handshake, or gets a slot of its own once the
 server is known to need one. The sharing is learnt from the first backend (its `x-mux` declaration, then
 its tool shapes, waited for up to DECISION_WAIT); once it is known, each parked session stays, or moves
-to a slot of its own or to one with its roots.
+to a slot of its own or to one with its roots, or waits a few seconds while its slot's backend may still
+ask for roots. The muxes have no clock: this module ticks them (`keep_time`) while they count time.
 """
 
 from __future__ import annotations
