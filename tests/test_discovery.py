@@ -279,6 +279,13 @@ def test_a_list_nested_too_deeply_is_passed_on_but_never_cached() -> None:
     assert h.stored == [None] and h.mux.stats["internal_errors"] == 0
 
 
+def test_a_stored_entry_nested_too_deeply_is_not_served() -> None:
+    deep = {**ENTRY, "tools/list": {"tools": [{**TOOL_A, "inputSchema": {"default": deep_list(MAX_DEPTH)}}]}}
+    h = Harness(auto_start=False, discovery=deep, lazy=True)
+    h.open(1)
+    assert h.starts == 1, "no usable entry: the backend answers initialize"
+
+
 def test_an_entry_nested_beyond_the_recursion_limit_is_neither_written_nor_read(home: Path) -> None:
     deep = {**ENTRY, "tools/list": {"tools": [{"name": "a", "inputSchema": {"default": deep_list(5000)}}]}}
     assert discovery.store(spec(), deep) == "discovery: not cached: the entry cannot be written (RecursionError)"

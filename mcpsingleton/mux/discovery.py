@@ -183,8 +183,10 @@ class Discovery(Feature):
 
 
 def valid_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The part of a stored entry that can be served: an InitializeResult and list results, all objects."""
+    """The part of a stored entry that can be served: an InitializeResult and list results, all objects,
+    none nested deeper than MAX_DEPTH (the broker never writes such a file; a hand-made one is not served)."""
     if not entry or not isinstance(entry.get(INITIALIZE), dict):
         return None
     kept = {method: entry[method] for method in LISTS if isinstance(entry.get(method), dict)}
-    return {INITIALIZE: entry[INITIALIZE], **kept}
+    served = {INITIALIZE: entry[INITIALIZE], **kept}
+    return served if all(jsonrpc.nested_within(result, MAX_DEPTH) for result in served.values()) else None
