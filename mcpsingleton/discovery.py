@@ -56,14 +56,8 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
 def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
     """Write (or, for None, remove) the key's entry; the line for the broker's log."""
     path = path_for(spec["key"])
-    text, refusal = None, None
-    if entry is not None:
-        try:
-            refusal = _refusal(spec, entry)
-            text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
-        except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write
-            refusal = f"discovery: not cached: the entry cannot be written ({type(exc).__name__})"
-    if text is None or refusal is not None:
+    refusal = _refusal(spec, entry) if entry is not None else None
+    if entry is None or refusal is not None:
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -71,6 +65,7 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
         except OSError as exc:
             return f"discovery: cannot remove {path}: {exc.strerror}"
         return refusal or "discovery: cache entry removed"
+    text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         write_atomically(path, text.encode("utf-8"))
@@ -80,7 +75,8 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
 
 
 def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """Why this entry must not be written, or None: session-bound sharing, or a secret value inside."""
+    """Why this entry must not be written, or None: session-bound sharing, a secret value inside, or nesting
+    too deep to write."""
     from .learnt import ISOLATED, runtime_decision  # once per backend start, and only when it changed
 
     tools = entry.get("tools/list", {}).get("tools")
@@ -88,7 +84,10 @@ def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
     decided = runtime_decision(spec.get("sharing"), bool(spec.get("sharing_final")), entry["initialize"], tools)
     if decided is not None and decided[0] == ISOLATED:
         return f"discovery: not cached ({decided[1]})"
-    text = json.dumps(entry, ensure_ascii=False)
+    try:
+        text = json.dumps(entry, ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write; belt and braces
+        return f"discovery: not cached: the entry cannot be written ({type(exc).__name__})"
     for name, value in spec.get("env", {}).items():
         if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH and value in text:
             return f"discovery: not cached: it contains the value of ${name}"
