@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control
-from .keys import SCOPES, log_dir
+from .keys import SCOPES, key_env_names, log_dir, reads_client_environ
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
@@ -334,10 +334,44 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
     decision = decide(scope, list(command), name)
     if decision.config_error:
         click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
+    # this environment as a client that passes everything on would hand it to the server: nothing config-set
+    separating = key_env_names(dict(os.environ), [], dict(os.environ))
     if as_json:
-        click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
+        fields = {"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}
+        click.echo(json.dumps({**fields, "env_key": separating, "env_rule": _env_rule()}))
         return
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
+    click.echo(_env_lines(separating))
     if decision.lazy:
         click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
+
+
+def _env_rule() -> str:
+    """Which variables separate keys on this system: `full` (config-set ones count) or `secrets` (macOS)."""
+    return "full" if reads_client_environ() else "secrets"
+
+
+def _env_lines(separating: dict[str, str]) -> str:
+    """`explain`'s account of the env part of the key: names and reasons, never values."""
+    from .keys import CLIENT_EDITED_VARS, CLIENT_SPAWN_PREFIXES, CLIENT_SPAWN_VARS
+
+    named = ", ".join(f"{name} ({reason})" for name, reason in sorted(separating.items())) or "none"
+    never = sorted(CLIENT_SPAWN_VARS | CLIENT_EDITED_VARS) + [prefix + "*" for prefix in CLIENT_SPAWN_PREFIXES]
+    lines = [
+        f"env:     separate keys here: {named}",
+        "         also: --env-key VARs"
+        + (", and every variable a client config sets for the server" if _env_rule() == "full" else ""),
+        f"         never: what clients add or change for every server ({', '.join(never)}), per-terminal values",
+    ]
+    if separating:
+        lines.append(
+            "         so clients that strip secret-named variables (Codex, Gemini CLI) do not share with\n"
+            "         clients that pass them on (Claude Code) when this is the environment they start in"
+        )
+    if _env_rule() == "secrets":
+        lines.append(
+            "warning: the client's environment cannot be read on this system: configs differing only in a"
+            " variable that is not secret-named (e.g. DATABASE_URL) share; add --env-key VAR to keep them apart"
+        )
+    return "\n".join(lines)

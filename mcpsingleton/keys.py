@@ -31,10 +31,19 @@ VOLATILE_VARS = frozenset(
 """Per-terminal or per-shell values that never decide what a server does."""
 
 CLIENT_SPAWN_VARS = frozenset(
-    {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "GEMINI_CLI", "COREPACK_ENABLE_AUTO_PIN"}
+    {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "COREPACK_ENABLE_AUTO_PIN", "NoDefaultCurrentDirectoryInExePath"}
+    | {"GEMINI_CLI"}
 )
-CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_",)
-"""Names a client sets on every server it spawns (Claude Code, Gemini CLI), some per session: not config."""
+CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_", "GEMINI_CLI_")
+"""Names a client sets on every server it spawns, some per session: not config.
+
+Measured with Claude Code 2.1.197 and Gemini CLI 0.61.0 (tests/fixtures/clients); Codex 0.171.0 adds none.
+"""
+
+CLIENT_EDITED_VARS = frozenset({"PATH"})
+"""Variables clients change for every server they spawn (Codex prepends its own tool dir to PATH): never
+config. What PATH decides, the program it finds, is in the key already (the resolved argv); a user whose
+servers must also differ by PATH names it with --env-key."""
 
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "fish", "env"})
 """Programs a client may start the shim through; their environment is the config's, not the client's."""
@@ -180,8 +189,9 @@ def _is_volatile(upper: str) -> bool:
     return upper in VOLATILE_VARS or upper.startswith("MCPSINGLETON_") or upper.endswith(("_SOCK", "_PID"))
 
 
-def _set_by_client(upper: str) -> bool:
-    return upper in CLIENT_SPAWN_VARS or upper.startswith(CLIENT_SPAWN_PREFIXES)
+def _set_by_client(name: str) -> bool:
+    """Exact names: clients set exact names, and a config's `Path` is not the PATH a client edits."""
+    return name in CLIENT_SPAWN_VARS or name in CLIENT_EDITED_VARS or name.startswith(CLIENT_SPAWN_PREFIXES)
 
 
 def is_secret_name(name: str) -> bool:
@@ -211,6 +221,11 @@ def _parent_of(pid: int) -> int:
     return int(fields[1]) if len(fields) > 1 else 0
 
 
+def reads_client_environ() -> bool:
+    """Whether the client's own environment can be read here (Linux /proc), so config-set variables count."""
+    return sys.platform == "linux" and os.environ.get("MCPSINGLETON_PORTABLE") != "1"
+
+
 def client_environ() -> dict[str, str] | None:
     """The environment of the client that started us (its own, from /proc), or None where we cannot read it.
 
@@ -218,7 +233,7 @@ def client_environ() -> dict[str, str] | None:
     we look past them. Only Linux: elsewhere reading another process's env costs more than a session
     start may spend, and callers fall back to secrets and --env-key.
     """
-    if sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1":
+    if not reads_client_environ():
         return None
     pid = os.getppid()
     for _ in range(4):
@@ -244,21 +259,32 @@ def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[
     return {
         name
         for name, value in env.items()
-        if parent.get(name) != value and not _is_volatile(name.upper()) and not _set_by_client(name.upper())
+        if parent.get(name) != value and not _is_volatile(name.upper()) and not _set_by_client(name)
     }
+
+
+KEY_REASONS = ("secret-named", "--env-key", "set by the client config")
+"""Why a variable is part of the key, as `explain` says it (names only, never values)."""
+
+
+def key_env_names(env: dict[str, str], extra_keys: list[str], parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables whose values must match to share, each with its reason (one of KEY_REASONS).
+
+    Those are: every secret-looking variable, every --env-key, and every variable the client config set
+    for the server (`parent` is the client's own environment; None when it cannot be read).
+    """
+    reasons = dict.fromkeys(config_set_names(env, parent), KEY_REASONS[2])
+    reasons.update(dict.fromkeys((name for name in env if is_secret_name(name)), KEY_REASONS[0]))
+    reasons.update(dict.fromkeys(extra_keys, KEY_REASONS[1]))
+    return reasons
 
 
 def env_fingerprint(
     env: dict[str, str], extra_keys: list[str], salt: bytes, parent: dict[str, str] | None = None
 ) -> str:
-    """Salted digest of the env vars that must match to share; values never leave this function.
-
-    Those are: every secret-looking variable, every --env-key, and every variable the client config set
-    for the server (`parent` is the client's own environment; None when it cannot be read).
-    """
-    names = sorted({name for name in env if is_secret_name(name)} | set(extra_keys) | config_set_names(env, parent))
+    """Salted digest of the env vars that must match to share (`key_env_names`); values never leave this function."""
     digest = sha256(salt)
-    for name in names:
+    for name in sorted(key_env_names(env, extra_keys, parent)):
         value = env.get(name)
         digest.update(b"\0" + name.encode("utf-8", "surrogateescape") + b"=")
         digest.update(b"-" if value is None else b"+" + value.encode("utf-8", "surrogateescape"))
