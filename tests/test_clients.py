@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,10 +42,9 @@ def client(name: str) -> str:
 class Workspace:
     """One user: a home for the clients, a project dir, the terminal environment every client starts in."""
 
-    def __init__(self, tmp_path: Path, home: Path, server: list[str]) -> None:
-        self.project = tmp_path / "project"
-        self.project.mkdir()
-        user_home = tmp_path / "user"
+    def __init__(self, user_home: Path, home: Path, server: list[str]) -> None:
+        self.project = user_home / "project"
+        self.project.mkdir(parents=True)
         (user_home / ".gemini").mkdir(parents=True)
         trusted = {str(self.project): "TRUST_FOLDER"}  # Gemini CLI starts no server in an untrusted folder
         (user_home / ".gemini" / "trustedFolders.json").write_text(json.dumps(trusted))
@@ -111,14 +112,18 @@ class Workspace:
 
 
 @pytest.fixture
-def workspaces(tmp_path: Path, home: Path) -> Iterator[Callable[[list[str]], Workspace]]:
-    """Make the workspace for a server's argv, with the entry added to every client; Codex stopped after."""
+def workspaces(home: Path) -> Iterator[Callable[[list[str]], Workspace]]:
+    """Make the workspace for a server's argv, with the entry added to every client; Codex stopped after.
+
+    The user's home is not under /tmp: there Codex refuses to make the per-process tool dir it puts first
+    in every server's PATH (`~/.codex/tmp/arg0-linux/codex-arg0XXXXXX`), which the rule must ignore."""
     for name in PINNED:
         client(name)
+    user_home = Path(tempfile.mkdtemp(prefix="ms-clients-", dir="/var/tmp"))
     made: list[Workspace] = []
 
     def make(server: list[str]) -> Workspace:
-        made.append(Workspace(tmp_path, home, server))
+        made.append(Workspace(user_home, home, server))
         made[-1].add_entry_to_every_client()
         return made[-1]
 
@@ -127,6 +132,7 @@ def workspaces(tmp_path: Path, home: Path) -> Iterator[Callable[[list[str]], Wor
     finally:
         for space in made:
             space.stop_codex()
+        shutil.rmtree(user_home, ignore_errors=True)
 
 
 def codex_sessions(env: dict[str, str]) -> int:
