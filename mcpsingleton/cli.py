@@ -183,6 +183,8 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
     text = render_table(managed) if managed else "No shared backends are running."
+    if managed and _env_rule() == "secrets":
+        text += "\n" + WEAKER_ENV_RULE
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
@@ -347,6 +349,12 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
         click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
 
 
+WEAKER_ENV_RULE = (
+    "warning: the client's environment cannot be read on this system, so configs differing only in a variable"
+    " that is not secret-named (e.g. DATABASE_URL) share a backend; add --env-key VAR to keep them apart"
+)
+
+
 def _env_rule() -> str:
     """Which variables separate keys on this system: `full` (config-set ones count) or `secrets` (macOS)."""
     return "full" if reads_client_environ() else "secrets"
@@ -370,8 +378,5 @@ def _env_lines(separating: dict[str, str]) -> str:
             "         clients that pass them on (Claude Code) when this is the environment they start in"
         )
     if _env_rule() == "secrets":
-        lines.append(
-            "warning: the client's environment cannot be read on this system: configs differing only in a"
-            " variable that is not secret-named (e.g. DATABASE_URL) share; add --env-key VAR to keep them apart"
-        )
+        lines.append(WEAKER_ENV_RULE)
     return "\n".join(lines)

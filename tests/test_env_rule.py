@@ -267,3 +267,21 @@ def test_explain_warns_where_only_secrets_and_env_keys_separate(home: Path) -> N
     portable = _explain({**os.environ, "MCPSINGLETON_PORTABLE": "1"})
     assert "warning:" in portable.stdout and "--env-key" in portable.stdout
     assert json.loads(_explain({**os.environ, "MCPSINGLETON_PORTABLE": "1"}, "--json").stdout)["env_rule"] == "secrets"
+
+
+@reads_client_env
+def test_ls_warns_where_only_secrets_and_env_keys_separate(home: Path, fake_server: list[str]) -> None:
+    from conftest import RawClient, shim
+
+    portable = {**os.environ, "MCPSINGLETON_PORTABLE": "1"}
+    session = RawClient(shim(fake_server, "--linger", "0"), env=portable)
+    try:
+        session.initialize()
+        tables = [
+            subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30, env=env).stdout
+            for env in (dict(os.environ), portable)
+        ]
+    finally:
+        session.close()
+    assert "warning:" not in tables[0] and "fake_server" in tables[0]
+    assert "warning: the client's environment cannot be read" in tables[1] and "--env-key" in tables[1]
