@@ -9,6 +9,10 @@ import os
 import stat
 import sys
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
+if TYPE_CHECKING:
+    from .platform import ProcArgs
+
 try:  # the small builtin module avoids loading OpenSSL on every session start
     from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
@@ -215,41 +219,66 @@ def _read_proc(pid: int, field: str) -> bytes | None:
         os.close(fd)
 
 
-def _parent_of(pid: int) -> int:
-    stat_line = _read_proc(pid, "stat") or b""
-    fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
-    return int(fields[1]) if len(fields) > 1 else 0
+class ProcFiles:
+    """Linux: a process's name, parent and starting environment, read from /proc (no import, a few reads)."""
+
+    @staticmethod
+    def program(pid: int) -> str | None:
+        comm = _read_proc(pid, "comm")
+        return None if comm is None else comm.strip().decode("utf-8", "replace")
+
+    @staticmethod
+    def parent(pid: int) -> int:
+        stat_line = _read_proc(pid, "stat") or b""
+        fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
+        return int(fields[1]) if len(fields) > 1 else 0
+
+    @staticmethod
+    def environ(pid: int) -> dict[str, str] | None:
+        raw = _read_proc(pid, "environ")
+        return None if raw is None else parse_environ(raw.split(b"\0"))
+
+
+def parse_environ(entries: list[bytes]) -> dict[str, str]:
+    """`NAME=value` byte strings as a process's environment (empty or malformed entries skipped)."""
+    pairs = (entry.partition(b"=") for entry in entries)
+    return {
+        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+        for name, equals, value in pairs
+        if name and equals
+    }
+
+
+def _process_reader() -> type[ProcFiles] | type[ProcArgs]:
+    """/proc where it is readable (and portable mode is off), else macOS's sysctl (`platform.ProcArgs`)."""
+    if os.environ.get("MCPSINGLETON_PORTABLE") != "1" and os.path.exists("/proc/self/environ"):
+        return ProcFiles
+    from .platform import ProcArgs  # only where there is no /proc: it imports ctypes (a few ms)
+
+    return ProcArgs
 
 
 def reads_client_environ() -> bool:
-    """Whether the client's own environment can be read here (Linux /proc), so config-set variables count."""
-    return sys.platform == "linux" and os.environ.get("MCPSINGLETON_PORTABLE") != "1"
+    """Whether the client's own environment can be read here, so config-set variables count (`explain`, `ls`)."""
+    return _process_reader().environ(os.getpid()) is not None
 
 
 def client_environ() -> dict[str, str] | None:
-    """The environment of the client that started us (its own, from /proc), or None where we cannot read it.
+    """The environment the client that started us was started with, or None where we cannot read it.
 
     Shells between the client and us (`sh -c "mcpsingleton run …"`) carry the config's env already, so
-    we look past them. Only Linux: elsewhere reading another process's env costs more than a session
-    start may spend, and callers fall back to secrets and --env-key.
+    we look past them. Linux reads /proc; macOS asks sysctl KERN_PROCARGS2 for it (one call per process,
+    no child process); where neither works, callers fall back to secrets and --env-key.
     """
-    if not reads_client_environ():
-        return None
+    reader = _process_reader()
     pid = os.getppid()
     for _ in range(4):
         if pid <= 1:
             return None
-        comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
-        if comm not in SHELLS:
-            break
-        pid = _parent_of(pid)
-    raw = _read_proc(pid, "environ") if pid > 1 else None
-    if raw is None:
-        return None
-    entries = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {
-        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape") for name, _, value in entries
-    }
+        if reader.program(pid) not in SHELLS:
+            return reader.environ(pid)
+        pid = reader.parent(pid)
+    return None
 
 
 def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[str]:

@@ -285,3 +285,46 @@ def test_ls_warns_where_only_secrets_and_env_keys_separate(home: Path, fake_serv
         session.close()
     assert "warning:" not in tables[0] and "fake_server" in tables[0]
     assert "warning: the client's environment cannot be read" in tables[1] and "--env-key" in tables[1]
+
+
+# ---- reading the client's environment where there is no /proc (macOS: sysctl KERN_PROCARGS2) -------------------
+
+
+def procargs(path: str, argv: list[str], environ: list[str]) -> bytes:
+    """A KERN_PROCARGS2 buffer as macOS lays it out: argc, exec path, padding, argv, environ, apple strings."""
+    words = [*argv, *environ, "", "ptr_munge=", ""]
+    return len(argv).to_bytes(4, sys.byteorder) + path.encode() + b"\0\0\0\0" + "\0".join(words).encode()
+
+
+def test_procargs_are_read_as_exec_path_and_environment() -> None:
+    from mcpsingleton.platform import parse_procargs
+
+    raw = procargs("/opt/claude/claude", ["claude", "--resume"], ["HOME=/Users/u", "PATH=/bin:/usr/bin", "EMPTY="])
+    assert parse_procargs(raw) == ("/opt/claude/claude", {"HOME": "/Users/u", "PATH": "/bin:/usr/bin", "EMPTY": ""})
+    assert parse_procargs(b"\1\0") is None and parse_procargs(procargs("", ["x"], [])) is None
+
+
+def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The macOS calls cannot run here: sysctl and proc_pidinfo are replaced by a table of two processes."""
+    from mcpsingleton import keys, platform
+
+    shell, client = os.getppid(), 4242
+    started = {
+        shell: ("/bin/sh", {"MEMORY_FILE_PATH": "/a", "HOME": "/Users/u"}),
+        client: ("/Applications/Claude.app/Contents/MacOS/claude", {"HOME": "/Users/u"}),
+    }
+    monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")
+    monkeypatch.setattr(platform, "_procargs", started.get)
+    monkeypatch.setattr(platform.ProcArgs, "parent", staticmethod({shell: client}.get))
+    assert keys.client_environ() == {"HOME": "/Users/u"}
+    assert keys.reads_client_environ() is False, "our own pid is not in the table"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="checks a system without KERN_PROCARGS2")
+def test_where_neither_proc_nor_procargs_works_nothing_is_attributed_to_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mcpsingleton import keys
+
+    monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")  # the macOS reader, really called: Linux has no such sysctl
+    assert keys.client_environ() is None and keys.reads_client_environ() is False
