@@ -57,8 +57,8 @@ for child in children:
 class ClientProcess:
     """A stand-in for an MCP client: its own environment, spawning shims the way a client config says."""
 
-    def __init__(self, own_env: dict[str, str], spawns: list[dict]) -> None:
-        shim = [mcpsingleton_exe(), "run", "--linger", "0", "--", sys.executable, str(FAKE_SERVER)]
+    def __init__(self, own_env: dict[str, str], spawns: list[dict], options: tuple[str, ...] = ()) -> None:
+        shim = [mcpsingleton_exe(), "run", "--linger", "0", *options, "--", sys.executable, str(FAKE_SERVER)]
         self.process = subprocess.Popen(
             [sys.executable, "-c", CLIENT, json.dumps(shim), json.dumps(spawns)],
             stdin=subprocess.PIPE,
@@ -84,9 +84,9 @@ def terminal(**extra: str) -> dict[str, str]:
     return {**os.environ, "TERM_SESSION_ID": "t1", "SHLVL": "2", "EDITOR": "vim", **extra}
 
 
-def backends_for(clients: list[tuple[dict[str, str], list[dict]]]) -> list[int]:
+def backends_for(clients: list[tuple[dict[str, str], list[dict]]], options: tuple[str, ...] = ()) -> list[int]:
     """Start every client at once (sessions held open together); each spawn's backend pid, in order."""
-    started = [ClientProcess(env, spawns) for env, spawns in clients]
+    started = [ClientProcess(env, spawns, options) for env, spawns in clients]
     try:
         return [pid for client in started for pid in client.backend_pids]
     finally:
@@ -149,6 +149,19 @@ def test_a_shell_between_client_and_shim_does_not_hide_the_config(home: Path) ->
     )
     assert pids[0] != pids[1]
     assert pids[0] == pids[2], "through a shell or not, the same config shares"
+
+
+def test_env_key_cfbundleidentifier_keys_by_client_app(home: Path) -> None:
+    """macOS privacy permissions (TCC) go to the app that started a process: a backend started under
+    Claude Desktop reads ~/Documents with Claude Desktop's grant, for every session it serves. Apps
+    started from Finder/Dock carry their bundle id in the environment; `--env-key __CFBundleIdentifier`
+    gives each app its own backend where that matters (README); by default they share."""
+    bundles = ("com.anthropic.claudefordesktop", "com.todesktop.cursor")
+    apps = [terminal(__CFBundleIdentifier=bundle) for bundle in bundles]
+    shared = backends_for([(env, [spawn()]) for env in apps])
+    assert len(set(shared)) == 1
+    by_app = backends_for([(env, [spawn()]) for env in apps], ("--env-key", "__CFBundleIdentifier"))
+    assert len(set(by_app)) == 2
 
 
 def test_portable_mode_falls_back_to_secrets_and_env_keys(home: Path) -> None:
