@@ -356,7 +356,7 @@ WEAKER_ENV_RULE = (
 
 
 def _env_rule() -> str:
-    """Which variables separate keys on this system: `full` (config-set ones count) or `secrets` (macOS)."""
+    """Which variables separate keys here: `full` (config-set ones count) or `secrets` (client env unreadable)."""
     return "full" if reads_client_environ() else "secrets"
 
 
