@@ -256,7 +256,10 @@ class ProcArgs:
             "proc_pidinfo", ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
         )
         info = ctypes.create_string_buffer(PROC_BSDINFO_SIZE)
-        if proc_pidinfo is None or proc_pidinfo(pid, PROC_PIDTBSDINFO, 0, info, PROC_BSDINFO_SIZE) != PROC_BSDINFO_SIZE:
+        try:
+            if proc_pidinfo is None or proc_pidinfo(pid, PROC_PIDTBSDINFO, 0, info, PROC_BSDINFO_SIZE) != len(info):
+                return 0
+        except (OSError, ValueError, ctypes.ArgumentError):  # a call that does not behave as documented
             return 0
         return int.from_bytes(info.raw[PBI_PPID_OFFSET : PBI_PPID_OFFSET + 4], sys.byteorder)
 
@@ -276,7 +279,22 @@ def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
     return function
 
 
+_started: dict[int, tuple[str, dict[str, str]] | None] = {}
+"""What `_procargs` read, by pid: the shim asks for a process's program and then its environment."""
+
+
 def _procargs(pid: int) -> tuple[str, dict[str, str]] | None:
+    import ctypes
+
+    if pid not in _started:
+        try:
+            _started[pid] = _sysctl_procargs(pid)
+        except (OSError, ValueError, ctypes.ArgumentError):  # a call that does not behave as documented: weaker rule
+            _started[pid] = None
+    return _started[pid]
+
+
+def _sysctl_procargs(pid: int) -> tuple[str, dict[str, str]] | None:
     import ctypes
 
     size_p = ctypes.POINTER(ctypes.c_size_t)
