@@ -39,15 +39,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 WAITER = (
-    "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
-    "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
+    "q() { printf 'x %s\\n' $1 2>/dev/null >&3; exit $1; }; trap 'q 143' TERM; trap 'q 130' INT; trap 'q 129' HUP; "
+    "printf r >&3; while IFS= read -r line <&3; do case $line in "
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; '
     '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) break;; esac; done; '
-    "[ $s = 0 ] || { printf 'x %s\\n' $s >&3; exit $s; }; "
     'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3" mcpsingleton-session "$1"'
 )
 """The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
 (and then tells the broker `x 128+N`, for its log). It keeps the last `state` line in its environment.
+
+It exits from inside the trap: bash 3.2 (macOS's /bin/sh) runs a trap during `read` and then restarts the
+`read`, so a flag checked after it would wait for the broker's next line (tests/test_waiter_shells.py).
 
 It says `r` once its traps are set; only then does the broker start reading the session, so a signal
 can never find the session served but the waiter not yet able to exit with 128+N.
