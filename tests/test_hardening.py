@@ -232,3 +232,25 @@ def test_hostile_nesting_reaches_only_its_sender_and_is_counted(home: Path, fake
     metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
     assert "mcpsingleton_rejected_lines_total" in metrics
     assert hostile.close() == 0 and bystander.close() == 0
+
+
+UNEXECUTABLE_BROKER = """
+import sys
+from mcpsingleton.__main__ import main
+sys.executable = sys.argv.pop(1)  # the Python a broker is started with: a file this user cannot execute
+main()
+"""
+
+
+def test_a_broker_that_cannot_be_executed_is_one_line(home: Path, fake_server: list[str], tmp_path: Path) -> None:
+    """Issue 19 row 19: the broker's Python cannot be executed: one line saying so, not a traceback."""
+    unexecutable = tmp_path / "python3"
+    unexecutable.write_text("")
+    unexecutable.chmod(0o644)
+    argv = [sys.executable, "-c", UNEXECUTABLE_BROKER, str(unexecutable), *shim(fake_server, "--name", NAME)[1:]]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"mcpsingleton: the broker for {NAME} failed to start (cannot execute {unexecutable}: Permission denied); "
+        f"see `mcpsingleton logs {NAME}`"
+    ]
