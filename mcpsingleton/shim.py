@@ -32,6 +32,7 @@ from .keys import (
 )
 from .options import parse_run_args as parse_args
 from .options import usage
+from .platform import socket_buffers
 from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
@@ -84,11 +85,14 @@ def try_attach(paths: KeyPaths, state: str = "") -> _socket.socket | None:
     `state`: a session re-attaching brings what its previous broker last told its waiter."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
+        socket_buffers(conn)
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(paths.sock)
         fds = (0, 1, 2)  # stderr too: an isolated backend's stderr goes to the client, as a direct server's
         hello = wire.hello(wire.ATTACH, paths.key, state) if state else wire.hello(wire.ATTACH, paths.key)
-        conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        sent = conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        if sent < len(hello):  # a hello with its state can exceed a socket's buffer (8 KiB on macOS)
+            conn.sendall(hello[sent:])
         welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
