@@ -120,7 +120,7 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
 def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
     """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
-    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name})
+    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name, "env": stripped_by_sh()})
     os.dup2(conn.fileno(), 3)
     os.set_inheritable(3, True)
     try:
@@ -129,6 +129,12 @@ def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
     except OSError:
         pass
     _wait_in_python(conn, name)  # no /bin/sh: do the same job here, just heavier
+
+
+def stripped_by_sh() -> dict[str, str]:
+    """The session's variables macOS drops when /bin/sh is executed (SIP strips DYLD_* for protected programs):
+    the waiter carries them in its session record, so a re-attach hands a new broker the env the client gave."""
+    return {name: value for name, value in os.environ.items() if name.startswith("DYLD_")}
 
 
 def _wait_in_python(conn: _socket.socket, name: str) -> None:
@@ -173,6 +179,9 @@ def resume(session: dict[str, Any]) -> int:
         )
         return 1
     os.environ[REATTACHES_ENV] = " ".join(f"{t:.3f}" for t in recent)
+    carried = session.get("env")
+    if isinstance(carried, dict):
+        os.environ.update({k: v for k, v in carried.items() if isinstance(k, str) and isinstance(v, str)})
     exit_on_signals()
     return main(session["argv"], state)
 

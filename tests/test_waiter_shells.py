@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import kill_quietly, wait_for
 
+from mcpsingleton import shim
 from mcpsingleton.backend import KEEPER_SCRIPT
 from mcpsingleton.shim import WAITER
 
@@ -132,3 +134,43 @@ def test_a_stopped_waiter_reads_what_queued_meanwhile(waiter: Waiter) -> None:
     ready, _, _ = select.select([waiter.process.stderr], [], [], 5)
     assert ready and waiter.process.stderr.readline() == b"while stopped\n"
     assert waiter.process.poll() is None
+
+
+SPY = (
+    "import os, sys; open(sys.argv[1], 'w').write(os.environ.get(sys.argv[2], '-')); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+"""A backend that records one variable of its environment, then runs the fake server."""
+
+
+def test_what_macos_strips_from_the_waiters_env_comes_back_on_reattach(
+    home: Path, fake_server: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 row 15: SIP strips DYLD_* when /bin/sh is executed. The waiter here starts as SIP leaves it:
+    the session record the shim wrote, the variable itself gone. Its broker goes away, the session re-attaches,
+    and the new broker's backend must see the variable the client set."""
+    name, value, seen = "DYLD_FALLBACK_LIBRARY_PATH", "/opt/client/lib", tmp_path / "seen"
+    run_args = ["--", sys.executable, "-c", SPY, str(seen), name, *fake_server[1:]]
+    monkeypatch.setenv(name, value)
+    record = {"argv": run_args, "path": sys.path, "name": "spy", "env": shim.stripped_by_sh()}
+    monkeypatch.delenv(name)
+    monkeypatch.setenv(shim.SESSION_ENV, repr(record))
+    broker, theirs = socket.socketpair()
+    waiter = subprocess.Popen(
+        ["/bin/sh", "-c", WAITER, "mcpsingleton-session", "spy", sys.executable, shim.RESUME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.dup2(theirs.fileno(), 3),
+        close_fds=False,
+    )
+    theirs.close()
+    try:
+        broker.settimeout(5)
+        assert broker.recv(1) == b"r"
+        broker.close()  # the broker went away: the waiter re-attaches, and a new broker starts the backend
+        assert wait_for(seen.exists, timeout=20), "the session re-attached and its backend started"
+        assert seen.read_text() == value
+    finally:
+        kill_quietly(waiter.pid)
+        waiter.wait(timeout=5)
