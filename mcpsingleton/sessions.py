@@ -83,6 +83,7 @@ class Sessions:
         self.log = broker.log
         self.by_sid: dict[int, Session] = {}
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
+        self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
         self.next_sid = 0
 
     def __len__(self) -> int:
@@ -412,7 +413,9 @@ class Sessions:
             timer.cancel()
             link.close()
             session.conn.close()
+            self.telling.discard(session.sid)
 
+        self.telling.add(session.sid)
         timer = self.loop.call_later(END_GRACE, close)
         link.on_drained = close
 

@@ -134,3 +134,26 @@ def raw_lines_until(client: RawClient, until: bytes, timeout: float = 30.0) -> l
     head, _, client.buffer = client.buffer.partition(until)
     rest, _, client.buffer = client.buffer.partition(b"\n")
     return (head + until + rest).split(b"\n")
+
+
+def test_a_stopped_waiter_still_gets_its_exit_when_the_broker_stops(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Row 6: `stop` while the waiter is stopped behind a full socket: the broker waits (briefly) until the
+    waiter has taken its `exit 0`, else the waiter would see only end of file and start a new broker."""
+    client = RawClient(shim(fake_server, "--name", "stopped"))
+    client.initialize()
+    os.kill(client.process.pid, signal.SIGSTOP)
+    try:
+        subscribe_one_by_one(client, uris(70))
+        stop = subprocess.Popen([mcpsingleton_exe(), "stop", "--all"], stdout=subprocess.DEVNULL)
+        assert wait_for(lambda: "detached" in log_text("stopped")), "the session was ended"
+    finally:
+        os.kill(client.process.pid, signal.SIGCONT)
+    assert client.process.wait(timeout=10) == 0
+    assert stop.wait(timeout=30) == 0
+    assert wait_for(lambda: not ls_json(), timeout=5), "no broker was started again"
+
+
+def log_text(name: str) -> str:
+    return subprocess.run([mcpsingleton_exe(), "logs", name], capture_output=True, text=True).stdout
