@@ -110,7 +110,7 @@ class Sessions:
         session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
         session.to_waiter.on_drained = lambda: self._sync_state(session)
         try:
-            conn.send(wire.WELCOME)
+            conn.send(wire.WELCOME)  # 3 bytes, the first on this socket: never a partial write
         except OSError:
             self._release_fds(session)
             conn.close()
