@@ -66,6 +66,11 @@ class Session:
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
         self.held: list[ToSession] = []
 
+    def holds(self) -> bool:
+        """Whether messages to the client wait: a line is half written, or the waiter has not taken the
+        session's last state yet (a reply must not acknowledge what a next broker would not know)."""
+        return self.streaming or bool(self.to_waiter is not None and self.to_waiter.pending)
+
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
         for line in self.waiter_said.decode("ascii", "replace").splitlines():
@@ -108,7 +113,7 @@ class Sessions:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
         session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
-        session.to_waiter.on_drained = lambda: self._sync_state(session)
+        session.to_waiter.on_drained = lambda: self._waiter_took_all(session)
         try:
             conn.send(wire.WELCOME)  # 3 bytes, the first on this socket: never a partial write
         except OSError:
@@ -179,6 +184,13 @@ class Sessions:
             state[CUT] = session.cut
         session.state_mark = (mark, session.cut)
         session.to_waiter.send(wire.state_line(state))
+
+    def _waiter_took_all(self, session: Session) -> None:
+        """The waiter has every line sent so far: a newer state follows, or the messages held for it go out."""
+        self._sync_state(session)
+        self._release_held(session)
+        if session.ending:
+            self.finish_ending()
 
     def _waiter_event(self, session: Session) -> None:
         """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
@@ -269,10 +281,20 @@ class Sessions:
         session = self.by_sid.get(action.session)
         if session is None or session.outbox is None:
             return
-        if session.streaming:
-            session.held.append(action)  # a line is half written: this one follows it
+        if session.holds():
+            session.held.append(action)  # it follows the half-written line, or the state the waiter takes
             return
         self._write(session, action.parts())
+
+    def _release_held(self, session: Session) -> None:
+        if not session.holds():
+            self._flush_held(session)
+
+    def _flush_held(self, session: Session) -> None:
+        """Write what was held, in order (at a stream's start or the session's end, whatever the waiter has)."""
+        held, session.held = session.held, []
+        for action in held:
+            self._write(session, action.parts())
 
     def stream(self, part: StreamPart) -> None:
         """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows.
@@ -285,15 +307,14 @@ class Sessions:
         if not session.streaming and not part.done:
             session.cut = part.request_id
             self._sync_state(session)
+            self._flush_held(session)  # what waited for the waiter comes before the line, as it came before
         self._write(session, part.parts)
         session.streaming = not part.done
         if part.done:
             if session.cut is not None:
                 session.cut = None
                 self._sync_state(session)
-            held, session.held = session.held, []
-            for action in held:
-                self.deliver(action)
+            self._release_held(session)
 
     def _write(self, session: Session, parts: tuple[bytes | memoryview, ...]) -> None:
         assert session.outbox is not None
@@ -345,6 +366,7 @@ class Sessions:
                 session.ending
                 and not session.slot.mux.busy(session.sid)
                 and not (session.outbox and session.outbox.pending)
+                and not session.held
             ):
                 self._drop(session, "stdin closed", *self._verdict(session))
 
@@ -368,6 +390,8 @@ class Sessions:
         if session.sid not in self.by_sid:
             return
         self._mark_leaving(session)
+        if not session.streaming:
+            self._flush_held(session)  # the session ends here: what waited for its waiter goes out now
         outbox = session.outbox
         if outbox is not None and outbox.pending and not outbox.broken:
             timer = self.loop.call_later(END_GRACE, lambda: self._drop(session, "ended", code, message))

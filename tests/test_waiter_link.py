@@ -28,6 +28,24 @@ def subscribe_one_by_one(client: RawClient, wanted: list[str]) -> None:
         assert "result" in client.reply_to(client.request("resources/subscribe", {"uri": uri}))
 
 
+def subscribe_while_stopped(client: RawClient, wanted: list[str]) -> dict[object, str]:
+    """Send the subscriptions without waiting for their replies: {request id: uri}."""
+    sent = {}
+    for uri in wanted:
+        sent[client.request("resources/subscribe", {"uri": uri})] = uri
+        time.sleep(0.01)  # each in its own read of the broker's, so each changes the state the waiter is sent
+    return sent
+
+
+def acknowledged(client: RawClient, sent: dict[object, str], timeout: float) -> set[str]:
+    """The URIs whose subscriptions were answered within `timeout` of the last answer."""
+    acked: set[str] = set()
+    while len(acked) < len(sent) and isinstance(message := client.read(timeout), dict):
+        if message.get("id") in sent and "result" in message:
+            acked.add(sent[message["id"]])
+    return acked
+
+
 def broker_pid() -> int:
     (entry,) = ls_json()
     return entry["broker_pid"]
@@ -57,12 +75,31 @@ def test_a_stopped_waiter_gets_the_latest_state_once_it_runs_again(
     wanted = uris(70)  # ~350 KB of state lines in all: more than a Linux socket buffer holds
     os.kill(client.process.pid, signal.SIGSTOP)  # the shim's pid is its waiter's
     try:
-        subscribe_one_by_one(client, wanted)
+        sent = subscribe_while_stopped(client, wanted)
     finally:
         os.kill(client.process.pid, signal.SIGCONT)
-    time.sleep(1)  # the waiter reads what queued up; nothing else happens in the session
-    kill_broker_and_wait_for_the_next(client)
+    assert acknowledged(client, sent, timeout=10) == set(wanted)
+    kill_broker_and_wait_for_the_next(client)  # at once: every acknowledged subscription is the waiter's
     assert wait_for(lambda: subscribed_by_the_second_backend(tmp_path) == set(wanted)), "every subscription re-made"
+    assert client.close() == 0
+
+
+def test_no_acknowledged_subscription_is_lost_when_the_broker_dies_while_the_waiter_is_stopped(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Row 6, strictly: a reply acknowledging a state change waits until the waiter has that state."""
+    client = RawClient(shim(tapped(fake_server, tmp_path)))
+    client.initialize()
+    os.kill(client.process.pid, signal.SIGSTOP)
+    try:
+        sent = subscribe_while_stopped(client, uris(70))
+        acked = acknowledged(client, sent, timeout=1)
+        assert acked, "answered until the waiter's socket was full"
+        os.kill(broker_pid(), signal.SIGKILL)
+    finally:
+        os.kill(client.process.pid, signal.SIGCONT)
+    assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+    assert wait_for(lambda: acked <= subscribed_by_the_second_backend(tmp_path)), "an acknowledged one was lost"
     assert client.close() == 0
 
 
@@ -145,7 +182,7 @@ def test_a_stopped_waiter_still_gets_its_exit_when_the_broker_stops(
     client.initialize()
     os.kill(client.process.pid, signal.SIGSTOP)
     try:
-        subscribe_one_by_one(client, uris(70))
+        subscribe_while_stopped(client, uris(70))
         stop = subprocess.Popen([mcpsingleton_exe(), "stop", "--all"], stdout=subprocess.DEVNULL)
         assert wait_for(lambda: "detached" in log_text("stopped")), "the session was ended"
     finally:
