@@ -7,6 +7,7 @@ to), giving the client's fds back as they were. Which slot a session goes to is 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -148,8 +149,6 @@ class Sessions:
     def _end_cut_line(self, session: Session, request_id: str) -> None:
         """The previous broker died in the middle of a reply to this client: end that line, and answer its request
         with an error, before anything else is written (else the next message would be glued onto the cut line)."""
-        import json
-
         try:
             asked = json.loads(request_id)
         except ValueError:

@@ -1,7 +1,9 @@
 """The waiter and keeper scripts under every `/bin/sh` they meet: dash (Debian), bash 5, and bash 3.2 (macOS).
 
 bash 3.2 is not packaged anywhere CI can reach: build GNU or Apple bash 3.2.57 from source and point
-MCPSINGLETON_TEST_BASH32 at the binary to run these tests under it too (issue 20, row 3)."""
+MCPSINGLETON_TEST_BASH32 at the binary to run these tests under it too (issue 20, row 3). Apple's
+bash-140 tree builds on Linux with bison, CFLAGS="-std=gnu99 -fcommon -DEBADEXEC=ENOEXEC", an xlocale.h
+that includes locale.h, and a declared stub for BSD's fmtcheck (return its first argument)."""
 
 from __future__ import annotations
 
