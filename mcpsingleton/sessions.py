@@ -65,7 +65,8 @@ class Session:
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
         self.resumed = False  # re-attached with the state an earlier broker left with its waiter
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
-        self.held: list[ToSession] = []
+        self.held: list[tuple[bytes | memoryview, ...]] = []
+        self.held_bytes = 0
 
     def holds(self) -> bool:
         """Whether messages to the client wait: a line is half written, or the waiter has not taken the
@@ -280,10 +281,15 @@ class Sessions:
         session = self.by_sid.get(action.session)
         if session is None or session.outbox is None:
             return
-        if session.holds():
-            session.held.append(action)  # it follows the half-written line, or the state the waiter takes
+        parts = action.parts()
+        if not session.holds():
+            self._write(session, parts)
             return
-        self._write(session, action.parts())
+        session.held.append(parts)  # it follows the half-written line, or the state the waiter takes
+        session.held_bytes += sum(len(part) for part in parts)
+        if session.held_bytes > MAX_UNREAD:  # a waiter stopped for good: as a client that stopped reading
+            session.held, session.held_bytes = [], 0
+            self._broken(session, OSError(0, f"{MAX_UNREAD} bytes held for a waiter that does not read"))
 
     def _release_held(self, session: Session) -> None:
         if not session.holds():
@@ -291,9 +297,9 @@ class Sessions:
 
     def _flush_held(self, session: Session) -> None:
         """Write what was held, in order (at a stream's start or the session's end, whatever the waiter has)."""
-        held, session.held = session.held, []
-        for action in held:
-            self._write(session, action.parts())
+        held, session.held, session.held_bytes = session.held, [], 0
+        for parts in held:
+            self._write(session, parts)
 
     def stream(self, part: StreamPart) -> None:
         """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows.
