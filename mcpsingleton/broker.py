@@ -121,6 +121,7 @@ class Broker:
             elif isinstance(action, StoreDiscovery):
                 self.log.write(store_discovery(self.spec, action.entry))
         self.sessions.finish_ending()
+        self.slots.keep_time(slot)
 
     def has_sessions(self, slot: BackendSlot) -> bool:
         return bool(self.sessions.on(slot))
@@ -225,6 +226,7 @@ class Broker:
 
 
 def main(argv: list[str]) -> int:
+    platform.raise_fd_limit()
     channel = socket.socket(fileno=int(argv[0]))
     lock_fd = int(argv[1])
     chunks = []

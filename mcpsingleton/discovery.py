@@ -53,7 +53,8 @@ def load(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         with open(checked_path_for(entry_key(spec)), encoding="utf-8") as handle:
             stored = json.load(handle)
-    except (OSError, ValueError, SetupError):  # SetupError: `store` says why in the broker's log
+    except (OSError, ValueError, SetupError, RecursionError):  # SetupError: `store` says why in the log;
+        # RecursionError: a file nested too deeply (not one we wrote) reads as none
         return {}
     if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != entry_key(spec):
         return {}
@@ -85,8 +86,11 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
 
 
 def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """Why this entry must not be written, or None: a secret value inside."""
-    text = json.dumps(entry, ensure_ascii=False)
+    """Why this entry must not be written, or None: a secret value inside, or nesting too deep to write."""
+    try:
+        text = json.dumps(entry, ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write; belt and braces
+        return f"discovery: not cached: the entry cannot be written ({type(exc).__name__})"
     for name, value in spec.get("env", {}).items():
         if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH and value in text:
             return f"discovery: not cached: it contains the value of ${name}"
