@@ -452,10 +452,14 @@ class BackendSlot:
             self._arm_idle(backend, self.idle_after)
 
     def reclaimable(self) -> bool:
-        """Whether the running backend may be stopped now without any session losing anything (placement.py)."""
+        """Whether the running backend may be stopped now without any session losing anything (placement.py):
+        the mux is quiet, and no byte is on its way either (a line half read or half written, input unsent)."""
         return (
             self.backend is not None
             and self.life.state == lifecycle.RUNNING
+            and not self.streaming
+            and not (self.stdout is not None and self.stdout.mid_line)
+            and not (self.outbox is not None and self.outbox.pending)
             and self.mux.quiet()
             and may_reclaim(self, self.host.has_sessions(self))
         )
