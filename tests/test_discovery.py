@@ -183,7 +183,7 @@ def test_a_capability_difference_is_logged() -> None:
 
 
 def test_a_key_that_is_never_cached_asks_the_backend_for_nothing_more() -> None:
-    h = Harness()  # discovery=None: isolated sharing
+    h = Harness()  # discovery=None: a roots-bound slot
     h.open(1)
     assert [r["method"] for r in h.backend_requests()] == ["initialize"]
     assert h.stored == []

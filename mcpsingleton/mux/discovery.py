@@ -9,7 +9,9 @@ even start the backend.
 Each time the backend becomes ready the mux asks it for the lists itself. Sessions that were
 answered from the entry get the matching `notifications/*/list_changed` for every list that turned
 out different (every list, when the server's serverInfo changed), and the broker is asked to store
-the new entry; later first-page list results that sessions ask for keep it current. A server that
+the new entry; later first-page list results that sessions ask for keep it current (not on an isolated
+backend: `own_lists_only`, a session's answers may be its own). After an idle reclaim the next backend's
+lists are compared the same way for every session, instead of a list_changed for each. A server that
 paginates its lists (a `nextCursor`) is not cached: its lists may depend on who asks. Nor is a result
 nested more than MAX_DEPTH levels deep: it is passed on, but writing it and reading it back would come
 near the interpreter's recursion limit.
@@ -46,7 +48,7 @@ MAX_DEPTH = 200
 class Discovery(Feature):
     def __init__(self, mux: Mux, entry: dict[str, Any] | None, lazy: bool) -> None:
         super().__init__(mux)
-        self.enabled = entry is not None  # None: this key is never cached (isolated sharing)
+        self.enabled = entry is not None  # None: this slot never caches (a roots-bound one)
         self.entry = valid_entry(entry)
         self.lazy = lazy
         self.own_lists_only = False  # isolated: a session's list results may be its own; cache only the broker's

@@ -66,7 +66,7 @@ class Mux:
         lazy: bool = False,
     ) -> None:
         """`fast_path_from`: lines this long or longer may be spliced (see envelope.py); `discovery`: the
-        key's cached discovery entry (`{}` when none yet; None: never cache this key); `lazy`: with an
+        key's cached discovery entry (`{}` when none yet; None: this slot never caches); `lazy`: with an
         entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
