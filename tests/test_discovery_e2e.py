@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def test_a_server_that_declared_itself_isolated_is_placed_from_the_cache_without
     finally:
         for client in clients:
             assert client.close() == 0
+
+
+def test_a_lazy_session_that_re_attaches_after_a_broker_crash_starts_no_backend_until_it_needs_one(
+    home: Path, fake_server: list[str]
+) -> None:
+    first_run(fake_server, home)
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (before,) = ls_json()
+        os.kill(before["broker_pid"], signal.SIGKILL)
+
+        def reattached() -> bool:
+            rows = ls_json()
+            return len(rows) == 1 and rows[0]["broker_pid"] != before["broker_pid"] and len(rows[0]["clients"]) == 1
+
+        assert wait_for(reattached, timeout=15), "the session re-attached to a new broker"
+        assert backend_roots(home) == [] and ls_json()[0]["state"] == "idle"
+        assert result_text(client.call("echo", {"text": "after"})) == "after"
+        assert len(backend_roots(home)) == 1
+    finally:
+        assert client.close() == 0
 
 
 def test_lazy_without_a_cache_entry_starts_the_backend_at_once(home: Path, fake_server: list[str]) -> None:
