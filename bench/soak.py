@@ -63,6 +63,8 @@ LATE = 20.0
 SILENCE_HORIZON = 15.0
 """A request unanswered this long before the next strike was not lost to it: plain silence."""
 MIB = 2**20
+PROBLEMS_SHOWN = 12
+"""Examples kept in the report per kind of problem and cause (the counts are always complete)."""
 
 VALID_MIX = {
     "eager": {"echo": 45, "echo_big": 12, "big_reply": 5, "slow": 3, "list": 15, "ping": 20},
@@ -705,6 +707,7 @@ def accounting(everyone: list[SoakSession], strikes: list[Strike]) -> dict[str, 
         notifications.update(ledger.notifications)
     totals = {k: sum(row[k] for row in by_category.values()) for k in ("sent", "ok", "error", "unanswered")}
     problems.sort(key=lambda p: p["at"])
+    shown = examples(problems, PROBLEMS_SHOWN)
     return {
         "valid": totals,
         "problems_by_kind": dict(Counter(p["what"] for p in problems)),
@@ -712,9 +715,21 @@ def accounting(everyone: list[SoakSession], strikes: list[Strike]) -> dict[str, 
         "by_category": dict(sorted(by_category.items())),
         "error_replies": dict(errors.most_common(12)),
         "notifications": dict(notifications.most_common(8)),
-        "problems": problems[:60],
-        "problems_left_out": max(0, len(problems) - 60),
+        "problems": shown,
+        "problems_left_out": len(problems) - len(shown),
     }
+
+
+def examples(problems: list[dict[str, Any]], each: int) -> list[dict[str, Any]]:
+    """The first `each` problems of every kind and cause, so that a flood of one kind hides no other."""
+    seen: Counter[tuple[str, str]] = Counter()
+    shown = []
+    for problem in problems:
+        kind = (problem["what"], problem.get("cause", ""))
+        seen[kind] += 1
+        if seen[kind] <= each:
+            shown.append(problem)
+    return shown
 
 
 def unanswered_problem(request_id: str, pending: Pending, ledger: Ledger, strikes: list[Strike]) -> dict[str, Any]:
