@@ -126,15 +126,18 @@ class Ledger:
     errors: Counter[str] = field(default_factory=Counter)
     notifications: Counter[str] = field(default_factory=Counter)
     corrupt_ids: set[str] = field(default_factory=set)
+    per_minute: Counter[int] = field(default_factory=Counter)  # answers by minute of the run: did traffic go on?
+    ended_at: float | None = None  # when the session's stdout closed
 
     def sent(self, request_id: str, pending: Pending) -> None:
         with self.lock:
             self.waiting[request_id] = pending
             self.tally.setdefault(pending.kind, Tally()).sent += 1
 
-    def in_flight(self) -> int:
+    def in_flight(self, since: float = 0.0) -> int:
+        """Requests still waiting; with `since`, only those sent after it (a lost one must not stall the session)."""
         with self.lock:
-            return len(self.waiting)
+            return sum(1 for p in self.waiting.values() if p.sent_at >= since) if since else len(self.waiting)
 
     def take(self, item: object, now: float) -> None:
         """One JSON value from the session's stdout: a reply is matched, anything else counted."""
@@ -155,6 +158,7 @@ class Ledger:
                 self.problem(what, request_id, now, json.dumps(item)[:160])
                 return
             self.answered.add(request_id)
+            self.per_minute[int(now // 60)] += 1
             if now - pending.sent_at > LATE:
                 self.problem("late answer", request_id, now, f"{pending.kind} after {now - pending.sent_at:.1f} s")
             tally = self.tally[pending.kind]
@@ -209,9 +213,9 @@ class SoakSession:
         self.stderr_path = stderr_path
         self.ledger = Ledger(prefix, group)
         self.clock = clock
-        self.count = 0
+        self.count = self.hostile_sent = 0
         self.write_lock = threading.RLock()
-        self.eof = False
+        self.eof = self.closing = False
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -262,6 +266,7 @@ class SoakSession:
     def close(self, timeout: float) -> int | None:
         """End the session as a client does (close its stdin); its exit status, None if it did not exit."""
         assert self.process.stdin is not None
+        self.closing = True
         try:
             self.process.stdin.close()
         except OSError:
@@ -287,6 +292,8 @@ class SoakSession:
                 continue
             for item in message if isinstance(message, list) else [message]:
                 self.ledger.take(item, self.now())
+        if not self.closing:  # ended by itself, not by our close
+            self.ledger.ended_at = self.now()
         self.eof = True
 
 
@@ -322,12 +329,13 @@ class Traffic:
         mix = {kind: weight for kind, weight in VALID_MIX[session.ledger.group].items() if kind not in self.skip}
         kinds, weights = list(mix), list(mix.values())
         while not stop.is_set():
-            if session.ledger.in_flight() >= self.window:
+            if session.ledger.in_flight(since=session.now() - LATE) >= self.window:
                 stop.wait(0.01)  # a bounded window of valid requests in flight, as a client has
                 continue
             if rng.random() < self.hostile:
                 lines = {k: v for k, v in hostile_lines(rng).items() if k not in self.skip}
                 alive = session.write(lines[rng.choice(sorted(lines))])
+                session.hostile_sent += 1
             else:
                 alive = send_valid(session, rng.choices(kinds, weights)[0], rng)
             if not alive or session.eof:
@@ -498,7 +506,12 @@ class Chaos:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.wait(self.every):
+        """Strikes on a fixed beat (a restart's drain does not stretch the period); a late one goes at once."""
+        beat = time.monotonic()
+        while True:
+            beat += self.every
+            if self.stop.wait(max(0.0, beat - time.monotonic())):
+                return
             self.strike(next(self.plan))
 
     def strike(self, plan: str) -> None:
@@ -656,19 +669,24 @@ class Soak:
         while time.monotonic() < deadline and any(s.ledger.in_flight() and not s.eof for s in everyone):
             time.sleep(0.1)
 
-    def report(self, about: dict[str, Any], strikes: list[Strike], monitor: Monitor, alive: dict[str, bool]):
+    def report(
+        self, about: dict[str, Any], strikes: list[Strike], monitor: Monitor, alive: dict[str, bool]
+    ) -> dict[str, Any]:
         lost = [{"session": s.ledger.prefix, "exit": s.process.poll(), "stderr": s.stderr_tail()}
                 for s in self.sessions if s.eof or s.process.poll() is not None]
         for session in self.sessions:
             session.close(15)
+            session.reader.join(15)  # a reply cut at the very end shows as the last, unterminated line
+        everyone = self.sessions + self.joiners
+        accounts = accounting(everyone, strikes)
         subprocess.run([self.exe, "stop", "--all"], capture_output=True, env=self.home.env, timeout=120)
         time.sleep(1)
         leftovers = Counter(role(p) for p in processes_of(self.home.path))
-        everyone = self.sessions + self.joiners
         return {
             "machine": about,
             "config": {k: v for k, v in vars(self.args).items() if k != "out"},
-            "accounting": accounting(everyone, strikes),
+            "accounting": accounts,
+            "hostile_sent": sum(s.hostile_sent for s in self.sessions),
             "sessions": {
                 "long_lived": len(self.sessions), "lost": lost,
                 "joiners": len(self.joiner_results),
@@ -691,6 +709,7 @@ def accounting(everyone: list[SoakSession], strikes: list[Strike]) -> dict[str, 
     problems: list[dict[str, Any]] = []
     errors: Counter[str] = Counter()
     notifications: Counter[str] = Counter()
+    per_minute: Counter[int] = Counter()
     for session in everyone:
         ledger = session.ledger
         group = ("joiner-" if ledger.prefix.startswith("j") else "") + ledger.group.split("-")[0]
@@ -705,6 +724,7 @@ def accounting(everyone: list[SoakSession], strikes: list[Strike]) -> dict[str, 
         problems += ledger.problems
         errors.update(ledger.errors)
         notifications.update(ledger.notifications)
+        per_minute.update(ledger.per_minute)
     totals = {k: sum(row[k] for row in by_category.values()) for k in ("sent", "ok", "error", "unanswered")}
     problems.sort(key=lambda p: p["at"])
     shown = examples(problems, PROBLEMS_SHOWN)
@@ -712,6 +732,7 @@ def accounting(everyone: list[SoakSession], strikes: list[Strike]) -> dict[str, 
         "valid": totals,
         "problems_by_kind": dict(Counter(p["what"] for p in problems)),
         "unanswered_by_cause": dict(Counter(p["cause"] for p in problems if p["what"] == "unanswered")),
+        "answered_per_minute": [per_minute[m] for m in range(max(per_minute, default=-1) + 1)],
         "by_category": dict(sorted(by_category.items())),
         "error_replies": dict(errors.most_common(12)),
         "notifications": dict(notifications.most_common(8)),
@@ -736,10 +757,15 @@ def unanswered_problem(request_id: str, pending: Pending, ledger: Ledger, strike
     """An unanswered request, with what most likely took its reply: the first strike on its key after it was sent
     (within SILENCE_HORIZON), or the unparseable line its id was found in."""
     name = NAMES.get(ledger.group)  # a fresh key is never struck
-    after = [s for s in strikes if s.name == name and s.at >= pending.sent_at - 0.05]
+    after = [s for s in strikes if s.name == name and s.at + s.seconds >= pending.sent_at - 0.05]
     strike = after[0] if after and after[0].at - pending.sent_at <= SILENCE_HORIZON else None
+    ended = ledger.ended_at is not None and ledger.ended_at - pending.sent_at <= SILENCE_HORIZON
     if request_id in ledger.corrupt_ids:
         cause = "its reply is inside an unparseable line"
+    elif ended:
+        cause = "its session ended (the shim exited)"
+    elif strike is not None and strike.at < pending.sent_at:
+        cause = f"written during a {strike.kind} (before the old broker exited)"
     elif strike is not None:
         cause = f"in flight at a {strike.kind}"
     else:
@@ -819,7 +845,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lazy", type=int, default=None, help="how many sessions run --lazy (default a third)")
     parser.add_argument("--chaos", action="store_true", help="restart and kill -9 the brokers on a schedule")
     parser.add_argument("--chaos-mode", choices=("alternate", "both", "restart", "kill"), default="alternate")
-    parser.add_argument("--chaos-period", type=float, default=60.0, help="seconds in which each kind strikes once")
+    parser.add_argument("--chaos-period", type=float, default=60.0,
+                        help="seconds in which each kind strikes once (under 60, alternating strikes make a broker go "
+                        "away more than 3 times a minute, and sessions end by design)")
     parser.add_argument("--joiners", type=int, default=2, help="short-lived sessions per key after each strike")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds a new backend's initialize is held")
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second per session (0: flat out)")
