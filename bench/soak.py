@@ -72,10 +72,13 @@ PROBLEMS_SHOWN = 12
 """Examples kept in the report per kind of problem and cause (the counts are always complete)."""
 
 VALID_MIX = {
-    "eager": {"echo": 45, "echo_big": 12, "big_reply": 5, "slow": 3, "list": 15, "ping": 20},
-    "lazy": {"echo": 20, "echo_big": 6, "big_reply": 4, "slow": 2, "list": 40, "ping": 28},
+    "eager": {"echo": 45, "echo_big": 12, "big_reply": 5, "slow": 3, "list": 15, "ping": 20, "subscribe": 2,
+              "touch": 3},
+    "lazy": {"echo": 20, "echo_big": 6, "big_reply": 4, "slow": 2, "list": 40, "ping": 28, "subscribe": 2, "touch": 3},
 }
 """Weights of the valid kinds per group: lazy sessions mostly ask what the cache can answer."""
+SUBSCRIPTIONS_KEPT = 20
+"""Resources a session keeps subscribed (its state, which its waiter carries across brokers, stays small)."""
 
 
 def hostile_lines(rng: random.Random) -> dict[str, bytes]:
@@ -106,6 +109,7 @@ class Pending:
     kind: str
     sent_at: float
     expect: int | None = None
+    uri: str | None = None  # the resource a subscribe or touch is about
 
 
 @dataclass
@@ -131,11 +135,16 @@ class Ledger:
     errors: Counter[str] = field(default_factory=Counter)
     notifications: Counter[str] = field(default_factory=Counter)
     corrupt_ids: set[str] = field(default_factory=set)
+    uris_made: int = 0
     per_minute: Counter[int] = field(default_factory=Counter)  # answers by minute of the run: did traffic go on?
     ended_at: float | None = None  # when the session's stdout closed
+    subscribed: dict[str, float] = field(default_factory=dict)  # uri → when the subscription was acknowledged
+    notified: set[str] = field(default_factory=set)  # uris a resources/updated came for since their last touch
 
     def sent(self, request_id: str, pending: Pending) -> None:
         with self.lock:
+            if pending.kind == "touch":
+                self.notified.discard(str(pending.uri))
             self.waiting[request_id] = pending
             self.tally.setdefault(pending.kind, Tally()).sent += 1
 
@@ -150,6 +159,8 @@ class Ledger:
             self.problem("not an object", None, now, f"a {type(item).__name__} on stdout")
         elif "method" in item:
             self.notifications[str(item["method"]) + (" (request)" if "id" in item else "")] += 1
+            if item["method"] == "notifications/resources/updated":
+                self._updated(item.get("params"), now)
         elif isinstance(item.get("id"), str) and OUR_ID.fullmatch(item["id"]):
             self._reply(item["id"], item, now)
         # other replies (id null, "cut", ...) answer hostile lines: nothing to match
@@ -172,9 +183,45 @@ class Ledger:
                 self.errors[error_text(item["error"])] += 1
                 return
             tally.ok += 1
+            self._subscription_answered(request_id, pending, now)
             wrong = content_problem(item, pending)
             if wrong:
                 self.problem("wrong content", request_id, now, f"{pending.kind}: {wrong}")
+
+    # ---- subscriptions: acknowledged ones must survive every broker (issue 19 row 6) ----------------
+
+    def next_subscription(self) -> tuple[str, str]:
+        """Subscribe to a new resource, or, with enough kept, unsubscribe the oldest one no touch is waiting on."""
+        with self.lock:
+            touched = {p.uri for p in self.waiting.values() if p.kind == "touch"}
+            oldest = [uri for uri in self.subscribed if uri not in touched]
+            if len(self.subscribed) >= SUBSCRIPTIONS_KEPT and oldest:
+                del self.subscribed[oldest[0]]  # whatever the answer, it is no longer one to check
+                return "resources/unsubscribe", oldest[0]
+            self.uris_made += 1
+            return "resources/subscribe", f"soak://{self.prefix}/{self.uris_made}"
+
+    def touch_target(self, rng: random.Random) -> str | None:
+        with self.lock:
+            return rng.choice(list(self.subscribed)) if self.subscribed else None
+
+    def _updated(self, params: object, now: float) -> None:
+        uri = str(params.get("uri")) if isinstance(params, dict) else ""
+        if not uri.startswith(f"soak://{self.prefix}/"):
+            self.problem("update for another session", None, now, f"resources/updated for {uri!r}")
+            return
+        with self.lock:
+            self.notified.add(uri)
+
+    def _subscription_answered(self, request_id: str, pending: Pending, now: float) -> None:
+        """A subscribe is acknowledged; a touch of an acknowledged subscription must have brought its update
+        first (the backend writes the update before the reply, and both reach the session in that order)."""
+        if pending.kind == "subscribe" and pending.uri:
+            self.subscribed[pending.uri] = now
+        elif pending.kind == "touch" and pending.uri not in self.notified:
+            since = self.subscribed.get(str(pending.uri))
+            self.problem("subscription lost", request_id, now, f"touched {pending.uri}, subscribed at {since} s: "
+                         "no resources/updated came before the reply")
 
     def corrupt(self, line: bytes, now: float) -> None:
         """An unparseable line on stdout: a reply cut by a dying broker, maybe with the next one glued on."""
@@ -246,14 +293,14 @@ class SoakSession:
 
     def request(self, kind: str, method: str, params: dict | None = None, **how: Any) -> bool:
         """A valid request, accounted before it is written. `how`: expect (reply text length), id_last (as
-        TypeScript clients order members), split_pause (written in two halves)."""
+        TypeScript clients order members), split_pause (written in two halves), uri (of a subscribe or touch)."""
         with self.write_lock:
             request_id = f"{self.ledger.prefix}-{self.count}"
             self.count += 1
             members: dict[str, Any] = {"method": method, **({"params": params} if params else {})}
             message = {**members, "jsonrpc": "2.0", "id": request_id} if how.get("id_last") else {
                 "jsonrpc": "2.0", "id": request_id, **members}
-            self.ledger.sent(request_id, Pending(kind, self.now(), how.get("expect")))
+            self.ledger.sent(request_id, Pending(kind, self.now(), how.get("expect"), how.get("uri")))
             return self.write(json.dumps(message).encode(), how.get("split_pause", 0.0))
 
     def initialize(self) -> bool:
@@ -304,6 +351,14 @@ class SoakSession:
 
 def send_valid(session: SoakSession, kind: str, rng: random.Random) -> bool:
     """One valid request of `kind` (a key of VALID_MIX)."""
+    if kind == "subscribe":
+        method, uri = session.ledger.next_subscription()
+        return session.request("unsubscribe" if method.endswith("unsubscribe") else kind, method, {"uri": uri}, uri=uri)
+    if kind == "touch":  # the backend says a subscribed resource changed; nothing subscribed yet: a ping
+        target = session.ledger.touch_target(rng)
+        if target is not None:
+            return session.request(kind, "tools/call", {"name": "touch", "arguments": {"uri": target}}, uri=target)
+        kind = "ping"
     if kind in ("list", "ping"):
         return session.request(kind, "tools/list" if kind == "list" else "ping")
     if kind == "slow":
