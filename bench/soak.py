@@ -10,10 +10,12 @@ one writer thread and one reader thread. Two keys: `soak-eager`, and `soak-lazy`
 `--lazy` after a first broker cached the server's discovery (so a fresh broker answers `initialize` and
 `tools/list` from the cache and starts the backend only for a tool call).
 
-Traffic, at random per session: echo calls (small; and streamed requests of 200 KB, some written in two
+Traffic, at random per session: echo calls (small; and streamed requests of 100-300 KB, some written in two
 halves with a pause, as a slow client does), big streamed replies (1-3 MB, id first or id last), slow calls
-(up to 8 s, longer than a handover's 5 s drain), tools/list and ping; and hostile lines (malformed, huge,
-wrong types, unknown ids, deep nesting, batches, bad UTF-8, cut and broken big lines).
+(up to 8 s, longer than a handover's 5 s drain), tools/list, ping, resource subscriptions (at most 20 kept;
+a `touch` of one must bring its `resources/updated` before the reply, on whichever broker: the waiter
+carries them across); and hostile lines (malformed, huge, wrong types, unknown ids, deep nesting, batches,
+bad UTF-8, cut and broken big lines).
 
 Chaos (`--chaos`): each period, `mcpsingleton restart` and a `kill -9` of each key's broker (alternating
 every half period, or both, or one kind). Before each strike a staged victim is put in flight on one session
@@ -26,9 +28,10 @@ ping, then closes its stdin and must exit 0.
 
 The accounting: every valid request must be answered exactly once, an error reply counts, silence does
 not. Per category: sent, ok, error, unanswered; plus duplicates, replies to another session (misrouted),
-wrong content, answers later than 20 s, and unparseable lines on a session's stdout (a cut reply, maybe
-with the next one glued on). Each unanswered request is given its likely cause: in flight at a restart or
-kill -9, written while one was under way, inside an unparseable line, its session ended, or plain silence.
+wrong content, lost subscriptions, answers later than 30 s, and unparseable lines on a session's stdout
+(a cut reply, maybe with the next one glued on). Each unanswered request is given its likely cause: in
+flight at a restart or kill -9, written while one was under way, inside an unparseable line, its session
+ended, or plain silence.
 A monitor samples every broker's RSS and fds per broker lifetime (the pid changes at each strike) and
 counts our processes. Exit status 0 only when every request was answered exactly once and right, on a
 clean stdout, no session was lost, every joiner exited 0 and the brokers are alive at the end.
