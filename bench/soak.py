@@ -551,6 +551,10 @@ class Gate:
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def open_now(self, settle: float) -> None:
+        self.path.touch()
+        time.sleep(settle)
+
     def open_later(self) -> None:
         timer = threading.Timer(self.hold, self.path.touch)
         timer.daemon = True
@@ -579,7 +583,10 @@ class Chaos:
 
     def strike(self, plan: str) -> None:
         self.gate.close()
-        for kind in ("restart", "kill -9") if plan == "both" else (plan,):
+        kinds = ("restart", "kill -9") if plan == "both" else (plan,)
+        for kind in kinds:
+            if kind != kinds[0]:  # the kill's staged reply needs the restarted backends up
+                self.gate.open_now(settle=3.0)
             for name in NAMES.values():
                 self._one(kind, name)
         self.hooks.join()
@@ -818,25 +825,26 @@ def examples(problems: list[dict[str, Any]], each: int) -> list[dict[str, Any]]:
 
 
 def unanswered_problem(request_id: str, pending: Pending, ledger: Ledger, strikes: list[Strike]) -> dict[str, Any]:
-    """An unanswered request, with what most likely took its reply: the first strike on its key after it was sent
-    (within SILENCE_HORIZON), or the unparseable line its id was found in."""
+    """An unanswered request, with what most likely took its reply: the unparseable line its id was found in, its
+    session's end, the next strike on its key (within SILENCE_HORIZON), or the strike under way as it was written."""
     name = NAMES.get(ledger.group)  # a fresh key is never struck
-    after = [s for s in strikes if s.name == name and s.at + s.seconds >= pending.sent_at - 0.05]
-    strike = after[0] if after and after[0].at - pending.sent_at <= SILENCE_HORIZON else None
-    ended = ledger.ended_at is not None and ledger.ended_at - pending.sent_at <= SILENCE_HORIZON
+    mine = [s for s in strikes if s.name == name]
+    sent = pending.sent_at
+    later = next((s for s in mine if sent - 0.05 <= s.at <= sent + SILENCE_HORIZON), None)
+    during = next((s for s in mine if s.at < sent <= s.at + s.seconds), None)
     if request_id in ledger.corrupt_ids:
-        cause = "its reply is inside an unparseable line"
-    elif ended:
-        cause = "its session ended (the shim exited)"
-    elif strike is not None and strike.at < pending.sent_at:
-        cause = f"written during a {strike.kind} (before the old broker exited)"
-    elif strike is not None:
-        cause = f"in flight at a {strike.kind}"
+        cause, strike = "its reply is inside an unparseable line", later or during
+    elif ledger.ended_at is not None and ledger.ended_at - sent <= SILENCE_HORIZON:
+        cause, strike = "its session ended (the shim exited)", later or during
+    elif later is not None:
+        cause, strike = f"in flight at a {later.kind}", later
+    elif during is not None:
+        cause, strike = f"written during a {during.kind} (before the old broker exited)", during
     else:
-        cause = "silence (no strike within 15 s after it was sent)"
+        cause, strike = "silence (no strike within 15 s after it was sent)", None
     near = f"; strike #{strike.number} {strike.kind} {name} at {strike.at} s" if strike else ""
-    return {"what": "unanswered", "session": ledger.prefix, "id": request_id, "at": pending.sent_at,
-            "cause": cause, "detail": f"{pending.kind} sent at {pending.sent_at} s{near}"}
+    return {"what": "unanswered", "session": ledger.prefix, "id": request_id, "at": sent,
+            "cause": cause, "detail": f"{pending.kind} sent at {sent} s{near}"}
 
 
 def chaos_summary(strikes: list[Strike]) -> dict[str, Any]:
