@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness
 from test_discovery import ENTRY, TOOL_A, TOOL_B, TOOLS_CHANGED, answer_lists
+from test_mux_hardening import MODERN
 
 from mcpsingleton.mux import StartBackend
 from mcpsingleton.mux.actions import Action
@@ -69,6 +70,20 @@ def test_lists_that_changed_while_it_was_stopped_are_announced_to_who_was_served
     h.request(1, 3, "tools/call", {"name": "a"})
     answer_lists(h, [TOOL_A, TOOL_B])
     assert [n["method"] for n in h.notes_to(1)] == [TOOLS_CHANGED]
+
+
+def test_lazy_starts_the_backend_for_anything_stateful() -> None:
+    for method, params in [
+        ("logging/setLevel", {"level": "info"}),
+        ("resources/subscribe", {"uri": "file:///x"}),
+        ("subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": MODERN}),
+        ("tools/call", {"name": "a"}),
+    ]:
+        h = Harness(auto_start=False, discovery=ENTRY, lazy=True)
+        h.open(1)
+        h.request(1, 1, "tools/list")
+        assert h.starts == 0, "the cache answers the handshake and the lists"
+        assert StartBackend() in h.request(1, 2, method, params), method
 
 
 def test_a_refused_start_answers_everything_that_waited_and_the_next_request_asks_again() -> None:
