@@ -21,9 +21,10 @@ from __future__ import annotations
 from .. import jsonrpc
 from ..envelope import Envelope, reply_id, scan
 from ..jsonrpc import Id, Invalid, Message
-from . import eras, failures, resume, streaming
+from . import eras, failures, resume
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
+from .backend_stream import BackendStream, open_backend_stream
 from .batches import Batches
 from .cancellation import Cancellation
 from .discovery import LISTS, Discovery
@@ -36,6 +37,7 @@ from .requests import Requests
 from .roots import Roots
 from .server_requests import ServerRequests
 from .session import Session
+from .session_stream import SessionStream, open_session_stream
 from .subscriptions import Subscriptions
 from .tasks import Tasks
 
@@ -70,7 +72,7 @@ class Mux:
         entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
-        self.inbound: streaming.SessionStream | None = None  # the session request being streamed in
+        self.inbound: SessionStream | None = None  # the session request being streamed in
         self.stats = {
             "requests": 0,  # requests from sessions
             "errors": 0,  # error replies to sessions (the backend's and the broker's own)
@@ -257,21 +259,21 @@ class Mux:
             self.stats["internal_errors"] += 1
             return [*actions, Log(f"internal error failing parked requests: {failures.describe(exc)}")]
 
-    def stream_from_backend(self, line_head: bytes) -> streaming.BackendStream | None:
+    def stream_from_backend(self, line_head: bytes) -> BackendStream | None:
         """The backend is writing a line too long to wait for: a stream for it, or None (wait for its end).
 
         The stream's `start(line_head)` gives the first actions; like every entry point, nothing raises."""
         try:
-            return streaming.open_stream(self, line_head)
+            return open_backend_stream(self, line_head)
         except Exception:  # the line then takes the full path at its end, which reports what is wrong
             self.stats["internal_errors"] += 1
             return None
 
-    def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> streaming.SessionStream | None:
+    def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> SessionStream | None:
         """A session is writing a line too long to wait for: a stream for it, or None (wait for its end).
         `limit`: the session's line limit (beyond it the line is refused with -32700, as when whole)."""
         try:
-            return streaming.open_session_stream(self, sid, line_head, limit)
+            return open_session_stream(self, sid, line_head, limit)
         except Exception:  # the line then takes the full path at its end, which reports what is wrong
             self.stats["internal_errors"] += 1
             return None
@@ -373,9 +375,9 @@ class Mux:
         if not self.backend.ready:
             cached = self.discovery.answer(session, message)
             return cached if cached is not None else self.queue.hold(session, message)
-        envelope = eras.envelope(message)
-        if envelope is not None:
-            return self._modern_request(session, message, envelope)
+        fields = eras.era_fields(message)
+        if fields is not None:
+            return self._stateless_request(session, message, fields)
         return self._request(session, message)
 
     def _envelope(self, line: bytes) -> Envelope | None:
@@ -396,7 +398,7 @@ class Mux:
         if session.parked:  # not placed yet: its requests are held (parking.py), never forwarded
             return None
         if envelope.body is not None and "_meta" in envelope.body:
-            return None  # a progress token or a 2026-07-28 envelope to translate
+            return None  # a progress token to rewrite, or stateless-era fields to translate
         self.stats["requests"] += 1
         return self.requests.forward_spliced(session, line, envelope)
 
@@ -404,17 +406,17 @@ class Mux:
         handler = self.session_requests.get(message["method"])
         return handler(session, message) if handler is not None else self.requests.forward(session, message)
 
-    def _modern_request(self, session: Session, message: Message, envelope: dict[str, Any]) -> list[Action]:
-        """A 2026-07-28 request: served on the shared backend with its envelope translated away."""
-        eras.adopt(session, envelope)
+    def _stateless_request(self, session: Session, message: Message, fields: dict[str, Any]) -> list[Action]:
+        """A stateless-era request: served on the shared backend with its era fields translated away."""
+        eras.adopt(session, fields)
         if message["method"] == "subscriptions/listen":
             return self.subscriptions.listen(session, message)
         actions = self._request(session, eras.strip(message))
         pending = self.requests.of(session, message["id"])
         if pending is None:
             return actions
-        pending.modern = True
-        return self.log_levels.opt_in(pending, envelope.get(eras.LOG_LEVEL)) + actions
+        pending.stateless = True
+        return self.log_levels.opt_in(pending, fields.get(eras.LOG_LEVEL)) + actions
 
     def fan_out_ready(self, restarted: bool) -> list[Action]:
         return self._fan_out("backend ready", lambda feature: feature.backend_ready(restarted))
