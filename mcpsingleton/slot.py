@@ -24,7 +24,7 @@ from .lifecycle import Lifecycle
 from .lineio import LineReader, Outbox, Relay
 from .logfile import LogFile
 from .mux import BackendPart, Mux, ToBackend
-from .mux.router import FAST_PATH_ENV, fast_path_threshold
+from .mux.fast_path import FAST_PATH_ENV, fast_path_threshold
 from .mux.streaming import STREAM_FROM
 from .wire import BackendStatus
 

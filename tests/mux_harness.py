@@ -9,7 +9,7 @@ from typing import Any
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Id, Message
 from mcpsingleton.mux import Action, Log, Mux, StartBackend, StoreDiscovery, ToBackend, ToSession
-from mcpsingleton.mux.router import FAST_PATH_FROM
+from mcpsingleton.mux.fast_path import FAST_PATH_FROM
 
 SERVER_CAPABILITIES: dict[str, Any] = {
     "logging": {},

@@ -21,7 +21,7 @@ from test_mux_fuzz import SESSION_METHODS, World, capabilities, line_of, ops, re
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux import Mux, ToBackend, ToSession, eras
 from mcpsingleton.mux.actions import Spliced
-from mcpsingleton.mux.router import FAST_PATH_FROM, fast_path_threshold
+from mcpsingleton.mux.fast_path import FAST_PATH_FROM, fast_path_threshold
 
 BIG = "x" * (2 * FAST_PATH_FROM)
 BIG_TEXT = {"content": [{"type": "text", "text": BIG + ' "quoted" \\ é \u2028'}]}
@@ -247,7 +247,7 @@ def test_an_envelope_reader_that_raises_leaves_the_line_to_the_full_parser(monke
     def broken_scan(line: bytes) -> None:
         raise MemoryError("injected")
 
-    monkeypatch.setattr("mcpsingleton.mux.router.scan", broken_scan)
+    monkeypatch.setattr("mcpsingleton.mux.fast_path.scan", broken_scan)
     h = ready(1)
     h.request(1, "big", "tools/call", {"text": BIG})
     h.answer(h.last_request("tools/call"), BIG_TEXT)
