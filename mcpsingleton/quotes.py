@@ -3,9 +3,10 @@
 A quote closes a string when an even number of backslashes precede it within the string. Plain text
 costs one `find` per quote. Text that embeds JSON has thousands of escaped quotes: past
 `QUOTES_STEPPED` of them, the rest is searched window by window in small copies where every escape
-pair is blanked (`\\\\` and `\\"` become `__`), so the first quote left is the closing one. Small
-copies: no fresh pages to fault in for a 10 MB line. Used for whole lines (jsonwalk.py) and for a
-string arriving in pieces (mux/session_stream.py), which carries `escaped` from one piece to the next.
+pair is blanked, so the first quote left is the closing one. Blanking `\\"` alone is exact unless a
+window holds an escaped backslash before a quote (text escaped twice over): then `\\\\` is blanked
+first. Small copies: no fresh pages to fault in for a 10 MB line. Used for whole lines (jsonwalk.py)
+and for a string arriving in pieces (mux/session_stream.py), which carries `escaped` between pieces.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def _blanked(data: bytes, start: int) -> tuple[int, bool]:
             if trailing % 2:  # the last backslash escapes the next window's first byte: it starts that window
                 stop -= 1
                 window = window[:-1]
-        found = window.replace(b"\\\\", b"__").replace(b'\\"', b"__").find(b'"')
+        blanked = window.replace(b'\\"', b"__")
+        found = blanked.find(b'"')
+        if blanked.find(b"\\", 0, found if found >= 0 else len(blanked)) >= 0 and b'\\\\"' in window:
+            # an escaped backslash before a quote (text escaped twice over): blank escaped backslashes first
+            found = window.replace(b"\\\\", b"__").replace(b'\\"', b"__").find(b'"')
         if found >= 0:
             return start + found, False
         start = stop

@@ -841,16 +841,24 @@ def test_a_bystander_is_not_held_up_by_a_session_that_stops_mid_request(home: Pa
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='ab"\\\n\u00e9', max_size=300), st.lists(st.integers(0, 400), max_size=4))
-def test_closing_quote_finds_a_strings_end_across_any_pieces(text: str, cuts: list[int]) -> None:
+@given(
+    st.text(alphabet='ab"\\\n\u00e9', max_size=300),
+    st.lists(st.integers(0, 400), max_size=4),
+    st.sampled_from([quotes.WINDOW, 2, 3, 5, 8]),
+)
+def test_closing_quote_finds_a_strings_end_across_any_pieces(text: str, cuts: list[int], window: int) -> None:
+    """Pieces cut anywhere (inside a backslash run, between a backslash and its quote), blanked windows of
+    any size: one rule, the same answer as the full parser."""
     encoded = json.dumps(text, ensure_ascii=False).encode()
     rest = encoded[1:] + b',"z":"q\\"r"}'  # the content after the opening quote, and what follows
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(rest)), len(rest)]
     escaped, offset = False, 0
-    for start, end in itertools.pairwise(bounds):
-        found, escaped = quotes.closing_quote(rest[start:end], 0, escaped)
-        if found >= 0:
-            assert offset + found == len(encoded) - 2
-            return
-        offset += end - start
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quotes, "WINDOW", window)
+        for start, end in itertools.pairwise(bounds):
+            found, escaped = quotes.closing_quote(rest[start:end], 0, escaped)
+            if found >= 0:
+                assert offset + found == len(encoded) - 2
+                return
+            offset += end - start
     pytest.fail("the closing quote was not found")
