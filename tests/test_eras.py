@@ -63,8 +63,8 @@ def test_stateless_era_results_are_translated(home: Path, fake_server: list[str]
 
 
 def test_listen_streams_are_confined_and_tagged(home: Path, fake_server: list[str]) -> None:
-    watcher, legacy, other = (RawClient(shim(fake_server)) for _ in range(3))
-    legacy.initialize()
+    watcher, handshake, other = (RawClient(shim(fake_server)) for _ in range(3))
+    handshake.initialize()
     listen_id = stateless(
         watcher,
         "subscriptions/listen",
@@ -86,13 +86,13 @@ def test_listen_streams_are_confined_and_tagged(home: Path, fake_server: list[st
     update = watcher.read()
     assert update["method"] == "notifications/resources/updated" and update["params"]["uri"] == "file:///a/child"
     assert update["params"]["_meta"][eras.SUBSCRIPTION_ID] == listen_id
-    legacy.reply_to(legacy.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///b"}}))
+    handshake.reply_to(handshake.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///b"}}))
     assert watcher.read(timeout=0.5) is None, "no update for a URI it did not ask for"
-    assert [m for m in getattr(legacy, "seen", []) if m.get("method") == "notifications/resources/updated"] == []
+    assert [m for m in getattr(handshake, "seen", []) if m.get("method") == "notifications/resources/updated"] == []
     watcher.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": listen_id}})
     other.reply_to(other.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///a"}}))
     assert watcher.read(timeout=0.5) is None, "a cancelled listen stream gets nothing more"
-    for client in (watcher, legacy, other):
+    for client in (watcher, handshake, other):
         assert client.close() == 0
 
 

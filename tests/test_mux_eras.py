@@ -23,7 +23,7 @@ def stateless(
 
 def started() -> Harness:
     h = Harness()
-    h.open(1, client="legacy")
+    h.open(1, client="handshake")
     h.perform(h.mux.open_session(2))
     h.clear()
     return h
