@@ -65,12 +65,19 @@ def _envelope(mux: Mux, line: bytes) -> Envelope | None:
         return None
 
 
+def forwarded_as_written(mux: Mux, session: Session, method: str) -> bool:
+    """Whether a session's message with this method may reach the backend as written (spliced or streamed),
+    its `_meta` aside: the backend is ready, the session placed (else its requests are held: parking.py),
+    and the router neither answers nor rewrites the method itself."""
+    if not mux.backend.ready or session.parked:
+        return False
+    return method not in mux.session_requests and method not in mux.session_notifications
+
+
 def _session_spliced(mux: Mux, session: Session, line: bytes, envelope: Envelope) -> list[Action] | None:
     if envelope.kind == "response":
         return mux.server_requests.answer_spliced(session, line, envelope)
-    if envelope.kind != "request" or not mux.backend.ready or envelope.method in mux.session_requests:
-        return None
-    if session.parked:  # not placed yet: its requests are held (parking.py), never forwarded
+    if envelope.kind != "request" or envelope.method is None or not forwarded_as_written(mux, session, envelope.method):
         return None
     if envelope.body is not None and "_meta" in envelope.body:
         return None  # a progress token to rewrite, or stateless-era fields to translate

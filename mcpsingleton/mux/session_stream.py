@@ -23,6 +23,7 @@ from ..envelope import encode_id
 from ..jsonrpc import Id, id_key
 from ..jsonwalk import member_value
 from .actions import BackendPart, Log, ToSession
+from .fast_path import forwarded_as_written
 from .requests import Pending
 from .streaming import Piece, Stream
 
@@ -53,9 +54,9 @@ MOVES: dict[str, tuple[str, ...]] = {
 def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> SessionStream | None:
     """A stream for the session line that starts with `line_head`, or None: wait for its end."""
     session = mux.sessions.get(sid)
-    if len(line_head) < mux.fast_path_from or session is None or session.parked or session.stateless:
+    if len(line_head) < mux.fast_path_from or session is None or session.stateless:
         return None
-    if not mux.backend.ready or mux.inbound is not None:  # one request streams to a backend at a time
+    if mux.inbound is not None:  # one request streams to a backend at a time
         return None
     opened = linehead.open_string(line_head)
     if opened is None or opened.path[0] != "params" or len(opened.path) < 2 or "_meta" in opened.levels[1]:
@@ -66,16 +67,13 @@ def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> Ses
         request_id = member_value(line_head, top, "id")
     except ValueError:
         return None
-    if not isinstance(method, str) or _answered_here(mux, method) or "result" in top or "error" in top:
+    if not isinstance(method, str) or "result" in top or "error" in top:
+        return None
+    if not forwarded_as_written(mux, session, method):
         return None
     if "id" in top and not jsonrpc.valid_id(request_id):
         return None
     return SessionStream(mux, sid, method, opened, line_head, limit)
-
-
-def _answered_here(mux: Mux, method: str) -> bool:
-    """The router answers or rewrites this method itself: its requests never pass as written."""
-    return method in mux.session_requests or method in mux.session_notifications
 
 
 class SessionStream(Stream):
