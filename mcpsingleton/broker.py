@@ -25,7 +25,7 @@ from .atomic import write_atomically
 from .backend import Keeper, kill_leftovers
 from .discovery import store as store_discovery
 from .eventloop import EventLoop
-from .handover import Lifetime
+from .handover import Lifetime, restarts_handed_over
 from .keys import KeyPaths, redacted_argv
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
@@ -58,6 +58,7 @@ class Broker:
         self.keeper: Keeper | None = None
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.exit_code = 0
+        self.restarts_before = restarts_handed_over(self.paths.state)  # read before write_state replaces it
 
     # ---- startup ----------------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ class Broker:
             elif isinstance(action, StoreDiscovery):
                 self.log.write(store_discovery(self.spec, action.entry))
         self.sessions.finish_ending()
+        self.slots.keep_time(slot)
 
     def has_sessions(self, slot: BackendSlot) -> bool:
         return bool(self.sessions.on(slot))
@@ -192,6 +194,7 @@ class Broker:
     def _slot_status(self, slot: BackendSlot) -> wire.BackendStatus:
         record = slot.status(self.has_sessions(slot))
         record.state = "stopping" if self.lifetime.stopping else record.state
+        record.restarts += self.restarts_before
         record.key = self.key
         record.name = self.spec["name"]
         record.command = redacted_argv(self.spec["argv"])
@@ -219,6 +222,7 @@ class Broker:
 
 
 def main(argv: list[str]) -> int:
+    platform.raise_fd_limit()
     channel = socket.socket(fileno=int(argv[0]))
     lock_fd = int(argv[1])
     chunks = []

@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control, platform
-from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
+from . import __version__, control, platform, table
+from .keys import SCOPES, default_log_dir, ensure_private_dir, key_env_names, log_dir, reads_client_environ, runtime_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
@@ -39,7 +39,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsage(click.Group):
+    """Every usage error in one line, `mcpsingleton: what; see mcpsingleton COMMAND --help`, exit status 2,
+    whether click found it (an unknown option, a missing argument) or a command did; as `run` says them."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)  # standalone_mode=False: --help and --version return 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "mcpsingleton"
+            click.echo(f"mcpsingleton: {usage_message(exc.format_message())}; see {command} --help", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_message(message: str) -> str:
+    """Click's sentences as one clause: "No such option '--x'." becomes "no such option '--x'"."""
+    sentences = [sentence.strip() for sentence in message.strip().rstrip(".?").split(". ")]
+    return "; ".join(sentence[:1].lower() + sentence[1:] for sentence in sentences if sentence)
+
+
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
 @click.version_option(__version__, prog_name="mcpsingleton")
 def cli() -> None:
     """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""
@@ -119,7 +146,9 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
     return f"{len(clients)}" + (f" ({detail})" if detail else "")
 
 
-def render_table(backends: list[dict[str, Any]]) -> str:
+def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
+    """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
+    on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
     header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
     header.append("POLICY")
     rows = [header] + [
@@ -138,8 +167,7 @@ def render_table(backends: list[dict[str, Any]]) -> str:
         ]
         for b in backends
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and platform.memory_measure() == "RSS":
@@ -201,9 +229,11 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
             click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed) if managed else "No shared backends are running."
+    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
     if others:
-        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others)
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
+    if managed and _env_rule() == "secrets":
+        text += "\n" + WEAKER_ENV_RULE
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
@@ -386,13 +416,50 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
             f" {config_path()} only; move it there",
             err=True,
         )
+    # this environment as a client that passes everything on would hand it to the server: nothing config-set
+    separating = key_env_names(dict(os.environ), [], dict(os.environ))
     if as_json:
-        click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
+        fields = {"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}
+        click.echo(json.dumps({**fields, "env_key": separating, "env_rule": _env_rule()}))
         return
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
+    click.echo(_env_lines(separating))
     if decision.lazy:
         click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
+
+
+WEAKER_ENV_RULE = (
+    "warning: the client's environment cannot be read on this system, so configs differing only in a variable"
+    " that is not secret-named (e.g. DATABASE_URL) share a backend; add --env-key VAR to keep them apart"
+)
+
+
+def _env_rule() -> str:
+    """Which variables separate keys here: `full` (config-set ones count) or `secrets` (client env unreadable)."""
+    return "full" if reads_client_environ() else "secrets"
+
+
+def _env_lines(separating: dict[str, str]) -> str:
+    """`explain`'s account of the env part of the key: names and reasons, never values."""
+    from .keys import CLIENT_EDITED_VARS, CLIENT_SPAWN_PREFIXES, CLIENT_SPAWN_VARS
+
+    named = ", ".join(f"{name} ({reason})" for name, reason in sorted(separating.items())) or "none"
+    never = sorted(CLIENT_SPAWN_VARS | CLIENT_EDITED_VARS) + [prefix + "*" for prefix in CLIENT_SPAWN_PREFIXES]
+    lines = [
+        f"env:     separate keys here: {named}",
+        "         also: --env-key VARs"
+        + (", and every variable a client config sets for the server" if _env_rule() == "full" else ""),
+        f"         never: what clients add or change for every server ({', '.join(never)}), per-terminal values",
+    ]
+    if separating:
+        lines.append(
+            "         so clients that strip secret-named variables (Codex, Gemini CLI) do not share with\n"
+            "         clients that pass them on (Claude Code) when this is the environment they start in"
+        )
+    if _env_rule() == "secrets":
+        lines.append(WEAKER_ENV_RULE)
+    return "\n".join(lines)
 
 
 def _serve_extra_missing() -> NoReturn:

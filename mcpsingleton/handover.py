@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+from .atomic import write_atomically
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from .broker import Broker
@@ -20,6 +22,23 @@ HANDOVER_DRAIN = 5.0
 """A handover (restart, SIGTERM) waits this long for the requests in flight before it stops the backends."""
 DRAIN_POLL = 0.02
 EXIT_POLL = 0.05
+HANDED_OVER = "restarts_handed_over"
+"""In the state file a broker leaves after a handover: the restarts the next broker goes on counting from."""
+HANDED_OVER_WINDOW = 60.0
+"""A handover's sessions re-attach within seconds; an older note was left by a broker none followed (its
+sessions had all ended), and a broker started later for the key is a fresh start, not a restart."""
+
+
+def restarts_handed_over(state_path: str) -> int:
+    """What the previous broker for this key handed over (read before our own state file replaces its)."""
+    try:
+        with open(state_path) as handle:
+            age = time.time() - os.fstat(handle.fileno()).st_mtime
+            restarts = json.load(handle).get(HANDED_OVER, 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    fresh = age <= HANDED_OVER_WINDOW
+    return restarts if fresh and isinstance(restarts, int) and restarts >= 0 else 0
 
 
 class Lifetime:
@@ -31,6 +50,7 @@ class Lifetime:
         self.log = broker.log
         self.linger_timer: Timer | None = None
         self.stopping = False
+        self.restarts_handed_over: int | None = None  # set by a handover
 
     # ---- linger -------------------------------------------------------------------------------
 
@@ -55,6 +75,22 @@ class Lifetime:
 
     # ---- shutdown -----------------------------------------------------------------------------
 
+    def _leave_state(self) -> None:
+        """Remove our state file; after a handover, leave in it the restarts so far, this one counted, for
+        the next broker (`restarts_handed_over`): to the user a `restart` is a restart of the backend."""
+        path = self.broker.paths.state
+        try:
+            with open(path) as handle:
+                state = json.load(handle)
+            if state.get("broker_pid") != os.getpid():
+                return
+            if self.restarts_handed_over is None:
+                os.unlink(path)
+                return
+            write_atomically(path, json.dumps({**state, HANDED_OVER: self.restarts_handed_over}).encode())
+        except (OSError, ValueError):
+            pass
+
     def shutdown(self, why: str, handover: bool = False) -> None:
         """Stop taking sessions, retire every slot (ladder), then exit.
 
@@ -69,6 +105,10 @@ class Lifetime:
         if self.stopping:
             return
         self.stopping = True
+        if handover:  # counted now: the slots are gone by the time the state file is left
+            self.restarts_handed_over = self.broker.restarts_before + 1 + max(
+                (slot.life.restarts for slot in self.broker.slots), default=0
+            )
         self.cancel_linger()
         self.log.write(f"shutting down: {why}" + (" (handing the sessions over)" if handover else ""))
         if not handover:
@@ -123,18 +163,13 @@ class Lifetime:
 
     def _exit(self) -> None:
         broker = self.broker
-        if broker.sessions:  # wait for ending sessions to flush (bounded by END_GRACE)
+        if broker.sessions or broker.sessions.telling:  # wait for ending sessions to flush (bounded by END_GRACE)
             self.loop.call_later(EXIT_POLL, self._exit)
             return
         if broker.keeper is not None:
             broker.keeper.close()
             broker.reap()
-        try:
-            with open(broker.paths.state) as handle:
-                if json.load(handle).get("broker_pid") == os.getpid():
-                    os.unlink(broker.paths.state)
-        except (OSError, ValueError):
-            pass
+        self._leave_state()
         broker.listener.close()
         self.log.write(f"broker {os.getpid()} exited")
         os.close(broker.lock_fd)  # last: a new broker may start from here on
