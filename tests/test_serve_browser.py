@@ -9,6 +9,7 @@ import functools
 import http.server
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,26 @@ def test_health_turns_warning_on_the_page(home: Path, browser: Any, fake_server:
     finally:
         context.close()
         server.stop()
+
+
+def test_the_page_says_when_serve_is_gone_and_when_it_came_back_with_a_new_token(home: Path, browser: Any) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = Serve("--port", str(port))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(first.url)
+        sync_api.expect(page.locator("#connection")).to_have_text("live")
+        first.stop()
+        sync_api.expect(page.locator("#connection")).to_have_text("reconnecting…")
+        assert "stale" in (page.locator("body").get_attribute("class") or ""), "old numbers are greyed out"
+        second = Serve("--port", str(port))
+        try:
+            sync_api.expect(page.locator("#connection")).to_contain_text("serve restarted with a new token")
+        finally:
+            second.stop()
+    finally:
+        context.close()
