@@ -7,7 +7,7 @@
 window: serve's CPU time (user + system, from the kernel's accounting, so other load on the machine
 does not inflate it) as a share of one core, its PSS at the end, how many state events the page got,
 and the time one /api/state takes. The window is long enough for every kind of sample: status every
-2 s, memory every 10 s, the orphan scan every 60 s. Writes bench/results/serve.json.
+2 s, memory every 15 s, the orphan scan every 60 s. Writes bench/results/serve.json.
 """
 
 from __future__ import annotations

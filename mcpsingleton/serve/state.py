@@ -19,7 +19,7 @@ from .. import control, reaper
 from ..keys import redacted_argv
 from ..proctree import parent_map, process_memory, tree_pids
 
-MEMORY_EVERY = 10.0
+MEMORY_EVERY = 15.0
 ORPHANS_EVERY = 60.0
 
 
