@@ -7,6 +7,7 @@ records history, logs alert crossings once, and publishes the state to the pages
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -91,8 +92,6 @@ class Monitor:
 
     def publish_if_changed(self) -> None:
         """Only what changed goes out: a quiet system sends the pages nothing but heartbeats."""
-        import json
-
         content = json.dumps({k: v for k, v in self.latest.items() if k not in ("taken_at", "serve")}, default=str)
         if content.encode() != self._published:
             self._published = content.encode()
