@@ -30,6 +30,8 @@ START_TIMEOUT = 30.0
 
 
 def url_host(host: str) -> str:
+    """The host part of the URL to open: a wildcard bind is opened on loopback (browsers refuse `0.0.0.0`)."""
+    host = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
     return f"[{host}]" if ":" in host else host
 
 
