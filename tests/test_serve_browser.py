@@ -176,6 +176,7 @@ def test_health_turns_warning_on_the_page(home: Path, browser: Any, fake_server:
         sync_api.expect(page.locator("#health")).to_have_text("warning")
         sync_api.expect(page.locator("#reasons")).to_contain_text("processes 2 ≥ warning 2")
         sync_api.expect(page.locator("#limits")).to_contain_text("budget: 1 of 4 backends")
+        sync_api.expect(page.locator("#events")).to_contain_text("warning: processes 2 ≥ warning 2")
         screenshot(page, "serve-warning.png")
         client.close()
     finally:

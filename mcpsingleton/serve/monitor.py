@@ -84,8 +84,7 @@ class Monitor:
             "pages": self.broadcaster.subscribers,
         }
         for line in self._crossings.update(findings):
-            self.log(line)
-            self.history.event("alert", line)
+            self.note("alert", line)
         self.history.record(snapshot["totals"])
         self.latest = snapshot
         self.publish_if_changed()
@@ -98,7 +97,7 @@ class Monitor:
             self.broadcaster.publish("state", self.latest)
 
     def note(self, kind: str, text: str) -> None:
-        """An action taken from the page: logged and kept in the history's events."""
+        """An alert crossing or an action taken from the page: logged, kept in the history, shown on the pages."""
         self.log(text)
         self.history.event(kind, text)
         self.broadcaster.publish("events", self.history.events())
