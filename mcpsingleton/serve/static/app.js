@@ -111,11 +111,9 @@ function serverRow(server) {
     button("Log", "", () => openLog(server)),
   );
   actions.append(box);
-  const state = el("td", server.state);
-  if (server.last_error) state.append(el("div", server.last_error, "sub error")); // from brokers that report it
   row.append(
     name,
-    state,
+    el("td", server.state),
     sharing,
     sessions,
     el("td", `${server.backend_pid || "–"} (${server.processes} proc)`, "num"),
