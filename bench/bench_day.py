@@ -1,7 +1,7 @@
 """A typical day: 12 configured servers, 4 client sessions in 4 project directories, each calling 3 of them;
 and 50 keys x 5 sessions.
 
-    .venv/bin/python bench/bench_day.py [--quick] [--only day,keys] [--runs 2]
+    .venv/bin/python bench/bench_day.py [--quick] [--only day,keys] [--runs 3]
 
 day   Every session is a client as the editors run them: it starts all 12 servers of its config (12
       session_client.py processes, one per server, in the project's directory), initializes each, lists its
@@ -307,7 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="day,keys")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keys", type=int, default=50)
     parser.add_argument("--sessions-per-key", type=int, default=5)
     parser.add_argument("--attaches", type=int, default=30)

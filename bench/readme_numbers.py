@@ -99,8 +99,21 @@ def isolated_rows(results: dict[str, Any]) -> list[Row]:
     ]
 
 
-SECTIONS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (sessions_rows, start_rows, message_rows, isolated_rows)
-FILES = ("sessions", "sessions_isolated", "install", "discovery", "scale", "latency", "big", "reattach")
+def day_rows(results: dict[str, Any]) -> list[Row]:
+    day, keys = results["day"]["day"], results["day"]["keys"]
+    return [
+        ("a typical day: 12 servers configured, 4 sessions in 4 directories calling 3 each, total PSS",
+         f"{day['direct_total_mib']:.0f} MiB",
+         f"{day['shared_total_mib']:.0f} MiB ({day['ratio']:.2f}× direct), of it ours beyond the backends "
+         f"{day['ours_mib']:.0f} MiB"),
+        (f"{keys['keys']} keys × {keys['sessions_per_key']} sessions: brokers", "–",
+         f"{keys['brokers']} broker{'s' if keys['brokers'] != 1 else ''}, {keys['broker_pss_mib_total']:.0f} MiB PSS"),
+    ]
+
+
+SECTIONS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (sessions_rows, day_rows, start_rows, message_rows,
+                                                                   isolated_rows)
+FILES = ("sessions", "sessions_isolated", "day", "install", "discovery", "scale", "latency", "big", "reattach")
 
 
 def table(results_dir: Path = RESULTS) -> str:
