@@ -52,6 +52,7 @@ class Roots(Feature):
         self.learnt = False  # the backend was ever answered a root: it must end with its sessions (no linger)
         self.deferred: list[Message] = []  # the backend's roots/list, waiting for a placed session's roots
         self.asking: dict[int, int] = {}  # session → ticks since the broker asked it for its first roots
+        self.silent: dict[int, int] = {}  # placed session that has not even said initialize → ticks since seen
         self.quiet = False  # ready for QUIET_TICKS without asking roots/list: taken as a server that never asks
         self.ready_ticks = 0
 
@@ -140,6 +141,11 @@ class Roots(Feature):
             self.asking[sid] += 1
             if self.asking[sid] >= ROOTS_WAIT_TICKS:
                 actions += self._gave_up(sid)
+        silent = {session.sid: session for session in self._silent()}
+        self.silent = {sid: self.silent.get(sid, 0) + 1 for sid in silent}
+        for sid, ticks in list(self.silent.items()):
+            if ticks >= ROOTS_WAIT_TICKS or silent[sid].modern:  # 2026-07-28: no handshake, no roots/list on stdio
+                actions += self._took_silence_as_no_roots(silent[sid])
         if self.mux.backend.ready and not self.used and not self.quiet:
             self.ready_ticks += 1
             self.quiet = self.ready_ticks >= QUIET_TICKS
@@ -147,7 +153,23 @@ class Roots(Feature):
 
     def ticking(self) -> bool:
         """Whether `tick` has anything to count."""
-        return bool(self.asking) or (self.mux.backend.ready and not self.used and not self.quiet)
+        quieting = self.mux.backend.ready and not self.used and not self.quiet
+        return bool(self.asking) or quieting or bool(self._silent())
+
+    def _silent(self) -> list[Session]:
+        """Placed sessions that have not said their roots because they have not begun their handshake (the
+        first session of a slot is placed as it attaches): other sessions' placement waits on them too."""
+        return [s for s in self.mux.sessions.values() if not s.parked and s.roots_signature is None]
+
+    def _took_silence_as_no_roots(self, session: Session) -> list[Action]:
+        """Silent for ROOTS_WAIT_TICKS (or a 2026-07-28 session, which has no handshake): it declares none for
+        now; a handshake that comes later still counts, as a change."""
+        del self.silent[session.sid]
+        session.roots_signature = NO_ROOTS
+        if session.modern:
+            return self._update()
+        text = f"session {session.sid}: no initialize in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
+        return [Log(text), *self._update()]
 
     def _gave_up(self, sid: int) -> list[Action]:
         """A session never answered roots/list: it declares none (a late answer still counts, as a change)."""
