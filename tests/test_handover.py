@@ -100,17 +100,23 @@ def test_reap_leaves_a_broker_that_hands_over_alone(home: Path, fake_server: lis
     assert client.close() == 0
 
 
-def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
-    home: Path, fake_server: list[str], tmp_path: Path
-) -> None:
-    gone = tmp_path / "project"
+def restart_after_deleting_its_cwd(argv: list[str], gone: Path) -> RawClient:
+    """A session started in `gone`, which is then deleted, then `restart --all`; the session as it goes on."""
     gone.mkdir()
-    client = RawClient(shim(fake_server), cwd=str(gone))
+    client = RawClient(argv, cwd=str(gone))
     client.initialize()
     assert json.loads(result_text(client.call("whoami")))["cwd"] == str(gone)
     gone.rmdir()
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    return client
+
+
+def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    client = restart_after_deleting_its_cwd(shim(fake_server), gone)
     assert client.process.wait(timeout=30) == 1
     (line,) = client.stderr().splitlines()
     assert line.startswith("mcpsingleton: ") and f"{gone} no longer exists" in line, line
@@ -119,13 +125,7 @@ def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
 def test_a_shared_session_whose_cwd_was_deleted_goes_on_after_a_restart(
     home: Path, fake_server: list[str], tmp_path: Path
 ) -> None:
-    gone = tmp_path / "project"
-    gone.mkdir()
-    client = RawClient(shim(fake_server, "--scope", "global"), cwd=str(gone))
-    client.initialize()
-    gone.rmdir()
-    done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    client = restart_after_deleting_its_cwd(shim(fake_server, "--scope", "global"), tmp_path / "project")
     assert "pid" in result_text(client.call("whoami", timeout=30)), "re-attached: the cwd is no part of its key"
     assert client.close() == 0
 
