@@ -3,11 +3,13 @@ half written, `reap` while the broker drains, a session whose cwd was deleted. R
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import signal
 import subprocess
-import time
+import termios
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,21 @@ def big_echo(request_id: int, size: int) -> bytes:
     )
 
 
+def send_first_half(client: RawClient, line: bytes) -> bytes:
+    """Write the first half of `line` and wait until the broker has read all of it (its stdin pipe holds none
+    of it: a sleep instead let a loaded machine hand over before the broker was mid-line); the second half."""
+    assert client.process.stdin is not None
+    client.send_raw(line[: len(line) // 2])
+    unread = array.array("i", [0])
+
+    def all_read() -> bool:
+        fcntl.ioctl(client.process.stdin.fileno(), termios.FIONREAD, unread)  # either end of a pipe answers
+        return unread[0] == 0
+
+    assert wait_for(all_read), "the broker reads the first half"
+    return line[len(line) // 2 :]
+
+
 @pytest.mark.parametrize(
     ("how", "size"), [(RESTART, 40_000), ("sigterm", 40_000), (RESTART, 300_000)], ids=["40KB", "sigterm", "streamed"]
 )
@@ -70,11 +87,10 @@ def test_a_request_line_half_written_at_a_handover_is_served_whole(
     client = RawClient(shim(fake_server))
     client.initialize()
     line = big_echo(7, size)
-    client.send_raw(line[: len(line) // 2])
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    rest = send_first_half(client, line)
     handover = hand_over(how)
     assert wait_for(lambda: "shutting down: " in log_text(home))
-    client.send_raw(line[len(line) // 2 :])
+    client.send_raw(rest)
     reply = client.reply_to(7, timeout=30)
     assert result_text(reply) == "x" * size
     assert "pid" in result_text(client.call("whoami", timeout=30)), "the session went on, on the next broker"
@@ -152,13 +168,12 @@ def test_a_request_line_left_half_written_past_the_drain_is_answered_under_its_i
     client = RawClient(shim(fake_server))
     client.initialize()
     line = big_echo(7, size)
-    client.send_raw(line[: len(line) // 2])
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    rest = send_first_half(client, line)
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     reply = client.reply_to(7, timeout=30)
     assert reply["error"]["code"] == -32603 and "send it again" in reply["error"]["message"]
-    client.send_raw(line[len(line) // 2 :])  # the rest goes to the next broker: one line it cannot parse
+    client.send_raw(rest)  # the rest goes to the next broker: one line it cannot parse
     assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
     assert [message["error"]["code"] for message in client.seen] == [-32700]
     assert client.close() == 0
