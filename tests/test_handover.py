@@ -133,7 +133,8 @@ def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
 ) -> None:
     gone = tmp_path / "project"
     client = restart_after_deleting_its_cwd(shim(fake_server), gone)
-    assert client.process.wait(timeout=30) == 1
+    client.request("tools/call", {"name": "whoami", "arguments": {}})  # lazy: the re-attached session's next
+    assert client.process.wait(timeout=30) == 1  # call is what needs a backend there
     (line,) = client.stderr().splitlines()
     assert line.startswith("mcpsingleton: ") and f"{gone} no longer exists" in line, line
 
