@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from .mux.roots import settled
+from .mux.roots import ASKING
 from .sharing import ISOLATED, SHARED
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -82,8 +82,8 @@ def fits(slot: BackendSlot, signature: RootsSignature) -> bool | None:
     placed = roots.placed_signatures()
     if placed <= {signature}:
         return True  # whatever the backend asks, it learns exactly these roots
-    if not all(settled(placed_signature) for placed_signature in placed):
-        return None  # a session on it has yet to say its roots, or to say anything (ROOTS_WAIT_TICKS at most)
+    if ASKING in placed or None in placed:
+        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to, even its handshake)
     if roots.used:
         return False
     return True if roots.quiet else None

@@ -155,24 +155,28 @@ def test_a_session_on_the_slot_that_has_not_said_its_roots_makes_others_wait() -
     assert fits(Slot(h), NO_ROOTS) is True
 
 
-def test_a_placed_session_that_has_not_begun_its_handshake_makes_others_wait_not_split() -> None:
-    """The first session of a slot is placed as it attaches. While it has said nothing, a second session with
-    no roots went to a backend of its own once the first backend had asked roots/list (the demo's 3 clients,
-    started at once and initialized one after another, got 2 backends)."""
+def test_a_session_on_the_backend_whose_handshake_was_not_read_yet_makes_other_roots_wait() -> None:
+    """The first session is placed at once, but its waiter may say it is ready after a later session's: until
+    its handshake is read nobody knows its roots, so a newcomer must wait, not get a backend of its own."""
     h = Harness()
-    h.from_backend(jsonrpc.request("q", "roots/list"))
-    h.perform(h.mux.open_session(1))  # attached, placed, not a word yet
-    assert fits(Slot(h), NO_ROOTS) is None, "it may yet declare roots: wait, never split at once"
-    assert h.mux.ticking(), "the wait is counted"
-    tick(h, ROOTS_WAIT_TICKS)
-    assert fits(Slot(h), NO_ROOTS) is True, "silent for ROOTS_WAIT_TICKS: it counts as declaring none"
+    h.perform(h.mux.open_session(1))  # placed, its initialize not read yet
+    h.from_backend(jsonrpc.request("q", "roots/list"))  # the server asks at once (server-everything does)
+    slot = Slot(h)
+    assert fits(slot, NO_ROOTS) is None, "its roots are unknown: wait"
+    h.open(2, capabilities={})
+    assert fits(slot, NO_ROOTS) is None
+    h.send(1, jsonrpc.request(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}}))
+    h.send(1, jsonrpc.notification("notifications/initialized"))
+    assert fits(slot, NO_ROOTS) is True, "both declare none: they share"
 
 
-def test_a_placed_session_that_then_declares_no_roots_takes_others_at_once() -> None:
+def test_a_session_that_never_says_its_handshake_holds_no_one_up_for_long() -> None:
     h = Harness()
-    h.from_backend(jsonrpc.request("q", "roots/list"))
     h.perform(h.mux.open_session(1))
-    assert fits(Slot(h), NO_ROOTS) is None
-    h.request(1, 0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c"}})
-    h.notify(1, "notifications/initialized")
-    assert fits(Slot(h), NO_ROOTS) is True and fits(Slot(h), ("file:///beta",)) is False
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    slot = Slot(h)
+    assert h.mux.ticking(), "the silent session is counted"
+    tick(h, ROOTS_WAIT_TICKS - 1)
+    assert fits(slot, NO_ROOTS) is None
+    tick(h, 1)
+    assert fits(slot, NO_ROOTS) is True, "taken as declaring no roots"

@@ -52,7 +52,6 @@ class Roots(Feature):
         self.learnt = False  # the backend was ever answered a root: it must end with its sessions (no linger)
         self.deferred: list[Message] = []  # the backend's roots/list, waiting for a placed session's roots
         self.asking: dict[int, int] = {}  # session → ticks since the broker asked it for its first roots
-        self.silent: dict[int, int] = {}  # placed session that has not even said initialize → ticks since seen
         self.quiet = False  # ready for QUIET_TICKS without asking roots/list: taken as a server that never asks
         self.ready_ticks = 0
 
@@ -133,15 +132,12 @@ class Roots(Feature):
     def tick(self) -> list[Action]:
         """About a second passed (the broker's clock): sessions slow to say their roots, a quiet backend."""
         actions: list[Action] = []
+        for session in self._silent():
+            self.asking.setdefault(session.sid, 0)
         for sid in list(self.asking):
             self.asking[sid] += 1
             if self.asking[sid] >= ROOTS_WAIT_TICKS:
                 actions += self._gave_up(sid)
-        silent = {session.sid: session for session in self._silent()}
-        self.silent = {sid: self.silent.get(sid, 0) + 1 for sid in silent}
-        for sid, ticks in list(self.silent.items()):
-            if ticks >= ROOTS_WAIT_TICKS or silent[sid].modern:  # 2026-07-28: no handshake, no roots/list on stdio
-                actions += self._took_silence_as_no_roots(silent[sid])
         if self.mux.backend.ready and not self.used and not self.quiet:
             self.ready_ticks += 1
             self.quiet = self.ready_ticks >= QUIET_TICKS
@@ -149,32 +145,26 @@ class Roots(Feature):
 
     def ticking(self) -> bool:
         """Whether `tick` has anything to count."""
-        quieting = self.mux.backend.ready and not self.used and not self.quiet
-        return bool(self.asking) or quieting or bool(self._silent())
+        return (
+            bool(self.asking)
+            or bool(self._silent())
+            or (self.mux.backend.ready and not self.used and not self.quiet)
+        )
 
     def _silent(self) -> list[Session]:
-        """Placed sessions that have not said their roots because they have not begun their handshake (the
-        first session of a slot is placed as it attaches): other sessions' placement waits on them too."""
+        """Placed sessions whose handshake has not been read yet (a waiter slow to say it is ready): until it
+        is, or ROOTS_WAIT_TICKS pass, nobody knows their roots, and sessions with other roots wait for them."""
         return [s for s in self.mux.sessions.values() if not s.parked and s.roots_signature is None]
-
-    def _took_silence_as_no_roots(self, session: Session) -> list[Action]:
-        """Silent for ROOTS_WAIT_TICKS (or a 2026-07-28 session, which has no handshake): it declares none for
-        now; a handshake that comes later still counts, as a change."""
-        del self.silent[session.sid]
-        session.roots_signature = NO_ROOTS
-        if session.modern:
-            return self._update()
-        text = f"session {session.sid}: no initialize in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
-        return [Log(text), *self._update()]
 
     def _gave_up(self, sid: int) -> list[Action]:
         """A session never answered roots/list: it declares none (a late answer still counts, as a change)."""
         del self.asking[sid]
         session = self.mux.sessions.get(sid)
-        if session is None or session.roots_signature != ASKING:
+        if session is None or session.roots_signature not in (ASKING, None):
             return []
+        what = "roots/list" if session.roots_signature == ASKING else "its handshake"
         session.roots_signature = NO_ROOTS
-        text = f"session {sid}: no answer to roots/list in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
+        text = f"session {sid}: no answer to {what} in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
         return [Log(text), *self._update()]
 
     def session_closed(self, session: Session) -> list[Action]:
