@@ -151,7 +151,11 @@ def measure_day(home: Home, mode: str, settle_s: float, timeout: float) -> dict[
     clients = start_day(home, mode)
     try:
         began = time.monotonic()
-        wait_ready([client for _, client in clients], timeout)
+        for name, client in clients:
+            try:
+                wait_ready([client], max(1.0, timeout - (time.monotonic() - began)))
+            except RuntimeError as exc:
+                raise RuntimeError(f"{mode}, server {name}: {exc}") from None
         ready_s = time.monotonic() - began
         time.sleep(settle_s)
         if mode == "direct":
