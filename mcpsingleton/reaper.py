@@ -1,7 +1,8 @@
 """`mcpsingleton reap`: stop what must not be running, each time with evidence, never on a guess.
 
-- stale-state: a `<key>.json` whose broker is gone. Brokers hold `<key>.lock` for life, so a free lock
-  proves it; the json and socket go, the lock file stays (docs/ARCHITECTURE.md, "Election").
+- stale-state: a `broker.json` (the one broker) or `<key>.json` (a per-key broker of the previous version)
+  whose broker is gone. Brokers hold their `.lock` for life, so a free lock proves it; the json and socket
+  go, the lock file stays (docs/ARCHITECTURE.md, "Election").
 - hung-broker: the lock is held by a live broker that does not answer `status` on its socket.
 - leftover-backend: a process tagged MCPSINGLETON_KEY that no live mcpsingleton process owns (a backend
   or grandchild of a broker that died).
@@ -41,7 +42,7 @@ from . import platform
 from .atomic import write_atomically
 from .backend import is_ours
 from .control import TIMEOUT as CONTROL_TIMEOUT
-from .control import ask, state_files
+from .control import ask_broker, state_files
 from .election import try_lock
 from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir, stderr_line
 from .proctree import terminate_tree, tree_memory, tree_pids
@@ -177,7 +178,7 @@ def _why_unresponsive(state: dict[str, Any]) -> str | None:
     deadline = time.monotonic() + UNREACHABLE_GRACE
     while True:
         has_socket = os.path.exists(paths.sock)
-        if has_socket and ask(paths, STATUS, CONTROL_TIMEOUT) is not None:
+        if has_socket and ask_broker(state, STATUS, timeout=CONTROL_TIMEOUT) is not None:
             return None
         if time.monotonic() >= deadline:
             if has_socket:
