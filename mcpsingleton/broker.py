@@ -43,8 +43,11 @@ WATCHDOG = 10.0
 its log and exits, and its sessions re-attach to a fresh broker as after a crash."""
 WATCHDOG_REARM = 1.0
 EXIT_POLL = 0.05
+EMPTY_GRACE = 1.0
+"""After its last server ended, the broker waits this long for a new one before it exits (FIRST_SESSION_WINDOW
+when it has never had one: the shim that started it is on its way)."""
 HANG_ENV = "MCPSINGLETON_TEST_HANG"
-"""Tests only: a path; when it exists at an attach, the broker removes it and spins forever (the watchdog's test)."""
+"""Tests only: a path; when it exists at a hello, the broker removes it and spins forever (the watchdog's test)."""
 
 
 class Broker:
@@ -59,9 +62,13 @@ class Broker:
         self.keeper: Keeper | None = None
         self.servers: dict[str, Server] = {}
         self.awaiting_spec = 0
+        self.had_servers = False
+        self.internal_errors: dict[str, int] = {}
+        """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         self.idle_timer: Timer | None = None
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.stopping = False
+        self.hang_armed = bool(os.environ.get(HANG_ENV))
 
     # ---- startup ----------------------------------------------------------------------------
 
@@ -121,6 +128,12 @@ class Broker:
     def sessions_refused(self) -> int:
         return self.listener.refused
 
+    def contained(self, key: str) -> int:
+        return self.internal_errors.get(key, 0)
+
+    def count_contained(self, key: str) -> None:
+        self.internal_errors[key] = self.internal_errors.get(key, 0) + 1
+
     def server_finished(self, server: Server) -> None:
         """A server ended (linger over, stopped, handed over, or abandoned): forget it; the process goes on."""
         if self.servers.get(server.key) is server:
@@ -141,7 +154,8 @@ class Broker:
             if not self.servers and not self.awaiting_spec:
                 self.shutdown("no servers left")
 
-        self.idle_timer = self.loop.call_later(FIRST_SESSION_WINDOW, expire)
+        grace = EMPTY_GRACE if self.had_servers else FIRST_SESSION_WINDOW
+        self.idle_timer = self.loop.call_later(grace, expire)
 
     def _cancel_idle_exit(self) -> None:
         if self.idle_timer is not None:
@@ -151,6 +165,10 @@ class Broker:
     # ---- hellos -----------------------------------------------------------------------------
 
     def _on_hello(self, conn: socket.socket, pid: int, words: list[str], fds: list[int]) -> None:
+        if self.hang_armed and os.path.exists(os.environ[HANG_ENV]):
+            os.unlink(os.environ[HANG_ENV])
+            while True:  # tests only: a loop that never turns again (the watchdog must end it)
+                pass
         command, args = words[0], words[1:]
         if command == wire.ATTACH and len(args) in (1, 2) and len(fds) in (2, 3):
             self._attach(conn, pid, args[0], args[1] if len(args) == 2 else None, fds)
@@ -165,10 +183,6 @@ class Broker:
             conn.close()
 
     def _attach(self, conn: socket.socket, pid: int, key: str, state: str | None, fds: list[int]) -> None:
-        if os.environ.get(HANG_ENV) and os.path.exists(os.environ[HANG_ENV]):
-            os.unlink(os.environ[HANG_ENV])
-            while True:  # tests only: a loop that never turns again (the watchdog must end it)
-                pass
         server = self.servers.get(key)
         if self.stopping or (server is not None and server.lifetime.stopping):
             discard(conn, fds)  # the shim sees EOF before welcome and retries: the next server or broker takes it
@@ -234,6 +248,7 @@ class Broker:
         if server is None:  # the first spec for this key: create its server
             server = Server(spec, self)
             self.servers[key] = server
+            self.had_servers = True
             self.log.write(f"server {spec['name']} ({key}) added; {len(self.servers)} hosted")
             server.guarded(server.start)
         self._attach(conn, pid, key, state, fds)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
         def reap(self) -> None: ...
         def server_finished(self, server: Server) -> None: ...
         def sessions_refused(self) -> int: ...
+        def contained(self, key: str) -> int: ...
+        def count_contained(self, key: str) -> None: ...
 
 
 SPEC_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -59,6 +61,9 @@ SPEC_FIELDS: dict[str, type | tuple[type, ...]] = {
     "linger": (int, float),
 }
 """What a spec line must hold (the rest is optional: sharing, policy, caps, lazy …)."""
+FAULT_ENV = "MCPSINGLETON_TEST_FAULT"
+"""Tests only: a file holding a server's name when its server is created; once that server has passed a tool call
+to its backend, it raises (once), as a bug would, so containment can be tested."""
 
 
 def parse_spec(line: bytes, key: str) -> dict[str, Any] | None:
@@ -121,8 +126,8 @@ class Server:
         self.loop: EventLoop = GuardedLoop(process.loop, self._contain)  # type: ignore[assignment]
         self.keeper = process.keeper
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.internal_errors = 0
         self.abandoned = False
+        self.fault_armed = _fault_armed(spec["name"])
         self.sessions = Sessions(self)
         self.slots = Slots(self)
         self.lifetime = Lifetime(self)
@@ -163,7 +168,7 @@ class Server:
         """An exception escaped this server's code: log it here, count it, end this server (its sessions
         re-attach to a fresh one); should that ending fail too, drop it outright. The process and the other
         servers go on."""
-        self.internal_errors += 1
+        self.process.count_contained(self.key)
         text = "".join(traceback.format_exception(exc)).rstrip().replace("\n", " | ")
         self.log.write(f"internal error (contained to this server; please report it): {text}")
         if self.abandoned:
@@ -216,6 +221,13 @@ class Server:
             elif isinstance(action, StoreDiscovery):
                 self.log.write(store_discovery(self.spec, action.entry))
         self.sessions.finish_ending()
+        if self.fault_armed:
+            self._fault(actions)
+
+    def _fault(self, actions: list[Any]) -> None:
+        if any(isinstance(action, ToBackend) and b"tools/call" in b"".join(action.parts()) for action in actions):
+            self.fault_armed = False
+            raise RuntimeError(f"{FAULT_ENV}: a fault injected for this test")
 
     def has_sessions(self, slot: BackendSlot) -> bool:
         return bool(self.sessions.on(slot))
@@ -270,8 +282,22 @@ class Server:
         ]
         record.started_at = self.started_at
         record.linger_seconds = self.linger
-        record.internal_errors += self.internal_errors
+        record.internal_errors += self.process.contained(self.key)
         record.sessions_refused = self.process.sessions_refused()
         record.log_lines_dropped = self.log.dropped
         record.version = __version__
         return record
+
+
+def _fault_armed(name: str) -> bool:
+    path = os.environ.get(FAULT_ENV)
+    if not path:
+        return False
+    try:
+        with open(path) as handle:
+            if handle.read().strip() != name:
+                return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
