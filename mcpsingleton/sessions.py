@@ -74,6 +74,7 @@ class Session:
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
         self.held: list[ToSession] = []
+        self.to_waiter = b""  # what the waiter's socket did not take yet (partial sends)
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
@@ -152,11 +153,28 @@ class Sessions:
         mark = mux.session_state_mark(session.sid)
         if mark == session.state_mark or mark is None:
             return
-        try:
-            session.conn.send(wire.state_line(mux.session_state(session.sid)))
-        except OSError:
-            return  # the waiter is gone (its end of file is on its way to _waiter_event), or busy: sent next time
         session.state_mark = mark
+        self._tell_waiter(session, wire.state_line(mux.session_state(session.sid)))
+
+    def _tell_waiter(self, session: Session, line: bytes) -> None:
+        """A line for the waiter, whole whatever the socket takes at once (a state line is up to 12 KiB; macOS
+        socket buffers hold 8): what does not fit is sent as the socket drains."""
+        session.to_waiter += line
+        self._flush_waiter(session)
+
+    def _flush_waiter(self, session: Session) -> None:
+        fd = session.conn.fileno()
+        try:
+            sent = session.conn.send(session.to_waiter)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = len(session.to_waiter)  # the waiter is gone: its end of file is on its way to _waiter_event
+        session.to_waiter = session.to_waiter[sent:]
+        if session.to_waiter:
+            self.loop.add_writer(fd, lambda: self._flush_waiter(session))
+        else:
+            self.loop.remove_writer(fd)
 
     def _waiter_event(self, session: Session) -> None:
         """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
@@ -361,9 +379,12 @@ class Sessions:
         if session.outbox is not None:
             session.outbox.close()
         self._release_fds(session)
+        self.loop.remove_writer(session.conn.fileno())
         if code is not None:
-            try:
-                session.conn.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
+            last = wire.REATTACH if session.handed_over else wire.farewell(code, message)
+            try:  # the last words, whole, after any state still unsent: the waiter reads at once (bounded wait)
+                session.conn.settimeout(END_GRACE)
+                session.conn.sendall(session.to_waiter + last)
             except OSError:
                 pass
             why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
