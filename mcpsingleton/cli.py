@@ -18,10 +18,19 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control, platform, wire
-from .keys import SCOPES, KeyPaths, log_dir
+from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
+STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
+"""Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
+
+
+def ensure_usable_home() -> None:
+    """The one-line SetupError `run` (and every command that reads the runtime dir) gives for a home no
+    session can use (`/proc/x`, a dir of another user's), for `wrap`/`unwrap`, which do not read it.
+    (`explain` and dry runs write nothing, so they are not asked to make it.)"""
+    ensure_private_dir(runtime_dir())
 
 
 def fail(message: str) -> NoReturn:
@@ -150,11 +159,13 @@ def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def collect(include_unmanaged: bool) -> list[dict[str, Any]]:
+def collect(include_unmanaged: bool, directory: str | None = None) -> list[dict[str, Any]]:
+    """The backends of the brokers in `directory` (else the runtime dir), and with `include_unmanaged` the
+    MCP servers mcpsingleton did not start."""
     from .proctree import parent_map
 
     parents = parent_map()  # one process snapshot for every backend's tree
-    backends = [_with_memory(record, parents) for record in control.running_backends()]
+    backends = [_with_memory(record, parents) for record in control.running_backends(directory)]
     if include_unmanaged:
         from .reaper import find_unmanaged_servers
 
@@ -182,13 +193,24 @@ def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
 
 def render_ls(as_json: bool, include_unmanaged: bool) -> str:
     entries = collect(include_unmanaged)
+    elsewhere = control.stripped_home_dir()
+    others = collect(False, elsewhere) if elsewhere else []
     if as_json:
+        if others:
+            note = _more_elsewhere(others, elsewhere)
+            click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
     text = render_table(managed) if managed else "No shared backends are running."
+    if others:
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others)
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
+
+
+def _more_elsewhere(others: list[Any], elsewhere: str | None) -> str:
+    return f"{len(others)} more backend(s) run under {elsewhere}, {STRIPPED_HOME}"
 
 
 @cli.command()
@@ -213,11 +235,22 @@ def restart(target: str | None, restart_all: bool) -> None:
 
 def _stop_servers(target: str | None, every: bool, verb: str, done: str, unanswered: str) -> None:
     """Ask the brokers of the chosen servers to stop (`stop`) or hand over (`restart`) those servers, or with
-    `every` everything (then each broker exits); return once they have."""
+    `every` everything (then each broker exits); return once they have.
+
+    A NAME not found here is also looked for where clients that drop MCPSINGLETON_HOME run their sessions."""
     if not target and not every:
         raise click.UsageError("give a NAME or KEY, or --all")
     found = control.live_records()
     chosen = [(state, record) for state, record in found if every or control.matches(record, target or "")]
+    elsewhere = control.stripped_home_dir()
+    others = control.live_records(elsewhere) if elsewhere else []
+    directory = None
+    if not chosen and not every:
+        chosen = [(state, record) for state, record in others if control.matches(record, target or "")]
+        directory = elsewhere if chosen else None
+    if every and others:
+        more = _more_elsewhere([record for _, record in others], elsewhere)
+        click.echo(f"{more}; unset MCPSINGLETON_HOME to include them")
     if not chosen and every:
         click.echo("no backends are running")
     if not chosen and not every:
@@ -240,18 +273,19 @@ def _stop_servers(target: str | None, every: bool, verb: str, done: str, unanswe
     keys = {key: record.broker_pid for key, (_, record) in names.items()}
     while (pids or keys) and time.monotonic() < deadline:
         pids = {pid for pid in pids if _runs(pid)}
-        keys = {key: pid for key, pid in keys.items() if _still_hosted(key, pid)}
+        keys = {key: pid for key, pid in keys.items() if _still_hosted(key, pid, directory)}
         time.sleep(0.05)
+    where = f" under {directory}, {STRIPPED_HOME}" if directory else ""
     for key, (_, record) in names.items():
-        click.echo(f"{done} {record.name} ({key[:12]})")
+        click.echo(f"{done} {record.name} ({key[:12]}){where}")
 
 
-def _still_hosted(key: str, broker_pid: int) -> bool:
+def _still_hosted(key: str, broker_pid: int, directory: str | None) -> bool:
     """Whether the server of `key` still runs in the broker it ran in (a restarted one runs in a fresh server:
     its first backends are gone; a per-key broker of the previous version: as long as its process runs)."""
     if not _runs(broker_pid):
         return False
-    for state in control.state_files():
+    for state in control.state_files(directory):
         if state.get("broker_pid") == broker_pid and control.is_user_broker(state):
             records = control.live_status(state) or []
             return any(record.key == key and record.state == "stopping" for record in records)
@@ -268,15 +302,16 @@ def _runs(pid: int) -> bool:
     return True
 
 
-def find_log(target: str) -> str | None:
-    """The log of a running broker by name or key, else of an exited one by key or by name in its first line."""
-    for state in control.state_files():
+def find_log(target: str, directory: str | None = None, logs_dir: str | None = None) -> str | None:
+    """The log of a running broker by name or key, else of an exited one by key or by name in its first line
+    (in `directory` and `logs_dir`, else the runtime and log dirs)."""
+    for state in control.state_files(directory):
         if control.matches(state, target) and state.get("log"):
             return str(state["log"])
-    for record in control.running_backends():  # a server of the one broker: its own log, named by its key
+    for record in control.running_backends(directory):  # a server of the one broker: its log, named by its key
         if control.matches(record, target):
-            return KeyPaths(record.key).log()
-    for path in sorted(glob.glob(os.path.join(log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
+            return os.path.join(logs_dir or log_dir(), f"{record.key}.log")
+    for path in sorted(glob.glob(os.path.join(logs_dir or log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
         if control.matches({"key": os.path.basename(path)[: -len(".log")]}, target):
             return path
         try:
@@ -294,6 +329,11 @@ def find_log(target: str) -> str | None:
 def logs(target: str, follow: bool) -> None:
     """Print the log of a backend's broker (by NAME or KEY)."""
     path = find_log(target)
+    elsewhere = control.stripped_home_dir() if path is None else None
+    if elsewhere:
+        path = find_log(target, elsewhere, default_log_dir())
+        if path is not None:
+            click.echo(f"mcpsingleton: {target} ran under {elsewhere}, {STRIPPED_HOME}", err=True)
     if path is None:
         fail(f"no log for {target!r}; see `mcpsingleton ls` for names and keys")
     with open(path, encoding="utf-8", errors="replace") as handle:
@@ -337,6 +377,8 @@ def _config_command(unwrap: bool):
     def command(clients: tuple[str, ...], config: str | None, dry_run: bool, scope: str | None = None) -> None:
         from .configs import run_wrap
 
+        if not dry_run:  # never write into configs a MCPSINGLETON_HOME no session can use
+            ensure_usable_home()
         sys.exit(run_wrap(list(clients), config, dry_run, scope, unwrap))
 
     if not unwrap:
@@ -359,12 +401,18 @@ cli.command(name="unwrap", help="Restore client configs exactly as they were bef
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...]) -> None:
     """Which scope and sharing `run` would use for COMMAND, and why; starts nothing."""
-    from .policy import decide
+    from .policy import decide, unread_xdg_config
     from .sharing import config_path
 
     decision = decide(scope, list(command), name)
     if decision.config_error:
         click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
+    if unread := unread_xdg_config():
+        click.echo(
+            f"mcpsingleton: ignoring {unread}: clients strip XDG_CONFIG_HOME, so the config is read from"
+            f" {config_path()} only; move it there",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
         return

@@ -14,7 +14,16 @@ import socket
 from typing import Any
 
 from . import wire
-from .keys import BROKER, LEGACY_PROTOCOL, KeyPaths, runtime_dir
+from .keys import (
+    BROKER,
+    LEGACY_PROTOCOL,
+    KeyPaths,
+    default_runtime_dir,
+    ensure_private_dir,
+    home_override,
+    is_private_and_ours,
+    runtime_dir,
+)
 from .wire import BackendStatus
 
 TIMEOUT = 2.0
@@ -38,9 +47,12 @@ def ask(
 
 
 def state_files(directory: str | None = None) -> list[dict[str, Any]]:
-    """Every broker state file in the runtime dir (live or stale), parsed; the one broker's first."""
+    """Every broker state file in the runtime dir (live or stale), parsed; the one broker's first.
+
+    The runtime dir is checked (and made) as `run` does, so a home no session can use is the same one
+    line for every command as for `run`, never an empty listing."""
     found = []
-    for path in sorted(glob.glob(os.path.join(directory or runtime_dir(), "*.json"))):
+    for path in sorted(glob.glob(os.path.join(directory or ensure_private_dir(runtime_dir()), "*.json"))):
         try:
             with open(path) as handle:
                 state = json.load(handle)
@@ -71,14 +83,24 @@ def live_status(state: dict[str, Any]) -> list[BackendStatus] | None:
     return wire.decode_status(reply) if reply else None
 
 
-def live_records() -> list[tuple[dict[str, Any], BackendStatus]]:
-    """Every backend of every broker that answers, with the state file of the broker it came from."""
-    return [(state, record) for state in state_files() for record in live_status(state) or []]
+def live_records(directory: str | None = None) -> list[tuple[dict[str, Any], BackendStatus]]:
+    """Every backend of every broker (in `directory`, else the runtime dir) that answers, with the state file
+    of the broker it came from."""
+    return [(state, record) for state in state_files(directory) for record in live_status(state) or []]
 
 
-def running_backends() -> list[BackendStatus]:
-    """Live status of every backend of every broker that answers."""
-    return [record for _, record in live_records()]
+def running_backends(directory: str | None = None) -> list[BackendStatus]:
+    """Live status of every backend of every broker (in `directory`, else the runtime dir) that answers."""
+    return [record for _, record in live_records(directory)]
+
+
+def stripped_home_dir() -> str | None:
+    """Where the sessions of clients that do not pass MCPSINGLETON_HOME on (Codex, Gemini CLI) run while it
+    is set here: the default runtime dir, when it exists (ours and private); None without MCPSINGLETON_HOME."""
+    if not home_override():
+        return None
+    directory = default_runtime_dir()
+    return directory if directory != runtime_dir() and is_private_and_ours(directory) else None
 
 
 def matches(status: dict[str, Any] | BackendStatus, target: str) -> bool:

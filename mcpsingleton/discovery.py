@@ -17,7 +17,7 @@ import json
 import os
 
 from .atomic import write_atomically
-from .keys import is_secret_name, state_dir
+from .keys import SetupError, ensure_private_dir, is_secret_name, state_dir
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -33,6 +33,13 @@ def path_for(key: str) -> str:
     return os.path.join(state_dir(), "discovery", f"{key}.json")
 
 
+def checked_path_for(key: str) -> str:
+    """`path_for`, once its dir is checked to be ours and private: a planted entry would reach the model."""
+    path = path_for(key)
+    ensure_private_dir(os.path.dirname(path))
+    return path
+
+
 def cacheable(spec: dict[str, Any]) -> bool:
     """Whether this key's discovery may be cached at all (never for isolated sharing)."""
     return spec.get("scope") != "isolated" and spec.get("sharing") != "isolated"
@@ -43,9 +50,9 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
     if not cacheable(spec):
         return None
     try:
-        with open(path_for(spec["key"]), encoding="utf-8") as handle:
+        with open(checked_path_for(spec["key"]), encoding="utf-8") as handle:
             stored = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, SetupError):  # SetupError: `store` says why in the broker's log
         return {}
     if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != spec["key"]:
         return {}
@@ -55,7 +62,10 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
     """Write (or, for None, remove) the key's entry; the line for the broker's log."""
-    path = path_for(spec["key"])
+    try:
+        path = checked_path_for(spec["key"])
+    except SetupError as exc:
+        return f"discovery: not cached: {exc}"
     refusal = _refusal(spec, entry) if entry is not None else None
     if entry is None or refusal is not None:
         try:
@@ -66,7 +76,6 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
             return f"discovery: cannot remove {path}: {exc.strerror}"
         return refusal or "discovery: cache entry removed"
     text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         write_atomically(path, text.encode("utf-8"))
     except OSError as exc:

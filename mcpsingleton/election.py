@@ -67,7 +67,7 @@ def spec_line(key: str, options: RunOptions, decision: Decision, name: str, cwd:
         "key": key,
         "name": name,
         "argv": options.command,
-        "cwd": cwd,
+        "cwd": backend_dir(cwd, decision.scope),
         "env": env,
         "scope": decision.scope,
         "sharing": decision.sharing,
@@ -80,6 +80,14 @@ def spec_line(key: str, options: RunOptions, decision: Decision, name: str, cwd:
         "lazy": options.lazy or decision.lazy,
     }
     return json.dumps(spec, separators=(",", ":")).encode() + b"\n"
+
+
+def backend_dir(cwd: str, scope: str) -> str:
+    """Where the backend runs: the session's directory, unless it was deleted (a session re-attaching from it)
+    and the directory is no part of the key: the server is shared across directories, any existing one will do."""
+    if scope != "global" or os.path.isdir(cwd):
+        return cwd
+    return os.path.expanduser("~")
 
 
 def launch(lock_fd: int) -> None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from .eventloop import Callback, EventLoop, Timer
     from .logfile import LogFile
-    from .sessions import Sessions
+    from .sessions import Session, Sessions
     from .slot import BackendSlot
     from .slots import Slots
 
@@ -76,9 +76,13 @@ class Lifetime:
         """Stop taking sessions, retire every slot (ladder), then exit.
 
         The sessions end (`stop`), or with `handover` (`restart`, SIGTERM) are told to re-attach to the next
-        broker: their input is no longer read, the requests in flight get up to HANDOVER_DRAIN to finish
-        (the rest are answered with an error when the backend stops), and only once the backends are gone
-        are the waiters told, so the next broker never runs next to this one's backends."""
+        broker: their input is read no further than the end of a line begun (the rest is the next broker's),
+        the requests in flight get up to HANDOVER_DRAIN to finish, and what is still owed then is answered
+        with an error here (the next broker never saw those requests); only once the backends are gone are
+        the waiters told, so the next broker never runs next to this one's backends.
+
+        The socket stays until the exit: `status` is answered meanwhile (`ls` shows the broker stopping, and
+        `reap` does not take a broker that drains for a hung one); attaching shims are turned away and retry."""
         if self.stopping:
             return
         self.stopping = True
@@ -89,16 +93,30 @@ class Lifetime:
             self._retire_all()
             return
         self.server.sessions.hand_over()
-        self._drain(time.monotonic() + HANDOVER_DRAIN)
+        self._drain(why, time.monotonic() + HANDOVER_DRAIN)
 
-    def _drain(self, deadline: float) -> None:
-        busy = [s for s in self.server.sessions if s.slot.mux.busy(s.sid)]
-        if busy and time.monotonic() < deadline:
-            self.loop.call_later(DRAIN_POLL, lambda: self._drain(deadline))
+    def _drain(self, why: str, deadline: float) -> None:
+        sessions = self.server.sessions
+        waiting = [s for s in sessions if s.slot.mux.busy(s.sid) or s.reader.mid_line]
+        if waiting and time.monotonic() < deadline:
+            self.loop.call_later(DRAIN_POLL, lambda: self._drain(why, deadline))
             return
-        if busy:
-            self.log.write(f"handover: {len(busy)} session(s) still had requests in flight; they get errors")
-        self._retire_all(before_exit=self.server.sessions.end_all)
+        if waiting:
+            self._answer_the_rest(why, waiting)
+        self._retire_all(before_exit=sessions.end_all)
+
+    def _answer_the_rest(self, why: str, waiting: list[Session]) -> None:
+        """The drain is over: what the sessions still wait for, or were still writing, is answered with an error."""
+        reason = f"the server restarted ({why}) before this request was answered; send it again"
+        writing = [s for s in waiting if s.reader.mid_line]
+        for session in writing:
+            self.server.sessions.cut_short(session, f"mcpsingleton: {reason}")
+        for slot in self.server.slots:
+            self.server.perform(slot, slot.mux.hand_over(reason))
+        self.log.write(
+            f"handover: after {HANDOVER_DRAIN:g}s, {len(waiting)} session(s) still waited for replies "
+            f"({len(writing)} in the middle of a request line); what they waited for was answered with an error"
+        )
 
     def _retire_all(self, before_exit: Callback | None = None) -> None:
         slots = list(self.server.slots)

@@ -9,6 +9,12 @@ import os
 import stat
 import sys
 
+from .cmdline import is_assignment
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 try:  # the small builtin module avoids loading OpenSSL on every session start
     from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
@@ -65,34 +71,29 @@ def home_override() -> str | None:
 
 
 def runtime_dir() -> str:
-    """Private per-user directory for sockets, locks and state files.
+    """Private per-user directory for sockets, locks and state files: MCPSINGLETON_HOME/run when set, else
+    `default_runtime_dir()`."""
+    home = home_override()
+    return os.path.join(home, "run") if home else default_runtime_dir()
+
+
+def default_runtime_dir() -> str:
+    """The runtime dir without MCPSINGLETON_HOME: where sessions of clients that strip it run, too.
 
     It must be the same for every client of the same user, and clients start servers with a filtered
     environment (Codex passes little more than HOME and PATH), so it depends on nothing a client may
-    strip: MCPSINGLETON_HOME when set, else the system's per-user runtime dir (Linux `/run/user/UID`,
-    macOS's per-user temp dir) when it exists and is ours and private, else a dir under the home
-    directory. Never a shared-/tmp name that another user could create first. See docs/ARCHITECTURE.md.
+    strip: Linux's per-user runtime dir `/run/user/UID` when it exists and is ours and private, else a
+    dir under the home directory (macOS: always; its per-user temp dir is not offered by CPython's
+    confstr, and its contents are removed after 3 days unused, which would take live locks with them).
+    Never a shared-/tmp name that another user could create first. See docs/ARCHITECTURE.md.
     """
-    home = home_override()
-    if home:
-        return os.path.join(home, "run")
-    for system_dir in (f"{RUN_USER}/{os.getuid()}", _darwin_user_temp_dir()):
-        if system_dir and _is_private_and_ours(system_dir):
-            return os.path.join(system_dir, "mcpsingleton")
+    system_dir = f"{RUN_USER}/{os.getuid()}"
+    if is_private_and_ours(system_dir):
+        return os.path.join(system_dir, "mcpsingleton")
     return os.path.join(os.path.expanduser("~"), ".cache", "mcpsingleton")
 
 
-def _darwin_user_temp_dir() -> str | None:
-    """macOS's private per-user temp dir, asked of the system (not $TMPDIR, which clients may drop)."""
-    if "CS_DARWIN_USER_TEMP_DIR" not in getattr(os, "confstr_names", {}):
-        return None
-    try:
-        return os.confstr("CS_DARWIN_USER_TEMP_DIR")
-    except (OSError, ValueError):
-        return None
-
-
-def _is_private_and_ours(path: str) -> bool:
+def is_private_and_ours(path: str) -> bool:
     try:
         info = os.lstat(path)
     except OSError:
@@ -101,15 +102,16 @@ def _is_private_and_ours(path: str) -> bool:
 
 
 def state_dir() -> str:
-    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else the user state dir.
-
-    Derived from the home directory alone (not XDG_STATE_HOME, which clients may strip), so every
-    client's brokers log to the place `mcpsingleton logs` looks. On Linux this is platformdirs'
-    default, on macOS the same as platformdirs'.
-    """
+    """Where lasting state (wrap's records) goes: MCPSINGLETON_HOME/state, else `default_state_dir()`."""
     home = home_override()
-    if home:
-        return os.path.join(home, "state")
+    return os.path.join(home, "state") if home else default_state_dir()
+
+
+def default_state_dir() -> str:
+    """The user state dir, derived from the home directory alone (not XDG_STATE_HOME, which clients may
+    strip), so every client's brokers log to the place `mcpsingleton logs` looks. On Linux this is
+    platformdirs' default, on macOS the same as platformdirs'.
+    """
     if sys.platform == "darwin":
         return os.path.join(os.path.expanduser("~"), "Library", "Application Support", "mcpsingleton")
     return os.path.join(os.path.expanduser("~"), ".local", "state", "mcpsingleton")
@@ -123,28 +125,65 @@ def launcher_dir() -> str:
 
 
 def log_dir() -> str:
-    """Where broker logs go: MCPSINGLETON_HOME/logs; else on macOS ~/Library/Logs/mcpsingleton, where users
-    and Console.app look for an app's logs; else beside the user state (from the home directory alone)."""
+    """Where broker logs go: MCPSINGLETON_HOME/logs, else `default_log_dir()`."""
     home = home_override()
-    if home:
-        return os.path.join(home, "logs")
+    return os.path.join(home, "logs") if home else default_log_dir()
+
+
+def default_log_dir() -> str:
+    """Broker logs without MCPSINGLETON_HOME (or from a client that stripped it): on macOS
+    ~/Library/Logs/mcpsingleton, where users and Console.app look for an app's logs; else beside the user state."""
     if sys.platform == "darwin":
         return os.path.join(os.path.expanduser("~"), "Library", "Logs", "mcpsingleton")
-    return os.path.join(state_dir(), "logs")
+    return os.path.join(default_state_dir(), "logs")
 
 
 def ensure_private_dir(path: str) -> str:
-    """Create `path` 0700, or check that an existing one is ours and private; refuse otherwise."""
+    """Create `path` 0700, or check that an existing one is ours and private; refuse otherwise.
+
+    The dirs above it up to the root of our files (MCPSINGLETON_HOME, else the state dir) must be ours
+    and not writable by others as well: whoever may rename one of them may swap what we read and run.
+    """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
     except OSError as exc:
         raise SetupError(f"cannot create {path} ({exc.strerror}); set MCPSINGLETON_HOME to a writable dir") from exc
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise SetupError(f"{path} is not a directory owned by you; remove it or set MCPSINGLETON_HOME")
+    _check_ours(path, info)
     if info.st_mode & 0o077:
         raise SetupError(f"{path} is readable by others (mode {info.st_mode & 0o777:o}); run: chmod 700 {path}")
+    for above in _dirs_above_within_our_root(path):
+        try:
+            info = os.stat(above)  # MCPSINGLETON_HOME may be a link of the user's to a dir of theirs
+        except OSError as exc:
+            raise SetupError(f"cannot use {above} ({exc.strerror}); set MCPSINGLETON_HOME to a dir of yours") from exc
+        _check_ours(above, info)
+        if _writable_by_others(info):
+            mode = f"mode {info.st_mode & 0o777:o}"
+            raise SetupError(f"{above} is writable by others ({mode}); run: chmod go-w {above}")
     return path
+
+
+def _check_ours(path: str, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise SetupError(f"{path} is not a directory owned by you; remove it or set MCPSINGLETON_HOME")
+
+
+def _writable_by_others(info: os.stat_result) -> bool:
+    """World-writable, or writable by a group other than our own primary group: with umask 002 (user
+    private groups, Ubuntu's default) every dir is group-writable by a group of one, which is no one else."""
+    return bool(info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != os.getgid()))
+
+
+def _dirs_above_within_our_root(path: str) -> list[str]:
+    """`path`'s parents up to and including MCPSINGLETON_HOME (else the state dir), when it lies under it."""
+    root = os.path.abspath(home_override() or state_dir())
+    found = []
+    above = os.path.dirname(os.path.abspath(path))
+    while above == root or above.startswith(root + os.sep):
+        found.append(above)
+        above = os.path.dirname(above)
+    return found
 
 
 class KeyPaths:
@@ -183,8 +222,30 @@ def resolve_argv(argv: list[str], cwd: str) -> list[str]:
     program = argv[0]
     found = which(program) if os.sep not in program else os.path.join(cwd, program)
     if found:
-        program = os.path.realpath(found)
+        program = canonical_path(found)
     return [program, *argv[1:]]
+
+
+def canonical_path(path: str, case_insensitive: Callable[[str], bool] | None = None) -> str:
+    """`path` as its filesystem tells directories apart, so one directory is one key: links resolved, and
+    on a case-insensitive filesystem (macOS's default APFS, vfat, an ext4 casefold dir) case folded, so
+    `~/Projects` and `~/projects` agree. Detected per path (`case_insensitive`), never assumed by platform.
+    """
+    real = os.path.realpath(path)
+    return real.casefold() if (case_insensitive or is_case_insensitive)(real) else real
+
+
+def is_case_insensitive(path: str) -> bool:
+    """Whether `path`'s deepest name with letters also names the same file in the other case (two stats)."""
+    parent, name = os.path.split(path)
+    while name and name.swapcase() == name:
+        parent, name = os.path.split(parent)
+    if not name:
+        return False
+    try:
+        return os.path.samestat(os.stat(os.path.join(parent, name)), os.stat(os.path.join(parent, name.swapcase())))
+    except OSError:
+        return False
 
 
 def _is_volatile(upper: str) -> bool:
@@ -336,7 +397,7 @@ def key_parts(
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
     elif scope == "cwd":
-        scope_part = "cwd:" + os.path.realpath(cwd)
+        scope_part = "cwd:" + canonical_path(cwd)
     elif scope == "global":
         scope_part = "global"
     else:
@@ -362,95 +423,6 @@ def check_socket_path(paths: KeyPaths) -> None:
         )
 
 
-LAUNCHERS = frozenset(
-    {
-        "npx",
-        "uvx",
-        "pipx",
-        "bunx",
-        "node",
-        "deno",
-        "bun",
-        "python",
-        "python3",
-        "uv",
-        "npm",
-        "pnpm",
-        "yarn",
-        "sh",
-        "bash",
-        "zsh",
-        "env",
-        "exec",
-        "run",
-        "dlx",
-        "tool",
-        "-m",
-        "-c",
-        "docker",
-        "podman",
-    }
-)
-
-LAUNCHER_KINDS = {
-    **dict.fromkeys(("npx", "bunx", "npm", "pnpm", "yarn", "bun"), "js"),
-    **dict.fromkeys(("uv", "uvx"), "uv"),
-    **dict.fromkeys(("docker", "podman"), "container"),
-    **dict.fromkeys(("sh", "bash", "zsh", "dash"), "shell"),
-    **{name: name for name in ("env", "node", "deno", "pipx", "python")},
-}
-"""Launchers whose options take values; `run`, `exec`, `dlx`, `tool` keep the launcher they follow."""
-
-VALUE_OPTIONS = {
-    "js": frozenset({"-p", "--package", "-c", "--call", "--registry", "--cache", "--prefix", "-w", "--workspace"}),
-    "uv": frozenset(
-        {"--with", "-w", "--with-editable", "--with-requirements", "--from", "--python", "-p", "--directory",
-         "--project", "--package", "--index", "--default-index", "--index-url", "-i", "--extra-index-url",
-         "--find-links", "-f", "--env-file", "--cache-dir", "--config-file"}
-    ),
-    "env": frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}),
-    "node": frozenset(
-        {"-r", "--require", "--import", "--loader", "--experimental-loader", "-e", "--eval", "-p", "--print",
-         "-C", "--conditions", "--env-file", "--title"}
-    ),
-    "deno": frozenset({"-c", "--config", "--import-map", "--lock", "--cert", "--location", "--env-file"}),
-    "pipx": frozenset({"--spec", "--python", "--pip-args", "--index-url", "-i"}),
-    "python": frozenset({"-W", "-X", "-c"}),
-}
-"""Options that take the next word as their value: a value is never a name (it may be a secret)."""
-
-CONTAINER_FLAGS = frozenset(
-    {"--rm", "--init", "--interactive", "--tty", "--detach", "--privileged", "--read-only", "--publish-all"}
-)
-"""`docker run` options that take no value; every other option of a container runner takes one."""
-
-
-def default_name(argv: list[str]) -> str:
-    """A short label for ls/stop/logs: the word of the command that names the server.
-
-    It appears in `ls` and in the waiter's world-readable argv, so it never comes from a `VAR=value`
-    word or an option's value (`env TOKEN=… server`, `uvx --with 'mcp<2' x`, `docker run -e TOKEN image`).
-    """
-    launcher = ""
-    words = iter(argv)
-    for word in words:
-        if _is_assignment(word):
-            continue
-        if word.startswith("-"):
-            if launcher == "shell" and word == "-c":
-                return default_name([part.strip("'\";&|()") for part in next(words, "").split()])
-            if "=" not in word and _takes_value(launcher, word):
-                next(words, None)
-            continue
-        base = os.path.basename(word.rstrip("/"))
-        if base in LAUNCHERS or base.startswith(("python3", "node")):
-            launcher = LAUNCHER_KINDS.get(base.rstrip(".0123456789"), launcher)
-            continue
-        return _name_of(word, base, image=launcher == "container") or "server"
-    first = os.path.basename(argv[0]) if argv else ""
-    return first if first and not _is_assignment(first) else "server"
-
-
 def redacted_argv(argv: list[str]) -> list[str]:
     """The command as `ls` shows it and state files keep it: values of secret-named `VAR=value` words and
     options (`TOKEN=…`, `--api-key …`, `--token=…`) replaced by `***`, so secrets never reach disk or `ls`."""
@@ -460,47 +432,12 @@ def redacted_argv(argv: list[str]) -> list[str]:
         name, equals, _ = word.partition("=")
         is_option = word.startswith("-")
         secret = is_secret_name(name.lstrip("-").replace("-", "_"))
-        if hide_next or (secret and equals and (is_option or _is_assignment(word))):
+        if hide_next or (secret and equals and (is_option or is_assignment(word))):
             shown.append(f"{name}=***" if equals and not hide_next else "***")
         else:
             shown.append(word)
         hide_next = secret and is_option and not equals
     return shown
-
-
-def _is_assignment(word: str) -> bool:
-    """`NAME=value`, as `env` and shells read it."""
-    name, equals, _ = word.partition("=")
-    return bool(equals) and name.replace("_", "a").isalnum() and not name[0].isdigit()
-
-
-def _takes_value(launcher: str, option: str) -> bool:
-    if launcher == "container":
-        is_flag_cluster = option[1:2] != "-" and set(option[1:]) <= set("itdP")
-        return not (is_flag_cluster or option in CONTAINER_FLAGS)
-    return option in VALUE_OPTIONS.get(launcher, ())
-
-
-def _name_of(word: str, base: str, image: bool) -> str:
-    """`@scope/pkg@1.2` → `pkg`, `.../server-everything/dist/index.js` → `server-everything`, `reg/img:tag` → `img`."""
-    if image:
-        base = base.partition(":")[0]
-    if "@" in base[1:]:
-        base = base[: base.index("@", 1)]
-    base = base.split("/")[-1].lstrip("@")
-    for suffix in (".js", ".mjs", ".cjs", ".py", ".ts"):
-        base = base.removesuffix(suffix)
-    if base in ("index", "main", "server", "cli", "__main__") and os.sep in word:
-        base = _package_dir_name(word) or base
-    return base
-
-
-def _package_dir_name(path: str) -> str | None:
-    """`.../server-everything/dist/index.js` → `server-everything`: skip build-output folder names."""
-    for part in reversed(os.path.dirname(path).split(os.sep)):
-        if part and part not in ("dist", "build", "bin", "src", "lib", "out", "cjs", "esm"):
-            return part
-    return None
 
 
 def parse_duration(text: str) -> float:

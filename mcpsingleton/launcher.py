@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from .atomic import write_atomically
+from .keys import ensure_private_dir
 
 NAME = "mcpsingleton"
 SHEBANG_LIMIT = 127
@@ -65,6 +66,6 @@ def write_launcher(directory: str, console_script: str, python: str = sys.execut
     path = launcher_path(directory, console_script, python)
     if path == console_script:
         return console_script
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    ensure_private_dir(directory)  # configs run what is here in every session: nobody else may swap it
     write_atomically(path, launcher_text(python, site_paths(python), console_script).encode(), mode=0o755)
     return path

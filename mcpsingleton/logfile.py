@@ -10,6 +10,8 @@ import time
 
 MAX_BYTES = 4 * 1024 * 1024
 MAX_LINE = 4096
+START_LINE_WITHIN = 3
+"""The broker's start line is among a log's first lines (`logs NAME` and `reap` look for it there)."""
 
 
 class LogFile:

@@ -2,7 +2,10 @@
 
 - stale-state: a `broker.json` (the one broker) or `<key>.json` (a per-key broker of the previous version)
   whose broker is gone. Brokers hold their `.lock` for life, so a free lock proves it; the json and socket
-  go, the lock file stays (docs/ARCHITECTURE.md, "Election").
+  go, the lock file stays (docs/ARCHITECTURE.md, "Election") — unless the key was isolated: every session,
+  even one re-attaching, computes a fresh isolated key, so nothing can run under an ended one again, and its
+  lock and log go too (found by the log's start line when its server ended in order and left no json, and no
+  live broker hosts it).
 - hung-broker: the lock is held by a live broker that does not answer `status` on its socket.
 - leftover-backend: a process tagged MCPSINGLETON_KEY that no live mcpsingleton process owns (a backend
   or grandchild of a broker that died).
@@ -25,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import glob
 import json
 import os
 import re
@@ -41,12 +45,15 @@ import psutil
 from . import platform
 from .atomic import write_atomically
 from .backend import is_ours
+from .cmdline import is_launcher
 from .control import TIMEOUT as CONTROL_TIMEOUT
-from .control import ask_broker, state_files
+from .control import ask, ask_broker, state_files
 from .election import try_lock
-from .keys import KEY_ENV, LAUNCHERS, KeyPaths, ensure_private_dir, runtime_dir, stderr_line
+from .keys import BROKER, KEY_ENV, KeyPaths, ensure_private_dir, log_dir, runtime_dir, stderr_line
+from .logfile import START_LINE_WITHIN
 from .proctree import terminate_tree, tree_memory, tree_pids
-from .wire import STATUS
+from .sharing import ISOLATED
+from .wire import STATUS, decode_status
 
 UNREACHABLE_GRACE = 3.0
 """How long a live broker may have no listening socket (starting, or stopping its backend) before it counts
@@ -70,13 +77,11 @@ class Finding:
     """Set when the key's state files are to be removed once no broker holds the lock."""
     needs_confirm: bool = False
     """A heuristic rather than a proof: acted on only with the user's confirmation."""
+    ended: bool = False
+    """The key was isolated: it can never run again, so its lock and log are removed with its state."""
 
 
 # ---- what a process is ----------------------------------------------------------------------------
-
-
-def _is_launcher(program: str) -> bool:
-    return program in LAUNCHERS or program.startswith(("python", "node"))
 
 
 def looks_like_mcp_server(argv: list[str]) -> bool:
@@ -85,7 +90,7 @@ def looks_like_mcp_server(argv: list[str]) -> bool:
     if not argv or is_ours(argv):
         return False
     program = os.path.basename(argv[0])
-    words = [program, *argv[1:]] if _is_launcher(program) else [program]
+    words = [program, *argv[1:]] if is_launcher(program) else [program]
     return any(MCP_WORD.search(word) for word in words)
 
 
@@ -189,17 +194,62 @@ def _why_unresponsive(state: dict[str, Any]) -> str | None:
 
 def _state_findings(procs: _Processes) -> list[Finding]:
     findings = []
-    for state in state_files():
+    states = state_files()
+    for state in states:
         key = state["key"]
         recorded = state.get("broker_pid")
         pid = recorded if isinstance(recorded, int) else 0
         if _broker_gone(key):
-            reason = f"broker {pid} is gone (its lock is free); stale {key}.json and socket"
-            findings.append(Finding(pid, state.get("command") or "?", reason, "stale-state", key=key))
+            ended = state.get("scope") == ISOLATED
+            files = "json, socket, lock and log" if ended else "json and socket"
+            reason = f"broker {pid} is gone (its lock is free); stale {key} {files}"
+            findings.append(Finding(pid, state.get("command") or "?", reason, "stale-state", key=key, ended=ended))
         elif pid in procs.own and is_ours(procs.own[pid]) and (problem := _why_unresponsive(state)):
             reason = f"broker of {key} {problem}"
             findings.append(Finding(pid, procs.own[pid], reason, "hung-broker", procs.tree(pid), key))
+    return findings + _ended_isolated_findings({state["key"] for state in states})
+
+
+def _ended_isolated_findings(keys_with_state: set[str]) -> list[Finding]:
+    """Logs of isolated keys whose broker exited in order (no json left) and is gone, and that the one broker
+    does not host: lock and log go. Nothing when a live one broker does not say what it hosts."""
+    findings = []
+    logs = sorted(glob.glob(os.path.join(log_dir(), "*.log")))
+    hosted = _hosted_keys()  # asked after the logs were listed: a server whose log is listed is hosted by now
+    if hosted is None:
+        return []
+    for log in logs:
+        key = os.path.basename(log)[: -len(".log")]
+        name = _isolated_start_name(log)
+        no_lock = not os.path.exists(KeyPaths(key).lock)  # gone with a reboot's tmpfs: no broker; none made here
+        if name is not None and key not in keys_with_state | hosted and (no_lock or _broker_gone(key)):
+            reason = f"isolated key {key} of {name} ended: nothing can run under it again; its lock and log"
+            findings.append(Finding(0, name, reason, "stale-state", key=key, ended=True))
     return findings
+
+
+def _hosted_keys() -> set[str] | None:
+    """The keys the user's one broker hosts (none when no broker runs); None when it runs but does not answer."""
+    if _broker_gone(BROKER):
+        return set()
+    reply = ask(KeyPaths(BROKER), STATUS)
+    records = decode_status(reply) if reply else None
+    return None if records is None else {record.key for record in records}
+
+
+def _isolated_start_name(log: str) -> str | None:
+    """The server's name when the log's broker started an isolated key (see `Broker.run`'s start line)."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as handle:
+            head = [handle.readline() for _ in range(START_LINE_WITHIN)]
+    except OSError:
+        return None
+    for line in head:
+        _, started, rest = line.partition(" started for ")
+        name, _, details = rest.rpartition(" (")
+        if started and f"), scope {ISOLATED}," in details:
+            return name
+    return None
 
 
 def _broker_gone(key: str) -> bool:
@@ -207,12 +257,14 @@ def _broker_gone(key: str) -> bool:
         return free
 
 
-def _remove_stale_state(key: str) -> bool:
-    """Remove `<key>.json` and `<key>.sock` under the lock, so a broker starting meanwhile keeps its own."""
+def _remove_stale_state(key: str, ended: bool) -> bool:
+    """Remove `<key>.json` and `<key>.sock` under the lock, so a broker starting meanwhile keeps its own;
+    for an `ended` key its log and (still held, so last) its lock too."""
     paths = KeyPaths(key)
+    ended_files = (paths.log(), paths.log() + ".1", paths.lock) if ended else ()
     with _lock_if_free(key) as free:
         if free:
-            for path in (paths.state, paths.sock):
+            for path in (paths.state, paths.sock, *ended_files):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         return free
@@ -464,7 +516,7 @@ def _act(finding: Finding, dry_run: bool) -> str:
     if dry_run:
         return f"would {verb}"
     survivors = terminate_tree(finding.pids)
-    removed = finding.key is not None and _remove_stale_state(finding.key)
+    removed = finding.key is not None and _remove_stale_state(finding.key, finding.ended)
     if survivors:
         return "survived"
     if finding.pids:

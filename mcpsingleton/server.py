@@ -137,9 +137,9 @@ class Server:
         leftovers = kill_leftovers(self.key)
         if leftovers:
             self.log.write(f"killed leftovers of an earlier broker for this key: pids {leftovers}")
-        self.log.write(
-            f"broker {os.getpid()} started for {self.spec['name']} ({self.key}), linger {self.linger}s"
-        )  # `logs NAME` finds a server's log by this first line
+        started = f"broker {os.getpid()} started for {self.spec['name']} ({self.key})"
+        # `logs NAME` finds a server's log by this first line, and `reap` reads the scope in it
+        self.log.write(f"{started}, scope {self.spec['scope']}, linger {self.linger}s")
         self.slots.start_first()
         self.lifetime.arm_linger()
 

@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from . import jsonrpc, wire
+from . import envelope, jsonrpc, wire
 from .listener import close_fds, discard
 from .mux import StreamPart, ToSession
 from .mux.streaming import STREAM_FROM, SessionStream
@@ -72,6 +72,7 @@ class Session:
         self.attached_at = time.time()
         self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
+        self.streamed_id: str | int | None = None  # the id of the request line streaming in, while one does
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
         self.held: list[ToSession] = []
         self.to_waiter = b""  # what the waiter's socket did not take yet (partial sends)
@@ -192,6 +193,9 @@ class Sessions:
             session.reading = True
             if not session.slot.paused and not session.ending:
                 self._read(session)
+                if session.slot.fatal is not None:
+                    # its backend can never start: it ends now, not at its next line (a re-attached one may send none)
+                    self._readable(session)
         session.waiter_said = (session.waiter_said + data)[-64:]
 
     # ---- the client's stdin and stdout ------------------------------------------------------------
@@ -199,8 +203,9 @@ class Sessions:
     def _read(self, session: Session) -> None:
         """Any stdin can be watched: the loop treats fds no selector reports truthfully (files) as always ready.
 
-        Never once the session is being handed over: what the client writes from then on is the next broker's."""
-        if session.handed_over:
+        Once the session is being handed over, only up to the end of a line it was writing: what the client
+        writes after that is the next broker's."""
+        if session.handed_over and not session.reader.mid_line:
             return
         self.loop.add_reader(session.in_fd, lambda: self._readable(session))
 
@@ -220,7 +225,9 @@ class Sessions:
                 self.server.slots.place(session)
         if session.sid in self.by_sid:
             self._sync_state(session)
-            if not at_eof:
+            if session.handed_over and not session.reader.mid_line:
+                self.loop.remove_reader(session.in_fd)  # its last line is in: the rest is the next broker's
+            elif not at_eof:
                 session.reader.stream(STREAM_FROM, lambda line_head: self._open_stream(session, line_head))
         if at_eof:
             self._eof(session)
@@ -233,6 +240,7 @@ class Sessions:
         if stream is None:
             return None
         self.server.perform(session.slot, stream.start(line_head))
+        session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
         relay = Relay(stream, lambda actions: self.server.perform(session.slot, actions))
         deadline = time.monotonic() + STREAM_AT_MOST
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, 0, deadline))
@@ -338,11 +346,24 @@ class Sessions:
         self.loop.call_later(0, lambda: self._drop(session, "stdout closed", 0))
 
     def hand_over(self) -> None:
-        """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end."""
+        """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end.
+
+        A session in the middle of a line is read up to its end (`_readable`): the next broker would get only
+        the rest of it, which parses as nothing."""
         for session in self:
             session.handed_over = True
-            self.loop.remove_reader(session.in_fd)
-            session.reader.abort_stream()
+            if not session.reader.mid_line:
+                self.loop.remove_reader(session.in_fd)
+
+    def cut_short(self, session: Session, reason: str) -> None:
+        """The handover can wait no longer for the end of the line a session is writing: the request is
+        answered with `reason` under its id when the part that arrived holds it (the next broker gets the rest)."""
+        reader = session.reader
+        request_id = session.streamed_id if reader.sink is not None else _request_id(bytes(reader.buf))
+        reader.abort_stream()
+        self.loop.remove_reader(session.in_fd)
+        if request_id is not None:
+            self.deliver(ToSession(session.sid, jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, reason)))
 
     def end_all(self) -> None:
         for session in self:
@@ -402,3 +423,12 @@ class Sessions:
                 pass
         close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
 
+
+def _request_id(line_head: bytes) -> str | int | None:
+    """The id of a request line whose end has not arrived, when it came before the member still open."""
+    try:
+        found = envelope.head(line_head)
+        value = found.small(line_head, "id") if found is not None else None
+    except Exception:  # a client's bytes: nothing in them may reach the loop
+        return None
+    return value if isinstance(value, str | int) and not isinstance(value, bool) else None

@@ -13,7 +13,7 @@ import os
 
 from . import __version__
 from .atomic import write_atomically
-from .keys import sha256, stderr_line
+from .keys import KEY_SCOPES, sha256, stderr_line
 
 SHARED = "shared"
 ISOLATED = "isolated"
@@ -62,7 +62,7 @@ class Decision:
     @classmethod
     def from_lines(cls, text: str) -> Decision | None:
         fields = text.split("\n")
-        if len(fields) != 7 or fields[0] not in ("cwd", "global", "isolated"):
+        if len(fields) != 7 or fields[0] not in KEY_SCOPES:
             return None
         scope, sharing, policy, final, error, lazy, _ = fields
         return cls(
@@ -80,14 +80,18 @@ def explicit_decision(scope: str) -> Decision:
 
 
 def config_path() -> str:
-    """MCPSINGLETON_HOME/config.toml, else platformdirs' user config dir (computed here: no import)."""
+    """MCPSINGLETON_HOME/config.toml, else the user config dir as platformdirs' defaults name it (no import).
+
+    From the home directory alone, never XDG_CONFIG_HOME: clients strip XDG_* (Codex), and a config
+    that only some sessions read would share, in those, a server the user asked to isolate.
+    """
     home = os.environ.get("MCPSINGLETON_HOME")
     if home:
         return os.path.join(home, "config.toml")
     if os.uname().sysname == "Darwin":
         base = os.path.expanduser("~/Library/Application Support")
     else:
-        base = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+        base = os.path.expanduser("~/.config")
     return os.path.join(base, "mcpsingleton", "config.toml")
 
 
@@ -110,10 +114,13 @@ def cache_path(directory: str, command: list[str], name: str | None, salt: bytes
     """decisions/GENERATION/COMMAND: the generation changes with the package, catalog or config.toml.
 
     The command part is salted (a command line can carry secrets); a new generation lets the first
-    cold decision after an edit remove every older one.
+    cold decision after an edit remove every older one. A relative path (`./node_modules/.bin/x`) names
+    what the cwd holds, so the cwd is part of such a command's entry.
     """
     generation = _digest(b"", [__version__, _file_version(CATALOG_PATH), _file_version(config_path())])[:16]
-    return os.path.join(directory, "decisions", generation, _digest(salt, [name or "", *command])[:32])
+    relative = any(word.startswith(("./", "../")) for word in command)
+    parts = [name or "", *command, *([os.getcwd()] if relative else [])]
+    return os.path.join(directory, "decisions", generation, _digest(salt, parts)[:32])
 
 
 def _remove_older_generations(current: str) -> None:

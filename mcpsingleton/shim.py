@@ -21,6 +21,7 @@ import sys
 import time
 
 from . import wire
+from .cmdline import default_name
 from .keys import (
     BROKER,
     LEGACY_PROTOCOL,
@@ -30,7 +31,6 @@ from .keys import (
     UsageError,
     check_socket_path,
     client_environ,
-    default_name,
     ensure_private_dir,
     key_of,
     key_parts,
@@ -128,10 +128,14 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
     return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
 
 
-def become_waiter(conn: _socket.socket, name: str, argv: list[str]) -> None:
+def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> None:
     """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
-    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name})
+    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name, "cwd": cwd})
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir("/")  # else sh complains on the client's stderr; the session's directory is in SESSION_ENV
     os.dup2(conn.fileno(), 3)
     os.set_inheritable(3, True)
     try:
@@ -185,7 +189,7 @@ def resume(session: dict[str, Any]) -> int:
         return 1
     os.environ[REATTACHES_ENV] = " ".join(f"{t:.3f}" for t in recent)
     exit_on_signals()
-    return main(session["argv"], state)
+    return main(session["argv"], state, session.get("cwd"))
 
 
 def exit_on_signals() -> None:
@@ -194,11 +198,23 @@ def exit_on_signals() -> None:
         _signal.signal(signum, lambda number, _frame: os._exit(128 + number))
 
 
-def run(argv: list[str], state: str = "") -> int:
+def working_dir(started_in: str | None) -> str:
+    """The session's directory, a key input: a re-attaching session's is where it started (the waiter keeps
+    it: the directory may have been deleted since); a new session cannot start from a deleted directory."""
+    if started_in is not None:
+        return started_in
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise SetupError("the current directory no longer exists; start the session from an existing one") from None
+
+
+def run(argv: list[str], state: str = "", started_in: str | None = None) -> int:
+    """`started_in`: where a re-attaching session was started (the waiter keeps it)."""
     exit_on_signals()
     options = parse_args(argv)
     directory = ensure_private_dir(runtime_dir())
-    cwd = os.getcwd()
+    cwd = working_dir(started_in)
     waiter_env = {name: os.environ.pop(name) for name in (STATE_ENV, REATTACHES_ENV) if name in os.environ}
     env = dict(os.environ)  # without the waiter's own variables: they are no part of the server's environment
     salt = user_salt(directory)
@@ -223,7 +239,7 @@ def run(argv: list[str], state: str = "") -> int:
         conn = conn or try_attach(broker.sock, attach_hello(key, state), spec)
         if conn is not None:
             os.environ.update(waiter_env)
-            become_waiter(conn, name, argv)
+            become_waiter(conn, name, argv, cwd)
         from . import election  # cold path only
 
         election.start_broker(broker)
@@ -231,9 +247,9 @@ def run(argv: list[str], state: str = "") -> int:
             raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs broker`")
 
 
-def main(argv: list[str], state: str = "") -> int:
+def main(argv: list[str], state: str = "", started_in: str | None = None) -> int:
     try:
-        return run(argv, state)
+        return run(argv, state, started_in)
     except UsageError as exc:
         sys.stderr.write(f"{usage()}\nmcpsingleton: {exc}\n")
         return 2

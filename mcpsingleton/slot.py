@@ -210,7 +210,7 @@ class BackendSlot:
         try:
             backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.spec["key"], self.keeper)
         except OSError as exc:
-            self._spawn_failed(f"cannot start backend {argv[0]!r}: {exc.strerror or exc}")
+            self._spawn_failed(self._why_not_spawned(exc))
             return
         self.life.fire(lifecycle.SPAWNED)
         self.backend = backend
@@ -222,6 +222,16 @@ class BackendSlot:
         self.loop.add_reader(backend.stderr, self._stderr_readable)
         self.log.write(f"{self.label} started: pid {backend.pid} `{self.command_text}`")
         self.host.perform(self, self.mux.backend_started())
+
+    def _why_not_spawned(self, exc: OSError) -> str:
+        """The spawn error says "No such file or directory" alike for a missing program and a deleted directory."""
+        program, cwd = self.spec["argv"][0], self.spec["cwd"]
+        if not os.path.isdir(cwd):
+            return (
+                f"cannot start backend {program!r}: its directory {cwd} no longer exists; "
+                "restart the server in your client from an existing directory"
+            )
+        return f"cannot start backend {program!r}: {exc.strerror or exc}"
 
     def _spawn_failed(self, reason: str) -> None:
         """Like a crash once the backend has worked here (backoff, retry on demand); fatal before that."""
@@ -396,4 +406,3 @@ class BackendSlot:
     def _recycle(self, backend: Backend, reason: str) -> None:
         self.counters["limit_restarts"] += 1
         self._replace(backend, reason)
-

@@ -74,6 +74,11 @@ class LineReader:
         self.sink: Sink | None = None
         self.offered = False  # the line being read was offered to `stream` already
 
+    @property
+    def mid_line(self) -> bool:
+        """Part of a line was read and its end was not: to stop reading here would cut the line in two."""
+        return bool(self.buf) or self.sink is not None or self.skipping
+
     def read(self) -> tuple[list[bytes], bool, bool]:
         data = self._chunk()
         if data is None:

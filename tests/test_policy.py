@@ -10,9 +10,10 @@ from pathlib import Path
 
 import platformdirs
 import pytest
-from conftest import mcpsingleton_exe
+from conftest import RawClient, mcpsingleton_exe, shim
 
 from mcpsingleton import sharing
+from mcpsingleton.cmdline import default_name
 from mcpsingleton.learnt import declared_sharing, runtime_decision, tool_shape_sharing
 from mcpsingleton.policy import decide, match_names
 from mcpsingleton.sharing import Decision, resolve_scope
@@ -57,6 +58,82 @@ def catalog_policy(server: str) -> str:
 )
 def test_match_names_find_the_server_however_launched(command: list[str], expected: str) -> None:
     assert expected in match_names(command)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["./node_modules/.bin/playwright-mcp"],
+        ["./node_modules/.bin/mcp-server-playwright", "--headless"],
+        ["docker", "run", "-i", "--rm", "--init", "mcp/playwright"],
+        ["docker", "run", "-i", "--rm", "docker.io/mcp/playwright:latest"],
+        ["podman", "run", "-i", "mcr.microsoft.com/playwright/mcp"],
+    ],
+)
+def test_every_launch_form_of_playwright_gets_its_catalog_decision(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Issue 19 row 18: a `.bin` link or a Docker Hub image was no catalog match, so sessions shared one browser."""
+    package = tmp_path / "node_modules" / "@playwright" / "mcp"
+    package.mkdir(parents=True)
+    (package / "cli.js").write_text("")
+    bins = tmp_path / "node_modules" / ".bin"
+    bins.mkdir()
+    (bins / "playwright-mcp").symlink_to("../@playwright/mcp/cli.js")
+    (bins / "mcp-server-playwright").symlink_to("../@playwright/mcp/cli.js")
+    monkeypatch.chdir(tmp_path)
+    decision = decide("auto", command)
+    assert (decision.sharing, decision.policy) == ("isolated", catalog_policy("@playwright/mcp"))
+
+
+def test_a_relative_bin_link_is_decided_per_directory_by_what_it_points_into(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision cache must not carry one project's `./node_modules/.bin/srv` over to another's."""
+    for project, package in (("a", "weather-mcp"), ("b", "@playwright/mcp")):
+        (tmp_path / project / "node_modules" / package).mkdir(parents=True)
+        (tmp_path / project / "node_modules" / package / "cli.js").write_text("")
+        (tmp_path / project / "node_modules" / ".bin").mkdir()
+        (tmp_path / project / "node_modules" / ".bin" / "srv").symlink_to(f"../{package}/cli.js")
+    directory = str(home / "run")
+    os.makedirs(directory, mode=0o700)
+    monkeypatch.chdir(tmp_path / "a")
+    assert resolve_scope("auto", ["./node_modules/.bin/srv"], None, directory, SALT).sharing is None
+    monkeypatch.chdir(tmp_path / "b")
+    assert resolve_scope("auto", ["./node_modules/.bin/srv"], None, directory, SALT).sharing == "isolated"
+
+
+def test_a_bin_link_answers_to_the_package_it_points_into(tmp_path: Path) -> None:
+    package = tmp_path / "node_modules" / "@acme" / "weather-mcp" / "dist"
+    package.mkdir(parents=True)
+    (package / "index.js").write_text("")
+    (tmp_path / "node_modules" / ".bin").mkdir()
+    link = tmp_path / "node_modules" / ".bin" / "weather"
+    link.symlink_to("../@acme/weather-mcp/dist/index.js")
+    assert match_names([str(link)]) == ["@acme/weather-mcp", "weather"]
+    assert match_names([str(tmp_path / "node_modules/.bin/not-installed")]) == ["not-installed"]
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["node", "/x/my-server/scripts/index.js"], "my-server"),  # issue 22: `ls` said `scripts`
+        (["python", "/x/weather/stdio.py"], "weather"),  # issue 22: `ls` said `stdio`
+        (["uvx", "mcp-server-time"], "mcp-server-time"),
+        (["bash", "-lc", "TOKEN=x exec npx -y chrome-devtools-mcp@1"], "chrome-devtools-mcp"),
+        (["docker", "run", "-i", "--rm", "-e", "TOKEN", "docker.io/mcp/playwright:1"], "playwright"),
+        (["deno", "run", "-A", "npm:@playwright/mcp@1"], "mcp"),
+    ],
+)
+def test_ls_names_a_server_by_what_the_policy_matches_it_as(command: list[str], name: str) -> None:
+    """One reader of the command line (`cmdline`): the name `ls` shows is the last part of the first MATCH."""
+    assert default_name(command) == name
+    assert match_names(command)[0].rsplit("/", 1)[-1] == name
+
+
+def test_a_url_with_a_token_names_nothing() -> None:
+    names = match_names(["uvx", "--from", "git+https://tok3n@host/r.git", "mcp-x"])
+    assert names == ["mcp-x"]
 
 
 def test_match_names_skip_launchers_option_values_and_assignments() -> None:
@@ -106,6 +183,7 @@ def test_config_toml_overrides_catalog_by_name_or_word(home: Path) -> None:
         '[servers."x"]\naliases = "y"\n',
         '[servers."x"]\nlazy = "yes"\n',
         b"\xff\xfe",
+        "a = " + "[" * 2000 + "]" * 2000 + "\n",  # issue 19 row 12: tomllib's RecursionError
     ],
 )
 def test_broken_config_falls_back_to_builtin_policy_with_its_reason(home: Path, text: str | bytes) -> None:
@@ -116,10 +194,40 @@ def test_broken_config_falls_back_to_builtin_policy_with_its_reason(home: Path, 
     assert decision.config_error and "\n" not in decision.config_error
 
 
-def test_config_path_is_platformdirs_user_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_path_is_platformdirs_default_user_config_dir_whatever_xdg_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 19 row 13: clients strip XDG_* (Codex), so the path must not depend on it."""
     monkeypatch.delenv("MCPSINGLETON_HOME", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     expected = os.path.join(platformdirs.user_config_dir("mcpsingleton"), "config.toml")
     assert sharing.config_path() == expected
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert sharing.config_path() == expected
+
+
+def test_a_client_that_strips_xdg_reads_the_same_config_and_explain_names_an_unread_one(tmp_path: Path) -> None:
+    """Issue 19 row 13: the isolation asked for in config.toml holds for a client that strips XDG_*."""
+    user_config = tmp_path / ".config" / "mcpsingleton"
+    user_config.mkdir(parents=True)
+    (user_config / "config.toml").write_text('[servers."mcp-server-time"]\nscope = "isolated"\n')
+    stripped = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    with_xdg = {**stripped, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    for env in (stripped, with_xdg):
+        out = subprocess.run(
+            [mcpsingleton_exe(), "explain", "--json", "--", "uvx", "mcp-server-time"],
+            capture_output=True, text=True, timeout=30, env=env,
+        )
+        assert json.loads(out.stdout)["policy"] == "config.toml", out.stderr
+        assert out.stderr == ""
+    (tmp_path / "xdg" / "mcpsingleton").mkdir(parents=True)
+    (tmp_path / "xdg" / "mcpsingleton" / "config.toml").write_text("")
+    out = subprocess.run(
+        [mcpsingleton_exe(), "explain", "--", "uvx", "mcp-server-time"],
+        capture_output=True, text=True, timeout=30, env=with_xdg,
+    )
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {tmp_path}/xdg/mcpsingleton/config.toml: ")
 
 
 def test_decision_cache_is_private_holds_no_argv_and_follows_config_edits(home: Path) -> None:
@@ -264,6 +372,24 @@ def test_explain_shows_config_override_and_reports_a_broken_config(home: Path) -
     assert out.returncode == 0
     assert "policy:  catalog: " in out.stdout
     assert len(out.stderr.splitlines()) == 1 and "config.toml" in out.stderr
+
+
+def test_a_config_nested_too_deeply_is_one_line_and_sessions_run_on_the_catalog(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Issue 19 row 12: a 2000-deep array killed every `run` and `explain` with a RecursionError traceback."""
+    (home / "config.toml").write_text("a = " + "[" * 2000 + "]" * 2000 + "\n")
+    out = _explain("--", "uvx", "mcp-server-time")
+    assert out.returncode == 0 and "policy:  catalog: " in out.stdout
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {home / 'config.toml'}: ")
+    client = RawClient(shim(fake_server))
+    try:
+        assert "result" in client.initialize()
+    finally:
+        assert client.close() == 0
+    [line] = client.stderr().splitlines()
+    assert line.startswith(f"mcpsingleton: ignoring {home / 'config.toml'}: ")
 
 
 def test_explain_says_when_config_toml_makes_a_server_lazy(home: Path) -> None:

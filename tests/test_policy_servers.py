@@ -69,8 +69,24 @@ def test_desktop_commander_terminal_sessions_are_invisible_to_the_other_session(
     assert backends == 2
 
 
-def test_sequential_thinking_histories_are_independent(home: Path) -> None:
-    params = shim_params(node_server("@modelcontextprotocol/server-sequential-thinking"))
+SEQUENTIAL_BIN = "node_modules/.bin/mcp-server-sequential-thinking"
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        "node dist/index.js",
+        "absolute .bin link",  # issue 19 row 18: these two were shared per directory
+        "relative .bin link",
+    ],
+)
+def test_sequential_thinking_histories_are_independent(home: Path, launch: str) -> None:
+    command = {
+        "node dist/index.js": node_server("@modelcontextprotocol/server-sequential-thinking"),
+        "absolute .bin link": [str(NODE_MODULES.parent / SEQUENTIAL_BIN)],
+        "relative .bin link": [f"./{SEQUENTIAL_BIN}"],
+    }[launch]
+    params = shim_params(command, cwd=str(NODE_MODULES.parent))
 
     async def body(index: int, client: Client) -> list[int]:
         lengths = []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import kill_quietly, wait_for
+from conftest import RawClient, kill_quietly, processes_of, shim, wait_for
 
 from mcpsingleton import platform, reaper
 from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
@@ -164,9 +164,9 @@ class Processes:
             proc.wait()
 
 
-def write_state(key: str, broker_pid: int) -> Path:
+def write_state(key: str, broker_pid: int, scope: str = "cwd") -> Path:
     os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
-    state = {"key": key, "name": "fake", "command": ["fake-mcp-server"], "cwd": "/", "scope": "cwd",
+    state = {"key": key, "name": "fake", "command": ["fake-mcp-server"], "cwd": "/", "scope": scope,
              "broker_pid": broker_pid, "started_at": "2026-01-01T00:00:00+00:00"}
     path = Path(KeyPaths(key).state)
     path.write_text(json.dumps(state))
@@ -428,6 +428,66 @@ def test_stale_state_of_a_dead_broker_is_removed_but_not_its_lock(
     assert [(row["pid"], row["action"]) for row in rows] == [(dead.pid, "removed")]
     assert not state.exists() and not os.path.exists(paths.sock)
     assert os.path.exists(paths.lock)
+
+
+def only_stale_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let run_reap act on this home's files only: this machine may have real orphans that are not ours."""
+    find = reaper.find_reapable
+    monkeypatch.setattr(reaper, "find_reapable", lambda: [f for f in find() if f.kind == "stale-state"])
+
+
+def test_the_files_of_ended_isolated_keys_are_removed_and_a_shared_key_keeps_its_own(
+    home: Path, fake_server: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19 row 17: 10 isolated sessions left 10 `.lock` and 10 `.log` files forever."""
+    shared = RawClient(shim(fake_server, "--linger", "0"))
+    shared.initialize()
+    for _ in range(10):
+        session = RawClient(shim(fake_server, "--scope", "isolated"))
+        session.initialize()
+        assert session.close() == 0
+    assert shared.close() == 0
+    assert wait_for(lambda: not processes_of(home), timeout=20), "every broker exits with its last session"
+    assert len(list((home / "run").glob("*.lock"))) == len(list((home / "logs").glob("*.log"))) == 11
+    only_stale_state(monkeypatch)
+    rows = reap(dry_run=False)
+    assert [row["action"] for row in rows] == ["removed"] * 10
+    assert all("isolated key" in row["reason"] for row in rows)
+    assert len(list((home / "run").glob("*.lock"))) == len(list((home / "logs").glob("*.log"))) == 1
+    assert reap(dry_run=False) == [], "the shared key's files stay: it runs again with its next session"
+
+
+def test_a_killed_isolated_broker_leaves_nothing_after_reap(
+    procs: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    key = "i" * 20
+    paths = KeyPaths(key)
+    state = write_state(key, dead.pid, scope="isolated")
+    for path in (paths.sock, paths.lock):
+        Path(path).touch()
+    os.makedirs(os.path.dirname(paths.log()), exist_ok=True)
+    Path(paths.log()).write_text(f"t broker {dead.pid} started for fake ({key}), scope isolated, linger 0s\n")
+    only_stale_state(monkeypatch)
+    [row] = reap(dry_run=False)
+    assert (row["pid"], row["action"]) == (dead.pid, "removed")
+    assert not any(os.path.exists(path) for path in (state, paths.sock, paths.lock, paths.log()))
+
+
+def test_an_isolated_log_without_its_lock_is_removed_and_a_dry_run_makes_no_lock(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reboot empties /run/user/UID, the logs of ended isolated keys remain alone."""
+    paths = KeyPaths("j" * 20)
+    os.makedirs(os.path.dirname(paths.log()), exist_ok=True)
+    Path(paths.log()).write_text(f"t broker 1 started for fake ({paths.key}), scope isolated, linger 0s\n")
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    only_stale_state(monkeypatch)
+    assert [row["action"] for row in reap(dry_run=True)] == ["would remove"]
+    assert not os.path.exists(paths.lock) and os.path.exists(paths.log())
+    assert [row["action"] for row in reap(dry_run=False)] == ["removed"]
+    assert not os.path.exists(paths.lock) and not os.path.exists(paths.log())
 
 
 @pytest.mark.parametrize("mode", ["silent", "no-socket"])

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import mcpsingleton_exe
 
+from mcpsingleton.cmdline import default_name
 from mcpsingleton.eventloop import EventLoop
 from mcpsingleton.keys import (
     UsageError,
     compute_key,
-    default_name,
     env_fingerprint,
     is_secret_name,
     parse_duration,

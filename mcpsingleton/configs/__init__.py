@@ -26,7 +26,7 @@ from mcpsingleton.configs.clients import CLIENT_NAMES, ConfigFile
 from mcpsingleton.configs.entries import ConfigError, Document
 from mcpsingleton.configs.records import InsertedArgs
 from mcpsingleton.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
-from mcpsingleton.keys import HOME_ENV, SCOPES, home_override, launcher_dir
+from mcpsingleton.keys import HOME_ENV, SCOPES, SetupError, home_override, launcher_dir
 
 __all__ = ["CLIENT_NAMES", "run_wrap"]
 
@@ -74,7 +74,7 @@ def mcpsingleton_executable(dry_run: bool = False, err: TextIO | None = None) ->
         return planned
     try:
         return launcher.write_launcher(directory, console_script)
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, subprocess.SubprocessError, SetupError) as exc:  # SetupError: a dir others may write
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         (err or sys.stderr).write(
             f"mcpsingleton: cannot write the launcher in {directory} ({why}); configs name {console_script}"

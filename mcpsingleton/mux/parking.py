@@ -9,7 +9,7 @@ re-attached from a dead broker carries (its log level and subscriptions, applied
 
 from __future__ import annotations
 
-from ..jsonrpc import Message
+from ..jsonrpc import INTERNAL_ERROR, Message, is_request
 from .actions import Feature
 from .roots import ASKING, NO_ROOTS, settled
 
@@ -108,6 +108,18 @@ class Parking(Feature):
             actions += self.mux.subscriptions.resume(session, carried.subscriptions)
         for message in self.held.pop(sid, []):
             actions += self.mux.dispatch(session, message)
+        return actions
+
+    def fail(self, reason: str) -> list[Action]:
+        """Held requests get `reason` instead (they will never be placed here); held notifications go."""
+        held, self.held = self.held, {}
+        actions: list[Action] = []
+        for sid, messages in held.items():
+            session = self.mux.sessions.get(sid)
+            if session is None:
+                continue
+            for message in filter(is_request, messages):
+                actions += self.mux.reply_error(session, message["id"], INTERNAL_ERROR, reason)
         return actions
 
     def session_closed(self, session: Session) -> list[Action]:

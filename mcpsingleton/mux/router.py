@@ -239,6 +239,16 @@ class Mux:
         text = f"mcpsingleton: {reason}"
         return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
 
+    def hand_over(self, reason: str) -> list[Action]:
+        """The broker hands its sessions over to the next one, which never sees what this one read: whatever a
+        session still waits for (a reply, a held request, one parked with it) is answered with an error now."""
+        actions = self.backend_exited(reason)
+        try:
+            return actions + self.parking.fail(f"mcpsingleton: {reason}")
+        except Exception as exc:
+            self.stats["internal_errors"] += 1
+            return [*actions, Log(f"internal error failing parked requests: {failures.describe(exc)}")]
+
     def stream_from_backend(self, line_head: bytes) -> streaming.BackendStream | None:
         """The backend is writing a line too long to wait for: a stream for it, or None (wait for its end).
 
