@@ -251,7 +251,9 @@ class Broker:
             self.had_servers = True
             self.log.write(f"server {spec['name']} ({key}) added; {len(self.servers)} hosted")
             server.guarded(server.start)
-        self._attach(conn, pid, key, state, fds)
+        # after the first spawn (a timer due now): a backend that cannot start is known when the session
+        # is read, so what it sent is answered with why before it ends (as when a broker started per key)
+        self.loop.call_later(0, lambda: self._attach(conn, pid, key, state, fds))
 
     # ---- control requests -------------------------------------------------------------------
 
