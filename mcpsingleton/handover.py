@@ -107,7 +107,7 @@ class Lifetime:
 
     def _answer_the_rest(self, why: str, waiting: list[Session]) -> None:
         """The drain is over: what the sessions still wait for, or were still writing, is answered with an error."""
-        reason = f"the server restarted ({why}) before this request was answered; send it again"
+        reason = f"the broker restarted ({why}) before this request was answered; send it again"
         writing = [s for s in waiting if s.reader.mid_line]
         for session in writing:
             self.server.sessions.cut_short(session, f"mcpsingleton: {reason}")
