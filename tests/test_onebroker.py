@@ -279,3 +279,30 @@ def test_a_state_line_larger_than_the_socket_buffer_reaches_the_waiter_whole() -
     for end in (broker_end, waiter_end):
         end.close()
     loop.close()
+
+
+def stale_state_findings() -> list:
+    from mcpsingleton import reaper
+
+    return [finding for finding in reaper.find_reapable() if finding.kind in ("stale-state", "hung-broker")]
+
+
+def test_reap_knows_the_one_broker(home: Path, fake_server: list[str]) -> None:
+    """`reap` never takes the live one broker (nor an isolated server it hosts) for stale or hung; once it is
+    killed, its `broker.json` and socket are stale and go, its lock stays."""
+    isolated = RawClient(shim(fake_server, "--scope", "isolated"))
+    isolated.initialize()
+    (record,) = ls_json()
+    assert stale_state_findings() == [], "a live one broker, and an isolated key it hosts, are left alone"
+    assert (home / "logs" / f"{record['key']}.log").exists()
+    pid = broker_pid(home)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+    isolated.process.kill()  # its waiter would re-attach and start a new broker
+    isolated.process.wait()
+    found = [finding for finding in stale_state_findings() if finding.key == BROKER]
+    assert [finding.kind for finding in found] == ["stale-state"], found
+    from mcpsingleton import reaper
+
+    assert reaper._remove_stale_state(BROKER, ended=False)
+    assert sorted(p.name for p in (home / "run").iterdir() if p.name.startswith("broker")) == ["broker.lock"]
