@@ -25,7 +25,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
+RESULTS = Path(os.environ["BENCH_RESULTS"]).resolve() if os.environ.get("BENCH_RESULTS") else BENCH / "results"
+"""The committed results (of the last full run: README's numbers come from them), or BENCH_RESULTS:
+`run_all.sh --quick` writes its smoke-run numbers to results/quick/ instead."""
 NPM_PREFIX = ROOT / ".cache/npm"
 EVERYTHING_JS = NPM_PREFIX / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 EVERYTHING_PACKAGE = "@modelcontextprotocol/server-everything"
@@ -80,8 +82,7 @@ def npx_dir(path: str) -> str:
     """Make `path` a directory where `npx -y server-everything` resolves the installed package (a distinct cwd,
     hence a distinct key under --scope cwd)."""
     os.makedirs(path, exist_ok=True)
-    os.symlink(NPM_PREFIX / "node_modules", os.path.join(path, "node_modules"))
-    shutil.copy(NPM_PREFIX / "package.json", os.path.join(path, "package.json"))
+    os.symlink(NPM_PREFIX / "node_modules", os.path.join(path, "node_modules"))  # no package.json needed (or made)
     return path
 
 
@@ -499,7 +500,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
         data["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {os.path.relpath(path, ROOT)}", file=sys.stderr)
     return path
 
 

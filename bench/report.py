@@ -181,8 +181,6 @@ def scale_section(data: dict[str, Any]) -> list[str]:
 def profile_section(data: dict[str, Any]) -> list[str]:
     startup = data["shim_startup"]
     importtime = data["shim_importtime"]
-    inproc = data["broker_inprocess"]
-    live = data["broker_live"]
     out = [f"### Profile (`{data['command']}`)", "", f"Machine: {machine_line(data['machine'])}", "",
            "**Shim start-up** (p50 ms): " + ", ".join(f"`{k}` {v['p50']:.1f}" for k, v in startup["ms"].items())
            + f"; site alone {startup['site_ms_p50']:.1f} ms, "
@@ -193,25 +191,43 @@ def profile_section(data: dict[str, Any]) -> list[str]:
                f"{k} {v}" for k, v in importtime["top_level_us"].items()) + "; mcpsingleton modules: " + ", ".join(
                f"{k} {v}" for k, v in importtime["mcpsingleton_us"].items()) + ".", "",
            "Shim pure steps (µs, in-process): " + ", ".join(f"{k} {v}" for k, v in data["shim_steps_us"].items()) + ".",
-           "", "**Broker per message, in-process** (µs): " + "; ".join(
-               f"{k}: ping {v['ping_us']}, tools/call round trip {v['tools_call_round_trip_us']}"
-               for k, v in inproc["message_path"].items()) + ".", "",
-           "Reads (µs per 100-byte message): " + ", ".join(f"{k} {v}" for k, v in inproc["read"].items()) + ".", "",
-           "`_finish_ending_sessions` per message (µs): " + ", ".join(
-               f"{k} {v}" for k, v in inproc["finish_ending_sessions_us"].items()) + ".", "",
-           f"**Broker live A/B** ({live['calls']} echo calls each, fast_server, interleaved):", "",
-           "| path | p50 µs | p99 µs | added p50 µs | middle process CPU µs/req |", "|---|---:|---:|---:|---:|"]
-    for name, stats in live["us"].items():
-        added = live["added_us_p50"].get(name)
-        cpu = live["middle_process_cpu_us_per_request"].get(name)
-        out.append(f"| {name} | {stats['p50']:.0f} | {stats['p99']:.0f} | {'–' if added is None else f'{added:+.0f}'} "
-                   f"| {'–' if cpu is None else f'{cpu:.0f}'} |")
+           ""]
+    out += inprocess_section(data["broker_inprocess"]) + live_section(data.get("broker_live"))
     memory = data["broker_import_memory"]
     out += ["", f"Import memory (Pss_Anon KiB over a bare interpreter's {memory['bare_interpreter_pss_anon_kib']}): "
             + ", ".join(f"{k} {v}" for k, v in memory["added_pss_anon_kib"].items())
             + f". On top of the broker's other stdlib imports ({memory['broker_stdlib_without_dataclasses_typing_kib']}"
             f" KiB): dataclasses +{memory['dataclasses_on_top_kib']}, typing +{memory['typing_on_top_kib']}, both "
             f"+{memory['dataclasses_and_typing_on_top_kib']} KiB.", ""]
+    return out
+
+
+def inprocess_section(inproc: dict[str, Any]) -> list[str]:
+    """The broker's in-process cost per message: bench_profile's one message path, or the variants (and the
+    read and session-ending costs) that older result files compared."""
+    path = inproc["message_path"]
+    variants = path if all(isinstance(value, dict) for value in path.values()) else {"message path": path}
+    out = ["**Broker per message, in-process** (µs): " + "; ".join(
+        f"{k}: ping {v['ping_us']}, tools/call round trip {v['tools_call_round_trip_us']}" for k, v in variants.items())
+        + ".", ""]
+    for key, title in (("read", "Reads (µs per 100-byte message)"),
+                       ("finish_ending_sessions_us", "`_finish_ending_sessions` per message (µs)")):
+        if key in inproc:
+            out += [f"{title}: " + ", ".join(f"{k} {v}" for k, v in inproc[key].items()) + ".", ""]
+    return out
+
+
+def live_section(live: dict[str, Any] | None) -> list[str]:
+    """The broker live A/B, which bench_profile no longer runs: shown from older result files that have it."""
+    if live is None:
+        return []
+    out = [f"**Broker live A/B** ({live['calls']} echo calls each, fast_server, interleaved):", "",
+           "| path | p50 µs | p99 µs | added p50 µs | middle process CPU µs/req |", "|---|---:|---:|---:|---:|"]
+    for name, stats in live["us"].items():
+        added = live["added_us_p50"].get(name)
+        cpu = live["middle_process_cpu_us_per_request"].get(name)
+        out.append(f"| {name} | {stats['p50']:.0f} | {stats['p99']:.0f} | {'–' if added is None else f'{added:+.0f}'} "
+                   f"| {'–' if cpu is None else f'{cpu:.0f}'} |")
     return out
 
 

@@ -4,7 +4,8 @@
 # installs bench/requirements.txt (matplotlib) and, for bench_json's comparison only, orjson and msgspec
 # into .venv if missing (neither is a dependency of mcpsingleton).
 # Writes bench/results/{sessions,latency,throughput,scale,profile,json,install,discovery}.json, memory_vs_sessions.png,
-# scale.png, summary.md. Full: about 14 minutes on 2 cores; --quick: about 4 minutes.
+# scale.png, summary.md and README.md's numbers table. Full: about 14 minutes on 2 cores; --quick: about 4
+# minutes, writing to bench/results/quick/ only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -17,6 +18,7 @@ sessions="--sessions 1,5,10,25,50"
 if [ "${1:-}" = "--quick" ]; then
     quick="--quick"
     sessions=""
+    export BENCH_RESULTS=bench/results/quick  # a smoke run: the committed results (README's numbers) stay
 fi
 "$PY" -c "import matplotlib" 2>/dev/null \
     || "$PY" -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
@@ -36,4 +38,5 @@ started=$(date +%s)
 "$PY" bench/bench_discovery.py $quick
 "$PY" bench/bench_reattach.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
-echo "bench: done in $(( $(date +%s) - started ))s; see bench/results/summary.md" >&2
+[ -n "$quick" ] || "$PY" bench/readme_numbers.py  # README's numbers table, from the results just written
+echo "bench: done in $(( $(date +%s) - started ))s; see ${BENCH_RESULTS:-bench/results}/summary.md" >&2

@@ -20,13 +20,14 @@ import os
 import signal
 import socket
 import sys
+import time
 from datetime import UTC, datetime
 
 from . import __version__, platform, wire
 from .atomic import write_atomically
 from .backend import Keeper, kill_orphans
 from .eventloop import EventLoop
-from .handover import FIRST_SESSION_WINDOW
+from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 from .keys import BROKER, KeyPaths, log_dir, runtime_dir
 from .listener import Listener, close_fds, discard, reply_and_close
 from .logfile import LogFile
@@ -64,6 +65,10 @@ class Broker:
         self.awaiting_spec = 0
         self.had_servers = False
         self.internal_errors: dict[str, int] = {}
+        now = time.monotonic()  # what the previous broker handed over: read before write_state replaces it
+        self.handed_over = {key: (count, now) for key, count in restarts_handed_over(self.paths.state).items()}
+        """Per key, the restarts of a server that handed its sessions over, and when: the server that takes
+        them (within HANDED_OVER_WINDOW) goes on counting from there (`ls` RESTARTS)."""
         """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         self.idle_timer: Timer | None = None
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -134,10 +139,17 @@ class Broker:
     def count_contained(self, key: str) -> None:
         self.internal_errors[key] = self.internal_errors.get(key, 0) + 1
 
+    def restarts_before(self, key: str) -> int:
+        """The restarts a new server of `key` goes on from: those of the server it takes the sessions over from."""
+        count, when = self.handed_over.pop(key, (0, 0.0))
+        return count if time.monotonic() - when <= HANDED_OVER_WINDOW else 0
+
     def server_finished(self, server: Server) -> None:
         """A server ended (linger over, stopped, handed over, or abandoned): forget it; the process goes on."""
         if self.servers.get(server.key) is server:
             del self.servers[server.key]
+        if server.lifetime.restarts_handed_over is not None:
+            self.handed_over[server.key] = (server.lifetime.restarts_handed_over, time.monotonic())
         self.log.write(f"server {server.spec['name']} ({server.key}) ended; {len(self.servers)} left")
         if self.stopping:
             self._exit_when_done()
@@ -309,16 +321,29 @@ class Broker:
         orphans = kill_orphans()
         if orphans:
             self.log.write(f"killed orphans adopted as subreaper: pids {orphans}")
-        try:
-            with open(self.paths.state) as handle:
-                if json.load(handle).get("broker_pid") == os.getpid():
-                    os.unlink(self.paths.state)
-        except (OSError, ValueError):
-            pass
+        self._leave_state()
         self.listener.close()
         self.log.write(f"broker {os.getpid()} exited")
         os.close(self.lock_fd)  # last: a new broker may start from here on
         self.loop.stop()
+
+
+    def _leave_state(self) -> None:
+        """Remove our state file; after a handover, leave in it each server's restarts so far, that one counted,
+        for the next broker (`restarts_handed_over`): to the user a `restart` is a restart of the backend."""
+        now = time.monotonic()
+        handed = {key: count for key, (count, when) in self.handed_over.items() if now - when <= HANDED_OVER_WINDOW}
+        try:
+            with open(self.paths.state) as handle:
+                state = json.load(handle)
+            if state.get("broker_pid") != os.getpid():
+                return
+            if not handed:
+                os.unlink(self.paths.state)
+                return
+            write_atomically(self.paths.state, json.dumps({**state, HANDED_OVER: handed}).encode())
+        except (OSError, ValueError):
+            pass
 
 
 def main(argv: list[str]) -> int:

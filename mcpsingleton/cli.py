@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control, platform, wire
+from . import __version__, control, platform, table, wire
 from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
 from .options import RUN_OPTIONS
 
@@ -39,7 +39,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsage(click.Group):
+    """Every usage error in one line, `mcpsingleton: what; see mcpsingleton COMMAND --help`, exit status 2,
+    whether click found it (an unknown option, a missing argument) or a command did; as `run` says them."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)  # standalone_mode=False: --help and --version return 0
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "mcpsingleton"
+            click.echo(f"mcpsingleton: {usage_message(exc.format_message())}; see {command} --help", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def usage_message(message: str) -> str:
+    """Click's sentences as one clause: "No such option '--x'." becomes "no such option '--x'"."""
+    sentences = [sentence.strip() for sentence in message.strip().rstrip(".?").split(". ")]
+    return "; ".join(sentence[:1].lower() + sentence[1:] for sentence in sentences if sentence)
+
+
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
 @click.version_option(__version__, prog_name="mcpsingleton")
 def cli() -> None:
     """One shared backend per stdio MCP server across all client sessions; nothing orphaned."""
@@ -119,7 +146,9 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
     return f"{len(clients)}" + (f" ({detail})" if detail else "")
 
 
-def render_table(backends: list[dict[str, Any]]) -> str:
+def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
+    """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
+    on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
     header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
     header.append("POLICY")
     rows = [header] + [
@@ -138,8 +167,7 @@ def render_table(backends: list[dict[str, Any]]) -> str:
         ]
         for b in backends
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and platform.memory_measure() == "RSS":
@@ -201,9 +229,9 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
             click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed) if managed else "No shared backends are running."
+    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
     if others:
-        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others)
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text

@@ -5,6 +5,8 @@ The broker process ends when every server has (broker.py).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
         log: LogFile
         sessions: Sessions
         slots: Slots
+        restarts_before: int
 
         @property
         def linger(self) -> float: ...
@@ -37,6 +40,25 @@ HANDOVER_DRAIN = 5.0
 """A handover (restart, SIGTERM) waits this long for the requests in flight before it stops the backends."""
 DRAIN_POLL = 0.02
 EXIT_POLL = 0.05
+HANDED_OVER = "restarts_handed_over"
+"""In the state file a broker leaves after a handover: per key, the restarts the next server goes on counting from
+(a server restarted alone is followed within the same broker: `Broker.handed_over`)."""
+HANDED_OVER_WINDOW = 60.0
+"""A handover's sessions re-attach within seconds; an older note was left by a broker none followed (its
+sessions had all ended), and a broker started later for the key is a fresh start, not a restart."""
+
+
+def restarts_handed_over(state_path: str) -> dict[str, int]:
+    """What the previous broker handed over, per key (read before our own state file replaces its)."""
+    try:
+        with open(state_path) as handle:
+            age = time.time() - os.fstat(handle.fileno()).st_mtime
+            restarts = json.load(handle).get(HANDED_OVER, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if age > HANDED_OVER_WINDOW or not isinstance(restarts, dict):
+        return {}
+    return {key: count for key, count in restarts.items() if isinstance(count, int) and count >= 0}
 
 
 class Lifetime:
@@ -48,6 +70,7 @@ class Lifetime:
         self.log = server.log
         self.linger_timer: Timer | None = None
         self.stopping = False
+        self.restarts_handed_over: int | None = None  # set by a handover
 
     # ---- linger -------------------------------------------------------------------------------
 
@@ -86,6 +109,10 @@ class Lifetime:
         if self.stopping:
             return
         self.stopping = True
+        if handover:  # counted now: the slots are gone by the time the state file is left
+            self.restarts_handed_over = self.server.restarts_before + 1 + max(
+                (slot.life.restarts for slot in self.server.slots), default=0
+            )
         self.cancel_linger()
         self.log.write(f"shutting down: {why}" + (" (handing the sessions over)" if handover else ""))
         if not handover:

@@ -33,7 +33,7 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
     (
         "mcpsingleton_backend_restarts_total",
         "counter",
-        "Backend restarts since the broker started.",
+        "Backend restarts, `restart` handovers to a new broker included.",
         lambda b: b.get("restarts", 0),
     ),
     ("mcpsingleton_requests_total", "counter", "Requests received from sessions.", lambda b: b.get("requests", 0)),

@@ -82,11 +82,6 @@ class RunOption:
         self.choices = choices
         self.is_flag = is_flag  # takes no value: present means on
 
-    def usage(self) -> str:
-        if self.is_flag:
-            return f"[{self.flag}]"
-        return f"[{self.flag} {self.metavar}]" + ("..." if self.repeatable else "")
-
 
 RUN_OPTIONS = (
     RunOption(
@@ -158,10 +153,6 @@ class RunOptions:
         for option in RUN_OPTIONS:
             setattr(self, option.attr, [] if option.repeatable else False if option.is_flag else option.default)
         self.command: list[str] = []
-
-
-def usage() -> str:
-    return f"usage: mcpsingleton run {' '.join(option.usage() for option in RUN_OPTIONS)} [--] COMMAND [ARG...]"
 
 
 def split_run_args(argv: list[str]) -> tuple[list[tuple[str, str | None]], int]:

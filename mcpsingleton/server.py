@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         def sessions_refused(self) -> int: ...
         def contained(self, key: str) -> int: ...
         def count_contained(self, key: str) -> None: ...
+        def restarts_before(self, key: str) -> int: ...
 
 
 SPEC_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -127,6 +128,7 @@ class Server:
         self.keeper = process.keeper
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.abandoned = False
+        self.restarts_before = process.restarts_before(self.key)  # a handover's: `ls` counts on from there
         self.fault_armed = _fault_armed(spec["name"])
         self.sessions = Sessions(self)
         self.slots = Slots(self)
@@ -221,6 +223,7 @@ class Server:
             elif isinstance(action, StoreDiscovery):
                 self.log.write(store_discovery(self.spec, action.entry))
         self.sessions.finish_ending()
+        self.slots.keep_time(slot)
         if self.fault_armed:
             self._fault(actions)
 
@@ -262,6 +265,7 @@ class Server:
     def _slot_status(self, slot: BackendSlot) -> wire.BackendStatus:
         record = slot.status(self.has_sessions(slot))
         record.state = "stopping" if self.lifetime.stopping else record.state
+        record.restarts += self.restarts_before
         record.key = self.key
         record.name = self.spec["name"]
         record.command = redacted_argv(self.spec["argv"])

@@ -39,7 +39,6 @@ from .keys import (
     user_salt,
 )
 from .options import parse_run_args as parse_args
-from .options import usage
 from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
@@ -251,7 +250,7 @@ def main(argv: list[str], state: str = "", started_in: str | None = None) -> int
     try:
         return run(argv, state, started_in)
     except UsageError as exc:
-        sys.stderr.write(f"{usage()}\nmcpsingleton: {exc}\n")
+        stderr_line(f"{exc}; see mcpsingleton run --help")
         return 2
     except SetupError as exc:
         stderr_line(str(exc))

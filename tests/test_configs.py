@@ -9,17 +9,19 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import mcpsingleton_exe
 
 from mcpsingleton import launcher
 from mcpsingleton.configs import clients as registry
 from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
 from mcpsingleton.configs.entries import Document, classify
-from mcpsingleton.configs.records import records_path
+from mcpsingleton.configs.records import InsertedArgs, records_path
 from mcpsingleton.configs.wrapping import Edit, apply
 from mcpsingleton.keys import launcher_dir
 from mcpsingleton.shim import parse_args
@@ -186,7 +188,7 @@ def test_unwrap_restores_the_original_bytes(case: Case, exe: str) -> None:
     assert (code, err) == (0, "")
     assert "unwrapped" in out
     assert case.path.read_bytes() == original
-    assert len(backups(case.path)) == 2
+    assert len(backups(case.path)) == 1
     assert "nothing to unwrap (" in unwrap(case.client)[1]
 
 
@@ -228,6 +230,26 @@ def test_diffs_never_show_a_secret(case: Case, exe: str) -> None:
     _, unwrap_diff, unwrap_err = unwrap(case.client, dry_run=True)
     assert "\n@@ " in wrap_diff and "\n@@ " in unwrap_diff
     assert SECRET not in wrap_diff + wrap_err + unwrap_diff + unwrap_err
+
+
+def test_dry_run_masks_secrets_only(exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secret-named values and args (as `ls` masks them) and credentials in URLs are hidden; the rest of
+    the env, and the MCPSINGLETON_HOME wrap is about to write, are what the user came to check."""
+    home = tmp_path / "ms"
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(home))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    env = {"TZ": "UTC", "MEMORY_FILE_PATH": "/data/memory.json", "GITHUB_TOKEN": "ghp_s3cr3t",
+           "DATABASE_URL": "postgres://u:s3cr3t@db/app"}
+    args = ["--api-key", "s3cr3t_arg", "--port", "8080", "OPENAI_API_KEY=sk-s3cr3t"]
+    gemini.path.write_text(json.dumps({"mcpServers": {"m": {"command": "srv", "args": args, "env": env}}}))
+
+    code, out, _ = wrap("gemini", dry_run=True)
+
+    assert code == 0 and SECRET not in out
+    shown = ['"TZ": "UTC"', '"MEMORY_FILE_PATH": "/data/memory.json"', f'"MCPSINGLETON_HOME": {json.dumps(str(home))}']
+    masked = ['"--api-key", "***", "--port", "8080", "***"', '"GITHUB_TOKEN": "***"', '"DATABASE_URL": "***"']
+    assert all(text in out for text in shown + masked)
 
 
 def test_secrets_on_a_changed_line_are_masked(exe: str) -> None:
@@ -323,18 +345,19 @@ def test_backup_holds_the_original_beside_the_file(exe: str) -> None:
     _, out, _ = wrap("codex")
 
     [saved] = backups(CODEX.path)
-    assert re.fullmatch(r"config\.toml\.mcpsingleton-backup-\d{8}T\d{6}", saved.name)
+    assert saved.name == "config.toml.mcpsingleton-backup"
     assert saved.read_bytes() == original
     assert f"backup: {saved}" in out
 
 
-def test_a_second_change_in_the_same_second_gets_its_own_backup(exe: str) -> None:
+def test_each_change_replaces_the_one_backup(exe: str) -> None:
+    """Wrap and unwrap again and again: one backup, holding the file as it was before the latest change."""
     CODEX.install()
-    wrap("codex")
-    unwrap("codex")
-    wrap("codex")
-    names = [saved.name for saved in backups(CODEX.path)]
-    assert len(set(names)) == 3
+    for _ in range(3):
+        wrap("codex")
+        wrapped = CODEX.path.read_bytes()
+        unwrap("codex")
+    assert [saved.read_bytes() for saved in backups(CODEX.path)] == [wrapped]
 
 
 def test_a_file_changed_while_editing_is_not_overwritten(exe: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -597,6 +620,120 @@ def test_an_args_member_the_user_changed_after_wrap_is_kept(exe: str) -> None:
 
     sqlite = json.loads(DESKTOP.path.read_text(encoding="utf-8"))["mcpServers"]["sqlite"]
     assert sqlite == {"command": "/opt/homebrew/bin/mcp-server-sqlite", "args": ["--db", "x.db"]}
+
+
+def test_unwrap_after_the_client_rewrote_the_file_removes_exactly_what_wrap_added(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemini CLI saves its settings in its own layout (JSON.stringify, 2 spaces): the texts wrap recorded
+    are gone, yet the args and env members (and the variable in the user's env) it added still go."""
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    servers = {
+        "bare": {"command": "srv"},
+        "own-env": {"command": "srv", "args": ["-v"], "env": {"TZ": "UTC"}},
+        "empty-env": {"env": {}, "command": "srv"},
+    }
+    gemini.path.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    assert wrap("gemini")[:2] == (0, f"{gemini.path} (gemini): wrapped 3 servers (bare, own-env, empty-env); "
+                                     f"backup: {backups(gemini.path)[0]}\n")
+    rewritten = json.loads(gemini.path.read_text(encoding="utf-8"))
+    rewritten["theme"] = "Dark"
+    rewritten["mcpServers"]["own-env"]["env"]["DEBUG"] = "1"
+    gemini.path.write_text(json.dumps(rewritten, indent=2), encoding="utf-8")
+
+    code, _, err = unwrap("gemini")
+
+    assert (code, err) == (0, "")
+    servers["own-env"]["env"]["DEBUG"] = "1"
+    assert json.loads(gemini.path.read_text(encoding="utf-8")) == {"mcpServers": servers, "theme": "Dark"}
+    assert json.loads(Path(records_path()).read_text())["records"] == []
+
+
+def codex_layout(data: dict) -> str:
+    """config.toml as a tool that rebuilds the server tables writes it: `[mcp_servers.NAME]`, env a sub-table."""
+    def keyvals(table: dict, leave_out: str) -> list[str]:
+        return [f"{key} = {json.dumps(value)}" for key, value in table.items() if key != leave_out]
+
+    lines = keyvals(data, "mcp_servers")
+    for name, server in data["mcp_servers"].items():
+        lines += ["", f"[mcp_servers.{name}]", *keyvals(server, "env")]
+        if "env" in server:
+            lines += ["", f"[mcp_servers.{name}.env]", *keyvals(server["env"], "")]
+    return "\n".join(lines) + "\n"
+
+
+def test_unwrap_after_codex_rebuilt_its_server_tables_removes_exactly_what_wrap_added(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    CODEX.path.parent.mkdir(parents=True)
+    CODEX.path.write_text(
+        'model = "o3"\n'
+        'mcp_servers.bare = { command = "srv" }\n'
+        '[mcp_servers.own-env]\ncommand = "srv"\nargs = ["-v"]\nenv = { TZ = "UTC" }\n'
+        '[mcp_servers.grows]\ncommand = "srv"\n',
+        encoding="utf-8",
+    )
+    original = tomllib.loads(CODEX.path.read_text(encoding="utf-8"))
+    assert wrap("codex")[0] == 0
+    rebuilt = tomllib.loads(CODEX.path.read_text(encoding="utf-8"))
+    rebuilt["mcp_servers"]["grows"]["env"]["DEBUG"] = "1"
+    CODEX.path.write_text(codex_layout(rebuilt), encoding="utf-8")
+
+    code, _, err = unwrap("codex")
+
+    assert (code, err) == (0, "")
+    original["mcp_servers"]["grows"]["env"] = {"DEBUG": "1"}
+    assert tomllib.loads(CODEX.path.read_text(encoding="utf-8")) == original
+    assert json.loads(Path(records_path()).read_text())["records"] == []
+
+
+def test_a_variable_the_user_added_to_the_env_wrap_created_is_kept(
+    exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCPSINGLETON_HOME", str(tmp_path / "ms"))
+    gemini = CASES[7]
+    gemini.path.parent.mkdir(parents=True)
+    gemini.path.write_text(json.dumps({"mcpServers": {"bare": {"command": "srv"}}}), encoding="utf-8")
+    wrap("gemini")
+    rewritten = json.loads(gemini.path.read_text(encoding="utf-8"))
+    rewritten["mcpServers"]["bare"]["env"]["DEBUG"] = "1"
+    gemini.path.write_text(json.dumps(rewritten, indent=4), encoding="utf-8")
+
+    assert unwrap("gemini")[0] == 0
+
+    bare = json.loads(gemini.path.read_text(encoding="utf-8"))["mcpServers"]["bare"]
+    assert bare == {"command": "srv", "env": {"DEBUG": "1"}}
+
+
+def test_records_of_two_wrap_runs_at_once_are_both_kept(exe: str) -> None:
+    """Each run reads the shared records, then writes them back: the later writer must not drop the other's."""
+    first, second = InsertedArgs(), InsertedArgs()
+    entry = ("mcpServers", "x")
+    assert first.texts("/a.json", entry) == frozenset()  # the first run has read the records
+    second.add("/b.json", [(entry, ', "args": ["run", "x"]')])
+    first.add("/a.json", [(entry, ', "args": ["run", "y"]')])
+    assert InsertedArgs().texts("/b.json", entry) == {', "args": ["run", "x"]'}
+
+
+def test_concurrent_wraps_of_many_configs_all_unwrap_exactly(exe: str, tmp_path: Path) -> None:
+    configs = [tmp_path / f"c{number}.json" for number in range(8)]
+    originals = []
+    for number, config in enumerate(configs):
+        originals.append(json.dumps({"mcpServers": {f"s{number}": {"command": "srv"}}}, indent=2))
+        config.write_text(originals[-1], encoding="utf-8")
+
+    def run_all(command: str) -> None:
+        runs = [subprocess.Popen([mcpsingleton_exe(), command, "--config", str(config)], stdout=subprocess.DEVNULL)
+                for config in configs]
+        assert [run.wait(timeout=60) for run in runs] == [0] * len(runs)
+
+    run_all("wrap")
+    run_all("unwrap")
+
+    assert [config.read_text(encoding="utf-8") for config in configs] == originals
 
 
 def test_a_lost_record_unwraps_to_an_empty_args(exe: str) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import RawClient, mcpsingleton_exe
 
 from mcpsingleton import launcher
@@ -54,7 +55,36 @@ def test_a_launcher_whose_install_moved_hands_over_to_the_console_script(tmp_pat
     assert version([str(script)]) == version([mcpsingleton_exe()])
 
 
-def test_an_interpreter_path_too_long_for_a_shebang_gets_the_console_script(tmp_path: Path) -> None:
-    python = "/" + "d" * launcher.SHEBANG_LIMIT + "/python"
+@pytest.fixture(scope="module")
+def awkward_venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Pythons of venvs whose paths a `#!` line cannot hold: one with a blank, one too long; each sees
+    this install through a .pth file, as it would its own packages."""
+    root = tmp_path_factory.mktemp("venvs")
+    pythons = {}
+    for label, directory in (("blank", "Application Support/venv"), ("long", "d" * launcher.SHEBANG_LIMIT + "/venv")):
+        venv = root / directory
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        [site_packages] = venv.glob("lib/python*/site-packages")
+        (site_packages / "this-install.pth").write_text("\n".join(launcher.site_paths(sys.executable)) + "\n")
+        pythons[label] = str(venv / "bin" / "python")
+    return pythons
+
+
+@pytest.mark.parametrize("label", ["blank", "long"])
+def test_a_python_path_no_shebang_can_hold_gets_a_launcher_that_starts_sessions(
+    label: str, awkward_venvs: dict[str, str], home: Path, tmp_path: Path, fake_server: list[str]
+) -> None:
+    """A `#!` line splits at the blank (or is cut): the /bin/sh trampoline starts that Python instead."""
+    python = awkward_venvs[label]
+    script = launcher.write_launcher(str(tmp_path / "bin"), str(tmp_path / "no-console-script"), python)
+    assert Path(script).read_text().startswith("#!/bin/sh\n")
+    assert version([script]) == version([mcpsingleton_exe()])  # not by the (missing) console script
+    client = RawClient([script, "run", "--", *fake_server])
+    assert "result" in client.initialize()  # the shim, then the broker it starts, run on that Python
+    assert client.close() == 0
+
+
+def test_a_python_path_with_a_blank_and_a_backslash_gets_the_console_script(tmp_path: Path) -> None:
+    python = str(tmp_path / "odd dir\\" / "python")  # it would need the trampoline, which cannot quote it
     assert launcher.write_launcher(str(tmp_path / "bin"), mcpsingleton_exe(), python) == mcpsingleton_exe()
     assert not (tmp_path / "bin").exists()

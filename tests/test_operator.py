@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -68,6 +73,44 @@ def test_ls_shows_sessions_with_client_names(home: Path, fake_server: list[str])
     assert entry["command"] == fake_server and entry["scope"] == "cwd" and entry["memory_bytes"] > 1_000_000
     table = snapshot["table"]
     assert "fake_server" in table and re.search(r"\b3 \((alpha|beta|gamma)", table)
+
+
+def ls_on_a_terminal(columns: int) -> str:
+    """`ls` with its stdout on a pseudo-terminal `columns` wide, as a person runs it."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {name: value for name, value in os.environ.items() if name != "COLUMNS"}
+    try:
+        done = subprocess.run([mcpsingleton_exe(), "ls"], stdout=terminal, env=env, timeout=30)
+        assert done.returncode == 0
+        os.close(terminal)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once everything written has been read
+            while chunk := os.read(controller, 65536):
+                output += chunk
+    finally:
+        os.close(controller)
+    return output.decode().replace("\r\n", "\n")
+
+
+def test_ls_fits_the_terminal_and_a_pipe_gets_every_character(home: Path, fake_server: list[str]) -> None:
+    """A long policy and many client names made a ~230-column row: cut with `…` (and, on a narrow terminal,
+    the least needed columns left out) to the terminal's width; a pipe still gets all of it."""
+    clients = [RawClient(shim(fake_server)) for _ in range(3)]
+    for number, client in enumerate(clients):
+        client.initialize(name=f"a-client-with-a-long-name-{number}")
+    [entry] = ls_json()
+    narrow, wide = ls_on_a_terminal(80), ls_on_a_terminal(120)
+    piped = cli("ls").stdout
+    assert all(client.close() == 0 for client in clients)
+
+    assert entry["policy"] in piped and entry["key"][:12] in piped
+    assert max(len(line) for line in piped.splitlines()) > 120
+    for output, width in ((narrow, 80), (wide, 120)):
+        [header, row] = output.splitlines()
+        assert len(header) <= width and len(row) <= width and row.endswith("…")
+        assert "fake_server" in row and "3 (a-client-" in row and "RESTARTS" in header
+    assert "KEY" not in narrow and entry["key"][:12] in wide
 
 
 def test_ls_all_groups_unmanaged_duplicates(home: Path, fake_server: list[str], tmp_path: Path) -> None:
@@ -189,3 +232,19 @@ def test_ls_watch_refreshes_until_interrupted(home: Path, fake_server: list[str]
     assert watcher.returncode == 0
     assert output.count("mcpsingleton ls (Ctrl-C to quit)") >= 2
     assert "watched" in output
+
+
+def test_a_backend_that_never_starts_is_logged_without_nested_parentheses(home: Path) -> None:
+    """The log's sharing line once ended `…; shared per directory (its first backend never worked))`."""
+    initialize = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",' \
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}\n'
+    done = subprocess.run([mcpsingleton_exe(), "run", "--", "false"], input=initialize, capture_output=True, timeout=30)
+    assert done.returncode == 1
+
+    def sharing_lines() -> list[str]:
+        logs = "".join(log.read_text() for log in (home / "logs").glob("*.log"))
+        return [line for line in logs.splitlines() if " sharing: " in line]
+
+    [line] = wait_for(sharing_lines)  # the broker may log it after the session ended
+    assert line.endswith("sharing: shared (default: no catalog entry; shared per directory; kept, as its first"
+                         " backend never worked)")

@@ -156,6 +156,20 @@ def test_restart_lets_a_request_in_flight_finish(home: Path, fake_server: list[s
     assert client.close() == 0
 
 
+def test_restarts_counts_each_restart_across_the_handover(home: Path, fake_server: list[str]) -> None:
+    """A restart hands the sessions to a new broker, whose own count starts at 0: ls must still say 1, 2."""
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    for restarts in (1, 2):
+        before = ls_json()[0]["broker_pid"]
+        done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "pid" in result_text(client.call("whoami"))  # served by the next broker
+        [entry] = ls_json()
+        assert entry["broker_pid"] != before and entry["restarts"] == restarts
+    assert client.close() == 0
+
+
 def test_stop_still_ends_sessions(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -190,6 +191,36 @@ def test_run_option_defaults_come_from_the_environment(monkeypatch: pytest.Monke
         parse_args(["x"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], ""),
+        (["bogus"], ""),
+        (["ls", "--bogus"], "ls"),
+        (["ls", "extra"], "ls"),
+        (["stop"], "stop"),
+        (["restart"], "restart"),
+        (["logs"], "logs"),
+        (["explain"], "explain"),
+        (["wrap", "--scope", "world"], "wrap"),
+        (["wrap", "no-such-client"], "wrap"),
+        (["unwrap", "no-such-client"], "unwrap"),
+        (["run"], "run"),
+        (["run", "--bogus", "x"], "run"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_every_usage_error_is_one_line_naming_the_help_and_exits_2(
+    argv: list[str], command: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "MCPSINGLETON_HOME": str(tmp_path)}
+    out = subprocess.run([mcpsingleton_exe(), *argv], capture_output=True, text=True, env=env, timeout=30)
+    assert (out.returncode, out.stdout) == (2, "")
+    [line] = out.stderr.splitlines()
+    help_command = f"mcpsingleton {command}".strip()
+    assert line.startswith("mcpsingleton: ") and line.endswith(f"; see {help_command} --help")
+
+
 def test_run_usage_error_exit_status() -> None:
     out = subprocess.run([mcpsingleton_exe(), "run", "--scope", "world", "--", "x"], capture_output=True, text=True)
     assert out.returncode == 2 and "--scope: invalid value 'world'" in out.stderr
@@ -217,3 +248,34 @@ def test_event_loop_timers_fds_and_signals() -> None:
     loop.close()
     os.close(read_end)
     os.close(write_end)
+
+
+def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> None:
+    """Its lines run as written in an empty HOME; only `pip install /path/to/clone` is stood in for (no
+    network here): the venv gets this install's console script."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    recipe = readme.split("# or a user venv from a clone:\n", 1)[1].split("mcpsingleton wrap", 1)[0]
+    venv_line, *rest = recipe.strip().splitlines()
+    assert venv_line.startswith("python3 -m venv ~/.local/share/mcpsingleton && ") and "pip install" in venv_line
+    stand_in = f"{sys.executable} -m venv --without-pip ~/.local/share/mcpsingleton && " \
+        f"ln -s {mcpsingleton_exe()} ~/.local/share/mcpsingleton/bin/mcpsingleton"
+    env = {"HOME": str(tmp_path), "PATH": f"{tmp_path}/.local/bin:/usr/bin:/bin"}
+    done = subprocess.run(["sh", "-ec", "\n".join([stand_in, *rest, "mcpsingleton --version"])],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("mcpsingleton, version ")
+
+
+def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Path) -> None:
+    """A broker none followed (its sessions had ended) leaves a note; a broker started a day later is no restart."""
+    from mcpsingleton.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
+
+    state = tmp_path / "key.json"
+    assert restarts_handed_over(str(state)) == 0
+    state.write_text(json.dumps({"key": "k", "broker_pid": 1, HANDED_OVER: 3}))
+    assert restarts_handed_over(str(state)) == 3
+    old = time.time() - HANDED_OVER_WINDOW - 1
+    os.utime(state, (old, old))
+    assert restarts_handed_over(str(state)) == 0
+    state.write_text(json.dumps({"key": "k", HANDED_OVER: "many"}))
+    assert restarts_handed_over(str(state)) == 0

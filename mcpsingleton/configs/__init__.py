@@ -54,7 +54,7 @@ def run_wrap(
     out, err = out or sys.stdout, err or sys.stderr
     problem = _usage_problem(clients, scope)
     if problem:
-        err.write(f"mcpsingleton: {problem}\n")
+        err.write(f"mcpsingleton: {problem}; see mcpsingleton {'unwrap' if unwrap else 'wrap'} --help\n")
         return 2
     targets = [registry.explicit(config, clients)] if config else _discover(clients, out)
     executable = "" if unwrap else mcpsingleton_executable(dry_run, err)
@@ -164,7 +164,7 @@ class _Job:
         if not plan.edits:
             self.out.write(f"{where}: nothing to {self.verb}{_summary(plan, self.unwrap)}\n")
             return
-        after = _checked(target, plan, apply(text, plan.edits))
+        after = _checked(target, plan, text)
         names = f"{len(plan.changed)} server{'s' * (len(plan.changed) != 1)} ({', '.join(plan.changed)})"
         if self.dry_run:
             self.out.write(diff.unified(target.path, before, after))
@@ -179,10 +179,10 @@ class _Job:
 
 
 def _checked(target: ConfigFile, plan: Plan, text: str) -> Document:
-    """The edited document, refused unless it parses to exactly the data the plan intends."""
+    """The edited document, refused unless its edits apply and it parses to exactly the data the plan intends."""
     try:
-        after = _load(target, text)
-    except ConfigError:
+        after = _load(target, apply(text, plan.edits))
+    except (ConfigError, ValueError):  # ValueError: edits that overlap in a layout we did not foresee
         after = None
     if after is None or after.data != plan.expected:
         raise ConfigError("mcpsingleton could not edit it cleanly and left it as is; please report this")

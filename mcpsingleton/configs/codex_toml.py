@@ -10,10 +10,11 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from mcpsingleton.configs.entries import (
     FIX,
-    SECRET_CONTAINERS,
     ArgsArray,
     ConfigError,
     Document,
@@ -21,8 +22,8 @@ from mcpsingleton.configs.entries import (
     ServerEntry,
     Slot,
     Span,
+    is_secret,
 )
-from mcpsingleton.keys import is_secret_name
 
 SERVERS = "mcp_servers"
 
@@ -180,17 +181,53 @@ def load(text: str) -> Document:
         if isinstance(servers, dict)
         else ()
     )
-    secrets = tuple(spot.span for path, spot in written.items() if not spot.container and _is_secret(path))
-    return Document(text, data, entries, secrets, quote, pair)
+    secrets = tuple(
+        spot.span for path, spot in written.items() if not spot.container and is_secret(path, _value_at(data, path))
+    )
+    return Document(text, data, entries, secrets, quote, pair, partial(_drop, text, written, scanner.headers))
+
+
+def _drop(
+    text: str, written: dict[tuple[str, ...], _Written], headers: dict[tuple[str, ...], Span], path: tuple[str, ...]
+) -> Span | None:
+    """The member at `path` with its separator: a key's whole line(s), a pair of an inline table with the comma
+    before (or after) it, or a `[table]` from its header to the next one."""
+    spot = written.get(path)
+    if spot is not None and spot.inline:
+        return _inline_pair(written, path, spot)
+    if spot is not None:
+        after = text.find("\n", spot.span.end)
+        return Span(_line_start(text, spot.key), len(text) if after < 0 else after + 1)
+    header = headers.get(path)
+    if header is None:
+        return None
+    following = [span.start for span in headers.values() if span.start > header.start]
+    return Span(_line_start(text, header.start), _line_start(text, min(following)) if following else len(text))
+
+
+def _inline_pair(written: dict[tuple[str, ...], _Written], path: tuple[str, ...], spot: _Written) -> Span:
+    siblings = sorted((other for key, other in written.items() if key[:-1] == path[:-1] and other.inline),
+                      key=lambda other: other.key)
+    index = siblings.index(spot)
+    if index > 0:
+        return Span(siblings[index - 1].span.end, spot.span.end)
+    if len(siblings) > 1:
+        return Span(spot.key, siblings[1].key)
+    return Span(spot.key, spot.span.end)
+
+
+def _line_start(text: str, pos: int) -> int:
+    return text.rfind("\n", 0, pos) + 1
 
 
 def pair(key: str, value: str) -> str:
     return f"{key if _BARE_KEY.fullmatch(key) else quote(key)} = {quote(value)}"
 
 
-def _is_secret(path: tuple[str, ...]) -> bool:
-    """A value under env/headers, or of a secret-named key."""
-    return (len(path) > 1 and path[-2] in SECRET_CONTAINERS) or is_secret_name(path[-1])
+def _value_at(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _entry(

@@ -1,18 +1,32 @@
-"""Dry-run diffs: what wrap or unwrap would change, with every secret value masked."""
+"""Dry-run diffs: what wrap or unwrap would change, with secrets masked and everything else readable."""
 
 from __future__ import annotations
 
 import difflib
 
-from mcpsingleton.configs.entries import Document
+from mcpsingleton.configs.entries import Document, Span
 from mcpsingleton.configs.wrapping import Edit, apply
+from mcpsingleton.keys import redacted_argv
 
 MASK = '"***"'
 
 
 def masked(doc: Document) -> str:
-    """The text with env/headers values and secret-named values replaced by a mask."""
-    return apply(doc.text, [Edit(span.start, span.end, MASK) for span in doc.secrets])
+    """The text with the secret values (`entries.is_secret`) and the secret args words `ls` hides masked."""
+    spans = set(doc.secrets) | set(_secret_args(doc))
+    return apply(doc.text, [Edit(span.start, span.end, MASK) for span in spans])
+
+
+def _secret_args(doc: Document) -> list[Span]:
+    """The args elements `ls` would show as `***` (`--token X`, `API_KEY=…`): wrap rewrites args lines."""
+    spans = []
+    for entry in doc.entries:
+        args = entry.data.get("args") if isinstance(entry.data, dict) else None
+        if entry.args is None or not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+            continue
+        shown = redacted_argv(args)
+        spans += [span for span, word, seen in zip(entry.args.items, args, shown, strict=True) if word != seen]
+    return spans
 
 
 def unified(path: str, before: Document, after: Document) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mcpsingleton.keys import is_secret_name
 from mcpsingleton.options import command_index
 
 
@@ -78,15 +79,30 @@ class Document:
     text: str
     data: Any
     entries: tuple[ServerEntry, ...]
-    secrets: tuple[Span, ...]  # values under env/headers and of secret-named keys; masked in diffs
+    secrets: tuple[Span, ...]  # the values `is_secret` says a diff masks
     quote: Callable[[str], str]  # a string literal in this format
     pair: Callable[[str, str], str]  # a `key: "value"` member of a mapping in this format
+    drop: Callable[[tuple[str, ...]], Span | None] = lambda path: None
+    """The text to delete to take out the member at `path` with one separator (None: this format cannot
+    say), so unwrap can remove what wrap added after a client rewrote the file in its own layout."""
 
 
 REMOTE_KEYS = ("url", "httpUrl", "serverUrl")
 REMOTE_TYPES = ("http", "sse", "streamable-http", "streamableHttp")
 EXECUTABLE_NAMES = ("mcpsingleton", "mcpsingleton.exe")
-SECRET_CONTAINERS = ("env", "headers", "http_headers")
+HEADER_CONTAINERS = ("headers", "http_headers")
+_CREDENTIALS_IN_URL = re.compile(r"://[^/\s@]+@")  # `scheme://user:password@host`
+
+
+def is_secret(path: tuple[str, ...], value: object) -> bool:
+    """Whether a dry-run diff masks the value at `path`: HTTP header values, values of secret-named keys
+    (TOKEN, KEY, PASSWORD…, the names `ls` masks) and URLs holding credentials. Other env values (TZ,
+    paths, the MCPSINGLETON_HOME wrap adds) stay readable: they are what a user checks in the diff."""
+    if len(path) > 1 and path[-2] in HEADER_CONTAINERS:
+        return True
+    if path and is_secret_name(path[-1]):
+        return True
+    return isinstance(value, str) and _CREDENTIALS_IN_URL.search(value) is not None
 
 
 def is_remote(data: dict[str, Any]) -> bool:

@@ -1,20 +1,20 @@
-"""Reading a config file and replacing it safely: a backup beside it, an atomic rename, its mode kept.
+"""Reading a config file and replacing it safely: one backup beside it, an atomic rename, its mode kept.
 
 A config that is a symlink (dotfile managers) is written through: the link stays, its target changes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import time
 from dataclasses import dataclass
 
 from mcpsingleton import atomic
 from mcpsingleton.configs.entries import ConfigError
 
-BACKUP_MARK = ".mcpsingleton-backup-"
+BACKUP_MARK = ".mcpsingleton-backup"
+"""The one backup of a config beside it: the file as it was before mcpsingleton last changed it. One, not
+one per run: every wrap/unwrap pair would otherwise leave two more files in the user's config dir."""
 
 
 @dataclass(frozen=True)
@@ -41,23 +41,9 @@ def read(path: str) -> tuple[Original, str]:
 
 
 def backup(original: Original) -> str:
-    """Copy the original bytes to `<file>.mcpsingleton-backup-<timestamp>` (never overwriting one)."""
-    base = name = original.real + BACKUP_MARK + time.strftime("%Y%m%dT%H%M%S")
-    attempt = 0
-    while True:
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except FileExistsError:
-            attempt += 1
-            name = f"{base}.{attempt}"
-        except OSError as exc:
-            raise _unwritable(name, exc) from exc
-    try:
-        _fill(fd, original.raw, original.info)
-    except OSError as exc:
-        _discard(name)
-        raise _unwritable(name, exc) from exc
+    """Put the original bytes (mode and owner kept) in `<file>.mcpsingleton-backup`, replacing the last one."""
+    name = original.real + BACKUP_MARK
+    write_atomically(name, original.raw, original.info)
     return name
 
 
@@ -84,23 +70,6 @@ def write_atomically(path: str, data: bytes, like: os.stat_result | None = None)
         atomic.write_atomically(path, data, mode, owner, durable=True)
     except OSError as exc:
         raise _unwritable(path, exc) from exc
-
-
-def _discard(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _fill(fd: int, data: bytes, like: os.stat_result | None) -> None:
-    """Write, set mode (and owner, when we may), and flush to disk; the fd is closed."""
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        if like is not None:
-            with contextlib.suppress(PermissionError):
-                os.fchown(file.fileno(), like.st_uid, like.st_gid)
-        os.fchmod(file.fileno(), stat.S_IMODE(like.st_mode) if like is not None else 0o600)
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def _unwritable(path: str, exc: OSError) -> ConfigError:

@@ -10,11 +10,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mcpsingleton.configs.entries import (
     FIX,
-    SECRET_CONTAINERS,
     ArgsArray,
     ConfigError,
     Document,
@@ -22,8 +22,8 @@ from mcpsingleton.configs.entries import (
     ServerEntry,
     Slot,
     Span,
+    is_secret,
 )
-from mcpsingleton.keys import is_secret_name
 
 _BLANK = re.compile(r"(?:[ \t\r\n]+|//[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _STRING = re.compile(r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"')
@@ -39,6 +39,7 @@ class Node:
     start: int
     end: int
     value: Any
+    key_start: int = -1  # where a member's key is written (-1 for the root and array items)
     members: dict[str, Node] = field(default_factory=dict)
     items: list[Node] = field(default_factory=list)
 
@@ -109,12 +110,13 @@ class _Parser:
         while self.blank() != "}":
             if self.text[self.pos : self.pos + 1] != '"':
                 raise self.fail("expected a quoted key or '}'")
-            key = self.string().value
+            key = self.string()
             if self.blank() != ":":
                 raise self.fail("expected ':' after a key")
             self.pos += 1
             self.blank()
-            node.members[key] = self.value()
+            member = node.members[key.value] = self.value()
+            member.key_start = key.start
             if not self.separator("}"):
                 raise self.fail("expected ',' or '}'")
         self.pos += 1
@@ -164,7 +166,7 @@ def load(text: str, server_paths: tuple[tuple[str, ...], ...]) -> Document:
         for path, servers in _find(root, server_paths)
         for name, node in servers.members.items()
     )
-    return Document(text, root.value, entries, tuple(_secrets(root)), quote, pair)
+    return Document(text, root.value, entries, tuple(_secrets(root)), quote, pair, partial(_drop, root))
 
 
 def _find(root: Node, server_paths: tuple[tuple[str, ...], ...]) -> Iterator[tuple[tuple[str, ...], Node]]:
@@ -203,18 +205,34 @@ def _env_spot(text: str, entry: Node, command: Span | None) -> EnvSpot | None:
     return EnvSpot(env.start + 1, lead, ",") if "\n" in lead else EnvSpot(env.start + 1, "", ", ")
 
 
+def _drop(root: Node, path: tuple[str, ...]) -> Span | None:
+    """The member at `path` with the comma before it (or, for a first member, the comma after it)."""
+    parent: Node | None = root
+    for key in path[:-1]:
+        parent = parent.members.get(key) if parent else None
+    if parent is None or path[-1] not in parent.members:
+        return None
+    keys = list(parent.members)
+    index = keys.index(path[-1])
+    member = parent.members[path[-1]]
+    if index > 0:
+        return Span(parent.members[keys[index - 1]].end, member.end)
+    if len(keys) > 1:
+        return Span(member.key_start, parent.members[keys[1]].key_start)
+    return Span(member.key_start, member.end)
+
+
 def pair(key: str, value: str) -> str:
     return f"{quote(key)}: {quote(value)}"
 
 
-def _secrets(node: Node, secret: bool = False) -> Iterator[Span]:
-    """Spans of the scalar values under env/headers objects or of secret-named keys, anywhere in the file."""
+def _secrets(node: Node, path: tuple[str, ...] = (), secret: bool = False) -> Iterator[Span]:
+    """Spans of the scalar values `is_secret` names, anywhere in the file; everything below a secret key."""
     if not isinstance(node.value, dict | list):
-        if secret:
+        if secret or is_secret(path, node.value):
             yield Span(node.start, node.end)
         return
     for key, member in node.members.items():
-        scalar = not isinstance(member.value, dict | list)
-        yield from _secrets(member, secret or key in SECRET_CONTAINERS or (scalar and is_secret_name(key)))
+        yield from _secrets(member, (*path, key), secret or is_secret((*path, key), None))
     for item in node.items:
-        yield from _secrets(item, secret)
+        yield from _secrets(item, path, secret)

@@ -8,9 +8,11 @@ Wrap touches two places per stdio entry and nothing else:
 The original command token is copied verbatim (escapes and quoting included) and the original `args`
 elements are never rewritten, so the wrapped entry itself holds everything unwrap needs: replace the
 command token by the first word after run's options, delete the elements before the original args. The one
-bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted,
-and honoured only while that text is still there unchanged. Unwrap works on a fresh parse, so edits the
-user made anywhere else (even inside the original args) stay.
+bit the text cannot carry — that `args` did not exist — is kept in `records` as the exact text wrap inserted
+(so is the MCPSINGLETON_HOME it may add). Unwrap deletes that text where it is still in place, else (a
+client rewrote the file in its own layout) the member wherever the parser finds it, and only while no
+original args follow. Unwrap works on a fresh parse, so edits the user made anywhere else (even inside
+the original args) stay.
 """
 
 from __future__ import annotations
@@ -86,8 +88,14 @@ def _pass_home(doc: Document, entry: ServerEntry, home: str, plan: Plan) -> None
         return
     text = entry.env.before + doc.pair(HOME_ENV, home) + entry.env.after
     plan.edits.append(Edit(entry.env.pos, entry.env.pos, text))
-    plan.inserted.append(((*entry.path, "env"), text))
+    plan.inserted.append((_home_record_path(entry, created="env" not in entry.data), text))
     _target(plan, entry).setdefault("env", {})[HOME_ENV] = home
+
+
+def _home_record_path(entry: ServerEntry, created: bool) -> tuple[str, ...]:
+    """Where the MCPSINGLETON_HOME wrap added is recorded: at `env` when wrap created the env member
+    (unwrap may take the member out), at the variable when it went into the user's env."""
+    return (*entry.path, "env") if created else (*entry.path, "env", HOME_ENV)
 
 
 def _policy_line(entry: ServerEntry, scope: str | None) -> str:
@@ -122,9 +130,10 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
         items = array.items
         plan.edits.append(_edit(entry.command, _text(doc, items[index])))
         member = doc.text[slot.pos : array.close + 1] if slot.pos <= array.open else ""
-        if index == len(items) - 1 and member and member in recorded(entry.path):
-            plan.edits.append(Edit(slot.pos, array.close + 1, ""))
-            plan.removed.append((entry.path, member))
+        added_args = _added_args(doc, entry, recorded(entry.path), member)
+        if index == len(items) - 1 and added_args:
+            plan.edits.append(added_args)
+            plan.removed += [(entry.path, text) for text in recorded(entry.path)]
             _expect(plan, entry, args[index], None)
         else:
             end = items[index + 1].start if index + 1 < len(items) else items[index].end
@@ -134,25 +143,51 @@ def plan_unwrap(doc: Document, recorded: Recorded) -> Plan:
     return plan
 
 
+def _added_args(doc: Document, entry: ServerEntry, texts: frozenset[str], member: str) -> Edit | None:
+    """The deletion of the args member wrap added (`texts` were recorded for it): the exact text where it is
+    still in place, else (a client rewrote the file in its own layout) the member wherever it now is."""
+    if not texts:
+        return None
+    assert entry.slot is not None  # classify() checked it
+    if member in texts:
+        return Edit(entry.slot.pos, entry.slot.pos + len(member), "")
+    return _deletion(doc.drop((*entry.path, "args")))
+
+
 def _unpass_home(
     doc: Document, entry: ServerEntry, members_at: tuple[int, ...], recorded: Recorded, plan: Plan
 ) -> None:
-    """Take out the MCPSINGLETON_HOME wrap added: a whole env member (right after the command or the args
-    wrap added), or the first pair of the env mapping; only while the recorded text is there unchanged."""
+    """Take out the MCPSINGLETON_HOME wrap added: the exact text recorded where it is still in place (a whole
+    env member right after the command or the args wrap added, or first in the env mapping); else, after a
+    client rewrote the file, the variable wherever it is, with the env member when wrap created it and
+    nothing else is in it."""
     env = entry.data.get("env")
     if not (isinstance(env, dict) and HOME_ENV in env):
         return
-    path = (*entry.path, "env")
+    member_path, variable_path = _home_record_path(entry, created=True), _home_record_path(entry, created=False)
+    created, into_env = recorded(member_path), recorded(variable_path)
     spots = [(pos, len(env) == 1) for pos in members_at] + ([(entry.env.pos, False)] if entry.env else [])
-    for pos, whole_member in spots:
-        for text in recorded(path):
-            if doc.text.startswith(text, pos):
-                plan.edits.append(Edit(pos, pos + len(text), ""))
-                plan.removed.append((path, text))
-                del _target(plan, entry)["env"][HOME_ENV]
-                if whole_member:
-                    del _target(plan, entry)["env"]
-                return
+    texts = created | into_env
+    in_place = [(pos, text, whole) for pos, whole in spots for text in texts if doc.text.startswith(text, pos)]
+    if in_place:
+        pos, text, whole = in_place[0]
+        removal: Edit | None = Edit(pos, pos + len(text), "")
+    else:
+        whole = bool(created) and len(env) == 1
+        # a whole env written as dotted keys (`env.VAR = …`) has no member of its own: its one line goes
+        removal = (_deletion(doc.drop(member_path) if whole else None) or _deletion(doc.drop(variable_path))
+                   if texts else None)
+    if removal is None:
+        return
+    plan.edits.append(removal)
+    plan.removed += [(member_path, text) for text in created] + [(variable_path, text) for text in into_env]
+    del _target(plan, entry)["env"][HOME_ENV]
+    if whole:
+        del _target(plan, entry)["env"]
+
+
+def _deletion(span: Span | None) -> Edit | None:
+    return Edit(span.start, span.end, "") if span else None
 
 
 def apply(text: str, edits: list[Edit]) -> str:
