@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -95,47 +96,82 @@ def bench_keys(steps: list[int], attach_runs: int) -> dict[str, Any]:
     return result
 
 
+STREAMER = r"""
+import json, os, subprocess, sys, time
+busy, stop, size, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+out, inp = server.stdin.fileno(), server.stdout.fileno()
+def ask(request_id, method, params):
+    os.write(out, json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode() + b"\n")
+    received = bytearray()
+    while not received.endswith(b"\n"):
+        chunk = os.read(inp, 1 << 20)
+        if not chunk:
+            sys.exit("the session ended")
+        received += chunk
+    return len(received)
+ask(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "a", "version": "1"}})
+os.write(out, b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+print("ready", flush=True)
+replies = 0
+while not os.path.exists(stop):
+    if not os.path.exists(busy):
+        time.sleep(0.01)
+        continue
+    assert ask(replies + 1, "tools/call", {"name": "blob", "arguments": {"size": size}}) > size
+    replies += 1
+print(replies, flush=True)
+"""
+"""A's client: its own process, receiving `size`-byte replies back to back while the file `busy` exists."""
+
+
+def start_streamer(home: Home, busy: str, stop: str) -> subprocess.Popen[str]:
+    directory = os.path.join(home.path, "a")
+    os.makedirs(directory)
+    argv = [sys.executable, "-c", STREAMER, busy, stop, str(BIG), *shim_cmd(server_cmd("fast"), "--scope", "cwd")]
+    streamer = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=home.env, cwd=directory)
+    assert streamer.stdout is not None and streamer.stdout.readline() == "ready\n"
+    return streamer
+
+
 def bench_isolation(blocks: int, block: int) -> dict[str, Any]:
-    with Home() as home:
-        streaming = session_in(home, os.path.join(home.path, "a"))
+    """B's round trips alone, beside a session of server A (same broker) receiving 10 MB replies back to back,
+    and beside the same traffic through another broker (another home): the machine's share of the slowdown
+    (2 cores: A's server and client compete for them) against the one broker's. A's clients are processes
+    of their own (a thread here would share this process's GIL with B's timing)."""
+    conditions = ("alone", "beside 10 MB replies, same broker", "beside 10 MB replies, another broker")
+    with Home() as home, Home() as other:
+        stop = os.path.join(home.path, "stop")
+        busy = {conditions[1]: os.path.join(home.path, "busy"), conditions[2]: os.path.join(other.path, "busy")}
+        streamers = {
+            conditions[1]: start_streamer(home, busy[conditions[1]], stop),
+            conditions[2]: start_streamer(other, busy[conditions[2]], stop),
+        }
         small = session_in(home, os.path.join(home.path, "b"))
-        busy = threading.Event()
-        stop = threading.Event()
-        replies = [0]
-
-        def stream() -> None:
-            params = {"name": "blob", "arguments": {"size": BIG}}
-            while not stop.is_set():
-                busy.wait()
-                if stop.is_set():
-                    return
-                reply = streaming.request("tools/call", params, timeout=60)
-                assert "result" in reply, reply
-                replies[0] += 1
-
-        worker = threading.Thread(target=stream, daemon=True)
-        worker.start()
-        samples: dict[str, list[float]] = {"alone": [], "beside 10 MB replies": []}
+        samples: dict[str, list[float]] = {condition: [] for condition in conditions}
         try:
             for index in range(blocks):
-                for label in (("alone", "beside 10 MB replies") if index % 2 else ("beside 10 MB replies", "alone")):
-                    if label == "alone":
-                        busy.clear()
-                        time.sleep(0.3)  # let a reply in progress finish
-                    else:
-                        busy.set()
-                        time.sleep(0.05)
-                    samples[label] += roundtrips(small, *ECHO_CALL["fast"], block)
+                order = conditions[index % 3 :] + conditions[: index % 3]
+                for condition in order:
+                    for path in busy.values():
+                        if os.path.exists(path):
+                            os.unlink(path)
+                    time.sleep(0.5)  # let a reply in progress finish
+                    if condition in busy:
+                        open(busy[condition], "w").close()
+                        time.sleep(0.1)
+                    samples[condition] += roundtrips(small, *ECHO_CALL["fast"], block)
         finally:
-            stop.set()
-            busy.set()
-            worker.join(timeout=60)
-            streaming.close()
+            open(stop, "w").close()
+            for path in busy.values():
+                open(path, "w").close()
+            replies = {name: int(proc.communicate(timeout=120)[0].strip() or 0) for name, proc in streamers.items()}
             small.close()
-    result = {label: summary([value / 1000 for value in values]) for label, values in samples.items()}
-    result["replies_of_10mb"] = replies[0]
-    for label in samples:
-        log(f"B's round trip {label}: {result[label]} ms")
+    result: dict[str, Any] = {name: summary([value / 1000 for value in values]) for name, values in samples.items()}
+    result["replies_of_10mb"] = replies
+    for name in conditions:
+        log(f"B's round trip {name}: {result[name]} ms")
+    log(f"10 MB replies received meanwhile: {replies}")
     return result
 
 
@@ -154,7 +190,7 @@ def main() -> None:
         steps = sorted({1, 10, args.keys} if not args.quick else {1, args.keys})
         data["keys"] = bench_keys(steps, 10 if args.quick else 30)
     if "isolation" in parts:
-        data["isolation"] = bench_isolation(6 if args.quick else 20, 50)
+        data["isolation"] = bench_isolation(6 if args.quick else 15, 50)
     write_result(args.out, data)
 
 

@@ -62,7 +62,8 @@ class Broker:
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
         self.keeper: Keeper | None = None
         self.servers: dict[str, Server] = {}
-        self.awaiting_spec = 0
+        self.waiting: dict[str, list[tuple[socket.socket, int, str | None, list[int]]]] = {}
+        """Attaches for a key being created (its first shim is sending the spec): they follow it, in order."""
         self.had_servers = False
         self.internal_errors: dict[str, int] = {}
         now = time.monotonic()  # what the previous broker handed over: read before write_state replaces it
@@ -158,12 +159,12 @@ class Broker:
 
     def _arm_idle_exit(self) -> None:
         """No server (nor one being asked for): exit after a while, so a broker nobody uses does not linger."""
-        if self.servers or self.awaiting_spec or self.stopping or self.idle_timer is not None:
+        if self.servers or self.waiting or self.stopping or self.idle_timer is not None:
             return
 
         def expire() -> None:
             self.idle_timer = None
-            if not self.servers and not self.awaiting_spec:
+            if not self.servers and not self.waiting:
                 self.shutdown("no servers left")
 
         grace = EMPTY_GRACE if self.had_servers else FIRST_SESSION_WINDOW
@@ -200,32 +201,24 @@ class Broker:
             discard(conn, fds)  # the shim sees EOF before welcome and retries: the next server or broker takes it
         elif server is not None:
             server.guarded(lambda: server.sessions.attach(conn, pid, fds, state))
+        elif key in self.waiting:
+            self.waiting[key].append((conn, pid, state, fds))  # after the one asked for the spec, in arrival order
         else:
+            self.waiting[key] = []
+            self._cancel_idle_exit()
             self._ask_spec(conn, pid, key, state, fds)
 
     def _ask_spec(self, conn: socket.socket, pid: int, key: str, state: str | None, fds: list[int]) -> None:
-        """A key not hosted yet: the shim sends its spec on this connection; the first spec for a key wins."""
+        """A key not hosted yet: the shim sends its spec on this connection. Other attaches for the key wait
+        meanwhile, and attach in their order once its server exists (the first session keeps the first slot,
+        as when each key had a broker of its own); should this shim send no valid spec, the next is asked."""
         try:
             conn.send(wire.SPEC)
         except OSError:
             discard(conn, fds)
+            self._spec_failed(key)
             return
-        self.awaiting_spec += 1
-        self._cancel_idle_exit()
         received = bytearray()
-        timer: Timer | None = None
-
-        def done() -> None:
-            self.loop.remove_reader(conn.fileno())
-            if timer is not None:
-                timer.cancel()
-            self.awaiting_spec -= 1
-
-        def expired() -> None:
-            done()
-            self.log.write(f"pid {pid} was asked for the spec of {key} and sent none within {SPEC_TIMEOUT:g}s")
-            discard(conn, fds)
-            self._arm_idle_exit()
 
         def readable() -> None:
             try:
@@ -237,35 +230,52 @@ class Broker:
             received.extend(chunk)
             if chunk and b"\n" not in chunk and len(received) <= wire.SPEC_LIMIT:
                 return
-            done()
+            self.loop.remove_reader(conn.fileno())
+            timer.cancel()
             spec = parse_spec(bytes(received).partition(b"\n")[0], key) if b"\n" in received else None
             if spec is None:
                 self.log.write(f"refused pid {pid}: no valid spec for {key}")
                 close_fds(fds)
                 refusal = "the broker got no valid server spec; see `mcpsingleton logs broker`"
                 reply_and_close(conn, wire.refusal(refusal))
-                self._arm_idle_exit()
+                self._spec_failed(key)
                 return
-            self._attach_new(conn, pid, spec, state, fds)
+            self._add_server(spec)
+            for waiting in [(conn, pid, state, fds), *self.waiting.pop(key, [])]:
+                self._attach_later(key, *waiting)
+
+        def expired() -> None:
+            self.loop.remove_reader(conn.fileno())
+            self.log.write(f"pid {pid} was asked for the spec of {key} and sent none within {SPEC_TIMEOUT:g}s")
+            discard(conn, fds)
+            self._spec_failed(key)
 
         timer = self.loop.call_later(SPEC_TIMEOUT, expired)
         self.loop.add_reader(conn.fileno(), readable)
 
-    def _attach_new(self, conn: socket.socket, pid: int, spec: dict, state: str | None, fds: list[int]) -> None:
-        key = spec["key"]
-        if self.stopping:
-            discard(conn, fds)
-            return
-        server = self.servers.get(key)
-        if server is None:  # the first spec for this key: create its server
-            server = Server(spec, self)
-            self.servers[key] = server
-            self.had_servers = True
-            self.log.write(f"server {spec['name']} ({key}) added; {len(self.servers)} hosted")
-            server.guarded(server.start)
-        # after the first spawn (a timer due now): a backend that cannot start is known when the session
-        # is read, so what it sent is answered with why before it ends (as when a broker started per key)
+    def _attach_later(self, key: str, conn: socket.socket, pid: int, state: str | None, fds: list[int]) -> None:
+        """After the new server's first spawn (a timer due now): a backend that cannot start is known when the
+        session is read, so what it sent is answered with why before it ends."""
         self.loop.call_later(0, lambda: self._attach(conn, pid, key, state, fds))
+
+    def _spec_failed(self, key: str) -> None:
+        """The shim asked for a key's spec sent none: ask the next one waiting, if any."""
+        queue = self.waiting.pop(key, [])
+        if queue:
+            conn, pid, state, fds = queue.pop(0)
+            self.waiting[key] = queue
+            self._ask_spec(conn, pid, key, state, fds)
+        else:
+            self._arm_idle_exit()
+
+    def _add_server(self, spec: dict) -> None:
+        if self.stopping:
+            return  # its sessions are turned away (`_attach`) and retry with the next broker
+        server = Server(spec, self)
+        self.servers[server.key] = server
+        self.had_servers = True
+        self.log.write(f"server {spec['name']} ({server.key}) added; {len(self.servers)} hosted")
+        server.guarded(server.start)
 
     # ---- control requests -------------------------------------------------------------------
 
@@ -312,7 +322,7 @@ class Broker:
     def _exit_when_done(self) -> None:
         if self.servers:
             return  # each server_finished comes back here
-        if self.awaiting_spec:
+        if self.waiting:
             self.loop.call_later(EXIT_POLL, self._exit_when_done)
             return
         if self.keeper is not None:

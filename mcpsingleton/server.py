@@ -155,6 +155,7 @@ class Server:
     def finished(self) -> None:
         """Every slot is retired and every session gone: the broker forgets this server."""
         self.log.write(f"server {self.spec['name']} stopped; broker {os.getpid()} goes on")
+        self.log.close()  # the broker lives on: a fd per ended server would add up (isolated keys: one per session)
         self.process.server_finished(self)
 
     # ---- containment --------------------------------------------------------------------------

@@ -306,3 +306,35 @@ def test_reap_knows_the_one_broker(home: Path, fake_server: list[str]) -> None:
 
     assert reaper._remove_stale_state(BROKER, ended=False)
     assert sorted(p.name for p in (home / "run").iterdir() if p.name.startswith("broker")) == ["broker.lock"]
+
+
+def test_servers_that_come_and_go_leave_the_broker_as_it_was(home: Path, fake_server: list[str]) -> None:
+    """Every isolated session is a key of its own, a server that ends with it: the broker, which lives on,
+    keeps no fd (log, sockets, pipes) of an ended server."""
+    anchor = RawClient(shim(fake_server))
+    anchor.initialize()
+    broker = psutil.Process(broker_pid(home))
+
+    def isolated_session() -> None:
+        client = RawClient(shim(fake_server, "--scope", "isolated"))
+        client.initialize()
+        assert echo(client, "once") == "once"
+        assert client.close() == 0
+
+    isolated_session()
+    assert wait_for(lambda: len(ls_json()) == 1)
+    baseline = broker.num_fds()
+    for _ in range(8):
+        isolated_session()
+    assert wait_for(lambda: len(ls_json()) == 1 and broker.num_fds() <= baseline), (broker.num_fds(), baseline)
+    assert anchor.close() == 0
+
+
+def test_sessions_racing_on_a_new_key_make_one_server(home: Path, fake_server: list[str]) -> None:
+    """The first shim of a new key sends its spec; the others wait for that server and attach to it."""
+    clients = [RawClient(shim(fake_server)) for _ in range(12)]
+    assert all(client.initialize()["result"]["serverInfo"]["name"] == "fake-server" for client in clients)
+    log = (home / "logs" / "broker.log").read_text()
+    assert log.count(" added; ") == 1, log
+    assert len(backend_roots(home)) == 1
+    assert [client.close() for client in clients] == [0] * 12
