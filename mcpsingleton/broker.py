@@ -357,6 +357,7 @@ class Broker:
 
 
 def main(argv: list[str]) -> int:
+    platform.raise_fd_limit()
     channel = socket.socket(fileno=int(argv[0]))
     broker = Broker(int(argv[1]))
     if broker.log.fileno() >= 0:

@@ -122,6 +122,9 @@ def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover -
         os.set_inheritable(lock_fd, True)
         os.chdir("/")
         argv = [sys.executable, "-m", "mcpsingleton.broker", str(channel_fd), str(lock_fd)]
-        os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k != KEY_ENV})  # never pass a tag on
+        try:
+            os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k != KEY_ENV})  # no tag passed on
+        except OSError as exc:  # the shim prints it: the broker never got as far as its log
+            os.write(channel_fd, f"error cannot execute {sys.executable}: {exc.strerror}\n".encode())
     finally:
         os._exit(127)

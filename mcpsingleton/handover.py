@@ -166,7 +166,7 @@ class Lifetime:
             self.server.slots.retire(slot, retired, strays=True)
 
     def _exit(self) -> None:
-        if self.server.sessions:  # wait for ending sessions to flush (bounded by END_GRACE)
+        if self.server.sessions or self.server.sessions.telling:  # ending sessions flush (END_GRACE at most)
             self.loop.call_later(EXIT_POLL, self._exit)
             return
         self.server.finished()

@@ -235,52 +235,6 @@ def test_attach_to_the_one_broker_asks_the_spec_once_per_key(home: Path, fake_se
     assert first.close() == 0
 
 
-def test_a_state_line_larger_than_the_socket_buffer_reaches_the_waiter_whole() -> None:
-    """Point 2: every send is partial-write safe. macOS gives Unix sockets 8 KiB buffers and a state line may
-    take 12 KiB: what the socket does not take at once follows as it drains, never lost, never interleaved."""
-    import threading
-    import types
-
-    from mcpsingleton.eventloop import EventLoop
-    from mcpsingleton.sessions import Sessions
-
-    broker_end, waiter_end = socket.socketpair()
-    broker_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    broker_end.setblocking(False)
-    loop = EventLoop()
-    sessions = Sessions(types.SimpleNamespace(loop=loop, log=None))  # type: ignore[arg-type]
-    session = types.SimpleNamespace(conn=broker_end, to_waiter=b"")
-    state = {"client": "x" * 9000, "capabilities": {}}
-    lines = wire.state_line(state) + wire.state_line({**state, "client": "y" * 9000})
-    received = bytearray()
-
-    def read() -> None:
-        while len(received) < len(lines) and (chunk := waiter_end.recv(1024)):
-            received.extend(chunk)
-            time.sleep(0.001)  # a slow reader: the broker's socket fills up
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    sessions._tell_waiter(session, wire.state_line(state))  # type: ignore[arg-type]
-    sessions._tell_waiter(session, wire.state_line({**state, "client": "y" * 9000}))  # type: ignore[arg-type]
-    assert session.to_waiter, "the socket took only part of it at once"
-
-    def until_sent() -> None:
-        if session.to_waiter:
-            loop.call_later(0.01, until_sent)
-        else:
-            loop.stop()
-
-    loop.call_later(0.01, until_sent)
-    loop.call_later(10, loop.stop)
-    loop.run()
-    reader.join(timeout=10)
-    assert bytes(received) == lines
-    for end in (broker_end, waiter_end):
-        end.close()
-    loop.close()
-
-
 def stale_state_findings() -> list:
     from mcpsingleton import reaper
 
