@@ -265,8 +265,8 @@ def test_a_broker_that_cannot_be_executed_is_one_line(home: Path, fake_server: l
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"mcpsingleton: the broker for {NAME} failed to start (cannot execute {unexecutable}: Permission denied); "
-        f"see `mcpsingleton logs {NAME}`"
+        f"mcpsingleton: the broker failed to start (cannot execute {unexecutable}: Permission denied); "
+        "see `mcpsingleton logs broker`"  # the one broker: not one server's
     ]
 
 
