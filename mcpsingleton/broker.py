@@ -36,6 +36,7 @@ from .server import Server, parse_spec
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from .eventloop import Timer
+    from .slot import BackendSlot
 
 SPEC_TIMEOUT = 5.0
 """How long a shim asked for a spec may take to send it; then its connection and fds are dropped."""
@@ -130,6 +131,10 @@ class Broker:
             for server in list(self.servers.values()):
                 for slot in server.slots:
                     slot.mark_exited(pid, code)
+
+    def all_slots(self) -> list[BackendSlot]:
+        """Every backend slot of every server (the [budget] is the user's, not one server's)."""
+        return [slot for server in list(self.servers.values()) for slot in server.slots]
 
     def sessions_refused(self) -> int:
         return self.listener.refused

@@ -452,8 +452,11 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
     click.echo(_env_lines(separating))
-    if decision.lazy:
-        click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
+    if decision.lazy is not None:
+        said = "yes" if decision.lazy else "no: the backend starts at once"
+        click.echo(f"lazy:    {said} (config.toml)")
+    if decision.idle is not None:
+        click.echo(f"idle:    {decision.idle} (config.toml)")
 
 
 WEAKER_ENV_RULE = (

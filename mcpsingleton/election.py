@@ -19,10 +19,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .keys import KEY_ENV, KeyPaths, SetupError, log_dir, parse_duration
+from .keys import KEY_ENV, KeyPaths, SetupError, client_environ, compute_key, log_dir, parse_duration, user_salt
+from .options import RunOptions, backend_timing
 
 if TYPE_CHECKING:
-    from .options import RunOptions
     from .sharing import Decision
 
 BACKOFF = 0.01
@@ -54,17 +54,20 @@ def try_lock(path: str) -> int | None:
     return fd
 
 
-def spec_line(key: str, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]) -> bytes:
-    """What the broker needs to host `key`: one JSON line, sent on the shim's own connection (peer-uid checked),
-    never written to disk (env holds secrets).
+def spec_line(
+    paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
+) -> bytes:
+    """What the broker needs to host the key of `paths`: one JSON line, sent on the shim's own connection
+    (peer-uid checked), never written to disk (env holds secrets).
 
     `sharing` is None when the running server decides (see learnt.runtime_decision); `sharing_final`
     when a user decided and nothing learnt at runtime may change it; `config_error` is why the user's
     config.toml was ignored, for `ls`.
     """
     os.makedirs(log_dir(), mode=0o700, exist_ok=True)
+    lazy, idle = backend_timing(options, decision.lazy, decision.idle)
     spec = {
-        "key": key,
+        "key": paths.key,
         "name": name,
         "argv": options.command,
         "cwd": backend_dir(cwd, decision.scope),
@@ -77,9 +80,21 @@ def spec_line(key: str, options: RunOptions, decision: Decision, name: str, cwd:
         "linger": parse_duration(options.linger),
         "max_memory": options.max_memory,
         "max_procs": options.max_procs,
-        "lazy": options.lazy or decision.lazy,
+        "discovery_key": discovery_key(paths, options, decision.scope, cwd, env),
+        "lazy": lazy,
+        "idle": idle,
+        "budget": {"max_backends": decision.budget[0], "max_memory": decision.budget[1]},
     }
     return json.dumps(spec, separators=(",", ":")).encode() + b"\n"
+
+
+def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, env: dict[str, str]) -> str:
+    """The key naming the discovery entry: the broker's own, but for an isolated key (unique to its session)
+    the key of the same command, env and directory shared per directory, so the next isolated session of
+    the server is served what the last one learnt."""
+    if scope != "isolated":
+        return paths.key
+    return compute_key(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
 
 
 def backend_dir(cwd: str, scope: str) -> str:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from . import __version__, wire
 from .backend import kill_leftovers
+from .budget import admit
 from .discovery import store as store_discovery
 from .handover import Lifetime
 from .keys import KeyPaths, redacted_argv
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         def contained(self, key: str) -> int: ...
         def count_contained(self, key: str) -> None: ...
         def restarts_before(self, key: str) -> int: ...
+        def all_slots(self) -> list[BackendSlot]: ...
 
 
 SPEC_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -244,6 +246,10 @@ class Server:
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         self.sessions.backend_stderr(slot, lines)
+
+    def may_start(self, slot: BackendSlot) -> str | None:
+        """The user's [budget] counts every backend of every server: the one broker is where they all are."""
+        return admit(slot, self.process.all_slots(), self.spec.get("budget"))
 
     def slot_failed(self, slot: BackendSlot, reason: str) -> None:
         """The slot's backend never worked: end its sessions with the reason (their shims exit 1)."""

@@ -248,7 +248,7 @@ def run(argv: list[str], state: str = "", started_in: str | None = None) -> int:
     def spec() -> bytes:
         from . import election  # cold path only
 
-        return election.spec_line(key, options, decision, name, cwd, env)
+        return election.spec_line(KeyPaths(key, directory), options, decision, name, cwd, env)
 
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:
