@@ -292,3 +292,28 @@ def test_sessions_racing_on_a_new_key_make_one_server(home: Path, fake_server: l
     assert log.count(" added; ") == 1, log
     assert len(backend_roots(home)) == 1
     assert [client.close() for client in clients] == [0] * 12
+
+
+def test_the_budget_counts_every_server_in_the_broker(home: Path, fake_server: list[str], tmp_path: Path) -> None:
+    """Point 6's process-wide part: `max_backends` is the user's, so a second server (another key) may not start
+    a backend while the first one's is in use; it is answered with the budget's one line, and asked again."""
+    (home / "config.toml").write_text("[budget]\nmax_backends = 1\n")
+    lazy_dir = tmp_path / "lazy"
+    lazy_dir.mkdir()
+    lazy = [*shim(fake_server, "--scope", "cwd", "--name", "later", "--linger", "0")]
+    learner = RawClient(lazy, cwd=str(lazy_dir))  # its first run learns its discovery: the next one is lazy
+    learner.initialize()
+    assert learner.close() == 0
+    assert wait_for(lambda: not backend_roots(home))
+    (first,) = sessions_of_servers(fake_server, tmp_path, 1)
+    assert echo(first, "in use") == "in use"
+    second = RawClient(lazy, cwd=str(lazy_dir))
+    second.initialize()  # answered from its cached discovery: no backend needed yet
+    refused = second.call("echo", {"text": "over"})
+    assert refused["error"]["message"].startswith("mcpsingleton: the [budget] max_backends = 1"), refused
+    assert "running: s0 (pid" in refused["error"]["message"]
+    assert len(backend_roots(home)) == 1
+    assert first.close() == 0  # its backend no longer in use: reclaimed to make room, not the request refused
+    assert result_text(second.call("echo", {"text": "admitted"})) == "admitted"
+    assert len(backend_roots(home)) == 1
+    assert second.close() == 0
