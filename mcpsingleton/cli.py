@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -171,7 +172,7 @@ def render_table(backends: list[dict[str, Any]], width: int | None = None) -> st
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and platform.memory_measure() == "RSS":
-        notes.append("MEMORY is RSS: pages shared between processes count in each (this OS gives users no PSS)")
+        notes.append("MEMORY is RSS: shared pages count in each process (no PSS on this OS)")
     return "\n".join(lines + notes)
 
 
@@ -229,11 +230,12 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
             click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
+    width = table.terminal_width()
+    text = render_table(managed, width) if managed else "No shared backends are running."
     if others:
-        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, width)
     if managed and _env_rule() == "secrets":
-        text += "\n" + WEAKER_ENV_RULE
+        text += "\n" + (textwrap.fill(WEAKER_ENV_RULE, width) if width else WEAKER_ENV_RULE)
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
@@ -303,23 +305,11 @@ def _stop_servers(target: str | None, every: bool, verb: str, done: str, unanswe
     keys = {key: record.broker_pid for key, (_, record) in names.items()}
     while (pids or keys) and time.monotonic() < deadline:
         pids = {pid for pid in pids if _runs(pid)}
-        keys = {key: pid for key, pid in keys.items() if _still_hosted(key, pid, directory)}
+        keys = {key: pid for key, pid in keys.items() if control.still_hosted(key, pid, directory)}
         time.sleep(0.05)
     where = f" under {directory}, {STRIPPED_HOME}" if directory else ""
     for key, (_, record) in names.items():
         click.echo(f"{done} {record.name} ({key[:12]}){where}")
-
-
-def _still_hosted(key: str, broker_pid: int, directory: str | None) -> bool:
-    """Whether the server of `key` still runs in the broker it ran in (a restarted one runs in a fresh server:
-    its first backends are gone; a per-key broker of the previous version: as long as its process runs)."""
-    if not _runs(broker_pid):
-        return False
-    for state in control.state_files(directory):
-        if state.get("broker_pid") == broker_pid and control.is_user_broker(state):
-            records = control.live_status(state) or []
-            return any(record.key == key and record.state == "stopping" for record in records)
-    return True
 
 
 def _runs(pid: int) -> bool:
@@ -490,3 +480,30 @@ def _env_lines(separating: dict[str, str]) -> str:
     if _env_rule() == "secrets":
         lines.append(WEAKER_ENV_RULE)
     return "\n".join(lines)
+
+
+def _serve_extra_missing() -> NoReturn:
+    fail("serve needs its optional dependencies; install them with `pip install 'mcpsingleton[serve]'`")
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=7865, show_default=True, help="0: any free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless you say).")
+@click.option("--no-browser", is_flag=True, help="Do not open the page in the browser.")
+def serve(port: int, host: str, no_browser: bool) -> None:
+    """The local dashboard and APIs, in the foreground; the first line printed is its URL with the token."""
+    try:
+        from .serve.server import run_serve
+    except ImportError:
+        _serve_extra_missing()
+    sys.exit(run_serve(host, port, open_browser=not no_browser))
+
+
+@cli.command()
+def dashboard() -> None:
+    """Open the running serve's page (starting serve in the background when none runs)."""
+    try:
+        from .serve.server import open_dashboard
+    except ImportError:
+        _serve_extra_missing()
+    click.echo(open_dashboard())

@@ -119,3 +119,19 @@ def command(state: dict[str, Any], verb: str, key: str | None) -> bool:
     broker holds one key, so it is always asked without one). False when it does not answer (or is too old)."""
     args = (key,) if key is not None and is_user_broker(state) else ()
     return ask_broker(state, verb, *args) == wire.WELCOME
+
+
+def still_hosted(key: str, broker_pid: int, directory: str | None = None) -> bool:
+    """Whether a server asked to stop or restart still runs in the broker it ran in: the one broker hosts it
+    while its records say `stopping` (a restarted key runs on in a fresh server); a per-key broker of the
+    previous version as long as its process runs."""
+    try:
+        os.kill(broker_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    for state in state_files(directory):
+        if state.get("broker_pid") == broker_pid and is_user_broker(state):
+            return any(record.key == key and record.state == "stopping" for record in live_status(state) or [])
+    return True

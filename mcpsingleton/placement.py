@@ -82,8 +82,8 @@ def fits(slot: BackendSlot, signature: RootsSignature) -> bool | None:
     placed = roots.placed_signatures()
     if placed <= {signature}:
         return True  # whatever the backend asks, it learns exactly these roots
-    if ASKING in placed:
-        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to)
+    if ASKING in placed or None in placed:
+        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to, even its handshake)
     if roots.used:
         return False
     return True if roots.quiet else None

@@ -153,3 +153,30 @@ def test_a_session_on_the_slot_that_has_not_said_its_roots_makes_others_wait() -
     assert fits(Slot(h), ("file:///beta",)) is None
     tick(h, ROOTS_WAIT_TICKS)
     assert fits(Slot(h), NO_ROOTS) is True
+
+
+def test_a_session_on_the_backend_whose_handshake_was_not_read_yet_makes_other_roots_wait() -> None:
+    """The first session is placed at once, but its waiter may say it is ready after a later session's: until
+    its handshake is read nobody knows its roots, so a newcomer must wait, not get a backend of its own."""
+    h = Harness()
+    h.perform(h.mux.open_session(1))  # placed, its initialize not read yet
+    h.from_backend(jsonrpc.request("q", "roots/list"))  # the server asks at once (server-everything does)
+    slot = Slot(h)
+    assert fits(slot, NO_ROOTS) is None, "its roots are unknown: wait"
+    h.open(2, capabilities={})
+    assert fits(slot, NO_ROOTS) is None
+    h.send(1, jsonrpc.request(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}}))
+    h.send(1, jsonrpc.notification("notifications/initialized"))
+    assert fits(slot, NO_ROOTS) is True, "both declare none: they share"
+
+
+def test_a_session_that_never_says_its_handshake_holds_no_one_up_for_long() -> None:
+    h = Harness()
+    h.perform(h.mux.open_session(1))
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    slot = Slot(h)
+    assert h.mux.ticking(), "the silent session is counted"
+    tick(h, ROOTS_WAIT_TICKS - 1)
+    assert fits(slot, NO_ROOTS) is None
+    tick(h, 1)
+    assert fits(slot, NO_ROOTS) is True, "taken as declaring no roots"
