@@ -128,6 +128,7 @@ class Sessions:
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
+        session.outbox.on_drained = lambda: self._client_took_all(session)
         session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
         session.to_waiter.on_drained = lambda: self._waiter_took_all(session)
         try:
@@ -337,10 +338,16 @@ class Sessions:
         self._write(session, part.parts)
         session.streaming = not part.done
         if part.done:
-            if session.cut is not None:
-                session.cut = None
-                self._sync_state(session)
+            if not session.outbox.pending:
+                self._client_took_all(session)
             self._release_held(session)
+
+    def _client_took_all(self, session: Session) -> None:
+        """Every byte written to the client has left the outbox: a streamed line's end too, so a broker dying
+        from here on cuts nothing (until then the waiter's state names the line, `cut`)."""
+        if session.cut is not None and not session.streaming:
+            session.cut = None
+            self._sync_state(session)
 
     def _write(self, session: Session, parts: tuple[bytes | memoryview, ...]) -> None:
         assert session.outbox is not None
@@ -437,6 +444,7 @@ class Sessions:
 
             def drained() -> None:
                 timer.cancel()
+                self._client_took_all(session)
                 self._drop(session, "ended", code, message)
 
             outbox.on_drained = drained
