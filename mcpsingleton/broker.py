@@ -208,6 +208,7 @@ class Broker:
             {
                 "pid": session.pid,
                 "client": slot.mux.client_name(session.sid),
+                "transport": session.transport(),
                 "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
             }
             for session in self.sessions.on(slot)

@@ -277,6 +277,11 @@ def _parent_of(pid: int) -> int:
     return int(fields[1]) if len(fields) > 1 else 0
 
 
+def reads_client_environ() -> bool:
+    """Whether the variables a client config set are part of keys here (see `client_environ`)."""
+    return sys.platform == "linux" and os.environ.get("MCPSINGLETON_PORTABLE") != "1"
+
+
 def client_environ() -> dict[str, str] | None:
     """The environment of the client that started us (its own, from /proc), or None where we cannot read it.
 
@@ -284,7 +289,7 @@ def client_environ() -> dict[str, str] | None:
     we look past them. Only Linux: elsewhere reading another process's env costs more than a session
     start may spend, and callers fall back to secrets and --env-key.
     """
-    if sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1":
+    if not reads_client_environ():
         return None
     pid = os.getppid()
     for _ in range(4):

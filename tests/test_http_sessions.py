@@ -1,0 +1,121 @@
+"""serve's HTTP sessions attach to brokers as shims do (issue 24): one backend with the stdio sessions,
+`transport: http` in `ls`, re-attach when the broker dies, end of file detaches them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import RawClient, kill_quietly, ls_json, shim, wait_for
+
+from mcpsingleton.keys import reads_client_environ
+from mcpsingleton.serve.http_sessions import BrokerSession, Target
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Lines:
+    """An HTTP session's server→client lines, awaitable by id."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.arrived = asyncio.Event()
+        self.ended: list[str] = []
+
+    def take(self, line: bytes) -> None:
+        self.messages.append(json.loads(line))
+        self.arrived.set()
+
+    async def reply_to(self, request_id: int, timeout: float = 10.0) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                for message in self.messages:
+                    if message.get("id") == request_id and "method" not in message:
+                        self.messages.remove(message)
+                        return message
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+def request(request_id: int, method: str, params: dict) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
+
+
+INITIALIZE = {
+    "protocolVersion": "2025-06-18",
+    "capabilities": {},
+    "clientInfo": {"name": "http-client", "version": "1"},
+}
+
+
+def own_environ() -> dict[str, str] | None:
+    """This process's environment as it started, which is what a shim it starts reads as its client's."""
+    if not reads_client_environ():
+        return None
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+async def http_session(argv: list[str]) -> tuple[BrokerSession, Lines]:
+    lines = Lines()
+    target = Target(["--linger", "0", "--", *argv], dict(os.environ), own_environ())
+    session = BrokerSession(target, lines.take, lines.ended.append)
+    await session.open()
+    session.send(request(1, "initialize", INITIALIZE))
+    await lines.reply_to(1)
+    session.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+    return session, lines
+
+
+async def whoami(session: BrokerSession, lines: Lines, request_id: int) -> int:
+    session.send(request(request_id, "tools/call", {"name": "whoami", "arguments": {}}))
+    reply = await lines.reply_to(request_id)
+    return json.loads(reply["result"]["content"][0]["text"])["pid"]
+
+
+def test_http_and_stdio_sessions_share_one_backend(home: Path, fake_server: list[str]) -> None:
+    stdio = RawClient(shim(fake_server, "--linger", "0"))
+    stdio.initialize("stdio-client")
+    stdio_pid = json.loads(stdio.call("whoami")["result"]["content"][0]["text"])["pid"]
+
+    async def scenario() -> None:
+        session, lines = await http_session(fake_server)
+        assert await whoami(session, lines, 2) == stdio_pid
+        [record] = await asyncio.to_thread(ls_json)
+        clients = {client["client"]: client for client in record["clients"]}
+        assert clients["http-client"]["transport"] == "http"
+        assert clients["http-client"]["pid"] == os.getpid()
+        assert clients["stdio-client"]["transport"] == "stdio"
+        session.end()
+        await asyncio.to_thread(wait_for, lambda: len(ls_json()[0]["clients"]) == 1)
+        await asyncio.sleep(0.1)
+        assert lines.ended == ["ended"]
+
+    asyncio.run(scenario())
+    assert stdio.close() == 0
+
+
+def test_http_session_reattaches_when_its_broker_dies(home: Path, fake_server: list[str]) -> None:
+    async def scenario() -> None:
+        session, lines = await http_session(fake_server)
+        first = await whoami(session, lines, 2)
+        [record] = await asyncio.to_thread(ls_json)
+        await asyncio.to_thread(wait_for, lambda: session.state != "")  # the broker told its waiter the state
+        kill_quietly(record["broker_pid"], signal.SIGKILL)
+        old_broker = record["broker_pid"]
+        await asyncio.to_thread(wait_for, lambda: [r["broker_pid"] for r in ls_json()] not in ([], [old_broker]))
+        second = await whoami(session, lines, 3)  # no initialize again: the state went with the session
+        assert second != first
+        [record] = await asyncio.to_thread(ls_json)
+        assert [c["transport"] for c in record["clients"]] == ["http"]
+        assert lines.ended == []
+        session.end()
+
+    asyncio.run(scenario())
