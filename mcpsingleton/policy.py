@@ -36,6 +36,7 @@ class ServerTable:
     """A `[servers."MATCH"]` table (catalog or config.toml), looked up by any name a command answers to."""
 
     def __init__(self, servers: dict[str, dict[str, Any]]) -> None:
+        self.tables = servers  # by MATCH as written (serve exposes those with a `command`)
         self.entries: dict[str, dict[str, Any]] = {}
         for canonical, entry in servers.items():
             for alias in [canonical, *entry.get("aliases", [])]:

@@ -91,6 +91,7 @@ class BrokerSession:
         self.finished = False  # on_end was called
         self.attaching = False
         self.end_reason = ""
+        self.paused = False  # the HTTP side cannot take more of the server's lines now
         self.loop = asyncio.get_running_loop()
 
     async def open(self) -> None:
@@ -175,6 +176,15 @@ class BrokerSession:
             self.on_line(line)
         if at_eof:
             self.end("the broker closed the session's output")
+
+    def pause(self, paused: bool) -> None:
+        """Backpressure: stop (or resume) reading the server's lines while the HTTP side cannot take them."""
+        if self.pipes is not None and paused != self.paused:
+            self.paused = paused
+            if paused:
+                self.loop.remove_reader(self.pipes.stdout_r)
+            else:
+                self.loop.add_reader(self.pipes.stdout_r, self._stdout_readable)
 
     # ---- the waiter's part --------------------------------------------------------------------------
 
