@@ -120,6 +120,7 @@ class Broker:
             elif isinstance(action, StoreDiscovery):
                 self.log.write(store_discovery(self.spec, action.entry))
         self.sessions.finish_ending()
+        self.slots.keep_time(slot)
 
     def has_sessions(self, slot: BackendSlot) -> bool:
         return bool(self.sessions.on(slot))

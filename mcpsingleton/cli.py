@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control, platform, table
-from .keys import SCOPES, default_log_dir, ensure_private_dir, log_dir, runtime_dir
+from .keys import SCOPES, default_log_dir, ensure_private_dir, key_env_names, log_dir, reads_client_environ, runtime_dir
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
@@ -232,6 +232,8 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
     text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
     if others:
         text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
+    if managed and _env_rule() == "secrets":
+        text += "\n" + WEAKER_ENV_RULE
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
@@ -414,10 +416,47 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
             f" {config_path()} only; move it there",
             err=True,
         )
+    # this environment as a client that passes everything on would hand it to the server: nothing config-set
+    separating = key_env_names(dict(os.environ), [], dict(os.environ))
     if as_json:
-        click.echo(json.dumps({"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}))
+        fields = {"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}
+        click.echo(json.dumps({**fields, "env_key": separating, "env_rule": _env_rule()}))
         return
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
+    click.echo(_env_lines(separating))
     if decision.lazy:
         click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
+
+
+WEAKER_ENV_RULE = (
+    "warning: the client's environment cannot be read on this system, so configs differing only in a variable"
+    " that is not secret-named (e.g. DATABASE_URL) share a backend; add --env-key VAR to keep them apart"
+)
+
+
+def _env_rule() -> str:
+    """Which variables separate keys here: `full` (config-set ones count) or `secrets` (client env unreadable)."""
+    return "full" if reads_client_environ() else "secrets"
+
+
+def _env_lines(separating: dict[str, str]) -> str:
+    """`explain`'s account of the env part of the key: names and reasons, never values."""
+    from .keys import CLIENT_EDITED_VARS, CLIENT_SPAWN_PREFIXES, CLIENT_SPAWN_VARS
+
+    named = ", ".join(f"{name} ({reason})" for name, reason in sorted(separating.items())) or "none"
+    never = sorted(CLIENT_SPAWN_VARS | CLIENT_EDITED_VARS) + [prefix + "*" for prefix in CLIENT_SPAWN_PREFIXES]
+    lines = [
+        f"env:     separate keys here: {named}",
+        "         also: --env-key VARs"
+        + (", and every variable a client config sets for the server" if _env_rule() == "full" else ""),
+        f"         never: what clients add or change for every server ({', '.join(never)}), per-terminal values",
+    ]
+    if separating:
+        lines.append(
+            "         so clients that strip secret-named variables (Codex, Gemini CLI) do not share with\n"
+            "         clients that pass them on (Claude Code) when this is the environment they start in"
+        )
+    if _env_rule() == "secrets":
+        lines.append(WEAKER_ENV_RULE)
+    return "\n".join(lines)

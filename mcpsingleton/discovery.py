@@ -52,7 +52,8 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
     try:
         with open(checked_path_for(spec["key"]), encoding="utf-8") as handle:
             stored = json.load(handle)
-    except (OSError, ValueError, SetupError):  # SetupError: `store` says why in the broker's log
+    except (OSError, ValueError, SetupError, RecursionError):  # SetupError: `store` says why in the log;
+        # RecursionError: a file nested too deeply (not one we wrote) reads as none
         return {}
     if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != spec["key"]:
         return {}
@@ -84,7 +85,8 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
 
 
 def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """Why this entry must not be written, or None: session-bound sharing, or a secret value inside."""
+    """Why this entry must not be written, or None: session-bound sharing, a secret value inside, or nesting
+    too deep to write."""
     from .learnt import ISOLATED, runtime_decision  # once per backend start, and only when it changed
 
     tools = entry.get("tools/list", {}).get("tools")
@@ -92,7 +94,10 @@ def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
     decided = runtime_decision(spec.get("sharing"), bool(spec.get("sharing_final")), entry["initialize"], tools)
     if decided is not None and decided[0] == ISOLATED:
         return f"discovery: not cached ({decided[1]})"
-    text = json.dumps(entry, ensure_ascii=False)
+    try:
+        text = json.dumps(entry, ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write; belt and braces
+        return f"discovery: not cached: the entry cannot be written ({type(exc).__name__})"
     for name, value in spec.get("env", {}).items():
         if is_secret_name(name) and len(value) >= MIN_SECRET_LENGTH and value in text:
             return f"discovery: not cached: it contains the value of ${name}"

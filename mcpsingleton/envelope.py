@@ -436,6 +436,22 @@ def _open_object(walk: _Walk, i: int) -> tuple[dict[str, Span], str, int] | None
         i = walk.skip_spaces(i + 1)
 
 
+def reply_id(line: bytes) -> object:
+    """The id of a reply the full parser could not read (nested too deeply, cut short), where the line
+    certainly is a reply: its first open member is `result` or `error`, no `method` is in sight, and its
+    head or its tail names the id. None otherwise. So an unusable reply is still answered (with an error)."""
+    opened = head(line)
+    if opened is None or opened.open_key not in ("result", "error"):
+        return None
+    members = {**(tail(line) or {}), **opened.members}
+    if "method" in members:
+        return None
+    try:
+        return member_value(line, members, "id")
+    except (ValueError, _Unsure):
+        return None
+
+
 _TAIL_SPACES = b" \t\r\n"
 _SCALAR_BYTES = frozenset(b"0123456789+-.eEtrufalsn")
 

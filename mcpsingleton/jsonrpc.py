@@ -62,6 +62,33 @@ def parse(line: bytes) -> Message | list[Any]:
     return data
 
 
+def utf8_replaced(line: bytes) -> bytes | None:
+    """`line` with every byte that is not UTF-8 replaced by U+FFFD, or None when there is none to replace.
+
+    For a peer's line that failed to parse: a server that writes a Latin-1 file's bytes into a reply
+    still gets that reply delivered (as a lenient client would show it) instead of leaving it unanswered."""
+    try:
+        line.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace").encode("utf-8")
+    return None
+
+
+def nested_within(value: object, limit: int) -> bool:
+    """Whether `value` nests objects and arrays at most `limit` levels deep (walked without recursion:
+    values nested near the interpreter's limit are what this is for)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set by __init__, not in typeshed
 
 

@@ -15,6 +15,8 @@ TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on th
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .platform import ProcArgs
+
 try:  # the small builtin module avoids loading OpenSSL on every session start
     from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
 except ImportError:  # pragma: no cover - other Pythons
@@ -37,10 +39,19 @@ VOLATILE_VARS = frozenset(
 """Per-terminal or per-shell values that never decide what a server does."""
 
 CLIENT_SPAWN_VARS = frozenset(
-    {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "GEMINI_CLI", "COREPACK_ENABLE_AUTO_PIN"}
+    {"CLAUDECODE", "CLAUDE_PROJECT_DIR", "AI_AGENT", "COREPACK_ENABLE_AUTO_PIN", "NoDefaultCurrentDirectoryInExePath"}
+    | {"GEMINI_CLI"}
 )
-CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_",)
-"""Names a client sets on every server it spawns (Claude Code, Gemini CLI), some per session: not config."""
+CLIENT_SPAWN_PREFIXES = ("CLAUDE_CODE_", "GEMINI_CLI_")
+"""Names a client sets on every server it spawns, some per session: not config.
+
+Measured with Claude Code 2.1.197 and Gemini CLI 0.61.0 (tests/fixtures/clients); Codex 0.171.0 adds none.
+"""
+
+CLIENT_EDITED_VARS = frozenset({"PATH"})
+"""Variables clients change for every server they spawn (Codex prepends its own tool dir to PATH): never
+config. What PATH decides, the program it finds, is in the key already (the resolved argv); a user whose
+servers must also differ by PATH names it with --env-key."""
 
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "fish", "env"})
 """Programs a client may start the shim through; their environment is the config's, not the client's."""
@@ -246,8 +257,9 @@ def _is_volatile(upper: str) -> bool:
     return upper in VOLATILE_VARS or upper.startswith("MCPSINGLETON_") or upper.endswith(("_SOCK", "_PID"))
 
 
-def _set_by_client(upper: str) -> bool:
-    return upper in CLIENT_SPAWN_VARS or upper.startswith(CLIENT_SPAWN_PREFIXES)
+def _set_by_client(name: str) -> bool:
+    """Exact names: clients set exact names, and a config's `Path` is not the PATH a client edits."""
+    return name in CLIENT_SPAWN_VARS or name in CLIENT_EDITED_VARS or name.startswith(CLIENT_SPAWN_PREFIXES)
 
 
 def is_secret_name(name: str) -> bool:
@@ -271,41 +283,66 @@ def _read_proc(pid: int, field: str) -> bytes | None:
         os.close(fd)
 
 
-def _parent_of(pid: int) -> int:
-    stat_line = _read_proc(pid, "stat") or b""
-    fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
-    return int(fields[1]) if len(fields) > 1 else 0
+class ProcFiles:
+    """Linux: a process's name, parent and starting environment, read from /proc (no import, a few reads)."""
+
+    @staticmethod
+    def program(pid: int) -> str | None:
+        comm = _read_proc(pid, "comm")
+        return None if comm is None else comm.strip().decode("utf-8", "replace")
+
+    @staticmethod
+    def parent(pid: int) -> int:
+        stat_line = _read_proc(pid, "stat") or b""
+        fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
+        return int(fields[1]) if len(fields) > 1 else 0
+
+    @staticmethod
+    def environ(pid: int) -> dict[str, str] | None:
+        raw = _read_proc(pid, "environ")
+        return None if raw is None else parse_environ(raw.split(b"\0"))
+
+
+def parse_environ(entries: list[bytes]) -> dict[str, str]:
+    """`NAME=value` byte strings as a process's environment (empty or malformed entries skipped)."""
+    pairs = (entry.partition(b"=") for entry in entries)
+    return {
+        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
+        for name, equals, value in pairs
+        if name and equals
+    }
+
+
+def _process_reader() -> type[ProcFiles] | type[ProcArgs]:
+    """/proc where it is readable (and portable mode is off), else macOS's sysctl (`platform.ProcArgs`)."""
+    if os.environ.get("MCPSINGLETON_PORTABLE") != "1" and os.path.exists("/proc/self/environ"):
+        return ProcFiles
+    from .platform import ProcArgs  # only where there is no /proc: it imports ctypes (a few ms)
+
+    return ProcArgs
 
 
 def reads_client_environ() -> bool:
-    """Whether the variables a client config set are part of keys here (see `client_environ`)."""
-    return sys.platform == "linux" and os.environ.get("MCPSINGLETON_PORTABLE") != "1"
+    """Whether the client's own environment can be read here, so config-set variables count (`explain`, `ls`)."""
+    return _process_reader().environ(os.getpid()) is not None
 
 
 def client_environ() -> dict[str, str] | None:
-    """The environment of the client that started us (its own, from /proc), or None where we cannot read it.
+    """The environment the client that started us was started with, or None where we cannot read it.
 
     Shells between the client and us (`sh -c "mcpsingleton run …"`) carry the config's env already, so
-    we look past them. Only Linux: elsewhere reading another process's env costs more than a session
-    start may spend, and callers fall back to secrets and --env-key.
+    we look past them. Linux reads /proc; macOS asks sysctl KERN_PROCARGS2 for it (one call per process,
+    no child process); where neither works, callers fall back to secrets and --env-key.
     """
-    if not reads_client_environ():
-        return None
+    reader = _process_reader()
     pid = os.getppid()
     for _ in range(4):
         if pid <= 1:
             return None
-        comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
-        if comm not in SHELLS:
-            break
-        pid = _parent_of(pid)
-    raw = _read_proc(pid, "environ") if pid > 1 else None
-    if raw is None:
-        return None
-    entries = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {
-        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape") for name, _, value in entries
-    }
+        if reader.program(pid) not in SHELLS:
+            return reader.environ(pid)
+        pid = reader.parent(pid)
+    return None
 
 
 def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[str]:
@@ -315,21 +352,32 @@ def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[
     return {
         name
         for name, value in env.items()
-        if parent.get(name) != value and not _is_volatile(name.upper()) and not _set_by_client(name.upper())
+        if parent.get(name) != value and not _is_volatile(name.upper()) and not _set_by_client(name)
     }
+
+
+KEY_REASONS = ("secret-named", "--env-key", "set by the client config")
+"""Why a variable is part of the key, as `explain` says it (names only, never values)."""
+
+
+def key_env_names(env: dict[str, str], extra_keys: list[str], parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables whose values must match to share, each with its reason (one of KEY_REASONS).
+
+    Those are: every secret-looking variable, every --env-key, and every variable the client config set
+    for the server (`parent` is the client's own environment; None when it cannot be read).
+    """
+    reasons = dict.fromkeys(config_set_names(env, parent), KEY_REASONS[2])
+    reasons.update(dict.fromkeys((name for name in env if is_secret_name(name)), KEY_REASONS[0]))
+    reasons.update(dict.fromkeys(extra_keys, KEY_REASONS[1]))
+    return reasons
 
 
 def env_fingerprint(
     env: dict[str, str], extra_keys: list[str], salt: bytes, parent: dict[str, str] | None = None
 ) -> str:
-    """Salted digest of the env vars that must match to share; values never leave this function.
-
-    Those are: every secret-looking variable, every --env-key, and every variable the client config set
-    for the server (`parent` is the client's own environment; None when it cannot be read).
-    """
-    names = sorted({name for name in env if is_secret_name(name)} | set(extra_keys) | config_set_names(env, parent))
+    """Salted digest of the env vars that must match to share (`key_env_names`); values never leave this function."""
     digest = sha256(salt)
-    for name in names:
+    for name in sorted(key_env_names(env, extra_keys, parent)):
         value = env.get(name)
         digest.update(b"\0" + name.encode("utf-8", "surrogateescape") + b"=")
         digest.update(b"-" if value is None else b"+" + value.encode("utf-8", "surrogateescape"))

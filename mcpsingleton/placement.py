@@ -5,12 +5,16 @@
   Until then later sessions are held unread; no request of theirs reaches any backend before it is known.
 - Isolated: every session gets its own slot, which ends with it. The first session keeps the first slot.
 - Shared: a session joins a slot parked (its handshake is served, its requests wait) and is placed once
-  its roots signature is known. A slot whose backend has asked roots/list takes only sessions with the
-  same signature; any other slot takes everyone, so sessions of servers that ignore roots still share.
+  its roots signature is known. A slot takes a session whose roots equal those of every session on it.
+  One whose backend has asked roots/list takes no other; one whose backend may still ask (not started,
+  starting, or ready for less than a couple of seconds: mux/roots.py `quiet`) makes such a session wait
+  until it knows, since a backend told the common roots of different sessions serves none of them. A
+  quiet backend takes everyone, so sessions of servers that ignore roots still share.
 """
 
 from __future__ import annotations
 
+from .mux.roots import ASKING
 from .sharing import ISOLATED, SHARED
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -60,11 +64,19 @@ def _declares_tools(init_result: dict[str, Any]) -> bool:
     return isinstance(capabilities, dict) and isinstance(capabilities.get("tools"), dict)
 
 
-def fits(slot: BackendSlot, signature: RootsSignature) -> bool:
-    """Whether a session with these roots may share this slot's backend."""
+def fits(slot: BackendSlot, signature: RootsSignature) -> bool | None:
+    """Whether a session with these roots may share this slot's backend; None: not yet known (wait)."""
     if slot.sharing == ISOLATED or slot.retiring:
         return False
-    return not slot.mux.roots.used or slot.mux.roots.signatures() <= {signature}
+    roots = slot.mux.roots
+    placed = roots.placed_signatures()
+    if placed <= {signature}:
+        return True  # whatever the backend asks, it learns exactly these roots
+    if ASKING in placed:
+        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to)
+    if roots.used:
+        return False
+    return True if roots.quiet else None
 
 
 def slot_for_roots(slots: list[BackendSlot], signature: RootsSignature) -> BackendSlot | None:

@@ -16,6 +16,8 @@ no OS-specific call of their own; the variable reaches every process through the
 | process scans           | /proc/*/environ               | psutil                                            |
 | event-loop selector     | epoll (DefaultSelector)       | kqueue on macOS; PollSelector in portable mode    |
 | memory of a process     | PSS (/proc smaps)             | RSS (USS would need task_for_pid)                 |
+| a client's environment  | /proc/PID/environ (`keys`)    | sysctl KERN_PROCARGS2 (`ProcArgs`; Linux has none:|
+|                         |                               | portable mode there falls back to secrets)        |
 
 Why the keeper and not kqueue's EVFILT_PROC/NOTE_EXIT on macOS: NOTE_EXIT still needs a process that
 outlives the broker to watch it, i.e. a keeper anyway, and that keeper would have to be Python (~10 MiB)
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import selectors
     import socket
     from collections.abc import Callable, Iterator
+    from typing import Any
 
 PORTABLE_ENV = "MCPSINGLETON_PORTABLE"
 PR_SET_PDEATHSIG = 1
@@ -42,6 +45,8 @@ SOL_LOCAL = 0  # macOS <sys/un.h>
 LOCAL_PEERCRED = 0x001
 LOCAL_PEERPID = 0x002
 XUCRED_SIZE = 76  # u_int version, uid_t uid, short ngroups, gid_t groups[16]
+CTL_KERN, KERN_ARGMAX, KERN_PROCARGS2 = 1, 8, 49  # macOS <sys/sysctl.h>
+PROC_PIDTBSDINFO, PROC_BSDINFO_SIZE, PBI_PPID_OFFSET = 3, 136, 16  # <sys/proc_info.h>: struct proc_bsdinfo
 
 
 def portable() -> bool:
@@ -261,3 +266,96 @@ def describe(selector: selectors.BaseSelector, subreaper: bool) -> str:
         f"platform {mode}: {type(selector).__name__}, {pipes}, {guards}, "
         f"subreaper {'on' if subreaper else 'off'}, scans via {'/proc' if _proc_environ_readable() else 'psutil'}"
     )
+
+
+# ---- another process's environment (the env rule, macOS/BSD) ------------------------------------
+
+
+class ProcArgs:
+    """macOS: what a process was started with (exec path, environment) from one sysctl KERN_PROCARGS2, its
+    parent from libproc's proc_pidinfo. Cheap enough for a session start (no child process, no psutil);
+    None/0 where the calls do not exist (Linux: its /proc is read in `keys`) or refuse (not our process)."""
+
+    @staticmethod
+    def program(pid: int) -> str | None:
+        started = _procargs(pid)
+        return None if started is None else os.path.basename(started[0])
+
+    @staticmethod
+    def parent(pid: int) -> int:
+        import ctypes
+
+        proc_pidinfo = _libc_function(
+            "proc_pidinfo", ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int
+        )
+        info = ctypes.create_string_buffer(PROC_BSDINFO_SIZE)
+        try:
+            if proc_pidinfo is None or proc_pidinfo(pid, PROC_PIDTBSDINFO, 0, info, PROC_BSDINFO_SIZE) != len(info):
+                return 0
+        except (OSError, ValueError, ctypes.ArgumentError):  # a call that does not behave as documented
+            return 0
+        return int.from_bytes(info.raw[PBI_PPID_OFFSET : PBI_PPID_OFFSET + 4], sys.byteorder)
+
+    @staticmethod
+    def environ(pid: int) -> dict[str, str] | None:
+        started = _procargs(pid)
+        return None if started is None else started[1]
+
+
+def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """A libc function with its argument types declared (size_t and uint64_t must not pass as int)."""
+    import ctypes
+
+    function = getattr(ctypes.CDLL(None, use_errno=True), name, None)
+    if function is not None:
+        function.argtypes = argtypes
+    return function
+
+
+_started: dict[int, tuple[str, dict[str, str]] | None] = {}
+"""What `_procargs` read, by pid: the shim asks for a process's program and then its environment."""
+
+
+def _procargs(pid: int) -> tuple[str, dict[str, str]] | None:
+    import ctypes
+
+    if pid not in _started:
+        try:
+            _started[pid] = _sysctl_procargs(pid)
+        except (OSError, ValueError, ctypes.ArgumentError):  # a call that does not behave as documented: weaker rule
+            _started[pid] = None
+    return _started[pid]
+
+
+def _sysctl_procargs(pid: int) -> tuple[str, dict[str, str]] | None:
+    import ctypes
+
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    int_p = ctypes.POINTER(ctypes.c_int)
+    sysctl = _libc_function("sysctl", int_p, ctypes.c_uint, ctypes.c_void_p, size_p, ctypes.c_void_p, ctypes.c_size_t)
+    if sysctl is None:
+        return None
+    argmax, size = ctypes.c_int(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_int))
+    if sysctl((ctypes.c_int * 2)(CTL_KERN, KERN_ARGMAX), 2, ctypes.byref(argmax), ctypes.byref(size), None, 0):
+        return None
+    buffer, size = ctypes.create_string_buffer(argmax.value), ctypes.c_size_t(argmax.value)
+    if sysctl((ctypes.c_int * 3)(CTL_KERN, KERN_PROCARGS2, pid), 3, buffer, ctypes.byref(size), None, 0):
+        return None
+    return parse_procargs(buffer.raw[: size.value])
+
+
+def parse_procargs(raw: bytes) -> tuple[str, dict[str, str]] | None:
+    """KERN_PROCARGS2's layout: int argc, the exec path, NUL padding, argc argument strings, then the
+    environment strings up to an empty one (the `apple` strings after it are not environment)."""
+    from .keys import parse_environ
+
+    if len(raw) < 4:
+        return None
+    argc = int.from_bytes(raw[:4], sys.byteorder)
+    path, _, rest = raw[4:].partition(b"\0")
+    words = rest.lstrip(b"\0").split(b"\0")
+    if not path or len(words) <= argc:
+        return None
+    environment = words[argc:]
+    end = environment.index(b"") if b"" in environment else len(environment)
+    return path.decode("utf-8", "surrogateescape"), parse_environ(environment[:end])

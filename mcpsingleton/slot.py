@@ -242,7 +242,7 @@ class BackendSlot:
         self.life.lost(0.0)
         self.log.write(reason)
         self.host.perform(self, self.mux.backend_exited(reason))
-        if self.mux.has_subscribers():
+        if self.mux.needs_backend():
             self.start()
 
     def _readable(self, backend: Backend) -> None:
@@ -336,8 +336,8 @@ class BackendSlot:
         self.life.lost(lived)
         self.log.write(f"backend pid {backend.pid} {described} after {lived:.1f}s")
         self.host.perform(self, self.mux.backend_exited(f"the backend {described}"))
-        if self.mux.has_subscribers():
-            self.start()  # subscribers expect updates without asking again
+        if self.mux.needs_backend():
+            self.start()  # subscribers expect updates without asking again; parked requests wait for placement
 
     def _write_failed(self, backend: Backend, exc: OSError) -> None:
         """The backend closed its stdin (EPIPE) yet may run on: it can never answer again, so replace it.
@@ -362,7 +362,7 @@ class BackendSlot:
 
         def stopped() -> None:
             backend.close_pipes()
-            if self.host.has_sessions(self) or self.mux.has_subscribers():
+            if self.host.has_sessions(self) or self.mux.needs_backend():
                 self.start()
 
         stop_ladder(self.loop, backend, self.host.reap, stopped)

@@ -3,11 +3,13 @@
 A session first joins a shared slot, parked there for its handshake, or gets a slot of its own once the
 server is known to need one. The sharing is learnt from the first backend (its `x-mux` declaration, then
 its tool shapes, waited for up to DECISION_WAIT); once it is known, each parked session stays, or moves
-to a slot of its own or to one with its roots.
+to a slot of its own or to one with its roots, or waits a few seconds while its slot's backend may still
+ask for roots. The muxes have no clock: this module ticks them (`keep_time`) while they count time.
 """
 
 from __future__ import annotations
 
+from .mux.roots import TICK
 from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
 from .sharing import ISOLATED
 from .slot import BackendSlot
@@ -36,6 +38,7 @@ class Slots:
         self.retiring: dict[int, list[Callback]] = {}
         self.decision = SharingDecision(broker.spec)
         self.decision_timer: Timer | None = None
+        self.tick_timer: Timer | None = None
         self.next_number = 0
 
     def __iter__(self) -> Iterator[BackendSlot]:
@@ -114,22 +117,29 @@ class Slots:
         self.broker.perform(slot, slot.mux.open_session(session.sid, parked))
 
     def place(self, session: Session) -> None:
-        """A parked session whose handshake is done, once sharing is known: stay, or move to another slot."""
+        """A parked session whose handshake is done, once sharing is known: stay, or move to another slot.
+
+        It stays parked while its slot's backend may still ask for roots and other roots are on it (the
+        mux's ticks decide that within seconds)."""
         slot = session.slot
         signature = slot.mux.placeable(session.sid) if self.decision.known else None
         if signature is None:
             return
-        session.parked = False
-        if not self.decision.isolated and fits(slot, signature):
-            self.broker.perform(slot, slot.mux.unpark(session.sid))
-            return
         if self.decision.isolated:
             target = self._isolated_slot(session)
         else:
+            fitting = fits(slot, signature)
+            if fitting is None:
+                return
+            if fitting:
+                session.parked = False
+                self.broker.perform(slot, slot.mux.unpark(session.sid))
+                return
             others = [s for s in self.by_number.values() if s is not slot]
             target = slot_for_roots(others, signature) or self._new(f"session {session.sid} declared other roots")
             target.mux.roots.used = True  # the server acts on roots: no other roots may join this backend
             self.log.write(f"session {session.sid}: roots differ from slot {slot.number}'s; on slot {target.number}")
+        session.parked = False
         target.used = True
         state, actions = slot.mux.export_session(session.sid)
         self.broker.perform(slot, actions)
@@ -140,6 +150,21 @@ class Slots:
         for session in self.broker.sessions:
             if session.parked and not session.ending:
                 self.place(session)
+
+    # ---- the mux's clock ----------------------------------------------------------------------
+
+    def keep_time(self, slot: BackendSlot) -> None:
+        """Tick every TICK seconds while a slot's mux counts time (roots answers, a backend's first seconds)."""
+        if self.tick_timer is None and slot.mux.ticking():
+            self.tick_timer = self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self.tick_timer = None
+        for slot in self:
+            self.broker.perform(slot, slot.mux.tick())
+        self._place_parked()
+        for slot in self:
+            self.keep_time(slot)
 
     # ---- learning the sharing -----------------------------------------------------------------
 

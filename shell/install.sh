@@ -30,5 +30,16 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "install: chromium could not be installed; the browser tests of serve will be skipped"
 fi
+# real MCP clients, pinned, for tests/test_clients.py (their offline `mcp` commands start servers); in a
+# prefix of their own so that installing them never prunes the servers above; optional: the tests skip
+CLIENTS=("@anthropic-ai/claude-code@2.1.197" "@google/gemini-cli@0.61.0" "@openai/codex@0.171.0")
+for spec in "${CLIENTS[@]}"; do
+    if ! grep -qs "\"version\": \"${spec##*@}\"" ".cache/clients/node_modules/${spec%@*}/package.json"; then
+        mkdir -p .cache/clients
+        (cd .cache/clients && npm install --silent --no-audit --no-fund --no-save "${CLIENTS[@]}") \
+            || echo "install.sh: the MCP clients did not install; tests/test_clients.py will skip" >&2
+        break
+    fi
+done
 .venv/bin/python -m compileall -q mcpsingleton  # every session start imports these: never recompile
 echo "installed: $(.venv/bin/mcpsingleton --version)"

@@ -4,10 +4,12 @@ Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, 
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads
 its stdin again, still running), stderr (writes its text to stderr), big (a `size`-long text, the id
 first or, with `id_last`, last; with `gate`, its second half only once that file exists), half (the
-first `size` bytes of a reply, then exits). Flags: --fail-start (stderr, exit 2 before reading
-anything), --grandchild (start a sleeping child at once, like npx → node trees), --no-exit-on-eof,
+first `size` bytes of a reply, then exits), latin1 (a reply holding one raw Latin-1 byte, not UTF-8).
+Flags: --fail-start (stderr, exit 2 before reading anything), --grandchild (start a sleeping child at
+once, like npx → node trees), --no-exit-on-eof,
 --x-mux=SHARING (declares `x-mux` in its capabilities; --x-mux-experimental=SHARING: in
-capabilities.experimental), --browser-tools (lists browser-shaped tools, like a browser server).
+capabilities.experimental), --browser-tools (lists browser-shaped tools, like a browser server),
+--deep-tools=N (its tools/list result holds an inputSchema nested N levels deep).
 Discovery flags: --initialize-gate=PATH (answer initialize only once PATH exists: a slow start whose
 end the test decides), --instructions-env=VAR (the value of $VAR as the InitializeResult's instructions).
 """
@@ -128,6 +130,12 @@ def call_tool(request_id, params: dict) -> None:
             sys.stdout.write('{"result":{"content":[{"type":"text","text":"' + "x" * int(args.get("size", 1 << 18)))
             sys.stdout.flush()
         os._exit(4)
+    elif name == "latin1":  # "café" as a Latin-1 file would hold it: one byte that is not UTF-8
+        line = b'{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"caf\xe9"}]}}\n'
+        with write_lock:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(line % json.dumps(request_id).encode())
+            sys.stdout.buffer.flush()
     elif name == "grow":
         state.setdefault("ballast", []).append(bytearray(int(args.get("mib", 10)) * 1024 * 1024))
         reply(request_id, text("grown"))
@@ -175,7 +183,11 @@ def handle(message: dict) -> None:
         names = ["echo", "whoami", "slow", "progress", "crash", "garbage", "sample", "log", "stderr"]
         if "--browser-tools" in sys.argv:
             names += ["browser_navigate", "browser_click"]
-        reply(request_id, {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in names]})
+        tools: list[dict] = [{"name": n, "inputSchema": {"type": "object"}} for n in names]
+        depth = int(flag_value("--deep-tools") or 0)
+        if depth:
+            tools[0]["inputSchema"]["default"] = nested(depth)
+        reply(request_id, {"tools": tools})
     elif method == "tools/call" and params.get("name") == "close_stdin":  # on the main thread, the only reader
         state["stay"] = True
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the pipe's only read end is gone: writers get EPIPE
@@ -200,6 +212,14 @@ def handle(message: dict) -> None:
         send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": "Method not found"}})
 
 
+def nested(depth: int) -> list:
+    """A list `depth` levels deep, built without recursion."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def wait_for_gate() -> None:
     wait_for_path(flag_value("--initialize-gate"))
 
@@ -220,6 +240,7 @@ def main() -> None:
         sys.stderr.write("fake server: boom, config file missing\n")
         sys.exit(2)
     sys.stderr.write(f"fake server {os.getpid()} starting\n")
+    sys.setrecursionlimit(10_000)  # json.dumps of --deep-tools
     if "--grandchild" in sys.argv:
         children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
     for line in sys.stdin:

@@ -9,6 +9,7 @@ from typing import Any
 from mux_harness import Harness, init_result
 
 from mcpsingleton import discovery
+from mcpsingleton.mux.discovery import MAX_DEPTH
 
 TOOL_A = {"name": "a", "inputSchema": {"type": "object"}}
 TOOL_B = {"name": "b", "inputSchema": {"type": "object"}}
@@ -253,3 +254,42 @@ def test_an_entry_holding_a_secret_value_is_removed_not_written(home: Path) -> N
     line = discovery.store(spec(env={"MY_API_KEY": "s3cret-value", "HOME": "s3cret-value"}), leaky)
     assert line == "discovery: not cached: it contains the value of $MY_API_KEY"
     assert not Path(discovery.path_for("k" * 64)).exists()
+
+
+def deep_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_list_nested_too_deeply_is_passed_on_but_never_cached() -> None:
+    """Issue 19 row 10: caching it (compare, write, read back) would recurse near the interpreter's limit."""
+    h = Harness(discovery=ENTRY)
+    h.open(1)
+    h.take(1)
+    deep_tool = {**TOOL_A, "inputSchema": {"type": "object", "default": deep_list(MAX_DEPTH + 1)}}
+    answer_lists(h, [deep_tool])
+    assert h.stored == [None], "the old entry is removed, nothing new is written"
+    assert any("nested more than" in line for line in h.logs)
+    h.request(1, "mine", "tools/list")
+    answer = h.last_request("tools/list")
+    h.answer(answer, {"tools": [deep_tool]})
+    assert h.only_reply(1)["result"] == {"tools": [deep_tool]}, "the session still gets it"
+    assert h.stored == [None] and h.mux.stats["internal_errors"] == 0
+
+
+def test_a_stored_entry_nested_too_deeply_is_not_served() -> None:
+    deep = {**ENTRY, "tools/list": {"tools": [{**TOOL_A, "inputSchema": {"default": deep_list(MAX_DEPTH)}}]}}
+    h = Harness(auto_start=False, discovery=deep, lazy=True)
+    h.open(1)
+    assert h.starts == 1, "no usable entry: the backend answers initialize"
+
+
+def test_an_entry_nested_beyond_the_recursion_limit_is_neither_written_nor_read(home: Path) -> None:
+    deep = {**ENTRY, "tools/list": {"tools": [{"name": "a", "inputSchema": {"default": deep_list(5000)}}]}}
+    assert discovery.store(spec(), deep) == "discovery: not cached: the entry cannot be written (RecursionError)"
+    path = Path(discovery.path_for("k" * 64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"format": 1, "key": "' + "k" * 64 + '", "entry": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert discovery.load(spec()) == {}

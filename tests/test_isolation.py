@@ -336,3 +336,37 @@ def test_a_server_that_never_asks_for_roots_is_shared_whatever_the_roots(
             return len(backend_roots(home))
 
     assert anyio.run(main) == 1
+
+
+def declare_roots(client: RawClient, root: Path) -> None:
+    """Initialize declaring roots and answer the broker's roots/list with `root`."""
+    client.initialize(capabilities={"roots": {"listChanged": True}})
+    while True:
+        message = client.read()
+        assert isinstance(message, dict), "the broker never asked for roots"
+        if message.get("method") == "roots/list":
+            client.send({"jsonrpc": "2.0", "id": message["id"], "result": {"roots": [{"uri": root.as_uri()}]}})
+            return
+
+
+def test_different_roots_on_a_cold_key_with_cached_discovery_get_a_backend_each(
+    home: Path, everything: list[str], directories: dict[str, Path]
+) -> None:
+    """Issue 19 row 8: the cache answers both handshakes before the backend has asked for roots (it asks
+    0.35 s after initialized); both sessions on it would leave it the common roots: none."""
+    first = RawClient(shim(everything, "--linger", "0"))
+    first.initialize()
+    assert wait_for(lambda: list((home / "state" / "discovery").glob("*.json")))
+    assert first.close() == 0
+    assert wait_for(lambda: not backend_roots(home))
+    alpha, beta = RawClient(shim(everything)), RawClient(shim(everything))
+    declare_roots(alpha, directories["alpha"])
+    declare_roots(beta, directories["beta"])
+    seen = {
+        name: result_text(client.call("get-roots-list", timeout=20))
+        for name, client in [("alpha", alpha), ("beta", beta)]
+    }
+    assert directories["alpha"].as_uri() in seen["alpha"] and directories["beta"].as_uri() not in seen["alpha"]
+    assert directories["beta"].as_uri() in seen["beta"] and directories["alpha"].as_uri() not in seen["beta"]
+    assert len(backend_roots(home)) == 2
+    assert alpha.close() == 0 and beta.close() == 0

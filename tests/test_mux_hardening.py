@@ -178,7 +178,7 @@ def test_subscription_answered_with_a_malformed_reply_is_not_held() -> None:
     h.request(1, 1, "resources/subscribe", {"uri": "file:///x"})
     h.from_backend({"jsonrpc": "2.0", "id": h.last_request("resources/subscribe")["id"], "result": "ok"})
     assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR
-    assert not h.mux.has_subscribers()
+    assert not h.mux.needs_backend()
 
 
 # ---- the rule: a failure while handling one input stays with that input ------------------------
@@ -295,3 +295,34 @@ def test_a_batch_holding_a_listen_stream_still_answers_its_other_requests() -> N
         h.answer(request, init_result())
     batches = [item for item in h.take(1) if isinstance(item, list)]
     assert [[reply["id"] for reply in batch] for batch in batches] == [["1"]]
+
+
+# ---- issue 19 row 11: a backend reply that is not UTF-8 -------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, 40_000], ids=["small", "fast-path-sized"])
+def test_a_reply_with_a_byte_that_is_not_utf8_is_delivered_with_the_byte_replaced(size: int) -> None:
+    h = ready(1)
+    h.request(1, "latin", "tools/call")
+    backend_id = h.last_request("tools/call")["id"]
+    filler = b"x" * size
+    h.from_backend(b'{"jsonrpc":"2.0","id":%d,"result":{"text":"%s caf\xe9"}}' % (backend_id, filler))
+    reply = h.only_reply(1)
+    assert reply["id"] == "latin" and reply["result"]["text"] == f"{filler.decode()} caf\N{REPLACEMENT CHARACTER}"
+    assert any("not UTF-8" in line for line in h.logs)
+    still_served(h, 1)
+
+
+@pytest.mark.parametrize("id_last", [False, True], ids=["id-first", "id-last"])
+def test_a_reply_nested_too_deeply_to_read_is_answered_with_an_error(id_last: bool) -> None:
+    """Issue 19 row 10: a reply the parser cannot take is dropped, but its asker is told, never left waiting."""
+    h = ready(1, 2)
+    h.request(1, "deep", "tools/list")
+    backend_id = h.last_request("tools/list")["id"]
+    members = [b'"jsonrpc":"2.0","id":%d' % backend_id, b'"result":{"tools":%s}' % DEEP.strip()]
+    h.from_backend(b"{" + b",".join(reversed(members) if id_last else members) + b"}")
+    reply = h.only_reply(1)
+    assert reply["id"] == "deep" and reply["error"]["code"] == jsonrpc.INTERNAL_ERROR
+    assert "could not be read" in reply["error"]["message"]
+    assert h.take(2) == []
+    still_served(h, 1)

@@ -1,12 +1,13 @@
 """Parking (sans-IO): a parked session's handshake is served, nothing of it reaches the backend until it is
-placed, and export/adopt moves it between two muxes with its roots and what it sent meanwhile."""
+placed, and export/adopt moves it between two muxes with its roots and what it sent meanwhile; a session that
+never answers the broker's roots/list is taken as declaring none after a few of the broker's ticks."""
 
 from __future__ import annotations
 
 from mux_harness import Harness
 
 from mcpsingleton import jsonrpc
-from mcpsingleton.mux.roots import NO_ROOTS
+from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
 
 ROOTS_CAPABILITY = {"roots": {"listChanged": True}}
 
@@ -103,3 +104,54 @@ def test_a_big_request_of_a_parked_session_waits_too() -> None:
     assert h.backend_requests("tools/call") == []
     h.perform(h.mux.unpark(2))
     assert len(h.backend_requests("tools/call")) == 1
+
+
+# ---- issue 19 row 9: a client that never answers the broker's roots/list -------------------
+
+
+def tick(h: Harness, times: int) -> None:
+    for _ in range(times):
+        h.perform(h.mux.tick())
+
+
+def test_a_session_that_never_says_its_roots_is_taken_as_declaring_none() -> None:
+    h = Harness()
+    h.open(1, capabilities=ROOTS_CAPABILITY)  # asked for its roots; it never answers
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    assert h.backend_responses() == [], "the backend's roots/list waits for the session's roots"
+    assert h.mux.ticking()
+    tick(h, ROOTS_WAIT_TICKS - 1)
+    assert h.backend_responses() == []
+    tick(h, 1)
+    assert h.backend_responses()[-1] == {"jsonrpc": "2.0", "id": "q", "result": {"roots": []}}
+    assert h.mux.sessions[1].roots_signature == NO_ROOTS
+    assert any("no answer to roots/list" in line for line in h.logs)
+
+
+def test_a_parked_session_that_never_says_its_roots_is_placed_after_the_wait() -> None:
+    h = Harness()
+    h.open(1)
+    parked(h, 2, ROOTS_CAPABILITY)
+    h.request(2, "call", "tools/call", {"name": "echo"})
+    assert h.mux.placeable(2) is None
+    tick(h, ROOTS_WAIT_TICKS)
+    assert h.mux.placeable(2) == NO_ROOTS
+
+
+def test_a_late_roots_answer_still_counts_as_a_change() -> None:
+    h = Harness()
+    h.open(1, capabilities=ROOTS_CAPABILITY)
+    asked = h.requests_to(1, "roots/list")[-1]
+    tick(h, ROOTS_WAIT_TICKS)
+    h.clear()
+    h.reply(1, asked, {"roots": [{"uri": "file:///late"}]})
+    assert h.mux.sessions[1].roots_signature == ("file:///late",)
+    assert h.backend_notes("notifications/roots/list_changed")
+
+
+def test_ticks_stop_once_nothing_waits_on_time() -> None:
+    h = Harness()
+    h.open(1)
+    assert h.mux.ticking(), "a ready backend that has not asked for roots yet may still ask"
+    tick(h, QUIET_TICKS)
+    assert h.mux.roots.quiet and not h.mux.ticking()

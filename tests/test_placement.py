@@ -1,9 +1,13 @@
-"""The broker's sharing decision (pure): what the first backend's InitializeResult and tools change, and when
-its tools are needed at all."""
+"""The broker's placement rules (pure): what the first backend's InitializeResult and tools change about the
+sharing, when its tools are needed at all, and which roots may join a slot's backend, and when."""
 
 from __future__ import annotations
 
-from mcpsingleton.placement import SharingDecision
+from mux_harness import Harness, init_result
+
+from mcpsingleton import jsonrpc
+from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
+from mcpsingleton.placement import SharingDecision, fits
 
 TOOLS = {"capabilities": {"tools": {}}}
 
@@ -47,3 +51,59 @@ def test_giving_up_keeps_the_static_decision_and_says_why() -> None:
     assert decision.known and decision.sharing == "shared"
     assert decision.policy == "default: shared per directory; kept, as its tools/list failed"
 
+
+# ---- issue 19 row 8: other roots never join a backend that may still ask for roots ----------
+
+
+class Slot:
+    """What `fits` reads of a backend slot: its sharing, whether it is retiring, its mux."""
+
+    def __init__(self, h: Harness) -> None:
+        self.mux, self.sharing, self.retiring = h.mux, "shared", False
+
+
+def with_roots(h: Harness, sid: int, uris: list[str]) -> None:
+    h.open(sid, capabilities={"roots": {}})
+    request = h.requests_to(sid, "roots/list")[-1]
+    h.reply(sid, request, {"roots": [{"uri": uri} for uri in uris]})
+
+
+def tick(h: Harness, times: int) -> None:
+    for _ in range(times):
+        h.perform(h.mux.tick())
+
+
+def test_other_roots_wait_while_the_backend_is_still_starting_from_a_cached_discovery() -> None:
+    h = Harness(auto_start=False, discovery={"initialize": init_result()})
+    with_roots(h, 1, ["file:///alpha"])
+    slot = Slot(h)
+    assert fits(slot, ("file:///alpha",)) is True, "equal roots: it learns exactly theirs, whenever it asks"
+    assert fits(slot, ("file:///beta",)) is None, "the backend has not even started: it may still ask"
+    assert fits(slot, NO_ROOTS) is None
+
+
+def test_a_backend_that_asked_takes_only_equal_roots() -> None:
+    h = Harness()
+    with_roots(h, 1, ["file:///alpha"])
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    slot = Slot(h)
+    assert fits(slot, ("file:///beta",)) is False
+    assert fits(slot, ("file:///alpha",)) is True
+
+
+def test_a_backend_quiet_on_roots_for_a_while_takes_anyone() -> None:
+    h = Harness()
+    with_roots(h, 1, ["file:///alpha"])
+    slot = Slot(h)
+    assert fits(slot, ("file:///beta",)) is None
+    tick(h, QUIET_TICKS)
+    assert fits(slot, ("file:///beta",)) is True and fits(slot, NO_ROOTS) is True
+
+
+def test_a_session_on_the_slot_that_has_not_said_its_roots_makes_others_wait() -> None:
+    h = Harness()
+    h.open(1, capabilities={"roots": {}})  # asked, no answer yet
+    tick(h, QUIET_TICKS)
+    assert fits(Slot(h), ("file:///beta",)) is None
+    tick(h, ROOTS_WAIT_TICKS)
+    assert fits(Slot(h), NO_ROOTS) is True

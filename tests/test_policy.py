@@ -355,13 +355,18 @@ def _explain(*args: str) -> subprocess.CompletedProcess:
 def test_explain_json_prints_the_decision(home: Path) -> None:
     out = _explain("--json", "--", "npx", "-y", "@modelcontextprotocol/server-sequential-thinking@2026.8.31")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {
+    fixed = ("scope", "sharing", "policy")  # extra fields (the env part of the key) may follow
+    assert {field: json.loads(out.stdout)[field] for field in fixed} == {
         "scope": "isolated",
         "sharing": "isolated",
         "policy": catalog_policy("@modelcontextprotocol/server-sequential-thinking"),
     }
     unknown = json.loads(_explain("--json", "--", "node", "/srv/weather/dist/index.js").stdout)
-    assert unknown == {"scope": "cwd", "sharing": None, "policy": "default: no catalog entry; shared per directory"}
+    assert {field: unknown[field] for field in fixed} == {
+        "scope": "cwd",
+        "sharing": None,
+        "policy": "default: no catalog entry; shared per directory",
+    }
 
 
 def test_explain_shows_config_override_and_reports_a_broken_config(home: Path) -> None:

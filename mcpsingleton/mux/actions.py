@@ -178,3 +178,7 @@ class Feature:
     def backend_ready(self, restarted: bool) -> list[Action]:
         """The backend answered initialize; after a restart it must learn what sessions still hold."""
         return []
+
+    def tick(self) -> list[Action]:
+        """About a second passed (the broker's timer, while `Mux.ticking()`): what waits on time moves on."""
+        return []

@@ -10,7 +10,9 @@ Each time the backend becomes ready the mux asks it for the lists itself. Sessio
 answered from the entry get the matching `notifications/*/list_changed` for every list that turned
 out different (every list, when the server's serverInfo changed), and the broker is asked to store
 the new entry; later first-page list results that sessions ask for keep it current. A server that
-paginates its lists (a `nextCursor`) is not cached: its lists may depend on who asks.
+paginates its lists (a `nextCursor`) is not cached: its lists may depend on who asks. Nor is a result
+nested more than MAX_DEPTH levels deep: it is passed on, but writing it and reading it back would come
+near the interpreter's recursion limit.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ LISTS: dict[str, tuple[str, str]] = {
     "resources/templates/list": ("resources", "notifications/resources/list_changed"),
 }
 """Each cached list: the server capability that declares it, and the notification that says it changed."""
+MAX_DEPTH = 200
+"""Deepest nesting of a list result that is cached (real tool schemas nest a few dozen levels at most)."""
 
 
 class Discovery(Feature):
@@ -48,7 +52,7 @@ class Discovery(Feature):
         self.served: dict[int, dict[str, Any]] = {}  # session → method → the result it was given from the entry
         self.live: dict[str, Any] = {}  # list results collected from the backend since it became ready
         self.awaiting = 0
-        self.paginated = False
+        self.uncacheable: str | None = None  # why the live lists must not be cached
 
     def serves_without_backend(self) -> bool:
         """Lazy, with an entry: no backend until a request needs one."""
@@ -82,7 +86,7 @@ class Discovery(Feature):
             return []
         declared = self.mux.handshake.capabilities()
         methods = [method for method, (capability, _) in LISTS.items() if capability in declared]
-        self.live, self.paginated, self.awaiting = {}, False, len(methods)
+        self.live, self.uncacheable, self.awaiting = {}, None, len(methods)
         if not methods:
             return self._compare()
         return [self.mux.requests.own(method, {}, self._collector(method)) for method in methods]
@@ -115,15 +119,24 @@ class Discovery(Feature):
     def _take(self, method: str, reply: Message) -> bool:
         """Remember a list result from the backend; whether it is new."""
         result = reply.get("result")
-        if "error" in reply or not isinstance(result, dict) or self.live.get(method) == result:
+        if "error" in reply or not isinstance(result, dict):
+            return False
+        if not jsonrpc.nested_within(result, MAX_DEPTH):  # checked first: even comparing it could recurse too far
+            new = self.uncacheable is None
+            self.uncacheable = f"its {method} result is nested more than {MAX_DEPTH} levels deep"
+            return new
+        if self.live.get(method) == result:
             return False
         self.live[method] = result
-        self.paginated = self.paginated or "nextCursor" in result
+        if "nextCursor" in result:
+            self.uncacheable = self.uncacheable or "the server paginates its lists"
         return True
 
     def _compare(self) -> list[Action]:
         """All lists are in: tell sessions answered from the entry what changed, and store the new entry."""
         live_init = self.mux.handshake.init_result or {}
+        if not jsonrpc.nested_within(live_init, MAX_DEPTH):
+            self.uncacheable = f"its InitializeResult is nested more than {MAX_DEPTH} levels deep"
         old = self.entry or {}
         actions: list[Action] = []
         server_changed = INITIALIZE in old and old[INITIALIZE].get("serverInfo") != live_init.get("serverInfo")
@@ -136,9 +149,9 @@ class Discovery(Feature):
             if session is not None:
                 actions += self._notify_changed(session, given, server_changed)
         self.served = {}
-        if self.paginated:
+        if self.uncacheable is not None:
             self.entry = None
-            actions.append(Log("discovery: the server paginates its lists; they are not cached"))
+            actions.append(Log(f"discovery: not cached: {self.uncacheable}"))
             return [*actions, StoreDiscovery(None)] if old else actions
         new = {INITIALIZE: live_init, **self.live}
         if new != old:
@@ -154,14 +167,26 @@ class Discovery(Feature):
         }
         return [ToSession(session.sid, jsonrpc.notification(notice)) for notice in sorted(notices)]
 
+    def adopt(self, session: Session, served: dict[str, Any] | None) -> list[Action]:
+        """A session moved here (parking.py) with lists it was given from the entry: compared with this
+        backend's own lists once they are in; at once when they are (every list, when none are cached here)."""
+        if not served:
+            return []
+        if self.enabled and not (self.mux.backend.ready and not self.awaiting):
+            self.served[session.sid] = served
+            return []
+        return self._notify_changed(session, served, not self.enabled)
+
     def session_closed(self, session: Session) -> list[Action]:
         self.served.pop(session.sid, None)
         return []
 
 
 def valid_entry(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The part of a stored entry that can be served: an InitializeResult and list results, all objects."""
+    """The part of a stored entry that can be served: an InitializeResult and list results, all objects,
+    none nested deeper than MAX_DEPTH (the broker never writes such a file; a hand-made one is not served)."""
     if not entry or not isinstance(entry.get(INITIALIZE), dict):
         return None
     kept = {method: entry[method] for method in LISTS if isinstance(entry.get(method), dict)}
-    return {INITIALIZE: entry[INITIALIZE], **kept}
+    served = {INITIALIZE: entry[INITIALIZE], **kept}
+    return served if all(jsonrpc.nested_within(result, MAX_DEPTH) for result in served.values()) else None

@@ -122,7 +122,12 @@ class Handshake(Feature):
             error = reply.get("error")
             why = error.get("message", "no result") if isinstance(error, dict) else error or "no result"
             reason = f"mcpsingleton: backend rejected initialize: {why}"
-            return [Log(reason), *self._fail_waiters(reason), *self.mux.queue.fail(reason)]
+            return [
+                Log(reason),
+                *self._fail_waiters(reason),
+                *self.mux.queue.fail(reason),
+                *self.mux.parking.fail(reason),
+            ]
         restarted = self.generation > 0
         self.generation += 1
         self.init_result = self.init_result or result

@@ -5,6 +5,10 @@ needs (its roots): it stays here (`unpark`), or moves to another backend's mux (
 there). Nothing of a parked session reaches a backend, so moving it is safe; once a request of its was
 forwarded it never moves again. Only handshake-level state moves (`SessionState`), and what a session
 re-attached from a dead broker carries (its log level and subscriptions, applied once it is placed).
+
+No request of a parked session waits on a backend that nothing starts: a list the key's cached discovery
+answers is answered from it (that reaches no backend), and any other request wants the backend the session
+is parked on, whose answers (its sharing, whether it asks for roots) are what placing it may wait for.
 """
 
 from __future__ import annotations
@@ -40,15 +44,21 @@ class Carried:
 class SessionState:
     """A parked session on its way to another mux: who it is, its roots, what it sent meanwhile and carries."""
 
-    __slots__ = ("carried", "held", "roots", "session")
+    __slots__ = ("carried", "held", "roots", "served", "session")
 
     def __init__(
-        self, session: Session, roots: list[dict[str, Any]] | None, held: list[Message], carried: Carried | None
+        self,
+        session: Session,
+        roots: list[dict[str, Any]] | None,
+        held: list[Message],
+        carried: Carried | None,
+        served: dict[str, Any] | None,
     ) -> None:
         self.session = session
         self.roots = roots
         self.held = held
         self.carried = carried
+        self.served = served  # what it was answered from the cached discovery entry (discovery.py)
 
 
 class Parking(Feature):
@@ -61,8 +71,17 @@ class Parking(Feature):
         return session.parked and message["method"] not in PASSES
 
     def hold(self, session: Session, message: Message) -> list[Action]:
+        if "id" in message and not self.mux.backend.ready:
+            cached = self.mux.discovery.answer(session, message)
+            if cached is not None:
+                return cached
         self.held.setdefault(session.sid, []).append(message)
-        return []
+        return self.mux.handshake.want_backend() if is_request(message) else []
+
+    def holding_requests(self, sid: int | None = None) -> bool:
+        """Whether a request of `sid` (of anyone when None) waits here for placement, which may need the backend."""
+        held = [self.held.get(sid, [])] if sid is not None else self.held.values()
+        return any(is_request(message) for messages in held for message in messages)
 
     def placeable(self, sid: int) -> RootsSignature | None:
         """The signature to place a parked session by, once its handshake has said it; else None.
@@ -83,7 +102,8 @@ class Parking(Feature):
         """Take a parked session out of this mux, with its roots and held messages."""
         session = self.mux.sessions[sid]
         held = self.held.pop(sid, [])
-        return SessionState(session, self.mux.roots.declared.get(sid), held, self.carried.pop(sid, None))
+        served = self.mux.discovery.served.pop(sid, None)
+        return SessionState(session, self.mux.roots.declared.get(sid), held, self.carried.pop(sid, None), served)
 
     def adopt(self, state: SessionState) -> list[Action]:
         """Take in a session exported by another mux, placed: its held messages go on at once."""
@@ -95,7 +115,7 @@ class Parking(Feature):
         if state.carried is not None:
             self.carried[session.sid] = state.carried
         self.mux.handshake.adopted(session)
-        return self.unpark(session.sid)
+        return self.mux.discovery.adopt(session, state.served) + self.unpark(session.sid)
 
     def unpark(self, sid: int) -> list[Action]:
         """The session stays on this backend: its roots count from now on, its held messages are sent."""

@@ -3,9 +3,14 @@ with only the roots that EVERY placed session of this backend declared (never a 
 not learn a root that one of its sessions did not declare). A session without the roots capability
 declares none, so it never inherits anyone's.
 
-Each session's roots signature (`NO_ROOTS`, or its sorted root URIs) is what the broker places by:
-a backend that has asked `roots/list` (`used`) only takes sessions whose signature equals its own
-(docs/ARCHITECTURE.md, "Placement")."""
+Each session's roots signature (`NO_ROOTS`, or its sorted root URIs) is what the broker places by
+(placement.py, docs/ARCHITECTURE.md "Placement"): a backend that has asked `roots/list` (`used`) only takes
+sessions whose signature equals its own, and one that may still ask (not `quiet` yet) takes other roots
+only once it has been ready for QUIET_TICKS without asking.
+
+The mux has no clock: the broker calls `tick` about once a second while `ticking()`. A session that
+declared roots but has not answered the broker's roots/list after ROOTS_WAIT_TICKS is taken as declaring
+none, so neither its placement nor the backend's own roots/list waits on it forever."""
 
 from __future__ import annotations
 
@@ -25,6 +30,13 @@ NO_ROOTS = "none"
 """The signature of a session that declared no roots (no capability, or its roots/list failed)."""
 ASKING = "asking"
 """The broker asked the session for its roots and waits for the answer."""
+TICK = 1.0
+"""Seconds between the broker's calls to `tick` (the only clock the roots rules have)."""
+ROOTS_WAIT_TICKS = 5
+"""Ticks a session may take to answer the broker's roots/list before it counts as declaring none."""
+QUIET_TICKS = 2
+"""Ticks a ready backend must go without asking roots/list before sessions with other roots may join it
+(server-everything asks 0.35 s after initialized, server-filesystem at once)."""
 
 
 def settled(signature: RootsSignature | None) -> bool:
@@ -39,6 +51,9 @@ class Roots(Feature):
         self.used = False  # the backend has asked roots/list: it acts on roots, so placement must match them
         self.learnt = False  # the backend was ever answered a root: it must end with its sessions (no linger)
         self.deferred: list[Message] = []  # the backend's roots/list, waiting for a placed session's roots
+        self.asking: dict[int, int] = {}  # session → ticks since the broker asked it for its first roots
+        self.quiet = False  # ready for QUIET_TICKS without asking roots/list: taken as a server that never asks
+        self.ready_ticks = 0
 
     def ask(self, session: Session, message: Message) -> list[Action]:
         """notifications/initialized, notifications/roots/list_changed: (re)read the session's roots."""
@@ -47,10 +62,12 @@ class Roots(Feature):
             return self._update()
         if session.roots_signature is None:
             session.roots_signature = ASKING
+            self.asking[session.sid] = 0
 
         def remember(reply: Message) -> list[Action]:
             result = reply.get("result")
             roots = result.get("roots") if isinstance(result, dict) else None
+            self.asking.pop(session.sid, None)
             if session.sid not in self.mux.sessions:
                 return []
             if not isinstance(roots, list):
@@ -82,8 +99,12 @@ class Roots(Feature):
         return actions
 
     def signatures(self) -> set[RootsSignature | None]:
-        """The distinct roots signatures of this backend's placed sessions."""
+        """The distinct roots signatures of this backend's placed sessions that have said their roots."""
         return {session.roots_signature for session in self._placed()}
+
+    def placed_signatures(self) -> set[RootsSignature | None]:
+        """The roots signatures of every placed session, None or ASKING for those that have not said yet."""
+        return {session.roots_signature for session in self.mux.sessions.values() if not session.parked}
 
     def _placed(self) -> list[Session]:
         return [s for s in self.mux.sessions.values() if not s.parked and settled(s.roots_signature)]
@@ -112,8 +133,35 @@ class Roots(Feature):
         """A session was placed here (or left): the answer may change."""
         return self._update()
 
+    def tick(self) -> list[Action]:
+        """About a second passed (the broker's clock): sessions slow to say their roots, a quiet backend."""
+        actions: list[Action] = []
+        for sid in list(self.asking):
+            self.asking[sid] += 1
+            if self.asking[sid] >= ROOTS_WAIT_TICKS:
+                actions += self._gave_up(sid)
+        if self.mux.backend.ready and not self.used and not self.quiet:
+            self.ready_ticks += 1
+            self.quiet = self.ready_ticks >= QUIET_TICKS
+        return actions
+
+    def ticking(self) -> bool:
+        """Whether `tick` has anything to count."""
+        return bool(self.asking) or (self.mux.backend.ready and not self.used and not self.quiet)
+
+    def _gave_up(self, sid: int) -> list[Action]:
+        """A session never answered roots/list: it declares none (a late answer still counts, as a change)."""
+        del self.asking[sid]
+        session = self.mux.sessions.get(sid)
+        if session is None or session.roots_signature != ASKING:
+            return []
+        session.roots_signature = NO_ROOTS
+        text = f"session {sid}: no answer to roots/list in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
+        return [Log(text), *self._update()]
+
     def session_closed(self, session: Session) -> list[Action]:
         self.declared.pop(session.sid, None)
+        self.asking.pop(session.sid, None)
         return self._update()
 
     def backend_lost(self, reason: str) -> list[Action]:
@@ -121,6 +169,7 @@ class Roots(Feature):
         return []
 
     def backend_ready(self, restarted: bool) -> list[Action]:
+        self.ready_ticks = 0
         if not restarted or not self.answer_now:
             return []
         return [ToBackend(jsonrpc.notification("notifications/roots/list_changed"))]

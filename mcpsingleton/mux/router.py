@@ -19,7 +19,7 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
-from ..envelope import Envelope, scan
+from ..envelope import Envelope, reply_id, scan
 from ..jsonrpc import Id, Invalid, Message
 from . import eras, failures, resume, streaming
 from .actions import Log, ToBackend, ToSession
@@ -165,6 +165,14 @@ class Mux:
         """Take in a session exported by another mux, placed here."""
         return self.parking.adopt(state)
 
+    def tick(self) -> list[Action]:
+        """About a second passed (the broker's timer: the mux has no clock), while `ticking()` says so."""
+        return self._fan_out("tick", lambda feature: feature.tick())
+
+    def ticking(self) -> bool:
+        """Whether the mux counts time now: a session slow to say its roots, a backend not yet quiet on roots."""
+        return self.roots.ticking()
+
     def resume_session(self, sid: int, state: dict[str, Any]) -> list[Action]:
         """The just-opened session `sid` re-attached from a dead broker with its last snapshot: go on from it."""
         return resume.restore(self, sid, state)
@@ -280,10 +288,26 @@ class Mux:
                 self.stats["fast_path"] += 1
                 return spliced
         try:
-            data = jsonrpc.parse(line)
+            data, repaired = _parse_backend_line(line)
         except Invalid as bad:
-            self.stats["dropped"] += 1
-            return [Log(f"backend wrote an unusable line ({bad}); dropped")]
+            return self._unusable_backend_line(line, bad)
+        if repaired:
+            note = Log("backend wrote bytes that are not UTF-8; passed on with U+FFFD in their place")
+            return [note, *self._from_backend_parsed(data)]
+        return self._from_backend_parsed(data)
+
+    def _unusable_backend_line(self, line: bytes, bad: Invalid) -> list[Action]:
+        """Dropped; but when it is certainly a reply (read from its head or tail), its asker gets an error."""
+        self.stats["dropped"] += 1
+        actions: list[Action] = [Log(f"backend wrote an unusable line ({bad}); dropped")]
+        backend_id = reply_id(line)
+        if type(backend_id) is int and backend_id in self.requests.pending:
+            text = f"mcpsingleton: the server's reply could not be read ({bad})"
+            actions += self._from_backend_parsed(jsonrpc.error(backend_id, jsonrpc.INTERNAL_ERROR, text))
+        return actions
+
+    def _from_backend_parsed(self, data: Message | list[Any]) -> list[Action]:
+        """A decoded backend line, routed by its kind (a reply, a request, a notification)."""
         if isinstance(data, list):
             self.stats["dropped"] += 1
             return [Log("backend wrote a JSON-RPC batch, which no session can be sent; dropped")]
@@ -307,16 +331,17 @@ class Mux:
             bool(session.inflight)
             or self.queue.holding(sid)
             or self.handshake.waiting(sid)
-            or bool(self.parking.held.get(sid))
+            or self.parking.holding_requests(sid)
         )
 
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""
         return bool(self.requests.pending)
 
-    def has_subscribers(self) -> bool:
-        """Whether a session expects resource updates without asking again (restart the backend at once)."""
-        return self.subscriptions.has_subscribers()
+    def needs_backend(self) -> bool:
+        """Whether something waits on the backend without asking again (restart it at once): a session
+        expecting resource updates, or a parked request whose placement may need the backend's word."""
+        return self.subscriptions.has_subscribers() or self.parking.holding_requests()
 
     def ever_initialized(self) -> bool:
         """Whether a backend ever answered initialize in this broker (else a crash means it cannot start)."""
@@ -410,6 +435,18 @@ class Mux:
                 self.stats["internal_errors"] += 1
                 actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
         return actions
+
+
+def _parse_backend_line(line: bytes) -> tuple[Message | list[Any], bool]:
+    """`jsonrpc.parse` for a backend line, and whether it parsed only once its bytes that are not UTF-8 were
+    replaced (a server writing a Latin-1 file's bytes): such a reply is passed on, never left unanswered."""
+    try:
+        return jsonrpc.parse(line), False
+    except Invalid:
+        repaired = jsonrpc.utf8_replaced(line)
+        if repaired is None:
+            raise
+        return jsonrpc.parse(repaired), True  # raises the repaired line's Invalid when that did not help
 
 
 def _routing_stub(envelope: Envelope) -> Message:
