@@ -402,7 +402,7 @@ def _read_or_create_salt(path: str) -> bytes:
     except FileNotFoundError:
         pass
     salt = os.urandom(32)
-    tmp = f"{path}.{os.getpid()}"
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}"  # serve attaches sessions from several threads at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, salt)

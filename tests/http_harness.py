@@ -83,3 +83,35 @@ def serving(ttl: float = 1800.0) -> Iterator[Running]:
         server.should_exit = True
         thread.join(15)
         listener.close()
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "abandoner"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+async def open_sessions(url: str, headers: dict[str, str], count: int, concurrency: int = 16) -> list[str]:
+    """Open `count` sessions (initialize + initialized) and walk away from them; their ids."""
+    import anyio
+    import httpx2
+
+    ids: list[str] = []
+    limit = anyio.Semaphore(concurrency)
+
+    async def one(http: httpx2.AsyncClient) -> None:
+        async with limit:
+            opened = await http.post(url, json=INITIALIZE, headers={**headers, **ACCEPT})
+            assert opened.status_code == 200, opened.text
+            session = {**headers, **ACCEPT, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(url, json=initialized, headers=session)).status_code == 202
+            ids.append(opened.headers["mcp-session-id"])
+
+    async with httpx2.AsyncClient(timeout=60) as http, anyio.create_task_group() as group:
+        for _ in range(count):
+            group.start_soon(one, http)
+    return ids

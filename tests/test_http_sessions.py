@@ -119,3 +119,18 @@ def test_http_session_reattaches_when_its_broker_dies(home: Path, fake_server: l
         session.end()
 
     asyncio.run(scenario())
+
+
+def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: Path) -> None:
+    """serve attaches new sessions from threads: on a fresh home they all create the salt at once (the temp file's
+    name was per process, so all but one failed with `cannot use …/salt (File exists)`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mcpsingleton.keys import user_salt
+
+    for attempt in range(20):
+        directory = tmp_path / str(attempt)
+        directory.mkdir()
+        with ThreadPoolExecutor(8) as pool:
+            salts = set(pool.map(user_salt, [str(directory)] * 8))
+        assert len(salts) == 1

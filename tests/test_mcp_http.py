@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import anyio
 import httpx2
+import psutil
 import pytest
-from conftest import RawClient, ls_json, shim
-from http_harness import serving, write_config
+from conftest import RawClient, ls_json, shim, wait_for
+from http_harness import open_sessions, serving, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from serve_harness import Serve
 from test_http_sessions import own_environ
 
 from mcpsingleton.keys import HOME_ENV
 
+MIB = 1024 * 1024
 pytestmark = [
     pytest.mark.timeout(90),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
@@ -97,3 +101,46 @@ def test_unknown_server_session_and_token(home: Path, fake_server: list[str]) ->
             assert http.delete(running.mcp("fake"), headers={**headers, "Mcp-Session-Id": session}).status_code == 200
             gone = http.post(running.mcp("fake"), json=initialize, headers={**headers, "Mcp-Session-Id": session})
             assert gone.status_code == 404
+
+
+def serve_numbers(process: psutil.Process) -> tuple[int, int]:
+    return process.memory_info().rss, process.num_fds()
+
+
+def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake_server: list[str]) -> None:
+    """1,000 HTTP sessions opened and abandoned (no DELETE): after --session-ttl each is ended and detached;
+    serve's fds and the broker's session table are back at their baseline, and so is serve's memory: the
+    baseline is taken after a first round of 1,000 (Python keeps its allocator's high-water mark), so a
+    second round that leaked would show."""
+    write_config(home, {"fake": fake_server})
+    serve = Serve("--session-ttl", "2s")
+    try:
+        served = psutil.Process(serve.process.pid)
+        headers = {"Authorization": f"Bearer {serve.token}"}
+        url = f"http://127.0.0.1:{serve.port}/mcp/fake"
+
+        def clients() -> int:
+            return sum(len(record["clients"]) for record in ls_json())
+
+        anyio.run(open_sessions, url, headers, 1000)  # warm: imports, the broker, allocator pools
+        assert wait_for(lambda: clients() == 0, timeout=30)
+        time.sleep(0.5)
+        baseline_rss, baseline_fds = serve_numbers(served)
+        [record] = ls_json()
+        broker = psutil.Process(record["broker_pid"])
+        broker_fds = broker.num_fds()
+
+        anyio.run(open_sessions, url, headers, 1000)
+        peak_rss, peak_fds = serve_numbers(served)
+        assert peak_fds > baseline_fds  # (sessions were open at once)
+
+        assert wait_for(lambda: clients() == 0, timeout=60)
+        time.sleep(0.5)
+        rss, fds = serve_numbers(served)
+        assert fds == baseline_fds
+        assert broker.num_fds() == broker_fds
+        assert [record["broker_pid"] for record in ls_json()] == [broker.pid]
+        print(f"serve rss MiB: baseline {baseline_rss / MIB:.1f}, peak {peak_rss / MIB:.1f}, after {rss / MIB:.1f}")
+        assert rss - baseline_rss < 2 * MIB
+    finally:
+        serve.stop()

@@ -109,22 +109,24 @@ class Relay:
             async with self.transport.connect() as (from_client, to_client):
                 started.set()
                 idle = self.transport.idle_scope or anyio.CancelScope()
-                with self.scope, idle:
-                    async with anyio.create_task_group() as tasks:
-                        tasks.start_soon(self._to_client, to_client)
-                        with contextlib.suppress(anyio.ClosedResourceError):  # DELETE closes it
-                            async for item in from_client:
-                                if isinstance(item, SessionMessage):
-                                    self._to_broker(item.message)
-                        tasks.cancel_scope.cancel()
-                if idle.cancelled_caught:
-                    log.info("%s: HTTP session %s idle for its TTL; ended", self.server, self.session_id)
+                try:
+                    with self.scope, idle:
+                        async with anyio.create_task_group() as tasks:
+                            tasks.start_soon(self._to_client, to_client)
+                            with contextlib.suppress(anyio.ClosedResourceError):  # DELETE closes it
+                                async for item in from_client:
+                                    if isinstance(item, SessionMessage):
+                                        self._to_broker(item.message)
+                            tasks.cancel_scope.cancel()
+                    if idle.cancelled_caught:
+                        log.info("%s: HTTP session %s idle for its TTL; ended", self.server, self.session_id)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        self.broker.end("the HTTP session ended")
+                        if not self.transport.is_terminated:
+                            await self.transport.terminate()
         finally:
             started.set()
-            self.broker.end("the HTTP session ended")
-            with anyio.CancelScope(shield=True):
-                if not self.transport.is_terminated:
-                    await self.transport.terminate()
 
     def _to_broker(self, message: JSONRPCMessage) -> None:
         if isinstance(message, JSONRPCRequest):
