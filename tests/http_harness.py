@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from starlette.applications import Starlette
 
 from mcpsingleton.serve.auth import Auth, Guard
 from mcpsingleton.serve.mcp_http import McpEndpoint
+from mcpsingleton.serve.server import bind
 
 
 @dataclass
@@ -52,8 +52,7 @@ def write_config(home: Path, servers: dict[str, list[str]]) -> None:
 
 @contextmanager
 def serving(ttl: float = 1800.0) -> Iterator[Running]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    listener = bind("127.0.0.1", 0)
     port = listener.getsockname()[1]
     auth = Auth.for_address("127.0.0.1", port)
     endpoint = McpEndpoint(ttl=ttl)

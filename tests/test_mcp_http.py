@@ -144,3 +144,31 @@ def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake
         assert rss - baseline_rss < 2 * MIB
     finally:
         serve.stop()
+
+
+def test_serve_connections_are_not_delayed_by_nagle() -> None:
+    """Every reply on a kept-alive connection waited ~40 ms for the client's delayed ACK: asyncio sets
+    TCP_NODELAY only on sockets created with IPPROTO_TCP named, which serve's listening socket was not."""
+    import asyncio
+    import socket
+
+    from mcpsingleton.serve.server import bind
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = bind("127.0.0.1", 0)
+        server = await asyncio.start_server(connected, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
