@@ -223,6 +223,7 @@ class Broker:
 
 
 def main(argv: list[str]) -> int:
+    platform.raise_fd_limit()
     channel = socket.socket(fileno=int(argv[0]))
     lock_fd = int(argv[1])
     chunks = []

@@ -100,17 +100,28 @@ def launch(spec: dict, lock_fd: int, name: str) -> None:
     os.waitpid(pid, 0)
     theirs.close()
     with ours:
-        ours.sendall(json.dumps(spec).encode())
-        ours.shutdown(socket.SHUT_WR)
-        ours.settimeout(READY_TIMEOUT)
-        try:
-            reply = ours.makefile("rb").readline().decode("utf-8", "replace").strip()
-        except TimeoutError:
-            reply = ""
+        reply = _hand_spec(ours, json.dumps(spec).encode())
     if reply == "ready":
         return
     detail = reply.removeprefix("error ") if reply.startswith("error ") else "it exited during startup"
     raise SetupError(f"the broker for {name} failed to start ({detail}); see `mcpsingleton logs {name}`")
+
+
+def _hand_spec(channel: socket.socket, spec: bytes) -> str:
+    """Send the spec, then read the broker's one line: `ready`, `error WHY`, or "" if it died without a word.
+
+    A broker that could not even start (its Python not executable) closes the channel unread: the send fails,
+    and what it said before dying is still there to read."""
+    try:
+        channel.sendall(spec)
+        channel.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    channel.settimeout(READY_TIMEOUT)
+    try:
+        return channel.makefile("rb").readline().decode("utf-8", "replace").strip()
+    except OSError:  # timed out, or reset by a broker that died with the spec unread
+        return ""
 
 
 def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover - runs in the forked child
@@ -125,6 +136,9 @@ def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover -
         os.set_inheritable(lock_fd, True)
         os.chdir("/")
         argv = [sys.executable, "-m", "mcpsingleton.broker", str(channel_fd), str(lock_fd)]
-        os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k != KEY_ENV})  # never pass a tag on
+        try:
+            os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k != KEY_ENV})  # no tag passed on
+        except OSError as exc:  # the shim prints it: the broker never got as far as its log
+            os.write(channel_fd, f"error cannot execute {sys.executable}: {exc.strerror}\n".encode())
     finally:
         os._exit(127)

@@ -163,7 +163,7 @@ class Lifetime:
 
     def _exit(self) -> None:
         broker = self.broker
-        if broker.sessions:  # wait for ending sessions to flush (bounded by END_GRACE)
+        if broker.sessions or broker.sessions.telling:  # wait for ending sessions to flush (bounded by END_GRACE)
             self.loop.call_later(EXIT_POLL, self._exit)
             return
         if broker.keeper is not None:

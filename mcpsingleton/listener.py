@@ -28,9 +28,9 @@ STARVED_PAUSE = 0.1
 STARVED_BURST = 16
 """… and refuses at most this many waiting newcomers per burst (a shim gives up after 5 s of silence)."""
 HELLO_TIMEOUT = 0.2
-HELLO_BYTES = 16 * 1024
-"""A hello and the state a re-attaching session brings (wire.STATE_LIMIT) arrive in one read."""
 """How long a connection accepted on the reserve fd may take to say what it wants."""
+HELLO_BYTES = 16 * 1024
+"""At most this much of a hello is read: it and the state a re-attaching session brings (wire.STATE_LIMIT)."""
 BACKLOG = 128
 
 
@@ -45,6 +45,37 @@ def close_fds(fds: list[int]) -> None:
 def discard(conn: socket.socket, fds: list[int]) -> None:
     close_fds(fds)
     conn.close()
+
+
+class Hello:
+    """A hello as it arrives: with a re-attaching session's state it may take several reads (macOS's Unix
+    sockets carry 8 KiB at a time). The fds come with its first bytes."""
+
+    __slots__ = ("data", "fds", "truncated")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.fds: list[int] = []
+        self.truncated = False
+        """Passed fds were dropped: the broker is out of fds (Linux says MSG_CTRUNC, XNU fails with EMSGSIZE)."""
+
+    def read(self, conn: socket.socket) -> bool:
+        """Read what has arrived; True once the hello is complete (its newline, HELLO_BYTES, end of file)."""
+        try:
+            data, ancillary, flags, _ = conn.recvmsg(
+                HELLO_BYTES - len(self.data), socket.CMSG_SPACE(4 * array.array("i").itemsize)
+            )
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            self.truncated = True  # only an attach passes fds: that is all there is to know
+            return True
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                self.fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        self.truncated = self.truncated or bool(flags & socket.MSG_CTRUNC)
+        self.data += data
+        return not data or self.data.endswith(b"\n") or len(self.data) >= HELLO_BYTES
 
 
 def reply_and_close(conn: socket.socket, data: bytes) -> None:
@@ -120,10 +151,11 @@ class Listener:
                 self.starved = False
                 self.log.write(f"file descriptors are available again; {self.refused} session(s) refused so far")
             conn.setblocking(False)
-            self._await_hello(conn)
+            platform.socket_buffers(conn)
+            self._await_hello(conn, Hello())
 
-    def _await_hello(self, conn: socket.socket) -> None:
-        self.loop.add_reader(conn.fileno(), lambda: self._hello(conn))
+    def _await_hello(self, conn: socket.socket, hello: Hello) -> None:
+        self.loop.add_reader(conn.fileno(), lambda: self._hello(conn, hello))
 
     def _accept_starved(self) -> None:
         assert self.sock is not None
@@ -148,7 +180,7 @@ class Listener:
             conn = None
         if conn is not None:
             conn.settimeout(HELLO_TIMEOUT)
-            self._hello(conn, starved=True)
+            self._hello(conn, Hello(), starved=True)
         try:
             self.reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -159,31 +191,33 @@ class Listener:
         if self.sock is not None:
             self.loop.add_reader(self.sock.fileno(), self._accept)
 
-    def _hello(self, conn: socket.socket, starved: bool = False) -> None:
+    def _hello(self, conn: socket.socket, hello: Hello, starved: bool = False) -> None:
+        """Read a hello (in pieces if need be: the loop calls again as more arrives) and act on it.
+
+        Starved, the connection blocks with a timeout: the listener answers a few of them and rests."""
         self.loop.remove_reader(conn.fileno())
-        fds: list[int] = []
         try:
-            data, ancillary, flags, _ = conn.recvmsg(HELLO_BYTES, socket.CMSG_SPACE(4 * array.array("i").itemsize))
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+            while not hello.read(conn):
+                if not starved:
+                    self._await_hello(conn, hello)
+                    return
             pid, uid = platform.peer_credentials(conn)
         except OSError as exc:
             self.log.write(f"control connection failed: {exc}")
-            discard(conn, fds)
+            discard(conn, hello.fds)
             return
         if uid != os.getuid():
             self.log.write(f"refused a connection from uid {uid} (pid {pid}): only uid {os.getuid()} may attach")
-            discard(conn, fds)
+            discard(conn, hello.fds)
             return
-        words = wire.parse_hello(data)
-        if words is None:
-            self.log.write(f"refused a connection from pid {pid}: unknown hello {data[:40]!r}")
-            discard(conn, fds)
-        elif words[0] == wire.ATTACH and (starved or flags & socket.MSG_CTRUNC):
-            close_fds(fds)  # the fds that did arrive: there is no room for a session
+        words = wire.parse_hello(hello.data)
+        if hello.truncated or (starved and words is not None and words[0] == wire.ATTACH):
+            close_fds(hello.fds)  # the fds that did arrive: there is no room for a session
             self.refused += 1
             self.log.write(f"refused pid {pid}: out of file descriptors")
             reply_and_close(conn, wire.refusal(self.starved_reason()))
+        elif words is None:
+            self.log.write(f"refused a connection from pid {pid}: unknown hello {hello.data[:40]!r}")
+            discard(conn, hello.fds)
         else:
-            self.on_hello(conn, pid, words, fds)
+            self.on_hello(conn, pid, words, hello.fds)

@@ -18,6 +18,7 @@ no OS-specific call of their own; the variable reaches every process through the
 | memory of a process     | PSS (/proc smaps)             | RSS (USS would need task_for_pid)                 |
 | a client's environment  | /proc/PID/environ (`keys`)    | sysctl KERN_PROCARGS2 (`ProcArgs`; Linux has none:|
 |                         |                               | portable mode there falls back to secrets)        |
+| Unix socket buffers     | ~208 KiB                      | 8 KiB on macOS; set to 8 KiB in portable mode     |
 
 Why the keeper and not kqueue's EVFILT_PROC/NOTE_EXIT on macOS: NOTE_EXIT still needs a process that
 outlives the broker to watch it, i.e. a keeper anyway, and that keeper would have to be Python (~10 MiB)
@@ -33,6 +34,7 @@ import sys
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the shim imports this module, and collections.abc costs ~2 ms
 if TYPE_CHECKING:
+    import _socket
     import selectors
     import socket
     from collections.abc import Callable, Iterator
@@ -101,6 +103,41 @@ def watchable(fd: int) -> bool:
     except OSError:
         return True  # closed: let the selector raise as it would for any bad fd
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
+
+
+SMALL_SOCKET_BUFFER = 8 * 1024
+"""macOS's Unix-socket buffer size: a hello with its state, or a state line, does not fit in one write."""
+
+
+def socket_buffers(sock: _socket.socket) -> None:
+    """Portable mode: give one of our Unix sockets macOS's small buffers, so partial writes happen here too."""
+    if not portable():
+        return
+    import _socket
+
+    for option in (_socket.SO_SNDBUF, _socket.SO_RCVBUF):
+        sock.setsockopt(_socket.SOL_SOCKET, option, SMALL_SOCKET_BUFFER)
+        if sock.getsockopt(_socket.SOL_SOCKET, option) > SMALL_SOCKET_BUFFER:  # Linux doubles what it is given
+            sock.setsockopt(_socket.SOL_SOCKET, option, SMALL_SOCKET_BUFFER // 2)
+
+
+FD_LIMIT = 10240
+"""The soft fd limit a broker raises itself to (each session holds 3-4 fds); macOS refuses more than its
+OPEN_MAX (10240) even under an unlimited hard limit."""
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE towards FD_LIMIT, within the hard limit: launchd starts processes with 256."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        pass  # kept as it was: the listener refuses newcomers clearly when it runs out
 
 
 # ---- process control -----------------------------------------------------------------------------

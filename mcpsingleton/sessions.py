@@ -7,6 +7,7 @@ to), giving the client's fds back as they were. Which slot a session goes to is 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -32,6 +33,8 @@ MAX_UNREAD = 64 * 1024 * 1024
 END_GRACE = 1.5
 """How long a leaving session's in-flight replies, or its final error, may take to be written."""
 CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
+CUT = "cut"
+"""In a waiter's state while a reply streams to its client: that request's id (JSON)."""
 STALL = 0.5
 """A session's request streaming to the shared backend may pause this long (seconds) before it is cut off."""
 STREAM_AT_MOST = 2.0
@@ -52,15 +55,24 @@ class Session:
         self.reader = LineReader(self.in_fd, MAX_LINE)
         self.saved_flags = {fd: os.get_blocking(fd) for fd in {self.in_fd, self.out_fd}}
         self.outbox: Outbox | None = None
+        self.to_waiter: Outbox | None = None  # the waiter's socket: lines it has not taken yet wait here
         self.ending = False
         self.reading = False  # the waiter said it is ready: the client's input may be read
         self.waiter_said = b""
         self.attached_at = time.time()
         self.state_mark: object = None  # what the waiter was last sent (`state`), as the mux marks it
+        self.cut: str | None = None  # the id (JSON) of the reply streaming to the client, while it streams
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
         self.streamed_id: str | int | None = None  # the id of the request line streaming in, while one does
+        self.resumed = False  # re-attached with the state an earlier broker left with its waiter
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
-        self.held: list[ToSession] = []
+        self.held: list[tuple[bytes | memoryview, ...]] = []
+        self.held_bytes = 0
+
+    def holds(self) -> bool:
+        """Whether messages to the client wait: a line is half written, or the waiter has not taken the
+        session's last state yet (a reply must not acknowledge what a next broker would not know)."""
+        return self.streaming or bool(self.to_waiter is not None and self.to_waiter.pending)
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
@@ -87,6 +99,7 @@ class Sessions:
         self.log = broker.log
         self.by_sid: dict[int, Session] = {}
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
+        self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
         self.next_sid = 0
 
     def __len__(self) -> int:
@@ -110,8 +123,10 @@ class Sessions:
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
+        session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
+        session.to_waiter.on_drained = lambda: self._waiter_took_all(session)
         try:
-            conn.send(wire.WELCOME)
+            conn.send(wire.WELCOME)  # 3 bytes, the first on this socket: never a partial write
         except OSError:
             self._release_fds(session)
             conn.close()
@@ -132,26 +147,59 @@ class Sessions:
         if state is None:
             self.log.write(f"session {session.sid}: re-attached with an unreadable state; served as a new session")
             return
+        session.resumed = True
+        cut = state.pop(CUT, None)
+        if isinstance(cut, str):
+            self._end_cut_line(session, cut)
         self.log.write(f"session {session.sid}: re-attached from an earlier broker; state restored")
         self.broker.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
         if session.parked:
             self.broker.slots.place(session)
+
+    def _end_cut_line(self, session: Session, request_id: str) -> None:
+        """The previous broker died in the middle of a reply to this client: end that line, and answer its request
+        with an error, before anything else is written (else the next message would be glued onto the cut line)."""
+        try:
+            asked = json.loads(request_id)
+        except ValueError:
+            asked = None
+        error = jsonrpc.error(
+            asked if isinstance(asked, (str, int)) and not isinstance(asked, bool) else None,
+            jsonrpc.INTERNAL_ERROR,
+            "mcpsingleton: the broker went away while this reply was being written; the reply is lost",
+        )
+        assert session.outbox is not None
+        session.outbox.send(b"\n", jsonrpc.encode(error))
+        self.log.write(f"session {session.sid}: ended the reply to {request_id} its previous broker was cut off in")
 
     # ---- the waiter -----------------------------------------------------------------------------
 
     def _sync_state(self, session: Session) -> None:
         """Tell the waiter the session's state when it changed, so the session can outlive this broker.
 
-        Only after the waiter said `r`: the shim reads the welcome alone, and nothing may follow it there."""
+        Only after the waiter said `r`: the shim reads the welcome alone, and nothing may follow it there.
+        One state line at a time: while the waiter has not taken the last one (it is stopped, or its socket's
+        buffer is small: 8 KiB on macOS), newer states wait, and once it has, only the latest is sent."""
+        if session.sid not in self.by_sid or session.to_waiter is None or session.to_waiter.pending:
+            return
         mux = session.slot.mux
         mark = mux.session_state_mark(session.sid)
-        if mark == session.state_mark or mark is None:
+        if mark is None or (mark, session.cut) == session.state_mark:
             return
-        try:
-            session.conn.send(wire.state_line(mux.session_state(session.sid)))
-        except OSError:
-            return  # the waiter is gone (its end of file is on its way to _waiter_event), or busy: sent next time
-        session.state_mark = mark
+        state = mux.session_state(session.sid)
+        if state is None:
+            return
+        if session.cut is not None:
+            state[CUT] = session.cut
+        session.state_mark = (mark, session.cut)
+        session.to_waiter.send(wire.state_line(state))
+
+    def _waiter_took_all(self, session: Session) -> None:
+        """The waiter has every line sent so far: a newer state follows, or the messages held for it go out."""
+        self._sync_state(session)
+        self._release_held(session)
+        if session.ending:
+            self.finish_ending()
 
     def _waiter_event(self, session: Session) -> None:
         """The waiter says `r` once it can exit cleanly on a signal, `x N` when it exits; then the socket closes."""
@@ -167,6 +215,8 @@ class Sessions:
         if not session.reading and data.startswith(wire.WAITER_READY):
             data = data[len(wire.WAITER_READY) :]
             session.reading = True
+            if session.resumed:
+                self._sync_state(session)  # its waiter holds the state it came with (a cut line's id, say)
             if not session.slot.paused and not session.ending:
                 self._read(session)
                 if session.slot.fatal is not None:
@@ -247,22 +297,45 @@ class Sessions:
         session = self.by_sid.get(action.session)
         if session is None or session.outbox is None:
             return
-        if session.streaming:
-            session.held.append(action)  # a line is half written: this one follows it
+        parts = action.parts()
+        if not session.holds():
+            self._write(session, parts)
             return
-        self._write(session, action.parts())
+        session.held.append(parts)  # it follows the half-written line, or the state the waiter takes
+        session.held_bytes += sum(len(part) for part in parts)
+        if session.held_bytes > MAX_UNREAD:  # a waiter stopped for good: as a client that stopped reading
+            session.held, session.held_bytes = [], 0
+            self._broken(session, OSError(0, f"{MAX_UNREAD} bytes held for a waiter that does not read"))
+
+    def _release_held(self, session: Session) -> None:
+        if not session.holds():
+            self._flush_held(session)
+
+    def _flush_held(self, session: Session) -> None:
+        """Write what was held, in order (at a stream's start or the session's end, whatever the waiter has)."""
+        held, session.held, session.held_bytes = session.held, [], 0
+        for parts in held:
+            self._write(session, parts)
 
     def stream(self, part: StreamPart) -> None:
-        """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows."""
+        """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows.
+
+        The waiter is told which request's reply is on its way first, and when it ended: should this broker
+        die in between, the next one ends the cut line and answers that request (`_end_cut_line`)."""
         session = self.by_sid.get(part.session)
         if session is None or session.outbox is None:
             return
+        if not session.streaming and not part.done:
+            session.cut = part.request_id
+            self._sync_state(session)
+            self._flush_held(session)  # what waited for the waiter comes before the line, as it came before
         self._write(session, part.parts)
         session.streaming = not part.done
         if part.done:
-            held, session.held = session.held, []
-            for action in held:
-                self.deliver(action)
+            if session.cut is not None:
+                session.cut = None
+                self._sync_state(session)
+            self._release_held(session)
 
     def _write(self, session: Session, parts: tuple[bytes | memoryview, ...]) -> None:
         assert session.outbox is not None
@@ -314,6 +387,7 @@ class Sessions:
                 session.ending
                 and not session.slot.mux.busy(session.sid)
                 and not (session.outbox and session.outbox.pending)
+                and not session.held
             ):
                 self._drop(session, "stdin closed", *self._verdict(session))
 
@@ -350,6 +424,8 @@ class Sessions:
         if session.sid not in self.by_sid:
             return
         self._mark_leaving(session)
+        if not session.streaming:
+            self._flush_held(session)  # the session ends here: what waited for its waiter goes out now
         outbox = session.outbox
         if outbox is not None and outbox.pending and not outbox.broken:
             timer = self.loop.call_later(END_GRACE, lambda: self._drop(session, "ended", code, message))
@@ -376,16 +452,30 @@ class Sessions:
         if session.outbox is not None:
             session.outbox.close()
         self._release_fds(session)
-        if code is not None:
-            try:
-                session.conn.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
-            except OSError:
-                pass
+        if code is not None and session.to_waiter is not None:
+            session.to_waiter.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
             why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
-        session.conn.close()
+        self._close_waiter(session)
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
         self.broker.slots.after_leaving(session.slot)
         self.broker.lifetime.arm_linger()
+
+    def _close_waiter(self, session: Session) -> None:
+        """Close the waiter's socket once it has taken our last lines (a stopped waiter: END_GRACE at most)."""
+        link = session.to_waiter
+        if link is None or not link.pending:
+            session.conn.close()
+            return
+
+        def close() -> None:
+            timer.cancel()
+            link.close()
+            session.conn.close()
+            self.telling.discard(session.sid)
+
+        self.telling.add(session.sid)
+        timer = self.loop.call_later(END_GRACE, close)
+        link.on_drained = close
 
     @staticmethod
     def _release_fds(session: Session) -> None:

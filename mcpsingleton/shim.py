@@ -31,6 +31,7 @@ from .keys import (
     user_salt,
 )
 from .options import parse_run_args as parse_args
+from .platform import socket_buffers
 from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
@@ -38,15 +39,18 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 WAITER = (
-    "s=0; trap 's=143' TERM; trap 's=130' INT; trap 's=129' HUP; printf r >&3; "
-    "while [ $s = 0 ] && IFS= read -r line <&3; do case $line in "
+    "q() { printf 'x %s\\n' $1 2>/dev/null >&3; exit $1; }; trap 'q 143' TERM; trap 'q 130' INT; trap 'q 129' HUP; "
+    "printf r >&3; while IFS= read -r line <&3; do case $line in "
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; '
     '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) break;; esac; done; '
-    "[ $s = 0 ] || { printf 'x %s\\n' $s >&3; exit $s; }; "
     'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3" mcpsingleton-session "$1"'
 )
 """The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
 (and then tells the broker `x 128+N`, for its log). It keeps the last `state` line in its environment.
+
+It exits from inside the trap: bash (3.2 is macOS's /bin/sh; 5 does the same) runs a trap during `read` and
+then restarts the `read`, so a flag checked after it would wait for the broker's next line
+(tests/test_waiter_shells.py runs it under dash, bash 5 and bash 3.2).
 
 It says `r` once its traps are set; only then does the broker start reading the session, so a signal
 can never find the session served but the waiter not yet able to exit with 128+N.
@@ -86,10 +90,13 @@ def try_attach(paths: KeyPaths, state: str = "", fds: tuple[int, ...] = CLIENT_F
     `state`: a session re-attaching brings what its previous broker last told its waiter."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
+        socket_buffers(conn)
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(paths.sock)
         hello = wire.hello(wire.ATTACH, paths.key, state) if state else wire.hello(wire.ATTACH, paths.key)
-        conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        sent = conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
+        if sent < len(hello):  # a hello with its state can exceed a socket's buffer (8 KiB on macOS)
+            conn.sendall(hello[sent:])
         welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
@@ -117,7 +124,9 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
 def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> NoReturn:
     """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
-    os.environ[SESSION_ENV] = repr({"argv": argv, "path": sys.path, "name": name, "cwd": cwd})
+    os.environ[SESSION_ENV] = repr(
+        {"argv": argv, "path": sys.path, "name": name, "cwd": cwd, "env": stripped_by_sh()}
+    )
     try:
         os.getcwd()
     except FileNotFoundError:
@@ -130,6 +139,12 @@ def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) ->
     except OSError:
         pass
     _wait_in_python(conn, name)  # no /bin/sh: do the same job here, just heavier
+
+
+def stripped_by_sh() -> dict[str, str]:
+    """The session's variables macOS drops when /bin/sh is executed (SIP strips DYLD_* for protected programs):
+    the waiter carries them in its session record, so a re-attach hands a new broker the env the client gave."""
+    return {name: value for name, value in os.environ.items() if name.startswith("DYLD_")}
 
 
 def _wait_in_python(conn: _socket.socket, name: str) -> NoReturn:
@@ -174,6 +189,9 @@ def resume(session: dict[str, Any]) -> int:
         )
         return 1
     os.environ[REATTACHES_ENV] = " ".join(f"{t:.3f}" for t in recent)
+    carried = session.get("env")
+    if isinstance(carried, dict):
+        os.environ.update({k: v for k, v in carried.items() if isinstance(k, str) and isinstance(v, str)})
     exit_on_signals()
     return main(session["argv"], state, session.get("cwd"))
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import array
+import errno
 import json
 import os
 import select
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+
+from mcpsingleton import platform, wire
+from mcpsingleton.eventloop import EventLoop
+from mcpsingleton.keys import KeyPaths
+from mcpsingleton.listener import Hello, Listener
+from mcpsingleton.logfile import LogFile
 
 NAME = "hardened"
 
@@ -235,3 +244,67 @@ def test_hostile_nesting_reaches_only_its_sender_and_is_counted(home: Path, fake
     metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
     assert "mcpsingleton_rejected_lines_total" in metrics
     assert hostile.close() == 0 and bystander.close() == 0
+
+
+UNEXECUTABLE_BROKER = """
+import sys
+from mcpsingleton.__main__ import main
+sys.executable = sys.argv.pop(1)  # the Python a broker is started with: a file this user cannot execute
+main()
+"""
+
+
+def test_a_broker_that_cannot_be_executed_is_one_line(home: Path, fake_server: list[str], tmp_path: Path) -> None:
+    """Issue 19 row 19: the broker's Python cannot be executed: one line saying so, not a traceback."""
+    unexecutable = tmp_path / "python3"
+    unexecutable.write_text("")
+    unexecutable.chmod(0o644)
+    argv = [sys.executable, "-c", UNEXECUTABLE_BROKER, str(unexecutable), *shim(fake_server, "--name", NAME)[1:]]
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"mcpsingleton: the broker for {NAME} failed to start (cannot execute {unexecutable}: Permission denied); "
+        f"see `mcpsingleton logs {NAME}`"
+    ]
+
+
+class DroppingFds(socket.socket):
+    """A connection whose recvmsg fails as XNU's does when the receiver is out of fds: EMSGSIZE, the passed
+    fds dropped. Linux cannot be made to do this (it sets MSG_CTRUNC instead), hence the one stand-in."""
+
+    def recvmsg(self, *args: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+        raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+
+
+def test_emsgsize_on_an_attach_is_the_out_of_fds_refusal(tmp_path: Path) -> None:
+    """Issue 20 row 5: on macOS the shim got no refusal and waited 15 s."""
+    shim_end, theirs = socket.socketpair()
+    conn = DroppingFds(fileno=theirs.detach())
+    loop = EventLoop()
+    heard: list[list[str]] = []
+    reason = "the broker is out of file descriptors"
+    listener = Listener(
+        loop,
+        LogFile(str(tmp_path / "log")),
+        KeyPaths("k", str(tmp_path)),
+        lambda *hello: heard.append(hello[2]),
+        lambda: reason,
+    )
+    fds = array.array("i", [0, 1, 2]).tobytes()
+    shim_end.sendmsg([wire.hello(wire.ATTACH, "k")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    listener._hello(conn, Hello())
+    shim_end.settimeout(5)
+    assert shim_end.recv(1024) == wire.refusal(reason)
+    assert listener.refused == 1 and not heard
+    shim_end.close()
+    loop.close()
+
+
+def test_the_broker_raises_its_soft_fd_limit(home: Path, fake_server: list[str]) -> None:
+    """Issue 20 row 5: launchd starts everything with a soft limit of 256 fds; each session holds 3-4."""
+    argv = ["/bin/sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", *shim(fake_server, "--name", NAME)]
+    client = RawClient(argv)
+    client.initialize()
+    soft, hard = broker_process().rlimit(psutil.RLIMIT_NOFILE)
+    assert soft >= min(hard, platform.FD_LIMIT) > 256
+    assert client.close() == 0

@@ -87,12 +87,16 @@ class StreamPart:
     """Bytes of a line being passed to a session as they arrive (streaming.py); `done` ends the line.
     Until then nothing else may be written to that session: its other messages wait."""
 
-    __slots__ = ("done", "parts", "session")
+    __slots__ = ("done", "parts", "request_id", "session")
 
-    def __init__(self, session: int, parts: tuple[bytes | memoryview, ...], done: bool = False) -> None:
+    def __init__(
+        self, session: int, parts: tuple[bytes | memoryview, ...], done: bool = False, request_id: str | None = None
+    ) -> None:
         self.session = session
         self.parts = parts
         self.done = done
+        self.request_id = request_id
+        """The id (JSON) of the session's request this line answers: the broker tells the waiter, should it die."""
 
     def __repr__(self) -> str:
         size = sum(len(part) for part in self.parts)

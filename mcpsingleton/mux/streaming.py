@@ -118,6 +118,7 @@ class BackendStream:
         self.backend_id = backend_id
         self.session = pending.session
         self.new_id = encode_id(pending.original_id)
+        self.request_id = self.new_id.decode("utf-8", "replace")
         self.id_at_end = id_span is None
         self.held = b""
         self.id_span = id_span
@@ -148,7 +149,7 @@ class BackendStream:
             return []
         self.failed = True
         self.mux.stats["dropped"] += 1
-        return [StreamPart(self.session, (b"\n",), done=True)]
+        return [self._part((b"\n",), done=True)]
 
     def _safely(self, step: Callable[[Piece], list[Action]], data: Piece) -> list[Action]:
         if self.failed:
@@ -159,40 +160,43 @@ class BackendStream:
             self.failed = True
             self.mux.stats["internal_errors"] += 1
             text = f"internal error while streaming a reply to session {self.session}: {failures.describe(exc)}"
-            ended = StreamPart(self.session, (b"\n",), done=True)
+            ended = self._part((b"\n",), done=True)
             return [ended, Log(text), *self.mux.requests.fail(self.backend_id, "mcpsingleton: internal error")]
 
     # ---- the line -----------------------------------------------------------------------------
+
+    def _part(self, parts: tuple[Piece, ...], done: bool = False) -> StreamPart:
+        return StreamPart(self.session, parts, done, self.request_id)
 
     def _start(self, line_head: Piece) -> list[Action]:
         if self.id_span is None:
             return self._more(line_head)
         start, end = self.id_span
         view = memoryview(line_head)
-        return [StreamPart(self.session, (view[:start], self.new_id, view[end:]))]
+        return [self._part((view[:start], self.new_id, view[end:]))]
 
     def _more(self, data: Piece) -> list[Action]:
         if not self.id_at_end:
-            return [StreamPart(self.session, (data,))]
+            return [self._part((data,))]
         if len(data) >= HOLD:
             parts: tuple[Piece, ...] = (self.held, memoryview(data)[:-HOLD])
             self.held = bytes(data[-HOLD:])
         else:
             joined = self.held + data
             parts, self.held = (joined[:-HOLD],), joined[-HOLD:]
-        return [StreamPart(self.session, parts)]
+        return [self._part(parts)]
 
     def _end(self, last: Piece) -> list[Action]:
         if not self.id_at_end:
-            return [StreamPart(self.session, (last,), done=True), *self.mux.requests.streamed(self.backend_id)]
+            return [self._part((last,), done=True), *self.mux.requests.streamed(self.backend_id)]
         actions = self._more(last)
         line_tail, self.held = self.held, b""
         span = self._id_at_end(line_tail)
         if span is None:
-            actions.append(StreamPart(self.session, (line_tail,), done=True))
+            actions.append(self._part((line_tail,), done=True))
             return actions + self._lost_id()
         start, end = span
-        actions.append(StreamPart(self.session, (line_tail[:start], self.new_id, line_tail[end:]), done=True))
+        actions.append(self._part((line_tail[:start], self.new_id, line_tail[end:]), done=True))
         return actions + self.mux.requests.streamed(self.backend_id)
 
     def _id_at_end(self, line_tail: bytes) -> envelope.Span | None:
