@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
-from conftest import RawClient, mcpsingleton_exe, shim, wait_for
+from conftest import RawClient, mcpsingleton_exe, result_text, shim, wait_for
 from serve_harness import Serve
 
 
@@ -44,7 +44,9 @@ def test_first_line_is_the_url_and_the_token_is_required(served: Serve) -> None:
 
 
 def test_the_token_file_is_private_and_goes_with_serve(home: Path) -> None:
+    (home / "state" / "discovery").mkdir(parents=True)  # as a broker's discovery cache leaves it: state/ 0755
     server = Serve()
+    assert (home / "state" / "serve" / "history.sqlite3").stat().st_mode & 0o777 == 0o600
     record = home / "run" / "serve.url.json"
     assert record.stat().st_mode & 0o777 == 0o600 and server.token in record.read_text()
     second = subprocess.run(
@@ -100,6 +102,41 @@ def test_state_lists_servers_sessions_and_totals(served: Serve, fake_server: lis
         client.close()
 
 
+def test_restart_hands_sessions_over_and_unknown_targets_are_404(served: Serve, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server, "--name", "renewed"))
+    client.initialize()
+    assert wait_for(lambda: server_named(served, "renewed"))
+    broker = server_named(served, "renewed")["broker_pid"]  # type: ignore[index]
+    status, body = served.post("/api/servers/renewed/restart", {})
+    assert status == 200 and body["restart"][0]["ended"]
+    assert result_text(client.call("echo", {"text": "on the next broker"})) == "on the next broker"
+    assert wait_for(lambda: (server_named(served, "renewed") or {}).get("broker_pid") not in (None, broker))
+    assert served.post("/api/servers/nothing-like-this/stop", {})[0] == 404
+    assert served.post("/api/servers/renewed/explode", {})[0] == 404
+    client.close()
+
+
+def test_reap_shows_the_dry_run_first(served: Serve) -> None:
+    """A leftover backend (tagged, no broker owns it) is listed with its reason and left alone without confirm.
+
+    (Reaping for real is not tested here: on a shared machine it would also take other test runs' leftovers.)"""
+    planted = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "API_TOKEN=hunter2"],
+        env={**os.environ, "MCPSINGLETON_KEY": "0123456789abcdef0123"},
+    )
+    try:
+        status, body = served.post("/api/reap", {"confirm": False})
+        assert status == 200 and body["confirmed"] is False
+        (found,) = [f for f in body["findings"] if f["pid"] == planted.pid]
+        assert found["action"] == "would kill" and "no live mcpsingleton broker owns it" in found["reason"]
+        assert found["command"][-1] == "API_TOKEN=***", "commands are masked as ls masks them"
+        assert planted.poll() is None, "a dry run kills nothing"
+        assert served.post("/api/reap", "not an object")[0] == 400
+    finally:
+        planted.kill()
+        planted.wait()
+
+
 def test_metrics_is_the_prometheus_exposition(served: Serve, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server, "--name", "metered"))
     client.initialize()
@@ -119,10 +156,10 @@ def test_health_turns_warning_when_a_threshold_is_crossed(home: Path, fake_serve
         assert not any(reason.startswith("processes") for reason in health.get("reasons", []))
         client = RawClient(shim([*fake_server, "--grandchild"], "--name", "forking"))
         client.initialize()
-        assert wait_for(lambda: served.get("/api/health")[0] == 503, timeout=20)
-        _, health = served.get("/api/health")
-        assert health["status"] == "warning"
-        assert "processes 2 ≥ warning 2" in health["reasons"]
+        crossed = "processes 2 ≥ warning 2"
+        assert wait_for(lambda: crossed in served.get("/api/health")[1].get("reasons", []), timeout=20)
+        status, health = served.get("/api/health")
+        assert status == 503 and health["status"] == "warning"
         assert served.state()["limits"]["alerts"]["warn_processes"] == 2
         client.close()
     finally:

@@ -31,7 +31,8 @@ CREATE INDEX IF NOT EXISTS events_at ON events (at);
 
 
 def default_path() -> str:
-    return os.path.join(ensure_private_dir(state_dir()), "serve-history.sqlite3")
+    """In a private dir of its own: the state dir itself may be 0755 (made as the parent of another dir)."""
+    return os.path.join(ensure_private_dir(os.path.join(state_dir(), "serve")), "history.sqlite3")
 
 
 class History:

@@ -19,7 +19,7 @@ from .. import control, reaper
 from ..keys import redacted_argv
 from ..proctree import parent_map, process_memory, tree_pids
 
-MEMORY_EVERY = 10.0
+MEMORY_EVERY = 15.0
 ORPHANS_EVERY = 60.0
 
 
@@ -73,6 +73,8 @@ class Sampler:
             self._measure(records, now)
         if now >= self._next_orphans:
             self.scan_orphans()
+        pids = [client["pid"] for record in records for client in record.get("clients", [])]
+        self._cwds = {pid: self._cwds.get(pid) or _session_cwd(pid) for pid in pids}  # a pid's cwd read once
         servers = [self._entry(record) for record in records]
         return {
             "taken_at": time.time(),
@@ -109,7 +111,6 @@ class Sampler:
         ours = {record["broker_pid"] for record in records}
         ours |= {client["pid"] for record in records for client in record.get("clients", [])}
         self._overhead = sum(process_memory(pid) for pid in ours if pid)
-        self._cwds = {pid: self._cwds[pid] if pid in self._cwds else _session_cwd(pid) for pid in ours}
         self._next_memory = now + self.memory_every
 
     def _entry(self, record: dict[str, Any]) -> dict[str, Any]:
