@@ -172,3 +172,78 @@ def test_serve_connections_are_not_delayed_by_nagle() -> None:
             server.close()
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+MODERN = "2026-07-28"
+
+
+def modern(request_id: int, method: str, params: dict | None = None) -> dict:
+    """A 2026-07-28 request: no session; what a handshake said rides in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-client", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    params = dict(params or {})
+    params["_meta"] = {**params.get("_meta", {}), **meta}
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+
+
+def sse_messages(text: str) -> list[dict]:
+    return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_stateless_era_requests_get_a_session_of_their_own(home: Path, fake_server: list[str]) -> None:
+    """2026-07-28 requests carry no session: each is served by a session attached for its duration (the mux
+    speaks the era), answered as JSON or, when the client takes them, as events ending with the response."""
+    write_config(home, {"fake": fake_server})
+    stdio = stdio_client(shim(fake_server, "--name", "fake"))
+    stdio.initialize("stdio-client")
+    stdio_pid = json.loads(stdio.call("whoami")["result"]["content"][0]["text"])["pid"]
+    with serving() as running, httpx2.Client(timeout=30) as http:
+        headers = {**running.headers, "MCP-Protocol-Version": MODERN}
+        discovered = http.post(running.mcp("fake"), json=modern(1, "server/discover"), headers=headers)
+        assert discovered.status_code == 200 and discovered.json()["id"] == 1
+        assert "mcp-session-id" not in discovered.headers
+
+        called = http.post(running.mcp("fake"), json=modern(2, "tools/call", {"name": "whoami"}), headers=headers)
+        reply = called.json()
+        assert reply["id"] == 2 and json.loads(reply["result"]["content"][0]["text"])["pid"] == stdio_pid
+
+        progress = {"name": "progress", "arguments": {"steps": 3}, "_meta": {"progressToken": 7}}
+        streamed = http.post(
+            running.mcp("fake"),
+            json=modern(3, "tools/call", progress),
+            headers={**headers, "Accept": "application/json, text/event-stream"},
+        )
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        messages = sse_messages(streamed.text)
+        assert [m["params"]["progressToken"] for m in messages[:-1]] == [7, 7, 7]
+        assert messages[-1]["id"] == 3 and "result" in messages[-1]
+
+        note = http.post(running.mcp("fake"), json={"jsonrpc": "2.0", "method": "notifications/x"}, headers=headers)
+        assert note.status_code == 202
+        assert wait_for(lambda: [c["client"] for c in ls_json()[0]["clients"]] == ["stdio-client"])
+        assert running.endpoint.sessions == {}
+    assert stdio.close() == 0
+
+
+def test_sdk_client_in_the_stateless_era(home: Path, fake_server: list[str]) -> None:
+    write_config(home, {"fake": fake_server})
+    with serving() as running:
+
+        async def scenario() -> None:
+            url = f"{running.mcp('fake')}?token={running.token}"
+            async with Client(url, mode=MODERN, read_timeout_seconds=30) as client:
+                assert len((await client.list_tools()).tools) > 5
+                seen: list[float] = []
+
+                async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                    seen.append(value)
+
+                result = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
+                assert "3 steps" in "".join(getattr(b, "text", "") for b in result.content)
+                assert seen == [1.0, 2.0, 3.0]
+            assert running.endpoint.sessions == {}
+
+        anyio.run(scenario)
