@@ -12,7 +12,7 @@ import anyio
 import httpx2
 import psutil
 import pytest
-from conftest import RawClient, ls_json, shim, wait_for
+from conftest import RawClient, ls_json, mcpsingleton_exe, shim, wait_for
 from http_harness import open_sessions, serving, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -247,3 +247,25 @@ def test_sdk_client_in_the_stateless_era(home: Path, fake_server: list[str]) -> 
             assert running.endpoint.sessions == {}
 
         anyio.run(scenario)
+
+
+def test_entries_wrap_manages_are_served_by_their_name(
+    home: Path, fake_server: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client config's wrapped entry (`mcpsingleton run …`) is at /mcp/ENTRY, with the stdio sessions' backend."""
+    user = tmp_path / "user"
+    (user / ".cursor").mkdir(parents=True)
+    entry = {"command": mcpsingleton_exe(), "args": ["run", "--", *fake_server]}
+    (user / ".cursor/mcp.json").write_text(json.dumps({"mcpServers": {"wrapped-fake": entry}}))
+    monkeypatch.setenv("HOME", str(user))
+    stdio = stdio_client(shim(fake_server))
+    stdio.initialize("stdio-client")
+    stdio_pid = json.loads(stdio.call("whoami")["result"]["content"][0]["text"])["pid"]
+    with serving() as running:
+
+        async def scenario() -> None:
+            async with http_client(running.mcp("wrapped-fake"), running.token) as client:
+                assert whoami_pid(await client.call_tool("whoami", {})) == stdio_pid
+
+        anyio.run(scenario)
+    assert stdio.close() == 0
