@@ -3,6 +3,7 @@ of the same server, one backend, each session with its own results."""
 
 from __future__ import annotations
 
+import http.client as http_client_module
 import json
 import os
 import time
@@ -101,6 +102,14 @@ def test_unknown_server_session_and_token(home: Path, fake_server: list[str]) ->
             assert http.delete(running.mcp("fake"), headers={**headers, "Mcp-Session-Id": session}).status_code == 200
             gone = http.post(running.mcp("fake"), json=initialize, headers={**headers, "Mcp-Session-Id": session})
             assert gone.status_code == 404
+        # a body larger than a stdio session's longest line is refused before it is read
+        connection = http_client_module.HTTPConnection("127.0.0.1", int(running.url.rsplit(":", 1)[1]), timeout=10)
+        connection.putrequest("POST", "/mcp/fake")
+        for name, value in {**running.headers, "Content-Length": str(65 * 1024 * 1024)}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        assert connection.getresponse().status == 413
+        connection.close()
 
 
 def serve_numbers(process: psutil.Process) -> tuple[int, int]:

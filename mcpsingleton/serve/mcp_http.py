@@ -33,6 +33,7 @@ from mcp.server.streamable_http import (
     StreamableHTTPServerTransport,
     StreamId,
 )
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import (
@@ -60,6 +61,8 @@ DEFAULT_TTL = 30 * 60.0
 MAX_SESSIONS = 10_000
 EVENTS_KEPT = 128
 """Server→client events a session keeps for a client that reconnects with Last-Event-ID."""
+MAX_BODY = 64 * 1024 * 1024
+"""A larger request body is refused (413): the most a stdio session may write in one line, too."""
 MAX_QUEUED = 1024
 """Lines from the broker waiting for the transport; above it the broker's output is not read (backpressure)."""
 
@@ -191,7 +194,8 @@ class McpEndpoint:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[Route]:
-        return [Route("/mcp/{name}", endpoint=self, methods=["GET", "POST", "DELETE"])]
+        endpoint = RequestBodyLimitMiddleware(self, MAX_BODY)
+        return [Route("/mcp/{name}", endpoint=endpoint, methods=["GET", "POST", "DELETE"])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = scope["path_params"]["name"]
