@@ -14,7 +14,7 @@ import httpx2
 import psutil
 import pytest
 from conftest import RawClient, ls_json, mcpsingleton_exe, shim, wait_for
-from http_harness import open_sessions, serving, write_config
+from http_harness import ACCEPT, INITIALIZE, open_sessions, serving, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from serve_harness import Serve
@@ -278,3 +278,24 @@ def test_entries_wrap_manages_are_served_by_their_name(
 
         anyio.run(scenario)
     assert stdio.close() == 0
+
+
+def test_odd_progress_tokens_and_cancellations_never_end_a_session(home: Path, fake_server: list[str]) -> None:
+    """A client's values are any JSON: an object as progress token or as a cancelled request's id once raised
+    out of the relay (unhashable), ending the session."""
+    write_config(home, {"fake": fake_server})
+    with serving() as running, httpx2.Client(timeout=30) as http:
+        headers = {**running.headers, **ACCEPT}
+        opened = http.post(running.mcp("fake"), json=INITIALIZE, headers=headers)
+        headers["Mcp-Session-Id"] = opened.headers["mcp-session-id"]
+        http.post(running.mcp("fake"), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        odd = {"name": "echo", "arguments": {"text": "odd"}, "_meta": {"progressToken": {"an": "object"}}}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": odd}
+        http.post(running.mcp("fake"), json=call, headers=headers)
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": [1, 2]}}
+        assert http.post(running.mcp("fake"), json=cancel, headers=headers).status_code == 202
+        echo = {"name": "echo", "arguments": {"text": "still here"}}
+        call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": echo}
+        reply = http.post(running.mcp("fake"), json=call, headers=headers)
+        assert "still here" in reply.text
+        assert len(running.endpoint.sessions) == 1

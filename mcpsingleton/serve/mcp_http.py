@@ -138,9 +138,11 @@ class Relay:
     def _to_broker(self, message: JSONRPCMessage) -> None:
         if isinstance(message, JSONRPCRequest):
             self.open_requests[message.id] = None
-            token = ((message.params or {}).get("_meta") or {}).get("progressToken")
+            token = _progress_token(message.params)
             if token is not None:
                 self.progress_of[token] = message.id
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            self._forget((message.params or {}).get("requestId"))  # no reply will come for it
         self.broker.send(message.model_dump_json(by_alias=True, exclude_unset=True).encode())
 
     def _from_broker(self, line: bytes) -> None:
@@ -168,14 +170,19 @@ class Relay:
     def _related_request(self, message: JSONRPCMessage) -> Any:
         """Which open request's stream a server→client message goes on (None: the GET stream)."""
         if isinstance(message, JSONRPCResponse | JSONRPCError):
-            self.open_requests.pop(message.id, None)
-            self.progress_of = {t: r for t, r in self.progress_of.items() if r != message.id}
+            self._forget(message.id)
             return None  # the transport sends a reply on its request's own stream
         if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
-            owner = self.progress_of.get((message.params or {}).get("progressToken"))
+            owner = self.progress_of.get(_progress_token(message.params, under_meta=False))
             if owner is not None:
                 return owner
         return next(reversed(self.open_requests), None)
+
+    def _forget(self, request_id: Any) -> None:
+        """A request answered or cancelled: nothing more goes on its stream."""
+        if isinstance(request_id, str | int) and request_id in self.open_requests:  # (a client's value: any JSON)
+            del self.open_requests[request_id]
+            self.progress_of = {t: r for t, r in self.progress_of.items() if r != request_id}
 
     def _broker_ended(self, why: str) -> None:
         if not self.scope.cancel_called:
@@ -261,6 +268,15 @@ class McpEndpoint:
             relay.scope.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=5)
+
+
+def _progress_token(params: Any, under_meta: bool = True) -> str | int | None:
+    """A request's `_meta.progressToken` (a notification's `progressToken`), when it is one: a string or an integer."""
+    found: Any = params if isinstance(params, dict) else {}
+    if under_meta:
+        found = found.get("_meta")
+    token = found.get("progressToken") if isinstance(found, dict) else None
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 async def _body(receive: Receive) -> bytes:
