@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
@@ -203,6 +204,11 @@ def test_dashboard_starts_one_serve_and_reuses_it(home: Path) -> None:
         second = subprocess.run([mcpsingleton_exe(), "dashboard"], capture_output=True, text=True, timeout=60, env=env)
         assert second.stdout == first.stdout, "the running serve is reused"
         assert json.loads(record.read_text())["pid"] == pid
+        os.kill(pid, signal.SIGKILL)  # its record stays behind, its lock does not
+        assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        third = subprocess.run([mcpsingleton_exe(), "dashboard"], capture_output=True, text=True, timeout=60, env=env)
+        assert third.returncode == 0 and third.stdout != first.stdout, "a stale record is not taken for a live serve"
+        pid = json.loads(record.read_text())["pid"]
     finally:
         os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: not record.exists(), timeout=15)

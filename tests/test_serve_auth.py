@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+
+import psutil
 import pytest
 
 from mcpsingleton.serve.auth import Auth, split_host
@@ -71,7 +74,10 @@ def test_our_own_origin_passes(origin: str) -> None:
 def test_a_chosen_non_loopback_host_is_also_accepted() -> None:
     auth = Auth.for_address("192.168.1.5", 8123, token="t")
     assert auth.host_allowed("192.168.1.5:8123") and auth.host_allowed("localhost:8123")
-    assert not Auth.for_address("0.0.0.0", 8123, token="t").host_allowed("0.0.0.0:8123")
+    everywhere = Auth.for_address("0.0.0.0", 8123, token="t")
+    interface = next(a.address for found in psutil.net_if_addrs().values() for a in found if a.family == socket.AF_INET)
+    assert everywhere.host_allowed(f"{interface}:8123") and everywhere.host_allowed("localhost:8123")
+    assert not everywhere.host_allowed("203.0.113.9:8123") and not everywhere.host_allowed("evil.example:8123")
 
 
 def test_the_cookie_is_httponly_and_samesite_strict() -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,8 @@ def test_a_page_on_another_port_cannot_stop_a_server(
     requests: only the Origin check stands between it and the actions."""
     client = RawClient(shim(fake_server, "--name", "precious"))
     client.initialize()
+    listed = lambda: "precious" in [entry["name"] for entry in served.state()["servers"]]  # noqa: E731
+    assert wait_for(listed)
     (tmp_path / "index.html").write_text("<html><body>another local app</body></html>")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     other_site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -156,7 +159,8 @@ def test_a_page_on_another_port_cannot_stop_a_server(
             served.port,
         )
         assert result_text(client.call("echo", {"text": "alive"})) == "alive", "the server was not stopped"
-        assert "precious" in [entry["name"] for entry in served.state()["servers"]]
+        time.sleep(3)  # a sample later
+        assert listed()
     finally:
         context.close()
         other_site.shutdown()
@@ -176,6 +180,7 @@ def test_health_turns_warning_on_the_page(home: Path, browser: Any, fake_server:
         sync_api.expect(page.locator("#health")).to_have_text("warning")
         sync_api.expect(page.locator("#reasons")).to_contain_text("processes 2 ≥ warning 2")
         sync_api.expect(page.locator("#limits")).to_contain_text("budget: 1 of 4 backends")
+        sync_api.expect(page.locator("#events")).to_contain_text("warning: processes 2 ≥ warning 2")
         screenshot(page, "serve-warning.png")
         client.close()
     finally:

@@ -65,7 +65,7 @@ def test_config_alerts_and_budget(tmp_path: Path) -> None:
     config.write_text('[alerts]\nwarn_memory = "1G"\ncritical_processes = 9\n[budget]\nmax_memory = "4G"\n')
     limits = load_limits(str(config))
     assert limits.thresholds == Thresholds(warn_memory=1 << 30, critical_processes=9)
-    assert limits.budget == {"max_memory": 4 << 30} and limits.error is None
+    assert limits.budget == {"max_backends": None, "max_memory": 4 << 30} and limits.error is None
     config.write_text('[alerts]\nwarn_memory = "lots"\n')
     broken = load_limits(str(config))
     assert broken.thresholds == Thresholds() and "lots" in str(broken.error)

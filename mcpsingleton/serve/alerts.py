@@ -14,6 +14,7 @@ from typing import Any
 
 from ..cli import _human_bytes as human_bytes
 from ..keys import UsageError, parse_size
+from ..policy import load_table
 from ..sharing import config_path
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -41,20 +42,23 @@ class Limits:
 
 
 def load_limits(path: str | None = None) -> Limits:
-    """Never fails: a missing file gives the defaults, a broken one the defaults and the reason."""
+    """Never fails: a missing file gives the defaults, a broken one the defaults and the reason.
+
+    `[budget]` is read as the brokers read it (policy.load_table), so the page shows what they enforce."""
     path = path or config_path()
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
     except FileNotFoundError:
         return Limits()
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, RecursionError, tomllib.TOMLDecodeError) as exc:
         return Limits(error=f"{path}: {exc}")
     try:
         thresholds = _thresholds(document.get("alerts", {}))
-        budget = _budget(document.get("budget"))
+        max_backends, max_memory = load_table(path).budget
     except (UsageError, TypeError, ValueError) as exc:
         return Limits(error=f"{path}: {exc}")
+    budget = {"max_backends": max_backends, "max_memory": max_memory} if "budget" in document else None
     return Limits(thresholds, budget)
 
 
@@ -75,20 +79,6 @@ def _count(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"[alerts] {name} must be a positive whole number")
     return value
-
-
-def _budget(table: object) -> dict[str, Any] | None:
-    """`[budget]` as the page shows it: max_backends and max_memory (bytes) when given."""
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise ValueError("[budget] must be a table")
-    budget: dict[str, Any] = {}
-    if "max_backends" in table:
-        budget["max_backends"] = _count(table["max_backends"], "max_backends")
-    if "max_memory" in table:
-        budget["max_memory"] = parse_size(str(table["max_memory"]))
-    return budget
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import psutil
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -24,6 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARDS = ("0.0.0.0", "::", "")
 TOKEN_PARAMETER = "token"
 PAGE_PATH = "/"
 
@@ -68,8 +71,15 @@ class Auth:
 
     @classmethod
     def for_address(cls, bind_host: str, port: int, token: str | None = None) -> Auth:
-        """Loopback names always; the bound address too when `--host` chose another one."""
-        extra = {bind_host.strip("[]").lower()} if bind_host not in ("0.0.0.0", "::", "") else set()
+        """Loopback names always; the bound address too when `--host` chose another one, and for a wildcard
+        (`0.0.0.0`, `::`) every address of this machine's interfaces. Only IP literals: a rebinding page
+        always sends a name of its own."""
+        if bind_host in WILDCARDS:
+            extra = {
+                address.address.split("%")[0].lower() for found in psutil.net_if_addrs().values() for address in found
+            }
+        else:
+            extra = {bind_host.strip("[]").lower()}
         return cls(token or new_token(), port, LOOPBACK_HOSTS | extra)
 
     @property

@@ -7,6 +7,7 @@ records history, logs alert crossings once, and publishes the state to the pages
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -83,23 +84,20 @@ class Monitor:
             "pages": self.broadcaster.subscribers,
         }
         for line in self._crossings.update(findings):
-            self.log(line)
-            self.history.event("alert", line)
+            self.note("alert", line)
         self.history.record(snapshot["totals"])
         self.latest = snapshot
         self.publish_if_changed()
 
     def publish_if_changed(self) -> None:
         """Only what changed goes out: a quiet system sends the pages nothing but heartbeats."""
-        import json
-
         content = json.dumps({k: v for k, v in self.latest.items() if k not in ("taken_at", "serve")}, default=str)
         if content.encode() != self._published:
             self._published = content.encode()
             self.broadcaster.publish("state", self.latest)
 
     def note(self, kind: str, text: str) -> None:
-        """An action taken from the page: logged and kept in the history's events."""
+        """An alert crossing or an action taken from the page: logged, kept in the history, shown on the pages."""
         self.log(text)
         self.history.event(kind, text)
         self.broadcaster.publish("events", self.history.events())

@@ -30,6 +30,8 @@ START_TIMEOUT = 30.0
 
 
 def url_host(host: str) -> str:
+    """The host part of the URL to open: a wildcard bind is opened on loopback (browsers refuse `0.0.0.0`)."""
+    host = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
     return f"[{host}]" if ":" in host else host
 
 
@@ -63,7 +65,7 @@ def run_serve(host: str, port: int, open_browser: bool, routes: Any = ()) -> int
             url = f"http://{url_host(host)}:{auth.port}/?token={auth.token}"
             instance.publish(url, host, auth.port)
             print(url, flush=True)
-            if open_browser:
+            if open_browser and has_browser():
                 threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
             config = uvicorn.Config(
                 create_app(auth, routes=routes),
@@ -85,6 +87,13 @@ def run_serve(host: str, port: int, open_browser: bool, routes: Any = ()) -> int
     return 0
 
 
+def has_browser() -> bool:
+    """A graphical browser to open, or BROWSER: without a display, `webbrowser` would start a text browser
+    (lynx, w3m) in serve's own terminal."""
+    graphical = any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"))
+    return sys.platform == "darwin" or graphical
+
+
 def _exit_quietly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -93,7 +102,7 @@ def open_dashboard(open_browser: bool = True) -> str:
     """The running serve's URL (started in the background, detached, when none runs), opened in the browser."""
     record = instance.running() or _start_in_background()
     url = str(record["url"])
-    if open_browser:
+    if open_browser and has_browser():
         webbrowser.open(url)
     return url
 

@@ -100,7 +100,8 @@ function serverRow(server) {
   const errors = server.errors + server.internal_errors + server.spawn_failures + server.backend_write_failures;
   const errorCell = el("td", errors, "num");
   errorCell.title = `errors ${server.errors}, internal ${server.internal_errors}, spawn failures ${server.spawn_failures}, ` +
-    `write failures ${server.backend_write_failures}, dropped ${server.dropped}, rejected ${server.rejected}`;
+    `write failures ${server.backend_write_failures}, dropped ${server.dropped}, rejected ${server.rejected}` +
+    (server.budget_refusals ? `, refused by the budget ${server.budget_refusals}` : "");
   const actions = el("td");
   const box = el("div", null, "actions");
   box.append(
