@@ -146,3 +146,47 @@ def test_dirs_made_on_the_way_to_a_private_dir_are_private_too(tmp_path: Path) -
     ensure_private_dir(str(home / "state" / "discovery"))
     assert (home / "state").stat().st_mode & 0o777 == 0o700
     ensure_private_dir(str(home / "state"))
+
+
+def test_http_session_follows_a_restart_of_its_broker(home: Path, fake_server: list[str]) -> None:
+    """`restart` hands sessions over (`reattach` on the waiter's socket): an HTTP session goes on with the next one."""
+    import subprocess
+
+    from conftest import mcpsingleton_exe
+
+    async def scenario() -> None:
+        session, lines = await http_session(fake_server)
+        first = await whoami(session, lines, 2)
+        [record] = await asyncio.to_thread(ls_json)
+        await asyncio.to_thread(wait_for, lambda: session.state != "")
+        restart = [mcpsingleton_exe(), "restart", record["key"]]
+        done = await asyncio.to_thread(subprocess.run, restart, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        old_broker = record["broker_pid"]
+        await asyncio.to_thread(wait_for, lambda: [r["broker_pid"] for r in ls_json()] not in ([], [old_broker]))
+        assert await whoami(session, lines, 3) != first
+        assert [c["transport"] for c in (await asyncio.to_thread(ls_json))[0]["clients"]] == ["http"]
+        assert lines.ended == []
+        session.end()
+
+    asyncio.run(scenario())
+
+
+def test_isolated_server_gives_each_http_session_its_own_backend(home: Path, fake_server: list[str]) -> None:
+    async def scenario() -> None:
+        lines_a, lines_b = Lines(), Lines()
+        pids = []
+        for lines in (lines_a, lines_b):
+            argv = ["--scope", "isolated", "--linger", "0", "--", *fake_server]
+            target = Target(argv, dict(os.environ), own_environ())
+            session = BrokerSession(target, lines.take, lines.ended.append)
+            await session.open()
+            session.send(request(1, "initialize", INITIALIZE))
+            await lines.reply_to(1)
+            pids.append(await whoami(session, lines, 2))
+        assert pids[0] != pids[1]
+        records = await asyncio.to_thread(ls_json)
+        assert sorted(len(r["clients"]) for r in records) == [1, 1]
+        assert {r["sharing"] for r in records} == {"isolated"}
+
+    asyncio.run(scenario())
