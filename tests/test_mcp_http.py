@@ -299,3 +299,34 @@ def test_odd_progress_tokens_and_cancellations_never_end_a_session(home: Path, f
         reply = http.post(running.mcp("fake"), json=call, headers=headers)
         assert "still here" in reply.text
         assert len(running.endpoint.sessions) == 1
+
+
+def test_recent_events_replay_one_stream_after_the_last_seen() -> None:
+    """What a client that lost a stream asks for again (Last-Event-ID): later events of that stream only, the
+    priming events (no message) skipped; an id no longer kept replays nothing."""
+    from mcp.server.streamable_http import EventMessage
+    from mcp_types import JSONRPCNotification
+
+    from mcpsingleton.serve.mcp_http import EVENTS_KEPT, RecentEvents
+
+    def note(n: int) -> JSONRPCNotification:
+        return JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"n": n})
+
+    async def scenario() -> None:
+        events = RecentEvents()
+        first = await events.store_event("post-1", None)
+        await events.store_event("post-1", note(1))
+        await events.store_event("get", note(2))
+        await events.store_event("post-1", note(3))
+        replayed: list[EventMessage] = []
+
+        async def collect(event: EventMessage) -> None:
+            replayed.append(event)
+
+        assert await events.replay_events_after(first, collect) == "post-1"
+        assert [event.message.params["n"] for event in replayed] == [1, 3]
+        for n in range(EVENTS_KEPT):
+            await events.store_event("get", note(n))
+        assert await events.replay_events_after(first, collect) is None
+
+    anyio.run(scenario)
