@@ -89,6 +89,10 @@ def test_unknown_server_session_and_token(home: Path, fake_server: list[str]) ->
         with httpx2.Client(timeout=10) as http:
             assert http.post(running.mcp("fake"), json=initialize, headers=accept).status_code == 401
             headers = {**running.headers, **accept}
+            foreign = http.post(running.mcp("fake"), json=initialize, headers={**headers, "Origin": "http://evil.test"})
+            assert foreign.status_code == 403, "a page of another site cannot reach a server even with the token"
+            rebound = http.post(running.mcp("fake"), json=initialize, headers={**headers, "Host": "evil.test"})
+            assert rebound.status_code == 403, "DNS rebinding: a Host that is not loopback"
             missing = http.post(running.mcp("nosuch"), json=initialize, headers=headers)
             assert missing.status_code == 404 and "no server named" in missing.text
             stale = http.post(running.mcp("fake"), json=initialize, headers={**headers, "Mcp-Session-Id": "abc"})
