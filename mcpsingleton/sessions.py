@@ -12,12 +12,11 @@ import os
 import socket
 import time
 
-from . import envelope, jsonrpc, wire
+from . import jsonrpc, linehead, wire
+from .lineio import LineReader, Outbox, Relay, write_if_room
 from .listener import close_fds, discard
-from .mux import StreamPart, ToSession
-from .mux.streaming import STREAM_FROM, SessionStream
+from .mux import STREAM_FROM, SessionStream, StreamPart, ToSession
 from .sharing import SHARED
-from .streams import LineReader, Outbox, Relay, write_if_room
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -490,7 +489,7 @@ class Sessions:
 def _request_id(line_head: bytes) -> str | int | None:
     """The id of a request line whose end has not arrived, when it came before the member still open."""
     try:
-        found = envelope.head(line_head)
+        found = linehead.head(line_head)
         value = found.small(line_head, "id") if found is not None else None
     except Exception:  # a client's bytes: nothing in them may reach the loop
         return None
