@@ -120,11 +120,13 @@ def serve_numbers(process: psutil.Process) -> tuple[int, int]:
     return process.memory_info().rss, process.num_fds()
 
 
+@pytest.mark.timeout(240)
 def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake_server: list[str]) -> None:
     """1,000 HTTP sessions opened and abandoned (no DELETE): after --session-ttl each is ended and detached;
-    serve's fds and the broker's session table are back at their baseline, and so is serve's memory: the
-    baseline is taken after a first round of 1,000 (Python keeps its allocator's high-water mark), so a
-    second round that leaked would show."""
+    serve's fds and the broker's session table are back at their baseline, and serve's memory near it: the
+    baseline is taken after two rounds of 1,000, as Python keeps its allocator's high-water mark, which moves
+    with the peak number of sessions open at once (measured over 5 rounds: 85.6, 88.1, 88.3, 88.4, 88.4 MiB).
+    That no object of a session survives it is checked exactly by the next test."""
     write_config(home, {"fake": fake_server})
     serve = Serve("--session-ttl", "2s")
     try:
@@ -135,8 +137,9 @@ def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake
         def clients() -> int:
             return sum(len(record["clients"]) for record in ls_json())
 
-        anyio.run(open_sessions, url, headers, 1000)  # warm: imports, the broker, allocator pools
-        assert wait_for(lambda: clients() == 0, timeout=30)
+        for _ in range(2):  # warm: imports, the broker, allocator pools, the dashboard's samples of a full table
+            anyio.run(open_sessions, url, headers, 1000)
+            assert wait_for(lambda: clients() == 0, timeout=30)
         time.sleep(0.5)
         baseline_rss, baseline_fds = serve_numbers(served)
         [record] = ls_json()
@@ -149,14 +152,42 @@ def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake
 
         assert wait_for(lambda: clients() == 0, timeout=60)
         time.sleep(0.5)
-        rss, fds = serve_numbers(served)
-        assert fds == baseline_fds
-        assert broker.num_fds() == broker_fds
+        # (either may hold a passing fd of its own at a given moment: the dashboard's sampling, a log rotation)
+        assert wait_for(lambda: served.num_fds() <= baseline_fds), "every session's pipes and socket are closed"
+        assert wait_for(lambda: broker.num_fds() <= broker_fds), "and the broker's copies"
+        rss = served.memory_info().rss
         assert [record["broker_pid"] for record in ls_json()] == [broker.pid]
         print(f"serve rss MiB: baseline {baseline_rss / MIB:.1f}, peak {peak_rss / MIB:.1f}, after {rss / MIB:.1f}")
-        assert rss - baseline_rss < 2 * MIB
+        assert rss - baseline_rss < 6 * MIB  # the high-water mark moves with the peak (objects: the test below)
     finally:
         serve.stop()
+
+
+def test_no_object_of_an_expired_session_survives(home: Path, fake_server: list[str]) -> None:
+    import gc
+
+    from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+    from mcpsingleton.serve.http_sessions import BrokerSession
+    from mcpsingleton.serve.mcp_http import RecentEvents, Relay
+
+    kinds = (Relay, BrokerSession, StreamableHTTPServerTransport, RecentEvents)
+
+    def alive() -> dict[str, int]:
+        gc.collect()
+        counts = {kind.__name__: 0 for kind in kinds}
+        for thing in gc.get_objects():
+            if isinstance(thing, kinds):
+                counts[type(thing).__name__] += 1
+        return {name: count for name, count in counts.items() if count}
+
+    write_config(home, {"fake": fake_server})
+    with serving(ttl=1.0) as running:
+        anyio.run(open_sessions, running.mcp("fake"), running.headers, 300)
+        assert alive(), "(the sessions were there)"
+        assert wait_for(lambda: running.endpoint.sessions == {} and not running.endpoint.tasks, timeout=30)
+        assert wait_for(lambda: alive() == {}, timeout=10), alive()
+        assert wait_for(lambda: ls_json()[0]["clients"] == [], timeout=10)
 
 
 def test_serve_connections_are_not_delayed_by_nagle() -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import shim, wire
 from ..keys import SetupError
-from ..streams import LineReader
+from ..lineio import LineReader
 
 log = logging.getLogger("mcpsingleton.serve")
 
