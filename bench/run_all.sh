@@ -37,6 +37,7 @@ started=$(date +%s)
 "$PY" bench/bench_big.py $quick > /dev/null
 "$PY" bench/bench_discovery.py $quick
 "$PY" bench/bench_reattach.py $quick > /dev/null
+"$PY" bench/bench_onebroker.py $quick
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_serve.py $quick  # the serve extra
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_http.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
