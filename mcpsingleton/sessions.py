@@ -89,10 +89,18 @@ class Session:
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
+        status = self._waiter_line(wire.WAITER_STATUS)
+        return f"exit status {status}" if status else "exit status unknown (the waiter was killed)"
+
+    def transport(self) -> str:
+        """How the client reaches us: `stdio` (a shim), or what a waiter that is not a shim's said (`t http`)."""
+        return self._waiter_line(wire.WAITER_TRANSPORT)[:16] or wire.STDIO
+
+    def _waiter_line(self, prefix: str) -> str:
         for line in self.waiter_said.decode("ascii", "replace").splitlines():
-            if line.startswith(wire.WAITER_STATUS):
-                return f"exit status {line[len(wire.WAITER_STATUS) :].strip()}"
-        return "exit status unknown (the waiter was killed)"
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        return ""
 
 
 class Sessions:
