@@ -200,10 +200,12 @@ class Outbox:
     """Non-blocking writes to one fd, buffering what the reader has not taken yet.
 
     A write error (the reader closed its end) calls `on_error` once; later sends are dropped.
-    `on_drained` is called whenever the buffer empties after having been non-empty.
+    `on_drained` is called whenever the buffer empties after having been non-empty; `on_written` after every
+    write from the buffer, with `flushed` counting the buffered bytes written so far (a message buffered when
+    `flushed + len(pending)` was N is all written once `flushed` reaches N).
     """
 
-    __slots__ = ("broken", "fd", "loop", "on_drained", "on_error", "pending", "wide")
+    __slots__ = ("broken", "fd", "flushed", "loop", "on_drained", "on_error", "on_written", "pending", "wide")
 
     def __init__(self, loop: EventLoop, fd: int, on_error: Callable[[OSError], None]) -> None:
         self.loop = loop
@@ -213,6 +215,8 @@ class Outbox:
         self.broken = False
         self.wide = False
         self.on_drained: Callback | None = None
+        self.on_written: Callback | None = None
+        self.flushed = 0
 
     def send(self, *parts: bytes | memoryview) -> None:
         """Write `parts` as one run of bytes, without joining them (a big spliced line stays where it is)."""
@@ -250,6 +254,9 @@ class Outbox:
             self._fail(exc)
             return
         del self.pending[:written]
+        self.flushed += written
+        if self.on_written is not None:
+            self.on_written()
         if not self.pending:
             self.loop.remove_writer(self.fd)
             if self.on_drained is not None:

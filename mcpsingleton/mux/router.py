@@ -71,6 +71,8 @@ class Mux:
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
         self.inbound: streaming.SessionStream | None = None  # the session request being streamed in
+        self.accepted: list[tuple[int, Id]] = []  # session requests taken in, until the broker asks (`owed_changes`)
+        self.released: list[tuple[int, Id]] = []  # session requests their session cancelled: no reply will come
         self.stats = {
             "requests": 0,  # requests from sessions
             "errors": 0,  # error replies to sessions (the backend's and the broker's own)
@@ -221,6 +223,7 @@ class Mux:
                 return self.batches.split(session, data)
             if "id" in data and "method" in data:
                 self.stats["requests"] += 1
+                self.accepted.append((sid, data["id"]))
             return self.dispatch(session, data)
         except Exception as exc:
             return failures.session_line_failed(self, session, data, exc)
@@ -334,6 +337,13 @@ class Mux:
             or self.parking.holding_requests(sid)
         )
 
+    def owed_changes(self) -> tuple[list[tuple[int, Id]], list[tuple[int, Id]]]:
+        """(session, id) of the requests accepted from sessions since the last call, and of those their session
+        cancelled (no reply comes): what the broker's in-flight journal records (journal.py)."""
+        changes = self.accepted, self.released
+        self.accepted, self.released = [], []
+        return changes
+
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""
         return bool(self.requests.pending)
@@ -398,6 +408,8 @@ class Mux:
         if envelope.body is not None and "_meta" in envelope.body:
             return None  # a progress token or a 2026-07-28 envelope to translate
         self.stats["requests"] += 1
+        if envelope.id is not None:
+            self.accepted.append((session.sid, envelope.id))
         return self.requests.forward_spliced(session, line, envelope)
 
     def _request(self, session: Session, message: Message) -> list[Action]:

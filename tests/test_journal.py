@@ -1,0 +1,134 @@
+"""Issue 19 soak / issue 21 point 3: the requests in flight when the broker dies get an error reply each,
+never silence, and exactly one (the in-flight journal, journal.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import RawClient, ls_json, result_text, shim, wait_for
+
+from mcpsingleton import journal
+
+SESSIONS = 3
+
+
+def journals(home: Path) -> list[Path]:
+    return sorted((home / "run").glob(f"{journal.PREFIX}*"))
+
+
+def owed_on_disk(home: Path, broker_pid: int) -> dict[int, set[str]]:
+    """What the broker's journal file says it owes, per session pid."""
+    found: dict[int, set[str]] = {}
+    for path in journals(home):
+        if path.name.startswith(f"{journal.PREFIX}{broker_pid}-"):
+            entries = journal._read(str(path))
+            if entries is not None:
+                found.update({pid: set(ids) for pid, ids in entries[0].items()})
+    return found
+
+
+def replies_until_quiet(client: RawClient, quiet: float = 1.0) -> list[dict]:
+    """Every message the client gets until none comes for `quiet` seconds."""
+    seen = []
+    while (message := client.read(quiet)) is not None:
+        assert isinstance(message, dict)
+        seen.append(message)
+    return seen
+
+
+def test_calls_in_flight_at_kill_9_get_one_error_each(home: Path, fake_server: list[str]) -> None:
+    clients = [RawClient(shim(fake_server)) for _ in range(SESSIONS)]
+    try:
+        for client in clients:
+            client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        in_flight: list[list[object]] = []
+        for number, client in enumerate(clients):
+            ids: list[object] = [
+                client.request("tools/call", {"name": "slow", "arguments": {"seconds": 60}}, request_id=f"slow {n}")
+                for n in range(2)
+            ]
+            ids.append(client.request("tools/call", {"name": "slow", "arguments": {"seconds": 60}}, 100 + number))
+            in_flight.append(ids)
+        expected = {client.process.pid: {journal.id_text(i) for i in ids} for client, ids in zip(clients, in_flight)}
+        assert wait_for(lambda: owed_on_disk(home, broker) == expected), "the broker journaled what it owes"
+        os.kill(broker, signal.SIGKILL)
+        for client, ids in zip(clients, in_flight):
+            after = client.call("echo", {"text": "after"}, timeout=30)
+            assert result_text(after) == "after", "the session goes on with the next broker"
+            answers = [message for message in client.seen if message.get("id") in ids]
+            assert sorted(map(str, (m["id"] for m in answers))) == sorted(map(str, ids)), "one reply per request"
+            for answer in answers:
+                assert answer["error"]["code"] == -32603
+                assert "send it again" in answer["error"]["message"]
+        for client in clients:
+            assert replies_until_quiet(client) == [], "nothing else, and never a second answer"
+        dead = [path for path in journals(home) if path.name.startswith(f"{journal.PREFIX}{broker}-")]
+        assert dead == [], "the dead broker's journal is gone once every session took its entries"
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_clean_handover_leaves_no_journal_and_answers_once(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        request = client.request("tools/call", {"name": "slow", "arguments": {"seconds": 30}})
+        assert wait_for(lambda: owed_on_disk(home, broker) == {client.process.pid: {journal.id_text(request)}})
+        os.kill(broker, signal.SIGTERM)  # a handover: the drain ends, the call gets the old broker's error
+        answer = client.reply_to(request, timeout=30)
+        assert answer["error"]["code"] == -32603 and "restarted" in answer["error"]["message"]
+        assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+        assert [m for m in client.seen + replies_until_quiet(client) if m.get("id") == request] == []
+        assert not any(path.name.startswith(f"{journal.PREFIX}{broker}-") for path in journals(home))
+    finally:
+        client.close()
+
+
+def test_a_journal_outgrowing_its_map_keeps_only_what_is_owed(tmp_path: Path) -> None:
+    kept = journal.Journal(str(tmp_path))
+    for n in range(20000):  # ~20 records of 64 KiB over: rewritten many times
+        kept.owe(7, journal.id_text(f"request {n}"))
+        kept.commit()
+        if n % 1000:
+            kept.settle(7, journal.id_text(f"request {n}"))
+    kept.owe(8, "1")  # staged, then answered at once: never written
+    kept.settle(8, "1")
+    kept.commit()
+    entries = journal._read(kept.path)
+    assert entries is not None
+    assert entries[0] == {7: {journal.id_text(f"request {n}"): None for n in range(0, 20000, 1000)}}
+    assert os.stat(kept.path).st_mode & 0o777 == 0o600
+    kept.forget(7)
+    kept.close()
+    assert not os.path.exists(kept.path), "nothing owed at a clean exit: the file goes"
+
+
+def test_a_dead_brokers_entries_are_answered_once_then_swept(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    waiter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        name = f"{journal.PREFIX}{dead_pid}-1"
+        records = f'+{waiter.pid} 1\n+{waiter.pid} "two"\n+{dead_pid} 3\n-{waiter.pid} 1\n'.encode()
+        (tmp_path / name).write_bytes(records + b"\0" * 100)
+        assert journal.owed_by(str(tmp_path), "../etc", waiter.pid) == [], "not a journal's name: ignored"
+        assert journal.owed_by(str(tmp_path), name, waiter.pid) == ['"two"']
+        assert journal.owed_by(str(tmp_path), name, waiter.pid) == [], "answered once"
+        assert not (tmp_path / name).exists(), "no living session can claim the rest"
+        (tmp_path / name).write_bytes(records)
+        journal.sweep(str(tmp_path))
+        assert (tmp_path / name).exists(), "a living session may still re-attach and claim its entries"
+    finally:
+        waiter.kill()
+        waiter.wait()
+    journal.sweep(str(tmp_path))
+    assert not (tmp_path / name).exists()
