@@ -12,9 +12,10 @@ Cheap: an append-only log in a shared memory map (the runtime dir is a tmpfs on 
 assignment, no system call, and the kernel keeps the pages when the process dies. When the map is full the
 live entries are rewritten to a fresh file that is renamed over the old one (a reader sees either).
 
-Records are ASCII lines: `+PID ID` owed, `-PID ID` answered or cancelled, `xPID` the session left (nothing
-of it is owed any more), `dPID` a later broker answered what PID was owed (appended to a dead broker's
-file). The unused, zero-filled part of the map is skipped when reading.
+Records are ASCII lines: `+PID ID` owed, `-PID ID` answered or cancelled, `oPID` / `cPID` the client's
+stdout is left inside a line (a reply half written: its reader is slow) / no longer, `xPID` the session
+left (nothing of it is owed any more), `dPID` a later broker answered what PID was owed (appended to a dead
+broker's file). The unused, zero-filled part of the map is skipped when reading.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Journal:
         self.path = os.path.join(runtime_dir, self.name)
         self.owed: dict[int, dict[str, None]] = {}  # session pid → its owed ids, in the order they came
         self.staged: list[tuple[int, str]] = []  # owed since the last `commit`: written only if still owed then
+        self.open_lines: set[int] = set()  # sessions whose stdout is left inside a line
         self.map: mmap.mmap | None = None
         self.end = 0  # where the next record goes in the map
 
@@ -77,7 +79,7 @@ class Journal:
         del owed[request_id]
         if not owed:
             del self.owed[pid]
-        if (pid, request_id) in self.staged:
+        if self.staged and (pid, request_id) in self.staged:
             self.staged.remove((pid, request_id))  # answered in the turn that accepted it: never written
         else:
             self._append(f"-{pid} {request_id}\n".encode())
@@ -88,8 +90,17 @@ class Journal:
             staged, self.staged = self.staged, []
             self._append("".join(f"+{pid} {request_id}\n" for pid, request_id in staged).encode())
 
+    def note_line(self, pid: int, open_line: bool) -> None:
+        """Whether the session's stdout is left inside a line: a next broker must end it before its errors."""
+        if open_line:
+            self.open_lines.add(pid)
+        else:
+            self.open_lines.discard(pid)
+        self._append(f"{'o' if open_line else 'c'}{pid}\n".encode())
+
     def forget(self, pid: int) -> None:
         """The session left for good: nothing of it is owed any more."""
+        self.open_lines.discard(pid)
         if self.owed.pop(pid, None) is not None:
             self.staged = [entry for entry in self.staged if entry[0] != pid]
             self._append(f"x{pid}\n".encode())
@@ -114,7 +125,8 @@ class Journal:
 
     def _rewrite(self, room: int) -> None:
         """A fresh map holding only what is owed (and room for more), renamed over the old file."""
-        live = "".join(f"+{pid} {request_id}\n" for pid, ids in self.owed.items() for request_id in ids).encode()
+        owed = "".join(f"+{pid} {request_id}\n" for pid, ids in self.owed.items() for request_id in ids)
+        live = (owed + "".join(f"o{pid}\n" for pid in self.open_lines)).encode()
         size = SIZE
         while size < 2 * (len(live) + room):
             size *= 2
@@ -138,24 +150,25 @@ class Journal:
 # ---- a dead broker's journal, read by the next one ------------------------------------------------------
 
 
-def owed_by(runtime_dir: str, name: str, pid: int) -> list[str]:
-    """The ids the broker that kept journal `name` owed session `pid`, once (the file notes they were answered).
-    `name` comes from the session's waiter (client data): anything but a journal's name is ignored."""
+def owed_by(runtime_dir: str, name: str, pid: int) -> tuple[list[str], bool]:
+    """What the broker that kept journal `name` owed session `pid`, once (the file notes it was answered): the
+    ids, and whether it left the client's stdout inside a line. `name` comes from the session's waiter (client
+    data): anything but a journal's name is ignored."""
     if not _is_journal_name(name) or _broker_pid(name) == os.getpid():
-        return []
+        return [], False
     path = os.path.join(runtime_dir, name)
     entries = _read(path)
     if entries is None:
-        return []
-    owed, answered = entries
+        return [], False
+    owed, answered, open_lines = entries
     if pid in answered:
-        return []
+        return [], False
     ids = list(owed.get(pid, {}))
-    if ids:
+    if ids or pid in open_lines:
         _note(path, f"d{pid}\n".encode())
     if all(other == pid or other in answered or not _alive(other) for other in owed):
         _unlink(path)  # nobody else can still claim anything of it
-    return ids
+    return ids, pid in open_lines
 
 
 def sweep(runtime_dir: str) -> None:
@@ -171,13 +184,14 @@ def sweep(runtime_dir: str) -> None:
         entries = _read(path)
         if entries is None:
             continue
-        owed, answered = entries
+        owed, answered, _ = entries
         if not any(_alive(pid) for pid in owed if pid not in answered):
             _unlink(path)
 
 
-def _read(path: str) -> tuple[dict[int, dict[str, None]], set[int]] | None:
-    """(owed ids per session pid, sessions a later broker answered already) of a journal; None: unreadable."""
+def _read(path: str) -> tuple[dict[int, dict[str, None]], set[int], set[int]] | None:
+    """(owed ids per session pid, sessions a later broker answered already, sessions whose stdout was left
+    inside a line) of a journal; None: unreadable."""
     try:
         with open(path, "rb") as handle:
             data = handle.read().replace(b"\0", b"")
@@ -185,6 +199,7 @@ def _read(path: str) -> tuple[dict[int, dict[str, None]], set[int]] | None:
         return None
     owed: dict[int, dict[str, None]] = {}
     answered: set[int] = set()
+    open_lines: set[int] = set()
     for line in data.decode("utf-8", "replace").splitlines():
         kind, _, rest = line.partition(" ")
         if not kind[1:].isdigit():
@@ -194,11 +209,16 @@ def _read(path: str) -> tuple[dict[int, dict[str, None]], set[int]] | None:
             owed.setdefault(pid, {})[rest] = None
         elif kind[0] == "-":
             owed.get(pid, {}).pop(rest, None)
+        elif kind[0] == "o":
+            open_lines.add(pid)
+        elif kind[0] == "c":
+            open_lines.discard(pid)
         elif kind[0] == "x":
             owed.pop(pid, None)
+            open_lines.discard(pid)
         elif kind[0] == "d":
             answered.add(pid)
-    return {pid: ids for pid, ids in owed.items() if ids}, answered
+    return {pid: ids for pid, ids in owed.items() if ids}, answered, open_lines
 
 
 def _note(path: str, record: bytes) -> None:

@@ -72,6 +72,7 @@ class Session:
         self.held: list[tuple[tuple[bytes | memoryview, ...], tuple[str, ...]]] = []  # (message, ids it answers)
         self.held_bytes = 0
         self.unsettled: list[tuple[int, str]] = []  # (the stdout Outbox's `flushed` mark, id) of replies being written
+        self.line_open = False  # as the journal was last told: the client's stdout is left inside a line
 
     def holds(self) -> bool:
         """Whether messages to the client wait: a line is half written, or the waiter has not taken the
@@ -177,8 +178,11 @@ class Sessions:
         """The previous broker died owing this session replies (its journal says which): each request gets an
         error now, before anything else is written; the one whose cut line was just ended has had its error."""
         cut_id = _normalized(cut) if isinstance(cut, str) else None
-        lost = [i for i in journal.owed_by(self.journal.dir, journal_name, session.pid) if i != cut_id]
+        owed, line_open = journal.owed_by(self.journal.dir, journal_name, session.pid)
+        lost = [request_id for request_id in owed if request_id != cut_id]
         assert session.outbox is not None
+        if line_open and cut_id is None:  # a reply half written when it died: ended here, its error follows
+            session.outbox.send(b"\n")
         for request_id in lost:
             error = jsonrpc.error(json.loads(request_id), jsonrpc.INTERNAL_ERROR, journal.LOST)
             session.outbox.send(jsonrpc.encode(error))
@@ -303,10 +307,12 @@ class Sessions:
         mux = session.slot.mux
         if mux.accepted or mux.released:
             accepted, released = mux.owed_changes()
-            for request_id in (request_id for sid, request_id in accepted if sid == session.sid):
-                self.journal.owe(session.pid, journal.id_text(request_id))
-            for request_id in (request_id for sid, request_id in released if sid == session.sid):
-                self.journal.settle(session.pid, journal.id_text(request_id))
+            for sid, request_id in accepted:
+                if sid == session.sid:
+                    self.journal.owe(session.pid, journal.id_text(request_id))
+            for sid, request_id in released:
+                if sid == session.sid:
+                    self.journal.settle(session.pid, journal.id_text(request_id))
         self.broker.perform(session.slot, actions)
         self.journal.commit()
 
@@ -377,6 +383,8 @@ class Sessions:
                 session.unsettled.append((outbox.flushed + len(outbox.pending), request_id))
             else:
                 self.journal.settle(session.pid, request_id)
+        if outbox.pending or session.line_open:
+            self._note_line(session)
         if len(outbox.pending) > MAX_UNREAD:
             self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
 
@@ -386,6 +394,17 @@ class Sessions:
         flushed = session.outbox.flushed
         while session.unsettled and session.unsettled[0][0] <= flushed:
             self.journal.settle(session.pid, session.unsettled.pop(0)[1])
+        self._note_line(session)
+
+    def _note_line(self, session: Session) -> None:
+        """Tell the journal when the client's stdout is left inside a line, or no longer (a half-written reply:
+        a next broker ends that line before the errors it writes). Only while bytes wait: a line being
+        streamed is the waiter's `cut`, not the journal's."""
+        assert session.outbox is not None
+        line_open = bool(session.outbox.pending) and session.outbox.open_line and not session.streaming
+        if line_open != session.line_open:
+            session.line_open = line_open
+            self.journal.note_line(session.pid, line_open)
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.

@@ -3,6 +3,7 @@ never silence, and exactly one (the in-flight journal, journal.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,10 +56,11 @@ def test_calls_in_flight_at_kill_9_get_one_error_each(home: Path, fake_server: l
             ]
             ids.append(client.request("tools/call", {"name": "slow", "arguments": {"seconds": 60}}, 100 + number))
             in_flight.append(ids)
-        expected = {client.process.pid: {journal.id_text(i) for i in ids} for client, ids in zip(clients, in_flight)}
+        pairs = zip(clients, in_flight, strict=True)
+        expected = {client.process.pid: {journal.id_text(i) for i in ids} for client, ids in pairs}
         assert wait_for(lambda: owed_on_disk(home, broker) == expected), "the broker journaled what it owes"
         os.kill(broker, signal.SIGKILL)
-        for client, ids in zip(clients, in_flight):
+        for client, ids in zip(clients, in_flight, strict=True):
             after = client.call("echo", {"text": "after"}, timeout=30)
             assert result_text(after) == "after", "the session goes on with the next broker"
             answers = [message for message in client.seen if message.get("id") in ids]
@@ -73,6 +75,56 @@ def test_calls_in_flight_at_kill_9_get_one_error_each(home: Path, fake_server: l
     finally:
         for client in clients:
             client.close()
+
+
+def raw_lines(client: RawClient, until: float = 2.0) -> list[bytes]:
+    """Every line the client gets until none comes for `until` seconds, undecoded."""
+    import select
+
+    assert client.process.stdout is not None
+    fd = client.process.stdout.fileno()
+    while select.select([fd], [], [], until)[0] and (chunk := os.read(fd, 1 << 20)):
+        client.buffer += chunk
+    *lines, client.buffer = client.buffer.split(b"\n")
+    return lines
+
+
+def test_a_reply_half_written_at_kill_9_is_ended_and_answered_once(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        text = "x" * 50_000  # each reply fits in a pipe; together they fill it, and the client does not read
+        ids = [client.request("tools/call", {"name": "echo", "arguments": {"text": text}}) for _ in range(40)]
+
+        def stuck() -> bool:
+            for path in journals(home):
+                entries = journal._read(str(path)) if path.name.startswith(f"{journal.PREFIX}{broker}-") else None
+                if entries is not None and client.process.pid in entries[2]:
+                    return True
+            return False
+
+        assert wait_for(stuck), "the broker noted the client's stdout is left inside a line"
+        os.kill(broker, signal.SIGKILL)
+        after = client.request("tools/call", {"name": "echo", "arguments": {"text": "after"}})
+        answered: dict[object, list[dict]] = {}
+        broken = 0
+        for line in raw_lines(client, until=5.0):
+            try:
+                message = json.loads(line)
+            except ValueError:
+                broken += 1
+                continue
+            answered.setdefault(message.get("id"), []).append(message)
+        assert broken == 1, "the half-written reply is one broken line, ended before anything else"
+        assert sorted(answered, key=str) == sorted([*ids, after], key=str), "every request answered"
+        assert all(len(messages) == 1 for messages in answered.values()), "and only once"
+        errors = [m for m in (ms[0] for ms in answered.values()) if "error" in m]
+        assert errors and all("send it again" in m["error"]["message"] for m in errors)
+        assert "result" in answered[after][0]
+    finally:
+        client.close()
 
 
 def test_a_clean_handover_leaves_no_journal_and_answers_once(home: Path, fake_server: list[str]) -> None:
