@@ -1,18 +1,24 @@
-"""Cached discovery and `run --lazy`: what a first session waits for, and what ten idle servers cost.
+"""Cached discovery and lazy backends: what a first session waits for, what ten idle servers cost, and what
+the first tool call on a lazy backend adds.
 
-    .venv/bin/python bench/bench_discovery.py [--quick] [--only cold,lazy]
+    .venv/bin/python bench/bench_discovery.py [--quick] [--only cold,lazy,firstcall]
 
 cold   spawn → InitializeResult of the first session on a cold key (no broker running), for
        server-everything started with node and through `npx -y`: the server started directly, through
        mcpsingleton without a cache entry (what main did before), and with one (an earlier session
-       stored this server's discovery). Also spawn → first `tools/call` result, which needs the
-       backend in every variant. Interleaved; goal ≤ 150 ms to the InitializeResult with an entry.
+       stored this server's discovery; `--eager`, as main before lazy became the default). Also spawn →
+       first `tools/call` result, which needs the backend in every variant. Interleaved; goal ≤ 150 ms to
+       the InitializeResult with an entry.
 lazy   a client session that opens ten servers (server-everything, ten keys), initializes and lists
        tools on each, then calls one tool on one of them: PSS of the brokers, keepers and backends
        once that call has been answered, and the time until all ten InitializeResults were in.
        Variants: the servers started directly by the client (their process trees' PSS), through
-       mcpsingleton without cache entries (before this change), with entries, with entries and --lazy.
+       mcpsingleton without cache entries, with entries and `--eager`, with entries and lazy (the default).
        Interleaved.
+firstcall  a session initializes and lists tools (answered from the cache), waits 5 s (an eager backend is
+       ready by then), then calls one tool: that first call's round trip, lazy (it starts the backend and
+       initializes it first) against eager (the backend is up). The difference is what lazy costs the
+       first call of a session's life on a server; later calls are the same. Node and `npx -y`.
 Writes bench/results/discovery.json.
 """
 
@@ -110,7 +116,7 @@ def bench_cold(runs: int, kinds: list[str]) -> dict[str, Any]:
                         with Home() as fresh:  # a cold key: no broker, no salt, no cache
                             samples[variant].append(first_session(shim_cmd(server), fresh.env, cwd, call))
                     else:
-                        samples[variant].append(first_session(shim_cmd(server), cached.env, cwd, call))
+                        samples[variant].append(first_session(shim_cmd(server, "--eager"), cached.env, cwd, call))
                         stop_brokers(cached)
         row = {
             variant: {
@@ -149,7 +155,7 @@ def use_one_tool(clients: list[RawClient]) -> float:
 def ten_server_session(home: Home, dirs: list[str], lazy: bool) -> dict[str, float]:
     """Open all servers at once as a client does, call one tool on the first, measure, close."""
     server = server_cmd("everything")
-    options = ("--scope", "cwd", *(("--lazy",) if lazy else ()))
+    options = ("--scope", "cwd", "--lazy" if lazy else "--eager")
     clients = [RawClient(shim_cmd(server, *options), home.env, directory) for directory in dirs]
     try:
         all_initialized = use_one_tool(clients)
@@ -212,9 +218,57 @@ def bench_lazy(runs: int) -> dict[str, Any]:
     return result
 
 
+# ---- the first tool call on a lazy backend --------------------------------------------------
+
+
+WARM_WAIT = 5.0
+"""Seconds between initialize and the first call: an eager backend has started and initialized by then."""
+
+
+def first_call(argv: list[str], env: dict[str, str], cwd: str | None, call: tuple[str, dict]) -> float:
+    """ms of the first tool call's round trip, made WARM_WAIT after the session initialized and listed tools."""
+    client = RawClient(argv, env, cwd)
+    try:
+        client.initialize()
+        client.request("tools/list")
+        time.sleep(WARM_WAIT)
+        started = time.perf_counter()
+        reply = client.request(*call)
+        elapsed = (time.perf_counter() - started) * 1000
+        if "result" not in reply:
+            raise RuntimeError(f"the first call failed: {reply}")
+        return elapsed
+    finally:
+        client.close()
+
+
+def bench_first_call(runs: int, kinds: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {"runs": runs, "warm_wait_s": WARM_WAIT}
+    for kind in kinds:
+        server, cwd, call = server_cmd(kind), server_cwd(kind), ECHO_CALL["everything"]
+        samples: dict[str, list[float]] = {"eager": [], "lazy": []}
+        with Home() as home:
+            first_session(shim_cmd(server), home.env, cwd, call)  # learns the discovery entry
+            wait_for_cache(home, 1)
+            stop_brokers(home)
+            for iteration in range(runs):
+                order = list(samples) if iteration % 2 == 0 else list(samples)[::-1]
+                for variant in order:
+                    samples[variant].append(first_call(shim_cmd(server, f"--{variant}"), home.env, cwd, call))
+                    stop_brokers(home)
+        row: dict[str, Any] = {variant: {"first_call_ms": summary(values, 1)} for variant, values in samples.items()}
+        row["lazy_adds_ms_p50"] = round(row["lazy"]["first_call_ms"]["p50"] - row["eager"]["first_call_ms"]["p50"], 1)
+        result[kind] = row
+        log(
+            f"first call, {kind}: eager p50 {row['eager']['first_call_ms']['p50']} ms, lazy p50 "
+            f"{row['lazy']['first_call_ms']['p50']} ms (+{row['lazy_adds_ms_p50']} ms)"
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="cold,lazy")
+    parser.add_argument("--only", default="cold,lazy,firstcall")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--lazy-runs", type=int, default=3)
@@ -228,6 +282,8 @@ def main() -> None:
         data["cold"] = bench_cold(args.runs, ["everything", "npx"])
     if "lazy" in sections:
         data["lazy"] = bench_lazy(args.lazy_runs)
+    if "firstcall" in sections:
+        data["first_call"] = bench_first_call(args.runs, ["everything", "npx"])
     data["machine_end"] = machine()
     log(f"wrote {write_result(args.out, data)}")
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from . import __version__, platform, wire
 from .atomic import write_atomically
 from .backend import Keeper, kill_leftovers
+from .budget import admit
 from .discovery import store as store_discovery
 from .eventloop import EventLoop
 from .handover import Lifetime, restarts_handed_over
@@ -133,6 +134,9 @@ class Broker:
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         self.sessions.backend_stderr(slot, lines)
+
+    def may_start(self, slot: BackendSlot) -> str | None:
+        return admit(slot, self.slots, self.spec.get("budget"))
 
     def slot_failed(self, slot: BackendSlot, reason: str) -> None:
         """The slot's backend never worked: end its sessions with the reason (their shims exit 1)."""

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -171,7 +172,7 @@ def render_table(backends: list[dict[str, Any]], width: int | None = None) -> st
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and platform.memory_measure() == "RSS":
-        notes.append("MEMORY is RSS: pages shared between processes count in each (this OS gives users no PSS)")
+        notes.append("MEMORY is RSS: shared pages count in each process (no PSS on this OS)")
     return "\n".join(lines + notes)
 
 
@@ -229,11 +230,12 @@ def render_ls(as_json: bool, include_unmanaged: bool) -> str:
             click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
         return json.dumps(entries, indent=2)
     managed = [e for e in entries if e.get("managed")]
-    text = render_table(managed, table.terminal_width()) if managed else "No shared backends are running."
+    width = table.terminal_width()
+    text = render_table(managed, width) if managed else "No shared backends are running."
     if others:
-        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, table.terminal_width())
+        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, width)
     if managed and _env_rule() == "secrets":
-        text += "\n" + WEAKER_ENV_RULE
+        text += "\n" + (textwrap.fill(WEAKER_ENV_RULE, width) if width else WEAKER_ENV_RULE)
     if include_unmanaged:
         text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
     return text
@@ -425,8 +427,11 @@ def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...
     sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
     click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
     click.echo(_env_lines(separating))
-    if decision.lazy:
-        click.echo("lazy:    yes (config.toml): the backend starts when a cached discovery cannot answer")
+    if decision.lazy is not None:
+        said = "yes" if decision.lazy else "no: the backend starts at once"
+        click.echo(f"lazy:    {said} (config.toml)")
+    if decision.idle is not None:
+        click.echo(f"idle:    {decision.idle} (config.toml)")
 
 
 WEAKER_ENV_RULE = (

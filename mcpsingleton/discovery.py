@@ -7,8 +7,10 @@ file is named by the key, which already hashes the command and the env that must
 itself is never written, and an entry that happens to contain the value of a secret-looking
 variable (a server echoing its token in a description) is not written at all.
 
-A key that is never shared (isolated sharing: decided by the user, the catalog, or the server's
-own declaration or tool shapes) is never cached: its discovery may depend on the session.
+An isolated key is cached too, so that its sessions need no backend until they call a tool. Its
+discovery might depend on the session, so only what its backends said to the broker's own initialize
+and lists is stored (mux/discovery.py: `own_lists_only`), never a session's list results; the next
+isolated session of the same key (same command, same env that matters) is served that entry.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ MIN_SECRET_LENGTH = 6
 """Shorter env values (`1`, `true`, a port) are too common to say anything when found in a result."""
 
 
+def entry_key(spec: dict[str, Any]) -> str:
+    """Whose entry this broker reads and writes: its key, or for an isolated key (one per session) the key
+    the same command, env and directory would have if shared (election.discovery_key)."""
+    return spec.get("discovery_key") or spec["key"]
+
+
 def path_for(key: str) -> str:
     return os.path.join(state_dir(), "discovery", f"{key}.json")
 
@@ -40,22 +48,15 @@ def checked_path_for(key: str) -> str:
     return path
 
 
-def cacheable(spec: dict[str, Any]) -> bool:
-    """Whether this key's discovery may be cached at all (never for isolated sharing)."""
-    return spec.get("scope") != "isolated" and spec.get("sharing") != "isolated"
-
-
-def load(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The entry for the mux: None when the key is never cached, {} when nothing usable is stored."""
-    if not cacheable(spec):
-        return None
+def load(spec: dict[str, Any]) -> dict[str, Any]:
+    """The entry for the mux: {} when nothing usable is stored."""
     try:
-        with open(checked_path_for(spec["key"]), encoding="utf-8") as handle:
+        with open(checked_path_for(entry_key(spec)), encoding="utf-8") as handle:
             stored = json.load(handle)
     except (OSError, ValueError, SetupError, RecursionError):  # SetupError: `store` says why in the log;
         # RecursionError: a file nested too deeply (not one we wrote) reads as none
         return {}
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != spec["key"]:
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("key") != entry_key(spec):
         return {}
     entry = stored.get("entry")
     return entry if isinstance(entry, dict) else {}
@@ -64,7 +65,7 @@ def load(spec: dict[str, Any]) -> dict[str, Any] | None:
 def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
     """Write (or, for None, remove) the key's entry; the line for the broker's log."""
     try:
-        path = checked_path_for(spec["key"])
+        path = checked_path_for(entry_key(spec))
     except SetupError as exc:
         return f"discovery: not cached: {exc}"
     refusal = _refusal(spec, entry) if entry is not None else None
@@ -76,7 +77,7 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
         except OSError as exc:
             return f"discovery: cannot remove {path}: {exc.strerror}"
         return refusal or "discovery: cache entry removed"
-    text = json.dumps({"format": FORMAT, "key": spec["key"], "entry": entry}, separators=(",", ":"))
+    text = json.dumps({"format": FORMAT, "key": entry_key(spec), "entry": entry}, separators=(",", ":"))
     try:
         write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
@@ -85,15 +86,7 @@ def store(spec: dict[str, Any], entry: dict[str, Any] | None) -> str:
 
 
 def _refusal(spec: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """Why this entry must not be written, or None: session-bound sharing, a secret value inside, or nesting
-    too deep to write."""
-    from .learnt import ISOLATED, runtime_decision  # once per backend start, and only when it changed
-
-    tools = entry.get("tools/list", {}).get("tools")
-    tools = tools if isinstance(tools, list) else None
-    decided = runtime_decision(spec.get("sharing"), bool(spec.get("sharing_final")), entry["initialize"], tools)
-    if decided is not None and decided[0] == ISOLATED:
-        return f"discovery: not cached ({decided[1]})"
+    """Why this entry must not be written, or None: a secret value inside, or nesting too deep to write."""
     try:
         text = json.dumps(entry, ensure_ascii=False)
     except (RecursionError, ValueError, TypeError) as exc:  # the mux caches only what it can write; belt and braces

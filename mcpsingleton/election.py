@@ -17,10 +17,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .keys import KEY_ENV, KeyPaths, SetupError, log_dir, parse_duration
+from .keys import KEY_ENV, KeyPaths, SetupError, client_environ, compute_key, log_dir, parse_duration, user_salt
+from .options import RunOptions, backend_timing
 
 if TYPE_CHECKING:
-    from .options import RunOptions
     from .sharing import Decision
 
 BACKOFF = 0.01
@@ -63,6 +63,7 @@ def broker_spec(
     config.toml was ignored, for `ls`.
     """
     os.makedirs(log_dir(), mode=0o700, exist_ok=True)
+    lazy, idle = backend_timing(options, decision.lazy, decision.idle)
     return {
         "key": paths.key,
         "runtime_dir": paths.dir,
@@ -79,8 +80,20 @@ def broker_spec(
         "linger": parse_duration(options.linger),
         "max_memory": options.max_memory,
         "max_procs": options.max_procs,
-        "lazy": options.lazy or decision.lazy,
+        "discovery_key": discovery_key(paths, options, decision.scope, cwd, env),
+        "lazy": lazy,
+        "idle": idle,
+        "budget": {"max_backends": decision.budget[0], "max_memory": decision.budget[1]},
     }
+
+
+def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, env: dict[str, str]) -> str:
+    """The key naming the discovery entry: the broker's own, but for an isolated key (unique to its session)
+    the key of the same command, env and directory shared per directory, so the next isolated session of
+    the server is served what the last one learnt."""
+    if scope != "isolated":
+        return paths.key
+    return compute_key(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
 
 
 def backend_dir(cwd: str, scope: str) -> str:

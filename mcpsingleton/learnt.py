@@ -49,6 +49,13 @@ def declared_sharing(init_result: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def declares_stateless(init_result: dict[str, Any]) -> bool:
+    """The server says it keeps nothing per client: `x-mux` sharing=shared, or it speaks the stateless era
+    (idle reclaim may stop it between requests; `session-aware` servers keep state, so they do not count)."""
+    declared = declared_sharing(init_result)
+    return declared is not None and ("sharing=shared" in declared[1] or STATELESS_ERA in declared[1])
+
+
 def tool_shape_sharing(tools: list[dict[str, Any]]) -> tuple[str, str] | None:
     """Isolated when a tool name looks session-bound (browser pages, tabs, terminal/process sessions)."""
     for tool in tools:

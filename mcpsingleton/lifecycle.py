@@ -13,7 +13,13 @@ happens instead of as a wedged backend later.
     restarting   spawned    restarting   a replacement process is running (not yet initialized)
     restarting   lost       restarting   the replacement died too, or could not be spawned
     restarting   ready      running      the replacement answered initialize
-    idle, starting, running, restarting, failed:
+    running      reclaim    reclaiming   idle long enough, and nothing it holds can be lost (--idle, the budget)
+    reclaiming   stopped    reclaimed    the stop ladder is done: no process, the sessions stay
+    reclaimed    spawned    waking       a request needs it again
+    reclaimed    lost       restarting   it could not be spawned again (it has worked: backoff, on demand)
+    waking       ready      running      it answered initialize again
+    waking       lost       restarting   it died before that (it has worked: a crash, not a failure)
+    idle, starting, running, restarting, failed, reclaiming, reclaimed, waking:
                  stop       stopping     the broker retires the slot
     stopping     stopped    stopped      the process tree is gone
 """
@@ -27,12 +33,16 @@ RESTARTING = "restarting"
 FAILED = "failed"
 STOPPING = "stopping"
 STOPPED = "stopped"
+RECLAIMING = "reclaiming"
+RECLAIMED = "reclaimed"
+WAKING = "waking"
 
 SPAWNED = "spawned"
 READY = "ready"
 LOST = "lost"
 STOP = "stop"
 DONE = "stopped"
+RECLAIM = "reclaim"
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     (IDLE, SPAWNED): STARTING,
@@ -43,16 +53,21 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (RESTARTING, SPAWNED): RESTARTING,
     (RESTARTING, LOST): RESTARTING,
     (RESTARTING, READY): RUNNING,
-    (IDLE, STOP): STOPPING,
-    (STARTING, STOP): STOPPING,
-    (RUNNING, STOP): STOPPING,
-    (RESTARTING, STOP): STOPPING,
-    (FAILED, STOP): STOPPING,
+    (RUNNING, RECLAIM): RECLAIMING,
+    (RECLAIMING, DONE): RECLAIMED,
+    (RECLAIMED, SPAWNED): WAKING,
+    (RECLAIMED, LOST): RESTARTING,
+    (WAKING, READY): RUNNING,
+    (WAKING, LOST): RESTARTING,
+    **{(state, STOP): STOPPING for state in (IDLE, STARTING, RUNNING, RESTARTING, FAILED)},
+    **{(state, STOP): STOPPING for state in (RECLAIMING, RECLAIMED, WAKING)},
     (STOPPING, DONE): STOPPED,
 }
 
 SHOWN_STATES = ("idle", "starting", "running", "lingering", "restarting", "stopping")
 """What `ls` and `--json` show (a fixed contract); `lingering` is `running` with no session attached."""
+SHOWN = {RECLAIMING: IDLE, RECLAIMED: IDLE, WAKING: STARTING}
+"""A reclaimed backend is shown as one that has not started yet: no process, back on the next request."""
 UP_STATES = ("running", "lingering")
 """Shown states in which the backend serves requests (the `mcpsingleton_backend_up` metric)."""
 
@@ -88,7 +103,7 @@ class Lifecycle:
 
     def lost(self, lived: float) -> str:
         """The backend is gone after `lived` seconds (0 when it could not even be spawned)."""
-        if self.state in (RUNNING, RESTARTING):
+        if self.state in (RUNNING, RESTARTING, RECLAIMED, WAKING):
             self.restarts += 1
             self.streak = 0 if lived > STREAK_RESET else self.streak + 1
         return self.fire(LOST)
@@ -100,7 +115,12 @@ class Lifecycle:
     @property
     def live(self) -> bool:
         """Not failed, stopping or stopped: the slot may still spawn a backend."""
-        return self.state in (IDLE, STARTING, RUNNING, RESTARTING)
+        return self.state in (IDLE, STARTING, RUNNING, RESTARTING, RECLAIMING, RECLAIMED, WAKING)
+
+    @property
+    def initializing(self) -> bool:
+        """A backend process runs that has not answered initialize yet."""
+        return self.state in (STARTING, RESTARTING, WAKING)
 
     def shown(self, has_sessions: bool) -> str:
         """The state as `ls` shows it (one of SHOWN_STATES)."""
@@ -108,4 +128,4 @@ class Lifecycle:
             return RUNNING if has_sessions else "lingering"
         if self.state in (FAILED, STOPPED):
             return STOPPING  # a failed slot is on its way out: its sessions were told why
-        return self.state
+        return SHOWN.get(self.state, self.state)

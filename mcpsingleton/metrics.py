@@ -81,6 +81,12 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
         lambda b: b.get("stderr_dropped", 0),
     ),
     (
+        "mcpsingleton_budget_refusals_total",
+        "counter",
+        "Backend starts the [budget] refused (the requests that needed the backend got an error).",
+        lambda b: b.get("budget_refusals", 0),
+    ),
+    (
         "mcpsingleton_sessions_refused_total",
         "counter",
         "Sessions refused because the broker was out of file descriptors.",

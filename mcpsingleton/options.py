@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 HELP_FLAGS = ("-h", "--help")
+DEFAULT_IDLE = "10m"
+"""How long a backend whose state nothing can lose may sit idle before it is stopped (`--idle`)."""
 FLAG_GIVEN = "\0on"
 """The value split_run_args gives an on/off option that is present (no word on a command line can hold NUL)."""
 
@@ -131,8 +133,25 @@ RUN_OPTIONS = (
         "lazy",
         "",
         _text,
-        "With this server's discovery cached from an earlier run, start the backend only when a request needs it.",
+        "Start the backend only when a request needs it, once this server's discovery is cached from an earlier "
+        "run (the default; also `lazy = true` in config.toml).",
         is_flag=True,
+    ),
+    RunOption(
+        "--eager",
+        "eager",
+        "",
+        _text,
+        "Start the backend at once, even when its discovery is cached (also `lazy = false` in config.toml).",
+        is_flag=True,
+    ),
+    RunOption(
+        "--idle",
+        "idle",
+        "DURATION",
+        _duration_text,
+        f"Stop a backend idle this long whose state nothing can lose; it comes back on the next request that "
+        f"needs it (default {DEFAULT_IDLE}; 0 = never; also `idle` in config.toml).",
     ),
 )
 BY_FLAG = {option.flag: option for option in RUN_OPTIONS}
@@ -148,6 +167,8 @@ class RunOptions:
     max_memory: int | None
     max_procs: int | None
     lazy: bool
+    eager: bool
+    idle: str | None
 
     def __init__(self) -> None:
         for option in RUN_OPTIONS:
@@ -208,7 +229,18 @@ def parse_run_args(argv: list[str]) -> RunOptions:
     options.command = argv[command_index:]
     if not options.command:
         raise UsageError("missing the server command")
+    if options.lazy and options.eager:
+        raise UsageError("--lazy and --eager contradict each other; give one")
     return options
+
+
+def backend_timing(options: RunOptions, config_lazy: bool | None, config_idle: str | None) -> tuple[bool, float]:
+    """Whether the backend starts lazily, and after how many idle seconds it is reclaimed (0: never).
+
+    The option outranks config.toml's `lazy`/`idle` for the server, which outrank the defaults: lazy
+    (it only matters once discovery is cached) and DEFAULT_IDLE."""
+    lazy = False if options.eager else True if options.lazy else config_lazy if config_lazy is not None else True
+    return lazy, parse_duration(options.idle or config_idle or DEFAULT_IDLE)
 
 
 def _set(options: RunOptions, option: RunOption, text: str, source: str) -> None:

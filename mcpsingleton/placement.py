@@ -34,10 +34,11 @@ class SharingDecision:
         self.policy: str = spec.get("policy") or f"--scope {spec['scope']}"
         self.final = static_isolated or bool(spec.get("sharing_final"))
         self.known = self.final
+        self.stateless = self.sharing == SHARED and not self.final  # the catalog says shared (may_reclaim)
 
     def learn(self, init_result: dict[str, Any], tools: list[Any] | None) -> bool:
         """Apply what the first backend said; False while its tools are still needed to decide."""
-        from .learnt import runtime_decision  # only brokers whose server may still change the decision
+        from .learnt import declares_stateless, runtime_decision  # only brokers whose server may still decide
 
         change = runtime_decision(self.sharing, self.final, init_result, tools)
         if change is None and tools is None and self.sharing is None and _declares_tools(init_result):
@@ -45,8 +46,17 @@ class SharingDecision:
         if change is not None:
             self.sharing, self.policy = change
         self.sharing = self.sharing or SHARED
+        self.stateless = self.sharing == SHARED and (declares_stateless(init_result) or (self.stateless and not change))
         self.known = True
         return True
+
+    def learn_from_cache(self, entry: dict[str, Any]) -> bool:
+        """Apply what the server said about itself last time (its cached discovery entry); whether that decided."""
+        init_result, listed = entry.get("initialize"), entry.get("tools/list")
+        tools = listed.get("tools") if isinstance(listed, dict) else None
+        if not isinstance(init_result, dict):
+            return False
+        return self.learn(init_result, tools if isinstance(tools, list) else None)
 
     def give_up(self, why: str) -> None:
         """The first backend could not tell (it failed, or its tools/list did): keep the static decision."""
@@ -72,8 +82,8 @@ def fits(slot: BackendSlot, signature: RootsSignature) -> bool | None:
     placed = roots.placed_signatures()
     if placed <= {signature}:
         return True  # whatever the backend asks, it learns exactly these roots
-    if ASKING in placed:
-        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to)
+    if ASKING in placed or None in placed:
+        return None  # a session on it has yet to say its roots (it has ROOTS_WAIT_TICKS to, even its handshake)
     if roots.used:
         return False
     return True if roots.quiet else None
@@ -82,6 +92,16 @@ def fits(slot: BackendSlot, signature: RootsSignature) -> bool | None:
 def slot_for_roots(slots: list[BackendSlot], signature: RootsSignature) -> BackendSlot | None:
     """An existing roots-using slot whose sessions declared exactly these roots."""
     return next((slot for slot in slots if slot.mux.roots.used and fits(slot, signature)), None)
+
+
+def may_reclaim(slot: BackendSlot, has_sessions: bool) -> bool:
+    """Whether a quiet backend may be stopped (idle reclaim, the budget) without a session losing state: no
+    session holds it, or the server is known to keep none between requests (the catalog says shared, it
+    declares x-mux sharing=shared or speaks the stateless era); never an isolated or roots-holding backend
+    while its sessions may still use it."""
+    if not has_sessions:
+        return True
+    return slot.stateless and slot.sharing != ISOLATED and not slot.mux.roots.learnt
 
 
 def ends_with_last_session(slot: BackendSlot) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 from .cmdline import LAUNCHERS, server_words, word_names
-from .keys import SCOPES
+from .keys import SCOPES, UsageError, parse_duration, parse_size
 from .sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
 
 
@@ -36,6 +37,7 @@ class ServerTable:
     """A `[servers."MATCH"]` table (catalog or config.toml), looked up by any name a command answers to."""
 
     def __init__(self, servers: dict[str, dict[str, Any]]) -> None:
+        self.budget: tuple[int | None, int | None] = (None, None)
         self.entries: dict[str, dict[str, Any]] = {}
         for canonical, entry in servers.items():
             for alias in [canonical, *entry.get("aliases", [])]:
@@ -67,10 +69,33 @@ def load_table(path: str) -> ServerTable:
             raise ValueError(f'[servers."{match}"] sharing must be "shared" or "isolated"')
         if not isinstance(entry.get("lazy", False), bool):
             raise ValueError(f'[servers."{match}"] lazy must be true or false')
+        if "idle" in entry:
+            _checked(parse_duration, str(entry["idle"]), f'[servers."{match}"] idle')
         aliases = entry.get("aliases", [])
         if not isinstance(aliases, list) or not all(isinstance(alias, str) for alias in aliases):
             raise ValueError(f'[servers."{match}"] aliases must be a list of names')
-    return ServerTable(servers)
+    table = ServerTable(servers)
+    table.budget = _budget(data.get("budget", {}))
+    return table
+
+
+def _budget(table: object) -> tuple[int | None, int | None]:
+    """`[budget]`: at most `max_backends` backends, `max_memory` (PSS of their trees) for the whole user."""
+    if not isinstance(table, dict):
+        raise ValueError("[budget] must be a table")
+    count, memory = table.get("max_backends"), table.get("max_memory")
+    if count is not None and (type(count) is not int or count < 1):
+        raise ValueError(f"[budget] max_backends = {count!r}: a positive whole number")
+    size = None if memory is None else _checked(parse_size, str(memory), "[budget] max_memory")
+    return count, size
+
+
+def _checked(convert: Callable[[str], Any], text: str, where: str) -> Any:
+    """`convert(text)`, its UsageError said as a broken config.toml (one line, where it is)."""
+    try:
+        return convert(text)
+    except UsageError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def unread_xdg_config() -> str | None:
@@ -99,16 +124,22 @@ def _from_catalog(entry: dict[str, Any] | None) -> Decision:
 
 
 def decide(requested: str, command: list[str], name: str | None = None) -> Decision:
-    """The decision for `run --scope requested … -- command`, without starting anything."""
-    if requested != "auto":
-        return explicit_decision(requested)
+    """The decision for `run --scope requested … -- command`, without starting anything.
+
+    An explicit scope decides the sharing alone; what config.toml says besides (lazy, idle, the budget,
+    whether it is broken) holds either way."""
     names = match_names(command, name)
     try:
-        found = load_table(config_path()).find(names)
-        error = None
+        config = load_table(config_path())
+        found, budget, error = config.find(names), config.budget, None
     except ValueError as exc:
-        found, error = None, " ".join(str(exc).split())
-    decision = _from_config(found) or _from_catalog(load_table(CATALOG_PATH).find(names))
+        found, budget, error = None, (None, None), " ".join(str(exc).split())
+    if requested != "auto":
+        decision = explicit_decision(requested)
+    else:
+        decision = _from_config(found) or _from_catalog(load_table(CATALOG_PATH).find(names))
     decision.config_error = error
-    decision.lazy = bool(found and found.get("lazy"))
+    decision.lazy = found.get("lazy") if found else None
+    decision.idle = str(found["idle"]) if found and "idle" in found else None
+    decision.budget = budget
     return decision

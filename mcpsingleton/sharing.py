@@ -25,11 +25,12 @@ class Decision:
 
     `sharing` is None when only the running server can tell (its declaration or its tools). `final`
     means a user decided (option or config.toml): nothing learnt at runtime overrides it.
-    `config_error` is the one-line reason config.toml was ignored, if it was. `lazy`: config.toml asks
-    for `run --lazy`.
+    `config_error` is the one-line reason config.toml was ignored, if it was. What config.toml says
+    beyond the sharing: `lazy` (True/False, None when it says nothing), `idle` (a duration text, or
+    None) and `budget` (the user's `[budget]`: max backends, max memory in bytes; None where unset).
     """
 
-    __slots__ = ("config_error", "final", "lazy", "policy", "scope", "sharing")
+    __slots__ = ("budget", "config_error", "final", "idle", "lazy", "policy", "scope", "sharing")
 
     def __init__(
         self,
@@ -39,7 +40,9 @@ class Decision:
         *,
         final: bool = False,
         config_error: str | None = None,
-        lazy: bool = False,
+        lazy: bool | None = None,
+        idle: str | None = None,
+        budget: tuple[int | None, int | None] = (None, None),
     ) -> None:
         self.scope = scope
         self.sharing = sharing
@@ -47,6 +50,8 @@ class Decision:
         self.final = final
         self.config_error = config_error
         self.lazy = lazy
+        self.idle = idle
+        self.budget = budget
 
     def __repr__(self) -> str:
         return f"Decision({self.scope!r}, {self.sharing!r}, {self.policy!r}, final={self.final})"
@@ -55,18 +60,29 @@ class Decision:
         return isinstance(other, Decision) and self.as_lines() == other.as_lines()
 
     def as_lines(self) -> str:
-        final, lazy = "final" if self.final else "", "lazy" if self.lazy else ""
-        fields = (self.scope, self.sharing or "", self.policy, final, self.config_error or "", lazy)
+        final = "final" if self.final else ""
+        lazy = {True: "lazy", False: "eager", None: ""}[self.lazy]
+        budget = " ".join("-" if limit is None else str(limit) for limit in self.budget)
+        error, idle = self.config_error or "", self.idle or ""
+        fields = (self.scope, self.sharing or "", self.policy, final, error, lazy, idle, budget)
         return "".join(_one_line(field) + "\n" for field in fields)
 
     @classmethod
     def from_lines(cls, text: str) -> Decision | None:
         fields = text.split("\n")
-        if len(fields) != 7 or fields[0] not in KEY_SCOPES:
+        if len(fields) != 9 or fields[0] not in KEY_SCOPES:
             return None
-        scope, sharing, policy, final, error, lazy, _ = fields
+        scope, sharing, policy, final, error, lazy, idle, budget, _ = fields
+        limits = [int(word) if word.isdigit() else None for word in budget.split()]
         return cls(
-            scope, sharing or None, policy, final=final == "final", config_error=error or None, lazy=lazy == "lazy"
+            scope,
+            sharing or None,
+            policy,
+            final=final == "final",
+            config_error=error or None,
+            lazy={"lazy": True, "eager": False}.get(lazy),
+            idle=idle or None,
+            budget=(limits[0], limits[1]) if len(limits) == 2 else (None, None),
         )
 
 
@@ -74,9 +90,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def explicit_decision(scope: str) -> Decision:
-    """`--scope cwd|global|isolated` given: the user decided."""
-    return Decision(scope, ISOLATED if scope == ISOLATED else SHARED, f"--scope {scope}", final=True)
+def explicit_decision(scope: str, config: Decision | None = None) -> Decision:
+    """`--scope cwd|global|isolated` given: the user decided; `config`: what config.toml says besides."""
+    decision = Decision(scope, ISOLATED if scope == ISOLATED else SHARED, f"--scope {scope}", final=True)
+    if config is not None:
+        decision.config_error, decision.lazy, decision.idle = config.config_error, config.lazy, config.idle
+        decision.budget = config.budget
+    return decision
 
 
 def config_path() -> str:
@@ -155,9 +175,8 @@ def _write_cached(path: str, decision: Decision) -> None:
 
 
 def resolve_scope(requested: str, command: list[str], name: str | None, directory: str, salt: bytes) -> Decision:
-    """The decision `run` uses: `auto` goes through the cached policy chain; a broken config warns once."""
-    if requested != "auto":
-        return explicit_decision(requested)
+    """The decision `run` uses, through the cached policy chain (config.toml's lazy, idle and budget hold
+    with an explicit scope too, which decides the sharing alone); a broken config warns once."""
     path = cache_path(directory, command, name, salt)
     decision = _read_cached(path)
     if decision is None:
@@ -165,6 +184,8 @@ def resolve_scope(requested: str, command: list[str], name: str | None, director
 
         decision = decide("auto", command, name)
         _write_cached(path, decision)
+    if requested != "auto":
+        decision = explicit_decision(requested, decision)
     if decision.config_error:
         stderr_line(f"ignoring {config_path()}: {decision.config_error}; fix it or remove it")
     return decision

@@ -25,6 +25,8 @@ from .logfile import LogFile
 from .mux import BackendPart, Mux, ToBackend
 from .mux.router import FAST_PATH_ENV, fast_path_threshold
 from .mux.streaming import STREAM_FROM
+from .placement import may_reclaim
+from .sharing import ISOLATED
 from .streams import LineReader, Outbox, Relay
 from .wire import BackendStatus
 
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
         def reap(self) -> None: ...
         def slot_ready(self, slot: BackendSlot) -> None: ...
         def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None: ...
+        def may_start(self, slot: BackendSlot) -> str | None:
+            """None: spawn it; else why not (the budget), one line for the requests that needed it."""
 
 
 PAUSE_AT = 4 * 1024 * 1024
@@ -60,11 +64,18 @@ EXIT_STATUS_WAIT = 0.2
 
 class BackendSlot:
     def __init__(
-        self, number: int, spec: dict[str, Any], loop: EventLoop, log: LogFile, keeper: Keeper | None, host: Host
+        self,
+        number: int,
+        spec: dict[str, Any],
+        loop: EventLoop,
+        log: LogFile,
+        keeper: Keeper | None,
+        host: Host,
+        sharing: str | None = None,
     ) -> None:
         self.number = number
-        self.sharing: str | None = None  # shared|isolated, None while the broker has not decided (placement.py)
         self.policy = ""
+        self.stateless = False  # the server is known to keep nothing between requests (placement.may_reclaim)
         self.retiring = False
         self.used = False  # a session was ever placed here (an isolated slot serves exactly one)
         self.stderr_unsent: deque[bytes] = deque(maxlen=STDERR_BACKLOG)
@@ -77,11 +88,12 @@ class BackendSlot:
             "mcpsingleton",
             __version__,
             fast_path_threshold(os.environ.get(FAST_PATH_ENV)),
-            # only the key's first backend reads and writes its discovery entry: later slots are
-            # isolated or roots-bound ones, whose answers must not replace the shared entry
-            discovery=load_discovery(spec) if number == 1 else None,
-            lazy=number == 1 and bool(spec.get("lazy")),
+            # the key's first backend and isolated ones read and write its discovery entry; roots-bound
+            # slots do not: their answers may depend on the roots, and must not replace the shared entry
+            discovery=load_discovery(spec) if number == 1 or sharing == ISOLATED else None,
+            lazy=bool(spec.get("lazy")),
         )
+        self.sharing = sharing  # shared|isolated, None while the broker has not decided (placement.py)
         self.life = Lifecycle()
         self.backend: Backend | None = None
         self.retired: list[Backend] = []
@@ -94,17 +106,46 @@ class BackendSlot:
         self.spawn_timer: Timer | None = None
         self.fatal: str | None = None
         self.paused = False
+        self.idle_after = float(spec.get("idle") or 0)  # --idle: seconds; 0 = never reclaimed
+        self.last_active = time.monotonic()  # the last time the backend was written to or read from
+        self.idle_timer: Timer | None = None
+        self.after_reclaim: list[Callback] = []  # what waits for a reclaimed backend's process to be gone
         self.counters = dict.fromkeys(
-            ("limit_restarts", "backend_write_failures", "spawn_failures", "backpressure_pauses", "stderr_dropped"), 0
+            (
+                "limit_restarts",
+                "backend_write_failures",
+                "spawn_failures",
+                "backpressure_pauses",
+                "stderr_dropped",
+                "budget_refusals",
+            ),
+            0,
         )
         if spec.get("max_memory") or spec.get("max_procs"):
             loop.call_later(SAMPLE_INTERVAL, self._sample)
 
+    @property
+    def sharing(self) -> str | None:
+        return self._sharing
+
+    @sharing.setter
+    def sharing(self, sharing: str | None) -> None:
+        self._sharing = sharing
+        self.mux.discovery.own_lists_only = sharing == ISOLATED
+
     # ---- what the broker asks -----------------------------------------------------------------
+
+    def start_unless_lazy(self) -> None:
+        """Start the backend now, unless the cached discovery lets it wait for a request that needs it."""
+        if not self.mux.discovery.serves_without_backend():
+            self.start()
 
     def start(self) -> None:
         """Make sure a backend runs (or is about to): at once, or after the crash streak's backoff."""
         if self.backend is not None or self.spawn_timer is not None:
+            return
+        if self.life.state == lifecycle.RECLAIMING:
+            self.after_reclaim.append(self.start)  # the idle one must be gone first (one tree per slot)
             return
         if self.fatal is not None:
             self.host.perform(self, self.mux.backend_exited(self.fatal))
@@ -138,6 +179,7 @@ class BackendSlot:
 
     def _write(self, parts: tuple[bytes | memoryview, ...]) -> None:
         assert self.outbox is not None
+        self.last_active = time.monotonic()
         self.outbox.send(*parts)
         if len(self.outbox.pending) > PAUSE_AT and not self.paused:
             self.paused = True
@@ -148,6 +190,9 @@ class BackendSlot:
 
     def stop(self, done: Callback, strays: bool = False) -> None:
         """Retire the slot: stop the backend with the ladder (and, with `strays`, what left its group), then `done`."""
+        if self.life.state == lifecycle.RECLAIMING:
+            self.after_reclaim.append(lambda: self.stop(done, strays))
+            return
         self.life.fire(lifecycle.STOP)
         if self.spawn_timer is not None:
             self.spawn_timer.cancel()
@@ -206,6 +251,12 @@ class BackendSlot:
         self.spawn_timer = None
         if self.backend is not None or not self.life.live:
             return
+        refusal = self.host.may_start(self)
+        if refusal is not None:
+            self.counters["budget_refusals"] += 1
+            self.log.write(f"{self.label} not started: {refusal}")
+            self.host.perform(self, self.mux.backend_refused(refusal))
+            return
         argv = self.spec["argv"]
         try:
             backend = Backend(argv, self.spec["cwd"], self.spec["env"], self.spec["key"], self.keeper)
@@ -247,13 +298,15 @@ class BackendSlot:
 
     def _readable(self, backend: Backend) -> None:
         assert self.stdout is not None
+        self.last_active = time.monotonic()
         lines, _, at_eof = self.stdout.read()
         for line in lines:
             self.host.perform(self, self.mux.from_backend(line))
         if at_eof:
             self._gone(backend)
-        elif self.life.state in (lifecycle.STARTING, lifecycle.RESTARTING) and self.mux.backend_ready():
+        elif self.life.initializing and self.mux.backend_ready():
             self.life.fire(lifecycle.READY)
+            self._arm_idle(backend, self.idle_after)
             self.host.slot_ready(self)
         elif self.life.state == lifecycle.RUNNING:
             self.stdout.stream(STREAM_FROM, self._open_stream)
@@ -374,6 +427,59 @@ class BackendSlot:
         self.log.write(reason)
         self.host.perform(self, self.mux.backend_exited(reason))
         self.host.slot_failed(self, reason)
+
+    # ---- idle reclaim -------------------------------------------------------------------------
+
+    def _arm_idle(self, backend: Backend, delay: float) -> None:
+        """Look at `backend` again in `delay` seconds (one timer per slot: a new backend's replaces the last's)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.idle_after > 0:
+            self.idle_timer = self.loop.call_later(delay, lambda: self._idle_check(backend))
+
+    def _idle_check(self, backend: Backend) -> None:
+        """--idle: a backend untouched that long is reclaimed when that loses nothing; else looked at again."""
+        self.idle_timer = None
+        if backend is not self.backend or self.life.state != lifecycle.RUNNING:
+            return
+        quiet_for = time.monotonic() - self.last_active
+        if quiet_for < self.idle_after:
+            self._arm_idle(backend, self.idle_after - quiet_for)
+        elif self.reclaimable():
+            self.reclaim(f"idle for {quiet_for:.0f}s (--idle {self.idle_after:g}s)")
+        else:
+            self._arm_idle(backend, self.idle_after)
+
+    def reclaimable(self) -> bool:
+        """Whether the running backend may be stopped now without any session losing anything (placement.py):
+        the mux is quiet, and no byte is on its way either (a line half read or half written, input unsent)."""
+        return (
+            self.backend is not None
+            and self.life.state == lifecycle.RUNNING
+            and not self.streaming
+            and not (self.stdout is not None and self.stdout.mid_line)
+            and not (self.outbox is not None and self.outbox.pending)
+            and self.mux.quiet()
+            and may_reclaim(self, self.host.has_sessions(self))
+        )
+
+    def reclaim(self, why: str) -> None:
+        """Stop a quiet backend (the ladder); the slot stays, and the next request that needs one starts it."""
+        backend = self._detach()
+        assert backend is not None
+        self.life.fire(lifecycle.RECLAIM)
+        self.log.write(f"{self.label} pid {backend.pid} stopped: {why}; it starts again when a request needs it")
+        self.host.perform(self, self.mux.backend_reclaimed(f"the backend was stopped: {why}"))
+
+        def stopped() -> None:
+            backend.close_pipes()
+            self.life.fire(lifecycle.DONE)
+            waiting, self.after_reclaim = self.after_reclaim, []
+            for callback in waiting:
+                callback()
+
+        stop_ladder(self.loop, backend, self.host.reap, stopped)
 
     # ---- resource caps ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ ask for roots. The muxes have no clock: this module ticks them (`keep_time`) whi
 
 from __future__ import annotations
 
+from .discovery import load as load_discovery
 from .mux.roots import TICK
 from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
 from .sharing import ISOLATED
@@ -48,24 +49,30 @@ class Slots:
     # ---- creating and retiring ----------------------------------------------------------------
 
     def start_first(self) -> None:
-        """The slot every session joins first; its backend starts now unless --lazy lets it wait for a request."""
+        """The slot every session joins first; its backend starts now unless it may wait for a request (lazy).
+
+        A server that decides its sharing at run time said it last time too: the cached discovery holds its
+        InitializeResult and tools, so later sessions are placed without waiting for a backend (lazy ones)."""
+        if not self.decision.known and self.decision.learn_from_cache(load_discovery(self.broker.spec)):
+            self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy}; from the cached discovery)")
         self.first = self.create()
-        if not self.first.mux.discovery.serves_without_backend():
-            self.first.start()
+        self.first.start_unless_lazy()
 
     def create(self) -> BackendSlot:
         """A new backend slot (not started yet), with the sharing decided so far."""
         self.next_number += 1
-        slot = BackendSlot(self.next_number, self.broker.spec, self.loop, self.log, self.broker.keeper, self.broker)
-        slot.sharing = self.decision.sharing if self.decision.known else None
-        slot.policy = self.decision.policy
+        sharing = self.decision.sharing if self.decision.known else None
+        slot = BackendSlot(
+            self.next_number, self.broker.spec, self.loop, self.log, self.broker.keeper, self.broker, sharing
+        )
+        slot.policy, slot.stateless = self.decision.policy, self.decision.stateless
         self.by_number[slot.number] = slot
         return slot
 
     def _new(self, why: str) -> BackendSlot:
         slot = self.create()
         self.log.write(f"backend slot {slot.number} created: {why}")
-        slot.start()
+        slot.start_unless_lazy()
         return slot
 
     def retire(self, slot: BackendSlot, done: Callback, strays: bool = False) -> None:
@@ -209,6 +216,7 @@ class Slots:
             self.decision_timer = None
         self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy})")
         for slot in self.by_number.values():
+            slot.stateless = self.decision.stateless
             if slot.sharing is None:
                 slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
                 self.broker.sessions.backend_stderr(slot, [])

@@ -110,6 +110,7 @@ FIELDS: dict[str, Any] = {
     "spawn_failures": 0,
     "backpressure_pauses": 0,
     "stderr_dropped": 0,
+    "budget_refusals": 0,
     "config_error": None,
     "sessions_refused": 0,
     "log_lines_dropped": 0,
@@ -165,6 +166,8 @@ class BackendStatus:
     """Times the sessions were paused because the backend left too much input unread."""
     stderr_dropped: int
     """Bytes of an isolated backend's stderr not copied to its session's stderr (it was not being read)."""
+    budget_refusals: int
+    """Starts of this backend the [budget] refused (the requests that needed it got an error)."""
     config_error: str | None
     """Why config.toml was ignored when the decision was made, if it was."""
     sessions_refused: int

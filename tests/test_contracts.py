@@ -32,6 +32,27 @@ def test_a_backend_that_never_worked_fails_and_one_that_did_restarts() -> None:
     assert worked.lost(0.1) == "restarting" and worked.restarts == 1
 
 
+def test_a_reclaimed_backend_is_idle_until_it_wakes_and_a_crash_then_is_a_restart_not_a_failure() -> None:
+    life = Lifecycle()
+    for event, state in [("spawned", "starting"), ("ready", "running"), ("reclaim", "reclaiming")]:
+        assert life.fire(event) == state
+    assert life.live and life.shown(True) == "idle"
+    with pytest.raises(IllegalTransition):
+        life.fire("spawned")  # not before the idle one's tree is gone
+    assert life.fire("stopped") == "reclaimed" and life.shown(True) == "idle"
+    assert life.fire("spawned") == "waking" and life.shown(True) == "starting" and life.initializing
+    assert life.fire("ready") == "running"
+    life.fire("reclaim")
+    life.fire("stopped")
+    life.fire("spawned")
+    assert life.lost(0.1) == "restarting" and life.restarts == 1  # it has worked: backoff, never fatal
+    for state in ("reclaiming", "reclaimed", "waking"):
+        life.state = state
+        assert life.fire("stop") == "stopping"
+    with pytest.raises(IllegalTransition):
+        Lifecycle().fire("reclaim")  # only a running backend is reclaimed
+
+
 def test_backoff_doubles_within_a_streak_up_to_the_cap_and_resets_after_a_long_life() -> None:
     life = Lifecycle()
     life.fire("spawned")

@@ -183,7 +183,7 @@ def test_a_capability_difference_is_logged() -> None:
 
 
 def test_a_key_that_is_never_cached_asks_the_backend_for_nothing_more() -> None:
-    h = Harness()  # discovery=None: isolated sharing
+    h = Harness()  # discovery=None: a roots-bound slot
     h.open(1)
     assert [r["method"] for r in h.backend_requests()] == ["initialize"]
     assert h.stored == []
@@ -238,14 +238,30 @@ def test_the_stored_entry_loads_back_and_anything_else_loads_as_nothing(home: Pa
         assert discovery.load(spec()) == {}
 
 
-def test_isolated_keys_are_never_cached(home: Path) -> None:
-    assert discovery.load(spec(scope="isolated", sharing="isolated")) is None
+def test_isolated_keys_are_cached_so_their_sessions_need_no_backend_for_discovery(home: Path) -> None:
+    isolated = spec(scope="isolated", sharing="isolated")
+    assert discovery.load(isolated) == {}
     declared = {**ENTRY, "initialize": init_result({"experimental": {"x-mux": {"sharing": "isolated"}}})}
-    assert "server declares x-mux sharing=isolated" in discovery.store(spec(), declared)
+    assert discovery.store(spec(), declared).startswith("discovery: cached")
+    assert discovery.load(isolated) == declared
     browser = {**ENTRY, "tools/list": {"tools": [{"name": "browser_navigate"}]}}
-    assert "tools look session-bound" in discovery.store(spec(), browser)
-    assert not Path(discovery.path_for("k" * 64)).exists()
-    assert discovery.store(spec(sharing="shared", sharing_final=True), browser).startswith("discovery: cached")
+    assert discovery.store(isolated, browser).startswith("discovery: cached")
+    assert discovery.load(isolated) == browser
+
+
+def test_an_isolated_backend_caches_only_what_the_broker_itself_was_told() -> None:
+    """A session's own list result on an isolated backend may be its own: it never updates the entry."""
+    h = Harness(discovery={})
+    h.mux.discovery.own_lists_only = True
+    h.open(1)
+    answer_lists(h, [TOOL_A])
+    stored = len(h.stored)
+    assert stored and h.stored[-1]["tools/list"] == {"tools": [TOOL_A]}
+    h.clear()
+    h.request(1, 7, "tools/list")
+    h.answer(h.last_request("tools/list"), {"tools": [TOOL_A, TOOL_B]})
+    assert h.only_reply(1)["result"] == {"tools": [TOOL_A, TOOL_B]}
+    assert len(h.stored) == stored
 
 
 def test_an_entry_holding_a_secret_value_is_removed_not_written(home: Path) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
 import pytest
 from conftest import RawClient, backend_roots, ls_json, processes_of, result_text, shim, wait_for
+from test_policy_servers import node_server
 
 SECRET = "s3cret-token-value-42"
 
@@ -46,7 +48,7 @@ def test_a_second_start_answers_initialize_before_the_backend_has(home: Path, fa
     assert client.close() == 0
 
 
-@pytest.mark.parametrize("asked_by", ["--lazy", "config.toml"])
+@pytest.mark.parametrize("asked_by", ["default", "--lazy", "config.toml"])
 def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: list[str], asked_by: str) -> None:
     first_run(fake_server, home)
     if asked_by == "config.toml":
@@ -62,6 +64,88 @@ def test_lazy_runs_no_backend_until_a_tool_is_called(home: Path, fake_server: li
     (row,) = ls_json()
     assert row["state"] == "running" and row["backend_pid"] and row["memory_bytes"] > 0
     assert client.close() == 0
+
+
+@pytest.mark.parametrize("asked_by", ["--eager", "config.toml"])
+def test_eager_starts_the_backend_at_once_even_with_discovery_cached(
+    home: Path, fake_server: list[str], asked_by: str
+) -> None:
+    first_run(fake_server, home)
+    if asked_by == "config.toml":
+        (home / "config.toml").write_text('[servers."fake-server"]\nlazy = false\n')
+    client = RawClient(shim(fake_server, *([asked_by] if asked_by == "--eager" else [])))
+    assert client.initialize()["result"]["serverInfo"]["name"] == "fake-server"
+    assert wait_for(lambda: backend_roots(home)), "an eager session starts its backend without a request"
+    assert client.close() == 0
+
+
+def test_isolated_sessions_that_never_call_a_tool_start_no_backend(home: Path) -> None:
+    """sequential-thinking (isolated by the catalog): once its discovery is cached, three sessions list its
+    tools without a backend; the one that calls a tool gets exactly one, its own."""
+    command = node_server("@modelcontextprotocol/server-sequential-thinking")
+    first_run(command, home)
+    clients = [RawClient(shim(command)) for _ in range(3)]
+    try:
+        for client in clients:
+            client.initialize()
+            tools = client.reply_to(client.request("tools/list"))["result"]["tools"]
+            assert [tool["name"] for tool in tools] == ["sequentialthinking"]
+        assert backend_roots(home) == []
+        records = ls_json()
+        assert len(records) == 3 and {r["state"] for r in records} == {"idle"}, records
+        thought = {"thought": "t", "thoughtNumber": 1, "totalThoughts": 1, "nextThoughtNeeded": False}
+        assert "thoughtNumber" in result_text(clients[1].call("sequentialthinking", thought))
+        assert len(backend_roots(home)) == 1
+        states = sorted(r["state"] for r in ls_json())
+        assert states == ["idle", "idle", "running"], states
+    finally:
+        for client in clients:
+            assert client.close() == 0
+
+
+def test_a_server_that_declared_itself_isolated_is_placed_from_the_cache_without_a_backend(
+    home: Path, fake_server: list[str]
+) -> None:
+    """x-mux sharing=isolated, learnt by the first run: the next broker knows it from the cached entry, so three
+    sessions each get a lazy slot of their own, and only the one that calls a tool starts a backend."""
+    command = [*fake_server, "--x-mux=isolated"]
+    first_run(command, home)
+    clients = [RawClient(shim(command)) for _ in range(3)]
+    try:
+        for client in clients:
+            client.initialize()
+            assert "echo" in [t["name"] for t in client.reply_to(client.request("tools/list"))["result"]["tools"]]
+        assert backend_roots(home) == []
+        assert result_text(clients[2].call("echo", {"text": "mine"})) == "mine"
+        assert len(backend_roots(home)) == 1
+        records = ls_json()
+        assert sorted(r["state"] for r in records) == ["idle", "idle", "running"], records
+        assert {r["sharing"] for r in records} == {"isolated"}
+    finally:
+        for client in clients:
+            assert client.close() == 0
+
+
+def test_a_lazy_session_that_re_attaches_after_a_broker_crash_starts_no_backend_until_it_needs_one(
+    home: Path, fake_server: list[str]
+) -> None:
+    first_run(fake_server, home)
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (before,) = ls_json()
+        os.kill(before["broker_pid"], signal.SIGKILL)
+
+        def reattached() -> bool:
+            rows = ls_json()
+            return len(rows) == 1 and rows[0]["broker_pid"] != before["broker_pid"] and len(rows[0]["clients"]) == 1
+
+        assert wait_for(reattached, timeout=15), "the session re-attached to a new broker"
+        assert backend_roots(home) == [] and ls_json()[0]["state"] == "idle"
+        assert result_text(client.call("echo", {"text": "after"})) == "after"
+        assert len(backend_roots(home)) == 1
+    finally:
+        assert client.close() == 0
 
 
 def test_lazy_without_a_cache_entry_starts_the_backend_at_once(home: Path, fake_server: list[str]) -> None:

@@ -111,7 +111,8 @@ def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
     gone.rmdir()
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert client.process.wait(timeout=30) == 1
+    client.request("tools/call", {"name": "whoami", "arguments": {}})  # lazy: the re-attached session's next
+    assert client.process.wait(timeout=30) == 1  # call is what needs a backend there
     (line,) = client.stderr().splitlines()
     assert line.startswith("mcpsingleton: ") and f"{gone} no longer exists" in line, line
 

@@ -85,7 +85,8 @@ def test_cold_start_storm_elects_one_broker(home: Path, fake_server: list[str]) 
         clients = [RawClient(shim(fake_server, "--linger", "0")) for _ in range(50)]
         for client in clients:
             assert client.initialize()["result"]["serverInfo"]["name"] == "fake-server"
-        assert len(backend_roots(home)) == 1, f"round {round_number}"
+        # from the second round on, the first round's discovery is cached: lazy, no backend for initialize
+        assert len(backend_roots(home)) == (round_number == 0), f"round {round_number}"
         brokers = [p for p in processes_of(home) if "mcpsingleton.broker" in " ".join(p.cmdline())]
         assert len(brokers) == 1, f"round {round_number}"
         for client in clients:

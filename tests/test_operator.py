@@ -107,9 +107,9 @@ def test_ls_fits_the_terminal_and_a_pipe_gets_every_character(home: Path, fake_s
     assert entry["policy"] in piped and entry["key"][:12] in piped
     assert max(len(line) for line in piped.splitlines()) > 120
     for output, width in ((narrow, 80), (wide, 120)):
-        [header, row] = output.splitlines()
-        assert len(header) <= width and len(row) <= width and row.endswith("…")
-        assert "fake_server" in row and "3 (a-client-" in row and "RESTARTS" in header
+        header, row, *_notes = output.splitlines()  # notes: portable mode says MEMORY is RSS, the env rule weaker
+        assert all(len(line) <= width for line in output.splitlines()) and row.endswith("…")
+        assert "fake_server" in row and "3 (a-client" in row and "RESTARTS" in header
     assert "KEY" not in narrow and entry["key"][:12] in wide
 
 

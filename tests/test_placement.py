@@ -7,7 +7,7 @@ from mux_harness import Harness, init_result
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
-from mcpsingleton.placement import SharingDecision, fits
+from mcpsingleton.placement import SharingDecision, fits, may_reclaim
 
 TOOLS = {"capabilities": {"tools": {}}}
 
@@ -50,6 +50,52 @@ def test_giving_up_keeps_the_static_decision_and_says_why() -> None:
     decision.give_up("its tools/list failed")
     assert decision.known and decision.sharing == "shared"
     assert decision.policy == "default: shared per directory; kept, as its tools/list failed"
+
+
+# ---- issue 21 point 5: which backends idle reclaim may stop -------------------------------------
+
+SHARED_DECLARED = {"capabilities": {"experimental": {"x-mux": {"sharing": "shared"}}}}
+
+
+def test_stateless_is_known_from_the_catalog_a_declaration_or_the_stateless_era_only() -> None:
+    assert SharingDecision(spec(sharing="shared", policy="catalog: stateless")).stateless
+    assert not SharingDecision(spec(sharing="shared", sharing_final=True)).stateless, "a user's scope says nothing"
+    for init, stateless in [
+        (SHARED_DECLARED, True),
+        ({"capabilities": {"x-mux": {"sharing": "session-aware"}}}, False),  # it keeps per-session state
+        ({"protocolVersion": "2026-07-28", "capabilities": {}}, True),
+        ({"capabilities": {}}, False),  # an unknown server shares by default; its state is unknown
+    ]:
+        decision = SharingDecision(spec())
+        assert decision.learn(init, None) and decision.stateless is stateless, init
+    catalog = SharingDecision(spec(sharing="shared", policy="catalog: stateless"))
+    catalog.learn({"capabilities": {"x-mux": {"sharing": "session-aware"}}}, None)
+    assert not catalog.stateless, "the server's own word outranks the catalog"
+
+
+def test_the_sharing_is_learnt_from_the_cached_discovery_when_it_holds_the_server_s_word() -> None:
+    decision = SharingDecision(spec())
+    assert decision.learn_from_cache({"initialize": {"capabilities": {"x-mux": {"sharing": "isolated"}}}})
+    assert decision.isolated
+    waiting = SharingDecision(spec())
+    assert not waiting.learn_from_cache({"initialize": TOOLS}), "tools declared, none cached: the backend decides"
+    assert not SharingDecision(spec()).learn_from_cache({}), "no entry: nothing learnt"
+
+
+class ReclaimSlot:
+    """What `may_reclaim` reads of a backend slot."""
+
+    def __init__(self, sharing: str, stateless: bool, roots_learnt: bool = False) -> None:
+        self.mux, self.sharing, self.stateless = Harness().mux, sharing, stateless
+        self.mux.roots.learnt = roots_learnt
+
+
+def test_idle_reclaim_stops_only_what_no_session_may_still_need() -> None:
+    assert may_reclaim(ReclaimSlot("shared", True), has_sessions=True)
+    assert not may_reclaim(ReclaimSlot("shared", False), has_sessions=True), "its sessions may hold state"
+    assert not may_reclaim(ReclaimSlot("isolated", True), has_sessions=True)
+    assert not may_reclaim(ReclaimSlot("shared", True, roots_learnt=True), has_sessions=True)
+    assert may_reclaim(ReclaimSlot("shared", False), has_sessions=False), "nobody holds it"
 
 
 # ---- issue 19 row 8: other roots never join a backend that may still ask for roots ----------
@@ -107,3 +153,30 @@ def test_a_session_on_the_slot_that_has_not_said_its_roots_makes_others_wait() -
     assert fits(Slot(h), ("file:///beta",)) is None
     tick(h, ROOTS_WAIT_TICKS)
     assert fits(Slot(h), NO_ROOTS) is True
+
+
+def test_a_session_on_the_backend_whose_handshake_was_not_read_yet_makes_other_roots_wait() -> None:
+    """The first session is placed at once, but its waiter may say it is ready after a later session's: until
+    its handshake is read nobody knows its roots, so a newcomer must wait, not get a backend of its own."""
+    h = Harness()
+    h.perform(h.mux.open_session(1))  # placed, its initialize not read yet
+    h.from_backend(jsonrpc.request("q", "roots/list"))  # the server asks at once (server-everything does)
+    slot = Slot(h)
+    assert fits(slot, NO_ROOTS) is None, "its roots are unknown: wait"
+    h.open(2, capabilities={})
+    assert fits(slot, NO_ROOTS) is None
+    h.send(1, jsonrpc.request(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}}))
+    h.send(1, jsonrpc.notification("notifications/initialized"))
+    assert fits(slot, NO_ROOTS) is True, "both declare none: they share"
+
+
+def test_a_session_that_never_says_its_handshake_holds_no_one_up_for_long() -> None:
+    h = Harness()
+    h.perform(h.mux.open_session(1))
+    h.from_backend(jsonrpc.request("q", "roots/list"))
+    slot = Slot(h)
+    assert h.mux.ticking(), "the silent session is counted"
+    tick(h, ROOTS_WAIT_TICKS - 1)
+    assert fits(slot, NO_ROOTS) is None
+    tick(h, 1)
+    assert fits(slot, NO_ROOTS) is True, "taken as declaring no roots"

@@ -182,6 +182,9 @@ def test_config_toml_overrides_catalog_by_name_or_word(home: Path) -> None:
         'servers = "x"\n',
         '[servers."x"]\naliases = "y"\n',
         '[servers."x"]\nlazy = "yes"\n',
+        '[servers."x"]\nidle = "soon"\n',
+        "[budget]\nmax_backends = 0\n",
+        '[budget]\nmax_memory = "lots"\n',
         b"\xff\xfe",
         "a = " + "[" * 2000 + "]" * 2000 + "\n",  # issue 19 row 12: tomllib's RecursionError
     ],
@@ -255,6 +258,20 @@ def test_config_toml_lazy_needs_no_scope_and_survives_the_decision_cache(home: P
     os.makedirs(directory, mode=0o700)
     resolve_scope("auto", ["uvx", "mcp-server-time"], None, directory, SALT)
     assert resolve_scope("auto", ["uvx", "mcp-server-time"], None, directory, SALT).lazy  # read back from the cache
+
+
+def test_config_toml_eager_idle_and_budget_hold_with_an_explicit_scope_too(home: Path) -> None:
+    (home / "config.toml").write_text(
+        '[budget]\nmax_backends = 3\nmax_memory = "2G"\n[servers."mcp-server-time"]\nlazy = false\nidle = "30s"\n'
+    )
+    directory = str(home / "run")
+    os.makedirs(directory, mode=0o700)
+    for scope in ("auto", "global", "auto"):  # the last one from the decision cache
+        decision = resolve_scope(scope, ["uvx", "mcp-server-time"], None, directory, SALT)
+        assert (decision.lazy, decision.idle, decision.budget) == (False, "30s", (3, 2 << 30)), scope
+    assert resolve_scope("global", ["uvx", "mcp-server-time"], None, directory, SALT).policy == "--scope global"
+    other = resolve_scope("auto", ["other"], None, directory, SALT)
+    assert (other.lazy, other.idle, other.budget) == (None, None, (3, 2 << 30))  # the budget is the user's
 
 
 def test_decision_round_trips_through_its_cache_text() -> None:

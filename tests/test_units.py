@@ -25,7 +25,7 @@ from mcpsingleton.keys import (
     redacted_argv,
 )
 from mcpsingleton.logfile import LogFile
-from mcpsingleton.options import command_index, run_prefix
+from mcpsingleton.options import backend_timing, command_index, run_prefix
 from mcpsingleton.shim import parse_args
 
 SALT = b"s" * 32
@@ -164,6 +164,18 @@ def test_lazy_is_an_on_off_option_read_only_before_the_command() -> None:
     written = run_prefix("srv", name="n", lazy=True)
     assert written == ["run", "--name", "n", "--lazy"] and run_prefix("srv", lazy=False) == ["run"]
     assert command_index([*written, "srv", "-h"]) == len(written)  # unwrap finds the server's command after it
+
+
+def test_eager_and_idle_are_run_options_that_outrank_config_toml() -> None:
+    assert backend_timing(parse_args(["srv"]), None, None) == (True, 600.0)  # lazy by default, idle 10m
+    assert backend_timing(parse_args(["srv"]), False, "30s") == (False, 30.0)  # config.toml: lazy = false, idle
+    assert backend_timing(parse_args(["--eager", "--idle", "0", "srv"]), True, "30s") == (False, 0.0)
+    assert backend_timing(parse_args(["--lazy", "srv"]), False, None) == (True, 600.0)
+    with pytest.raises(UsageError, match="contradict"):
+        parse_args(["--lazy", "--eager", "srv"])
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_args(["--idle", "soon", "srv"])
+    assert run_prefix("srv", eager=True, idle="5m") == ["run", "--eager", "--idle", "5m"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ even start the backend.
 Each time the backend becomes ready the mux asks it for the lists itself. Sessions that were
 answered from the entry get the matching `notifications/*/list_changed` for every list that turned
 out different (every list, when the server's serverInfo changed), and the broker is asked to store
-the new entry; later first-page list results that sessions ask for keep it current. A server that
+the new entry; later first-page list results that sessions ask for keep it current (not on an isolated
+backend: `own_lists_only`, a session's answers may be its own). After an idle reclaim the next backend's
+lists are compared the same way for every session, instead of a list_changed for each. A server that
 paginates its lists (a `nextCursor`) is not cached: its lists may depend on who asks. Nor is a result
 nested more than MAX_DEPTH levels deep: it is passed on, but writing it and reading it back would come
 near the interpreter's recursion limit.
@@ -46,9 +48,11 @@ MAX_DEPTH = 200
 class Discovery(Feature):
     def __init__(self, mux: Mux, entry: dict[str, Any] | None, lazy: bool) -> None:
         super().__init__(mux)
-        self.enabled = entry is not None  # None: this key is never cached (isolated sharing)
+        self.enabled = entry is not None  # None: this slot never caches (a roots-bound one)
         self.entry = valid_entry(entry)
         self.lazy = lazy
+        self.own_lists_only = False  # isolated: a session's list results may be its own; cache only the broker's
+        self.compares_restart = False  # reclaimed: the next backend's lists are compared, not announced blindly
         self.served: dict[int, dict[str, Any]] = {}  # session → method → the result it was given from the entry
         self.live: dict[str, Any] = {}  # list results collected from the backend since it became ready
         self.awaiting = 0
@@ -79,9 +83,23 @@ class Discovery(Feature):
         self.served.setdefault(session.sid, {})[method] = result
         return self.mux.batches.deliver(session, jsonrpc.result(message["id"], result))
 
+    def reclaimed(self) -> None:
+        """The quiet backend was stopped (idle reclaim, the budget): when one is back, each session hears
+        list_changed only for a list that differs from the entry's, which is what it last saw (a crash, by
+        contrast, announces every list: the sessions may have seen anything). Without an entry, as a crash."""
+        if not self.enabled or self.entry is None:
+            return
+        for sid in self.mux.sessions:
+            given = self.served.setdefault(sid, {})
+            for method in LISTS:
+                if method in self.entry:
+                    given.setdefault(method, self.entry[method])
+        self.compares_restart = True
+
     # ---- the backend's own answers -----------------------------------------------------------
 
     def backend_ready(self, restarted: bool) -> list[Action]:
+        self.compares_restart = False
         if not self.enabled:
             return []
         declared = self.mux.handshake.capabilities()
@@ -96,7 +114,7 @@ class Discovery(Feature):
 
         Clients list again when the backend says a list changed, so the entry follows without the mux
         asking the backend anything more (and a server that says `list_changed` on every list cannot loop)."""
-        if not self.enabled or "cursor" in jsonrpc.params_of(message):
+        if not self.enabled or self.own_lists_only or "cursor" in jsonrpc.params_of(message):
             return self.mux.requests.forward(session, message)
         return self.mux.requests.forward(session, message, self._observer(message["method"]))
 

@@ -66,10 +66,11 @@ class Handshake(Feature):
         if self.mux.backend.ready and self.init_result is not None:
             session.initialized = True
             return self.mux.batches.deliver(session, jsonrpc.result(message["id"], self._result_for(session)))
-        cached = self.mux.discovery.answer_initialize(session)
-        if cached is not None:
+        # a backend that answered before (now reclaimed, or restarting) said it already; else the cached entry
+        known = self.init_result if self.init_result is not None else self.mux.discovery.answer_initialize(session)
+        if known is not None:
             session.initialized = True
-            reply = self.mux.batches.deliver(session, jsonrpc.result(message["id"], self._result_for(session, cached)))
+            reply = self.mux.batches.deliver(session, jsonrpc.result(message["id"], self._result_for(session, known)))
             return reply if self.mux.discovery.lazy else reply + self.want_backend()
         self.waiters.append((session.sid, message["id"]))
         return self.want_backend()

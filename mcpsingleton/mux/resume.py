@@ -82,8 +82,9 @@ def restore(mux: Mux, sid: int, state: dict[str, Any]) -> list[Action]:
     elif session.initialized:
         session.roots_signature = NO_ROOTS
     mux.handshake.adopted(session)
-    if session.initialized:
+    if session.initialized and not mux.discovery.serves_without_backend():
         actions += mux.handshake.want_backend()  # no initialize of the client's will start it: the sharing waits on it
+    # (lazy: its next request that needs the backend starts it, as for any session; its subscriptions do once placed)
     subscriptions = [uri for uri in _typed(state, "subscriptions", list) or [] if isinstance(uri, str)]
     carried = Carried(_typed(state, "level", str), subscriptions)
     if session.parked:

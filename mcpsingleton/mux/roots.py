@@ -136,6 +136,8 @@ class Roots(Feature):
     def tick(self) -> list[Action]:
         """About a second passed (the broker's clock): sessions slow to say their roots, a quiet backend."""
         actions: list[Action] = []
+        for session in self._silent():
+            self.asking.setdefault(session.sid, 0)
         for sid in list(self.asking):
             self.asking[sid] += 1
             if self.asking[sid] >= ROOTS_WAIT_TICKS:
@@ -147,16 +149,26 @@ class Roots(Feature):
 
     def ticking(self) -> bool:
         """Whether `tick` has anything to count."""
-        return bool(self.asking) or (self.mux.backend.ready and not self.used and not self.quiet)
+        return (
+            bool(self.asking)
+            or bool(self._silent())
+            or (self.mux.backend.ready and not self.used and not self.quiet)
+        )
+
+    def _silent(self) -> list[Session]:
+        """Placed sessions whose handshake has not been read yet (a waiter slow to say it is ready): until it
+        is, or ROOTS_WAIT_TICKS pass, nobody knows their roots, and sessions with other roots wait for them."""
+        return [s for s in self.mux.sessions.values() if not s.parked and s.roots_signature is None]
 
     def _gave_up(self, sid: int) -> list[Action]:
         """A session never answered roots/list: it declares none (a late answer still counts, as a change)."""
         del self.asking[sid]
         session = self.mux.sessions.get(sid)
-        if session is None or session.roots_signature != ASKING:
+        if session is None or session.roots_signature not in (ASKING, None):
             return []
+        what = "roots/list" if session.roots_signature == ASKING else "its handshake"
         session.roots_signature = NO_ROOTS
-        text = f"session {sid}: no answer to roots/list in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
+        text = f"session {sid}: no answer to {what} in {ROOTS_WAIT_TICKS * TICK:.0f}s; taken as declaring no roots"
         return [Log(text), *self._update()]
 
     def session_closed(self, session: Session) -> list[Action]:

@@ -66,7 +66,7 @@ class Mux:
         lazy: bool = False,
     ) -> None:
         """`fast_path_from`: lines this long or longer may be spliced (see envelope.py); `discovery`: the
-        key's cached discovery entry (`{}` when none yet; None: never cache this key); `lazy`: with an
+        key's cached discovery entry (`{}` when none yet; None: this slot never caches); `lazy`: with an
         entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
@@ -250,6 +250,18 @@ class Mux:
         text = f"mcpsingleton: {reason}"
         return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
 
+    def backend_reclaimed(self, reason: str) -> list[Action]:
+        """The broker stopped the backend while it was `quiet` (idle reclaim, the budget): an exit that owed
+        nothing; when one is back, sessions hear list_changed only for the lists that changed (discovery.py)."""
+        self.discovery.reclaimed()
+        return self.backend_exited(reason)
+
+    def backend_refused(self, reason: str) -> list[Action]:
+        """The broker may not start the backend the mux asked for (the budget): whatever waits for it (a held
+        request, a parked one, an initialize) is answered with `reason`. Not fatal: the next request that
+        needs the backend asks again."""
+        return self.hand_over(reason)
+
     def hand_over(self, reason: str) -> list[Action]:
         """The broker hands its sessions over to the next one, which never sees what this one read: whatever a
         session still waits for (a reply, a held request, one parked with it) is answered with an error now."""
@@ -347,6 +359,22 @@ class Mux:
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""
         return bool(self.requests.pending)
+
+    def quiet(self) -> bool:
+        """Whether stopping the backend now would lose nothing (idle reclaim): nothing in flight or waiting for
+        it either way, no subscription or listen stream, no task it runs for a session."""
+        return not (
+            self.requests.pending
+            or self.inbound is not None
+            or self.queue.holding()
+            or self.handshake.waiters
+            or any(self.parking.held.values())
+            or self.subscriptions.subscribers
+            or any(self.subscriptions.listens.values())
+            or self.tasks.owner
+            or self.server_requests.elicitation_owner
+            or any(o.backend_id is not None for o in self.server_requests.outstanding.values())
+        )
 
     def needs_backend(self) -> bool:
         """Whether something waits on the backend without asking again (restart it at once): a session

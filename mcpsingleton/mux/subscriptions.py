@@ -186,7 +186,7 @@ class Subscriptions(Feature):
 
         A first backend has subscribers only when sessions re-attached from a dead broker brought them."""
         actions: list[Action] = [self.mux.requests.own("resources/subscribe", {"uri": uri}) for uri in self.subscribers]
-        if not restarted:
+        if not restarted or self.mux.discovery.compares_restart:  # after a reclaim, discovery says what changed
             return actions
         for kind in LIST_CHANGED_KINDS:
             actions += self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))

@@ -1,0 +1,80 @@
+"""The `[budget]` refusal path with real brokers and backends (issue 21 point 6): a start over the budget
+answers the request that needed it with one clear line, counts it, logs it, and the next request asks again."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_a_start_over_max_backends_is_refused_with_one_line_and_asked_again_later(
+    home: Path, fake_server: list[str]
+) -> None:
+    (home / "config.toml").write_text("[budget]\nmax_backends = 1\n")
+    command = shim([*fake_server, "--x-mux=isolated"], "--name", "iso")  # one broker, one backend per session
+    first = RawClient(command)
+    first.initialize()
+    second = RawClient(command)  # after the first: it is certain which one the first backend serves
+    try:
+        assert result_text(first.call("echo", {"text": "one"})) == "one"
+        second.initialize()
+        refused = second.call("echo", {"text": "two"})
+        message = refused["error"]["message"]
+        assert message.startswith("mcpsingleton: the [budget] max_backends = 1 leaves no room"), message
+        assert "running: iso (pid" in message and "config.toml" in message
+        assert len(backend_roots(home)) == 1, "the backend in use is never stopped for the budget"
+        assert sum(record["budget_refusals"] for record in ls_json()) == 1
+        metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
+        counted = [line for line in metrics.splitlines() if line.startswith("mcpsingleton_budget_refusals_total{")]
+        assert sorted(line.rsplit(" ", 1)[1] for line in counted) == ["0", "1"], counted
+        log = next((home / "logs").glob("*.log")).read_text()
+        assert log.count("not started: the [budget] max_backends = 1") == 1
+        assert first.close() == 0
+        assert wait_for(lambda: not backend_roots(home)), "the isolated backend ends with its session"
+        assert result_text(second.call("echo", {"text": "now"})) == "now"  # not fatal: asked again, admitted
+    finally:
+        for client in (first, second):
+            if client.process.poll() is None:
+                assert client.close() == 0
+
+
+def answer_roots(client: RawClient, uri: str) -> None:
+    """Answer the broker's roots/list to this session (it asks once the session is initialized)."""
+    while True:
+        message = client.read()
+        assert isinstance(message, dict), "the broker never asked this session for its roots"
+        if message.get("method") == "roots/list":
+            client.send({"jsonrpc": "2.0", "id": message["id"], "result": {"roots": [{"uri": uri}]}})
+            return
+
+
+def test_a_backend_no_session_holds_is_reclaimed_to_make_room_before_anything_is_refused(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Two backends of one stateless server (a session with other roots needs its own); with room for one,
+    the second starts once the first has no session left: that one is stopped for it, not the request."""
+    (home / "config.toml").write_text("[budget]\nmax_backends = 1\n")
+    command = shim([*fake_server, "--x-mux=shared"], "--name", "roots")
+    first = RawClient(command)
+    first.initialize()  # no roots capability: its backend is answered no roots
+    result_text(first.call("roots"))  # the backend asked for roots: other roots need another backend now
+    second = RawClient(command)
+    try:
+        second.initialize(capabilities={"roots": {}})
+        answer_roots(second, tmp_path.as_uri())
+        assert wait_for(lambda: len(ls_json()) == 2), "the second session got a backend slot of its own"
+        assert len(backend_roots(home)) == 1, "not started: the first backend serves a session"
+        assert first.close() == 0
+        assert result_text(second.call("echo", {"text": "room"})) == "room"
+        assert len(backend_roots(home)) == 1
+        log = next((home / "logs").glob("*.log")).read_text()
+        assert "stopped: the budget needs room for another backend" in log
+    finally:
+        for client in (first, second):
+            if client.process.poll() is None:
+                assert client.close() == 0
