@@ -185,3 +185,20 @@ def test_a_dead_brokers_entries_are_answered_once_then_swept(tmp_path: Path) -> 
         waiter.wait()
     journal.sweep(str(tmp_path))
     assert not (tmp_path / name).exists()
+
+
+def test_the_mux_names_what_it_accepted_and_what_its_session_cancelled() -> None:
+    """What the journal is fed: requests (whole, batched, spliced) by session, cancellations; never notifications."""
+    from mux_harness import Harness
+
+    h = Harness()
+    h.open(1)
+    h.mux.owed_changes()
+    h.request(1, "a", "tools/call", {"name": "slow"})
+    h.send(1, [{"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, {"jsonrpc": "2.0", "method": "notifications/x"}])
+    h.send(1, {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"text": "x" * 20_000}})  # spliced
+    h.notify(1, "notifications/cancelled", {"requestId": "a"})
+    accepted, released = h.mux.owed_changes()
+    assert accepted == [(1, "a"), (1, 7), (1, 8)]
+    assert released == [(1, "a")]
+    assert h.mux.owed_changes() == ([], [])
