@@ -285,6 +285,9 @@ class Sessions:
             return None
         self.broker.perform(session.slot, stream.start(line_head))
         session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
+        if session.streamed_id is not None:  # owed from its head on: a broker dying mid-line never answers it
+            self.journal.owe(session.pid, journal.id_text(session.streamed_id))
+            self.journal.commit()
         relay = Relay(stream, lambda actions: self._route(session, actions))
         deadline = time.monotonic() + STREAM_AT_MOST
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, 0, deadline))

@@ -202,3 +202,30 @@ def test_the_mux_names_what_it_accepted_and_what_its_session_cancelled() -> None
     assert accepted == [(1, "a"), (1, 7), (1, 8)]
     assert released == [(1, "a")]
     assert h.mux.owed_changes() == ([], [])
+
+
+def test_a_big_request_half_read_at_kill_9_is_answered_under_its_id(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        line = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": "big",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "y" * 200_000}},
+            }
+        ).encode()
+        client.send_raw(line[:100_000])  # streams to the backend from its head on: the id is known
+        assert wait_for(lambda: owed_on_disk(home, broker) == {client.process.pid: {'"big"'}})
+        os.kill(broker, signal.SIGKILL)
+        client.send_raw(line[100_000:] + b"\n")
+        error = client.reply_to("big", timeout=30)
+        assert "send it again" in error["error"]["message"]
+        assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+        rest = [m for m in client.seen + replies_until_quiet(client) if m.get("id") == "big"]
+        assert rest == [], "answered once (the line's rest gets a -32700 with no id, as any cut line)"
+    finally:
+        client.close()
