@@ -1,4 +1,4 @@
-"""A trivial legacy-era MCP stdio server that answers at once: the backend for overhead and throughput
+"""A trivial handshake-era MCP stdio server that answers at once: the backend for overhead and throughput
 benchmarks, where the real server's own work must not hide the broker's cost.
 
 Standard library only. Tools: `echo` (returns its `text` argument), `blob` (returns `size` bytes of

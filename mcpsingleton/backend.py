@@ -190,7 +190,7 @@ class Backend:
             stderr=subprocess.PIPE,
             process_group=0,
             close_fds=True,
-            preexec_fn=platform.die_with_parent_hook(),
+            preexec_fn=platform.backend_setup_hook(),
         )
         self.pid = self.process.pid
         self.pgid = self.pid

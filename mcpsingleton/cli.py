@@ -465,3 +465,30 @@ def _env_lines(separating: dict[str, str]) -> str:
     if _env_rule() == "secrets":
         lines.append(WEAKER_ENV_RULE)
     return "\n".join(lines)
+
+
+def _serve_extra_missing() -> NoReturn:
+    fail("serve needs its optional dependencies; install them with `pip install 'mcpsingleton[serve]'`")
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=7865, show_default=True, help="0: any free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless you say).")
+@click.option("--no-browser", is_flag=True, help="Do not open the page in the browser.")
+def serve(port: int, host: str, no_browser: bool) -> None:
+    """The local dashboard and APIs, in the foreground; the first line printed is its URL with the token."""
+    try:
+        from .serve.server import run_serve
+    except ImportError:
+        _serve_extra_missing()
+    sys.exit(run_serve(host, port, open_browser=not no_browser))
+
+
+@cli.command()
+def dashboard() -> None:
+    """Open the running serve's page (starting serve in the background when none runs)."""
+    try:
+        from .serve.server import open_dashboard
+    except ImportError:
+        _serve_extra_missing()
+    click.echo(open_dashboard())

@@ -192,8 +192,12 @@ def _path_names(word: str, follow_links: bool) -> list[str]:
     """
     names = _names_in_path(word)
     if follow_links:
-        target = os.path.realpath(os.path.expanduser(word))
-        if "/node_modules/" in target and target != os.path.abspath(os.path.expanduser(word)):
+        try:
+            target = os.path.realpath(os.path.expanduser(word))
+            written = os.path.abspath(os.path.expanduser(word))
+        except OSError:  # a relative path from a deleted directory: there is no link left to read
+            return names
+        if "/node_modules/" in target and target != written:
             names = _names_in_path(target) + names
     return names
 

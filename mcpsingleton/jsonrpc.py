@@ -62,16 +62,19 @@ def parse(line: bytes) -> Message | list[Any]:
     return data
 
 
-def utf8_replaced(line: bytes) -> bytes | None:
-    """`line` with every byte that is not UTF-8 replaced by U+FFFD, or None when there is none to replace.
-
-    For a peer's line that failed to parse: a server that writes a Latin-1 file's bytes into a reply
-    still gets that reply delivered (as a lenient client would show it) instead of leaving it unanswered."""
+def parse_lenient(line: bytes) -> tuple[Message | list[Any], bool]:
+    """`parse` for a peer's line, and whether it parsed only once its bytes that are not UTF-8 were
+    replaced by U+FFFD: a server that writes a Latin-1 file's bytes into a reply still gets that reply
+    delivered (as a lenient client would show it) instead of leaving it unanswered. Raises `Invalid` (the
+    repaired line's, when repairing did not help)."""
     try:
-        line.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return line.decode("utf-8", "replace").encode("utf-8")
-    return None
+        return parse(line), False
+    except Invalid:
+        try:
+            line.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return parse(line.decode("utf-8", "replace").encode("utf-8")), True
+        raise
 
 
 def nested_within(value: object, limit: int) -> bool:

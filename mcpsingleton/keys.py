@@ -356,19 +356,22 @@ def config_set_names(env: dict[str, str], parent: dict[str, str] | None) -> set[
     }
 
 
-KEY_REASONS = ("secret-named", "--env-key", "set by the client config")
+SECRET_NAMED = "secret-named"
+NAMED_BY_OPTION = "--env-key"
+SET_BY_CONFIG = "set by the client config"
 """Why a variable is part of the key, as `explain` says it (names only, never values)."""
 
 
 def key_env_names(env: dict[str, str], extra_keys: list[str], parent: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables whose values must match to share, each with its reason (one of KEY_REASONS).
+    """The variables whose values must match to share, each with its reason: NAMED_BY_OPTION before
+    SECRET_NAMED before SET_BY_CONFIG, where one variable has several.
 
     Those are: every secret-looking variable, every --env-key, and every variable the client config set
     for the server (`parent` is the client's own environment; None when it cannot be read).
     """
-    reasons = dict.fromkeys(config_set_names(env, parent), KEY_REASONS[2])
-    reasons.update(dict.fromkeys((name for name in env if is_secret_name(name)), KEY_REASONS[0]))
-    reasons.update(dict.fromkeys(extra_keys, KEY_REASONS[1]))
+    reasons = dict.fromkeys(config_set_names(env, parent), SET_BY_CONFIG)
+    reasons.update(dict.fromkeys((name for name in env if is_secret_name(name)), SECRET_NAMED))
+    reasons.update(dict.fromkeys(extra_keys, NAMED_BY_OPTION))
     return reasons
 
 

@@ -126,8 +126,13 @@ FD_LIMIT = 10240
 OPEN_MAX (10240) even under an unlimited hard limit."""
 
 
+_fd_limit_given: tuple[int, int] | None = None
+"""The fd limits this broker was started with, when `raise_fd_limit` changed them: its backends get them back."""
+
+
 def raise_fd_limit() -> None:
     """Raise the soft RLIMIT_NOFILE towards FD_LIMIT, within the hard limit: launchd starts processes with 256."""
+    global _fd_limit_given
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -137,7 +142,8 @@ def raise_fd_limit() -> None:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (ValueError, OSError):
-        pass  # kept as it was: the listener refuses newcomers clearly when it runs out
+        return  # kept as it was: the listener refuses newcomers clearly when it runs out
+    _fd_limit_given = (soft, hard)
 
 
 # ---- process control -----------------------------------------------------------------------------
@@ -152,22 +158,28 @@ def _prctl() -> Callable[..., int] | None:
     return getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
-def die_with_parent_hook() -> Callable[[], None] | None:
-    """A preexec function making the child get SIGTERM when the broker dies, or None where there is none.
+def backend_setup_hook() -> Callable[[], None] | None:
+    """A preexec function for a backend, or None when there is nothing to do: the child gets SIGTERM when the
+    broker dies (where prctl exists), and the fd limits the broker was started with (it raised its own: a
+    server runs with its client's, as it would started directly).
 
-    prctl is resolved here, in the broker, so the forked child only makes the call.
+    prctl and setrlimit are resolved here, in the broker, so the forked child only makes the calls.
     """
-    prctl = _prctl()
-    if prctl is None:
+    prctl, limits = _prctl(), _fd_limit_given
+    if prctl is None and limits is None:
         return None
+    import resource
     import signal
 
-    sigterm = int(signal.SIGTERM)
+    sigterm, setrlimit, nofile = int(signal.SIGTERM), resource.setrlimit, resource.RLIMIT_NOFILE
 
-    def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+    def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if limits is not None:
+            setrlimit(nofile, limits)
 
-    return die_with_parent
+    return setup
 
 
 def become_subreaper() -> bool:

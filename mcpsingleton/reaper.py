@@ -48,7 +48,7 @@ from .cmdline import is_launcher
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, state_files
 from .election import try_lock
-from .keys import KEY_ENV, KeyPaths, ensure_private_dir, log_dir, runtime_dir, stderr_line
+from .keys import KEY_ENV, KeyPaths, ensure_private_dir, log_dir, redacted_argv, runtime_dir, stderr_line
 from .logfile import START_LINE_WITHIN
 from .proctree import terminate_tree, tree_memory, tree_pids
 from .sharing import ISOLATED
@@ -509,12 +509,19 @@ def _act(finding: Finding, dry_run: bool) -> str:
     return "removed" if removed else "skipped"  # skipped: a new broker took the key meanwhile
 
 
+def _shown(command: list[str] | str) -> list[str] | str:
+    """A command as `reap` prints it: secret-named values masked, as `ls` does (another program's argv may
+    carry `--api-key …`)."""
+    return command if isinstance(command, str) else redacted_argv(command)
+
+
 def _command_text(command: list[str] | str) -> str:
-    return command if isinstance(command, str) else " ".join(command)
+    shown = _shown(command)
+    return shown if isinstance(shown, str) else " ".join(shown)
 
 
 def _fields(f: Finding) -> dict[str, Any]:
-    return {"pid": f.pid, "command": f.command, "reason": f.reason, "kind": f.kind, "pids": f.pids}
+    return {"pid": f.pid, "command": _shown(f.command), "reason": f.reason, "kind": f.kind, "pids": f.pids}
 
 
 def _report(done: list[tuple[Finding, str]], as_json: bool, out: TextIO) -> None:
@@ -592,7 +599,7 @@ def find_unmanaged_servers() -> list[dict[str, Any]]:
         result.append(
             {
                 "managed": False,
-                "command": list(command),
+                "command": redacted_argv(list(command)),
                 "count": len(pids),
                 "pids": sorted(pids),
                 "memory_bytes": sum(sizes),

@@ -12,12 +12,11 @@ import os
 import socket
 import time
 
-from . import envelope, journal, jsonrpc, wire
+from . import journal, jsonrpc, linehead, wire
+from .lineio import LineReader, Outbox, Relay, write_if_room
 from .listener import close_fds, discard
-from .mux import StreamPart, ToSession
-from .mux.streaming import STREAM_FROM, SessionStream
+from .mux import STREAM_FROM, SessionStream, StreamPart, ToSession
 from .sharing import SHARED
-from .streams import LineReader, Outbox, Relay, write_if_room
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -121,6 +120,7 @@ class Sessions:
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
+        session.outbox.on_drained = lambda: self._client_took_all(session)
         session.outbox.on_written = lambda: self._settle_written(session)
         session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
         session.to_waiter.on_drained = lambda: self._waiter_took_all(session)
@@ -371,10 +371,16 @@ class Sessions:
         self._write(session, part.parts, answers)
         session.streaming = not part.done
         if part.done:
-            if session.cut is not None:
-                session.cut = None
-                self._sync_state(session)
+            if not session.outbox.pending:
+                self._client_took_all(session)
             self._release_held(session)
+
+    def _client_took_all(self, session: Session) -> None:
+        """Every byte written to the client has left the outbox: a streamed line's end too, so a broker dying
+        from here on cuts nothing (until then the waiter's state names the line, `cut`)."""
+        if session.cut is not None and not session.streaming:
+            session.cut = None
+            self._sync_state(session)
 
     def _write(self, session: Session, parts: tuple[bytes | memoryview, ...], answers: tuple[str, ...] = ()) -> None:
         """Queue a message for the client; the requests it answers are owed until its last byte is written."""
@@ -498,6 +504,7 @@ class Sessions:
 
             def drained() -> None:
                 timer.cancel()
+                self._client_took_all(session)
                 self._drop(session, "ended", code, message)
 
             outbox.on_drained = drained
@@ -576,7 +583,7 @@ def _normalized(encoded_id: str | bytes) -> str:
 def _request_id(line_head: bytes) -> str | int | None:
     """The id of a request line whose end has not arrived, when it came before the member still open."""
     try:
-        found = envelope.head(line_head)
+        found = linehead.head(line_head)
         value = found.small(line_head, "id") if found is not None else None
     except Exception:  # a client's bytes: nothing in them may reach the loop
         return None

@@ -21,13 +21,13 @@ from .discovery import load as load_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .keys import redacted_argv
 from .lifecycle import Lifecycle
+from .lineio import LineReader, Outbox, Relay
 from .logfile import LogFile
 from .mux import BackendPart, Mux, ToBackend
-from .mux.router import FAST_PATH_ENV, fast_path_threshold
+from .mux.fast_path import FAST_PATH_ENV, fast_path_threshold
 from .mux.streaming import STREAM_FROM
 from .placement import may_reclaim
 from .sharing import ISOLATED
-from .streams import LineReader, Outbox, Relay
 from .wire import BackendStatus
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker

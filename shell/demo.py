@@ -110,9 +110,10 @@ def main() -> int:
     env = {**os.environ, "MCPSINGLETON_HOME": home}
 
     print(f"Starting {count} client sessions of server-everything through `mcpsingleton run` ...")
-    shared = [RawSession([exe, "run", "--linger", "0", "--", *server], env, f"demo-client-{i}") for i in range(count)]
-    for session in shared:
-        print(f"  {session.name}: {session.start()}")
+    shared = []
+    for number in range(count):  # one after another, as a user opens sessions
+        shared.append(RawSession([exe, "run", "--linger", "0", "--", *server], env, f"demo-client-{number}"))
+        print(f"  {shared[-1].name}: {shared[-1].start()}")
     time.sleep(0.5)
     print("\n$ mcpsingleton ls")
     print(subprocess.run([exe, "ls"], env=env, capture_output=True, text=True).stdout)

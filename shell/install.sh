@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # compat mode: a plain path in a .pth file, so the per-session shim imports no editable-finder machinery
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,serve]' --config-settings editable_mode=compat
 # test servers, pinned; installed together because `npm install --no-save` prunes what it was not given.
 # desktop-commander depends on puppeteer, whose install script would download a browser: not needed here
 NPM_SERVERS=(
@@ -25,6 +25,11 @@ for spec in "${NPM_SERVERS[@]}"; do
         break
     fi
 done
+# the browser tests of `serve` drive the system Chromium (Playwright cannot download its own here)
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "install: chromium could not be installed; the browser tests of serve will be skipped"
+fi
 # real MCP clients, pinned, for tests/test_clients.py (their offline `mcp` commands start servers); in a
 # prefix of their own so that installing them never prunes the servers above; optional: the tests skip
 CLIENTS=("@anthropic-ai/claude-code@2.1.197" "@google/gemini-cli@0.61.0" "@openai/codex@0.171.0")

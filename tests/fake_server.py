@@ -1,4 +1,4 @@
-"""A small legacy-era MCP stdio server for fault injection (standard library only, starts fast).
+"""A small handshake-era MCP stdio server for fault injection (standard library only, starts fast).
 
 Tools: echo, whoami (pid/cwd/env), slow, progress, crash, garbage, sample, log, touch (resource
 update), spawn (children), close_stdin (closes its stdin but keeps running), stall (never reads

@@ -250,6 +250,8 @@ def test_dry_run_masks_secrets_only(exe: str, tmp_path: Path, monkeypatch: pytes
     shown = ['"TZ": "UTC"', '"MEMORY_FILE_PATH": "/data/memory.json"', f'"MCPSINGLETON_HOME": {json.dumps(str(home))}']
     masked = ['"--api-key", "***", "--port", "8080", "***"', '"GITHUB_TOKEN": "***"', '"DATABASE_URL": "***"']
     assert all(text in out for text in shown + masked)
+    added = [line for line in out.splitlines() if line.startswith("+") and '"run"' in line]
+    assert added and '"--env-key", "***"' not in added[0], "run's own options name variables: never masked"
 
 
 def test_secrets_on_a_changed_line_are_masked(exe: str) -> None:

@@ -13,21 +13,21 @@ from test_sharing import shim_params, text_of
 
 from mcpsingleton.mux import eras
 
-ENVELOPE = {
+ERA_FIELDS = {
     eras.PROTOCOL_VERSION: "2026-07-28",
     eras.CLIENT_CAPABILITIES: {},
-    eras.CLIENT_INFO: {"name": "modern-raw", "version": "1"},
+    eras.CLIENT_INFO: {"name": "stateless-raw", "version": "1"},
 }
 
 
-def modern(client: RawClient, method: str, params: dict | None = None, **meta: object) -> object:
+def stateless(client: RawClient, method: str, params: dict | None = None, **meta: object) -> object:
     """Send a 2026-07-28 request: no initialize, the envelope in every request's _meta."""
     body = dict(params or {})
-    body["_meta"] = {**ENVELOPE, **meta}
+    body["_meta"] = {**ERA_FIELDS, **meta}
     return client.request(method, body)
 
 
-def test_pinned_modern_auto_and_legacy_clients_share_one_backend(home: Path, time_server: list[str]) -> None:
+def test_pinned_stateless_auto_and_handshake_clients_share_one_backend(home: Path, time_server: list[str]) -> None:
     results: dict[str, object] = {}
 
     async def main() -> None:
@@ -50,22 +50,22 @@ def test_pinned_modern_auto_and_legacy_clients_share_one_backend(home: Path, tim
     assert results["roots"] == 1 and results["clients"] == 3
 
 
-def test_modern_results_are_translated(home: Path, fake_server: list[str]) -> None:
+def test_stateless_era_results_are_translated(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server))
-    listed = client.reply_to(modern(client, "tools/list"))
+    listed = client.reply_to(stateless(client, "tools/list"))
     assert listed["result"]["resultType"] == "complete"
     assert listed["result"]["ttlMs"] == 0 and listed["result"]["cacheScope"] == "private"
     assert listed["result"]["_meta"][eras.SERVER_INFO]["name"] == "fake-server"
-    called = client.reply_to(modern(client, "tools/call", {"name": "echo", "arguments": {"text": "m"}}))
+    called = client.reply_to(stateless(client, "tools/call", {"name": "echo", "arguments": {"text": "m"}}))
     assert called["result"]["resultType"] == "complete" and "ttlMs" not in called["result"]
-    assert ls_json()[0]["clients"][0]["client"] == "modern-raw"
+    assert ls_json()[0]["clients"][0]["client"] == "stateless-raw"
     assert client.close() == 0
 
 
 def test_listen_streams_are_confined_and_tagged(home: Path, fake_server: list[str]) -> None:
-    watcher, legacy, other = (RawClient(shim(fake_server)) for _ in range(3))
-    legacy.initialize()
-    listen_id = modern(
+    watcher, handshake, other = (RawClient(shim(fake_server)) for _ in range(3))
+    handshake.initialize()
+    listen_id = stateless(
         watcher,
         "subscriptions/listen",
         {
@@ -86,24 +86,24 @@ def test_listen_streams_are_confined_and_tagged(home: Path, fake_server: list[st
     update = watcher.read()
     assert update["method"] == "notifications/resources/updated" and update["params"]["uri"] == "file:///a/child"
     assert update["params"]["_meta"][eras.SUBSCRIPTION_ID] == listen_id
-    legacy.reply_to(legacy.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///b"}}))
+    handshake.reply_to(handshake.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///b"}}))
     assert watcher.read(timeout=0.5) is None, "no update for a URI it did not ask for"
-    assert [m for m in getattr(legacy, "seen", []) if m.get("method") == "notifications/resources/updated"] == []
+    assert [m for m in getattr(handshake, "seen", []) if m.get("method") == "notifications/resources/updated"] == []
     watcher.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": listen_id}})
     other.reply_to(other.request("tools/call", {"name": "touch", "arguments": {"uri": "file:///a"}}))
     assert watcher.read(timeout=0.5) is None, "a cancelled listen stream gets nothing more"
-    for client in (watcher, legacy, other):
+    for client in (watcher, handshake, other):
         assert client.close() == 0
 
 
-def test_modern_log_opt_in_per_request(home: Path, fake_server: list[str]) -> None:
+def test_stateless_era_log_opt_in_per_request(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server))
-    quiet = client.reply_to(modern(client, "tools/call", {"name": "log", "arguments": {"level": "info"}}))
+    quiet = client.reply_to(stateless(client, "tools/call", {"name": "log", "arguments": {"level": "info"}}))
     assert quiet["result"]["resultType"] == "complete"
     assert not [m for m in getattr(client, "seen", []) if m.get("method") == "notifications/message"], (
         "no opt-in, no log messages"
     )
-    request_id = modern(
+    request_id = stateless(
         client,
         "tools/call",
         {"name": "log", "arguments": {"level": "error", "text": "bad"}},
@@ -111,7 +111,7 @@ def test_modern_log_opt_in_per_request(home: Path, fake_server: list[str]) -> No
     )
     client.reply_to(request_id)
     assert [m["params"]["data"] for m in client.seen if m.get("method") == "notifications/message"] == ["bad"]
-    below = modern(
+    below = stateless(
         client,
         "tools/call",
         {"name": "log", "arguments": {"level": "info", "text": "chatty"}},
@@ -122,9 +122,9 @@ def test_modern_log_opt_in_per_request(home: Path, fake_server: list[str]) -> No
     assert client.close() == 0
 
 
-def test_modern_sessions_never_receive_server_requests(home: Path, fake_server: list[str]) -> None:
+def test_stateless_era_sessions_never_receive_server_requests(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server), env={**os.environ})
-    reply = client.reply_to(modern(client, "tools/call", {"name": "sample"}), timeout=15)
+    reply = client.reply_to(stateless(client, "tools/call", {"name": "sample"}), timeout=15)
     assert "no connected session supports sampling" in json.dumps(reply["result"])
     assert not [m for m in getattr(client, "seen", []) if "id" in m and "method" in m]
     assert client.close() == 0

@@ -3,11 +3,13 @@ half written, `reap` while the broker drains, a session whose cwd was deleted. R
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import signal
 import subprocess
-import time
+import termios
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,21 @@ def big_echo(request_id: int, size: int) -> bytes:
     )
 
 
+def send_first_half(client: RawClient, line: bytes) -> bytes:
+    """Write the first half of `line` and wait until the broker has read all of it (its stdin pipe holds none
+    of it: a sleep instead let a loaded machine hand over before the broker was mid-line); the second half."""
+    assert client.process.stdin is not None
+    client.send_raw(line[: len(line) // 2])
+    unread = array.array("i", [0])
+
+    def all_read() -> bool:
+        fcntl.ioctl(client.process.stdin.fileno(), termios.FIONREAD, unread)  # either end of a pipe answers
+        return unread[0] == 0
+
+    assert wait_for(all_read), "the broker reads the first half"
+    return line[len(line) // 2 :]
+
+
 @pytest.mark.parametrize(
     ("how", "size"), [(RESTART, 40_000), ("sigterm", 40_000), (RESTART, 300_000)], ids=["40KB", "sigterm", "streamed"]
 )
@@ -70,11 +87,10 @@ def test_a_request_line_half_written_at_a_handover_is_served_whole(
     client = RawClient(shim(fake_server))
     client.initialize()
     line = big_echo(7, size)
-    client.send_raw(line[: len(line) // 2])
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    rest = send_first_half(client, line)
     handover = hand_over(how)
     assert wait_for(lambda: "shutting down: " in log_text(home))
-    client.send_raw(line[len(line) // 2 :])
+    client.send_raw(rest)
     reply = client.reply_to(7, timeout=30)
     assert result_text(reply) == "x" * size
     assert "pid" in result_text(client.call("whoami", timeout=30)), "the session went on, on the next broker"
@@ -100,17 +116,23 @@ def test_reap_leaves_a_broker_that_hands_over_alone(home: Path, fake_server: lis
     assert client.close() == 0
 
 
-def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
-    home: Path, fake_server: list[str], tmp_path: Path
-) -> None:
-    gone = tmp_path / "project"
+def restart_after_deleting_its_cwd(argv: list[str], gone: Path) -> RawClient:
+    """A session started in `gone`, which is then deleted, then `restart --all`; the session as it goes on."""
     gone.mkdir()
-    client = RawClient(shim(fake_server), cwd=str(gone))
+    client = RawClient(argv, cwd=str(gone))
     client.initialize()
     assert json.loads(result_text(client.call("whoami")))["cwd"] == str(gone)
     gone.rmdir()
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    return client
+
+
+def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    gone = tmp_path / "project"
+    client = restart_after_deleting_its_cwd(shim(fake_server), gone)
     client.request("tools/call", {"name": "whoami", "arguments": {}})  # lazy: the re-attached session's next
     assert client.process.wait(timeout=30) == 1  # call is what needs a backend there
     (line,) = client.stderr().splitlines()
@@ -120,13 +142,7 @@ def test_a_session_whose_cwd_was_deleted_ends_with_one_line_at_a_restart(
 def test_a_shared_session_whose_cwd_was_deleted_goes_on_after_a_restart(
     home: Path, fake_server: list[str], tmp_path: Path
 ) -> None:
-    gone = tmp_path / "project"
-    gone.mkdir()
-    client = RawClient(shim(fake_server, "--scope", "global"), cwd=str(gone))
-    client.initialize()
-    gone.rmdir()
-    done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    client = restart_after_deleting_its_cwd(shim(fake_server, "--scope", "global"), tmp_path / "project")
     assert "pid" in result_text(client.call("whoami", timeout=30)), "re-attached: the cwd is no part of its key"
     assert client.close() == 0
 
@@ -153,13 +169,12 @@ def test_a_request_line_left_half_written_past_the_drain_is_answered_under_its_i
     client = RawClient(shim(fake_server))
     client.initialize()
     line = big_echo(7, size)
-    client.send_raw(line[: len(line) // 2])
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    rest = send_first_half(client, line)
     done = subprocess.run([mcpsingleton_exe(), "restart", "--all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     reply = client.reply_to(7, timeout=30)
     assert reply["error"]["code"] == -32603 and "send it again" in reply["error"]["message"]
-    client.send_raw(line[len(line) // 2 :])  # the rest goes to the next broker: one line it cannot parse
+    client.send_raw(rest)  # the rest goes to the next broker: one line it cannot parse
     assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
     assert [message["error"]["code"] for message in client.seen] == [-32700]
     assert client.close() == 0

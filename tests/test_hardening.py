@@ -300,11 +300,17 @@ def test_emsgsize_on_an_attach_is_the_out_of_fds_refusal(tmp_path: Path) -> None
     loop.close()
 
 
-def test_the_broker_raises_its_soft_fd_limit(home: Path, fake_server: list[str]) -> None:
-    """Issue 20 row 5: launchd starts everything with a soft limit of 256 fds; each session holds 3-4."""
+def test_the_broker_raises_its_soft_fd_limit_and_the_backend_keeps_the_session_s(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Issue 20 row 5: launchd starts everything with a soft limit of 256 fds; each session holds 3-4. The
+    server still runs with the limit its client gave, as it would started directly (a select()-based server
+    must not be handed fds past FD_SETSIZE)."""
     argv = ["/bin/sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", *shim(fake_server, "--name", NAME)]
     client = RawClient(argv)
     client.initialize()
     soft, hard = broker_process().rlimit(psutil.RLIMIT_NOFILE)
     assert soft >= min(hard, platform.FD_LIMIT) > 256
+    backend = psutil.Process(json.loads(result_text(client.call("whoami")))["pid"])
+    assert backend.rlimit(psutil.RLIMIT_NOFILE) == (256, hard)
     assert client.close() == 0

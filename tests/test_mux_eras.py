@@ -6,43 +6,45 @@ from mux_harness import Harness
 
 from mcpsingleton.mux import ABANDONED_MEMORY, eras
 
-ENVELOPE = {
+ERA_FIELDS = {
     eras.PROTOCOL_VERSION: "2026-07-28",
     eras.CLIENT_CAPABILITIES: {"sampling": {}},
-    eras.CLIENT_INFO: {"name": "modern", "version": "1"},
+    eras.CLIENT_INFO: {"name": "stateless", "version": "1"},
 }
 
 
-def modern(h: Harness, sid: int, request_id: object, method: str, params: dict | None = None, **meta: object) -> None:
+def stateless(
+    h: Harness, sid: int, request_id: object, method: str, params: dict | None = None, **meta: object
+) -> None:
     body = dict(params or {})
-    body["_meta"] = {**ENVELOPE, **meta, **body.get("_meta", {})}
+    body["_meta"] = {**ERA_FIELDS, **meta, **body.get("_meta", {})}
     h.request(sid, request_id, method, body)
 
 
 def started() -> Harness:
     h = Harness()
-    h.open(1, client="legacy")
+    h.open(1, client="handshake")
     h.perform(h.mux.open_session(2))
     h.clear()
     return h
 
 
-def test_envelope_is_stripped_and_result_completed() -> None:
+def test_era_fields_are_stripped_and_result_completed() -> None:
     h = started()
-    modern(h, 2, "m1", "tools/list", {"_meta": {"progressToken": "p"}})
+    stateless(h, 2, "m1", "tools/list", {"_meta": {"progressToken": "p"}})
     (forwarded,) = h.backend_requests("tools/list")
-    assert forwarded["params"]["_meta"] == {"progressToken": forwarded["id"]}, "envelope gone, token rewritten"
+    assert forwarded["params"]["_meta"] == {"progressToken": forwarded["id"]}, "era fields gone, token rewritten"
     h.answer(forwarded, {"tools": []})
     reply = h.only_reply(2)
     assert reply["id"] == "m1"
     assert reply["result"]["resultType"] == "complete" and reply["result"]["cacheScope"] == "private"
     assert reply["result"]["_meta"][eras.SERVER_INFO] == {"name": "fake", "version": "1"}
-    assert h.mux.sessions[2].client_name == "modern" and h.mux.sessions[2].modern
+    assert h.mux.sessions[2].client_name == "stateless" and h.mux.sessions[2].stateless
 
 
-def test_modern_session_never_gets_server_requests_even_if_it_declares_sampling() -> None:
+def test_stateless_era_session_never_gets_server_requests_even_if_it_declares_sampling() -> None:
     h = started()
-    modern(h, 2, 1, "tools/call", {"name": "x"})
+    stateless(h, 2, 1, "tools/call", {"name": "x"})
     h.from_backend({"jsonrpc": "2.0", "id": "s", "method": "sampling/createMessage", "params": {}})
     assert h.requests_to(2) == []
     (error,) = h.backend_responses()
@@ -51,7 +53,7 @@ def test_modern_session_never_gets_server_requests_even_if_it_declares_sampling(
 
 def test_listen_is_acknowledged_with_what_the_backend_serves_and_tagged() -> None:
     h = started()
-    modern(
+    stateless(
         h,
         2,
         "L",
@@ -89,7 +91,7 @@ def test_cancelling_a_listen_releases_its_uris_unless_another_session_holds_them
     h = started()
     h.request(1, 9, "resources/subscribe", {"uri": "file:///shared"})
     h.answer(h.backend_requests("resources/subscribe")[0], {})
-    modern(
+    stateless(
         h,
         2,
         "L",
@@ -105,7 +107,7 @@ def test_cancelling_a_listen_releases_its_uris_unless_another_session_holds_them
 
 def test_log_opt_in_lowers_the_backend_level_and_filters_per_request() -> None:
     h = started()
-    modern(h, 2, 1, "tools/call", {"name": "x"}, **{eras.LOG_LEVEL: "warning"})
+    stateless(h, 2, 1, "tools/call", {"name": "x"}, **{eras.LOG_LEVEL: "warning"})
     (set_level,) = h.backend_requests("logging/setLevel")
     assert set_level["params"] == {"level": "warning"}
     for level in ("info", "error"):

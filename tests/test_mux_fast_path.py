@@ -21,7 +21,7 @@ from test_mux_fuzz import SESSION_METHODS, World, capabilities, line_of, ops, re
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux import Mux, ToBackend, ToSession, eras
 from mcpsingleton.mux.actions import Spliced
-from mcpsingleton.mux.router import FAST_PATH_FROM, fast_path_threshold
+from mcpsingleton.mux.fast_path import FAST_PATH_FROM, fast_path_threshold
 
 BIG = "x" * (2 * FAST_PATH_FROM)
 BIG_TEXT = {"content": [{"type": "text", "text": BIG + ' "quoted" \\ é \u2028'}]}
@@ -32,7 +32,7 @@ def state(mux: Mux) -> dict[str, Any]:
     return {
         "stats": {name: count for name, count in mux.stats.items() if name != "fast_path"},
         "pending": {
-            backend_id: (p.session, p.original_id, p.method, p.token, p.modern, p.log_level, p.on_reply is None)
+            backend_id: (p.session, p.original_id, p.method, p.token, p.stateless, p.log_level, p.on_reply is None)
             for backend_id, p in mux.requests.pending.items()
         },
         "abandoned": list(mux.requests.abandoned),
@@ -186,23 +186,40 @@ def test_big_answer_to_a_server_request_goes_back_under_the_backends_id() -> Non
     assert h.mux.server_requests.outstanding == {} and h.mux.server_requests.by_backend == {}
 
 
+def test_a_reply_to_a_request_with_a_progress_token_is_spliced_and_the_token_released() -> None:
+    """One rule for the spliced and the streamed reply (`Requests.as_written`): a progress token asks
+    nothing of the reply's bytes, only that the token be released, as the full path does."""
+    h = ready(1)
+    h.request(1, "p", "tools/call", {"_meta": {"progressToken": "mine"}, "name": "echo"})
+    forwarded = h.last_request("tools/call")
+    token = forwarded["params"]["_meta"]["progressToken"]
+    assert token != "mine" and token in h.mux.progress.owners
+    (sent,) = [a for a in h.answer(forwarded, BIG_TEXT) if isinstance(a, ToSession)]
+    assert isinstance(sent.spliced, Spliced), "the reply was decoded and re-encoded"
+    assert h.take(1) == [{"jsonrpc": "2.0", "id": "p", "result": BIG_TEXT}]
+    assert h.mux.progress.owners == {} and h.mux.requests.pending == {} and not h.mux.busy(1)
+    h.from_backend(jsonrpc.notification("notifications/progress", {"progressToken": token, "progress": 1}))
+    assert h.take(1) == []  # late progress for a released token reaches nobody
+
+
 def test_big_lines_that_need_rewriting_take_the_full_path() -> None:
     h = ready(1)
     h.request(1, "p", "tools/call", {"_meta": {"progressToken": "mine"}, "big": BIG})  # a token to rewrite
     assert h.last_request("tools/call")["params"]["_meta"]["progressToken"] != "mine"
-    h.answer(h.last_request("tools/call"), BIG_TEXT)  # a token to release
+    assert h.mux.stats["fast_path"] == 0
+    h.answer(h.last_request("tools/call"), BIG_TEXT)  # its reply passes as written (the token is released)
     h.request(1, "l", "tasks/list")
     h.answer(h.last_request("tasks/list"), {"tasks": [{"taskId": "not-mine", "pad": BIG}]})  # filtered per owner
     h.request(1, "t", "tools/call", {"task": {}})
     h.answer(h.last_request("tools/call"), {"task": {"taskId": "t-1", "pad": BIG}})  # a task to record
     h.send(1, [jsonrpc.request("b1", "tools/call"), jsonrpc.request("b2", "tools/list")])
     h.answer(h.last_request("tools/call"), BIG_TEXT)  # joined into its batch's array
-    h.request(1, "m", "tools/call", {"_meta": {eras.PROTOCOL_VERSION: "2026-07-28"}, "big": BIG})  # modern
+    h.request(1, "m", "tools/call", {"_meta": {eras.PROTOCOL_VERSION: "2026-07-28"}, "big": BIG})  # stateless era
     h.answer(h.last_request("tools/call"), BIG_TEXT)
-    assert h.mux.stats["fast_path"] == 0
+    assert h.mux.stats["fast_path"] == 1
     assert h.mux.tasks.owner == {"t-1": 1}
-    modern = h.replies(1)[-1]
-    assert modern["id"] == "m" and modern["result"]["resultType"] == "complete"
+    stateless = h.replies(1)[-1]
+    assert stateless["id"] == "m" and stateless["result"]["resultType"] == "complete"
     assert h.replies(1)[1]["id"] == "l" and h.replies(1)[1]["result"]["tasks"] == []
 
 
@@ -230,7 +247,7 @@ def test_an_envelope_reader_that_raises_leaves_the_line_to_the_full_parser(monke
     def broken_scan(line: bytes) -> None:
         raise MemoryError("injected")
 
-    monkeypatch.setattr("mcpsingleton.mux.router.scan", broken_scan)
+    monkeypatch.setattr("mcpsingleton.mux.fast_path.scan", broken_scan)
     h = ready(1)
     h.request(1, "big", "tools/call", {"text": BIG})
     h.answer(h.last_request("tools/call"), BIG_TEXT)

@@ -244,10 +244,10 @@ class World:
             self.owe(sid, value)
         self.perform(self.h.mux.from_session(sid, line_of(value)))
 
-    def request(self, index: int, method: str, body: Any, modern: bool, meta: Any) -> None:
-        """A well-formed request under a fresh id, with anything in its params (a 2026-07-28 envelope when modern)."""
+    def request(self, index: int, method: str, body: Any, stateless: bool, meta: Any) -> None:
+        """A well-formed request under a fresh id, with anything in its params (stateless-era fields when stateless)."""
         self.serial += 1
-        if modern:
+        if stateless:
             body = {**(body if isinstance(body, dict) else {}), "_meta": meta}
             if isinstance(meta, dict):
                 body["_meta"] = {**meta, eras.PROTOCOL_VERSION: "2026-07-28"}

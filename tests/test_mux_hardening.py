@@ -8,14 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mux_harness import Harness, init_result
+from mux_harness import STATELESS, Harness, init_result
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.jsonrpc import Message
 from mcpsingleton.mux import ToBackend, eras
 
 DEEP = b"[" * 5000 + b"]" * 5000 + b"\n"
-MODERN = {eras.PROTOCOL_VERSION: "2026-07-28", eras.CLIENT_INFO: {"name": "modern", "version": "1"}}
 
 
 def ready(*sids: int, **options: Any) -> Harness:
@@ -120,7 +119,7 @@ def test_listen_with_resources_true_grants_what_can_be_served() -> None:
     h.open(1)
     h.perform(h.mux.open_session(2))
     h.clear()
-    params = {"notifications": {"toolsListChanged": True, "resourceSubscriptions": ["file:///a"]}, "_meta": MODERN}
+    params = {"notifications": {"toolsListChanged": True, "resourceSubscriptions": ["file:///a"]}, "_meta": STATELESS}
     h.request(2, "L", "subscriptions/listen", params)
     (ack,) = h.notes_to(2, "notifications/subscriptions/acknowledged")
     assert ack["params"]["notifications"] == {"toolsListChanged": True}
@@ -128,10 +127,10 @@ def test_listen_with_resources_true_grants_what_can_be_served() -> None:
 
 
 @pytest.mark.parametrize("meta", ["x", 3, ["y"]])
-def test_result_with_malformed_meta_reaches_a_modern_session(meta: object) -> None:
+def test_result_with_malformed_meta_reaches_a_stateless_era_session(meta: object) -> None:
     h = ready(1)
     h.perform(h.mux.open_session(2))
-    h.request(2, "m", "tools/list", {"_meta": MODERN})
+    h.request(2, "m", "tools/list", {"_meta": STATELESS})
     h.answer(h.last_request("tools/list"), {"tools": [], "_meta": meta})
     reply = h.only_reply(2)
     assert reply["result"]["resultType"] == "complete"
@@ -142,7 +141,7 @@ def test_result_with_malformed_meta_reaches_a_modern_session(meta: object) -> No
 def test_notification_with_list_params_is_tolerated(params: list[Any]) -> None:
     h = ready(1)
     h.perform(h.mux.open_session(2))
-    h.request(2, "L", "subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": MODERN})
+    h.request(2, "L", "subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": STATELESS})
     h.clear()
     h.from_backend({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": params})
     assert [n["params"] for n in h.notes_to(1)] == [params], "a handshake session gets it as it came"
@@ -287,7 +286,7 @@ def test_a_batch_holding_a_listen_stream_still_answers_its_other_requests() -> N
     h = Harness()
     h.mux.open_session(1)
     listen = {"jsonrpc": "2.0", "id": "L", "method": "subscriptions/listen",
-              "params": {"notifications": {"toolsListChanged": True}, "_meta": MODERN}}
+              "params": {"notifications": {"toolsListChanged": True}, "_meta": STATELESS}}
     initialize = {"jsonrpc": "2.0", "id": "1", "method": "initialize",
                   "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c"}}}
     h.send(1, [listen, initialize])

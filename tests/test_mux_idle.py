@@ -8,9 +8,8 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mux_harness import Harness
+from mux_harness import STATELESS, Harness
 from test_discovery import ENTRY, TOOL_A, TOOL_B, TOOLS_CHANGED, answer_lists
-from test_mux_hardening import MODERN
 
 from mcpsingleton.mux import StartBackend
 from mcpsingleton.mux.actions import Action
@@ -76,7 +75,7 @@ def test_lazy_starts_the_backend_for_anything_stateful() -> None:
     for method, params in [
         ("logging/setLevel", {"level": "info"}),
         ("resources/subscribe", {"uri": "file:///x"}),
-        ("subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": MODERN}),
+        ("subscriptions/listen", {"notifications": {"toolsListChanged": True}, "_meta": STATELESS}),
         ("tools/call", {"name": "a"}),
     ]:
         h = Harness(auto_start=False, discovery=ENTRY, lazy=True)

@@ -88,7 +88,7 @@ def test_a_parked_session_s_roots_do_not_count_until_it_is_placed() -> None:
     parked(h, 2)
     h.from_backend(jsonrpc.request("q", "roots/list"))
     assert h.backend_responses()[-1]["result"] == {"roots": [{"uri": "file:///one"}]}
-    assert h.mux.roots.signatures() == {("file:///one",)}
+    assert h.mux.roots.placed_signatures() == {("file:///one",)}
     h.perform(h.mux.unpark(2))
     h.from_backend(jsonrpc.request("q2", "roots/list"))
     assert h.backend_responses()[-1]["result"] == {"roots": []}

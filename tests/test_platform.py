@@ -21,7 +21,7 @@ from conftest import RawClient, backend_roots, kill_quietly, ls_json, mcpsinglet
 
 from mcpsingleton import platform
 from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.streams import write_if_room
+from mcpsingleton.lineio import write_if_room
 
 MODES = ["native", "portable"]
 

@@ -467,3 +467,14 @@ def test_warm_attach_reads_the_cached_decision_without_heavy_imports(home: Path,
     heavy = {"tomllib", "json", "re", "click", "asyncio", "psutil", "platformdirs", "mcpsingleton.policy"}
     assert not heavy & imported, heavy & imported
     assert "mcpsingleton.election" not in imported, "attached to the running broker, started none"
+
+
+def test_a_relative_command_is_matched_from_a_deleted_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`explain` (and a cold decision) in a directory deleted under it: names from the words, no traceback."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert match_names(["./node_modules/.bin/mcp-server-sequential-thinking"]) == ["mcp-server-sequential-thinking"]

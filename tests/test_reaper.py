@@ -112,10 +112,10 @@ class Processes:
         self.pids += [pid, child]
         return Server(pid, child)
 
-    def orphan(self, stdin: str = "pipe", **env: str) -> Server:
+    def orphan(self, stdin: str = "pipe", args: tuple[str, ...] = (), **env: str) -> Server:
         """A fake server whose starter died, and with it the other end of the server's stdin."""
         server_env, pidfile = self._server_env(env)
-        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, stdin, sys.executable, str(self.script)],
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, stdin, sys.executable, str(self.script), *args],
                                     env=server_env, process_group=0)
         launcher.wait(timeout=10)
         return self._wait_server(pidfile)
@@ -124,7 +124,7 @@ class Processes:
         """A server as launchd runs a user's agent: parent pid 1, leader of its own session and group."""
         return self.orphan("session", **env)
 
-    def live(self, stdin: str = "pipe", **env: str) -> Server:
+    def live(self, stdin: str = "pipe", args: tuple[str, ...] = (), **env: str) -> Server:
         """A fake server whose client (this test) still holds the other end of its stdin."""
         server_env, pidfile = self._server_env(env)
         if stdin == "pipe":
@@ -134,7 +134,7 @@ class Processes:
             mine, theirs = mine_socket.detach(), theirs_socket.detach()
         self.fds.append(mine)
         proc = subprocess.Popen(
-            [sys.executable, str(self.script)], stdin=theirs, stdout=subprocess.DEVNULL, env=server_env
+            [sys.executable, str(self.script), *args], stdin=theirs, stdout=subprocess.DEVNULL, env=server_env
         )
         os.close(theirs)
         self.popens.append(proc)
@@ -523,3 +523,22 @@ def test_unmanaged_servers_are_grouped_with_their_savings(procs: Processes) -> N
     assert 0 < group["savable_bytes"] < group["memory_bytes"]
     listed = {pid for g in reaper.find_unmanaged_servers() for pid in g["pids"]}
     assert first.child not in listed and tagged.pid not in listed
+
+
+SECRET_ARGS = ("--api-key", "sk-reap-s3cret", "TOKEN=tok-s3cret")
+
+
+def test_reap_and_ls_all_never_show_a_secret_in_another_program_s_command(
+    procs: Processes, restrict: Callable[..., None]
+) -> None:
+    """`ls` masks secret-named values in the commands it shows; `reap` and `ls --all` showed other
+    programs' commands as they ran, `--api-key` values included."""
+    orphan, live = procs.orphan(args=SECRET_ARGS), procs.live(args=SECRET_ARGS)
+    restrict(orphan.pid, live.pid)
+    (row,) = reap(dry_run=True, confirm=True)  # confirmed: without /proc (portable mode) it is a suspect
+    assert row["pid"] == orphan.pid and row["command"][-3:] == ["--api-key", "***", "TOKEN=***"]
+    (group,) = [g for g in reaper.find_unmanaged_servers() if live.pid in g["pids"]]
+    assert group["command"][-3:] == ["--api-key", "***", "TOKEN=***"]
+    text = io.StringIO()
+    reaper.run_reap(dry_run=True, as_json=False, confirm=True, out=text)
+    assert "s3cret" not in text.getvalue() + json.dumps(row) + json.dumps(group)

@@ -2,7 +2,7 @@
 arrives, the id is spliced at the head or read from the end; nothing the session sees differs from the
 full path, and every way a stream can go wrong leaves the session with an answer.
 
-Layers: envelope.head / envelope.tail (property tests against json.loads), the mux's streams (sans-IO,
+Layers: linehead.head / linetail.tail (property tests against json.loads), the mux's streams (sans-IO,
 against the full path), LineReader's hand-off, then real sessions through a real broker.
 """
 
@@ -22,16 +22,17 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness
 
-from mcpsingleton import envelope, jsonrpc
-from mcpsingleton.mux import BackendPart, StreamPart
-from mcpsingleton.mux.streaming import HOLD, STREAM_FROM
-from mcpsingleton.streams import LineReader
+from mcpsingleton import jsonrpc, linehead, linetail, quotes
+from mcpsingleton.lineio import LineReader
+from mcpsingleton.mux import BackendPart, StreamPart, session_stream
+from mcpsingleton.mux.backend_stream import HOLD
+from mcpsingleton.mux.streaming import STREAM_FROM
 
 LIMIT = 64 << 20
 FILL = 'x " \\ é \u2028 '
 RESULT = {"content": [{"type": "text", "text": FILL * (STREAM_FROM // 4)}]}
 
-# ---- envelope.head and envelope.tail: sound for any JSON object ---------------------------------
+# ---- linehead.head and linetail.tail: sound for any JSON object ---------------------------------
 
 keys = st.text(min_size=1, max_size=6)
 numbers = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
@@ -48,7 +49,7 @@ def dumped(value: Any, spaced: bool) -> bytes:
 @given(objects, st.booleans())
 def test_every_member_tail_reports_is_a_top_level_member_with_that_value(value: dict[str, Any], spaced: bool) -> None:
     line = dumped(value, spaced)
-    members = envelope.tail(line)
+    members = linetail.tail(line)
     if members is None:  # a key written with escapes was reached: refused, never guessed
         assert any(b"\\" in dumped(key, False) for key in value)
         return
@@ -66,7 +67,7 @@ def test_every_member_head_reports_is_complete_and_the_open_one_is_cut(
     value: dict[str, Any], spaced: bool, cut: int
 ) -> None:
     line = dumped(value, spaced)
-    opened = envelope.head(line[: min(cut, len(line) - 1)])
+    opened = linehead.head(line[: min(cut, len(line) - 1)])
     if opened is None:
         return
     assert list(opened.members) == list(value)[: len(opened.members)]
@@ -76,20 +77,20 @@ def test_every_member_head_reports_is_complete_and_the_open_one_is_cut(
 
 
 def test_tail_refuses_what_it_cannot_vouch_for() -> None:
-    assert envelope.tail(b'"x","id":1') is None  # not the end of an object
-    assert envelope.tail(b'a\\"id":7}') is None  # the key's quote is escaped
-    assert envelope.tail(b'"id":7}') is None  # the byte before the key is not seen
-    assert envelope.tail(b'"a\\"b"}') == {}  # a value with escapes ends the reading
-    assert envelope.tail(b'x"},"jsonrpc":"2.0","id":7}\r') == {"id": (25, 26), "jsonrpc": (14, 19)}
+    assert linetail.tail(b'"x","id":1') is None  # not the end of an object
+    assert linetail.tail(b'a\\"id":7}') is None  # the key's quote is escaped
+    assert linetail.tail(b'"id":7}') is None  # the byte before the key is not seen
+    assert linetail.tail(b'"a\\"b"}') == {}  # a value with escapes ends the reading
+    assert linetail.tail(b'x"},"jsonrpc":"2.0","id":7}\r') == {"id": (25, 26), "jsonrpc": (14, 19)}
 
 
 def test_head_reads_up_to_the_open_member() -> None:
     line = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"xxxx'
-    opened = envelope.head(line)
+    opened = linehead.head(line)
     assert opened is not None and list(opened.members) == ["jsonrpc", "id"] and opened.open_key == "result"
     assert opened.body == {} and opened.body_open == "content"
-    assert envelope.head(b'{"result":{},"id":1}') is None  # complete: nothing is open
-    assert envelope.head(b'{"jsonrpc":"2.0"\x01,"result":{"a":"xx') is None  # a control byte in the head
+    assert linehead.head(b'{"result":{},"id":1}') is None  # complete: nothing is open
+    assert linehead.head(b'{"jsonrpc":"2.0"\x01,"result":{"a":"xx') is None  # a control byte in the head
 
 
 # ---- the mux's streams ------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_a_stream_cut_short_ends_the_line_and_the_lost_backend_fails_the_request
 
 def test_a_failure_inside_a_stream_ends_the_line_and_answers_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     h, line, stream = opened_reply()
-    monkeypatch.setattr(envelope, "tail", lambda line: 1 / 0)
+    monkeypatch.setattr(linetail, "tail", lambda line: 1 / 0)
     actions = stream.start(line[:STREAM_FROM]) + stream.end(line[STREAM_FROM:] + b"\n")
     assert [a.done for a in actions if isinstance(a, StreamPart)][-1]
     h.perform([a for a in actions if not isinstance(a, StreamPart)])
@@ -765,18 +766,65 @@ def test_a_stalled_request_is_cut_off_and_sent_in_full_at_its_end() -> None:
     assert resent["params"] == BIG_ARGS
 
 
+def test_a_streamed_request_moves_only_as_its_state_table_allows() -> None:
+    """The states a streamed request goes through, and that the backend has part of the line (and the stream
+    is the mux's `inbound`) exactly while it is passing or holding."""
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(8, BIG_ARGS, id_last=False)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
+    assert stream is not None and stream.state == session_stream.PASSING and h.mux.inbound is stream
+    quote = line.rindex(b'"}}')  # the big string's closing quote
+    stream.start(line[:STREAM_FROM])
+    stream.more(line[STREAM_FROM:quote])
+    assert stream.state == session_stream.PASSING
+    stream.more(line[quote : quote + 2])
+    assert stream.state == session_stream.HOLDING and h.mux.inbound is stream
+    (cut,) = [a for a in stream.stalled() if isinstance(a, BackendPart)]
+    assert cut.done and stream.state == session_stream.DIVERTED and h.mux.inbound is None
+    with pytest.raises(RuntimeError):
+        stream._move(session_stream.PASSING)  # a diverted line never passes again
+    stream.end(line[quote + 2 :] + b"\n")
+    assert stream.state == session_stream.ENDED and stream.finished and stream.more(b"x") == []
+    moves = session_stream.MOVES
+    assert set(moves) == {*(to for targets in moves.values() for to in targets), session_stream.PASSING}
+    assert all(session_stream.ENDED in targets for state, targets in moves.items() if state != session_stream.ENDED)
+    assert moves[session_stream.ENDED] == ()
+
+
+def test_a_failure_inside_a_streamed_request_ends_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The never-raise wrapper both streams share: the backend's copy is cut off once, the request answered
+    -32603, the failure logged and counted, and later pieces dropped."""
+    h = Harness()
+    h.open(1)
+    h.clear()
+    line = request_line(9, BIG_ARGS, id_last=False)
+    stream = h.mux.stream_from_session(1, line[:STREAM_FROM], LIMIT)
+    assert stream is not None
+    stream.start(line[:STREAM_FROM])
+    monkeypatch.setattr(quotes, "closing_quote", lambda *args: 1 / 0)
+    actions = stream.more(line[STREAM_FROM:-10])
+    assert [a.done for a in actions if isinstance(a, BackendPart)] == [True]
+    assert stream.finished and h.mux.inbound is None and h.mux.stats["internal_errors"] == 1
+    assert stream.end(line[-10:] + b"\n") == [] and stream.abort() == []
+    h.perform(actions)
+    assert h.only_reply(1)["error"]["code"] == jsonrpc.INTERNAL_ERROR and not h.mux.busy(1)
+    assert any("internal error while streaming a request of session 1" in text for text in h.logs)
+
+
 def test_tail_of_any_suffix_reports_only_real_members() -> None:
     @settings(max_examples=300, deadline=None)
     @given(objects, st.booleans(), st.integers(0, 200))
     def check(value: dict[str, Any], spaced: bool, cut: int) -> None:
         line = dumped(value, spaced)
         suffix = line[min(cut, len(line)) :]
-        members = envelope.tail(suffix)
+        members = linetail.tail(suffix)
         for key, (start, end) in (members or {}).items():
             assert json.loads(suffix[start:end]) == value[key]
 
     check()
-    assert envelope.tail(b'{"a":"x","\xff":2,"id":3}') is None  # a key that is not UTF-8: refused, not raised
+    assert linetail.tail(b'{"a":"x","\xff":2,"id":3}') is None  # a key that is not UTF-8: refused, not raised
 
 
 def test_a_bystander_is_not_held_up_by_a_session_that_stops_mid_request(home: Path, fake_server: list[str]) -> None:
@@ -793,16 +841,24 @@ def test_a_bystander_is_not_held_up_by_a_session_that_stops_mid_request(home: Pa
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='ab"\\\n\u00e9', max_size=300), st.lists(st.integers(0, 400), max_size=4))
-def test_closing_quote_finds_a_strings_end_across_any_pieces(text: str, cuts: list[int]) -> None:
+@given(
+    st.text(alphabet='ab"\\\n\u00e9', max_size=300),
+    st.lists(st.integers(0, 400), max_size=4),
+    st.sampled_from([quotes.WINDOW, 2, 3, 5, 8]),
+)
+def test_closing_quote_finds_a_strings_end_across_any_pieces(text: str, cuts: list[int], window: int) -> None:
+    """Pieces cut anywhere (inside a backslash run, between a backslash and its quote), blanked windows of
+    any size: one rule, the same answer as the full parser."""
     encoded = json.dumps(text, ensure_ascii=False).encode()
     rest = encoded[1:] + b',"z":"q\\"r"}'  # the content after the opening quote, and what follows
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(rest)), len(rest)]
     escaped, offset = False, 0
-    for start, end in itertools.pairwise(bounds):
-        found, escaped = envelope.closing_quote(rest[start:end], escaped)
-        if found >= 0:
-            assert offset + found == len(encoded) - 2
-            return
-        offset += end - start
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quotes, "WINDOW", window)
+        for start, end in itertools.pairwise(bounds):
+            found, escaped = quotes.closing_quote(rest[start:end], 0, escaped)
+            if found >= 0:
+                assert offset + found == len(encoded) - 2
+                return
+            offset += end - start
     pytest.fail("the closing quote was not found")

@@ -194,3 +194,20 @@ def test_a_stopped_waiter_still_gets_its_exit_when_the_broker_stops(
 
 def log_text(name: str) -> str:
     return subprocess.run([mcpsingleton_exe(), "logs", name], capture_output=True, text=True).stdout
+
+
+def test_a_reply_the_client_had_not_read_yet_is_still_ended_after_a_dead_broker(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Row 4, its common case: the backend finished a 2 MB reply, but most of it still waits in the broker for a
+    client that has not read it; the broker dies: the line is cut in the client's pipe all the same."""
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    request_id = client.request("tools/call", {"name": "big", "arguments": {"size": 2 << 20}})
+    time.sleep(3)  # lets the backend write it all (the client reads nothing); either way the line is cut below
+    os.kill(broker_pid(), signal.SIGKILL)
+    echo_id = client.request("tools/call", {"name": "echo", "arguments": {"text": "after"}})
+    cut, answered, after = raw_lines_until(client, b'"after"')
+    assert not cut.endswith(b"}") and json.loads(answered)["id"] == request_id
+    assert json.loads(after)["id"] == echo_id
+    assert client.close() == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from mcpsingleton.configs.entries import Document, Span
+from mcpsingleton.configs.entries import Document, Span, wrapped_command_index
 from mcpsingleton.configs.wrapping import Edit, apply
 from mcpsingleton.keys import redacted_argv
 
@@ -18,13 +18,16 @@ def masked(doc: Document) -> str:
 
 
 def _secret_args(doc: Document) -> list[Span]:
-    """The args elements `ls` would show as `***` (`--token X`, `API_KEY=…`): wrap rewrites args lines."""
+    """The args elements `ls` would show as `***` (`--token X`, `API_KEY=…`): wrap rewrites args lines. In a
+    wrapped entry only the server's command is read so: `run`'s `--env-key NAME` names a variable."""
     spans = []
     for entry in doc.entries:
         args = entry.data.get("args") if isinstance(entry.data, dict) else None
         if entry.args is None or not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
             continue
-        shown = redacted_argv(args)
+        command = entry.data.get("command")
+        server_from = (wrapped_command_index(command, args) if isinstance(command, str) else None) or 0
+        shown = args[:server_from] + redacted_argv(args[server_from:])  # `run`'s own options name, never hold, secrets
         spans += [span for span, word, seen in zip(entry.args.items, args, shown, strict=True) if word != seen]
     return spans
 

@@ -10,22 +10,26 @@ the facade the broker uses and the one place where methods are routed.
 
 from .actions import Action, BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .backend_state import IllegalTransition
-from .handshake import HANDSHAKE_VERSIONS, LEGACY_VERSION, LOCAL_METHODS
+from .handshake import HANDSHAKE_VERSIONS, LOCAL_METHODS, NEWEST_HANDSHAKE_VERSION
 from .log_levels import LOG_LEVELS
 from .requests import ABANDONED_MEMORY
 from .router import Mux
+from .session_stream import SessionStream
+from .streaming import STREAM_FROM
 
 __all__ = [
     "ABANDONED_MEMORY",
     "HANDSHAKE_VERSIONS",
-    "LEGACY_VERSION",
     "LOCAL_METHODS",
     "LOG_LEVELS",
+    "NEWEST_HANDSHAKE_VERSION",
+    "STREAM_FROM",
     "Action",
     "BackendPart",
     "IllegalTransition",
     "Log",
     "Mux",
+    "SessionStream",
     "StartBackend",
     "StoreDiscovery",
     "StreamPart",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeAlias
 
-    from ..envelope import Span
+    from ..jsonwalk import Span
     from .router import Mux
     from .session import Session
 

@@ -1,5 +1,5 @@
 """Cancellation by a session: its request is cancelled at the backend (or unqueued, if not yet sent),
-gets no reply, and no longer holds up its batch; cancelling a 2026-07-28 listen stream closes it."""
+gets no reply, and no longer holds up its batch; cancelling a stateless-era listen stream closes it."""
 
 from __future__ import annotations
 

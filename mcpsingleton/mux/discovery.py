@@ -77,8 +77,8 @@ class Discovery(Feature):
         method = message["method"]
         if self.entry is None or method not in self.entry or method == INITIALIZE:
             return None
-        if eras.envelope(message) is not None or "cursor" in jsonrpc.params_of(message):
-            return None  # modern sessions need their era's result shape; a cursor needs the backend
+        if eras.era_fields(message) is not None or "cursor" in jsonrpc.params_of(message):
+            return None  # stateless-era sessions need their era's result shape; a cursor needs the backend
         result = self.entry[method]
         self.served.setdefault(session.sid, {})[method] = result
         return self.mux.batches.deliver(session, jsonrpc.result(message["id"], result))

@@ -1,12 +1,14 @@
-"""The 2026-07-28 ("modern", stateless) era, translated onto the shared handshake-era backend.
+"""The stateless era (protocol 2026-07-28), translated onto the shared handshake-era backend.
 
-Modern requests carry their protocol version, client info and capabilities in `params._meta` on every
-request, and have no `initialize`. The broker keeps one backend per server, initialized the classic
-way (a Python-SDK server locks each stdio connection to one era, and handshake-era servers speak
-nothing else), so modern sessions are served by translation: the envelope is stripped on the way in,
+Two eras, one word each (docs/ARCHITECTURE.md, Glossary): the *handshake* era (2024-11-05 to
+2025-11-25: `initialize` first, then requests) and the *stateless* era (2026-07-28: no `initialize`;
+every request carries its protocol version, client info and capabilities in `params._meta`, the
+request's era fields). The broker keeps one backend per server, initialized by handshake (a
+Python-SDK server locks each stdio connection to one era, and handshake-era servers speak nothing
+else), so stateless-era sessions are served by translation: the era fields are stripped on the way in,
 results are marked `resultType: complete` on the way out, and `subscriptions/listen` streams are
 built from the backend's refcounted subscriptions and list-changed notifications. Functions of their
-arguments, kept apart from the state they serve (`adopt` only marks the session as modern).
+arguments, kept apart from the state they serve (`adopt` only marks the session as stateless-era).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 SERVER_INFO = "io.modelcontextprotocol/serverInfo"
-ENVELOPE = (PROTOCOL_VERSION, CLIENT_CAPABILITIES, CLIENT_INFO, LOG_LEVEL)
+ERA_FIELDS = (PROTOCOL_VERSION, CLIENT_CAPABILITIES, CLIENT_INFO, LOG_LEVEL)
 
 CACHEABLE = frozenset(
     {"prompts/list", "resources/list", "resources/read", "resources/templates/list", "server/discover", "tools/list"}
 )
-"""Methods whose 2026-07-28 results must carry `ttlMs` and `cacheScope`."""
+"""Methods whose stateless-era results must carry `ttlMs` and `cacheScope`."""
 
 LIST_KINDS = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
 """subscriptions/listen flags → the capability (and notifications/<kind>/list_changed) they stand for."""
@@ -42,26 +44,26 @@ def _meta(message: Message) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def envelope(message: Message) -> dict[str, Any] | None:
-    """The modern envelope of a request, or None for a handshake-era message."""
+def era_fields(message: Message) -> dict[str, Any] | None:
+    """The stateless-era fields of a request's `_meta`, or None for a handshake-era message."""
     meta = _meta(message)
     if not isinstance(meta.get(PROTOCOL_VERSION), str) or message.get("method") == "initialize":
         return None
-    return {key: meta[key] for key in ENVELOPE if key in meta}
+    return {key: meta[key] for key in ERA_FIELDS if key in meta}
 
 
 def adopt(session: Session, fields: dict[str, Any]) -> None:
-    """A session sent a modern request (`fields`: its envelope): it speaks 2026-07-28, and may say who it is."""
-    session.modern = session.initialized = True
+    """A session sent a stateless-era request (`fields`: its era fields), and may say who it is."""
+    session.stateless = session.initialized = True
     info = fields.get(CLIENT_INFO)
     if isinstance(info, dict) and isinstance(info.get("name"), str):
         session.client_name = info["name"]
 
 
 def strip(message: Message) -> Message:
-    """The request as a handshake-era backend expects it: no envelope keys in `_meta`."""
+    """The request as a handshake-era backend expects it: no era fields in `_meta`."""
     params = dict(message["params"])
-    meta = {k: v for k, v in params["_meta"].items() if k not in ENVELOPE}
+    meta = {k: v for k, v in params["_meta"].items() if k not in ERA_FIELDS}
     if meta:
         params["_meta"] = meta
     else:
@@ -70,7 +72,7 @@ def strip(message: Message) -> Message:
 
 
 def complete(reply: Message, method: str, server_info: object) -> Message:
-    """A handshake-era result as a modern client expects it (cacheable ones: immediately stale, private)."""
+    """A handshake-era result as a stateless-era client expects it (cacheable ones: immediately stale, private)."""
     result = reply.get("result")
     if not isinstance(result, dict):
         return reply

@@ -2,8 +2,8 @@
 
 The broker's own initialize asks for the first session's protocol version with the union of what any
 session may answer (roots, sampling, elicitation; never client tasks). Later sessions get the cached
-result at their own version when that is an older handshake one. `server/discover` (2026-07-28) is
-refused: the backend speaks the handshake era, and modern sessions are served by translation (eras.py).
+result at their own version when that is an older handshake one. `server/discover` (stateless era) is
+refused: the backend speaks the handshake era, and stateless-era sessions are served by translation (eras.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-LEGACY_VERSION = HANDSHAKE_VERSIONS[-1]
+NEWEST_HANDSHAKE_VERSION = HANDSHAKE_VERSIONS[-1]
 """Protocol version the broker asks for when no session has said which one it wants."""
 LOCAL_METHODS = frozenset({"initialize", "ping", "server/discover"})
 """Session requests answered without the backend, so they never wait for it."""
@@ -137,7 +137,7 @@ class Handshake(Feature):
 
     def _params_for_backend(self, version: str | None, info: object) -> dict[str, Any]:
         """The broker's own initialize: the union of what any session may answer, never client tasks."""
-        version = version or LEGACY_VERSION
+        version = version or NEWEST_HANDSHAKE_VERSION
         elicitation: dict[str, Any] = {"form": {}, "url": {}} if version >= "2025-11-25" else {}
         return {
             "protocolVersion": version,

@@ -1,5 +1,5 @@
 """Logging levels: each session sets its own; the backend is set to the most verbose any session wants,
-and each log message reaches only the sessions whose level admits it. A 2026-07-28 session opts in per
+and each log message reaches only the sessions whose level admits it. A stateless-era session opts in per
 request (`_meta` logLevel) and hears logs only while such a request is in flight."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LogLevels(Feature):
         return self._apply()
 
     def opt_in(self, pending: Pending, level: object) -> list[Action]:
-        """A 2026-07-28 request asked for logs at `level` while it runs."""
+        """A stateless-era request asked for logs at `level` while it runs."""
         if level not in LOG_LEVELS:
             return []
         pending.log_level = level
@@ -59,8 +59,8 @@ class LogLevels(Feature):
         return [ToSession(s.sid, message) for s in self.mux.sessions.values() if self._wants(s, rank)]
 
     def _wants(self, session: Session, rank: int) -> bool:
-        """Handshake sessions: their own level (none set: all). 2026-07-28 sessions: an opted-in request in flight."""
-        if not session.modern:
+        """Handshake-era sessions: their own level (none set: all). Stateless-era: an opted-in request in flight."""
+        if not session.stateless:
             own = self.levels.get(session.sid)
             return session.initialized and (own is None or rank >= LOG_LEVELS.index(own))
         pending = self.mux.requests.pending

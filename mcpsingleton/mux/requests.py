@@ -30,7 +30,7 @@ ABANDONED_MEMORY = 4096
 class Pending:
     """A request the backend owes an answer to."""
 
-    __slots__ = ("log_level", "method", "modern", "on_reply", "original_id", "session", "token")
+    __slots__ = ("log_level", "method", "on_reply", "original_id", "session", "stateless", "token")
 
     def __init__(
         self,
@@ -45,8 +45,8 @@ class Pending:
         self.method = method
         self.token = token
         self.on_reply = on_reply
-        self.modern = False  # the session speaks 2026-07-28: its result gets resultType and serverInfo
-        self.log_level: str | None = None  # the 2026-07-28 per-request log opt-in
+        self.stateless = False  # a stateless-era request: its result gets resultType and serverInfo
+        self.log_level: str | None = None  # the stateless-era per-request log opt-in
 
 
 class Requests(Feature):
@@ -131,37 +131,45 @@ class Requests(Feature):
     def answer_spliced(self, line: bytes, envelope: Envelope) -> list[Action] | None:
         """`answer` for a reply that needs nothing but its asker's id: the backend's bytes pass as written.
 
-        None (nothing done) when the reply needs more: a reply hook, a progress token to release, a
-        2026-07-28 completion, a tasks/list filter, a created task, a batch to join, a malformed body.
+        None (nothing done) when the reply needs more (`as_written`), or creates a task or is malformed.
         """
         backend_id = envelope.id
         pending = self.pending.get(backend_id) if type(backend_id) is int else None
-        if pending is None or pending.on_reply is not None or pending.token is not None or pending.modern:
-            return None
-        session = self.mux.sessions.get(pending.session) if pending.session is not None else None
-        original_id = pending.original_id
-        if session is None or original_id is None or pending.method == "tasks/list":
-            return None
-        if self.mux.batches.expects(session, original_id) or not _well_formed(line, envelope):
+        session = self.as_written(pending) if pending is not None else None
+        if session is None or pending is None or pending.original_id is None or not _well_formed(line, envelope):
             return None
         assert type(backend_id) is int and envelope.id_span is not None
-        session.inflight.pop(id_key(original_id), None)
-        del self.pending[backend_id]
+        self.passed(backend_id)
         if "error" in envelope.members:
             self.mux.stats["errors"] += 1
-        return [ToSession(session.sid, None, Spliced(line, envelope.id_span, encode_id(original_id)))]
+        return [ToSession(session.sid, None, Spliced(line, envelope.id_span, encode_id(pending.original_id)))]
 
-    def streamed(self, backend_id: int) -> list[Action]:
-        """A reply streamed to its asker has ended (streaming.py): `answer_spliced`'s bookkeeping."""
+    def as_written(self, pending: Pending) -> Session | None:
+        """The asker's session, when its reply may pass as the backend wrote it with only the id changed
+        (spliced or streamed), else None: no reply hook, not a stateless-era request (no completion to
+        add), not tasks/list (filtered per owner), the session attached and no batch of it waiting for
+        that reply. A progress token does not matter: `passed` releases it, as `answer` does for a reply
+        that creates no task. The reply itself must create no task: each path checks what it sees of it."""
+        if pending.session is None or pending.original_id is None or pending.on_reply is not None:
+            return None
+        if pending.stateless or pending.method == "tasks/list":
+            return None
+        session = self.mux.sessions.get(pending.session)
+        if session is None or self.mux.batches.expects(session, pending.original_id):
+            return None
+        return session
+
+    def passed(self, backend_id: int) -> None:
+        """A reply passed as written (spliced, or streamed to its end): `answer`'s bookkeeping without the
+        reply. Nothing to do when it was cancelled while it streamed, or its session left."""
         pending = self.pending.pop(backend_id, None)
         if pending is None:
-            return []  # cancelled while it streamed, or its session left
+            return
         session = self.mux.sessions.get(pending.session) if pending.session is not None else None
         if session is not None and pending.original_id is not None:
             session.inflight.pop(id_key(pending.original_id), None)
         if pending.token is not None:
             self.mux.progress.release(pending.token)
-        return []
 
     def _as_asked(
         self, pending: Pending, original_id: Id, session: Session, message: Message, log: list[Action]
@@ -179,7 +187,7 @@ class Requests(Feature):
             )
         reply = dict(message)
         reply["id"] = original_id
-        if pending.modern:
+        if pending.stateless:
             reply = eras.complete(reply, pending.method, self.mux.handshake.server_info())
         if pending.method == "tasks/list":
             reply = self.mux.tasks.own_only(session, reply)

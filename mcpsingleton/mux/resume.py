@@ -31,7 +31,7 @@ def mark(mux: Mux, sid: int) -> Hashable:
         session.client_name,
         id(session.capabilities),
         session.initialized,
-        session.modern,
+        session.stateless,
         session.roots_signature,
         mux.log_levels.levels.get(sid),
         frozenset(mux.subscriptions.held.get(sid, ())),
@@ -52,7 +52,7 @@ def snapshot(mux: Mux, sid: int) -> dict[str, Any] | None:
         "client": session.client_name,
         "capabilities": session.capabilities,
         "initialized": session.initialized,
-        "modern": session.modern,
+        "modern": session.stateless,  # the key older snapshots (kept by running waiters) carry
     }
     if level is not None:
         state["level"] = level
@@ -70,7 +70,7 @@ def restore(mux: Mux, sid: int, state: dict[str, Any]) -> list[Action]:
     session.client_name = _typed(state, "client", str)
     session.capabilities = _typed(state, "capabilities", dict) or {}
     session.initialized = _typed(state, "initialized", bool) or False
-    session.modern = _typed(state, "modern", bool) or False
+    session.stateless = _typed(state, "modern", bool) or False
     roots = _typed(state, "roots", list)
     actions: list[Action] = []
     if roots is not None:

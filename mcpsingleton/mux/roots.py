@@ -98,10 +98,6 @@ class Roots(Feature):
             actions.append(Log(f"backend asked roots/list: {text}root(s) all of them declared"))
         return actions
 
-    def signatures(self) -> set[RootsSignature | None]:
-        """The distinct roots signatures of this backend's placed sessions that have said their roots."""
-        return {session.roots_signature for session in self._placed()}
-
     def placed_signatures(self) -> set[RootsSignature | None]:
         """The roots signatures of every placed session, None or ASKING for those that have not said yet."""
         return {session.roots_signature for session in self.mux.sessions.values() if not session.parked}

@@ -5,11 +5,8 @@ notifications, backend requests, backend notifications) to the feature module th
 in no table takes the default (forward, forward, refuse, broadcast). Lifecycle events (a session
 closed, the backend lost, the backend ready) go to every feature in `self.features` order.
 
-Lines of `fast_path_from` bytes or more are first read as an envelope only (`envelope.scan`): a reply
-or request that needs nothing but a new id passes on as written, its new id spliced in, with the same
-bookkeeping as the full path (`Requests.answer_spliced`, `Requests.forward_spliced`,
-`ServerRequests.answer_spliced`); anything else, and every smaller line, is decoded in full. Lines
-too long to wait for may stream instead (`stream_from_session`, `stream_from_backend`; streaming.py).
+Big lines that need nothing but a new id pass on as written (fast_path.py); lines too long to wait
+for may stream instead (`stream_from_session`, `stream_from_backend`; streaming.py).
 
 The entry points enforce the one rule that keeps a shared broker alive: nothing raised while handling
 one session's or the backend's input escapes to the broker. The offending line is answered (-32603 to
@@ -19,14 +16,16 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
-from ..envelope import Envelope, reply_id, scan
+from ..envelope import reply_id
 from ..jsonrpc import Id, Invalid, Message
-from . import eras, failures, resume, streaming
+from . import eras, failures, fast_path, resume
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
+from .backend_stream import BackendStream, open_backend_stream
 from .batches import Batches
 from .cancellation import Cancellation
 from .discovery import LISTS, Discovery
+from .fast_path import FAST_PATH_FROM
 from .handshake import LOCAL_METHODS, Handshake
 from .log_levels import LogLevels
 from .parking import Parking, SessionState
@@ -36,22 +35,19 @@ from .requests import Requests
 from .roots import Roots
 from .server_requests import ServerRequests
 from .session import Session
+from .session_stream import SessionStream, open_session_stream
 from .subscriptions import Subscriptions
 from .tasks import Tasks
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
-    from typing import Any
+    from typing import Any, TypeVar
 
     from .actions import Action, BackendHandler, Feature, SessionHandler
     from .session import RootsSignature
 
-FAST_PATH_FROM = 16 * 1024
-"""Lines this long or longer try the envelope path; below, the full parser costs as little (bench/bench_json.py)."""
-FAST_PATH_ENV = "MCPSINGLETON_FAST_PATH_FROM"
-"""Overrides FAST_PATH_FROM in the broker (bytes; `off` disables the fast path), for benchmarks."""
-
+    Opened = TypeVar("Opened", BackendStream, SessionStream)
 
 class Mux:
     """State of one backend and the sessions sharing it."""
@@ -70,7 +66,7 @@ class Mux:
         entry, do not start the backend for what the entry answers."""
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
-        self.inbound: streaming.SessionStream | None = None  # the session request being streamed in
+        self.inbound: SessionStream | None = None  # the session request being streamed in
         self.accepted: list[tuple[int, Id]] = []  # session requests taken in, until the broker asks (`owed_changes`)
         self.released: list[tuple[int, Id]] = []  # session requests their session cancelled: no reply will come
         self.stats = {
@@ -203,15 +199,9 @@ class Mux:
         if session is None:
             self.stats["rejected"] += 1
             return [Log(f"session {sid}: a line from a session that is not open; dropped")]
-        envelope = self._envelope(line)
-        if envelope is not None:
-            try:
-                spliced = self._session_spliced(session, line, envelope)
-            except Exception as exc:
-                return failures.session_line_failed(self, session, _routing_stub(envelope), exc)
-            if spliced is not None:
-                self.stats["fast_path"] += 1
-                return spliced
+        spliced = fast_path.from_session(self, session, line)
+        if spliced is not None:
+            return spliced
         try:
             data = jsonrpc.parse(line)
         except Invalid as bad:
@@ -272,38 +262,31 @@ class Mux:
             self.stats["internal_errors"] += 1
             return [*actions, Log(f"internal error failing parked requests: {failures.describe(exc)}")]
 
-    def stream_from_backend(self, line_head: bytes) -> streaming.BackendStream | None:
+    def stream_from_backend(self, line_head: bytes) -> BackendStream | None:
         """The backend is writing a line too long to wait for: a stream for it, or None (wait for its end).
 
         The stream's `start(line_head)` gives the first actions; like every entry point, nothing raises."""
-        try:
-            return streaming.open_stream(self, line_head)
-        except Exception:  # the line then takes the full path at its end, which reports what is wrong
-            self.stats["internal_errors"] += 1
-            return None
+        return self._stream(open_backend_stream, self, line_head)
 
-    def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> streaming.SessionStream | None:
+    def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> SessionStream | None:
         """A session is writing a line too long to wait for: a stream for it, or None (wait for its end).
         `limit`: the session's line limit (beyond it the line is refused with -32700, as when whole)."""
+        return self._stream(open_session_stream, self, sid, line_head, limit)
+
+    def _stream(self, opener: Callable[..., Opened | None], *args: Any) -> Opened | None:
         try:
-            return streaming.open_session_stream(self, sid, line_head, limit)
+            return opener(*args)
         except Exception:  # the line then takes the full path at its end, which reports what is wrong
             self.stats["internal_errors"] += 1
             return None
 
     def from_backend(self, line: bytes) -> list[Action]:
         """One line of the backend's stdout."""
-        envelope = self._envelope(line)
-        if envelope is not None and envelope.kind == "response":
-            try:
-                spliced = self.requests.answer_spliced(line, envelope)
-            except Exception as exc:
-                return failures.backend_line_failed(self, _routing_stub(envelope), exc)
-            if spliced is not None:
-                self.stats["fast_path"] += 1
-                return spliced
+        spliced = fast_path.from_backend(self, line)
+        if spliced is not None:
+            return spliced
         try:
-            data, repaired = _parse_backend_line(line)
+            data, repaired = jsonrpc.parse_lenient(line)
         except Invalid as bad:
             return self._unusable_backend_line(line, bad)
         if repaired:
@@ -411,50 +394,26 @@ class Mux:
         if not self.backend.ready:
             cached = self.discovery.answer(session, message)
             return cached if cached is not None else self.queue.hold(session, message)
-        envelope = eras.envelope(message)
-        if envelope is not None:
-            return self._modern_request(session, message, envelope)
+        fields = eras.era_fields(message)
+        if fields is not None:
+            return self._stateless_request(session, message, fields)
         return self._request(session, message)
-
-    def _envelope(self, line: bytes) -> Envelope | None:
-        """The envelope of a line long enough to try the fast path; None: the full parser decides."""
-        if len(line) < self.fast_path_from:
-            return None
-        try:
-            return scan(line)
-        except Exception:  # scan answers None when unsure; should it raise, the full parser still decides
-            return None
-
-    def _session_spliced(self, session: Session, line: bytes, envelope: Envelope) -> list[Action] | None:
-        """A session's line passed on with only its id replaced, when that is all the full path would do."""
-        if envelope.kind == "response":
-            return self.server_requests.answer_spliced(session, line, envelope)
-        if envelope.kind != "request" or not self.backend.ready or envelope.method in self.session_requests:
-            return None
-        if session.parked:  # not placed yet: its requests are held (parking.py), never forwarded
-            return None
-        if envelope.body is not None and "_meta" in envelope.body:
-            return None  # a progress token or a 2026-07-28 envelope to translate
-        self.stats["requests"] += 1
-        if envelope.id is not None:
-            self.accepted.append((session.sid, envelope.id))
-        return self.requests.forward_spliced(session, line, envelope)
 
     def _request(self, session: Session, message: Message) -> list[Action]:
         handler = self.session_requests.get(message["method"])
         return handler(session, message) if handler is not None else self.requests.forward(session, message)
 
-    def _modern_request(self, session: Session, message: Message, envelope: dict[str, Any]) -> list[Action]:
-        """A 2026-07-28 request: served on the shared backend with its envelope translated away."""
-        eras.adopt(session, envelope)
+    def _stateless_request(self, session: Session, message: Message, fields: dict[str, Any]) -> list[Action]:
+        """A stateless-era request: served on the shared backend with its era fields translated away."""
+        eras.adopt(session, fields)
         if message["method"] == "subscriptions/listen":
             return self.subscriptions.listen(session, message)
         actions = self._request(session, eras.strip(message))
         pending = self.requests.of(session, message["id"])
         if pending is None:
             return actions
-        pending.modern = True
-        return self.log_levels.opt_in(pending, envelope.get(eras.LOG_LEVEL)) + actions
+        pending.stateless = True
+        return self.log_levels.opt_in(pending, fields.get(eras.LOG_LEVEL)) + actions
 
     def fan_out_ready(self, restarted: bool) -> list[Action]:
         return self._fan_out("backend ready", lambda feature: feature.backend_ready(restarted))
@@ -475,35 +434,3 @@ class Mux:
                 self.stats["internal_errors"] += 1
                 actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
         return actions
-
-
-def _parse_backend_line(line: bytes) -> tuple[Message | list[Any], bool]:
-    """`jsonrpc.parse` for a backend line, and whether it parsed only once its bytes that are not UTF-8 were
-    replaced (a server writing a Latin-1 file's bytes): such a reply is passed on, never left unanswered."""
-    try:
-        return jsonrpc.parse(line), False
-    except Invalid:
-        repaired = jsonrpc.utf8_replaced(line)
-        if repaired is None:
-            raise
-        return jsonrpc.parse(repaired), True  # raises the repaired line's Invalid when that did not help
-
-
-def _routing_stub(envelope: Envelope) -> Message:
-    """The routing members of a line whose fast path failed: what the failure handlers read."""
-    stub: Message = {"jsonrpc": "2.0", "id": envelope.id}
-    if envelope.method is None:
-        stub["result"] = {}
-    else:
-        stub["method"] = envelope.method
-    return stub
-
-
-def fast_path_threshold(setting: str | None) -> float:
-    """FAST_PATH_ENV's value as a threshold: bytes, `off` (never), FAST_PATH_FROM when unset or unreadable."""
-    if setting == "off":
-        return float("inf")
-    try:
-        return int(setting) if setting else FAST_PATH_FROM
-    except ValueError:
-        return FAST_PATH_FROM

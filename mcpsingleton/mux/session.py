@@ -20,11 +20,11 @@ class Session:
         "client_name",
         "inflight",
         "initialized",
-        "modern",
         "parked",
         "protocol_version",
         "roots_signature",
         "sid",
+        "stateless",
     )
 
     def __init__(self, sid: int) -> None:
@@ -33,15 +33,15 @@ class Session:
         self.capabilities: dict[str, Any] = {}
         self.protocol_version: str | None = None
         self.initialized = False
-        self.modern = False  # speaks 2026-07-28: no handshake, an envelope on every request
+        self.stateless = False  # speaks the stateless era: no handshake, era fields on every request
         self.inflight: dict[tuple[bool, Id], int] = {}  # its request id → the backend id it was sent under
         self.parked = False  # its handshake is served here, its requests wait until the broker places it (parking.py)
         self.roots_signature: RootsSignature | None = None  # None: not known yet (roots.py)
 
     def can(self, capability: str, mode: object = None) -> bool:
         """Whether the backend's server→client requests may be sent to this session."""
-        if self.modern:
-            return False  # on stdio a 2026-07-28 client takes no server requests
+        if self.stateless:
+            return False  # on stdio a stateless-era client takes no server requests
         declared = self.capabilities.get(capability)
         if not isinstance(declared, dict):
             return False

@@ -1,6 +1,6 @@
 """Subscriptions: resource subscriptions refcounted (the backend is subscribed once, unsubscribed when
 the last holder lets go), updates sent to holders only, list-changed notifications to every session,
-and 2026-07-28 `subscriptions/listen` streams built from the same shared subscriptions."""
+and stateless-era `subscriptions/listen` streams built from the same shared subscriptions."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ LIST_CHANGED_KINDS = ("tools", "resources", "prompts")
 
 
 class Listen:
-    """A 2026-07-28 `subscriptions/listen` stream, open until its session cancels it."""
+    """A stateless-era `subscriptions/listen` stream, open until its session cancels it."""
 
     __slots__ = ("kinds", "request_id", "uris")
 
@@ -121,7 +121,7 @@ class Subscriptions(Feature):
                 receivers |= holders
         actions: list[Action] = []
         for sid in sorted(receivers):
-            if not self.mux.sessions[sid].modern:
+            if not self.mux.sessions[sid].stateless:
                 actions.append(ToSession(sid, message))
                 continue
             for listen in self.listens.get(sid, {}).values():
@@ -130,12 +130,12 @@ class Subscriptions(Feature):
         return actions
 
     def broadcast(self, message: Message) -> list[Action]:
-        """To every handshake session; to 2026-07-28 sessions only on listen streams that asked for it."""
+        """To every handshake session; to stateless-era sessions only on listen streams that asked for it."""
         method = message["method"]
         kind = method.split("/")[1] if method.endswith("/list_changed") and method.count("/") == 2 else None
         actions: list[Action] = []
         for session in self.mux.sessions.values():
-            if not session.modern:
+            if not session.stateless:
                 if session.initialized:
                     actions.append(ToSession(session.sid, message))
                 continue

@@ -1,4 +1,4 @@
-"""Non-blocking byte streams for the broker: one line reader, one buffered writer.
+"""Line I/O for the broker: one line reader, one buffered writer, over non-blocking fds.
 
 Every stream the broker reads (a session's stdin, the backend's stdout and stderr) goes through
 `LineReader`; every stream it writes (a session's stdout, the backend's stdin) through `Outbox`.

@@ -1,0 +1,55 @@
+"""What the page may change: stop or restart a server, reap orphans. The same calls as the CLI's commands.
+
+Each one blocks (a stop waits for the broker to exit, as `mcpsingleton stop` does): the app runs them in
+a worker thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from .. import control
+from ..reaper import run_reap
+from .state import masked_command
+
+ORDERLY_STOP_SECONDS = 10.0
+
+
+class NotFound(LookupError):
+    pass
+
+
+def act_on_server(target: str, verb: str) -> list[dict[str, Any]]:
+    """`stop` or `restart` the backends matching NAME or KEY (a broker with several is asked once).
+
+    Returns who was asked and whether they ended in time; raises NotFound when nothing matches."""
+    ask: Callable[[str, str | None], bool] = control.stop if verb == "stop" else control.restart
+    chosen = [record for record in control.running_backends() if control.matches(record, target)]
+    if not chosen:
+        raise NotFound(target)
+    brokers = {record.key: (record.name, record.broker_pid) for record in chosen}
+    answered = {key: ask(key, None) for key in brokers}
+    deadline = time.monotonic() + ORDERLY_STOP_SECONDS
+    pending = {key for key, ok in answered.items() if ok}
+    while pending and time.monotonic() < deadline:
+        pending = {key for key in pending if psutil.pid_exists(brokers[key][1])}
+        time.sleep(0.05)
+    return [
+        {"key": key, "name": name, "answered": answered[key], "ended": answered[key] and key not in pending}
+        for key, (name, _) in brokers.items()
+    ]
+
+
+def reap(confirm: bool) -> list[dict[str, Any]]:
+    """Without `confirm`, what `reap --dry-run` would do; with it, do it (the user saw the dry run and said yes,
+    so suspects this OS cannot prove orphaned are included, as `reap --yes` does)."""
+    out = io.StringIO()
+    run_reap(dry_run=not confirm, as_json=True, confirm=True, out=out)
+    rows = json.loads(out.getvalue() or "[]")
+    return [{**row, "command": masked_command(row["command"])} for row in rows]
