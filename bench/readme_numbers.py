@@ -45,7 +45,16 @@ def sessions_rows(results: dict[str, Any]) -> list[Row]:
         ("50 sessions via `npx`", f"{at('npx', 50)['direct_mib']:.0f} MiB", f"{at('npx', 50)['shared_mib']:.0f} MiB"),
         ("one more session on a warm backend", f"{span(row['direct_marginal_mib'] for row in marginal)} MiB",
          f"{span((row['shared_marginal_mib'] for row in marginal), 2)} MiB (a `sh` waiter)"),
-        ("broker (one per server)", "–", f"{span((row['broker_pss_mib'] for row in rows), 1)} MiB PSS"),
+    ]
+
+
+def broker_rows(results: dict[str, Any]) -> list[Row]:
+    steps = results["onebroker"]["keys"]["steps"]
+    few, many = min(steps, key=int), max(steps, key=int)
+    return [
+        (f"the broker (one per user, every server inside), {few} / {many} server keys", "–",
+         f"{steps[few]['broker_pss_mib']:.1f} / {steps[many]['broker_pss_mib']:.1f} MiB PSS, "
+         f"{steps[many]['processes_of_ours']} processes of ours in all"),
     ]
 
 
@@ -99,8 +108,10 @@ def isolated_rows(results: dict[str, Any]) -> list[Row]:
     ]
 
 
-SECTIONS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (sessions_rows, start_rows, message_rows, isolated_rows)
-FILES = ("sessions", "sessions_isolated", "install", "discovery", "scale", "latency", "big", "reattach")
+SECTIONS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
+    sessions_rows, broker_rows, start_rows, message_rows, isolated_rows
+)
+FILES = ("sessions", "sessions_isolated", "install", "discovery", "scale", "latency", "big", "reattach", "onebroker")
 
 
 def table(results_dir: Path = RESULTS) -> str:

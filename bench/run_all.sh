@@ -37,6 +37,7 @@ started=$(date +%s)
 "$PY" bench/bench_big.py $quick > /dev/null
 "$PY" bench/bench_discovery.py $quick
 "$PY" bench/bench_reattach.py $quick > /dev/null
+"$PY" bench/bench_onebroker.py $quick
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_serve.py $quick  # the serve extra
 "$PY" bench/report.py > /dev/null
 [ -n "$quick" ] || "$PY" bench/readme_numbers.py  # README's numbers table, from the results just written

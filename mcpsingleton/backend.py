@@ -57,6 +57,20 @@ def kill_leftovers(key: str) -> list[int]:
     return killed
 
 
+def kill_orphans() -> list[int]:
+    """SIGKILL the broker's children that are not ours: orphans it adopted as subreaper (a backend's daemon that
+    left its group and cleared its environment). Only at the broker's exit, once every backend is stopped."""
+    killed = []
+    for pid, argv in platform.children_of(os.getpid()):
+        if argv and not is_ours(argv):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+    return killed
+
+
 class Keeper:
     """One per broker: stops the live backend groups if the broker dies without saying they are gone."""
 
@@ -268,8 +282,9 @@ class Backend:
         return self.group_alive() or (self.sweep_strays and bool(self._strays()))
 
     def _strays(self) -> list[int]:
-        """Live processes of ours that left the group: tagged with our key, or orphans we adopted as subreaper."""
-        candidates = [*platform.tagged_processes(KEY_ENV, self.key), *platform.children_of(os.getpid())]
+        """Live processes that left the group but carry our key. Not the broker's other children: in the one
+        broker they are other servers' backends (orphans adopted as subreaper go at its exit: `kill_orphans`)."""
+        candidates = platform.tagged_processes(KEY_ENV, self.key)
         return [pid for pid, argv in dict(candidates).items() if argv and not is_ours(argv) and platform.running(pid)]
 
 

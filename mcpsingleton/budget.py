@@ -4,8 +4,8 @@ A start that would exceed it first reclaims quiet backends whose state nothing c
 least recently used first; if it would still exceed it, the start is refused with one line for the requests
 that needed it (which budget, what runs, how to raise it). A backend in use is never stopped for the budget.
 
-This is the per-process part: it counts the backends of the slots it is given (one broker's). Accounting
-across every server of the user belongs to the process that hosts them all.
+It counts the backends of the slots it is given: the one broker gives it every server's (`Broker.all_slots`),
+so the budget is the user's, whatever the number of servers.
 """
 
 from __future__ import annotations

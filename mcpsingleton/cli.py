@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__, control, platform, table
+from . import __version__, control, platform, table, wire
 from .keys import SCOPES, default_log_dir, ensure_private_dir, key_env_names, log_dir, reads_client_environ, runtime_dir
 from .options import RUN_OPTIONS
 
@@ -247,57 +247,69 @@ def _more_elsewhere(others: list[Any], elsewhere: str | None) -> str:
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--all", "stop_all", is_flag=True, help="Stop every broker.")
+@click.option("--all", "stop_all", is_flag=True, help="Stop every server, and the broker.")
 def stop(target: str | None, stop_all: bool) -> None:
-    """Stop a backend (by NAME or KEY) in order; its sessions get end of file."""
-    _stop_brokers(target, stop_all, control.stop, "stopped", "run `mcpsingleton reap`")
+    """Stop a server's backends (by NAME or KEY) in order; its sessions get end of file."""
+    _stop_servers(target, stop_all, wire.STOP, "stopped", "run `mcpsingleton reap`")
 
 
 @cli.command()
 @click.argument("target", required=False)
-@click.option("--all", "restart_all", is_flag=True, help="Restart every broker.")
+@click.option("--all", "restart_all", is_flag=True, help="Restart everything: a fresh broker takes every session.")
 def restart(target: str | None, restart_all: bool) -> None:
-    """Hand a backend's sessions (by NAME or KEY) over to a fresh broker, running the installed mcpsingleton.
+    """Hand a server's sessions (by NAME or KEY) over to a fresh server; with --all, every session to a fresh
+    broker running the installed mcpsingleton (also moving sessions of per-key brokers of an older version).
 
     Requests in flight finish first (up to a few seconds); the sessions go on, on a new backend."""
     older = "a broker of an older mcpsingleton cannot hand over: `mcpsingleton stop` ends its sessions"
-    _stop_brokers(target, restart_all, control.restart, "restarted", older)
+    _stop_servers(target, restart_all, wire.RESTART, "restarted", older)
 
 
-def _stop_brokers(
-    target: str | None, every: bool, ask: Callable[[str, str | None], bool], done: str, unanswered: str
-) -> None:
-    """Ask the chosen brokers to stop (`stop`) or hand over (`restart`); return once they have exited.
+def _stop_servers(target: str | None, every: bool, verb: str, done: str, unanswered: str) -> None:
+    """Ask the brokers of the chosen servers to stop (`stop`) or hand over (`restart`) those servers, or with
+    `every` everything (then each broker exits); return once they have.
 
     A NAME not found here is also looked for where clients that drop MCPSINGLETON_HOME run their sessions."""
     if not target and not every:
         raise click.UsageError("give a NAME or KEY, or --all")
-    chosen = [s for s in control.running_backends() if every or control.matches(s, target or "")]
+    found = control.live_records()
+    chosen = [(state, record) for state, record in found if every or control.matches(record, target or "")]
     elsewhere = control.stripped_home_dir()
-    others = control.running_backends(elsewhere) if elsewhere else []
+    others = control.live_records(elsewhere) if elsewhere else []
     directory = None
     if not chosen and not every:
-        chosen = [s for s in others if control.matches(s, target or "")]
+        chosen = [(state, record) for state, record in others if control.matches(record, target or "")]
         directory = elsewhere if chosen else None
     if every and others:
-        click.echo(f"{_more_elsewhere(others, elsewhere)}; unset MCPSINGLETON_HOME to include them")
+        more = _more_elsewhere([record for _, record in others], elsewhere)
+        click.echo(f"{more}; unset MCPSINGLETON_HOME to include them")
     if not chosen and every:
         click.echo("no backends are running")
-        return
-    if not chosen:
+    if not chosen and not every:
         fail(f"no running backend matches {target!r}; see `mcpsingleton ls`")
-    names = {record.key: record.name for record in chosen}  # a broker with several backends is asked once
-    for key, name in names.items():
-        if not ask(key, directory):
-            fail(f"the broker of {name} did not answer; {unanswered}")
+    brokers = {state["state_file"]: state for state, _ in found} if every else {}
+    if every:
+        for state in control.state_files():  # a broker with no server left is stopped too
+            if control.live_status(state) is not None:
+                brokers.setdefault(state["state_file"], state)
+        for state in brokers.values():
+            if not control.command(state, verb, None):
+                fail(f"the broker at {state['state_file']} did not answer; {unanswered}")
+    names = {record.key: (state, record) for state, record in chosen}  # a server with several backends: once
+    if not every:
+        for key, (state, record) in names.items():
+            if not control.command(state, verb, key):
+                fail(f"the broker of {record.name} did not answer; {unanswered}")
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
-    remaining = {record.key: record.broker_pid for record in chosen}  # by pid: a restarted key has a new broker
-    while remaining and time.monotonic() < deadline:
-        remaining = {key: pid for key, pid in remaining.items() if _runs(pid)}
+    pids = {state["broker_pid"] for state in brokers.values() if isinstance(state.get("broker_pid"), int)}
+    keys = {key: record.broker_pid for key, (_, record) in names.items()}
+    while (pids or keys) and time.monotonic() < deadline:
+        pids = {pid for pid in pids if _runs(pid)}
+        keys = {key: pid for key, pid in keys.items() if control.still_hosted(key, pid, directory)}
         time.sleep(0.05)
     where = f" under {directory}, {STRIPPED_HOME}" if directory else ""
-    for key, name in names.items():
-        click.echo(f"{done} {name} ({key[:12]}){where}")
+    for key, (_, record) in names.items():
+        click.echo(f"{done} {record.name} ({key[:12]}){where}")
 
 
 def _runs(pid: int) -> bool:
@@ -316,6 +328,9 @@ def find_log(target: str, directory: str | None = None, logs_dir: str | None = N
     for state in control.state_files(directory):
         if control.matches(state, target) and state.get("log"):
             return str(state["log"])
+    for record in control.running_backends(directory):  # a server of the one broker: its log, named by its key
+        if control.matches(record, target):
+            return os.path.join(logs_dir or log_dir(), f"{record.key}.log")
     for path in sorted(glob.glob(os.path.join(logs_dir or log_dir(), "*.log")), key=os.path.getmtime, reverse=True):
         if control.matches({"key": os.path.basename(path)[: -len(".log")]}, target):
             return path

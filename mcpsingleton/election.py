@@ -1,9 +1,11 @@
-"""Cold path of `run`: decide, race-free, who starts the broker for a key, and start it.
+"""Cold path of `run`: decide, race-free, who starts the user's one broker, and start it; the spec a broker
+asks for when it does not host a key yet.
 
-The per-key lock file is held by the broker for its whole life. A shim that can take it knows no
-broker runs, so any socket is stale; it then starts a broker that *inherits* the held lock, so no
-second shim can slip in between. A shim that finds the lock held backs off briefly and retries the
-attach: a broker is starting up or shutting down. (`fcntl.flock` directly, not the filelock package:
+`broker.lock` is held by the broker for its whole life. A shim that can take it knows no broker runs, so
+any socket is stale; it then starts a broker that *inherits* the held lock, so no second shim can slip in
+between. A shim that finds the lock held backs off briefly and retries the attach: a broker is starting up
+or shutting down. The broker needs no spec to start: it hosts any key, and asks an attaching shim for the
+spec of a key it does not host yet (`spec_line`). (`fcntl.flock` directly, not the filelock package:
 the held lock must survive fork/exec into the broker, which filelock's lock objects do not model.)
 """
 
@@ -27,17 +29,16 @@ BACKOFF = 0.01
 READY_TIMEOUT = 10.0
 
 
-def start_broker(
-    paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
-) -> None:
-    """Start a broker unless one is starting or stopping; return when the caller should attach again."""
+def start_broker(paths: KeyPaths) -> None:
+    """Start the broker unless one is starting or stopping; return when the caller should attach again.
+
+    `paths`: the broker's files (KeyPaths(BROKER))."""
     lock_fd = try_lock(paths.lock)
     if lock_fd is None:
         time.sleep(BACKOFF)
         return
     try:
-        spec = broker_spec(paths, options, decision, name, cwd, env)
-        launch(spec, lock_fd, name)
+        launch(lock_fd)
     finally:
         os.close(lock_fd)  # the broker holds its own copy of the locked file description
 
@@ -53,10 +54,11 @@ def try_lock(path: str) -> int | None:
     return fd
 
 
-def broker_spec(
+def spec_line(
     paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
-) -> dict:
-    """Everything the broker needs; sent over a socketpair, never written to disk (env holds secrets).
+) -> bytes:
+    """What the broker needs to host the key of `paths`: one JSON line, sent on the shim's own connection
+    (peer-uid checked), never written to disk (env holds secrets).
 
     `sharing` is None when the running server decides (see learnt.runtime_decision); `sharing_final`
     when a user decided and nothing learnt at runtime may change it; `config_error` is why the user's
@@ -64,10 +66,8 @@ def broker_spec(
     """
     os.makedirs(log_dir(), mode=0o700, exist_ok=True)
     lazy, idle = backend_timing(options, decision.lazy, decision.idle)
-    return {
+    spec = {
         "key": paths.key,
-        "runtime_dir": paths.dir,
-        "log": paths.log(),
         "name": name,
         "argv": options.command,
         "cwd": backend_dir(cwd, decision.scope),
@@ -85,6 +85,7 @@ def broker_spec(
         "idle": idle,
         "budget": {"max_backends": decision.budget[0], "max_memory": decision.budget[1]},
     }
+    return json.dumps(spec, separators=(",", ":")).encode() + b"\n"
 
 
 def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, env: dict[str, str]) -> str:
@@ -104,7 +105,7 @@ def backend_dir(cwd: str, scope: str) -> str:
     return os.path.expanduser("~")
 
 
-def launch(spec: dict, lock_fd: int, name: str) -> None:
+def launch(lock_fd: int) -> None:
     """Double-fork a detached broker (never a descendant of this session) and wait until it listens."""
     ours, theirs = socket.socketpair()
     pid = os.fork()
@@ -113,28 +114,15 @@ def launch(spec: dict, lock_fd: int, name: str) -> None:
     os.waitpid(pid, 0)
     theirs.close()
     with ours:
-        reply = _hand_spec(ours, json.dumps(spec).encode())
+        ours.settimeout(READY_TIMEOUT)
+        try:
+            reply = ours.makefile("rb").readline().decode("utf-8", "replace").strip()
+        except OSError:  # timed out
+            reply = ""
     if reply == "ready":
         return
     detail = reply.removeprefix("error ") if reply.startswith("error ") else "it exited during startup"
-    raise SetupError(f"the broker for {name} failed to start ({detail}); see `mcpsingleton logs {name}`")
-
-
-def _hand_spec(channel: socket.socket, spec: bytes) -> str:
-    """Send the spec, then read the broker's one line: `ready`, `error WHY`, or "" if it died without a word.
-
-    A broker that could not even start (its Python not executable) closes the channel unread: the send fails,
-    and what it said before dying is still there to read."""
-    try:
-        channel.sendall(spec)
-        channel.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    channel.settimeout(READY_TIMEOUT)
-    try:
-        return channel.makefile("rb").readline().decode("utf-8", "replace").strip()
-    except OSError:  # timed out, or reset by a broker that died with the spec unread
-        return ""
+    raise SetupError(f"the broker failed to start ({detail}); see `mcpsingleton logs broker`")
 
 
 def _become_broker(channel_fd: int, lock_fd: int) -> None:  # pragma: no cover - runs in the forked child

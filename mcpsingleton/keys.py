@@ -22,8 +22,13 @@ try:  # the small builtin module avoids loading OpenSSL on every session start
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import sha256
 
-PROTOCOL = "1"
+PROTOCOL = "2"
 """Wire protocol of shim and broker; part of every key, so an upgrade never attaches to an old broker."""
+LEGACY_PROTOCOL = "1"
+"""The per-key brokers of the previous version: a shim still attaches to one that runs (the upgrade path)."""
+BROKER = "broker"
+"""The one broker's files in the runtime dir: `broker.sock`, `broker.lock`, `broker.json` (KeyPaths(BROKER));
+no key is ever this word (keys are hex digests)."""
 
 SCOPES = ("auto", "cwd", "global", "isolated")
 KEY_SCOPES = ("cwd", "global", "isolated")
@@ -193,7 +198,8 @@ def _dirs_above_within_our_root(path: str) -> list[str]:
 
 
 class KeyPaths:
-    """The files that belong to one key inside the runtime dir."""
+    """The files that belong to one key inside the runtime dir (KeyPaths(BROKER): the one broker's files; a key's
+    own `.sock/.lock/.json` are a protocol-1 broker's, read for the upgrade path and by `reap`)."""
 
     def __init__(self, key: str, directory: str | None = None) -> None:
         self.key = key
@@ -431,6 +437,19 @@ def compute_key(
     parent_env: dict[str, str] | None = None,
 ) -> str:
     """Hash of (resolved argv, scope part, env part): equal keys share one backend."""
+    return key_of(key_parts(argv, scope, cwd, env, extra_keys, salt, parent_env))
+
+
+def key_parts(
+    argv: list[str],
+    scope: str,
+    cwd: str,
+    env: dict[str, str],
+    extra_keys: list[str],
+    salt: bytes,
+    parent_env: dict[str, str] | None = None,
+) -> list[str]:
+    """What a key hashes, computed once for the key and its protocol-1 twin (`key_of`)."""
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
     elif scope == "cwd":
@@ -439,8 +458,13 @@ def compute_key(
         scope_part = "global"
     else:
         raise ValueError(f"a key needs a resolved scope, one of {KEY_SCOPES}, not {scope!r}")
-    digest = sha256(PROTOCOL.encode())
-    for part in (*resolve_argv(argv, cwd), scope_part, env_fingerprint(env, extra_keys, salt, parent_env)):
+    return [*resolve_argv(argv, cwd), scope_part, env_fingerprint(env, extra_keys, salt, parent_env)]
+
+
+def key_of(parts: list[str], protocol: str = PROTOCOL) -> str:
+    """The key of `key_parts` under a wire protocol (the protocol is hashed in: keys change with it)."""
+    digest = sha256(protocol.encode())
+    for part in parts:
         digest.update(b"\0" + part.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 

@@ -1,10 +1,11 @@
 """`mcpsingleton reap`: stop what must not be running, each time with evidence, never on a guess.
 
-- stale-state: a `<key>.json` whose broker is gone. Brokers hold `<key>.lock` for life, so a free lock
-  proves it; the json and socket go, the lock file stays (docs/ARCHITECTURE.md, "Election") — unless the
-  key was isolated: every session, even one re-attaching, computes a fresh isolated key, so nothing can
-  run under an ended one again, and its lock and log go too (found by the log's start line when the
-  broker exited in order and left no json).
+- stale-state: a `broker.json` (the one broker) or `<key>.json` (a per-key broker of the previous version)
+  whose broker is gone. Brokers hold their `.lock` for life, so a free lock proves it; the json and socket
+  go, the lock file stays (docs/ARCHITECTURE.md, "Election") — unless the key was isolated: every session,
+  even one re-attaching, computes a fresh isolated key, so nothing can run under an ended one again, and its
+  lock and log go too (found by the log's start line when its server ended in order and left no json, and no
+  live broker hosts it).
 - hung-broker: the lock is held by a live broker that does not answer `status` on its socket.
 - leftover-backend: a process tagged MCPSINGLETON_KEY that no live mcpsingleton process owns (a backend
   or grandchild of a broker that died).
@@ -46,13 +47,13 @@ from .atomic import write_atomically
 from .backend import is_ours
 from .cmdline import is_launcher
 from .control import TIMEOUT as CONTROL_TIMEOUT
-from .control import ask, state_files
+from .control import ask, ask_broker, state_files
 from .election import try_lock
-from .keys import KEY_ENV, KeyPaths, ensure_private_dir, log_dir, redacted_argv, runtime_dir, stderr_line
+from .keys import BROKER, KEY_ENV, KeyPaths, ensure_private_dir, log_dir, redacted_argv, runtime_dir, stderr_line
 from .logfile import START_LINE_WITHIN
 from .proctree import terminate_tree, tree_memory, tree_pids
 from .sharing import ISOLATED
-from .wire import STATUS
+from .wire import STATUS, decode_status
 
 UNREACHABLE_GRACE = 3.0
 """How long a live broker may have no listening socket (starting, or stopping its backend) before it counts
@@ -182,7 +183,7 @@ def _why_unresponsive(state: dict[str, Any]) -> str | None:
     deadline = time.monotonic() + UNREACHABLE_GRACE
     while True:
         has_socket = os.path.exists(paths.sock)
-        if has_socket and ask(paths, STATUS, CONTROL_TIMEOUT) is not None:
+        if has_socket and ask_broker(state, STATUS, timeout=CONTROL_TIMEOUT) is not None:
             return None
         if time.monotonic() >= deadline:
             if has_socket:
@@ -210,16 +211,30 @@ def _state_findings(procs: _Processes) -> list[Finding]:
 
 
 def _ended_isolated_findings(keys_with_state: set[str]) -> list[Finding]:
-    """Logs of isolated keys whose broker exited in order (no json left) and is gone: lock and log go."""
+    """Logs of isolated keys whose broker exited in order (no json left) and is gone, and that the one broker
+    does not host: lock and log go. Nothing when a live one broker does not say what it hosts."""
     findings = []
-    for log in sorted(glob.glob(os.path.join(log_dir(), "*.log"))):
+    logs = sorted(glob.glob(os.path.join(log_dir(), "*.log")))
+    hosted = _hosted_keys()  # asked after the logs were listed: a server whose log is listed is hosted by now
+    if hosted is None:
+        return []
+    for log in logs:
         key = os.path.basename(log)[: -len(".log")]
         name = _isolated_start_name(log)
         no_lock = not os.path.exists(KeyPaths(key).lock)  # gone with a reboot's tmpfs: no broker; none made here
-        if name is not None and key not in keys_with_state and (no_lock or _broker_gone(key)):
+        if name is not None and key not in keys_with_state | hosted and (no_lock or _broker_gone(key)):
             reason = f"isolated key {key} of {name} ended: nothing can run under it again; its lock and log"
             findings.append(Finding(0, name, reason, "stale-state", key=key, ended=True))
     return findings
+
+
+def _hosted_keys() -> set[str] | None:
+    """The keys the user's one broker hosts (none when no broker runs); None when it runs but does not answer."""
+    if _broker_gone(BROKER):
+        return set()
+    reply = ask(KeyPaths(BROKER), STATUS)
+    records = decode_status(reply) if reply else None
+    return None if records is None else {record.key for record in records}
 
 
 def _isolated_start_name(log: str) -> str | None:

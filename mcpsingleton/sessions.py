@@ -13,6 +13,7 @@ import socket
 import time
 
 from . import journal, jsonrpc, linehead, wire
+from .keys import runtime_dir
 from .lineio import LineReader, Outbox, Relay, write_if_room
 from .listener import close_fds, discard
 from .mux import STREAM_FROM, SessionStream, StreamPart, ToSession
@@ -21,10 +22,23 @@ from .sharing import SHARED
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Any, Protocol
 
-    from .broker import Broker
+    from .eventloop import EventLoop
+    from .handover import Lifetime
+    from .logfile import LogFile
     from .slot import BackendSlot
+    from .slots import Slots
+
+    class Owner(Protocol):
+        """What the sessions need from their server (server.py)."""
+
+        loop: EventLoop
+        log: LogFile
+        slots: Slots
+        lifetime: Lifetime
+
+        def perform(self, slot: BackendSlot, actions: list[Any]) -> None: ...
 
 MAX_LINE = 64 * 1024 * 1024
 """A longer line from a session is refused with -32700 (and skipped to its end), not buffered."""
@@ -89,15 +103,15 @@ class Session:
 class Sessions:
     """The attached sessions, by id, and the I/O of each: its stdin, stdout, stderr and waiter."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.loop = broker.loop
-        self.log = broker.log
+    def __init__(self, server: Owner) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.log = server.log
         self.by_sid: dict[int, Session] = {}
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
         self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
         self.next_sid = 0
-        self.journal = journal.of_this_broker(broker.paths.dir)
+        self.journal = journal.of_this_broker(runtime_dir())  # one per broker process: every server's sessions
 
     def __len__(self) -> int:
         return len(self.by_sid)
@@ -112,11 +126,11 @@ class Sessions:
     # ---- attaching ----------------------------------------------------------------------------
 
     def attach(self, conn: socket.socket, pid: int, fds: list[int], state: str | None) -> None:
-        if self.broker.lifetime.stopping:
+        if self.server.lifetime.stopping:
             discard(conn, fds)  # the shim sees EOF before welcome and retries
             return
         self.next_sid += 1
-        session = Session(self.next_sid, conn, pid, fds, self.broker.slots.first)
+        session = Session(self.next_sid, conn, pid, fds, self.server.slots.first)
         for fd in session.saved_flags:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
@@ -131,9 +145,9 @@ class Sessions:
             conn.close()
             return
         self.by_sid[session.sid] = session
-        self.broker.slots.join(session)
+        self.server.slots.join(session)
         self.loop.add_reader(conn.fileno(), lambda: self._waiter_event(session))
-        self.broker.lifetime.cancel_linger()
+        self.server.lifetime.cancel_linger()
         self.log.write(f"session {session.sid} attached (pid {pid}); {len(self.by_sid)} attached")
         if state is not None:
             self._resume(session, state)
@@ -154,9 +168,9 @@ class Sessions:
         if isinstance(lost, str):
             self._answer_lost(session, lost, cut)
         self.log.write(f"session {session.sid}: re-attached from an earlier broker; state restored")
-        self.broker.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
+        self.server.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
         if session.parked:
-            self.broker.slots.place(session)
+            self.server.slots.place(session)
 
     def _end_cut_line(self, session: Session, request_id: str) -> None:
         """The previous broker died in the middle of a reply to this client: end that line, and answer its request
@@ -258,7 +272,7 @@ class Sessions:
         if overflowed:
             message = f"Parse error: line longer than {MAX_LINE // (1024 * 1024)} MiB; skipped"
             self.log.write(f"session {session.sid}: {message}")
-            self.broker.perform(
+            self.server.perform(
                 session.slot, [ToSession(session.sid, jsonrpc.error(None, jsonrpc.PARSE_ERROR, message))]
             )
         for line in lines:
@@ -266,7 +280,7 @@ class Sessions:
                 return
             self._route(session, session.slot.mux.from_session(session.sid, line))
             if session.parked:
-                self.broker.slots.place(session)
+                self.server.slots.place(session)
         if session.sid in self.by_sid:
             self._sync_state(session)
             if session.handed_over and not session.reader.mid_line:
@@ -283,7 +297,7 @@ class Sessions:
         stream = session.slot.mux.stream_from_session(session.sid, line_head, session.reader.limit)
         if stream is None:
             return None
-        self.broker.perform(session.slot, stream.start(line_head))
+        self.server.perform(session.slot, stream.start(line_head))
         session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
         if session.streamed_id is not None:  # owed from its head on: a broker dying mid-line never answers it
             self.journal.owe(session.pid, journal.id_text(session.streamed_id))
@@ -299,7 +313,7 @@ class Sessions:
         if session.reader.sink is not relay:
             return  # the line ended (or the session did)
         if relay.pieces == seen or time.monotonic() > deadline:
-            self.broker.perform(session.slot, stream.stalled())
+            self.server.perform(session.slot, stream.stalled())
             return
         pieces = relay.pieces
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, pieces, deadline))
@@ -316,7 +330,7 @@ class Sessions:
             for sid, request_id in released:
                 if sid == session.sid:
                     self.journal.settle(session.pid, journal.id_text(request_id))
-        self.broker.perform(session.slot, actions)
+        self.server.perform(session.slot, actions)
         self.journal.commit()
 
     def pause(self, slot: BackendSlot, paused: bool) -> None:
@@ -519,7 +533,7 @@ class Sessions:
             return
         session.reader.abort_stream()  # a request it was writing is cut off at the backend
         del self.by_sid[session.sid]
-        self.broker.perform(session.slot, session.slot.mux.close_session(session.sid))
+        self.server.perform(session.slot, session.slot.mux.close_session(session.sid))
         self.loop.remove_reader(session.in_fd)
         self.loop.remove_reader(session.conn.fileno())
         if session.outbox is not None:
@@ -532,8 +546,8 @@ class Sessions:
             why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
         self._close_waiter(session)
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
-        self.broker.slots.after_leaving(session.slot)
-        self.broker.lifetime.arm_linger()
+        self.server.slots.after_leaving(session.slot)
+        self.server.lifetime.arm_linger()
 
     def _close_waiter(self, session: Session) -> None:
         """Close the waiter's socket once it has taken our last lines (a stopped waiter: END_GRACE at most)."""

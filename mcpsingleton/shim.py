@@ -2,9 +2,14 @@
 
 It is the per-session cost of the whole product, so the warm path is lean: standard library
 modules that are cheap to import, no click/asyncio/psutil. It computes the key, connects to
-the broker's socket, hands over the client's stdin/stdout/stderr with SCM_RIGHTS, and once welcomed execs
-into a POSIX `sh` that only waits on the socket (same pid, well under 1 MiB). It never touches a
-message. Only when no broker answers does it import the cold path (`election`) to start one.
+the user's one broker (`broker.sock`), hands over the client's stdin/stdout/stderr with SCM_RIGHTS, and once
+welcomed execs into a POSIX `sh` that only waits on the socket (same pid, well under 1 MiB). It never
+touches a message. Only when no broker answers, or the broker asks for the server's spec (a key it does not
+host yet), does it import the cold path (`election`).
+
+Upgrade path: a per-key broker of the previous version (protocol 1, at `KEY1.sock`) is tried first, with
+the protocol-1 key of the same inputs: sessions keep attaching to it until `mcpsingleton restart --all`.
+That costs one more hash and one failed connect (ENOENT).
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import time
 from . import wire
 from .cmdline import default_name
 from .keys import (
+    BROKER,
+    LEGACY_PROTOCOL,
+    PROTOCOL,
     KeyPaths,
     SetupError,
     UsageError,
     check_socket_path,
     client_environ,
-    compute_key,
     ensure_private_dir,
-    log_dir,
+    key_of,
+    key_parts,
     runtime_dir,
     stderr_line,
     user_salt,
@@ -36,6 +44,7 @@ from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 WAITER = (
@@ -77,23 +86,26 @@ BACKLOG_BACKOFF = 0.05
 STARTUP_DEADLINE = 15.0
 
 
-def try_attach(paths: KeyPaths, state: str = "") -> _socket.socket | None:
-    """Connect and hand over stdin/stdout; the connection once the broker has welcomed us, else None.
+def try_attach(sock: str, hello: bytes, spec: Callable[[], bytes] | None = None) -> _socket.socket | None:
+    """Connect and hand over stdin/stdout/stderr; the connection once the broker has welcomed us, else None.
 
     None means "try again": no broker, one shutting down, or its listen backlog is full (a storm of
-    sessions at once). A broker that refuses us (out of file descriptors) is a SetupError.
-    `state`: a session re-attaching brings what its previous broker last told its waiter."""
+    sessions at once). A broker that refuses us (out of file descriptors) is a SetupError. A broker that
+    does not host our key yet asks for its `spec` (a protocol-1 broker never does: `spec` is None there).
+    The hello's STATE: a session re-attaching brings what its previous broker last told its waiter."""
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         socket_buffers(conn)
         conn.settimeout(ATTACH_TIMEOUT)
-        conn.connect(paths.sock)
+        conn.connect(sock)
         fds = (0, 1, 2)  # stderr too: an isolated backend's stderr goes to the client, as a direct server's
-        hello = wire.hello(wire.ATTACH, paths.key, state) if state else wire.hello(wire.ATTACH, paths.key)
         sent = conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
         if sent < len(hello):  # a hello with its state can exceed a socket's buffer (8 KiB on macOS)
             conn.sendall(hello[sent:])
         welcome = conn.recv(1024)
+        if welcome == wire.SPEC and spec is not None:
+            conn.sendall(spec())  # cold path: once per key and broker
+            welcome = conn.recv(1024)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
         return None
@@ -103,7 +115,7 @@ def try_attach(paths: KeyPaths, state: str = "") -> _socket.socket | None:
         return None
     except TimeoutError:
         conn.close()
-        raise SetupError(f"the broker at {paths.sock} does not answer; run `mcpsingleton reap`") from None
+        raise SetupError(f"the broker at {sock} does not answer; run `mcpsingleton reap`") from None
     if welcome.startswith(wire.REFUSAL):
         conn.close()
         raise SetupError(welcome[len(wire.REFUSAL) :].decode("utf-8", "replace").strip())
@@ -111,6 +123,11 @@ def try_attach(paths: KeyPaths, state: str = "") -> _socket.socket | None:
         conn.close()
         return None  # the broker is shutting down: start over against the next one
     return conn
+
+
+def attach_hello(key: str, state: str, protocol: str = PROTOCOL) -> bytes:
+    words = (key, state) if state else (key,)
+    return wire.hello(wire.ATTACH, *words, protocol=protocol)
 
 
 def _pack_fds(fds: tuple[int, ...]) -> bytes:
@@ -220,22 +237,31 @@ def run(argv: list[str], state: str = "", started_in: str | None = None) -> int:
     salt = user_salt(directory)
     # The one place where the scope is decided; the broker records the decided scope, never `auto`.
     decision = resolve_scope(options.scope, options.command, options.name, directory, salt)
-    key = compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client_environ())
-    paths = KeyPaths(key, directory)
-    check_socket_path(paths)
+    parts = key_parts(options.command, decision.scope, cwd, env, options.env_keys, salt, client_environ())
+    key = key_of(parts)
+    check_socket_path(KeyPaths(key, directory))
+    broker = KeyPaths(BROKER, directory)
+    # an isolated key is new every time: no broker of the previous version can have it
+    legacy = None if decision.scope == "isolated" else KeyPaths(key_of(parts, LEGACY_PROTOCOL), directory)
     name = options.name or default_name(options.command)
+
+    def spec() -> bytes:
+        from . import election  # cold path only
+
+        return election.spec_line(KeyPaths(key, directory), options, decision, name, cwd, env)
+
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:
-        conn = try_attach(paths, state)
+        conn = try_attach(legacy.sock, attach_hello(legacy.key, state, LEGACY_PROTOCOL)) if legacy else None
+        conn = conn or try_attach(broker.sock, attach_hello(key, state), spec)
         if conn is not None:
             os.environ.update(waiter_env)
             become_waiter(conn, name, argv, cwd)
         from . import election  # cold path only
 
-        ensure_private_dir(log_dir())
-        election.start_broker(paths, options, decision, name, cwd, env)
+        election.start_broker(broker)
         if time.monotonic() > deadline:
-            raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs {name}`")
+            raise SetupError(f"timed out starting the broker for {name}; see `mcpsingleton logs broker`")
 
 
 def main(argv: list[str], state: str = "", started_in: str | None = None) -> int:

@@ -18,11 +18,24 @@ from .slot import BackendSlot
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
+    from typing import Any, Protocol
 
-    from .broker import Broker
-    from .eventloop import Callback, Timer
-    from .sessions import Session
+    from .backend import Keeper
+    from .eventloop import Callback, EventLoop, Timer
+    from .handover import Lifetime
+    from .logfile import LogFile
+    from .sessions import Session, Sessions
+    from .slot import Host
+
+    class Owner(Host, Protocol):
+        """What the slots need from their server (server.py): it is also each slot's Host."""
+
+        spec: dict[str, Any]
+        loop: EventLoop
+        log: LogFile
+        keeper: Keeper | None
+        sessions: Sessions
+        lifetime: Lifetime
 
 DECISION_WAIT = 10.0
 """How long the first backend's tools/list may take before its tool shapes are no longer waited for."""
@@ -31,13 +44,13 @@ DECISION_WAIT = 10.0
 class Slots:
     """The backend slots by number: creating and retiring them, placing sessions on them."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.loop = broker.loop
-        self.log = broker.log
+    def __init__(self, server: Owner) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.log = server.log
         self.by_number: dict[int, BackendSlot] = {}
         self.retiring: dict[int, list[Callback]] = {}
-        self.decision = SharingDecision(broker.spec)
+        self.decision = SharingDecision(server.spec)
         self.decision_timer: Timer | None = None
         self.tick_timer: Timer | None = None
         self.next_number = 0
@@ -53,7 +66,7 @@ class Slots:
 
         A server that decides its sharing at run time said it last time too: the cached discovery holds its
         InitializeResult and tools, so later sessions are placed without waiting for a backend (lazy ones)."""
-        if not self.decision.known and self.decision.learn_from_cache(load_discovery(self.broker.spec)):
+        if not self.decision.known and self.decision.learn_from_cache(load_discovery(self.server.spec)):
             self.log.write(f"sharing: {self.decision.sharing} ({self.decision.policy}; from the cached discovery)")
         self.first = self.create()
         self.first.start_unless_lazy()
@@ -63,7 +76,7 @@ class Slots:
         self.next_number += 1
         sharing = self.decision.sharing if self.decision.known else None
         slot = BackendSlot(
-            self.next_number, self.broker.spec, self.loop, self.log, self.broker.keeper, self.broker, sharing
+            self.next_number, self.server.spec, self.loop, self.log, self.server.keeper, self.server, sharing
         )
         slot.policy, slot.stateless = self.decision.policy, self.decision.stateless
         self.by_number[slot.number] = slot
@@ -95,7 +108,7 @@ class Slots:
 
     def after_leaving(self, slot: BackendSlot) -> None:
         """An isolated or roots-holding backend ends with its last session (its state must not carry over)."""
-        if not self.broker.has_sessions(slot) and ends_with_last_session(slot) and not self.broker.lifetime.stopping:
+        if not self.server.has_sessions(slot) and ends_with_last_session(slot) and not self.server.lifetime.stopping:
             self.log.write(f"backend slot {slot.number} ends with its last session ({slot.policy})")
             self.retire(slot, lambda: None)
 
@@ -112,7 +125,7 @@ class Slots:
 
     def _taken(self, slot: BackendSlot, besides: Session) -> bool:
         return (slot.used and slot.sharing == ISOLATED) or any(
-            s.slot is slot and s is not besides for s in self.broker.sessions
+            s.slot is slot and s is not besides for s in self.server.sessions
         )
 
     def _isolated_slot(self, session: Session) -> BackendSlot:
@@ -121,7 +134,7 @@ class Slots:
 
     def _open(self, session: Session, slot: BackendSlot, parked: bool) -> None:
         session.slot, session.parked, slot.used = slot, parked, True
-        self.broker.perform(slot, slot.mux.open_session(session.sid, parked))
+        self.server.perform(slot, slot.mux.open_session(session.sid, parked))
 
     def place(self, session: Session) -> None:
         """A parked session whose handshake is done, once sharing is known: stay, or move to another slot.
@@ -140,7 +153,7 @@ class Slots:
                 return
             if fitting:
                 session.parked = False
-                self.broker.perform(slot, slot.mux.unpark(session.sid))
+                self.server.perform(slot, slot.mux.unpark(session.sid))
                 return
             others = [s for s in self.by_number.values() if s is not slot]
             target = slot_for_roots(others, signature) or self._new(f"session {session.sid} declared other roots")
@@ -149,12 +162,12 @@ class Slots:
         session.parked = False
         target.used = True
         state, actions = slot.mux.export_session(session.sid)
-        self.broker.perform(slot, actions)
+        self.server.perform(slot, actions)
         session.slot = target
-        self.broker.perform(target, target.mux.adopt_session(state))
+        self.server.perform(target, target.mux.adopt_session(state))
 
     def _place_parked(self) -> None:
-        for session in self.broker.sessions:
+        for session in self.server.sessions:
             if session.parked and not session.ending:
                 self.place(session)
 
@@ -168,7 +181,7 @@ class Slots:
     def _tick(self) -> None:
         self.tick_timer = None
         for slot in self:
-            self.broker.perform(slot, slot.mux.tick())
+            self.server.perform(slot, slot.mux.tick())
         self._place_parked()
         for slot in self:
             self.keep_time(slot)
@@ -198,7 +211,7 @@ class Slots:
                 self.loop.call_later(0, self._decided)
             return []
 
-        self.broker.perform(slot, slot.mux.ask_tools(listed))
+        self.server.perform(slot, slot.mux.ask_tools(listed))
         if self.decision_timer is None:
             why = f"its tools/list took over {DECISION_WAIT:.0f}s"
             self.decision_timer = self.loop.call_later(DECISION_WAIT, lambda: self.give_up(why))
@@ -219,6 +232,6 @@ class Slots:
             slot.stateless = self.decision.stateless
             if slot.sharing is None:
                 slot.sharing, slot.policy = self.decision.sharing, self.decision.policy
-                self.broker.sessions.backend_stderr(slot, [])
+                self.server.sessions.backend_stderr(slot, [])
                 self.after_leaving(slot)  # its first session may have left already
         self._place_parked()

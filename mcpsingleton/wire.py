@@ -1,15 +1,22 @@
 """The contracts between our processes, in one place: shim ↔ broker, CLI ↔ broker, waiter ↔ broker.
 
-Every line on a broker's socket starts with a hello `MCPS<protocol> <command> [args]`:
+One broker per user hosts every server key (protocol 2). Every line on its socket starts with a hello
+`MCPS<protocol> <command> [args]`:
 - `attach KEY [STATE]` with the client's stdin, stdout and stderr as SCM_RIGHTS (older shims: stdin and
   stdout); STATE: a session re-attaching after its broker went away, with the last `state` its waiter was
-  sent. Answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1). After
-  the welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the broker's
-  (`msg TEXT`; `exit N`: the session ends; `state TEXT`: what to re-attach with, `state -` when it is
-  too large to carry; `reattach`: attach to the next broker).
-- `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}`.
-- `stop`: answered `ok`; the broker then stops in order and its sessions end.
-- `restart`: answered `ok`; the broker hands its sessions over to the next broker (they re-attach) and stops.
+  sent. Answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1), or
+  `spec` when the broker hosts no server for KEY yet: the shim then sends the server's spec as one JSON
+  line on the same connection (never on disk: it holds the env) and the broker answers `ok` or `no …`.
+  After the welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the
+  broker's (`msg TEXT`; `exit N`: the session ends; `state TEXT`: what to re-attach with, `state -` when
+  it is too large to carry; `reattach`: attach to the next broker).
+- `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}` (every server's).
+- `stop [KEY]`: answered `ok`; that server (or, without KEY, every server and the broker) stops in order
+  and its sessions end.
+- `restart [KEY]`: answered `ok`; that server's sessions (or, without KEY, every session, and the broker
+  exits) are handed over: they re-attach, and get a fresh server (from a fresh broker).
+A protocol-1 broker (the previous version: one per key, at `KEY.sock`) speaks the same lines without the
+KEY arguments and without `spec`.
 
 The shim imports this module on its warm path: nothing heavy at import time (json only inside the
 functions that need it).
@@ -24,6 +31,10 @@ STATUS = "status"
 STOP = "stop"
 RESTART = "restart"
 REATTACH = b"reattach\n"
+SPEC = b"spec\n"
+"""The broker's answer to `attach` for a key it does not host yet: send the spec line."""
+SPEC_LIMIT = 4 * 1024 * 1024
+"""Bytes a spec line may take (argv, env); a longer one is refused."""
 STATE_LIMIT = 12 * 1024
 """Bytes of an encoded session state the waiter is sent (a hello carries it back, in one read of the listener's).
 Beyond it the waiter is sent `state -`: should the broker die, that session ends as one that cannot resume."""
@@ -39,8 +50,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def hello(command: str, *args: str) -> bytes:
-    return " ".join((f"MCPS{PROTOCOL}", command, *args)).encode() + b"\n"
+def hello(command: str, *args: str, protocol: str = PROTOCOL) -> bytes:
+    return " ".join((f"MCPS{protocol}", command, *args)).encode() + b"\n"
 
 
 def parse_hello(data: bytes) -> list[str] | None:

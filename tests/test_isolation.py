@@ -38,7 +38,7 @@ from mcp import Client, types
 from test_sharing import shim_params, text_of
 
 from mcpsingleton import wire
-from mcpsingleton.keys import KeyPaths
+from mcpsingleton.keys import BROKER, KeyPaths
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -134,7 +134,7 @@ def test_a_shim_of_the_older_protocol_handing_over_two_fds_still_attaches(home: 
     first.initialize()
     (record,) = ls_json()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(KeyPaths(record["key"]).sock)
+    conn.connect(KeyPaths(BROKER).sock)
     to_broker, our_stdin = os.pipe()
     our_stdout, from_broker = os.pipe()
     two_fds = array.array("i", [to_broker, from_broker])

@@ -28,6 +28,8 @@ from conftest import (
     wait_for,
 )
 
+from mcpsingleton import wire
+
 
 def launcher(fake_server: list[str]) -> list[str]:
     """An npx-style tree: sh → python server → python grandchild."""
@@ -100,7 +102,7 @@ def attach_directly(sock: str, key: str) -> tuple[socket.socket, int, int]:
     broker_to_client = os.pipe()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(sock)
-    socket.send_fds(conn, [f"MCPS1 attach {key}\n".encode()], [client_to_broker[0], broker_to_client[1]])
+    socket.send_fds(conn, [wire.hello(wire.ATTACH, key)], [client_to_broker[0], broker_to_client[1]])
     os.close(client_to_broker[0])
     os.close(broker_to_client[1])
     assert conn.recv(16) == b"ok\n"
@@ -113,7 +115,7 @@ def test_attach_detach_churn_leaks_nothing(home: Path, fake_server: list[str]) -
     anchor.initialize()
     (entry,) = ls_json()
     broker = psutil.Process(entry["broker_pid"])
-    sock = str(home / "run" / f"{entry['key']}.sock")
+    sock = str(home / "run" / "broker.sock")  # the one broker hosts every key
     init = (
         json.dumps(
             {
@@ -201,12 +203,12 @@ def test_other_user_cannot_attach(home: Path, fake_server: list[str]) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()
     (entry,) = ls_json()
-    sock = str(home / "run" / f"{entry['key']}.sock")
+    sock = str(home / "run" / "broker.sock")  # the one broker hosts every key
     probe = (
         "import socket,sys\n"
         "s=socket.socket(socket.AF_UNIX)\n"
         "try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print('refused', e.errno); sys.exit()\n"
-        "socket.send_fds(s,[f'MCPS1 attach {sys.argv[2]}\\n'.encode()],[0,1]); print('got', s.recv(16))\n"
+        "socket.send_fds(s,[f'MCPS{sys.argv[3]} attach {sys.argv[2]}\\n'.encode()],[0,1]); print('got', s.recv(16))\n"
     )
     user = pwd.getpwnam(name)
 
@@ -216,7 +218,7 @@ def test_other_user_cannot_attach(home: Path, fake_server: list[str]) -> None:
 
     def attempt() -> str:
         out = subprocess.run(
-            [python, "-c", probe, sock, entry["key"]],
+            [python, "-c", probe, sock, entry["key"], wire.PROTOCOL],
             preexec_fn=as_other,
             cwd="/",
             capture_output=True,
@@ -233,7 +235,7 @@ def test_other_user_cannot_attach(home: Path, fake_server: list[str]) -> None:
         assert attempt() == "got b''", "the broker checks the peer uid and closes without a welcome"
     finally:
         os.chmod(home / "run", 0o700)
-    log = (home / "logs" / f"{entry['key']}.log").read_text()
+    log = (home / "logs" / "broker.log").read_text()  # the connection was refused before any server heard of it
     assert f"refused a connection from uid {user.pw_uid}" in log
     assert result_text(client.call("echo", {"text": "unaffected"})) == "unaffected"
 

@@ -448,12 +448,15 @@ def test_the_files_of_ended_isolated_keys_are_removed_and_a_shared_key_keeps_its
         assert session.close() == 0
     assert shared.close() == 0
     assert wait_for(lambda: not processes_of(home), timeout=20), "every broker exits with its last session"
-    assert len(list((home / "run").glob("*.lock"))) == len(list((home / "logs").glob("*.log"))) == 11
+    # the one broker: one lock (its own, no per-key lock); a log per key (10 isolated, 1 shared) and its own
+    assert [path.name for path in (home / "run").glob("*.lock")] == ["broker.lock"]
+    assert len(list((home / "logs").glob("*.log"))) == 12
     only_stale_state(monkeypatch)
     rows = reap(dry_run=False)
     assert [row["action"] for row in rows] == ["removed"] * 10
     assert all("isolated key" in row["reason"] for row in rows)
-    assert len(list((home / "run").glob("*.lock"))) == len(list((home / "logs").glob("*.log"))) == 1
+    assert [path.name for path in (home / "run").glob("*.lock")] == ["broker.lock"]
+    assert len(list((home / "logs").glob("*.log"))) == 2, "the shared key's log and the broker's stay"
     assert reap(dry_run=False) == [], "the shared key's files stay: it runs again with its next session"
 
 

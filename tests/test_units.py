@@ -282,12 +282,14 @@ def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Pa
     """A broker none followed (its sessions had ended) leaves a note; a broker started a day later is no restart."""
     from mcpsingleton.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 
-    state = tmp_path / "key.json"
-    assert restarts_handed_over(str(state)) == 0
-    state.write_text(json.dumps({"key": "k", "broker_pid": 1, HANDED_OVER: 3}))
-    assert restarts_handed_over(str(state)) == 3
+    state = tmp_path / "broker.json"  # the one broker's: one note per key it handed over
+    assert restarts_handed_over(str(state)) == {}
+    state.write_text(json.dumps({"key": "broker", "broker_pid": 1, HANDED_OVER: {"k": 3}}))
+    assert restarts_handed_over(str(state)) == {"k": 3}
     old = time.time() - HANDED_OVER_WINDOW - 1
     os.utime(state, (old, old))
-    assert restarts_handed_over(str(state)) == 0
-    state.write_text(json.dumps({"key": "k", HANDED_OVER: "many"}))
-    assert restarts_handed_over(str(state)) == 0
+    assert restarts_handed_over(str(state)) == {}
+    state.write_text(json.dumps({"key": "broker", HANDED_OVER: {"k": "many", "j": -1}}))
+    assert restarts_handed_over(str(state)) == {}
+    state.write_text(json.dumps({"key": "broker", HANDED_OVER: "many"}))
+    assert restarts_handed_over(str(state)) == {}

@@ -9,10 +9,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
 from typing import Any
-
-import psutil
 
 from .. import control
 from ..reaper import run_reap
@@ -26,23 +23,22 @@ class NotFound(LookupError):
 
 
 def act_on_server(target: str, verb: str) -> list[dict[str, Any]]:
-    """`stop` or `restart` the backends matching NAME or KEY (a broker with several is asked once).
+    """`stop` or `restart` the servers matching NAME or KEY (a server with several backends is asked once).
 
     Returns who was asked and whether they ended in time; raises NotFound when nothing matches."""
-    ask: Callable[[str, str | None], bool] = control.stop if verb == "stop" else control.restart
-    chosen = [record for record in control.running_backends() if control.matches(record, target)]
+    chosen = [(state, record) for state, record in control.live_records() if control.matches(record, target)]
     if not chosen:
         raise NotFound(target)
-    brokers = {record.key: (record.name, record.broker_pid) for record in chosen}
-    answered = {key: ask(key, None) for key in brokers}
+    servers = {record.key: (state, record.name, record.broker_pid) for state, record in chosen}
+    answered = {key: control.command(state, verb, key) for key, (state, _, _) in servers.items()}
     deadline = time.monotonic() + ORDERLY_STOP_SECONDS
     pending = {key for key, ok in answered.items() if ok}
     while pending and time.monotonic() < deadline:
-        pending = {key for key in pending if psutil.pid_exists(brokers[key][1])}
+        pending = {key for key in pending if control.still_hosted(key, servers[key][2])}
         time.sleep(0.05)
     return [
         {"key": key, "name": name, "answered": answered[key], "ended": answered[key] and key not in pending}
-        for key, (name, _) in brokers.items()
+        for key, (_, name, _) in servers.items()
     ]
 
 
