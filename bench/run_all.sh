@@ -40,6 +40,7 @@ started=$(date +%s)
 "$PY" bench/bench_onebroker.py $quick
 "$PY" bench/bench_day.py $quick
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_serve.py $quick  # the serve extra
+"$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_http.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null
 [ -n "$quick" ] || "$PY" bench/readme_numbers.py  # README's numbers table, from the results just written
 echo "bench: done in $(( $(date +%s) - started ))s; see ${BENCH_RESULTS:-bench/results}/summary.md" >&2

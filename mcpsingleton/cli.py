@@ -19,7 +19,17 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__, control, platform, table, wire
-from .keys import SCOPES, default_log_dir, ensure_private_dir, key_env_names, log_dir, reads_client_environ, runtime_dir
+from .keys import (
+    SCOPES,
+    UsageError,
+    default_log_dir,
+    ensure_private_dir,
+    key_env_names,
+    log_dir,
+    parse_duration,
+    reads_client_environ,
+    runtime_dir,
+)
 from .options import RUN_OPTIONS
 
 ORDERLY_STOP_SECONDS = 10.0
@@ -490,13 +500,35 @@ def _serve_extra_missing() -> NoReturn:
 @click.option("--port", type=click.IntRange(0, 65535), default=7865, show_default=True, help="0: any free port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless you say).")
 @click.option("--no-browser", is_flag=True, help="Do not open the page in the browser.")
-def serve(port: int, host: str, no_browser: bool) -> None:
-    """The local dashboard and APIs, in the foreground; the first line printed is its URL with the token."""
+@click.option(
+    "--session-ttl",
+    default="30m",
+    show_default=True,
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="End an MCP-over-HTTP session (/mcp/NAME) idle this long, detaching it from its server.",
+)
+def serve(port: int, host: str, no_browser: bool, session_ttl: float) -> None:
+    """The local dashboard and APIs, in the foreground; the first line printed is its URL with the token.
+
+    Also every known server over MCP Streamable HTTP at /mcp/NAME (config.toml [servers."NAME"] command,
+    and the entries wrap manages): each HTTP session shares the backend of the stdio sessions."""
     try:
+        from .serve.mcp_http import McpEndpoint
         from .serve.server import run_serve
     except ImportError:
         _serve_extra_missing()
-    sys.exit(run_serve(host, port, open_browser=not no_browser))
+    sys.exit(run_serve(host, port, open_browser=not no_browser, routes=McpEndpoint(ttl=session_ttl).routes()))
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except UsageError:
+        raise click.BadParameter(f"{text!r} is not a duration: use 90s, 30m, 2h") from None
+    if seconds <= 0:
+        raise click.BadParameter("a session TTL must be longer than 0")
+    return seconds
 
 
 @cli.command()

@@ -156,7 +156,7 @@ def ensure_private_dir(path: str) -> str:
     and not writable by others as well: whoever may rename one of them may swap what we read and run.
     """
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        _make_private_dirs(path)
         info = os.lstat(path)
     except OSError as exc:
         raise SetupError(f"cannot create {path} ({exc.strerror}); set MCPSINGLETON_HOME to a writable dir") from exc
@@ -173,6 +173,23 @@ def ensure_private_dir(path: str) -> str:
             mode = f"mode {info.st_mode & 0o777:o}"
             raise SetupError(f"{above} is writable by others ({mode}); run: chmod go-w {above}")
     return path
+
+
+def _make_private_dirs(path: str) -> None:
+    """`os.makedirs(path, 0o700)` makes only the last dir 0700, the ones above it 0755: `state/` made on the way to
+    `state/discovery/` was then refused to `serve` (its history lives in `state/`) as readable by others."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
 
 
 def _check_ours(path: str, info: os.stat_result) -> None:
@@ -411,7 +428,7 @@ def _read_or_create_salt(path: str) -> bytes:
     except FileNotFoundError:
         pass
     salt = os.urandom(32)
-    tmp = f"{path}.{os.getpid()}"
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}"  # serve attaches sessions from several threads at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, salt)

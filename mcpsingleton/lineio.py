@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 64 * 1024
 """Below glibc's mmap threshold: a larger read buffer costs an mmap/munmap pair per message (~100 µs)."""
+NEWLINE = ord("\n")
 WIDE = 1 << 20
 """Pipe size and read size once a pipe has carried a big line (Linux's default limit for a user's pipe)."""
 
@@ -200,10 +201,24 @@ class Outbox:
     """Non-blocking writes to one fd, buffering what the reader has not taken yet.
 
     A write error (the reader closed its end) calls `on_error` once; later sends are dropped.
-    `on_drained` is called whenever the buffer empties after having been non-empty.
+    `on_drained` is called whenever the buffer empties after having been non-empty; `on_written` after every
+    write from the buffer, with `flushed` counting the buffered bytes written so far (a message buffered when
+    `flushed + len(pending)` was N is all written once `flushed` reaches N). While bytes wait, `open_line`
+    says whether what the reader has so far ends inside a line (a broker dying now leaves it cut).
     """
 
-    __slots__ = ("broken", "fd", "loop", "on_drained", "on_error", "pending", "wide")
+    __slots__ = (
+        "broken",
+        "fd",
+        "flushed",
+        "loop",
+        "on_drained",
+        "on_error",
+        "on_written",
+        "open_line",
+        "pending",
+        "wide",
+    )
 
     def __init__(self, loop: EventLoop, fd: int, on_error: Callable[[OSError], None]) -> None:
         self.loop = loop
@@ -213,6 +228,9 @@ class Outbox:
         self.broken = False
         self.wide = False
         self.on_drained: Callback | None = None
+        self.on_written: Callback | None = None
+        self.flushed = 0
+        self.open_line = False
 
     def send(self, *parts: bytes | memoryview) -> None:
         """Write `parts` as one run of bytes, without joining them (a big spliced line stays where it is)."""
@@ -229,6 +247,7 @@ class Outbox:
         except OSError as exc:
             self._fail(exc)
             return
+        sent = written
         for part in parts:
             if written >= len(part):
                 written -= len(part)
@@ -236,6 +255,8 @@ class Outbox:
             self.pending += part[written:]
             written = 0
         if self.pending:
+            if sent:
+                self.open_line = _byte_at(parts, sent - 1) != NEWLINE
             self.loop.add_writer(self.fd, self._flush)
             if not self.wide and len(self.pending) >= READ_CHUNK:
                 widen(self.fd)
@@ -249,7 +270,12 @@ class Outbox:
         except OSError as exc:
             self._fail(exc)
             return
+        if written:
+            self.open_line = self.pending[written - 1] != NEWLINE
         del self.pending[:written]
+        self.flushed += written
+        if self.on_written is not None:
+            self.on_written()
         if not self.pending:
             self.loop.remove_writer(self.fd)
             if self.on_drained is not None:
@@ -266,6 +292,14 @@ class Outbox:
             self.loop.remove_writer(self.fd)
         self.broken = True
         self.pending.clear()
+
+
+def _byte_at(parts: tuple[bytes | memoryview, ...], index: int) -> int:
+    for part in parts:
+        if index < len(part):
+            return part[index]
+        index -= len(part)
+    raise IndexError(index)
 
 
 def write_if_room(fd: int, data: bytes) -> int:

@@ -37,6 +37,7 @@ class ServerTable:
     """A `[servers."MATCH"]` table (catalog or config.toml), looked up by any name a command answers to."""
 
     def __init__(self, servers: dict[str, dict[str, Any]]) -> None:
+        self.tables = servers  # by MATCH as written (serve exposes those with a `command`)
         self.budget: tuple[int | None, int | None] = (None, None)
         self.entries: dict[str, dict[str, Any]] = {}
         for canonical, entry in servers.items():

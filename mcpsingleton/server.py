@@ -287,6 +287,7 @@ class Server:
             {
                 "pid": session.pid,
                 "client": slot.mux.client_name(session.sid),
+                "transport": session.transport(),
                 "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
             }
             for session in self.sessions.on(slot)

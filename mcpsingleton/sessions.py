@@ -12,7 +12,8 @@ import os
 import socket
 import time
 
-from . import jsonrpc, linehead, wire
+from . import journal, jsonrpc, linehead, wire
+from .keys import runtime_dir
 from .lineio import LineReader, Outbox, Relay, write_if_room
 from .listener import close_fds, discard
 from .mux import STREAM_FROM, SessionStream, StreamPart, ToSession
@@ -48,6 +49,8 @@ END_GRACE = 1.5
 CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
 CUT = "cut"
 """In a waiter's state while a reply streams to its client: that request's id (JSON)."""
+JOURNAL = "journal"
+"""In a waiter's state: the name of its broker's in-flight journal (journal.py), read by the next broker."""
 STALL = 0.5
 """A session's request streaming to the shared backend may pause this long (seconds) before it is cut off."""
 STREAM_AT_MOST = 2.0
@@ -79,8 +82,10 @@ class Session:
         self.streamed_id: str | int | None = None  # the id of the request line streaming in, while one does
         self.resumed = False  # re-attached with the state an earlier broker left with its waiter
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
-        self.held: list[tuple[bytes | memoryview, ...]] = []
+        self.held: list[tuple[tuple[bytes | memoryview, ...], tuple[str, ...]]] = []  # (message, ids it answers)
         self.held_bytes = 0
+        self.unsettled: list[tuple[int, str]] = []  # (the stdout Outbox's `flushed` mark, id) of replies being written
+        self.line_open = False  # as the journal was last told: the client's stdout is left inside a line
 
     def holds(self) -> bool:
         """Whether messages to the client wait: a line is half written, or the waiter has not taken the
@@ -89,10 +94,18 @@ class Session:
 
     def waiter_status(self) -> str:
         """How the waiter said its session ended (`x N`), as the log line shows it."""
+        status = self._waiter_line(wire.WAITER_STATUS)
+        return f"exit status {status}" if status else "exit status unknown (the waiter was killed)"
+
+    def transport(self) -> str:
+        """How the client reaches us: `stdio` (a shim), or what a waiter that is not a shim's said (`t http`)."""
+        return self._waiter_line(wire.WAITER_TRANSPORT)[:16] or wire.STDIO
+
+    def _waiter_line(self, prefix: str) -> str:
         for line in self.waiter_said.decode("ascii", "replace").splitlines():
-            if line.startswith(wire.WAITER_STATUS):
-                return f"exit status {line[len(wire.WAITER_STATUS) :].strip()}"
-        return "exit status unknown (the waiter was killed)"
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        return ""
 
 
 class Sessions:
@@ -106,6 +119,7 @@ class Sessions:
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
         self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
         self.next_sid = 0
+        self.journal = journal.of_this_broker(runtime_dir())  # one per broker process: every server's sessions
 
     def __len__(self) -> int:
         return len(self.by_sid)
@@ -129,6 +143,7 @@ class Sessions:
             os.set_blocking(fd, False)
         session.outbox = Outbox(self.loop, session.out_fd, lambda exc: self._broken(session, exc))
         session.outbox.on_drained = lambda: self._client_took_all(session)
+        session.outbox.on_written = lambda: self._settle_written(session)
         session.to_waiter = Outbox(self.loop, conn.fileno(), lambda exc: None)  # gone: its end of file follows
         session.to_waiter.on_drained = lambda: self._waiter_took_all(session)
         try:
@@ -157,6 +172,9 @@ class Sessions:
         cut = state.pop(CUT, None)
         if isinstance(cut, str):
             self._end_cut_line(session, cut)
+        lost = state.pop(JOURNAL, None)
+        if isinstance(lost, str):
+            self._answer_lost(session, lost, cut)
         self.log.write(f"session {session.sid}: re-attached from an earlier broker; state restored")
         self.server.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
         if session.parked:
@@ -178,6 +196,21 @@ class Sessions:
         session.outbox.send(b"\n", jsonrpc.encode(error))
         self.log.write(f"session {session.sid}: ended the reply to {request_id} its previous broker was cut off in")
 
+    def _answer_lost(self, session: Session, journal_name: str, cut: object) -> None:
+        """The previous broker died owing this session replies (its journal says which): each request gets an
+        error now, before anything else is written; the one whose cut line was just ended has had its error."""
+        cut_id = _normalized(cut) if isinstance(cut, str) else None
+        owed, line_open = journal.owed_by(self.journal.dir, journal_name, session.pid)
+        lost = [request_id for request_id in owed if request_id != cut_id]
+        assert session.outbox is not None
+        if line_open and cut_id is None:  # a reply half written when it died: ended here, its error follows
+            session.outbox.send(b"\n")
+        for request_id in lost:
+            error = jsonrpc.error(json.loads(request_id), jsonrpc.INTERNAL_ERROR, journal.LOST)
+            session.outbox.send(jsonrpc.encode(error))
+        if lost:
+            self.log.write(f"session {session.sid}: answered {len(lost)} request(s) its previous broker died owing")
+
     # ---- the waiter -----------------------------------------------------------------------------
 
     def _sync_state(self, session: Session) -> None:
@@ -197,6 +230,7 @@ class Sessions:
             return
         if session.cut is not None:
             state[CUT] = session.cut
+        state[JOURNAL] = self.journal.name
         session.state_mark = (mark, session.cut)
         session.to_waiter.send(wire.state_line(state))
 
@@ -252,7 +286,7 @@ class Sessions:
         for line in lines:
             if session.sid not in self.by_sid:
                 return
-            self.server.perform(session.slot, session.slot.mux.from_session(session.sid, line))
+            self._route(session, session.slot.mux.from_session(session.sid, line))
             if session.parked:
                 self.server.slots.place(session)
         if session.sid in self.by_sid:
@@ -273,7 +307,10 @@ class Sessions:
             return None
         self.server.perform(session.slot, stream.start(line_head))
         session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
-        relay = Relay(stream, lambda actions: self.server.perform(session.slot, actions))
+        if session.streamed_id is not None:  # owed from its head on: a broker dying mid-line never answers it
+            self.journal.owe(session.pid, journal.id_text(session.streamed_id))
+            self.journal.commit()
+        relay = Relay(stream, lambda actions: self._route(session, actions))
         deadline = time.monotonic() + STREAM_AT_MOST
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, 0, deadline))
         return relay
@@ -288,6 +325,21 @@ class Sessions:
             return
         pieces = relay.pieces
         self.loop.call_later(STALL, lambda: self._watch(session, relay, stream, pieces, deadline))
+
+    def _route(self, session: Session, actions: list[Any]) -> None:
+        """Perform what the mux made of a session's input. The requests it accepted are journaled as owed,
+        unless answered at once (`Journal.commit` comes after); those the session cancelled are owed no more."""
+        mux = session.slot.mux
+        if mux.accepted or mux.released:
+            accepted, released = mux.owed_changes()
+            for sid, request_id in accepted:
+                if sid == session.sid:
+                    self.journal.owe(session.pid, journal.id_text(request_id))
+            for sid, request_id in released:
+                if sid == session.sid:
+                    self.journal.settle(session.pid, journal.id_text(request_id))
+        self.server.perform(session.slot, actions)
+        self.journal.commit()
 
     def pause(self, slot: BackendSlot, paused: bool) -> None:
         """Backpressure: stop (or resume) reading the sessions that feed a backend which is not reading."""
@@ -304,10 +356,11 @@ class Sessions:
         if session is None or session.outbox is None:
             return
         parts = action.parts()
+        answers = _answered_ids(action) if self.journal.owes(session.pid) else ()
         if not session.holds():
-            self._write(session, parts)
+            self._write(session, parts, answers)
             return
-        session.held.append(parts)  # it follows the half-written line, or the state the waiter takes
+        session.held.append((parts, answers))  # it follows the half-written line, or the state the waiter takes
         session.held_bytes += sum(len(part) for part in parts)
         if session.held_bytes > MAX_UNREAD:  # a waiter stopped for good: as a client that stopped reading
             session.held, session.held_bytes = [], 0
@@ -320,8 +373,8 @@ class Sessions:
     def _flush_held(self, session: Session) -> None:
         """Write what was held, in order (at a stream's start or the session's end, whatever the waiter has)."""
         held, session.held, session.held_bytes = session.held, [], 0
-        for parts in held:
-            self._write(session, parts)
+        for parts, answers in held:
+            self._write(session, parts, answers)
 
     def stream(self, part: StreamPart) -> None:
         """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows.
@@ -335,7 +388,9 @@ class Sessions:
             session.cut = part.request_id
             self._sync_state(session)
             self._flush_held(session)  # what waited for the waiter comes before the line, as it came before
-        self._write(session, part.parts)
+        owed = part.done and part.request_id is not None and self.journal.owes(session.pid)
+        answers = (_normalized(part.request_id or ""),) if owed else ()
+        self._write(session, part.parts, answers)
         session.streaming = not part.done
         if part.done:
             if not session.outbox.pending:
@@ -349,11 +404,38 @@ class Sessions:
             session.cut = None
             self._sync_state(session)
 
-    def _write(self, session: Session, parts: tuple[bytes | memoryview, ...]) -> None:
-        assert session.outbox is not None
-        session.outbox.send(*parts)
-        if len(session.outbox.pending) > MAX_UNREAD:
+    def _write(self, session: Session, parts: tuple[bytes | memoryview, ...], answers: tuple[str, ...] = ()) -> None:
+        """Queue a message for the client; the requests it answers are owed until its last byte is written."""
+        outbox = session.outbox
+        assert outbox is not None
+        outbox.send(*parts)
+        for request_id in answers:
+            if outbox.pending:
+                session.unsettled.append((outbox.flushed + len(outbox.pending), request_id))
+            else:
+                self.journal.settle(session.pid, request_id)
+        if outbox.pending or session.line_open:
+            self._note_line(session)
+        if len(outbox.pending) > MAX_UNREAD:
             self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
+
+    def _settle_written(self, session: Session) -> None:
+        """More of the client's stdout was written: the replies now wholly in its pipe are owed no more."""
+        assert session.outbox is not None
+        flushed = session.outbox.flushed
+        while session.unsettled and session.unsettled[0][0] <= flushed:
+            self.journal.settle(session.pid, session.unsettled.pop(0)[1])
+        self._note_line(session)
+
+    def _note_line(self, session: Session) -> None:
+        """Tell the journal when the client's stdout is left inside a line, or no longer (a half-written reply:
+        a next broker ends that line before the errors it writes). Only while bytes wait: a line being
+        streamed is the waiter's `cut`, not the journal's."""
+        assert session.outbox is not None
+        line_open = bool(session.outbox.pending) and session.outbox.open_line and not session.streaming
+        if line_open != session.line_open:
+            session.line_open = line_open
+            self.journal.note_line(session.pid, line_open)
 
     def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
         """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
@@ -464,6 +546,8 @@ class Sessions:
         self.loop.remove_reader(session.conn.fileno())
         if session.outbox is not None:
             session.outbox.close()
+        if not session.handed_over:  # (handed over: what it is still owed stays, for the next broker to answer)
+            self.journal.forget(session.pid)
         self._release_fds(session)
         if code is not None and session.to_waiter is not None:
             session.to_waiter.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
@@ -498,6 +582,24 @@ class Sessions:
             except OSError:
                 pass
         close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
+
+
+def _answered_ids(action: ToSession) -> tuple[str, ...]:
+    """The ids (journal text) of the requests a message to a session answers: a reply's, a batch reply's."""
+    if action.spliced is not None:  # only replies are spliced to sessions: the id spliced in is the session's own
+        return (_normalized(action.spliced.new_id),)
+    message = action.message
+    replies = message if isinstance(message, list) else [message]
+    answers = (reply for reply in replies if isinstance(reply, dict) and "method" not in reply and "id" in reply)
+    return tuple(journal.id_text(reply["id"]) for reply in answers)
+
+
+def _normalized(encoded_id: str | bytes) -> str:
+    """An id encoded elsewhere (a spliced reply, a streamed one), as the journal writes it."""
+    try:
+        return journal.id_text(json.loads(encoded_id))
+    except ValueError:
+        return ""
 
 
 def _request_id(line_head: bytes) -> str | int | None:

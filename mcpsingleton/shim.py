@@ -45,7 +45,7 @@ from .sharing import resolve_scope
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 WAITER = (
     "q() { printf 'x %s\\n' $1 2>/dev/null >&3; exit $1; }; trap 'q 143' TERM; trap 'q 130' INT; trap 'q 129' HUP; "
@@ -86,8 +86,15 @@ BACKLOG_BACKOFF = 0.05
 STARTUP_DEADLINE = 15.0
 
 
-def try_attach(sock: str, hello: bytes, spec: Callable[[], bytes] | None = None) -> _socket.socket | None:
-    """Connect and hand over stdin/stdout/stderr; the connection once the broker has welcomed us, else None.
+CLIENT_FDS = (0, 1, 2)
+"""What a shim hands over: stderr too, as an isolated backend's stderr goes to the client, as a direct server's."""
+
+
+def try_attach(
+    sock: str, hello: bytes, spec: Callable[[], bytes] | None = None, fds: tuple[int, ...] = CLIENT_FDS
+) -> _socket.socket | None:
+    """Connect and hand over `fds` (the session's stdin, stdout[, stderr]); the connection once the broker has
+    welcomed us, else None.
 
     None means "try again": no broker, one shutting down, or its listen backlog is full (a storm of
     sessions at once). A broker that refuses us (out of file descriptors) is a SetupError. A broker that
@@ -98,7 +105,6 @@ def try_attach(sock: str, hello: bytes, spec: Callable[[], bytes] | None = None)
         socket_buffers(conn)
         conn.settimeout(ATTACH_TIMEOUT)
         conn.connect(sock)
-        fds = (0, 1, 2)  # stderr too: an isolated backend's stderr goes to the client, as a direct server's
         sent = conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
         if sent < len(hello):  # a hello with its state can exceed a socket's buffer (8 KiB on macOS)
             conn.sendall(hello[sent:])
@@ -134,7 +140,7 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
     return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
 
 
-def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> None:
+def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> NoReturn:
     """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
     os.environ[SESSION_ENV] = repr(
@@ -160,7 +166,7 @@ def stripped_by_sh() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name.startswith("DYLD_")}
 
 
-def _wait_in_python(conn: _socket.socket, name: str) -> None:
+def _wait_in_python(conn: _socket.socket, name: str) -> NoReturn:
     conn.settimeout(None)
     conn.sendall(b"r")
     data = b""
@@ -229,15 +235,32 @@ def working_dir(started_in: str | None) -> str:
 def run(argv: list[str], state: str = "", started_in: str | None = None) -> int:
     """`started_in`: where a re-attaching session was started (the waiter keeps it)."""
     exit_on_signals()
+    waiter_env = {name: os.environ.pop(name) for name in (STATE_ENV, REATTACHES_ENV) if name in os.environ}
+    env = dict(os.environ)  # without the waiter's own variables: they are no part of the server's environment
+    conn, name, cwd = connect(argv, env, client_environ(), state, started_in)
+    os.environ.update(waiter_env)
+    become_waiter(conn, name, argv, cwd)
+
+
+def connect(
+    argv: list[str],
+    env: dict[str, str],
+    client_env: dict[str, str] | None,
+    state: str = "",
+    started_in: str | None = None,
+    fds: tuple[int, ...] = CLIENT_FDS,
+) -> tuple[_socket.socket, str, str]:
+    """Attach a session to the broker for `run` arguments `argv`, starting one if needed: (the welcomed
+    connection, the server's name, the session's directory). `fds` are the session's stdin, stdout[, stderr];
+    `client_env`: the environment of whatever configured the server (what `env` adds to it is part of the key).
+    Shims and `serve`'s HTTP sessions both attach through here."""
     options = parse_args(argv)
     directory = ensure_private_dir(runtime_dir())
     cwd = working_dir(started_in)
-    waiter_env = {name: os.environ.pop(name) for name in (STATE_ENV, REATTACHES_ENV) if name in os.environ}
-    env = dict(os.environ)  # without the waiter's own variables: they are no part of the server's environment
     salt = user_salt(directory)
     # The one place where the scope is decided; the broker records the decided scope, never `auto`.
     decision = resolve_scope(options.scope, options.command, options.name, directory, salt)
-    parts = key_parts(options.command, decision.scope, cwd, env, options.env_keys, salt, client_environ())
+    parts = key_parts(options.command, decision.scope, cwd, env, options.env_keys, salt, client_env)
     key = key_of(parts)
     check_socket_path(KeyPaths(key, directory))
     broker = KeyPaths(BROKER, directory)
@@ -252,11 +275,10 @@ def run(argv: list[str], state: str = "", started_in: str | None = None) -> int:
 
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:
-        conn = try_attach(legacy.sock, attach_hello(legacy.key, state, LEGACY_PROTOCOL)) if legacy else None
-        conn = conn or try_attach(broker.sock, attach_hello(key, state), spec)
+        conn = try_attach(legacy.sock, attach_hello(legacy.key, state, LEGACY_PROTOCOL), None, fds) if legacy else None
+        conn = conn or try_attach(broker.sock, attach_hello(key, state), spec, fds)
         if conn is not None:
-            os.environ.update(waiter_env)
-            become_waiter(conn, name, argv, cwd)
+            return conn, name, cwd
         from . import election  # cold path only
 
         election.start_broker(broker)

@@ -7,7 +7,8 @@ One broker per user hosts every server key (protocol 2). Every line on its socke
   sent. Answered `ok` (welcome) or `no <reason>` (refused: the shim prints the reason and exits 1), or
   `spec` when the broker hosts no server for KEY yet: the shim then sends the server's spec as one JSON
   line on the same connection (never on disk: it holds the env) and the broker answers `ok` or `no …`.
-  After the welcome the socket carries the waiter's lines (`r` ready, `x N` its exit status) and the
+  After the welcome the socket carries the waiter's lines (`r` ready, `t NAME` the transport of a session
+  that is not a shim's, `x N` its exit status) and the
   broker's (`msg TEXT`; `exit N`: the session ends; `state TEXT`: what to re-attach with, `state -` when
   it is too large to carry; `reattach`: attach to the next broker).
 - `status`: answered with one JSON document, `{"protocol": …, "backends": [record, …]}` (every server's).
@@ -44,6 +45,11 @@ REFUSAL = b"no "
 WAITER_READY = b"r"
 WAITER_STATUS = "x "
 """The waiter's `x N` line: how its session ended (0, or 128+N on signal N), sent before it exits."""
+WAITER_TRANSPORT = "t "
+"""`t NAME` after `r`: the session is not a shim's but reaches us over NAME (`serve`'s HTTP sessions say `t http`).
+A broker that does not know the line keeps it with the waiter's other words and ignores it."""
+STDIO = "stdio"
+HTTP = "http"
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -150,7 +156,7 @@ class BackendStatus:
     """Which of its broker's backends this is (a broker runs one per isolated session or per set of roots)."""
     backend_pid: int | None
     clients: list[dict[str, Any]]
-    """{pid, client, attached_at} per attached session."""
+    """{pid, client, attached_at, transport} per attached session (transport: `stdio`, or `http` for `serve`'s)."""
     state: str
     """idle|starting|running|lingering|restarting|stopping (lifecycle.SHOWN)."""
     started_at: str

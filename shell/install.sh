@@ -41,5 +41,16 @@ for spec in "${CLIENTS[@]}"; do
         break
     fi
 done
+# HTTP clients of `serve`'s /mcp/NAME, pinned, for tests/test_mcp_http_clients.py (the TypeScript SDK client and
+# MCP Inspector's CLI); a prefix of their own, like the clients above; optional: the tests skip
+HTTP_CLIENTS=("@modelcontextprotocol/sdk@1.32.2" "@modelcontextprotocol/inspector@2.12.0")
+for spec in "${HTTP_CLIENTS[@]}"; do
+    if ! grep -qs "\"version\": \"${spec##*@}\"" ".cache/http-clients/node_modules/${spec%@*}/package.json"; then
+        mkdir -p .cache/http-clients
+        (cd .cache/http-clients && npm install --silent --no-audit --no-fund --no-save "${HTTP_CLIENTS[@]}") \
+            || echo "install.sh: the HTTP clients did not install; tests/test_mcp_http_clients.py will skip" >&2
+        break
+    fi
+done
 .venv/bin/python -m compileall -q mcpsingleton  # every session start imports these: never recompile
 echo "installed: $(.venv/bin/mcpsingleton --version)"

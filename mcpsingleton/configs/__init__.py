@@ -104,7 +104,8 @@ def _discover(clients: list[str], out: TextIO) -> list[ConfigFile]:
     return found
 
 
-def _load(target: ConfigFile, text: str) -> Document:
+def load(target: ConfigFile, text: str) -> Document:
+    """A client config file's entries, whichever its format."""
     if _is_toml(target.path, text):
         return codex_toml.load(text)
     return jsonc.load(text, target.servers)
@@ -150,7 +151,7 @@ class _Job:
 
     def _run(self, target: ConfigFile) -> None:
         original, text = files.read(target.path)
-        before = _load(target, text)
+        before = load(target, text)
         if self.unwrap:
             plan = plan_unwrap(before, partial(self.records.texts, original.real))
         else:
@@ -181,7 +182,7 @@ class _Job:
 def _checked(target: ConfigFile, plan: Plan, text: str) -> Document:
     """The edited document, refused unless its edits apply and it parses to exactly the data the plan intends."""
     try:
-        after = _load(target, apply(text, plan.edits))
+        after = load(target, apply(text, plan.edits))
     except (ConfigError, ValueError):  # ValueError: edits that overlap in a layout we did not foresee
         after = None
     if after is None or after.data != plan.expected:

@@ -47,6 +47,7 @@ class Batches(Feature):
                 continue
             if jsonrpc.is_request(item):
                 self.mux.stats["requests"] += 1
+                self.mux.accepted.append((session.sid, item["id"]))
                 keys.add(id_key(item["id"]))
             valid.append(item)
         if keys:

@@ -28,7 +28,9 @@ class Cancellation(Feature):
         if backend_id is not None:
             reason = params.get("reason")
             reason = reason if isinstance(reason, str) else "cancelled by the client"
+            self.mux.released.append((session.sid, request_id))
             return self.mux.requests.abandon(session, backend_id, reason) + self.mux.batches.no_reply(session, key)
         if self.mux.queue.unqueue(session, key):
+            self.mux.released.append((session.sid, request_id))
             return self.mux.batches.no_reply(session, key)
         return [Log(f"session {session.sid}: cancel for unknown request {request_id!r}; dropped")]

@@ -82,6 +82,8 @@ def _session_spliced(mux: Mux, session: Session, line: bytes, envelope: Envelope
     if envelope.body is not None and "_meta" in envelope.body:
         return None  # a progress token to rewrite, or stateless-era fields to translate
     mux.stats["requests"] += 1
+    if envelope.id is not None:
+        mux.accepted.append((session.sid, envelope.id))
     return mux.requests.forward_spliced(session, line, envelope)
 
 

@@ -67,6 +67,8 @@ class Mux:
         self.sessions: dict[int, Session] = {}
         self.fast_path_from = fast_path_from
         self.inbound: SessionStream | None = None  # the session request being streamed in
+        self.accepted: list[tuple[int, Id]] = []  # session requests taken in, until the broker asks (`owed_changes`)
+        self.released: list[tuple[int, Id]] = []  # session requests their session cancelled: no reply will come
         self.stats = {
             "requests": 0,  # requests from sessions
             "errors": 0,  # error replies to sessions (the backend's and the broker's own)
@@ -211,6 +213,7 @@ class Mux:
                 return self.batches.split(session, data)
             if "id" in data and "method" in data:
                 self.stats["requests"] += 1
+                self.accepted.append((sid, data["id"]))
             return self.dispatch(session, data)
         except Exception as exc:
             return failures.session_line_failed(self, session, data, exc)
@@ -328,6 +331,13 @@ class Mux:
             or self.handshake.waiting(sid)
             or self.parking.holding_requests(sid)
         )
+
+    def owed_changes(self) -> tuple[list[tuple[int, Id]], list[tuple[int, Id]]]:
+        """(session, id) of the requests accepted from sessions since the last call, and of those their session
+        cancelled (no reply comes): what the broker's in-flight journal records (journal.py)."""
+        changes = self.accepted, self.released
+        self.accepted, self.released = [], []
+        return changes
 
     def has_pending(self) -> bool:
         """Whether the backend owes any answer (a restart now would cut a request short)."""

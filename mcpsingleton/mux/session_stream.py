@@ -229,6 +229,9 @@ class SessionStream(Stream):
         if spliced is None:
             return actions + self._cut() + self._full_path("its end does not match its head")
         self.mux.stats["requests"] += 1
+        pending = self.mux.requests.pending.get(self.backend_id)
+        if pending is not None and pending.original_id is not None:
+            self.mux.accepted.append((self.sid, pending.original_id))
         return [*actions, BackendPart(spliced, done=True)]
 
     def _checked(self, tail: bytes) -> tuple[bytes, ...] | None:
