@@ -62,10 +62,12 @@ LABELS = {"everything": "server-everything (node)", "time": "mcp-server-time (py
 
 
 def start_clients(argv: list[str], count: int, env: dict[str, str], calls: list, cwd: str | None = None,
-                  wait_go: bool = False) -> list[subprocess.Popen]:
+                  wait_go: bool = False, server_env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     """`count` session client processes (bench/session_client.py) for the server command `argv`, run in `cwd`.
-    With wait_go each one prints {"waiting": true} and spawns its server only when it reads a line."""
+    With wait_go each one prints {"waiting": true} and spawns its server only when it reads a line. server_env:
+    variables for the server only (a client config's `env`), not in the client's own environment."""
     options = [word for call in calls for word in ("--call", json.dumps(call))] + (["--wait-go"] if wait_go else [])
+    options += [word for name, value in (server_env or {}).items() for word in ("--env", f"{name}={value}")]
     return [subprocess.Popen([client_python(), "-I", str(SESSION_CLIENT), *options, "--", *argv],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd or os.getcwd())
             for _ in range(count)]

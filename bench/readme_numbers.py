@@ -108,10 +108,21 @@ def isolated_rows(results: dict[str, Any]) -> list[Row]:
     ]
 
 
+def day_rows(results: dict[str, Any]) -> list[Row]:
+    day = results["day"]["day"]
+    return [
+        ("a typical day: 12 servers configured, 4 sessions in 4 directories calling 3 each, total PSS",
+         f"{day['direct_total_mib']:.0f} MiB",
+         f"{day['shared_total_mib']:.0f} MiB ({day['ratio']:.2f}× direct), of it ours beyond the backends "
+         f"{day['ours_mib']:.0f} MiB"),
+    ]
+
+
 SECTIONS: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
-    sessions_rows, broker_rows, start_rows, message_rows, isolated_rows
+    sessions_rows, broker_rows, day_rows, start_rows, message_rows, isolated_rows
 )
-FILES = ("sessions", "sessions_isolated", "install", "discovery", "scale", "latency", "big", "reattach", "onebroker")
+FILES = ("sessions", "sessions_isolated", "install", "discovery", "scale", "latency", "big", "reattach", "onebroker",
+         "day")
 
 
 def table(results_dir: Path = RESULTS) -> str:

@@ -3,7 +3,7 @@
 # Needs the repo's install (bash shell/install.sh: .venv, server-everything, mcp-server-time);
 # installs bench/requirements.txt (matplotlib) and, for bench_json's comparison only, orjson and msgspec
 # into .venv if missing (neither is a dependency of mcpsingleton).
-# Writes bench/results/{sessions,latency,throughput,scale,profile,json,install,discovery}.json, memory_vs_sessions.png,
+# Writes bench/results/{sessions,latency,throughput,scale,profile,json,install,discovery,day}.json, memory_vs_sessions.png,
 # scale.png, summary.md and README.md's numbers table. Full: about 14 minutes on 2 cores; --quick: about 4
 # minutes, writing to bench/results/quick/ only.
 set -euo pipefail
@@ -38,6 +38,7 @@ started=$(date +%s)
 "$PY" bench/bench_discovery.py $quick
 "$PY" bench/bench_reattach.py $quick > /dev/null
 "$PY" bench/bench_onebroker.py $quick
+"$PY" bench/bench_day.py $quick
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_serve.py $quick  # the serve extra
 "$PY" -c "import starlette, uvicorn" 2>/dev/null && "$PY" bench/bench_http.py $quick > /dev/null
 "$PY" bench/report.py > /dev/null

@@ -1,10 +1,11 @@
 """One MCP client session as its own process, for the benchmarks (standard library only).
 
-    session_client.py [--call JSON]... [--wait-go] -- SERVER_COMMAND...
+    session_client.py [--call JSON]... [--env NAME=VALUE]... [--wait-go] -- SERVER_COMMAND...
 
 With --wait-go it first prints {"waiting": true} and blocks until it reads one line on stdin (so that
 many sessions can be released at the same instant). Spawns the server command with pipes (exactly
-as an MCP client does), sends initialize, notifications/initialized and the given calls (each a
+as an MCP client does; --env adds a variable to the server's environment only, as a client config's `env`
+does), sends initialize, notifications/initialized and the given calls (each a
 JSON [method, params]), then prints one JSON line to stdout:
     {"ready": true, "pid": <server pid>, "init_ms": ..., "init_at": ..., "errors": [...]}
 (init_ms: from spawning the server to its InitializeResult; init_at: time.monotonic() then, a
@@ -31,12 +32,14 @@ def main(argv: list[str]) -> int:
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
     calls = [json.loads(options[i + 1]) for i, word in enumerate(options) if word == "--call"]
+    extra = dict(options[i + 1].split("=", 1) for i, word in enumerate(options) if word == "--env")
     if "--wait-go" in options:
         report({"waiting": True})
         if not os.read(0, 64):  # one short "go" line; unbuffered, so serve_parent sees the rest
             return 0
     started = time.perf_counter()
-    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**os.environ, **extra})
     session = Session(server)
     errors: list[str] = []
     try:
