@@ -106,6 +106,19 @@ def reply_id(line: bytes) -> object:
         return None
 
 
+def id_at_end(line: bytes) -> object:
+    """The id a line the full parser could not read names among the last members of its object, or None.
+
+    Such a line is often the rest of a request whose head a broker that died had read (its id written last,
+    as TypeScript clients do): its parse error is answered under that id, so the request is answered, not
+    left in silence. Sound for the rest of any valid line: reading backwards from its closing brace never
+    needs the part that was lost (linetail.py)."""
+    try:
+        return small(line, (linetail.tail(line) or {}).get("id"))
+    except (ValueError, Unsure):
+        return None
+
+
 def _classify(line: bytes, walked: Walked) -> Envelope | None:
     """The envelope when `jsonrpc.check` would accept the message, else None (it will say why)."""
     members = walked.members

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import RawClient, ls_json, result_text, shim, wait_for
@@ -227,5 +228,36 @@ def test_a_big_request_half_read_at_kill_9_is_answered_under_its_id(home: Path, 
         assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
         rest = [m for m in client.seen + replies_until_quiet(client) if m.get("id") == "big"]
         assert rest == [], "answered once (the line's rest gets a -32700 with no id, as any cut line)"
+    finally:
+        client.close()
+
+
+def test_a_big_request_with_its_id_last_half_read_at_kill_9_is_answered_under_its_id(
+    home: Path, fake_server: list[str]
+) -> None:
+    """Its id comes after the big string (as TypeScript clients write it), so the dead broker's journal never
+    knew it; the next broker reads only the line's rest and answers the parse error under the id at its end."""
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        line = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "y" * 200_000}},
+                "id": "last",
+            }
+        ).encode()
+        client.send_raw(line[:100_000])
+        time.sleep(0.5)  # the broker reads the first half (if it has not yet, the whole line is answered: once too)
+        os.kill(entry["broker_pid"], signal.SIGKILL)
+        client.send_raw(line[100_000:] + b"\n")
+        answered = client.reply_to("last", timeout=30)
+        assert "error" in answered or "result" in answered
+        assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+        rest = [m for m in client.seen + replies_until_quiet(client) if m.get("id") == "last"]
+        assert rest == [], "answered once"
+        assert not [m for m in client.seen if m.get("id") is None], "no error without an id"
     finally:
         client.close()

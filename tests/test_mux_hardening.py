@@ -325,3 +325,23 @@ def test_a_reply_nested_too_deeply_to_read_is_answered_with_an_error(id_last: bo
     assert "could not be read" in reply["error"]["message"]
     assert h.take(2) == []
     still_served(h, 1)
+
+
+@pytest.mark.parametrize(
+    ("rest", "named"),
+    [
+        (b'yyyy"}},"id":"x"}', "x"),  # the rest of a request whose id comes last (TypeScript clients)
+        (b'yyyy"}},"jsonrpc":"2.0","id":7 }', 7),
+        (b'yyyy"}}}', None),  # its id came first: the dead broker's journal answers it, not this
+        (b'yy\\"id\\":\\"z\\"}"}}}', None),  # an "id" inside the string is not the request's
+        (b'{"id": 7, garbage}', None),
+        (b'yyyy"}},"id":true}', None),  # not an id MCP allows
+    ],
+)
+def test_a_parse_error_names_the_id_the_line_ends_with(rest: bytes, named: object) -> None:
+    """The rest of a request line whose head a dead broker had read is answered under its id, not in silence."""
+    h = ready(1)
+    h.take(1)
+    h.send(1, rest)
+    (reply,) = h.take(1)
+    assert reply["error"]["code"] == jsonrpc.PARSE_ERROR and reply["id"] == named

@@ -16,7 +16,7 @@ its session) or dropped, logged with its source, and counted in `stats`.
 from __future__ import annotations
 
 from .. import jsonrpc
-from ..envelope import reply_id
+from ..envelope import id_at_end, reply_id
 from ..jsonrpc import Id, Invalid, Message
 from . import eras, failures, fast_path, resume
 from .actions import Log, ToBackend, ToSession
@@ -207,7 +207,9 @@ class Mux:
         except Invalid as bad:
             self.stats["errors"] += 1
             self.stats["rejected"] += 1
-            return [ToSession(sid, bad.reply), Log(f"session {sid}: {bad}")]
+            named = id_at_end(line) if bad.reply["error"]["code"] == jsonrpc.PARSE_ERROR else None
+            reply = {**bad.reply, "id": named} if jsonrpc.valid_id(named) else bad.reply
+            return [ToSession(sid, reply), Log(f"session {sid}: {bad}")]
         try:
             if isinstance(data, list):
                 return self.batches.split(session, data)
