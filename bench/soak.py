@@ -28,8 +28,9 @@ ping, then closes its stdin and must exit 0.
 
 The accounting: every valid request must be answered exactly once, an error reply counts, silence does
 not. Per category: sent, ok, error, unanswered; plus duplicates, replies to another session (misrouted),
-wrong content, lost subscriptions, answers later than 30 s, and unparseable lines on a session's stdout
-(a cut reply, maybe with the next one glued on). Each unanswered request is given its likely cause: in
+wrong content, lost subscriptions, answers later than 30 s, and lines glued together on a session's stdout
+(a reply cut by a dying broker with the next message written onto it; a cut reply ended on its own line is
+counted, and its request must still be answered). Each unanswered request is given its likely cause: in
 flight at a restart or kill -9, written while one was under way, inside an unparseable line, its session
 ended, or plain silence.
 A monitor samples every broker's RSS and fds per broker lifetime (the pid changes at each strike) and
@@ -227,12 +228,17 @@ class Ledger:
                          "no resources/updated came before the reply")
 
     def corrupt(self, line: bytes, now: float) -> None:
-        """An unparseable line on stdout: a reply cut by a dying broker, maybe with the next one glued on."""
+        """An unparseable line on stdout: a reply cut by a dying broker. Ended on its own (row 4: the next broker
+        writes a newline, then answers that request with an error) it is counted, not a problem: its request's
+        answer is checked like any other. With the next message glued on, it is a problem."""
         ids = [found.decode() for found in OUR_ID_IN_LINE.findall(line)]
         with self.lock:
             self.corrupt_ids.update(ids)
+            if line.count(b'{"jsonrpc"') <= 1:  # the fill of big replies never holds one
+                self.notifications["(a reply cut by a dying broker, ended on its own line)"] += 1
+                return
         head, tail = line[:60], line[-60:].rstrip(b"\n")
-        self.problem("unparseable line", ",".join(ids) or None, now, f"{len(line)} bytes {head!r} ... {tail!r}")
+        self.problem("lines glued together", ",".join(ids) or None, now, f"{len(line)} bytes {head!r} ... {tail!r}")
 
     def problem(self, what: str, request_id: str | None, now: float, detail: str) -> None:
         self.problems.append({"what": what, "session": self.prefix, "id": request_id, "at": now, "detail": detail})
