@@ -105,6 +105,7 @@ class BackendSlot:
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self.spawn_timer: Timer | None = None
         self.fatal: str | None = None
+        self.last_error: str | None = None  # why a backend of this slot was last lost, for `ls` (_backend_gone)
         self.paused = False
         self.idle_after = float(spec.get("idle") or 0)  # --idle: seconds; 0 = never reclaimed
         self.last_active = time.monotonic()  # the last time the backend was written to or read from
@@ -148,7 +149,7 @@ class BackendSlot:
             self.after_reclaim.append(self.start)  # the idle one must be gone first (one tree per slot)
             return
         if self.fatal is not None:
-            self.host.perform(self, self.mux.backend_exited(self.fatal))
+            self._backend_gone(self.fatal)
             return
         if not self.life.live:
             return
@@ -232,6 +233,7 @@ class BackendSlot:
             internal_errors=self.mux.stats.get("internal_errors", 0),
             max_memory=self.spec.get("max_memory"),
             max_procs=self.spec.get("max_procs"),
+            last_error=self.last_error,
             **self.counters,
         )
 
@@ -292,7 +294,7 @@ class BackendSlot:
             return
         self.life.lost(0.0)
         self.log.write(reason)
-        self.host.perform(self, self.mux.backend_exited(reason))
+        self._backend_gone(reason)
         if self.mux.needs_backend():
             self.start()
 
@@ -388,7 +390,7 @@ class BackendSlot:
         lived = time.monotonic() - backend.started
         self.life.lost(lived)
         self.log.write(f"backend pid {backend.pid} {described} after {lived:.1f}s")
-        self.host.perform(self, self.mux.backend_exited(f"the backend {described}"))
+        self._backend_gone(f"the backend {described}")
         if self.mux.needs_backend():
             self.start()  # subscribers expect updates without asking again; parked requests wait for placement
 
@@ -411,7 +413,7 @@ class BackendSlot:
             self._fail(f"backend `{self.command_text}` was stopped before answering initialize: {reason}")
             return
         self.life.lost(time.monotonic() - backend.started)
-        self.host.perform(self, self.mux.backend_exited(f"the backend was restarted because {reason}"))
+        self._backend_gone(f"the backend was restarted because {reason}")
 
         def stopped() -> None:
             backend.close_pipes()
@@ -420,12 +422,19 @@ class BackendSlot:
 
         stop_ladder(self.loop, backend, self.host.reap, stopped)
 
+    def _backend_gone(self, reason: str) -> None:
+        """The mux errors what the lost backend owed; `ls` and the dashboard show why (`last_error`, when, in UTC;
+        words masked as a command's: a server's stderr quoted in the reason may name a secret)."""
+        shown = " ".join(redacted_argv(reason.split()))
+        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {shown}"
+        self.host.perform(self, self.mux.backend_exited(reason))
+
     def _fail(self, reason: str) -> None:
         """The backend never worked in this slot: every session of the slot is told why."""
         self.life.fire(lifecycle.LOST)
         self.fatal = reason
         self.log.write(reason)
-        self.host.perform(self, self.mux.backend_exited(reason))
+        self._backend_gone(reason)
         self.host.slot_failed(self, reason)
 
     # ---- idle reclaim -------------------------------------------------------------------------

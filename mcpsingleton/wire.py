@@ -129,6 +129,7 @@ FIELDS: dict[str, Any] = {
     "stderr_dropped": 0,
     "budget_refusals": 0,
     "config_error": None,
+    "last_error": None,
     "sessions_refused": 0,
     "log_lines_dropped": 0,
     "version": "?",
@@ -185,6 +186,8 @@ class BackendStatus:
     """Bytes of an isolated backend's stderr not copied to its session's stderr (it was not being read)."""
     budget_refusals: int
     """Starts of this backend the [budget] refused (the requests that needed it got an error)."""
+    last_error: str | None
+    """When (UTC) and why a backend of this slot was last lost or could not start; secret values masked."""
     config_error: str | None
     """Why config.toml was ignored when the decision was made, if it was."""
     sessions_refused: int

@@ -169,6 +169,7 @@ def test_backend_killed_during_slow_call(home: Path, fake_server: list[str]) -> 
     assert result_text(client.call("echo", {"text": "again"})) == "again"
     (entry,) = ls_json()
     assert entry["restarts"] == 1
+    assert "the backend was killed by signal 9" in entry["last_error"], "ls (and the dashboard) say why"
     assert client.close() == 0
 
 

@@ -111,9 +111,11 @@ function serverRow(server) {
     button("Log", "", () => openLog(server)),
   );
   actions.append(box);
+  const state = el("td", server.state);
+  if (server.last_error) state.append(el("div", server.last_error, "sub error")); // from brokers that report it
   row.append(
     name,
-    el("td", server.state),
+    state,
     sharing,
     sessions,
     el("td", `${server.backend_pid || "–"} (${server.processes} proc)`, "num"),
