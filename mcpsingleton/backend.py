@@ -46,22 +46,19 @@ def kill_leftovers(key: str) -> list[int]:
     backend inherits the tag, but the broker it starts does not (it is never passed on) and its shim and
     waiter are ours, so a nested key's live broker is never touched.
     """
-    killed = []
-    for pid, argv in platform.tagged_processes(KEY_ENV, key):
-        if argv and not is_ours(argv):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except OSError:
-                pass
-    return killed
+    return _kill_unless_ours(platform.tagged_processes(KEY_ENV, key))
 
 
 def kill_orphans() -> list[int]:
     """SIGKILL the broker's children that are not ours: orphans it adopted as subreaper (a backend's daemon that
     left its group and cleared its environment). Only at the broker's exit, once every backend is stopped."""
+    return _kill_unless_ours(platform.children_of(os.getpid()))
+
+
+def _kill_unless_ours(found: Iterable[tuple[int, list[str]]]) -> list[int]:
+    """SIGKILL each (pid, argv) that is not one of our own programs; the pids killed."""
     killed = []
-    for pid, argv in platform.children_of(os.getpid()):
+    for pid, argv in found:
         if argv and not is_ours(argv):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -111,6 +108,7 @@ class Keeper:
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: typing costs every broker ~3 ms and memory at import
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Protocol
 
     class Stoppable(Protocol):
