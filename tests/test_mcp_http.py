@@ -290,7 +290,8 @@ def test_sdk_client_in_the_stateless_era(home: Path, fake_server: list[str]) -> 
                 result = await client.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
                 assert "3 steps" in "".join(getattr(b, "text", "") for b in result.content)
                 assert seen == [1.0, 2.0, 3.0]
-            assert running.endpoint.sessions == {}
+            gone = await anyio.to_thread.run_sync(lambda: wait_for(lambda: running.endpoint.sessions == {}))
+            assert gone, running.endpoint.sessions
 
         anyio.run(scenario)
 
