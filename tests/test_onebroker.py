@@ -250,9 +250,10 @@ def test_reap_knows_the_one_broker(home: Path, fake_server: list[str]) -> None:
     assert stale_state_findings() == [], "a live one broker, and an isolated key it hosts, are left alone"
     assert (home / "logs" / f"{record['key']}.log").exists()
     pid = broker_pid(home)
+    os.kill(isolated.process.pid, signal.SIGSTOP)  # its waiter would re-attach and start a new broker
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
-    isolated.process.kill()  # its waiter would re-attach and start a new broker
+    isolated.process.kill()
     isolated.process.wait()
     found = [finding for finding in stale_state_findings() if finding.key == BROKER]
     assert [finding.kind for finding in found] == ["stale-state"], found
