@@ -11,7 +11,7 @@ import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
-from conftest import mcpsingleton_exe, wait_for
+from helpers import mcpsingleton_exe, wait_for
 
 URL_LINE = re.compile(r"^http://127\.0\.0\.1:(\d+)/\?token=([A-Za-z0-9_-]{20,})$")
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

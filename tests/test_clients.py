@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, backend_roots, ls_json, mcpsingleton_exe, wait_for
+from helpers import ROOT, backend_roots, ls_json, mcpsingleton_exe, wait_for
 
 pytestmark = [
     pytest.mark.timeout(240),

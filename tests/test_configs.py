@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import mcpsingleton_exe
+from helpers import mcpsingleton_exe
 
 from mcpsingleton import launcher
 from mcpsingleton.configs import clients as registry

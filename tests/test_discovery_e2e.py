@@ -11,8 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, backend_roots, ls_json, processes_of, result_text, shim, wait_for
-from test_policy_servers import node_server
+from helpers import RawClient, backend_roots, ls_json, node_server, processes_of, result_text, shim, wait_for
 
 SECRET = "s3cret-token-value-42"
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_SERVER, mcpsingleton_exe
+from helpers import FAKE_SERVER, mcpsingleton_exe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -284,7 +284,7 @@ def test_explain_warns_where_only_secrets_and_env_keys_separate(home: Path) -> N
 
 @reads_client_env
 def test_ls_warns_where_only_secrets_and_env_keys_separate(home: Path, fake_server: list[str]) -> None:
-    from conftest import RawClient, shim
+    from helpers import RawClient, shim
 
     portable = {**os.environ, "MCPSINGLETON_PORTABLE": "1"}
     session = RawClient(shim(fake_server, "--linger", "0"), env=portable)

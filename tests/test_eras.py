@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import anyio
-from conftest import RawClient, backend_roots, ls_json, shim
+from helpers import RawClient, backend_roots, ls_json, shim, shim_params, text_of
 from mcp import Client
-from test_sharing import shim_params, text_of
 
 from mcpsingleton.mux import eras
 

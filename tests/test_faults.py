@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 PAIR = 2
 

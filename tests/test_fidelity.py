@@ -22,12 +22,11 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 import pytest
-from conftest import backend_roots, ls_json, mcpsingleton_exe, tap_messages, tapped
+from helpers import backend_roots, ls_json, mcpsingleton_exe, run_sessions, shim_params, tap_messages, tapped, text_of
 from mcp import Client
 from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from test_sharing import run_sessions, shim_params, text_of
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -13,7 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 RESTART = "restart"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 from mcpsingleton import platform, wire
 from mcpsingleton.eventloop import EventLoop

@@ -10,9 +10,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, kill_quietly, ls_json, shim, wait_for
+from helpers import RawClient, kill_quietly, ls_json, own_environ, shim, wait_for
 
-from mcpsingleton.keys import reads_client_environ
 from mcpsingleton.serve.http_sessions import BrokerSession, Target
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,17 +49,6 @@ INITIALIZE = {
     "capabilities": {},
     "clientInfo": {"name": "http-client", "version": "1"},
 }
-
-
-def own_environ() -> dict[str, str] | None:
-    """This process's environment as it started, which is what a shim it starts reads as its client's."""
-    if not reads_client_environ():
-        return None
-    try:
-        raw = Path("/proc/self/environ").read_bytes()
-    except OSError:
-        return None
-    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
 
 
 async def http_session(argv: list[str]) -> tuple[BrokerSession, Lines]:
@@ -152,7 +140,7 @@ def test_http_session_follows_a_restart_of_its_broker(home: Path, fake_server: l
     """`restart` hands sessions over (`reattach` on the waiter's socket): an HTTP session goes on with the next one."""
     import subprocess
 
-    from conftest import mcpsingleton_exe
+    from helpers import mcpsingleton_exe
 
     async def scenario() -> None:
         session, lines = await http_session(fake_server)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, backend_roots, ls_json, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, ls_json, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from conftest import (
+from helpers import (
     ROOT,
     RawClient,
     backend_roots,
@@ -31,11 +31,12 @@ from conftest import (
     mcpsingleton_exe,
     result_text,
     shim,
+    shim_params,
     tagged_backends,
+    text_of,
     wait_for,
 )
 from mcp import Client, types
-from test_sharing import shim_params, text_of
 
 from mcpsingleton import wire
 from mcpsingleton.keys import BROKER, KeyPaths

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import RawClient, ls_json, result_text, shim, wait_for
+from helpers import RawClient, ls_json, result_text, shim, wait_for
 
 from mcpsingleton import journal
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, mcpsingleton_exe
+from helpers import RawClient, mcpsingleton_exe
 
 from mcpsingleton import launcher
 

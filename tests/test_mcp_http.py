@@ -13,12 +13,11 @@ import anyio
 import httpx2
 import psutil
 import pytest
-from conftest import RawClient, ls_json, mcpsingleton_exe, shim, wait_for
+from helpers import RawClient, ls_json, mcpsingleton_exe, own_environ, shim, wait_for
 from http_harness import ACCEPT, INITIALIZE, open_sessions, serving, write_config
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from serve_harness import Serve
-from test_http_sessions import own_environ
 
 from mcpsingleton.keys import HOME_ENV
 

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RawClient, ls_json, shim, wait_for
+from helpers import ROOT, RawClient, ls_json, own_environ, shim, wait_for
 from http_harness import write_config
 from serve_harness import Serve
-from test_http_sessions import own_environ
 
 from mcpsingleton.keys import HOME_ENV
 

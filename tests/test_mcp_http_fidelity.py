@@ -13,13 +13,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import ls_json, mcpsingleton_exe
+from helpers import ls_json, mcpsingleton_exe, own_environ, text_of
 from http_harness import write_config
 from mcp import StdioServerParameters
 from serve_harness import Serve
 from test_fidelity import Recorder, assert_nothing_undeclared, in_flight, open_sessions, run, settle, until
-from test_http_sessions import own_environ
-from test_sharing import text_of
 
 from mcpsingleton.keys import HOME_ENV
 

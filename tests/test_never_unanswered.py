@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, backend_roots, processes_of, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, processes_of, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import anyio
-from conftest import ROOT, RawClient, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import ROOT, RawClient, ls_json, mcpsingleton_exe, result_text, shim, shim_params, wait_for
 from mcp import Client
 from mcp_types import Implementation
-from test_sharing import shim_params
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RawClient, ls_json, mcpsingleton_exe, shim
+from helpers import RawClient, ls_json, mcpsingleton_exe, shim
 
 from mcpsingleton.keys import (
     SOCKET_PATH_LIMIT,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 import pytest
-from conftest import RawClient, mcpsingleton_exe, shim
+from helpers import RawClient, mcpsingleton_exe, shim
 
 from mcpsingleton import sharing
 from mcpsingleton.cmdline import default_name
@@ -450,7 +450,7 @@ def test_warm_attach_reads_the_cached_decision_without_heavy_imports(home: Path,
     """The second session of a server attaches with the decision from the cache: no tomllib, json, re, …"""
     import sys
 
-    from conftest import RawClient, shim
+    from helpers import RawClient, shim
 
     first = RawClient(shim(time_server, "--linger", "0"))
     first.initialize()

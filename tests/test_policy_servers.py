@@ -10,30 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import ROOT, backend_roots, processes_of, wait_for
+from helpers import (
+    NODE_MODULES,
+    backend_roots,
+    node_server,
+    processes_of,
+    run_sessions,
+    shim_params,
+    text_of,
+    wait_for,
+)
 from mcp import Client
-from test_sharing import run_sessions, shim_params, text_of
 
 pytestmark = [
     pytest.mark.timeout(90),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
-
-NODE_MODULES = ROOT / ".cache/npm/node_modules"
-
-
-def node_server(package: str) -> list[str]:
-    entry = NODE_MODULES / package / "dist/index.js"
-    if not entry.exists():
-        pytest.fail(f"{package} is not installed at {entry}; run `bash shell/install.sh`")
-    return [shutil.which("node") or "node", str(entry)]
-
 
 def backends_while_open(home: Path, count: int, params, body) -> tuple[dict[int, object], int]:
     """Run `body` in `count` concurrent sessions; the results and how many backends served them."""
@@ -175,7 +172,7 @@ def test_config_toml_can_isolate_a_shared_server(home: Path, time_server: list[s
 
 
 def test_broken_config_toml_warns_once_and_the_session_works(home: Path, time_server: list[str]) -> None:
-    from conftest import RawClient, mcpsingleton_exe, result_text
+    from helpers import RawClient, mcpsingleton_exe, result_text
 
     (home / "config.toml").write_text('[servers."mcp-server-time"\nscope = "isolated"\n')
     client = RawClient([mcpsingleton_exe(), "run", "--linger", "0", "--", *time_server])

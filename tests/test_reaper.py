@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import RawClient, kill_quietly, processes_of, shim, wait_for
+from helpers import RawClient, kill_quietly, processes_of, shim, wait_for
 
 from mcpsingleton import platform, reaper
 from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir

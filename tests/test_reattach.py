@@ -16,20 +16,21 @@ import anyio.to_thread
 import mcp_types as types
 import psutil
 import pytest
-from conftest import (
+from helpers import (
     RawClient,
     backend_roots,
     ls_json,
     mcpsingleton_exe,
     result_text,
     shim,
+    shim_params,
     tagged_backends,
     tap_messages,
     tapped,
+    text_of,
     wait_for,
 )
 from mcp import Client
-from test_sharing import shim_params, text_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # handshake-era calls
 SESSIONS = 3

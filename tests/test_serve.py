@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
-from conftest import RawClient, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, mcpsingleton_exe, result_text, shim, wait_for
 from serve_harness import Serve
 
 

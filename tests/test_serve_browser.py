@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
 
-from conftest import RawClient, result_text, shim, wait_for  # noqa: E402
+from helpers import RawClient, result_text, shim, wait_for  # noqa: E402
 from serve_harness import Serve  # noqa: E402
 
 CHROMIUM = os.environ.get("MCPSINGLETON_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

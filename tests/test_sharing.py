@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -11,48 +10,20 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-from conftest import backend_roots, ls_json, mcpsingleton_exe, processes_of, tagged_backends, wait_for
+from helpers import (
+    backend_roots,
+    ls_json,
+    mcpsingleton_exe,
+    processes_of,
+    run_sessions,
+    shim_params,
+    tagged_backends,
+    text_of,
+    wait_for,
+)
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 
 SESSIONS = 5
-
-
-def shim_params(command: list[str], *options: str, cwd: str | None = None, env: dict | None = None):
-    """How a client config runs a server through mcpsingleton."""
-    return StdioServerParameters(
-        command=mcpsingleton_exe(),
-        args=["run", *options, "--", *command],
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
-
-
-def text_of(result) -> str:
-    return "".join(getattr(block, "text", "") for block in result.content)
-
-
-async def run_sessions(count: int, params, body, hold: anyio.Event | None = None):
-    """Open `count` concurrent SDK sessions, run `body(index, client)` in each, all held open together."""
-    results: dict[int, object] = {}
-    ready = anyio.Event()
-    opened = 0
-
-    async def one(index: int) -> None:
-        nonlocal opened
-        async with Client(params, read_timeout_seconds=60) as client:
-            opened += 1
-            if opened == count:
-                ready.set()
-            await ready.wait()
-            results[index] = await body(index, client)
-            if hold is not None:
-                await hold.wait()
-
-    async with anyio.create_task_group() as group:
-        for index in range(count):
-            group.start_soon(one, index)
-    return results
 
 
 def test_time_server_sessions_share_one_backend(home: Path, time_server: list[str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RawClient, result_text, shim, tapped, wait_for
+from helpers import RawClient, result_text, shim, tapped, wait_for
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness

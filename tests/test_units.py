@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import mcpsingleton_exe
+from helpers import mcpsingleton_exe
 
 from mcpsingleton.cmdline import default_name
 from mcpsingleton.eventloop import EventLoop

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, ls_json, mcpsingleton_exe, result_text, shim, tap_messages, tapped, wait_for
+from helpers import RawClient, ls_json, mcpsingleton_exe, result_text, shim, tap_messages, tapped, wait_for
 
 from mcpsingleton import jsonrpc, wire
 

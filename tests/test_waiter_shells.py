@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import kill_quietly, wait_for
+from helpers import kill_quietly, wait_for
 
 from mcpsingleton import shim
 from mcpsingleton.backend import KEEPER_SCRIPT

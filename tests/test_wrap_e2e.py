@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import RawClient, backend_roots, ls_json, mcpsingleton_exe
+from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe
 
 
 def test_wrapped_entry_really_shares_a_backend(home: Path, fake_server: list[str], tmp_path: Path) -> None:
