@@ -1,8 +1,10 @@
 """Issue 3 e2e matrix: every session keeps its own view of a shared backend (official SDK clients).
 
-Each row opens two or more concurrent `mcp.Client` sessions through `mcpsingleton run --linger 0`
-and records everything each one is handed (notifications, log messages, server→client requests),
-then asserts that no session received anything that is not its own.
+Each row opens two or more concurrent `mcp.Client` sessions through `mcpsingleton run` and records
+everything each one is handed (notifications, log messages, server→client requests), then asserts that
+no session received anything that is not its own. The rows marked with `transport` run twice: over stdio,
+and over `mcpsingleton serve`'s `/mcp/NAME` (issue 24), where the sessions under test are HTTP clients and
+a third session, if any, is a stdio one of the same key (each reaches serve with `?token=` on the URL).
 
 Negative checks ("B never got X") are made after `settle()`: the broker answers `ping` itself, after
 whatever it had already queued for that session, so once the backend's event has reached the
@@ -12,8 +14,9 @@ broker (its reply to the triggering request came back), a misrouted copy would b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,28 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 import pytest
-from helpers import backend_roots, ls_json, mcpsingleton_exe, run_sessions, shim_params, tap_messages, tapped, text_of
-from mcp import Client
+from helpers import (
+    backend_roots,
+    ls_json,
+    mcpsingleton_exe,
+    own_environ,
+    run_sessions,
+    shim_params,
+    tap_messages,
+    tapped,
+    text_of,
+)
+from http_harness import write_config
+from mcp import Client, StdioServerParameters
 from mcp.client.extension import ClientExtension, NotificationBinding
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from serve_harness import Serve
+
+from mcpsingleton.keys import HOME_ENV
 
 pytestmark = [
-    pytest.mark.timeout(60),
+    pytest.mark.timeout(90),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
@@ -227,15 +244,57 @@ def run(main: Callable[[], Awaitable[None]], timeout: float = 45.0) -> None:
     anyio.run(bounded)
 
 
+def stdio_params(name: str, argv: list[str]) -> StdioServerParameters:
+    """A stdio session of config.toml's entry `name`, with the key serve's sessions of it have: as a client
+    config adds nothing to its client's environment (pytest adds PYTEST_CURRENT_TEST to its own during a test,
+    which the shim would count as the config's)."""
+    started_with = own_environ()
+    env = {**started_with, HOME_ENV: os.environ[HOME_ENV]} if started_with is not None else dict(os.environ)
+    return StdioServerParameters(command=mcpsingleton_exe(), args=["run", "--name", name, "--", *argv], env=env)
+
+
+class Transport:
+    """Where a row's sessions connect: `to(name)` for the sessions under test (the shim, or serve's
+    `/mcp/NAME`), `stdio(name)` for a session of the same key over stdio beside them."""
+
+    def __init__(self, servers: dict[str, list[str]], serve: Serve | None) -> None:
+        self.servers = servers
+        self.serve = serve
+
+    def to(self, name: str) -> StdioServerParameters | str:
+        if self.serve is None:
+            return self.stdio(name)
+        return f"http://127.0.0.1:{self.serve.port}/mcp/{name}?token={self.serve.token}"
+
+    def stdio(self, name: str) -> StdioServerParameters:
+        return stdio_params(name, self.servers[name])
+
+
+@pytest.fixture(params=["stdio", "http"])
+def transport(
+    request: pytest.FixtureRequest, home: Path, everything: list[str], fake_server: list[str]
+) -> Iterator[Transport]:
+    servers = {"everything": everything, "fake": fake_server}
+    write_config(home, servers)
+    if request.param == "stdio":
+        yield Transport(servers, None)
+        return
+    serve = Serve()
+    try:
+        yield Transport(servers, serve)
+    finally:
+        serve.stop()
+
+
 # ---- 1. resource subscriptions ----------------------------------------------------------------
 
 
-def test_resource_updates_reach_only_subscribers(home: Path, everything: list[str]) -> None:
+def test_resource_updates_reach_only_subscribers(transport: Transport) -> None:
     only_a, only_b, shared, later_a = (
         DOC + n for n in ("architecture.md", "features.md", "startup.md", "structure.md")
     )
     a, b = Recorder("A"), Recorder("B")
-    params = shim_params(everything, "--linger", "0")
+    params = transport.to("everything")
 
     async def retoggle(client: Client) -> None:
         """server-everything sends one update per subscribed URI when the updates are switched on."""
@@ -284,19 +343,33 @@ def test_resource_updates_reach_only_subscribers(home: Path, everything: list[st
     run(main)
 
 
+@pytest.mark.parametrize("transport", ["http"], indirect=True)
+def test_http_and_stdio_sessions_are_clients_of_one_backend(transport: Transport) -> None:
+    a, b, c = Recorder("http-a"), Recorder("http-b"), Recorder("stdio-c")
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            await open_sessions(stack, transport.to("everything"), a, b)
+            await open_sessions(stack, transport.stdio("everything"), c)
+            [record] = await anyio.to_thread.run_sync(ls_json)
+            shown = sorted((client["client"], client["transport"]) for client in record["clients"])
+            assert shown == [("http-a", "http"), ("http-b", "http"), ("stdio-c", "stdio")]
+
+    run(main)
+
+
 # ---- 2. logging/setLevel per session ----------------------------------------------------------
 
 
-def test_log_level_is_per_session(home: Path, fake_server: list[str]) -> None:
+def test_log_level_is_per_session(transport: Transport) -> None:
     a, b, c = Recorder("A"), Recorder("B"), Recorder("C")
     sent = [("debug", "a-debug"), ("info", "a-info"), ("warning", "b-warning"), ("error", "b-error")]
     sent += [("critical", "c-critical")]
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
-            client_a, client_b, client_c = await open_sessions(
-                stack, shim_params(fake_server, "--linger", "0"), a, b, c
-            )
+            client_a, client_b = await open_sessions(stack, transport.to("fake"), a, b)
+            (client_c,) = await open_sessions(stack, transport.stdio("fake"), c)
             await client_a.set_logging_level("debug")
             await client_b.set_logging_level("error")  # C never sets a level
             callers = [client_a, client_a, client_b, client_b, client_c]
@@ -333,12 +406,14 @@ async def in_flight(client: Client, group: anyio.abc.TaskGroup, steps: int = 3, 
         await started.wait()
 
 
-def test_sampling_goes_to_the_one_caller_or_is_refused(home: Path, everything: list[str]) -> None:
+def test_sampling_goes_to_the_one_caller_or_is_refused(transport: Transport) -> None:
     a, b = Recorder("A", sampling=True), Recorder("B", sampling=True)
+    c = Recorder("C", sampling=True)
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
-            client_a, client_b = await open_sessions(stack, shim_params(everything, "--linger", "0"), a, b)
+            client_a, client_b = await open_sessions(stack, transport.to("everything"), a, b)
+            (client_c,) = await open_sessions(stack, transport.stdio("everything"), c)
             for client in (client_a, client_b):
                 await client.list_tools()  # so the SDK sends no tools/list of its own after a call
 
@@ -349,6 +424,9 @@ def test_sampling_goes_to_the_one_caller_or_is_refused(home: Path, everything: l
                 "Resource trigger-sampling-request context: from-A"
             ]
             assert b.sampled == [], "B had nothing in flight: it must never be asked"
+            result = await client_c.call_tool("trigger-sampling-request", {"prompt": "from-C"})
+            assert "sampled-by-C" in text_of(result), text_of(result)
+            assert len(a.sampled) == 1 and b.sampled == [] and len(c.sampled) == 1
 
             async with anyio.create_task_group() as group:
                 await in_flight(client_b, group)
@@ -356,7 +434,7 @@ def test_sampling_goes_to_the_one_caller_or_is_refused(home: Path, everything: l
             assert result.is_error, "two sessions could have caused it: the backend must get an error, not a guess"
             assert "mcpsingleton" in text_of(result)
             assert len(a.sampled) == 1 and b.sampled == [], "an ambiguous request reaches no session"
-        assert_nothing_undeclared(a, b)
+        assert_nothing_undeclared(a, b, c)
 
     run(main)
 
@@ -364,12 +442,13 @@ def test_sampling_goes_to_the_one_caller_or_is_refused(home: Path, everything: l
 # ---- 4. elicitation ----------------------------------------------------------------------------
 
 
-def test_elicitation_goes_to_the_one_capable_caller(home: Path, everything: list[str]) -> None:
+def test_elicitation_goes_to_the_one_capable_caller(transport: Transport) -> None:
     a, b, c = Recorder("A", elicitation=True), Recorder("B"), Recorder("C", elicitation=True)
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
-            clients = await open_sessions(stack, shim_params(everything, "--linger", "0"), a, b, c)
+            clients = await open_sessions(stack, transport.to("everything"), a, b)
+            clients += await open_sessions(stack, transport.stdio("everything"), c)
             client_a, client_b, client_c = clients
             for client in clients:
                 await client.list_tools()
@@ -428,14 +507,15 @@ def test_sessions_with_different_roots_each_see_only_their_own(home: Path, every
 # ---- 6. progress -------------------------------------------------------------------------------
 
 
-def test_progress_stays_with_its_session_three_ways(home: Path, everything: list[str]) -> None:
+def test_progress_stays_with_its_session_three_ways(transport: Transport) -> None:
     recorders = [Recorder(name) for name in "ABC"]
     steps = {"A": 3, "B": 4, "C": 5}
     seen: dict[str, list[tuple[float, float | None]]] = {name: [] for name in steps}
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
-            clients = await open_sessions(stack, shim_params(everything, "--linger", "0"), *recorders)
+            clients = await open_sessions(stack, transport.to("everything"), *recorders[:2])
+            clients += await open_sessions(stack, transport.stdio("everything"), recorders[2])
 
             async def one(name: str, client: Client) -> None:
                 async def on_progress(value: float, total: float | None, message: str | None) -> None:
