@@ -203,3 +203,42 @@ class Harness:
         found = self.backend_requests(method)
         assert found, f"the backend received no {method or 'request'}"
         return found[-1]
+
+
+def parked(
+    h: Harness, sid: int, capabilities: dict | None = None, initialized: bool = True, version: str = "2025-03-26"
+) -> None:
+    """Session `sid` opened parked (placement not decided yet), its handshake sent."""
+    h.perform(h.mux.open_session(sid, parked=True))
+    params = {"protocolVersion": version, "capabilities": capabilities or {}, "clientInfo": {"name": "c"}}
+    h.request(sid, 0, "initialize", params)
+    if initialized:
+        h.notify(sid, "notifications/initialized")
+
+
+# A key's cached discovery entry (tests of discovery and of idle reclaim), and the backend answering the lists
+# the mux asks for on its own.
+TOOL_A = {"name": "a", "inputSchema": {"type": "object"}}
+TOOL_B = {"name": "b", "inputSchema": {"type": "object"}}
+CACHED_INIT = {**init_result(), "serverInfo": {"name": "fake", "version": "1"}, "instructions": "from the cache"}
+ENTRY: dict[str, Any] = {
+    "initialize": CACHED_INIT,
+    "tools/list": {"tools": [TOOL_A]},
+    "resources/list": {"resources": []},
+}
+TOOLS_CHANGED = "notifications/tools/list_changed"
+
+
+def answer_lists(h: Harness, tools: list[dict[str, Any]], *, next_cursor: str | None = None) -> None:
+    """The backend answers the lists the mux asked for on its own: `tools`, and no resources or templates."""
+    for request in h.backend_requests():
+        method = request["method"]
+        if method == "tools/list":
+            result: dict[str, Any] = {"tools": tools}
+            if next_cursor is not None:
+                result["nextCursor"] = next_cursor
+            h.answer(request, result)
+        elif method == "resources/list":
+            h.answer(request, {"resources": []})
+        elif method == "resources/templates/list":
+            h.answer(request, error=-32601)

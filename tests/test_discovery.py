@@ -6,36 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mux_harness import Harness, init_result
+from mux_harness import CACHED_INIT, ENTRY, TOOL_A, TOOL_B, TOOLS_CHANGED, Harness, answer_lists, init_result
 
 from mcpsingleton import discovery
 from mcpsingleton.mux.discovery import MAX_DEPTH
 
-TOOL_A = {"name": "a", "inputSchema": {"type": "object"}}
-TOOL_B = {"name": "b", "inputSchema": {"type": "object"}}
-CACHED_INIT = {**init_result(), "serverInfo": {"name": "fake", "version": "1"}, "instructions": "from the cache"}
-ENTRY: dict[str, Any] = {
-    "initialize": CACHED_INIT,
-    "tools/list": {"tools": [TOOL_A]},
-    "resources/list": {"resources": []},
-}
-TOOLS_CHANGED = "notifications/tools/list_changed"
 RESOURCES_CHANGED = "notifications/resources/list_changed"
-
-
-def answer_lists(h: Harness, tools: list[dict[str, Any]], *, next_cursor: str | None = None) -> None:
-    """The backend answers the lists the mux asked for on its own: `tools`, and no resources or templates."""
-    for request in h.backend_requests():
-        method = request["method"]
-        if method == "tools/list":
-            result: dict[str, Any] = {"tools": tools}
-            if next_cursor is not None:
-                result["nextCursor"] = next_cursor
-            h.answer(request, result)
-        elif method == "resources/list":
-            h.answer(request, {"resources": []})
-        elif method == "resources/templates/list":
-            h.answer(request, error=-32601)
 
 
 def test_a_cold_session_is_answered_from_the_cache_while_requests_wait_for_the_backend() -> None:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness, is_request
-from test_mux_fuzz import SESSION_METHODS, World, capabilities, line_of, ops, replies, results, values
+from mux_world import SESSION_METHODS, World, capabilities, line_of, ops, replies, results, values
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux import Mux, ToBackend, ToSession, eras

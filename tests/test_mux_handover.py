@@ -3,8 +3,7 @@ read, so everything a session still waits for is answered here: forwarded, queue
 
 from __future__ import annotations
 
-from mux_harness import Harness
-from test_mux_parking import parked
+from mux_harness import Harness, parked
 
 from mcpsingleton import jsonrpc
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mux_harness import STATELESS, Harness
-from test_discovery import ENTRY, TOOL_A, TOOL_B, TOOLS_CHANGED, answer_lists
+from mux_harness import ENTRY, STATELESS, TOOL_A, TOOL_B, TOOLS_CHANGED, Harness, answer_lists
 
 from mcpsingleton.mux import StartBackend
 from mcpsingleton.mux.actions import Action

@@ -4,20 +4,12 @@ never answers the broker's roots/list is taken as declaring none after a few of 
 
 from __future__ import annotations
 
-from mux_harness import Harness
+from mux_harness import Harness, parked
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
 
 ROOTS_CAPABILITY = {"roots": {"listChanged": True}}
-
-
-def parked(h: Harness, sid: int, capabilities: dict | None = None, initialized: bool = True) -> None:
-    h.perform(h.mux.open_session(sid, parked=True))
-    params = {"protocolVersion": "2025-03-26", "capabilities": capabilities or {}, "clientInfo": {"name": "c"}}
-    h.request(sid, 0, "initialize", params)
-    if initialized:
-        h.notify(sid, "notifications/initialized")
 
 
 def answer_roots(h: Harness, sid: int, uris: list[str]) -> None:

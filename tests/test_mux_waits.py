@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from mux_harness import Harness, init_result
+from mux_harness import Harness, init_result, parked
 
 from mcpsingleton import jsonrpc
 from mcpsingleton.mux.backend_state import DOWN
@@ -25,17 +25,10 @@ ENTRY: dict[str, Any] = {"initialize": init_result(), "tools/list": {"tools": [T
 ROOTS = {"roots": {"listChanged": True}}
 
 
-def parked(h: Harness, sid: int, capabilities: dict[str, Any] | None = None) -> None:
-    h.perform(h.mux.open_session(sid, parked=True))
-    params = {"protocolVersion": "2025-06-18", "capabilities": capabilities or {}, "clientInfo": {"name": "c"}}
-    h.request(sid, 0, "initialize", params)
-    h.notify(sid, "notifications/initialized")
-
-
 def lazy_with_two_sessions() -> Harness:
     h = Harness(auto_start=False, discovery=ENTRY, lazy=True)
     h.open(1)
-    parked(h, 2)
+    parked(h, 2, version="2025-06-18")
     h.take(1), h.take(2)
     return h
 
@@ -62,7 +55,7 @@ def test_any_other_request_of_a_parked_session_starts_the_backend_but_stays_held
 def test_a_crash_while_a_parked_request_waits_asks_for_the_backend_again() -> None:
     h = Harness()
     h.open(1)
-    parked(h, 2, ROOTS)
+    parked(h, 2, ROOTS, version="2025-06-18")
     h.request(2, "call", "tools/call", {"name": "echo"})
     h.crash()
     assert h.mux.needs_backend(), "the broker restarts it at once (slot.py), as for subscribers"
@@ -71,7 +64,7 @@ def test_a_crash_while_a_parked_request_waits_asks_for_the_backend_again() -> No
 def test_a_refused_initialize_fails_what_parked_sessions_hold() -> None:
     h = Harness(auto_initialize=False)
     h.open(1)
-    parked(h, 2)
+    parked(h, 2, version="2025-06-18")
     h.request(2, "call", "tools/call", {"name": "echo"})
     h.notify(2, "notifications/other")
     h.answer(h.last_request("initialize"), error=-32600)
@@ -83,7 +76,7 @@ def test_a_refused_initialize_fails_what_parked_sessions_hold() -> None:
 def test_a_session_moved_after_a_cached_list_hears_when_its_new_backend_lists_otherwise() -> None:
     shared, own = Harness(auto_start=False, discovery=ENTRY, lazy=True), Harness(discovery=None)
     shared.open(1)
-    parked(shared, 2)
+    parked(shared, 2, version="2025-06-18")
     shared.request(2, "list", "tools/list")
     state, actions = shared.mux.export_session(2)
     shared.perform(actions)
