@@ -2,8 +2,10 @@
 # The whole test suite: install (idempotent), lint, type check, then every test; then the tests that run real
 # processes again with MCPSINGLETON_PORTABLE=1, i.e. with the macOS/BSD implementations of
 # mcpsingleton/platform.py (no pipe2, prctl or /proc; poll selector; the keeper as the only orphan
-# guard), on Linux only (elsewhere the first run is that already). Arguments go to both pytest runs; given any,
-# the second run uses them instead of `-m real_process`. Runs under macOS's bash 3.2 too.
+# guard), on Linux only (elsewhere the first run is that already); tests marked `slow` that exercise no
+# platform code (thousands of HTTP sessions, the real clients, the browser) run in the first pass only.
+# Arguments go to both pytest runs; given any, the second run uses them instead of the markers.
+# Runs under macOS's bash 3.2 too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash shell/install.sh
@@ -11,8 +13,15 @@ bash shell/install.sh
 for target in linux darwin; do  # configured in pyproject.toml: mcpsingleton/; each OS's stubs differ
     .venv/bin/mypy --platform "$target"
 done
-.venv/bin/python -m pytest -p no:cacheprovider ${1+"$@"}  # pyproject adds -q: one summary line
+# Tests mostly wait on processes they started: run them in parallel, two workers per core (pytest-xdist;
+# set PYTEST_XDIST_AUTO_NUM_WORKERS to choose, or pass -n 0). Each worker imports every test module: let
+# pytest keep the modules it rewrote instead of rewriting them in every worker of every run.
+cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+export PYTEST_XDIST_AUTO_NUM_WORKERS="${PYTEST_XDIST_AUTO_NUM_WORKERS:-$((2 * cores))}"
+unset PYTHONDONTWRITEBYTECODE
+pytest=(.venv/bin/python -m pytest -p no:cacheprovider -n auto --dist worksteal)
+"${pytest[@]}" ${1+"$@"}  # pyproject adds -q: one summary line
 [ "$(uname)" = Linux ] || exit 0  # elsewhere the first run took the macOS/BSD implementations already
-[ $# -gt 0 ] || set -- -m real_process  # tests.conftest marks them: they use a fixture that starts processes
+[ $# -gt 0 ] || set -- -m "real_process and not slow"  # tests/conftest.py marks real_process: a fixture starts processes
 echo "again in portable mode (the macOS/BSD code paths):"
-MCPSINGLETON_PORTABLE=1 .venv/bin/python -m pytest -p no:cacheprovider "$@"
+MCPSINGLETON_PORTABLE=1 "${pytest[@]}" "$@"

@@ -121,6 +121,7 @@ def serve_numbers(process: psutil.Process) -> tuple[int, int]:
     return process.memory_info().rss, process.num_fds()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_abandoned_sessions_end_after_the_ttl_and_leave_nothing(home: Path, fake_server: list[str]) -> None:
     """1,000 HTTP sessions opened and abandoned (no DELETE): after --session-ttl each is ended and detached;

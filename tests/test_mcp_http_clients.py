@@ -20,7 +20,7 @@ from serve_harness import Serve
 
 from mcpsingleton.keys import HOME_ENV
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 CLIENTS = ROOT / ".cache/http-clients/node_modules"
 SDK = CLIENTS / "@modelcontextprotocol/sdk"

@@ -36,9 +36,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no system Chromium (apt-get install chromium, or set MCPSINGLETON_CHROMIUM)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no system Chromium (apt-get install chromium, or set MCPSINGLETON_CHROMIUM)"
+    ),
+    pytest.mark.slow,
+]
 TIMEOUT_MS = 20_000
 sync_api.expect.set_options(timeout=TIMEOUT_MS)
 
