@@ -65,6 +65,11 @@ def backend_roots(home: Path) -> list[psutil.Process]:
     return [p for p in tagged if p.ppid() not in pids]
 
 
+def key_log(home: Path) -> Path:
+    """The log of the one server key a test ran (beside the broker's own broker.log)."""
+    return next(path for path in (home / "logs").glob("*.log") if path.name != "broker.log")
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

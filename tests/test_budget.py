@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, key_log, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,7 +32,7 @@ def test_a_start_over_max_backends_is_refused_with_one_line_and_asked_again_late
         metrics = subprocess.run([mcpsingleton_exe(), "metrics"], capture_output=True, text=True, timeout=30).stdout
         counted = [line for line in metrics.splitlines() if line.startswith("mcpsingleton_budget_refusals_total{")]
         assert sorted(line.rsplit(" ", 1)[1] for line in counted) == ["0", "1"], counted
-        log = next(p for p in (home / "logs").glob("*.log") if p.name != "broker.log").read_text()  # the key's log
+        log = key_log(home).read_text()
         assert log.count("not started: the [budget] max_backends = 1") == 1
         assert first.close() == 0
         assert wait_for(lambda: not backend_roots(home)), "the isolated backend ends with its session"
@@ -72,7 +72,7 @@ def test_a_backend_no_session_holds_is_reclaimed_to_make_room_before_anything_is
         assert first.close() == 0
         assert result_text(second.call("echo", {"text": "room"})) == "room"
         assert len(backend_roots(home)) == 1
-        log = next(p for p in (home / "logs").glob("*.log") if p.name != "broker.log").read_text()  # the key's log
+        log = key_log(home).read_text()
         assert "stopped: the budget needs room for another backend" in log
     finally:
         for client in (first, second):

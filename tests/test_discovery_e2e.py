@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import RawClient, backend_roots, ls_json, node_server, processes_of, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, key_log, ls_json, node_server, processes_of, result_text, shim, wait_for
 
 SECRET = "s3cret-token-value-42"
 
@@ -168,7 +168,7 @@ def test_discovery_that_contains_a_secret_value_is_not_cached(home: Path, fake_s
     command = [*fake_server, "--instructions-env=API_TOKEN"]
     client = RawClient(shim(command, "--linger", "0"), env={**os.environ, "API_TOKEN": SECRET})
     assert client.initialize()["result"]["instructions"] == SECRET
-    log = next(p for p in (home / "logs").glob("*.log") if p.name != "broker.log")  # the key's log
+    log = key_log(home)
     assert wait_for(lambda: "contains the value of $API_TOKEN" in log.read_text())
     assert cache_files(home) == []
     assert client.close() == 0

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import RawClient, backend_roots, ls_json, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, key_log, ls_json, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,8 +30,7 @@ def test_an_idle_stateless_backend_is_stopped_and_comes_back_for_both_sessions(
         assert wait_for(lambda: backend_roots(home) == [], timeout=15), "an idle stateless backend is reclaimed"
         (row,) = ls_json()
         assert (row["state"], row["backend_pid"], len(row["clients"])) == ("idle", None, 2), row
-        log = next((home / "logs").glob("*.log")).read_text()
-        assert "stopped: idle for" in log
+        assert "stopped: idle for" in key_log(home).read_text()
         assert [result_text(client.call("echo", {"text": f"back {n}"})) for n, client in enumerate(clients)] == [
             "back 0",
             "back 1",

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import RawClient, backend_roots, processes_of, result_text, shim, wait_for
+from helpers import RawClient, backend_roots, key_log, processes_of, result_text, shim, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,7 +45,7 @@ def test_a_tools_list_nested_near_the_parser_s_limit_is_answered_and_not_cached(
     other = RawClient(shim([*fake_server, f"--deep-tools={depth}"]))
     other.initialize()
     assert result_text(other.call("echo", {"text": "me too"})) == "me too"
-    log = next(p for p in (home / "logs").glob("*.log") if p.name != "broker.log").read_text()  # the key's log
+    log = key_log(home).read_text()
     assert "Traceback" not in log
     assert all("tools/list" not in json.loads(path.read_text())["entry"] for path in cache_files(home))
     assert client.close() == 0 and other.close() == 0
@@ -92,6 +92,6 @@ def test_a_client_that_never_answers_roots_list_holds_no_one_up(home: Path, fake
     reply = other.call("roots", timeout=25)  # the backend asks roots/list: what every session declared
     assert json.loads(result_text(reply)) == {"roots": []}
     assert result_text(silent.call("echo", {"text": "still served"})) == "still served"
-    log = next(p for p in (home / "logs").glob("*.log") if p.name != "broker.log").read_text()  # the key's log
+    log = key_log(home).read_text()
     assert "no answer to roots/list" in log
     assert silent.close() == 0 and other.close() == 0
