@@ -108,10 +108,10 @@ def try_attach(
         sent = conn.sendmsg([hello], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_fds(fds))])
         if sent < len(hello):  # a hello with its state can exceed a socket's buffer (8 KiB on macOS)
             conn.sendall(hello[sent:])
-        welcome = conn.recv(1024)
+        welcome = _broker_line(conn)
         if welcome == wire.SPEC and spec is not None:
             conn.sendall(spec())  # cold path: once per key and broker
-            welcome = conn.recv(1024)
+            welcome = _broker_line(conn)
     except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
         conn.close()
         return None
@@ -129,6 +129,19 @@ def try_attach(
         conn.close()
         return None  # the broker is shutting down: start over against the next one
     return conn
+
+
+def _broker_line(conn: _socket.socket) -> bytes:
+    """The broker's answer to a hello, one line and nothing after it: what follows is the waiter's. (A session
+    whose backend can never start is told `exit 1` right after `ok`; a larger read took both, found no welcome,
+    and the session attached again, starting that backend a second time.)"""
+    line = conn.recv(len(wire.WELCOME))  # the usual answer, whole, in one call
+    while line and not line.endswith(b"\n"):  # `spec`, or a refusal: rare and short
+        more = conn.recv(1)
+        if not more:
+            break
+        line += more
+    return line
 
 
 def attach_hello(key: str, state: str, protocol: str = PROTOCOL) -> bytes:

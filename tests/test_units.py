@@ -293,3 +293,37 @@ def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Pa
     assert restarts_handed_over(str(state)) == {}
     state.write_text(json.dumps({"key": "broker", HANDED_OVER: "many"}))
     assert restarts_handed_over(str(state)) == {}
+
+
+def test_the_shim_takes_the_welcome_line_only_and_leaves_what_follows_to_its_waiter(tmp_path: Path) -> None:
+    """A session whose backend can never start is told `exit 1` right after `ok`: the shim read both at once,
+    found no welcome, attached again and started the backend a second time (two `sharing:` lines in its log)."""
+    import socket
+    import threading
+
+    from mcpsingleton.shim import try_attach
+
+    path = str(tmp_path / "broker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def broker() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)  # the hello (its fds are dropped)
+        conn.sendall(b"ok\nexit 1\n")
+        conn.close()
+
+    answering = threading.Thread(target=broker)
+    answering.start()
+    read_end, write_end = os.pipe()
+    try:
+        conn = try_attach(path, b"MCPS2 attach k\n", fds=(read_end, write_end))
+        answering.join(10)
+        assert conn is not None, "welcomed"
+        assert conn.recv(64) == b"exit 1\n", "the line after the welcome is left for the waiter"
+        conn.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        listener.close()
