@@ -18,8 +18,9 @@ import psutil
 import pytest
 from conftest import RawClient, kill_quietly, processes_of, shim, wait_for
 
-from mcpsingleton import platform, reaper
-from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
+from mcpsingleton.common import platform
+from mcpsingleton.ops import reaper
+from mcpsingleton.shim.keys import KEY_ENV, KeyPaths, runtime_dir
 
 FAKE_SERVER = """
 import os, subprocess, sys, time

@@ -1,0 +1,60 @@
+"""The user's `[budget]` (config.toml: `max_backends`, `max_memory`), checked before a backend starts.
+
+A start that would exceed it first reclaims quiet backends whose state nothing can lose (placement.may_reclaim),
+least recently used first; if it would still exceed it, the start is refused with one line for the requests
+that needed it (which budget, what runs, how to raise it). A backend in use is never stopped for the budget.
+
+It counts the backends of the slots it is given: the one broker gives it every server's (`Broker.all_slots`),
+so the budget is the user's, whatever the number of servers.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from .slot import BackendSlot
+
+
+def admit(starting: BackendSlot, slots: Iterable[BackendSlot], budget: dict[str, Any] | None) -> str | None:
+    """None when `starting` may spawn its backend (after reclaiming what it takes); else why not, one line."""
+    max_backends, max_memory = (budget or {}).get("max_backends"), (budget or {}).get("max_memory")
+    if not max_backends and not max_memory:
+        return None
+    others = [slot for slot in slots if slot is not starting and slot.backend is not None]
+    idle_first = sorted((slot for slot in others if slot.reclaimable()), key=lambda slot: slot.last_active)
+    while True:
+        running = [slot for slot in others if slot.backend is not None]
+        over = _over(running, max_backends, max_memory)
+        if over is None:
+            return None
+        if not idle_first:
+            return _refusal(over, running)
+        idle_first.pop(0).reclaim("the budget needs room for another backend")
+
+
+def _over(running: list[BackendSlot], max_backends: int | None, max_memory: int | None) -> str | None:
+    """Which limit one more backend would exceed with these running, or None."""
+    if max_backends and len(running) + 1 > max_backends:
+        return f"max_backends = {max_backends}"
+    if max_memory:
+        used = sum(_tree_memory(slot) for slot in running)
+        if used >= max_memory:
+            return f"max_memory = {max_memory >> 20} MiB ({used >> 20} MiB in use)"
+    return None
+
+
+def _tree_memory(slot: BackendSlot) -> int:
+    from ..common.proctree import tree_memory  # psutil: only brokers with a memory budget
+
+    return tree_memory(slot.backend.pid) if slot.backend is not None else 0
+
+
+def _refusal(over: str, running: list[BackendSlot]) -> str:
+    names = ", ".join(f"{slot.spec['name']} (pid {slot.backend.pid})" for slot in running if slot.backend) or "none"
+    return (
+        f"the [budget] {over} leaves no room for another backend (running: {names}; none can be reclaimed); "
+        "raise it in config.toml, or stop a server (`mcpsingleton stop NAME`)"
+    )
