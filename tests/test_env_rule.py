@@ -310,7 +310,7 @@ def procargs(path: str, argv: list[str], environ: list[str]) -> bytes:
 
 
 def test_procargs_are_read_as_exec_path_and_environment() -> None:
-    from mcpsingleton.common.platform import parse_procargs
+    from mcpsingleton.common.processes import parse_procargs
 
     raw = procargs("/opt/claude/claude", ["claude", "--resume"], ["HOME=/Users/u", "PATH=/bin:/usr/bin", "EMPTY="])
     assert parse_procargs(raw) == ("/opt/claude/claude", {"HOME": "/Users/u", "PATH": "/bin:/usr/bin", "EMPTY": ""})
@@ -319,7 +319,7 @@ def test_procargs_are_read_as_exec_path_and_environment() -> None:
 
 def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch: pytest.MonkeyPatch) -> None:
     """The macOS calls cannot run here: sysctl and proc_pidinfo are replaced by a table of two processes."""
-    from mcpsingleton.common import platform
+    from mcpsingleton.common import processes
     from mcpsingleton.shim import keys
 
     shell, client = os.getppid(), 4242
@@ -328,8 +328,8 @@ def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch
         client: ("/Applications/Claude.app/Contents/MacOS/claude", {"HOME": "/Users/u"}),
     }
     monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")
-    monkeypatch.setattr(platform, "_procargs", started.get)
-    monkeypatch.setattr(platform.ProcArgs, "parent", staticmethod({shell: client}.get))
+    monkeypatch.setattr(processes, "_procargs", started.get)
+    monkeypatch.setattr(processes.ProcArgs, "parent", staticmethod({shell: client}.get))
     assert keys.client_environ() == {"HOME": "/Users/u"}
     assert keys.reads_client_environ() is False, "our own pid is not in the table"
 

@@ -77,6 +77,6 @@ def test_package_inits_import_no_modules() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout.split()
     assert loaded == [
         "mcpsingleton", "mcpsingleton.broker", "mcpsingleton.common", "mcpsingleton.common.cmdline",
-        "mcpsingleton.common.wire", "mcpsingleton.ops", "mcpsingleton.policy", "mcpsingleton.shim",
-        "mcpsingleton.shim.keys",
+        "mcpsingleton.common.platform", "mcpsingleton.common.wire", "mcpsingleton.ops", "mcpsingleton.policy",
+        "mcpsingleton.shim", "mcpsingleton.shim.keys",
     ]

@@ -21,7 +21,7 @@ from conftest import RawClient, backend_roots, kill_quietly, ls_json, mcpsinglet
 
 from mcpsingleton.broker.eventloop import EventLoop
 from mcpsingleton.broker.lineio import write_if_room
-from mcpsingleton.common import platform
+from mcpsingleton.common import platform, processes
 
 MODES = ["native", "portable"]
 
@@ -230,7 +230,7 @@ def test_ls_says_when_memory_is_rss(home: Path, fake_server: list[str], mode: st
     client = RawClient(shim(fake_server))
     client.initialize()
     table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
-    assert ("MEMORY is RSS" in table) == (platform.memory_measure() == "RSS"), table
+    assert ("MEMORY is RSS" in table) == (processes.memory_measure() == "RSS"), table
     assert client.close() == 0
 
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 
-from ..common import platform
+from ..common import platform, processes
 from ..shim.keys import KEY_ENV
 from .eventloop import Callback, EventLoop
 
@@ -46,13 +46,13 @@ def kill_leftovers(key: str) -> list[int]:
     backend inherits the tag, but the broker it starts does not (it is never passed on) and its shim and
     waiter are ours, so a nested key's live broker is never touched.
     """
-    return _kill_unless_ours(platform.tagged_processes(KEY_ENV, key))
+    return _kill_unless_ours(processes.tagged_processes(KEY_ENV, key))
 
 
 def kill_orphans() -> list[int]:
     """SIGKILL the broker's children that are not ours: orphans it adopted as subreaper (a backend's daemon that
     left its group and cleared its environment). Only at the broker's exit, once every backend is stopped."""
-    return _kill_unless_ours(platform.children_of(os.getpid()))
+    return _kill_unless_ours(processes.children_of(os.getpid()))
 
 
 def _kill_unless_ours(found: Iterable[tuple[int, list[str]]]) -> list[int]:
@@ -244,7 +244,7 @@ class Backend:
         except ProcessLookupError:
             pass
         except PermissionError:  # another user's process in it, or (macOS) only zombies, which run no code
-            if platform.group_runs_code(self.pgid):
+            if processes.group_runs_code(self.pgid):
                 return True
         self.group_gone = True
         if self.keeper is not None:
@@ -282,8 +282,8 @@ class Backend:
     def _strays(self) -> list[int]:
         """Live processes that left the group but carry our key. Not the broker's other children: in the one
         broker they are other servers' backends (orphans adopted as subreaper go at its exit: `kill_orphans`)."""
-        candidates = platform.tagged_processes(KEY_ENV, self.key)
-        return [pid for pid, argv in dict(candidates).items() if argv and not is_ours(argv) and platform.running(pid)]
+        candidates = processes.tagged_processes(KEY_ENV, self.key)
+        return [pid for pid, argv in dict(candidates).items() if argv and not is_ours(argv) and processes.running(pid)]
 
 
 def stop_ladder(

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 import psutil
 
 from ..broker.backend import stop_blocking
-from . import platform
+from . import processes
 
 
 def parent_map() -> dict[int, int]:
@@ -37,12 +37,12 @@ def tree_pids(pid: int, parents: Mapping[int, int] | None = None) -> list[int]:
 
 
 def process_memory(pid: int) -> int:
-    """PSS where the OS has it (shared pages split fairly between sharers), else RSS (platform.memory_measure).
+    """PSS where the OS has it (shared pages split fairly between sharers), else RSS (processes.memory_measure).
 
     Never USS: it needs task_for_pid on macOS, which is denied to users and can block the broker's loop."""
     try:
         proc = psutil.Process(pid)
-        if platform.memory_measure() == "PSS":
+        if processes.memory_measure() == "PSS":
             try:
                 return int(proc.memory_full_info()._asdict()["pss"])  # a field on Linux only
             except psutil.AccessDenied:  # another user's process, or hardened /proc: RSS is still public

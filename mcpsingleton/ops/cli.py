@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from .. import __version__
-from ..common import platform, wire
+from ..common import processes, wire
 from ..common.options import RUN_OPTIONS
 from ..shim.keys import (
     SCOPES,
@@ -183,7 +183,7 @@ def render_table(backends: list[dict[str, Any]], width: int | None = None) -> st
     lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
-    if backends and platform.memory_measure() == "RSS":
+    if backends and processes.memory_measure() == "RSS":
         notes.append("MEMORY is RSS: shared pages count in each process (no PSS on this OS)")
     return "\n".join(lines + notes)
 

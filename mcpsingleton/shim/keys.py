@@ -10,12 +10,12 @@ import stat
 import sys
 
 from ..common.cmdline import is_assignment
+from ..common.platform import process_reader
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..common.platform import ProcArgs
 
 try:  # the small builtin module avoids loading OpenSSL on every session start
     from _sha256 import sha256  # type: ignore[import-not-found]  # no stub; CPython has it
@@ -290,64 +290,9 @@ def is_secret_name(name: str) -> bool:
     return not _is_volatile(upper) and any(marker in upper for marker in SECRET_MARKERS)
 
 
-def _read_proc(pid: int, field: str) -> bytes | None:
-    try:
-        fd = os.open(f"/proc/{pid}/{field}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-class ProcFiles:
-    """Linux: a process's name, parent and starting environment, read from /proc (no import, a few reads)."""
-
-    @staticmethod
-    def program(pid: int) -> str | None:
-        comm = _read_proc(pid, "comm")
-        return None if comm is None else comm.strip().decode("utf-8", "replace")
-
-    @staticmethod
-    def parent(pid: int) -> int:
-        stat_line = _read_proc(pid, "stat") or b""
-        fields = stat_line[stat_line.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
-        return int(fields[1]) if len(fields) > 1 else 0
-
-    @staticmethod
-    def environ(pid: int) -> dict[str, str] | None:
-        raw = _read_proc(pid, "environ")
-        return None if raw is None else parse_environ(raw.split(b"\0"))
-
-
-def parse_environ(entries: list[bytes]) -> dict[str, str]:
-    """`NAME=value` byte strings as a process's environment (empty or malformed entries skipped)."""
-    pairs = (entry.partition(b"=") for entry in entries)
-    return {
-        name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
-        for name, equals, value in pairs
-        if name and equals
-    }
-
-
-def _process_reader() -> type[ProcFiles] | type[ProcArgs]:
-    """/proc where it is readable (and portable mode is off), else macOS's sysctl (`platform.ProcArgs`)."""
-    if os.environ.get("MCPSINGLETON_PORTABLE") != "1" and os.path.exists("/proc/self/environ"):
-        return ProcFiles
-    from ..common.platform import ProcArgs  # only where there is no /proc: it imports ctypes (a few ms)
-
-    return ProcArgs
-
-
 def reads_client_environ() -> bool:
     """Whether the client's own environment can be read here, so config-set variables count (`explain`, `ls`)."""
-    return _process_reader().environ(os.getpid()) is not None
+    return process_reader().environ(os.getpid()) is not None
 
 
 def client_environ() -> dict[str, str] | None:
@@ -357,7 +302,7 @@ def client_environ() -> dict[str, str] | None:
     we look past them. Linux reads /proc; macOS asks sysctl KERN_PROCARGS2 for it (one call per process,
     no child process); where neither works, callers fall back to secrets and --env-key.
     """
-    reader = _process_reader()
+    reader = process_reader()
     pid = os.getppid()
     for _ in range(4):
         if pid <= 1:
