@@ -129,13 +129,14 @@ def per_call_us(function: Any, count: int, repeats: int = 5) -> float:
 
 
 def shim_steps(count: int) -> dict[str, float]:
+    from mcpsingleton.common import paths
     from mcpsingleton.shim import attach as shim
     from mcpsingleton.shim import keys
 
     home = tempfile.mkdtemp(prefix="msb-", dir="/tmp")
     os.environ["MCPSINGLETON_HOME"] = home
     argv = ["--", *server_cmd("everything")]
-    directory = keys.ensure_private_dir(keys.runtime_dir())
+    directory = paths.ensure_private_dir(paths.runtime_dir())
     salt = keys.user_salt(directory)
     env = dict(os.environ)
     cwd = os.getcwd()
@@ -144,7 +145,7 @@ def shim_steps(count: int) -> dict[str, float]:
     client = keys.client_environ()
     result = {
         "parse_args": per_call_us(lambda _: shim.parse_args(argv), count),
-        "runtime_dir+ensure_private_dir": per_call_us(lambda _: keys.ensure_private_dir(keys.runtime_dir()), count),
+        "runtime_dir+ensure_private_dir": per_call_us(lambda _: paths.ensure_private_dir(paths.runtime_dir()), count),
         "user_salt (read)": per_call_us(lambda _: keys.user_salt(directory), count),
         "dict(os.environ)": per_call_us(lambda _: dict(os.environ), count),
         "resolve_scope (cached decision)": per_call_us(

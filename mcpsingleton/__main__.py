@@ -25,8 +25,8 @@ def main() -> None:
         from .shim.attach import main as run_shim
 
         sys.exit(run_shim(argv[1:]))
+    from .common.errors import SetupError, stderr_line
     from .ops.cli import cli
-    from .shim.keys import SetupError, stderr_line
 
     try:
         cli()

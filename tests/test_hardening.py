@@ -23,7 +23,7 @@ from mcpsingleton.broker.eventloop import EventLoop
 from mcpsingleton.broker.listener import Hello, Listener
 from mcpsingleton.common import platform, wire
 from mcpsingleton.common.logfile import LogFile
-from mcpsingleton.shim.keys import KeyPaths
+from mcpsingleton.common.paths import KeyPaths
 
 NAME = "hardened"
 

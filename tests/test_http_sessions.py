@@ -139,7 +139,7 @@ def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: P
 def test_dirs_made_on_the_way_to_a_private_dir_are_private_too(tmp_path: Path) -> None:
     """A broker's first discovery entry made `state/` (0755) on its way to `state/discovery/`; `serve`, started
     later, then refused `state/` for its history as readable by others."""
-    from mcpsingleton.shim.keys import ensure_private_dir
+    from mcpsingleton.common.paths import ensure_private_dir
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

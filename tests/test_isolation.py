@@ -38,7 +38,7 @@ from mcp import Client, types
 from test_sharing import shim_params, text_of
 
 from mcpsingleton.common import wire
-from mcpsingleton.shim.keys import BROKER, KeyPaths
+from mcpsingleton.common.paths import BROKER, KeyPaths
 
 pytestmark = [
     pytest.mark.timeout(90),

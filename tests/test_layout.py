@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mcpsingleton.common.paths import BROKER, KeyPaths, ensure_private_dir, runtime_dir
 from mcpsingleton.shim.election import try_lock
-from mcpsingleton.shim.keys import BROKER, KeyPaths, ensure_private_dir, runtime_dir
 
 OLD_WAITER_RESUME = (  # what a waiter started by the flat layout runs to re-attach (mcpsingleton/shim.py's RESUME)
     "import ast,os,sys;s=ast.literal_eval(os.environ['MCPSINGLETON_SESSION']);sys.path[:]=s['path'];"
@@ -76,7 +76,6 @@ def test_package_inits_import_no_modules() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout.split()
     assert loaded == [
-        "mcpsingleton", "mcpsingleton.broker", "mcpsingleton.common", "mcpsingleton.common.cmdline",
-        "mcpsingleton.common.platform", "mcpsingleton.common.wire", "mcpsingleton.ops", "mcpsingleton.policy",
-        "mcpsingleton.shim", "mcpsingleton.shim.keys",
+        "mcpsingleton", "mcpsingleton.broker", "mcpsingleton.common", "mcpsingleton.common.wire", "mcpsingleton.ops",
+        "mcpsingleton.policy", "mcpsingleton.shim",
     ]

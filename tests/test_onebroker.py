@@ -28,7 +28,9 @@ from conftest import (
 
 from mcpsingleton.broker.server import FAULT_ENV
 from mcpsingleton.common import wire
-from mcpsingleton.shim.keys import BROKER, LEGACY_PROTOCOL, KeyPaths, key_of, key_parts, runtime_dir, user_salt
+from mcpsingleton.common.paths import BROKER, KeyPaths, runtime_dir
+from mcpsingleton.common.wire import LEGACY_PROTOCOL
+from mcpsingleton.shim.keys import key_of, key_parts, user_salt
 
 SERVERS = 5
 LEGACY_BROKER = Path(__file__).resolve().parent / "legacy_broker.py"

@@ -19,9 +19,10 @@ import pytest
 from conftest import RawClient, kill_quietly, processes_of, shim, wait_for
 
 from mcpsingleton.common import processes, stdin_peers
+from mcpsingleton.common.paths import KeyPaths, runtime_dir
 from mcpsingleton.common.stdin_peers import FdHolders
 from mcpsingleton.ops import reaper
-from mcpsingleton.shim.keys import KEY_ENV, KeyPaths, runtime_dir
+from mcpsingleton.shim.keys import KEY_ENV
 
 FAKE_SERVER = """
 import os, subprocess, sys, time

@@ -15,18 +15,11 @@ from conftest import mcpsingleton_exe
 
 from mcpsingleton.broker.eventloop import EventLoop
 from mcpsingleton.common.cmdline import default_name
+from mcpsingleton.common.errors import UsageError
 from mcpsingleton.common.logfile import LogFile
-from mcpsingleton.common.options import backend_timing, command_index, run_prefix
+from mcpsingleton.common.options import backend_timing, command_index, parse_duration, parse_size, run_prefix
 from mcpsingleton.shim.attach import parse_args
-from mcpsingleton.shim.keys import (
-    UsageError,
-    compute_key,
-    env_fingerprint,
-    is_secret_name,
-    parse_duration,
-    parse_size,
-    redacted_argv,
-)
+from mcpsingleton.shim.keys import compute_key, env_fingerprint, is_secret_name, redacted_argv
 
 SALT = b"s" * 32
 

@@ -19,7 +19,9 @@ import json
 import os
 
 from ..common.atomic import write_atomically
-from ..shim.keys import SetupError, ensure_private_dir, is_secret_name, state_dir
+from ..common.errors import SetupError
+from ..common.paths import ensure_private_dir, state_dir
+from ..shim.keys import is_secret_name
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import socket
 
 from ..common import platform, wire
 from ..common.logfile import LogFile
-from ..shim.keys import KeyPaths
+from ..common.paths import KeyPaths
 from .eventloop import EventLoop
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker

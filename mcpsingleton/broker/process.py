@@ -27,7 +27,7 @@ from .. import __version__
 from ..common import platform, wire
 from ..common.atomic import write_atomically
 from ..common.logfile import LogFile
-from ..shim.keys import BROKER, KeyPaths, log_dir, runtime_dir
+from ..common.paths import BROKER, KeyPaths, log_dir, runtime_dir
 from .backend import Keeper, kill_orphans
 from .eventloop import EventLoop
 from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from .. import __version__
 from ..common import wire
 from ..common.logfile import LogFile
+from ..common.paths import KeyPaths
 from ..mux import BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
-from ..shim.keys import KeyPaths, redacted_argv
+from ..shim.keys import redacted_argv
 from .backend import kill_leftovers
 from .budget import admit
 from .discovery_cache import store as store_discovery

@@ -13,8 +13,8 @@ import socket
 import time
 
 from ..common import wire
+from ..common.paths import runtime_dir
 from ..mux import STREAM_FROM, SessionStream, StreamPart, ToSession, jsonrpc, linehead
-from ..shim.keys import runtime_dir
 from ..shim.sharing import SHARED
 from . import journal
 from .lineio import LineReader, Outbox, Relay, write_if_room

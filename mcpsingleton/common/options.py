@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 
-from ..shim.keys import SCOPES, UsageError, parse_duration, parse_size
+from ..shim.keys import SCOPES
+from .errors import UsageError
 
 TYPE_CHECKING = False  # `typing` itself costs milliseconds on the warm path
 if TYPE_CHECKING:
@@ -30,6 +31,33 @@ DEFAULT_IDLE = "10m"
 """How long a backend whose state nothing can lose may sit idle before it is stopped (`--idle`)."""
 FLAG_GIVEN = "\0on"
 """The value split_run_args gives an on/off option that is present (no word on a command line can hold NUL)."""
+
+
+def parse_duration(text: str) -> float:
+    """'0', '250ms', '30s', '5m', '2h' or plain seconds → seconds."""
+    text = text.strip().lower()
+    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+    for suffix, factor in units:
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * factor
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise UsageError(f"invalid duration {text!r} (use e.g. 0, 30s, 5m)")
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '300MiB', '1048576' → bytes."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    factors = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    factor = factors.get(cleaned[-1:], 1)
+    number = cleaned[:-1] if cleaned[-1:] in factors else cleaned
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise UsageError(f"invalid size {text!r} (use e.g. 512M, 2G)") from None
+    if value <= 0:
+        raise UsageError(f"invalid size {text!r}: must be positive")
+    return int(value)
 
 
 def _scope(value: str) -> str:

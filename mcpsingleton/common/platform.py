@@ -221,6 +221,22 @@ def describe(selector: selectors.BaseSelector, subreaper: bool) -> str:
     )
 
 
+def user_state_home() -> str:
+    """Where the OS puts a user's lasting app state, from the home directory alone (never from variables a
+    client may strip): macOS's ~/Library/Application Support, else XDG's default ~/.local/state.
+
+    A convention of the OS, not a capability: the one place that asks which OS this is by name."""
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~"), "Library", "Application Support")
+    return os.path.join(os.path.expanduser("~"), ".local", "state")
+
+
+def user_log_home() -> str | None:
+    """Where the OS wants apps' logs, when it has such a place: macOS's ~/Library/Logs (users and Console.app
+    look there); None elsewhere (logs then go beside the state)."""
+    return os.path.join(os.path.expanduser("~"), "Library", "Logs") if sys.platform == "darwin" else None
+
+
 # ---- another process's name, parent and environment (the env rule; the shim reads its client's) ----
 
 

@@ -25,7 +25,10 @@ functions that need it).
 
 from __future__ import annotations
 
-from ..shim.keys import PROTOCOL
+PROTOCOL = "2"
+"""Wire protocol of shim and broker; part of every key, so an upgrade never attaches to an old broker."""
+LEGACY_PROTOCOL = "1"
+"""The per-key brokers of the previous version: a shim still attaches to one that runs (the upgrade path)."""
 
 ATTACH = "attach"
 STATUS = "status"

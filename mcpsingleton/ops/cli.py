@@ -20,18 +20,10 @@ import click
 
 from .. import __version__
 from ..common import processes, wire
-from ..common.options import RUN_OPTIONS
-from ..shim.keys import (
-    SCOPES,
-    UsageError,
-    default_log_dir,
-    ensure_private_dir,
-    key_env_names,
-    log_dir,
-    parse_duration,
-    reads_client_environ,
-    runtime_dir,
-)
+from ..common.errors import UsageError
+from ..common.options import RUN_OPTIONS, parse_duration
+from ..common.paths import default_log_dir, ensure_private_dir, log_dir, runtime_dir
+from ..shim.keys import SCOPES, key_env_names, reads_client_environ
 from . import control, table
 
 ORDERLY_STOP_SECONDS = 10.0

@@ -14,10 +14,8 @@ import socket
 from typing import Any
 
 from ..common import wire
-from ..common.wire import BackendStatus
-from ..shim.keys import (
+from ..common.paths import (
     BROKER,
-    LEGACY_PROTOCOL,
     KeyPaths,
     default_runtime_dir,
     ensure_private_dir,
@@ -25,6 +23,7 @@ from ..shim.keys import (
     is_private_and_ours,
     runtime_dir,
 )
+from ..common.wire import LEGACY_PROTOCOL, BackendStatus
 
 TIMEOUT = 2.0
 

@@ -41,21 +41,14 @@ from ..broker.backend import is_ours
 from ..common import processes
 from ..common.atomic import write_atomically
 from ..common.cmdline import is_launcher
+from ..common.errors import stderr_line
 from ..common.logfile import START_LINE_WITHIN
+from ..common.paths import BROKER, KeyPaths, ensure_private_dir, log_dir, runtime_dir
 from ..common.proctree import terminate_tree, tree_memory, tree_pids
 from ..common.stdin_peers import FdHolders, stdin_peer
 from ..common.wire import STATUS, decode_status
 from ..shim.election import try_lock
-from ..shim.keys import (
-    BROKER,
-    KEY_ENV,
-    KeyPaths,
-    ensure_private_dir,
-    log_dir,
-    redacted_argv,
-    runtime_dir,
-    stderr_line,
-)
+from ..shim.keys import KEY_ENV, redacted_argv
 from ..shim.sharing import ISOLATED
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, ask_broker, state_files

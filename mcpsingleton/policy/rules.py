@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..common.cmdline import LAUNCHERS, server_words, word_names
-from ..shim.keys import SCOPES, UsageError, parse_duration, parse_size
+from ..common.errors import UsageError
+from ..common.options import parse_duration, parse_size
+from ..shim.keys import SCOPES
 from ..shim.sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
 
 

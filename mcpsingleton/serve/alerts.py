@@ -12,9 +12,10 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..common.errors import UsageError
+from ..common.options import parse_size
 from ..ops.cli import _human_bytes as human_bytes
 from ..policy.rules import load_table
-from ..shim.keys import UsageError, parse_size
 from ..shim.sharing import config_path
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"

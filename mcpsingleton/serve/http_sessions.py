@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from ..broker.lineio import LineReader
 from ..common import wire
+from ..common.errors import SetupError
 from ..shim import attach as shim
-from ..shim.keys import SetupError
 
 log = logging.getLogger("mcpsingleton.serve")
 

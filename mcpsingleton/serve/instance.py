@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..common.atomic import write_atomically
+from ..common.paths import ensure_private_dir, runtime_dir
 from ..shim.election import try_lock
-from ..shim.keys import ensure_private_dir, runtime_dir
 
 
 def lock_path() -> str:

@@ -22,24 +22,12 @@ import time
 
 from ..common import wire
 from ..common.cmdline import default_name
+from ..common.errors import SetupError, UsageError, stderr_line
 from ..common.options import parse_run_args as parse_args
+from ..common.paths import BROKER, KeyPaths, check_socket_path, ensure_private_dir, runtime_dir
 from ..common.platform import socket_buffers
-from .keys import (
-    BROKER,
-    LEGACY_PROTOCOL,
-    PROTOCOL,
-    KeyPaths,
-    SetupError,
-    UsageError,
-    check_socket_path,
-    client_environ,
-    ensure_private_dir,
-    key_of,
-    key_parts,
-    runtime_dir,
-    stderr_line,
-    user_salt,
-)
+from ..common.wire import LEGACY_PROTOCOL, PROTOCOL
+from .keys import client_environ, key_of, key_parts, user_salt
 from .sharing import resolve_scope
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing on the warm path

@@ -19,8 +19,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from ..common.options import RunOptions, backend_timing
-from .keys import KEY_ENV, KeyPaths, SetupError, client_environ, compute_key, log_dir, parse_duration, user_salt
+from ..common.errors import SetupError
+from ..common.options import RunOptions, backend_timing, parse_duration
+from ..common.paths import KeyPaths, log_dir
+from .keys import KEY_ENV, client_environ, compute_key, user_salt
 
 if TYPE_CHECKING:
     from .sharing import Decision

@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from ..common.atomic import write_atomically
-from .keys import ensure_private_dir
+from ..common.paths import ensure_private_dir
 
 NAME = "mcpsingleton"
 SHEBANG_LIMIT = 127

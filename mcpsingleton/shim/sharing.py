@@ -13,7 +13,8 @@ import os
 
 from .. import __version__
 from ..common.atomic import write_atomically
-from .keys import KEY_SCOPES, sha256, stderr_line
+from ..common.errors import stderr_line
+from .keys import KEY_SCOPES, sha256
 
 SHARED = "shared"
 ISOLATED = "isolated"

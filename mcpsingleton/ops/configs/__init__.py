@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TextIO
 
+from mcpsingleton.common.errors import SetupError
+from mcpsingleton.common.paths import HOME_ENV, home_override, launcher_dir
 from mcpsingleton.ops.configs import clients as registry
 from mcpsingleton.ops.configs import codex_toml, diff, files, jsonc
 from mcpsingleton.ops.configs.clients import CLIENT_NAMES, ConfigFile
@@ -26,7 +28,7 @@ from mcpsingleton.ops.configs.entries import ConfigError, Document
 from mcpsingleton.ops.configs.records import InsertedArgs
 from mcpsingleton.ops.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
 from mcpsingleton.shim import launcher
-from mcpsingleton.shim.keys import HOME_ENV, SCOPES, SetupError, home_override, launcher_dir
+from mcpsingleton.shim.keys import SCOPES
 
 __all__ = ["CLIENT_NAMES", "run_wrap"]
 

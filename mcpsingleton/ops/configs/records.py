@@ -19,9 +19,9 @@ import json
 import os
 from collections.abc import Iterator
 
+from mcpsingleton.common.paths import state_dir
 from mcpsingleton.ops.configs.entries import ConfigError
 from mcpsingleton.ops.configs.files import write_atomically
-from mcpsingleton.shim.keys import state_dir
 
 Record = tuple[str, tuple[str, ...], str]
 

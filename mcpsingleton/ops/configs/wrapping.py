@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpsingleton.common.options import run_prefix
+from mcpsingleton.common.paths import HOME_ENV
 from mcpsingleton.ops.configs.entries import ArgsArray, Document, ServerEntry, Span, classify, wrapped_command_index
 from mcpsingleton.policy.rules import decide
-from mcpsingleton.shim.keys import HOME_ENV
 
 Recorded = Callable[[tuple[str, ...]], frozenset[str]]
 """The texts wrap inserted at an entry path (the entry's for args members, entry + `env` for env text)."""
