@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from . import __version__, platform, wire
 from .atomic import write_atomically
 from .backend import Keeper, kill_orphans
+from .budget import Usage
 from .eventloop import EventLoop
 from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 from .keys import BROKER, KeyPaths, log_dir, runtime_dir
@@ -309,7 +310,8 @@ class Broker:
 
     def status(self) -> list[wire.BackendStatus]:
         """One record per backend slot of every server, as `ls --json` and `metrics` show them."""
-        return [record for server in list(self.servers.values()) for record in server.status()]
+        usage = Usage(self.all_slots())
+        return [record for server in list(self.servers.values()) for record in server.status(usage)]
 
     # ---- ending -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from . import __version__, wire
 from .backend import kill_leftovers
-from .budget import admit
+from .budget import Usage, admit
 from .discovery import store as store_discovery
 from .handover import Lifetime
 from .keys import KeyPaths, redacted_argv
@@ -261,16 +261,19 @@ class Server:
 
     # ---- status -----------------------------------------------------------------------------
 
-    def status(self) -> list[wire.BackendStatus]:
-        """One record per backend slot, as `ls --json` and `metrics` show them (none when that fails: contained)."""
+    def status(self, usage: Usage) -> list[wire.BackendStatus]:
+        """One record per backend slot, as `ls --json` and `metrics` show them (none when that fails: contained);
+        `usage`: what the user's [budget] counts in the whole broker, measured once for every server."""
         try:
-            return [self._slot_status(slot) for slot in self.slots]
+            budget = usage.report(self.spec.get("budget"))
+            return [self._slot_status(slot, budget) for slot in self.slots]
         except Exception as exc:  # one server's fault never costs the others their `ls`
             self._contain(exc)
             return []
 
-    def _slot_status(self, slot: BackendSlot) -> wire.BackendStatus:
+    def _slot_status(self, slot: BackendSlot, budget: dict[str, int | None] | None) -> wire.BackendStatus:
         record = slot.status(self.has_sessions(slot))
+        record.budget = budget
         record.state = "stopping" if self.lifetime.stopping else record.state
         record.restarts += self.restarts_before
         record.key = self.key
