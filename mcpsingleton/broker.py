@@ -44,7 +44,10 @@ SPEC_TIMEOUT = 5.0
 WATCHDOG = 10.0
 """A loop that has not turned for this long is stuck (a bug, an endless loop): the broker dumps its stacks to
 its log and exits, and its sessions re-attach to a fresh broker as after a crash."""
-WATCHDOG_REARM = 1.0
+WATCHDOG_REARM = 3.0
+"""How often the loop re-arms it. Each re-arm ends faulthandler's C thread and starts a new one, so an idle
+broker would start a thread every second at 1.0; at 3.0 a turn must still stall over 7 s to trip it (any real
+turn is milliseconds) and a stuck loop is still caught within WATCHDOG."""
 EXIT_POLL = 0.05
 EMPTY_GRACE = 1.0
 """After its last server ended, the broker waits this long for a new one before it exits (FIRST_SESSION_WINDOW
@@ -110,8 +113,8 @@ class Broker:
         return 0
 
     def _arm_watchdog(self) -> None:
-        """Re-armed every second by the loop itself: should the loop stop turning, a C thread dumps every thread's
-        stack to the log (fd 2) and exits the process; the keeper then stops the backends."""
+        """Re-armed every WATCHDOG_REARM by the loop itself: should the loop stop turning, a C thread dumps every
+        thread's stack to the log (fd 2) and exits the process; the keeper then stops the backends."""
         faulthandler.dump_traceback_later(WATCHDOG, exit=True)
         self.loop.call_later(WATCHDOG_REARM, self._arm_watchdog)
 
