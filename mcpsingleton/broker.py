@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import time
-from datetime import UTC, datetime
 
 from . import __version__, platform, wire
 from .atomic import write_atomically
@@ -31,7 +30,7 @@ from .eventloop import EventLoop
 from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 from .keys import BROKER, KeyPaths, log_dir, runtime_dir
 from .listener import Listener, close_fds, discard, reply_and_close
-from .logfile import LogFile
+from .logfile import LogFile, utc_iso
 from .server import Server, parse_spec
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
@@ -77,7 +76,7 @@ class Broker:
         them (within HANDED_OVER_WINDOW) goes on counting from there (`ls` RESTARTS)."""
         """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         self.idle_timer: Timer | None = None
-        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.started_at = utc_iso()
         self.stopping = False
         self.hang_armed = bool(os.environ.get(HANG_ENV))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from datetime import UTC, datetime
 
 from . import __version__, wire
 from .backend import kill_leftovers
@@ -25,7 +24,7 @@ from .discovery import store as store_discovery
 from .handover import Lifetime
 from .keys import KeyPaths, redacted_argv
 from .listener import close_fds
-from .logfile import LogFile
+from .logfile import LogFile, utc_iso
 from .mux import BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .sessions import Sessions
 from .slots import Slots
@@ -128,7 +127,7 @@ class Server:
         self.log = LogFile(KeyPaths(self.key).log())
         self.loop: EventLoop = GuardedLoop(process.loop, self._contain)  # type: ignore[assignment]
         self.keeper = process.keeper
-        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.started_at = utc_iso()
         self.abandoned = False
         self.restarts_before = process.restarts_before(self.key)  # a handover's: `ls` counts on from there
         self.fault_armed = _fault_armed(spec["name"])
@@ -291,7 +290,7 @@ class Server:
                 "pid": session.pid,
                 "client": slot.mux.client_name(session.sid),
                 "transport": session.transport(),
-                "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
+                "attached_at": utc_iso(session.attached_at),
             }
             for session in self.sessions.on(slot)
         ]

@@ -175,6 +175,16 @@ def test_a_broker_whose_loop_stops_turning_is_replaced(
     assert [client.close() for client in clients] == [0, 0]
 
 
+def test_the_broker_loads_none_of_the_modules_it_does_without() -> None:
+    """Every module is PSS in the one broker (docs/ARCHITECTURE.md, "Budgets"): datetime (~70 KiB), typing
+    (~0.25 MiB), asyncio (~10 MiB), tomllib and psutil stay out of it (psutil: only with a memory cap or budget)."""
+    code = "import sys, mcpsingleton.broker; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.replace("'", '"')))
+    assert loaded.isdisjoint({"datetime", "typing", "asyncio", "tomllib", "psutil"}), loaded
+
+
 def test_an_idle_broker_rearms_its_watchdog_every_few_seconds_not_every_second(
     home: Path, fake_server: list[str], tmp_path: Path
 ) -> None:
