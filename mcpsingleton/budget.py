@@ -50,9 +50,13 @@ class Usage:
 
     @property
     def memory(self) -> int:
-        """Bytes; measured on first use only (psutil: only brokers with a memory budget pay for it)."""
+        """Bytes; measured on first use only, every tree in one process snapshot (psutil: only brokers with a
+        memory budget pay for it; `serve` asks for the status every 2 s)."""
         if self._memory is None:
-            self._memory = sum(_tree_memory(slot) for slot in self.slots)
+            from .proctree import parent_map, tree_memory
+
+            parents = parent_map()
+            self._memory = sum(tree_memory(slot.backend.pid, parents) for slot in self.slots if slot.backend)
         return self._memory
 
     def report(self, budget: dict[str, Any] | None) -> dict[str, int | None] | None:
@@ -76,12 +80,6 @@ def _over(running: Usage, max_backends: int | None, max_memory: int | None) -> s
     if max_memory and running.memory >= max_memory:
         return f"max_memory = {max_memory >> 20} MiB ({running.memory >> 20} MiB in use)"
     return None
-
-
-def _tree_memory(slot: BackendSlot) -> int:
-    from .proctree import tree_memory  # psutil: only brokers with a memory budget
-
-    return tree_memory(slot.backend.pid) if slot.backend is not None else 0
 
 
 def _refusal(over: str, running: list[BackendSlot]) -> str:
