@@ -192,7 +192,8 @@ def render_table(backends: list[dict[str, Any]], width: int | None = None) -> st
 def budget_line(budget: dict[str, int | None]) -> str:
     """`budget: 3 of 8 backends, 1.2 GiB of 4.0 GiB`: the broker's own count and measure (`budget` records)."""
     backends, max_backends = budget.get("backends") or 0, budget.get("max_backends")
-    parts = [f"{backends} of {max_backends} backends" if max_backends else f"{backends} backends"]
+    count = f"{backends} of {max_backends} backends" if max_backends else f"{backends} backend" + "s" * (backends != 1)
+    parts = [count]
     memory, max_memory = budget.get("memory_bytes"), budget.get("max_memory_bytes")
     if memory is not None and max_memory:
         parts.append(f"{_human_bytes(memory)} of {_human_bytes(max_memory)}")

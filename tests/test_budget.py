@@ -43,6 +43,32 @@ def test_a_start_over_max_backends_is_refused_with_one_line_and_asked_again_late
                 assert client.close() == 0
 
 
+def test_a_start_over_max_memory_is_refused_naming_what_the_running_trees_use(
+    home: Path, fake_server: list[str]
+) -> None:
+    """The memory the refusal names is the one `ls --json` shows as the budget's `memory_bytes`."""
+    (home / "config.toml").write_text('[budget]\nmax_memory = "1M"\n')
+    command = shim([*fake_server, "--x-mux=isolated"], "--name", "iso")
+    first = RawClient(command)
+    first.initialize()
+    assert result_text(first.call("echo", {"text": "one"})) == "one"  # nothing ran: admitted
+    second = RawClient(command)  # after the first: it is certain which one the first backend serves
+    try:
+        second.initialize()
+        message = second.call("echo", {"text": "two"})["error"]["message"]
+        assert message.startswith("mcpsingleton: the [budget] max_memory = 1 MiB ("), message
+        assert "MiB in use) leaves no room" in message and "running: iso (pid" in message
+        (record,) = [record for record in ls_json() if record["backend_pid"]]
+        assert record["budget"]["backends"] == 1 and record["budget"]["memory_bytes"] > 1 << 20
+        assert record["budget"]["max_backends"] is None
+        footer = [line for line in plain_ls().splitlines() if line.startswith("budget: ")]
+        assert footer and footer[0].startswith("budget: 1 backend, ") and footer[0].endswith(" of 1.0 MiB"), footer
+    finally:
+        for client in (first, second):
+            if client.process.poll() is None:
+                assert client.close() == 0
+
+
 def answer_roots(client: RawClient, uri: str) -> None:
     """Answer the broker's roots/list to this session (it asks once the session is initialized)."""
     while True:
