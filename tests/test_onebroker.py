@@ -26,9 +26,9 @@ from conftest import (
     wait_for,
 )
 
-from mcpsingleton import wire
-from mcpsingleton.keys import BROKER, LEGACY_PROTOCOL, KeyPaths, key_of, key_parts, runtime_dir, user_salt
-from mcpsingleton.server import FAULT_ENV
+from mcpsingleton.broker.server import FAULT_ENV
+from mcpsingleton.common import wire
+from mcpsingleton.shim.keys import BROKER, LEGACY_PROTOCOL, KeyPaths, key_of, key_parts, runtime_dir, user_salt
 
 SERVERS = 5
 LEGACY_BROKER = Path(__file__).resolve().parent / "legacy_broker.py"
@@ -264,7 +264,7 @@ def test_attach_to_the_one_broker_asks_the_spec_once_per_key(home: Path, fake_se
 
 
 def stale_state_findings() -> list:
-    from mcpsingleton import reaper
+    from mcpsingleton.ops import reaper
 
     return [finding for finding in reaper.find_reapable() if finding.kind in ("stale-state", "hung-broker")]
 
@@ -285,7 +285,7 @@ def test_reap_knows_the_one_broker(home: Path, fake_server: list[str]) -> None:
     isolated.process.wait()
     found = [finding for finding in stale_state_findings() if finding.key == BROKER]
     assert [finding.kind for finding in found] == ["stale-state"], found
-    from mcpsingleton import reaper
+    from mcpsingleton.ops import reaper
 
     assert reaper._remove_stale_state(BROKER, ended=False)
     assert sorted(p.name for p in (home / "run").iterdir() if p.name.startswith("broker")) == ["broker.lock"]

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from conftest import mcpsingleton_exe
 
-from mcpsingleton.cmdline import default_name
-from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.keys import (
+from mcpsingleton.broker.eventloop import EventLoop
+from mcpsingleton.common.cmdline import default_name
+from mcpsingleton.common.logfile import LogFile
+from mcpsingleton.common.options import backend_timing, command_index, run_prefix
+from mcpsingleton.shim.attach import parse_args
+from mcpsingleton.shim.keys import (
     UsageError,
     compute_key,
     env_fingerprint,
@@ -24,9 +27,6 @@ from mcpsingleton.keys import (
     parse_size,
     redacted_argv,
 )
-from mcpsingleton.logfile import LogFile
-from mcpsingleton.options import backend_timing, command_index, run_prefix
-from mcpsingleton.shim import parse_args
 
 SALT = b"s" * 32
 
@@ -280,7 +280,7 @@ def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> No
 
 def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Path) -> None:
     """A broker none followed (its sessions had ended) leaves a note; a broker started a day later is no restart."""
-    from mcpsingleton.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
+    from mcpsingleton.broker.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 
     state = tmp_path / "broker.json"  # the one broker's: one note per key it handed over
     assert restarts_handed_over(str(state)) == {}

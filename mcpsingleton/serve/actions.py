@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-from .. import control
-from ..reaper import run_reap
+from ..ops import control
+from ..ops.reaper import run_reap
 from .state import masked_command
 
 ORDERLY_STOP_SECONDS = 10.0

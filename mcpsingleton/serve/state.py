@@ -15,9 +15,9 @@ from typing import Any
 
 import psutil
 
-from .. import control, reaper
-from ..keys import redacted_argv
-from ..proctree import parent_map, process_memory, tree_pids
+from ..common.proctree import parent_map, process_memory, tree_pids
+from ..ops import control, reaper
+from ..shim.keys import redacted_argv
 
 MEMORY_EVERY = 15.0
 ORPHANS_EVERY = 60.0
