@@ -21,14 +21,14 @@ import signal
 import socket
 import sys
 import time
-from datetime import UTC, datetime
 
 from .. import __version__
 from ..common import platform, wire
 from ..common.atomic import write_atomically
-from ..common.logfile import LogFile
+from ..common.logfile import LogFile, utc_iso
 from ..common.paths import BROKER, KeyPaths, log_dir, runtime_dir
 from .backend import Keeper, kill_orphans
+from .budget import Usage
 from .eventloop import EventLoop
 from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 from .listener import Listener, close_fds, discard, reply_and_close
@@ -44,7 +44,10 @@ SPEC_TIMEOUT = 5.0
 WATCHDOG = 10.0
 """A loop that has not turned for this long is stuck (a bug, an endless loop): the broker dumps its stacks to
 its log and exits, and its sessions re-attach to a fresh broker as after a crash."""
-WATCHDOG_REARM = 1.0
+WATCHDOG_REARM = 3.0
+"""How often the loop re-arms it. Each re-arm ends faulthandler's C thread and starts a new one, so an idle
+broker would start a thread every second at 1.0; at 3.0 a turn must still stall over 7 s to trip it (any real
+turn is milliseconds) and a stuck loop is still caught within WATCHDOG."""
 EXIT_POLL = 0.05
 EMPTY_GRACE = 1.0
 """After its last server ended, the broker waits this long for a new one before it exits (FIRST_SESSION_WINDOW
@@ -74,7 +77,7 @@ class Broker:
         them (within HANDED_OVER_WINDOW) goes on counting from there (`ls` RESTARTS)."""
         """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         self.idle_timer: Timer | None = None
-        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.started_at = utc_iso()
         self.stopping = False
         self.hang_armed = bool(os.environ.get(HANG_ENV))
 
@@ -110,8 +113,8 @@ class Broker:
         return 0
 
     def _arm_watchdog(self) -> None:
-        """Re-armed every second by the loop itself: should the loop stop turning, a C thread dumps every thread's
-        stack to the log (fd 2) and exits the process; the keeper then stops the backends."""
+        """Re-armed every WATCHDOG_REARM by the loop itself: should the loop stop turning, a C thread dumps every
+        thread's stack to the log (fd 2) and exits the process; the keeper then stops the backends."""
         faulthandler.dump_traceback_later(WATCHDOG, exit=True)
         self.loop.call_later(WATCHDOG_REARM, self._arm_watchdog)
 
@@ -310,7 +313,8 @@ class Broker:
 
     def status(self) -> list[wire.BackendStatus]:
         """One record per backend slot of every server, as `ls --json` and `metrics` show them."""
-        return [record for server in list(self.servers.values()) for record in server.status()]
+        usage = Usage(self.all_slots())
+        return [record for server in list(self.servers.values()) for record in server.status(usage)]
 
     # ---- ending -----------------------------------------------------------------------------
 

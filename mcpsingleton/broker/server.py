@@ -16,16 +16,15 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from datetime import UTC, datetime
 
 from .. import __version__
 from ..common import wire
-from ..common.logfile import LogFile
+from ..common.logfile import LogFile, utc_iso
 from ..common.paths import KeyPaths
 from ..mux import BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from ..shim.keys import redacted_argv
 from .backend import kill_leftovers
-from .budget import admit
+from .budget import Usage, admit
 from .discovery_cache import store as store_discovery
 from .handover import Lifetime
 from .listener import close_fds
@@ -130,7 +129,7 @@ class Server:
         self.log = LogFile(KeyPaths(self.key).log())
         self.loop: EventLoop = GuardedLoop(process.loop, self._contain)  # type: ignore[assignment]
         self.keeper = process.keeper
-        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.started_at = utc_iso()
         self.abandoned = False
         self.restarts_before = process.restarts_before(self.key)  # a handover's: `ls` counts on from there
         self.fault_armed = _fault_armed(spec["name"])
@@ -263,16 +262,19 @@ class Server:
 
     # ---- status -----------------------------------------------------------------------------
 
-    def status(self) -> list[wire.BackendStatus]:
-        """One record per backend slot, as `ls --json` and `metrics` show them (none when that fails: contained)."""
+    def status(self, usage: Usage) -> list[wire.BackendStatus]:
+        """One record per backend slot, as `ls --json` and `metrics` show them (none when that fails: contained);
+        `usage`: what the user's [budget] counts in the whole broker, measured once for every server."""
         try:
-            return [self._slot_status(slot) for slot in self.slots]
+            budget = usage.report(self.spec.get("budget"))
+            return [self._slot_status(slot, budget) for slot in self.slots]
         except Exception as exc:  # one server's fault never costs the others their `ls`
             self._contain(exc)
             return []
 
-    def _slot_status(self, slot: BackendSlot) -> wire.BackendStatus:
+    def _slot_status(self, slot: BackendSlot, budget: dict[str, int | None] | None) -> wire.BackendStatus:
         record = slot.status(self.has_sessions(slot))
+        record.budget = budget
         record.state = "stopping" if self.lifetime.stopping else record.state
         record.restarts += self.restarts_before
         record.key = self.key
@@ -290,7 +292,7 @@ class Server:
                 "pid": session.pid,
                 "client": slot.mux.client_name(session.sid),
                 "transport": session.transport(),
-                "attached_at": datetime.fromtimestamp(session.attached_at, UTC).isoformat(timespec="seconds"),
+                "attached_at": utc_iso(session.attached_at),
             }
             for session in self.sessions.on(slot)
         ]

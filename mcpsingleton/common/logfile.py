@@ -14,6 +14,12 @@ START_LINE_WITHIN = 3
 """The broker's start line is among a log's first lines (`logs NAME` and `reap` look for it there)."""
 
 
+def utc_iso(seconds: float | None = None) -> str:
+    """`2026-12-07T06:55:00+00:00` (datetime's isoformat to the second) for `seconds` since the epoch, else now:
+    the broker's timestamps without importing datetime (~70 KiB of every broker's PSS)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
+
+
 class LogFile:
     def __init__(self, path: str, max_bytes: int = MAX_BYTES) -> None:
         self.path = path

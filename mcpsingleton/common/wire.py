@@ -131,6 +131,7 @@ FIELDS: dict[str, Any] = {
     "backpressure_pauses": 0,
     "stderr_dropped": 0,
     "budget_refusals": 0,
+    "budget": None,
     "config_error": None,
     "last_error": None,
     "sessions_refused": 0,
@@ -189,6 +190,10 @@ class BackendStatus:
     """Bytes of an isolated backend's stderr not copied to its session's stderr (it was not being read)."""
     budget_refusals: int
     """Starts of this backend the [budget] refused (the requests that needed it got an error)."""
+    budget: dict[str, int | None] | None
+    """The user's [budget] and what of it the broker's backends use (`budget.Usage.report`), None without one:
+    {max_backends, max_memory_bytes (None where unset), backends (running), memory_bytes (PSS of their
+    trees; None unless max_memory is set)}."""
     last_error: str | None
     """When (UTC) and why a backend of this slot was last lost or could not start; secret values masked."""
     config_error: str | None
@@ -204,10 +209,24 @@ class BackendStatus:
             value = fields.get(name, default)
             if default is not None and not isinstance(value, type(default)) and not _is_number_pair(default, value):
                 value = default  # a field of the wrong type from an unknown broker is not trusted
+            if name == "budget":
+                value = _checked_budget(value)
             setattr(self, name, list(value) if isinstance(value, list) else value)
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+BUDGET_FIELDS = ("max_backends", "max_memory_bytes", "backends", "memory_bytes")
+
+
+def _checked_budget(value: object) -> dict[str, int | None] | None:
+    """A record's `budget` as `ls` and `metrics` may read it: every field a whole number or None, else None."""
+    if not isinstance(value, dict):
+        return None
+    fields = {name: value.get(name) for name in BUDGET_FIELDS}
+    numbers = all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in fields.values())
+    return fields if numbers else None
 
 
 def _is_number_pair(default: object, value: object) -> bool:

@@ -154,6 +154,8 @@ def _sessions_cell(clients: list[dict[str, Any]]) -> str:
 def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
     """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
     on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
+    from .metrics import broker_budgets
+
     header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
     header.append("POLICY")
     rows = [header] + [
@@ -173,11 +175,23 @@ def render_table(backends: list[dict[str, Any]], width: int | None = None) -> st
         for b in backends
     ]
     lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
+    lines += [budget_line(budget) for budget in broker_budgets(backends).values()]
     errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
     notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
     if backends and processes.memory_measure() == "RSS":
         notes.append("MEMORY is RSS: shared pages count in each process (no PSS on this OS)")
     return "\n".join(lines + notes)
+
+
+def budget_line(budget: dict[str, int | None]) -> str:
+    """`budget: 3 of 8 backends, 1.2 GiB of 4.0 GiB`: the broker's own count and measure (`budget` records)."""
+    backends, max_backends = budget.get("backends") or 0, budget.get("max_backends")
+    count = f"{backends} of {max_backends} backends" if max_backends else f"{backends} backend" + "s" * (backends != 1)
+    parts = [count]
+    memory, max_memory = budget.get("memory_bytes"), budget.get("max_memory_bytes")
+    if memory is not None and max_memory:
+        parts.append(f"{_human_bytes(memory)} of {_human_bytes(max_memory)}")
+    return "budget: " + ", ".join(parts)
 
 
 def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:

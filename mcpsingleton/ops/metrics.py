@@ -95,6 +95,41 @@ PER_BACKEND: list[tuple[str, str, str, Callable[[Backend], float]]] = [
 ]
 
 
+BUDGET_GAUGES: list[tuple[str, str, str]] = [
+    ("mcpsingleton_budget_max_backends", "max_backends", "The [budget]'s max_backends (set only when configured)."),
+    ("mcpsingleton_budget_backends", "backends", "Backends running under the broker, as the [budget] counts them."),
+    ("mcpsingleton_budget_max_memory_bytes", "max_memory_bytes", "The [budget]'s max_memory (when configured)."),
+    (
+        "mcpsingleton_budget_memory_bytes",
+        "memory_bytes",
+        "PSS of every backend's tree, as the [budget]'s max_memory compares it (only when that is set).",
+    ),
+]
+"""The user's [budget], limit and used, one sample per broker that has one (labelled by its pid)."""
+
+
+def broker_budgets(backends: list[Backend]) -> dict[int, dict[str, int | None]]:
+    """Each broker's [budget] report (`budget` in its records, measured by the broker), by broker pid."""
+    found: dict[int, dict[str, int | None]] = {}
+    for backend in backends:
+        if isinstance(backend.get("budget"), dict):
+            found.setdefault(backend.get("broker_pid", 0), backend["budget"])
+    return found
+
+
+def _budget_lines(backends: list[Backend]) -> list[str]:
+    budgets = broker_budgets(backends)
+    lines: list[str] = []
+    for name, field, help_text in BUDGET_GAUGES:
+        samples = [
+            f'{name}{{broker_pid="{pid}"}} {_number(value)}'
+            for pid, budget in budgets.items()
+            if (value := budget.get(field)) is not None
+        ]
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples] if samples else []
+    return lines
+
+
 def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -115,6 +150,7 @@ def render(backends: list[Backend]) -> str:
             labels = f'name="{_label(backend.get("name"))}",key="{_label(backend.get("key"))}"'
             labels += f',slot="{_label(backend.get("slot", 1))}"'
             lines.append(f"{name}{{{labels}}} {_number(value(backend))}")
+    lines += _budget_lines(backends)
     lines += [
         "# HELP mcpsingleton_orphans_reaped_total Orphaned MCP servers killed by `mcpsingleton reap`.",
         "# TYPE mcpsingleton_orphans_reaped_total counter",
