@@ -1,7 +1,5 @@
 """Entry point. `run` is dispatched before click loads: it is the per-session warm path."""
 
-from __future__ import annotations
-
 import sys
 
 

@@ -4,8 +4,6 @@ A temp file beside the target, written, given its mode (and owner), then renamed
 Standard library `os` only: the shim's warm path uses it (cached sharing decisions).
 """
 
-from __future__ import annotations
-
 import os
 
 

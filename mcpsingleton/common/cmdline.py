@@ -5,8 +5,6 @@
 Imported on the shim's warm path (each session is named): `os` only, and no filesystem calls unless asked.
 """
 
-from __future__ import annotations
-
 import os
 
 LAUNCHERS = frozenset(

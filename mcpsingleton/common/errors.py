@@ -3,8 +3,6 @@
 Imported on the shim's warm path: nothing but `sys`.
 """
 
-from __future__ import annotations
-
 import sys
 
 

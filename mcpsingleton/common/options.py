@@ -14,8 +14,6 @@ tools that split their argv at the first `--` (old MCP Inspector) both work with
 Imported on the shim's warm path: standard library only, nothing heavy.
 """
 
-from __future__ import annotations
-
 import os
 
 from ..shim.keys import SCOPES
@@ -92,7 +90,7 @@ class RunOption:
         flag: str,
         attr: str,
         metavar: str,
-        convert: Callable[[str], Any],
+        convert: "Callable[[str], Any]",
         help: str,
         *,
         default: str | None = None,
@@ -287,7 +285,7 @@ def _set(options: RunOptions, option: RunOption, text: str, source: str) -> None
         setattr(options, option.attr, value)
 
 
-def run_prefix(command_word: str, **values: str | Iterable[str] | bool | None) -> list[str]:
+def run_prefix(command_word: str, **values: "str | Iterable[str] | bool | None") -> list[str]:
     """The words that put `command_word …` behind `run`: `run`, the given options in table order, and
     `--` only when the command needs one (it starts with `-`), since some tools split argv at `--`."""
     words = ["run"]

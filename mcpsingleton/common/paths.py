@@ -4,8 +4,6 @@ launcher dir, each private to the user and checked so; and the files of one key 
 Imported on the shim's warm path: standard library only (`os`, `stat`).
 """
 
-from __future__ import annotations
-
 import os
 import stat
 

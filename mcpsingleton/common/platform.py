@@ -27,8 +27,6 @@ instead of `sh` (~1 MiB). The keeper's pipe reaches EOF however the broker dies,
 Only `os` and `sys` are imported here at module level: the shim's warm path checks `unsupported_reason`.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -79,7 +77,7 @@ def nonblocking_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-def new_selector() -> selectors.BaseSelector:
+def new_selector() -> "selectors.BaseSelector":
     """epoll on Linux, kqueue on macOS/BSD; poll(2) in portable mode (what kqueue-less BSDs would use)."""
     import selectors
 
@@ -108,7 +106,7 @@ SMALL_SOCKET_BUFFER = 8 * 1024
 """macOS's Unix-socket buffer size: a hello with its state, or a state line, does not fit in one write."""
 
 
-def socket_buffers(sock: _socket.socket) -> None:
+def socket_buffers(sock: "_socket.socket") -> None:
     """Portable mode: give one of our Unix sockets macOS's small buffers, so partial writes happen here too."""
     if not portable():
         return
@@ -148,7 +146,7 @@ def raise_fd_limit() -> None:
 # ---- process control -----------------------------------------------------------------------------
 
 
-def _prctl() -> Callable[..., int] | None:
+def _prctl() -> "Callable[..., int] | None":
     """libc's prctl where it exists (Linux) and portable mode is off."""
     if portable():
         return None
@@ -157,7 +155,7 @@ def _prctl() -> Callable[..., int] | None:
     return getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
-def backend_setup_hook() -> Callable[[], None] | None:
+def backend_setup_hook() -> "Callable[[], None] | None":
     """A preexec function for a backend, or None when there is nothing to do: the child gets SIGTERM when the
     broker dies (where prctl exists), and the fd limits the broker was started with (it raised its own: a
     server runs with its client's, as it would started directly).
@@ -188,7 +186,7 @@ def become_subreaper() -> bool:
     return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
+def peer_credentials(conn: "socket.socket") -> tuple[int, int]:
     """(pid, uid) of the process at the other end of a Unix socket (pid 0 where the OS will not say).
 
     Linux has SO_PEERCRED and no LOCAL_PEERCRED, so portable mode uses SO_PEERCRED there as well.
@@ -208,7 +206,7 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def describe(selector: selectors.BaseSelector, subreaper: bool) -> str:
+def describe(selector: "selectors.BaseSelector", subreaper: bool) -> str:
     """One line for the broker's log: which implementations this process really uses."""
     from .processes import proc_environ_readable
 
@@ -286,7 +284,7 @@ def parse_environ(entries: list[bytes]) -> dict[str, str]:
     }
 
 
-def process_reader() -> type[ProcFiles] | type[ProcArgs]:
+def process_reader() -> "type[ProcFiles] | type[ProcArgs]":
     """/proc where it is readable (and portable mode is off), else macOS's sysctl (`processes.ProcArgs`)."""
     if not portable() and os.path.exists("/proc/self/environ"):
         return ProcFiles

@@ -23,8 +23,6 @@ The shim imports this module on its warm path: nothing heavy at import time (jso
 functions that need it).
 """
 
-from __future__ import annotations
-
 PROTOCOL = "2"
 """Wire protocol of shim and broker; part of every key, so an upgrade never attaches to an old broker."""
 LEGACY_PROTOCOL = "1"
@@ -80,7 +78,7 @@ def farewell(code: int, message: str | None) -> bytes:
     return ((f"msg mcpsingleton: {message}\n" if message else "") + f"exit {code}\n").encode("utf-8", "replace")
 
 
-def state_line(state: dict[str, Any] | None) -> bytes:
+def state_line(state: "dict[str, Any] | None") -> bytes:
     """`state TEXT`: the session's state as base64 of compact JSON (one word: the hello carries it back)."""
     import base64
     import json
@@ -89,7 +87,7 @@ def state_line(state: dict[str, Any] | None) -> bytes:
     return f"state {text if len(text) <= STATE_LIMIT else NO_STATE}\n".encode()
 
 
-def decode_state(text: str) -> dict[str, Any] | None:
+def decode_state(text: str) -> "dict[str, Any] | None":
     """The state a re-attaching session brought; None when it is not one (client data: never trusted)."""
     import base64
     import binascii
@@ -102,7 +100,7 @@ def decode_state(text: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-FIELDS: dict[str, Any] = {
+FIELDS: "dict[str, Any]" = {
     "key": "",
     "name": "?",
     "command": [],
@@ -160,7 +158,7 @@ class BackendStatus:
     slot: int
     """Which of its broker's backends this is (a broker runs one per isolated session or per set of roots)."""
     backend_pid: int | None
-    clients: list[dict[str, Any]]
+    clients: "list[dict[str, Any]]"
     """{pid, client, attached_at, transport} per attached session (transport: `stdio`, or `http` for `serve`'s)."""
     state: str
     """idle|starting|running|lingering|restarting|stopping (lifecycle.SHOWN)."""
@@ -203,7 +201,7 @@ class BackendStatus:
     log_lines_dropped: int
     version: str
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, **fields: "Any") -> None:
         for name in self.__slots__:
             default = FIELDS[name]
             value = fields.get(name, default)
@@ -213,7 +211,7 @@ class BackendStatus:
                 value = _checked_budget(value)
             setattr(self, name, list(value) if isinstance(value, list) else value)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> "dict[str, Any]":
         return {name: getattr(self, name) for name in self.__slots__}
 
 

@@ -12,8 +12,6 @@ the protocol-1 key of the same inputs: sessions keep attaching to it until `mcps
 That costs one more hash and one failed connect (ENOENT).
 """
 
-from __future__ import annotations
-
 import _signal  # type: ignore[import-not-found]  # likewise, `signal` builds enums at import
 import _socket  # the `socket` wrapper module imports enum & co.; the C module is all we need here
 import os
@@ -79,7 +77,7 @@ CLIENT_FDS = (0, 1, 2)
 
 
 def try_attach(
-    sock: str, hello: bytes, spec: Callable[[], bytes] | None = None, fds: tuple[int, ...] = CLIENT_FDS
+    sock: str, hello: bytes, spec: "Callable[[], bytes] | None" = None, fds: tuple[int, ...] = CLIENT_FDS
 ) -> _socket.socket | None:
     """Connect and hand over `fds` (the session's stdin, stdout[, stderr]); the connection once the broker has
     welcomed us, else None.
@@ -128,7 +126,7 @@ def _pack_fds(fds: tuple[int, ...]) -> bytes:
     return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
 
 
-def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> NoReturn:
+def become_waiter(conn: _socket.socket, name: str, argv: list[str], cwd: str) -> "NoReturn":
     """Exec into the waiter, same pid, keeping the client's stdio (a new broker may need it: `resume`)."""
     conn.setblocking(True)  # a timeout leaves O_NONBLOCK set, and sh's read would fail with EAGAIN
     os.environ[SESSION_ENV] = repr(
@@ -154,7 +152,7 @@ def stripped_by_sh() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name.startswith("DYLD_")}
 
 
-def _wait_in_python(conn: _socket.socket, name: str) -> NoReturn:
+def _wait_in_python(conn: _socket.socket, name: str) -> "NoReturn":
     conn.settimeout(None)
     conn.sendall(b"r")
     data = b""
@@ -171,7 +169,7 @@ def _wait_in_python(conn: _socket.socket, name: str) -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", RESUME, "mcpsingleton-session", name])
 
 
-def resume(session: dict[str, Any]) -> int:
+def resume(session: "dict[str, Any]") -> int:
     """The waiter's broker went away: attach the same client to the next broker, with the session's state.
 
     What the previous broker owed the session (replies to requests it had read) is lost with it. A broker

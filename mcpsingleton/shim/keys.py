@@ -5,8 +5,6 @@ live is `common/paths.py`.
 Imported on the shim's warm path: standard library only, nothing heavy.
 """
 
-from __future__ import annotations
-
 import os
 
 from ..common.cmdline import is_assignment
@@ -79,7 +77,7 @@ def resolve_argv(argv: list[str], cwd: str) -> list[str]:
     return [program, *argv[1:]]
 
 
-def canonical_path(path: str, case_insensitive: Callable[[str], bool] | None = None) -> str:
+def canonical_path(path: str, case_insensitive: "Callable[[str], bool] | None" = None) -> str:
     """`path` as its filesystem tells directories apart, so one directory is one key: links resolved, and
     on a case-insensitive filesystem (macOS's default APFS, vfat, an ext4 casefold dir) case folded, so
     `~/Projects` and `~/projects` agree. Detected per path (`case_insensitive`), never assumed by platform.

@@ -7,8 +7,6 @@ plain os calls. The file name is a salted hash (a command line can carry secrets
 only the decision text.
 """
 
-from __future__ import annotations
-
 import os
 
 from .. import __version__
@@ -70,7 +68,7 @@ class Decision:
         return "".join(_one_line(field) + "\n" for field in fields)
 
     @classmethod
-    def from_lines(cls, text: str) -> Decision | None:
+    def from_lines(cls, text: str) -> "Decision | None":
         fields = text.split("\n")
         if len(fields) != 9 or fields[0] not in KEY_SCOPES:
             return None
