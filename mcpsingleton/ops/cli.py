@@ -7,28 +7,24 @@ loads; it is declared here so that `mcpsingleton run --help` and completions kno
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
-import textwrap
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
 
 from .. import __version__
-from ..common import processes, wire
+from ..common import wire
 from ..common.errors import UsageError
 from ..common.options import RUN_OPTIONS, parse_duration
 from ..common.paths import default_log_dir, ensure_private_dir, log_dir, runtime_dir
-from ..shim.keys import SCOPES, key_env_names, reads_client_environ
-from . import control, table
+from ..shim.keys import SCOPES
+from . import control
+from .listing import STRIPPED_HOME, collect, more_elsewhere, render_ls
 
 ORDERLY_STOP_SECONDS = 10.0
-STRIPPED_HOME = "started by clients that do not pass MCPSINGLETON_HOME on"
-"""Why a broker runs under the default location while MCPSINGLETON_HOME is set here (see control.stripped_home_dir)."""
 
 
 def ensure_usable_home() -> None:
@@ -112,114 +108,6 @@ def run(**_: Any) -> None:
     sys.exit(run_shim(sys.argv[2:]))
 
 
-def _with_memory(record: control.BackendStatus, parents: dict[int, int]) -> dict[str, Any]:
-    """A broker's record as `ls --json` prints it: with the memory and process count of the backend's tree."""
-    from ..common.proctree import tree_memory, tree_process_count
-
-    entry = record.to_json()
-    backend_pid = record.backend_pid
-    entry["memory_bytes"] = tree_memory(backend_pid, parents) if backend_pid else 0
-    entry["processes"] = tree_process_count(backend_pid, parents) if backend_pid else 0
-    entry["managed"] = True
-    return entry
-
-
-def _human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
-
-
-def _uptime(started_at: str) -> str:
-    try:
-        seconds = int((datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds())
-    except (TypeError, ValueError):
-        return "?"
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _sessions_cell(clients: list[dict[str, Any]]) -> str:
-    names: dict[str, int] = {}
-    for client in clients:
-        label = client.get("client") or "?"
-        names[label] = names.get(label, 0) + 1
-    detail = ", ".join(f"{label}×{count}" if count > 1 else label for label, count in names.items())
-    return f"{len(clients)}" + (f" ({detail})" if detail else "")
-
-
-def render_table(backends: list[dict[str, Any]], width: int | None = None) -> str:
-    """The `ls` table within `width` columns: the policy cut first, then the sessions' and the servers' names;
-    on a narrow terminal the key, uptime, backend pid and scope are left out (`ls --json` has them all)."""
-    from .metrics import broker_budgets
-
-    header = ["NAME", "SCOPE", "SHARING", "STATE", "SESSIONS", "BACKEND", "MEMORY", "UPTIME", "RESTARTS", "KEY"]
-    header.append("POLICY")
-    rows = [header] + [
-        [
-            str(b.get("name")),
-            str(b.get("scope")),
-            str(b.get("sharing")),
-            str(b.get("state")),
-            _sessions_cell(b.get("clients", [])),
-            str(b.get("backend_pid") or "-"),
-            _human_bytes(b.get("memory_bytes", 0)),
-            _uptime(b.get("started_at", "")),
-            str(b.get("restarts", 0)),
-            str(b.get("key", ""))[:12],
-            str(b.get("policy", "")),
-        ]
-        for b in backends
-    ]
-    lines = table.render(rows, width, ("POLICY", "SESSIONS", "NAME", "SHARING"), ("KEY", "UPTIME", "BACKEND", "SCOPE"))
-    lines += [budget_line(budget) for budget in broker_budgets(backends).values()]
-    errors = sorted({str(b["config_error"]) for b in backends if b.get("config_error")})
-    notes = [f"config.toml was ignored when deciding: {error}" for error in errors]
-    if backends and processes.memory_measure() == "RSS":
-        notes.append("MEMORY is RSS: shared pages count in each process (no PSS on this OS)")
-    return "\n".join(lines + notes)
-
-
-def budget_line(budget: dict[str, int | None]) -> str:
-    """`budget: 3 of 8 backends, 1.2 GiB of 4.0 GiB`: the broker's own count and measure (`budget` records)."""
-    backends, max_backends = budget.get("backends") or 0, budget.get("max_backends")
-    count = f"{backends} of {max_backends} backends" if max_backends else f"{backends} backend" + "s" * (backends != 1)
-    parts = [count]
-    memory, max_memory = budget.get("memory_bytes"), budget.get("max_memory_bytes")
-    if memory is not None and max_memory:
-        parts.append(f"{_human_bytes(memory)} of {_human_bytes(max_memory)}")
-    return "budget: " + ", ".join(parts)
-
-
-def _unmanaged_lines(groups: list[dict[str, Any]]) -> list[str]:
-    if not groups:
-        return ["No unmanaged MCP servers found."]
-    lines = ["", "Unmanaged MCP servers (not started by mcpsingleton):"]
-    for group in groups:
-        command = " ".join(group["command"]) if isinstance(group["command"], list) else group["command"]
-        lines.append(f"  {group['count']}× {command}  {_human_bytes(group['memory_bytes'])}")
-    savable = sum(group.get("savable_bytes", 0) for group in groups)
-    lines.append(f"Sharing them through `mcpsingleton run` would save about {_human_bytes(savable)}.")
-    return lines
-
-
-def collect(include_unmanaged: bool, directory: str | None = None) -> list[dict[str, Any]]:
-    """The backends of the brokers in `directory` (else the runtime dir), and with `include_unmanaged` the
-    MCP servers mcpsingleton did not start."""
-    from ..common.proctree import parent_map
-
-    parents = parent_map()  # one process snapshot for every backend's tree
-    backends = [_with_memory(record, parents) for record in control.running_backends(directory)]
-    if include_unmanaged:
-        from .reaper import find_unmanaged_servers
-
-        backends += find_unmanaged_servers()
-    return backends
-
-
 @cli.command(name="ls")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per backend.")
 @click.option("--all", "include_unmanaged", is_flag=True, help="Also list MCP servers not started by mcpsingleton.")
@@ -236,31 +124,6 @@ def ls_command(as_json: bool, include_unmanaged: bool, watch: bool) -> None:
             time.sleep(2)
     except KeyboardInterrupt:
         return
-
-
-def render_ls(as_json: bool, include_unmanaged: bool) -> str:
-    entries = collect(include_unmanaged)
-    elsewhere = control.stripped_home_dir()
-    others = collect(False, elsewhere) if elsewhere else []
-    if as_json:
-        if others:
-            note = _more_elsewhere(others, elsewhere)
-            click.echo(f"mcpsingleton: {note}; unset MCPSINGLETON_HOME to list them", err=True)
-        return json.dumps(entries, indent=2)
-    managed = [e for e in entries if e.get("managed")]
-    width = table.terminal_width()
-    text = render_table(managed, width) if managed else "No shared backends are running."
-    if others:
-        text += f"\n\nAlso running under {elsewhere}, {STRIPPED_HOME}:\n" + render_table(others, width)
-    if managed and _env_rule() == "secrets":
-        text += "\n" + (textwrap.fill(WEAKER_ENV_RULE, width) if width else WEAKER_ENV_RULE)
-    if include_unmanaged:
-        text += "\n" + "\n".join(_unmanaged_lines([e for e in entries if not e.get("managed")]))
-    return text
-
-
-def _more_elsewhere(others: list[Any], elsewhere: str | None) -> str:
-    return f"{len(others)} more backend(s) run under {elsewhere}, {STRIPPED_HOME}"
 
 
 @cli.command()
@@ -299,7 +162,7 @@ def _stop_servers(target: str | None, every: bool, verb: str, done: str, unanswe
         chosen = [(state, record) for state, record in others if control.matches(record, target or "")]
         directory = elsewhere if chosen else None
     if every and others:
-        more = _more_elsewhere([record for _, record in others], elsewhere)
+        more = more_elsewhere([record for _, record in others], elsewhere)
         click.echo(f"{more}; unset MCPSINGLETON_HOME to include them")
     if not chosen and every:
         click.echo("no backends are running")
@@ -439,65 +302,9 @@ cli.command(name="unwrap", help="Restore client configs exactly as they were bef
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def explain(as_json: bool, scope: str, name: str | None, command: tuple[str, ...]) -> None:
     """Which scope and sharing `run` would use for COMMAND, and why; starts nothing."""
-    from ..policy.rules import decide, unread_xdg_config
-    from ..shim.sharing import config_path
+    from .explain import explain as explain_server
 
-    decision = decide(scope, list(command), name)
-    if decision.config_error:
-        click.echo(f"mcpsingleton: ignoring {config_path()}: {decision.config_error}; fix it or remove it", err=True)
-    if unread := unread_xdg_config():
-        click.echo(
-            f"mcpsingleton: ignoring {unread}: clients strip XDG_CONFIG_HOME, so the config is read from"
-            f" {config_path()} only; move it there",
-            err=True,
-        )
-    # this environment as a client that passes everything on would hand it to the server: nothing config-set
-    separating = key_env_names(dict(os.environ), [], dict(os.environ))
-    if as_json:
-        fields = {"scope": decision.scope, "sharing": decision.sharing, "policy": decision.policy}
-        click.echo(json.dumps({**fields, "env_key": separating, "env_rule": _env_rule()}))
-        return
-    sharing = decision.sharing or "decided by the running server (its declaration or its tools), else shared"
-    click.echo(f"scope:   {decision.scope}\nsharing: {sharing}\npolicy:  {decision.policy}")
-    click.echo(_env_lines(separating))
-    if decision.lazy is not None:
-        said = "yes" if decision.lazy else "no: the backend starts at once"
-        click.echo(f"lazy:    {said} (config.toml)")
-    if decision.idle is not None:
-        click.echo(f"idle:    {decision.idle} (config.toml)")
-
-
-WEAKER_ENV_RULE = (
-    "warning: the client's environment cannot be read on this system, so configs differing only in a variable"
-    " that is not secret-named (e.g. DATABASE_URL) share a backend; add --env-key VAR to keep them apart"
-)
-
-
-def _env_rule() -> str:
-    """Which variables separate keys here: `full` (config-set ones count) or `secrets` (client env unreadable)."""
-    return "full" if reads_client_environ() else "secrets"
-
-
-def _env_lines(separating: dict[str, str]) -> str:
-    """`explain`'s account of the env part of the key: names and reasons, never values."""
-    from ..shim.keys import CLIENT_EDITED_VARS, CLIENT_SPAWN_PREFIXES, CLIENT_SPAWN_VARS
-
-    named = ", ".join(f"{name} ({reason})" for name, reason in sorted(separating.items())) or "none"
-    never = sorted(CLIENT_SPAWN_VARS | CLIENT_EDITED_VARS) + [prefix + "*" for prefix in CLIENT_SPAWN_PREFIXES]
-    lines = [
-        f"env:     separate keys here: {named}",
-        "         also: --env-key VARs"
-        + (", and every variable a client config sets for the server" if _env_rule() == "full" else ""),
-        f"         never: what clients add or change for every server ({', '.join(never)}), per-terminal values",
-    ]
-    if separating:
-        lines.append(
-            "         so clients that strip secret-named variables (Codex, Gemini CLI) do not share with\n"
-            "         clients that pass them on (Claude Code) when this is the environment they start in"
-        )
-    if _env_rule() == "secrets":
-        lines.append(WEAKER_ENV_RULE)
-    return "\n".join(lines)
+    explain_server(as_json, scope, name, list(command))
 
 
 def _serve_extra_missing() -> NoReturn:

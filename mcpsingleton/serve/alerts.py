@@ -14,7 +14,7 @@ from typing import Any
 
 from ..common.errors import UsageError
 from ..common.options import parse_size
-from ..ops.cli import _human_bytes as human_bytes
+from ..ops.listing import human_bytes
 from ..policy.rules import load_table
 from ..shim.sharing import config_path
 
