@@ -123,7 +123,7 @@ def collect(include_unmanaged: bool, directory: str | None = None) -> list[dict[
     parents = parent_map()  # one process snapshot for every backend's tree
     backends = [_with_memory(record, parents) for record in control.running_backends(directory)]
     if include_unmanaged:
-        from .reaper import find_unmanaged_servers
+        from .unmanaged import find_unmanaged_servers
 
         backends += find_unmanaged_servers()
     return backends

@@ -19,7 +19,7 @@
   every launchd agent and Dock-launched app has parent pid 1 too, so that alone says nothing.
   Leftover backends are found the same way everywhere: their key tag, via psutil.
 
-It also provides `find_unmanaged_servers` for `ls --all`: what sharing would save.
+What a process is (an MCP server? ours?) and the one look at the process table: `unmanaged.py`.
 """
 
 from __future__ import annotations
@@ -28,23 +28,19 @@ import contextlib
 import glob
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-
-import psutil
 
 from ..broker.backend import is_ours
 from ..common import processes
 from ..common.atomic import write_atomically
-from ..common.cmdline import is_launcher
 from ..common.errors import stderr_line
 from ..common.logfile import START_LINE_WITHIN
 from ..common.paths import BROKER, KeyPaths, ensure_private_dir, log_dir, runtime_dir
-from ..common.proctree import terminate_tree, tree_memory, tree_pids
+from ..common.proctree import terminate_tree
 from ..common.stdin_peers import FdHolders, stdin_peer
 from ..common.wire import STATUS, decode_status
 from ..shim.election import try_lock
@@ -52,13 +48,11 @@ from ..shim.keys import KEY_ENV, redacted_argv
 from ..shim.sharing import ISOLATED
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, ask_broker, state_files
+from .unmanaged import Processes
 
 UNREACHABLE_GRACE = 3.0
 """How long a live broker may have no listening socket (starting, or stopping its backend) before it counts
 as not answering."""
-
-MCP_WORD = re.compile(r"mcp|modelcontextprotocol|server-everything", re.IGNORECASE)
-"""Names MCP servers go by: mcp-server-*, *-mcp, fastmcp, mcp_server_time, @modelcontextprotocol/*."""
 
 
 @dataclass
@@ -77,82 +71,6 @@ class Finding:
     """A heuristic rather than a proof: acted on only with the user's confirmation."""
     ended: bool = False
     """The key was isolated: it can never run again, so its lock and log are removed with its state."""
-
-
-# ---- what a process is ----------------------------------------------------------------------------
-
-
-def looks_like_mcp_server(argv: list[str]) -> bool:
-    """An MCP server by its name: the program's own name, or — for launchers and interpreters (npx, uvx,
-    node, python, sh -c, docker …) — any argument, since that is where they name the server."""
-    if not argv or is_ours(argv):
-        return False
-    program = os.path.basename(argv[0])
-    words = [program, *argv[1:]] if is_launcher(program) else [program]
-    return any(MCP_WORD.search(word) for word in words)
-
-
-class _Processes:
-    """One look at the process table, so every decision in a run sees the same world."""
-
-    def __init__(self) -> None:
-        self.parents: dict[int, int] = {}
-        self.own: dict[int, list[str]] = {}
-        """This user's living processes (real and effective uid) → argv; nothing else is ever signalled."""
-        uid = os.getuid()
-        for proc in psutil.process_iter(["ppid", "uids", "cmdline", "status"]):
-            info = proc.info
-            self.parents[proc.pid] = info["ppid"] or 0
-            uids = info["uids"]
-            alive = info["status"] != psutil.STATUS_ZOMBIE
-            if uids and uids.real == uids.effective == uid and alive and info["cmdline"]:
-                self.own[proc.pid] = info["cmdline"]  # kernel threads have no cmdline: never ours to signal
-
-    def tree(self, pid: int) -> list[int]:
-        return [member for member in tree_pids(pid, self.parents) if member in self.own]
-
-    def ancestors(self, pid: int) -> list[int]:
-        chain: list[int] = []
-        parent = self.parents.get(pid, 0)
-        while parent > 1 and parent not in chain and parent != pid:
-            chain.append(parent)
-            parent = self.parents.get(parent, 0)
-        return chain
-
-    def environ(self, pid: int) -> dict[str, str]:
-        try:
-            return psutil.Process(pid).environ()
-        except psutil.Error:
-            return {}
-
-    def key_tag(self, pid: int) -> str | None:
-        return self.environ(pid).get(KEY_ENV)
-
-    def group_of(self, pid: int) -> int | None:
-        try:
-            return os.getpgid(pid)
-        except OSError:
-            return None
-
-    def under_ours(self, pid: int) -> bool:
-        """Owned by a live broker (or shim): its descendants are the broker's to manage, not ours to reap."""
-        return any(is_ours(self.own.get(parent, [])) for parent in self.ancestors(pid))
-
-    def unmanaged_servers(self) -> dict[int, list[str]]:
-        """MCP servers of this user that mcpsingleton neither started nor wraps."""
-        return {
-            pid: argv
-            for pid, argv in self.own.items()
-            if looks_like_mcp_server(argv)
-            and not self.under_ours(pid)
-            and not any(is_ours(self.own[member]) for member in self.tree(pid)[1:])
-            and self.key_tag(pid) is None
-        }
-
-    def topmost(self, pids: Iterable[int]) -> list[int]:
-        """Those of `pids` with no ancestor among them: stopping their trees covers the rest."""
-        chosen = set(pids)
-        return [pid for pid in chosen if not chosen.intersection(self.ancestors(pid))]
 
 
 # ---- stale-state and hung-broker --------------------------------------------------------------------
@@ -190,7 +108,7 @@ def _why_unresponsive(state: dict[str, Any]) -> str | None:
         time.sleep(0.1)
 
 
-def _state_findings(procs: _Processes) -> list[Finding]:
+def _state_findings(procs: Processes) -> list[Finding]:
     findings = []
     states = state_files()
     for state in states:
@@ -271,7 +189,7 @@ def _remove_stale_state(key: str, ended: bool) -> bool:
 # ---- leftover-backend -------------------------------------------------------------------------------
 
 
-def _leftover_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+def _leftover_findings(procs: Processes, claimed: set[int]) -> list[Finding]:
     suspects = [pid for pid, argv in procs.own.items() if pid not in claimed and not is_ours(argv)]
     tags = {pid: tag for pid in suspects if not procs.under_ours(pid) and (tag := procs.key_tag(pid))}
     reason = "tagged {}={} but no live mcpsingleton broker owns it"
@@ -301,7 +219,7 @@ def _orphan_reason(pid: int, tree: set[int], holders: FdHolders) -> str | None:
     return f"no process holds the other end of its stdin {peer.kind}"
 
 
-def _orphan_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+def _orphan_findings(procs: Processes, claimed: set[int]) -> list[Finding]:
     candidates = {pid: argv for pid, argv in procs.unmanaged_servers().items() if pid not in claimed}
     if not candidates:
         return []
@@ -315,7 +233,7 @@ def _orphan_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
     return [found[pid] for pid in procs.topmost(found)]
 
 
-def _why_suspected(procs: _Processes, pid: int) -> str | None:
+def _why_suspected(procs: Processes, pid: int) -> str | None:
     """Why a server is believed orphaned where its stdin cannot be examined, or None if there is no evidence.
 
     Parent pid 1 is not enough: launchd is every agent's and app's parent. launchd starts each job as the
@@ -336,7 +254,7 @@ def _why_suspected(procs: _Processes, pid: int) -> str | None:
     )
 
 
-def _reparented_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
+def _reparented_findings(procs: Processes, claimed: set[int]) -> list[Finding]:
     """Without /proc there is no proof: a server whose starter is gone is only a suspect."""
     found = []
     for pid, argv in procs.unmanaged_servers().items():
@@ -350,7 +268,7 @@ def _reparented_findings(procs: _Processes, claimed: set[int]) -> list[Finding]:
 
 def find_reapable() -> list[Finding]:
     """Everything `reap` would act on, with reasons. Looks only; changes nothing."""
-    procs = _Processes()
+    procs = Processes()
     findings = _state_findings(procs)
     claimed = {os.getpid(), *procs.ancestors(os.getpid())}  # never the reaper or whatever runs it
     for finder in (_leftover_findings, _orphan_findings if processes.proves_orphans() else _reparented_findings):
@@ -444,30 +362,3 @@ def reaped_total() -> int:
             return int(handle.read().strip() or 0)
     except (OSError, ValueError):
         return 0
-
-
-# ---- ls --all ---------------------------------------------------------------------------------------
-
-
-def find_unmanaged_servers() -> list[dict[str, Any]]:
-    """MCP servers running without mcpsingleton, grouped by command: what sharing each would save."""
-    procs = _Processes()
-    servers = procs.unmanaged_servers()
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for pid in procs.topmost(servers):
-        argv = servers[pid]
-        groups.setdefault((os.path.basename(argv[0]), *argv[1:]), []).append(pid)
-    result = []
-    for command, pids in groups.items():
-        sizes = [tree_memory(pid, procs.parents) for pid in pids]
-        result.append(
-            {
-                "managed": False,
-                "command": redacted_argv(list(command)),
-                "count": len(pids),
-                "pids": sorted(pids),
-                "memory_bytes": sum(sizes),
-                "savable_bytes": sum(sizes) - max(sizes),  # sharing keeps one instance: assume the largest
-            }
-        )
-    return sorted(result, key=lambda group: -group["memory_bytes"])
