@@ -20,9 +20,10 @@ from mcpsingleton.common.options import backend_timing, command_index, run_prefi
 from mcpsingleton.shim.attach import parse_args
 from mcpsingleton.shim.keys import (
     UsageError,
-    compute_key,
     env_fingerprint,
     is_secret_name,
+    key_of,
+    key_parts,
     parse_duration,
     parse_size,
     redacted_argv,
@@ -84,6 +85,10 @@ def test_env_fingerprint_depends_on_secret_values_only() -> None:
         {**base, "REGION": "us"}, ["REGION"], SALT
     )
     assert env_fingerprint(base, [], b"t" * 32) != same, "salted"
+
+
+def compute_key(*args: object) -> str:
+    return key_of(key_parts(*args))  # type: ignore[arg-type]
 
 
 def test_keys_follow_scope(tmp_path: Path) -> None:

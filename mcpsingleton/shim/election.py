@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..common.options import RunOptions, backend_timing
-from .keys import KEY_ENV, KeyPaths, SetupError, client_environ, compute_key, log_dir, parse_duration, user_salt
+from .keys import KEY_ENV, KeyPaths, SetupError, client_environ, key_of, key_parts, log_dir, parse_duration, user_salt
 
 if TYPE_CHECKING:
     from .sharing import Decision
@@ -94,7 +94,8 @@ def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, en
     the server is served what the last one learnt."""
     if scope != "isolated":
         return paths.key
-    return compute_key(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
+    parts = key_parts(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
+    return key_of(parts)
 
 
 def backend_dir(cwd: str, scope: str) -> str:
