@@ -152,7 +152,9 @@ def shim_steps(count: int) -> dict[str, float]:
             lambda _: shim.resolve_scope(options.scope, options.command, options.name, directory, salt), count),
         "client_environ": per_call_us(lambda _: keys.client_environ(), count),
         "compute_key": per_call_us(
-            lambda _: keys.compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client),
+            lambda _: keys.key_of(
+                keys.key_parts(options.command, decision.scope, cwd, env, options.env_keys, salt, client)
+            ),
             count,
         ),
         "default_name": per_call_us(lambda _: keys.default_name(options.command), count),

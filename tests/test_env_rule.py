@@ -211,10 +211,10 @@ def without_secret(env: dict[str, str]) -> dict[str, str]:
 
 
 def key_of(server_env: dict[str, str], client_env: dict[str, str]) -> str:
-    from mcpsingleton.shim.keys import compute_key
+    from mcpsingleton.shim import keys
 
     argv = ["/usr/bin/node", "/srv/server-everything/dist/index.js"]
-    return compute_key(argv, "cwd", "/home/user/project", server_env, [], SALT, client_env)
+    return keys.key_of(keys.key_parts(argv, "cwd", "/home/user/project", server_env, [], SALT, client_env))
 
 
 def test_every_recorded_client_shares_with_a_terminal_start_when_no_secret_is_around() -> None:

@@ -389,7 +389,7 @@ def test_one_directory_named_in_two_cases_is_one_key_where_the_filesystem_ignore
     argv = [sys.executable, "server.py"]
 
     def key_in(directory: Path) -> str:
-        return keys.compute_key(argv, "cwd", str(directory), {}, [], b"s" * 32)
+        return keys.key_of(keys.key_parts(argv, "cwd", str(directory), {}, [], b"s" * 32))
 
     assert key_in(tmp_path / "Projects") != key_in(tmp_path / "projects"), "here case tells directories apart"
     monkeypatch.setattr(keys, "is_case_insensitive", lambda path: True)

@@ -19,7 +19,7 @@ from mcpsingleton.common.errors import UsageError
 from mcpsingleton.common.logfile import LogFile
 from mcpsingleton.common.options import backend_timing, command_index, parse_duration, parse_size, run_prefix
 from mcpsingleton.shim.attach import parse_args
-from mcpsingleton.shim.keys import compute_key, env_fingerprint, is_secret_name, redacted_argv
+from mcpsingleton.shim.keys import env_fingerprint, is_secret_name, key_of, key_parts, redacted_argv
 
 SALT = b"s" * 32
 
@@ -77,6 +77,10 @@ def test_env_fingerprint_depends_on_secret_values_only() -> None:
         {**base, "REGION": "us"}, ["REGION"], SALT
     )
     assert env_fingerprint(base, [], b"t" * 32) != same, "salted"
+
+
+def compute_key(*args: object) -> str:
+    return key_of(key_parts(*args))  # type: ignore[arg-type]
 
 
 def test_keys_follow_scope(tmp_path: Path) -> None:

@@ -291,19 +291,19 @@ def _act(finding: Finding, dry_run: bool) -> str:
     return "removed" if removed else "skipped"  # skipped: a new broker took the key meanwhile
 
 
-def _shown(command: list[str] | str) -> list[str] | str:
+def shown_command(command: list[str] | str) -> list[str] | str:
     """A command as `reap` prints it: secret-named values masked, as `ls` does (another program's argv may
     carry `--api-key …`)."""
     return command if isinstance(command, str) else redacted_argv(command)
 
 
 def _command_text(command: list[str] | str) -> str:
-    shown = _shown(command)
+    shown = shown_command(command)
     return shown if isinstance(shown, str) else " ".join(shown)
 
 
 def _fields(f: Finding) -> dict[str, Any]:
-    return {"pid": f.pid, "command": _shown(f.command), "reason": f.reason, "kind": f.kind, "pids": f.pids}
+    return {"pid": f.pid, "command": shown_command(f.command), "reason": f.reason, "kind": f.kind, "pids": f.pids}
 
 
 def _report(done: list[tuple[Finding, str]], as_json: bool, out: TextIO) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ..common.errors import SetupError
 from ..common.options import RunOptions, backend_timing, parse_duration
 from ..common.paths import KeyPaths, log_dir
-from .keys import KEY_ENV, client_environ, compute_key, user_salt
+from .keys import KEY_ENV, client_environ, key_of, key_parts, user_salt
 
 if TYPE_CHECKING:
     from .sharing import Decision
@@ -96,7 +96,8 @@ def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, en
     the server is served what the last one learnt."""
     if scope != "isolated":
         return paths.key
-    return compute_key(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
+    parts = key_parts(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
+    return key_of(parts)
 
 
 def backend_dir(cwd: str, scope: str) -> str:

@@ -212,19 +212,6 @@ def _read_or_create_salt(path: str) -> bytes:
         return handle.read()
 
 
-def compute_key(
-    argv: list[str],
-    scope: str,
-    cwd: str,
-    env: dict[str, str],
-    extra_keys: list[str],
-    salt: bytes,
-    parent_env: dict[str, str] | None = None,
-) -> str:
-    """Hash of (resolved argv, scope part, env part): equal keys share one backend."""
-    return key_of(key_parts(argv, scope, cwd, env, extra_keys, salt, parent_env))
-
-
 def key_parts(
     argv: list[str],
     scope: str,
@@ -234,7 +221,8 @@ def key_parts(
     salt: bytes,
     parent_env: dict[str, str] | None = None,
 ) -> list[str]:
-    """What a key hashes, computed once for the key and its protocol-1 twin (`key_of`)."""
+    """What a key hashes (resolved argv, scope part, env part; equal parts share one backend), computed once
+    for the key and its protocol-1 twin: `key_of(key_parts(...))`."""
     if scope == "isolated":
         scope_part = f"isolated:{os.getpid()}:{os.urandom(8).hex()}"
     elif scope == "cwd":
