@@ -118,6 +118,7 @@ class Sessions:
         self.by_sid: dict[int, Session] = {}
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
         self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
+        self.orderly = True  # a handover's waiters are told `reattach`; after an internal error they see end of file
         self.next_sid = 0
         self.journal = journal.of_this_broker(runtime_dir())  # one per broker process: every server's sessions
 
@@ -489,11 +490,14 @@ class Sessions:
         self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
         self.loop.call_later(0, lambda: self._drop(session, "stdout closed", 0))
 
-    def hand_over(self) -> None:
+    def hand_over(self, orderly: bool = True) -> None:
         """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end.
 
         A session in the middle of a line is read up to its end (`_readable`): the next broker would get only
-        the rest of it, which parses as nothing."""
+        the rest of it, which parses as nothing. Not `orderly` (the server's own code failed): the waiters are
+        not told `reattach` but see end of file, as after a crash, so their crash-loop guard counts it and a
+        server that fails on every re-attach cannot keep its sessions re-attaching forever."""
+        self.orderly = orderly
         for session in self:
             session.handed_over = True
             if not session.reader.mid_line:
@@ -550,8 +554,14 @@ class Sessions:
             self.journal.forget(session.pid)
         self._release_fds(session)
         if code is not None and session.to_waiter is not None:
-            session.to_waiter.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
-            why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
+            if not session.handed_over:
+                session.to_waiter.send(wire.farewell(code, message))
+                why += f"; exit status {code}"
+            elif self.orderly:
+                session.to_waiter.send(wire.REATTACH)
+                why += "; told to re-attach"
+            else:
+                why += "; left to re-attach as after a crash"
         self._close_waiter(session)
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
         self.server.slots.after_leaving(session.slot)

@@ -29,6 +29,7 @@ from conftest import (
 from mcpsingleton import wire
 from mcpsingleton.keys import BROKER, LEGACY_PROTOCOL, KeyPaths, key_of, key_parts, runtime_dir, user_salt
 from mcpsingleton.server import FAULT_ENV
+from mcpsingleton.shim import REATTACHES_ENV
 
 SERVERS = 5
 LEGACY_BROKER = Path(__file__).resolve().parent / "legacy_broker.py"
@@ -145,6 +146,8 @@ def test_an_exception_in_one_server_is_contained_to_it(
     assert echo(faulty, "boom") == "boom", "the call was on its way: it is answered before the server ends"
     assert echo(other, "unaffected") == "unaffected"
     assert echo(faulty, "again") == "again", "its session re-attached to a fresh server"
+    counted = psutil.Process(faulty.process.pid).environ().get(REATTACHES_ENV, "").split()
+    assert len(counted) == 1, "an internal error is a crash to the waiter's crash-loop guard, not a handover"
     records = {record["name"]: record for record in ls_json()}
     assert records["s0"]["internal_errors"] == 1 and records["s1"]["internal_errors"] == 0
     assert records["s1"]["backend_pid"] == other_backend
