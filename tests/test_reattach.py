@@ -216,16 +216,19 @@ def test_orderly_handovers_do_not_count_toward_the_crash_loop_guard(home: Path, 
     assert wait_for(lambda: not tagged_backends(home), timeout=10), "nothing left running"
 
 
-def test_a_line_half_read_by_a_dead_broker_costs_one_parse_error(home: Path, fake_server: list[str]) -> None:
+def test_a_line_half_read_by_a_dead_broker_is_answered_once_and_costs_one_parse_error(
+    home: Path, fake_server: list[str]
+) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()
     (entry,) = ls_json()
     client.send_raw(b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ec')
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    time.sleep(0.3)  # the broker reads (and buffers) the first half: its id and method are in, so it is owed
     os.kill(entry["broker_pid"], signal.SIGKILL)
     client.send_raw(b'ho","arguments":{"text":"lost"}}}\n')
     after = client.call("echo", {"text": "after"})
-    (cut,) = client.seen
+    owed, cut = client.seen
+    assert owed["id"] == 5 and "send it again" in owed["error"]["message"], "answered under its id, first"
     assert cut["error"]["code"] == -32700 and cut["id"] is None, "the rest of the cut line, and nothing else"
     assert result_text(after) == "after"
     assert client.close() == 0
