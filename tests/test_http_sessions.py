@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import RawClient, kill_quietly, ls_json, shim, wait_for
 
-from mcpsingleton.keys import reads_client_environ
 from mcpsingleton.serve.http_sessions import BrokerSession, Target
+from mcpsingleton.shim.keys import reads_client_environ
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,7 +126,7 @@ def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: P
     name was per process, so all but one failed with `cannot use …/salt (File exists)`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mcpsingleton.keys import user_salt
+    from mcpsingleton.shim.keys import user_salt
 
     for attempt in range(20):
         directory = tmp_path / str(attempt)
@@ -139,7 +139,7 @@ def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: P
 def test_dirs_made_on_the_way_to_a_private_dir_are_private_too(tmp_path: Path) -> None:
     """A broker's first discovery entry made `state/` (0755) on its way to `state/discovery/`; `serve`, started
     later, then refused `state/` for its history as readable by others."""
-    from mcpsingleton.keys import ensure_private_dir
+    from mcpsingleton.shim.keys import ensure_private_dir
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

@@ -37,8 +37,8 @@ from conftest import (
 from mcp import Client, types
 from test_sharing import shim_params, text_of
 
-from mcpsingleton import wire
-from mcpsingleton.keys import BROKER, KeyPaths
+from mcpsingleton.common import wire
+from mcpsingleton.shim.keys import BROKER, KeyPaths
 
 pytestmark = [
     pytest.mark.timeout(90),

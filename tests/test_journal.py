@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import RawClient, ls_json, result_text, shim, wait_for
 
-from mcpsingleton import journal
+from mcpsingleton.broker import journal
 
 SESSIONS = 3
 

@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from serve_harness import Serve
 from test_http_sessions import own_environ
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.shim.keys import HOME_ENV
 
 MIB = 1024 * 1024
 pytestmark = [

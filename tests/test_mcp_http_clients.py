@@ -19,7 +19,7 @@ from http_harness import write_config
 from serve_harness import Serve
 from test_http_sessions import own_environ
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.shim.keys import HOME_ENV
 
 pytestmark = pytest.mark.timeout(120)
 

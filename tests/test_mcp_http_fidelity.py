@@ -21,7 +21,7 @@ from test_fidelity import Recorder, assert_nothing_undeclared, in_flight, open_s
 from test_http_sessions import own_environ
 from test_sharing import text_of
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.shim.keys import HOME_ENV
 
 pytestmark = [
     pytest.mark.timeout(90),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from mux_harness import Harness
 from test_mux_parking import parked
 
-from mcpsingleton import jsonrpc
+from mcpsingleton.mux import jsonrpc
 
 WHY = "the broker restarted (restart requested) before this request was answered; send it again"
 

@@ -18,8 +18,10 @@ import psutil
 import pytest
 from conftest import RawClient, kill_quietly, processes_of, shim, wait_for
 
-from mcpsingleton import platform, reaper
-from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
+from mcpsingleton.common import processes, stdin_peers
+from mcpsingleton.common.stdin_peers import FdHolders
+from mcpsingleton.ops import reaper
+from mcpsingleton.shim.keys import KEY_ENV, KeyPaths, runtime_dir
 
 FAKE_SERVER = """
 import os, subprocess, sys, time
@@ -248,7 +250,7 @@ def test_does_not_look_like_mcp_server(argv: list[str]) -> None:
 # ---- orphan-server ------------------------------------------------------------------------------
 
 needs_proof = pytest.mark.skipif(
-    not platform.proves_orphans(), reason="proof needs Linux's /proc (macOS, BSD and portable mode do without)"
+    not processes.proves_orphans(), reason="proof needs Linux's /proc (macOS, BSD and portable mode do without)"
 )
 
 
@@ -286,10 +288,10 @@ def test_orphan_verdicts(
 ) -> None:
     """How the /proc walk and the kernel's answer combine, on a real orphan's stdin pipe."""
     orphan = procs.orphan()
-    monkeypatch.setattr(reaper, "_pipe_has_writer", lambda pid, inode: kernel)
+    monkeypatch.setattr(stdin_peers, "_pipe_has_writer", lambda pid, inode: kernel)
     holders = {"child": {orphan.child}, "outsider": {os.getpid()}, None: set()}[holder]
     link = os.readlink(f"/proc/{orphan.pid}/fd/0")
-    reason = reaper._orphan_reason(orphan.pid, orphan.pids, reaper._FdHolders({link: holders}, complete))
+    reason = reaper._orphan_reason(orphan.pid, orphan.pids, FdHolders({link: holders}, complete))
     assert (reason is None) if verdict is None else (verdict in reason)
 
 

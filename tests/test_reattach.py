@@ -31,7 +31,7 @@ from conftest import (
 from mcp import Client
 from test_sharing import shim_params, text_of
 
-from mcpsingleton.shim import REATTACHES_ENV
+from mcpsingleton.shim.attach import REATTACHES_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # handshake-era calls
 SESSIONS = 3

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import kill_quietly, wait_for
 
-from mcpsingleton import shim
-from mcpsingleton.backend import KEEPER_SCRIPT
-from mcpsingleton.shim import WAITER
+from mcpsingleton.broker.backend import KEEPER_SCRIPT
+from mcpsingleton.shim import attach as shim
+from mcpsingleton.shim.attach import WAITER
 
 BASH32_ENV = "MCPSINGLETON_TEST_BASH32"
 SHOW_STATE = "import os, sys; print(os.environ.get('MCPSINGLETON_STATE'), sys.argv[1:])"

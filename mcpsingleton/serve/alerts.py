@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cli import _human_bytes as human_bytes
-from ..keys import UsageError, parse_size
-from ..policy import load_table
-from ..sharing import config_path
+from ..ops.cli import _human_bytes as human_bytes
+from ..policy.rules import load_table
+from ..shim.keys import UsageError, parse_size
+from ..shim.sharing import config_path
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 LEVELS = (OK, WARNING, CRITICAL)

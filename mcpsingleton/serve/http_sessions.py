@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import shim, wire
-from ..keys import SetupError
-from ..lineio import LineReader
+from ..broker.lineio import LineReader
+from ..common import wire
+from ..shim import attach as shim
+from ..shim.keys import SetupError
 
 log = logging.getLogger("mcpsingleton.serve")
 

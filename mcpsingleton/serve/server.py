@@ -19,7 +19,7 @@ import time
 import webbrowser
 from typing import Any
 
-from ..keys import SetupError, ensure_private_dir, log_dir
+from ..shim.keys import SetupError, ensure_private_dir, log_dir
 from . import instance
 from .auth import Auth
 
