@@ -172,6 +172,28 @@ def test_http_session_follows_a_restart_of_its_broker(home: Path, fake_server: l
     asyncio.run(scenario())
 
 
+def test_http_session_outlives_any_number_of_restarts(home: Path, fake_server: list[str]) -> None:
+    """A `restart` is an orderly handover, not a crash: more than the crash-loop guard's 3 within 60 s must not
+    end an HTTP session (issue 19's soak)."""
+    import subprocess
+
+    from conftest import mcpsingleton_exe
+
+    async def scenario() -> None:
+        session, lines = await http_session(fake_server)
+        await whoami(session, lines, 2)
+        for number in range(3, 8):
+            await asyncio.to_thread(wait_for, lambda: session.state != "" and session.conn is not None)
+            restart = [mcpsingleton_exe(), "restart", "--all"]
+            done = await asyncio.to_thread(subprocess.run, restart, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert await whoami(session, lines, number), f"answered after restart {number - 2}"
+        assert lines.ended == [] and session.reattaches == []
+        session.end()
+
+    asyncio.run(scenario())
+
+
 def test_isolated_server_gives_each_http_session_its_own_backend(home: Path, fake_server: list[str]) -> None:
     async def scenario() -> None:
         lines_a, lines_b = Lines(), Lines()

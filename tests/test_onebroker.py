@@ -30,6 +30,7 @@ from mcpsingleton.broker.server import FAULT_ENV
 from mcpsingleton.common import wire
 from mcpsingleton.common.paths import BROKER, KeyPaths, runtime_dir
 from mcpsingleton.common.wire import LEGACY_PROTOCOL
+from mcpsingleton.shim.attach import REATTACHES_ENV
 from mcpsingleton.shim.keys import key_of, key_parts, user_salt
 
 SERVERS = 5
@@ -147,6 +148,8 @@ def test_an_exception_in_one_server_is_contained_to_it(
     assert echo(faulty, "boom") == "boom", "the call was on its way: it is answered before the server ends"
     assert echo(other, "unaffected") == "unaffected"
     assert echo(faulty, "again") == "again", "its session re-attached to a fresh server"
+    counted = psutil.Process(faulty.process.pid).environ().get(REATTACHES_ENV, "").split()
+    assert len(counted) == 1, "an internal error is a crash to the waiter's crash-loop guard, not a handover"
     records = {record["name"]: record for record in ls_json()}
     assert records["s0"]["internal_errors"] == 1 and records["s1"]["internal_errors"] == 0
     assert records["s1"]["backend_pid"] == other_backend

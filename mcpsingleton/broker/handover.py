@@ -95,14 +95,15 @@ class Lifetime:
 
     # ---- shutdown -----------------------------------------------------------------------------
 
-    def shutdown(self, why: str, handover: bool = False) -> None:
+    def shutdown(self, why: str, handover: bool = False, crashed: bool = False) -> None:
         """Stop taking sessions, retire every slot (ladder), then exit.
 
         The sessions end (`stop`), or with `handover` (`restart`, SIGTERM) are told to re-attach to the next
         broker: their input is read no further than the end of a line begun (the rest is the next broker's),
         the requests in flight get up to HANDOVER_DRAIN to finish, and what is still owed then is answered
         with an error here (the next broker never saw those requests); only once the backends are gone are
-        the waiters told, so the next broker never runs next to this one's backends.
+        the waiters told, so the next broker never runs next to this one's backends. `crashed` (an internal
+        error ended the server): they are not told `reattach` but see end of file, a crash to their guard.
 
         The socket stays until the exit: `status` is answered meanwhile (`ls` shows the broker stopping, and
         `reap` does not take a broker that drains for a hung one); attaching shims are turned away and retry."""
@@ -119,7 +120,7 @@ class Lifetime:
             self.server.sessions.end_all()
             self._retire_all()
             return
-        self.server.sessions.hand_over()
+        self.server.sessions.hand_over(orderly=not crashed)
         self._drain(why, time.monotonic() + HANDOVER_DRAIN)
 
     def _drain(self, why: str, deadline: float) -> None:

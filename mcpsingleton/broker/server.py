@@ -180,7 +180,7 @@ class Server:
         if self.abandoned:
             return
         if not self.lifetime.stopping:
-            self.lifetime.shutdown("an internal error", handover=True)
+            self.lifetime.shutdown("an internal error", handover=True, crashed=True)
         else:
             self.abandon()
 

@@ -52,6 +52,8 @@ CUT = "cut"
 """In a waiter's state while a reply streams to its client: that request's id (JSON)."""
 JOURNAL = "journal"
 """In a waiter's state: the name of its broker's in-flight journal (journal.py), read by the next broker."""
+BEGUN_HEAD = 4096
+"""How much of a request line read in part is searched for its id and method (they come first, or not in time)."""
 STALL = 0.5
 """A session's request streaming to the shared backend may pause this long (seconds) before it is cut off."""
 STREAM_AT_MOST = 2.0
@@ -81,6 +83,7 @@ class Session:
         self.cut: str | None = None  # the id (JSON) of the reply streaming to the client, while it streams
         self.handed_over = False  # told to re-attach to the next broker rather than to exit
         self.streamed_id: str | int | None = None  # the id of the request line streaming in, while one does
+        self.begun_id: str | None = None  # the journal's id of a request line read in part (not streaming), owed
         self.resumed = False  # re-attached with the state an earlier broker left with its waiter
         self.streaming = False  # a reply is being streamed to the client: other messages wait in `held`
         self.held: list[tuple[tuple[bytes | memoryview, ...], tuple[str, ...]]] = []  # (message, ids it answers)
@@ -119,6 +122,7 @@ class Sessions:
         self.by_sid: dict[int, Session] = {}
         self.leaving: set[int] = set()  # sessions that leave once nothing of theirs is in flight or unwritten
         self.telling: set[int] = set()  # dropped sessions whose waiters have not taken our last lines yet
+        self.orderly = True  # a handover's waiters are told `reattach`; after an internal error they see end of file
         self.next_sid = 0
         self.journal = journal.of_this_broker(runtime_dir())  # one per broker process: every server's sessions
 
@@ -287,6 +291,9 @@ class Sessions:
         for line in lines:
             if session.sid not in self.by_sid:
                 return
+            if session.begun_id is not None:  # its line is whole: owed again only if the mux accepts it
+                self.journal.settle(session.pid, session.begun_id)
+                session.begun_id = None
             self._route(session, session.slot.mux.from_session(session.sid, line))
             if session.parked:
                 self.server.slots.place(session)
@@ -296,16 +303,31 @@ class Sessions:
                 self.loop.remove_reader(session.in_fd)  # its last line is in: the rest is the next broker's
             elif not at_eof:
                 session.reader.stream(STREAM_FROM, lambda line_head: self._open_stream(session, line_head))
+            self._owe_begun_line(session)
         if at_eof:
             self._eof(session)
         elif session.slot.fatal is not None and session.sid in self.by_sid:
             self.end(session, 1, session.slot.fatal)
+
+    def _owe_begun_line(self, session: Session) -> None:
+        """A request line read only in part, its id and method already in: owed from now on, as a streaming one
+        is from its head. A broker killed before the rest arrives leaves the id to the next broker, which gets
+        only the rest (a parse error that names no id) and answers the id from this journal instead."""
+        reader = session.reader
+        if session.begun_id is not None or reader.sink is not None or not reader.buf:
+            return
+        request_id = _request_id(bytes(reader.buf[:BEGUN_HEAD]), method_first=True)
+        if request_id is not None:
+            session.begun_id = journal.id_text(request_id)
+            self.journal.owe(session.pid, session.begun_id)
+            self.journal.commit()
 
     def _open_stream(self, session: Session, line_head: bytes) -> Relay | None:
         """A request too long to wait for: passed to the backend as it arrives, when the mux says it may."""
         stream = session.slot.mux.stream_from_session(session.sid, line_head, session.reader.limit)
         if stream is None:
             return None
+        session.begun_id = None  # the stream owes its id from here on (`streamed_id`)
         self.server.perform(session.slot, stream.start(line_head))
         session.streamed_id = _request_id(line_head)  # (the head itself is 64 KiB or more: not kept)
         if session.streamed_id is not None:  # owed from its head on: a broker dying mid-line never answers it
@@ -490,11 +512,14 @@ class Sessions:
         self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
         self.loop.call_later(0, lambda: self._drop(session, "stdout closed", 0))
 
-    def hand_over(self) -> None:
+    def hand_over(self, orderly: bool = True) -> None:
         """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end.
 
         A session in the middle of a line is read up to its end (`_readable`): the next broker would get only
-        the rest of it, which parses as nothing."""
+        the rest of it, which parses as nothing. Not `orderly` (the server's own code failed): the waiters are
+        not told `reattach` but see end of file, as after a crash, so their crash-loop guard counts it and a
+        server that fails on every re-attach cannot keep its sessions re-attaching forever."""
+        self.orderly = orderly
         for session in self:
             session.handed_over = True
             if not session.reader.mid_line:
@@ -551,8 +576,14 @@ class Sessions:
             self.journal.forget(session.pid)
         self._release_fds(session)
         if code is not None and session.to_waiter is not None:
-            session.to_waiter.send(wire.REATTACH if session.handed_over else wire.farewell(code, message))
-            why += "; told to re-attach" if session.handed_over else f"; exit status {code}"
+            if not session.handed_over:
+                session.to_waiter.send(wire.farewell(code, message))
+                why += f"; exit status {code}"
+            elif self.orderly:
+                session.to_waiter.send(wire.REATTACH)
+                why += "; told to re-attach"
+            else:
+                why += "; left to re-attach as after a crash"
         self._close_waiter(session)
         self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
         self.server.slots.after_leaving(session.slot)
@@ -603,11 +634,14 @@ def _normalized(encoded_id: str | bytes) -> str:
         return ""
 
 
-def _request_id(line_head: bytes) -> str | int | None:
-    """The id of a request line whose end has not arrived, when it came before the member still open."""
+def _request_id(line_head: bytes, method_first: bool = False) -> str | int | None:
+    """The id of a request line whose end has not arrived, when it came before the member still open (with
+    `method_first`, only when its method did too: a line that is surely a request, not a reply)."""
     try:
         found = linehead.head(line_head)
         value = found.small(line_head, "id") if found is not None else None
+        if method_first and found is not None and not isinstance(found.small(line_head, "method"), str):
+            return None
     except Exception:  # a client's bytes: nothing in them may reach the loop
         return None
     return value if isinstance(value, str | int) and not isinstance(value, bool) else None

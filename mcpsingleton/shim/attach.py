@@ -37,7 +37,8 @@ WAITER = (
     "q() { printf 'x %s\\n' $1 2>/dev/null >&3; exit $1; }; trap 'q 143' TERM; trap 'q 130' INT; trap 'q 129' HUP; "
     "printf r >&3; while IFS= read -r line <&3; do case $line in "
     '"exit "*) exit ${line#exit };; "msg "*) printf "%s\\n" "${line#msg }" >&2;; '
-    '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) break;; esac; done; '
+    '"state "*) MCPSINGLETON_STATE=${line#state };; reattach) MCPSINGLETON_HANDOVER=1; export MCPSINGLETON_HANDOVER; '
+    "break;; esac; done; "
     'exec 3>&-; export MCPSINGLETON_STATE; exec "$2" -I -S -c "$3" mcpsingleton-session "$1"'
 )
 """The waiter the shim becomes: prints `msg` lines, exits with the broker's `exit N`, 128+N on signal N
@@ -52,7 +53,8 @@ can never find the session served but the waiter not yet able to exit with 128+N
 
 When the broker goes away without an `exit N` (killed, crashed: end of file on fd 3, a half-read line
 dropped with it) or says `reattach` (a restart), it becomes Python again (same pid, the client's stdin,
-stdout and stderr still its own) and re-attaches to the next broker: `resume`."""
+stdout and stderr still its own) and re-attaches to the next broker: `resume`. Only after `reattach` does it
+set MCPSINGLETON_HANDOVER: an orderly handover is no crash, and the crash-loop guard does not count it."""
 
 RESUME = (
     "import ast,os,sys;s=ast.literal_eval(os.environ['MCPSINGLETON_SESSION']);sys.path[:]=s['path'];"
@@ -64,8 +66,11 @@ RESUME = (
 SESSION_ENV = "MCPSINGLETON_SESSION"
 STATE_ENV = "MCPSINGLETON_STATE"
 REATTACHES_ENV = "MCPSINGLETON_REATTACHES"
+HANDOVER_ENV = "MCPSINGLETON_HANDOVER"
 CRASH_LOOP = (3, 60.0)
-"""More than 3 re-attaches within 60 s: the broker itself keeps dying, and the session ends with an error."""
+"""More than 3 re-attaches after a crash within 60 s: the broker itself keeps dying, and the session ends with an
+error. Re-attaches after an orderly handover (`restart`, SIGTERM: the broker said `reattach`) do not count: a
+user may restart as often as they like."""
 
 ATTACH_TIMEOUT = 5.0
 BACKLOG_BACKOFF = 0.05
@@ -158,6 +163,8 @@ def _wait_in_python(conn: _socket.socket, name: str) -> "NoReturn":
     data = b""
     while b"\nreattach\n" not in b"\n" + data and (chunk := conn.recv(4096)):
         data += chunk
+    if b"\nreattach\n" in b"\n" + data:
+        os.environ[HANDOVER_ENV] = "1"
     for line in data.decode("utf-8", "replace").split("\n")[:-1]:  # a half line at end of file is dropped
         if line.startswith("msg "):
             sys.stderr.write(line[4:] + "\n")
@@ -172,14 +179,14 @@ def _wait_in_python(conn: _socket.socket, name: str) -> "NoReturn":
 def resume(session: "dict[str, Any]") -> int:
     """The waiter's broker went away: attach the same client to the next broker, with the session's state.
 
-    What the previous broker owed the session (replies to requests it had read) is lost with it. A broker
-    that keeps dying ends the session with an error instead of an endless respawn."""
+    What the previous broker owed the session (replies to requests it had read) is answered by the next one
+    (its journal). A broker that keeps dying ends the session with an error instead of an endless respawn."""
     os.closerange(3, 4)  # the old broker's socket, should the waiter have kept it
     state = os.environ.get(STATE_ENV, "")  # the next waiter keeps it until the next broker says otherwise
     os.environ.pop(SESSION_ENV, None)
-    now = time.time()
+    orderly = os.environ.pop(HANDOVER_ENV, "") == "1"
     earlier = [float(t) for t in os.environ.pop(REATTACHES_ENV, "").split() if t.replace(".", "", 1).isdigit()]
-    recent = [t for t in earlier if now - t < CRASH_LOOP[1]] + [now]
+    recent = crashes_within_window(earlier, time.time(), orderly)
     name = session.get("name", "?")
     if len(recent) > CRASH_LOOP[0]:
         stderr_line(
@@ -199,6 +206,13 @@ def resume(session: "dict[str, Any]") -> int:
         os.environ.update({k: v for k, v in carried.items() if isinstance(k, str) and isinstance(v, str)})
     exit_on_signals()
     return main(session["argv"], state, session.get("cwd"))
+
+
+def crashes_within_window(earlier: list[float], now: float, orderly: bool) -> list[float]:
+    """The re-attaches the crash-loop guard counts: the crashes of the last CRASH_LOOP seconds, and this one
+    unless the broker handed the session over in good order."""
+    recent = [t for t in earlier if now - t < CRASH_LOOP[1]]
+    return recent if orderly else [*recent, now]
 
 
 def exit_on_signals() -> None:
