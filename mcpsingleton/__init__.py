@@ -18,8 +18,9 @@ The folders are the processes (docs/ARCHITECTURE.md has the whole map):
               broker control and client configs (`configs/`).
 - `serve/`    the optional `mcpsingleton serve` process (dashboard, MCP over HTTP).
 - `common/`   shared by all of them: the contracts between processes (`wire`, `options`), the one reader of
-              a server's command line (`cmdline`), the platform layer (every OS-specific call), atomic
-              files, logs, process trees.
+              a server's command line (`cmdline`), where our files live (`paths`), errors for people
+              (`errors`), the platform layer (`platform`, `processes`, `stdin_peers`: every OS-specific
+              call), atomic files, logs, process trees.
 
 No package `__init__` imports its modules (except `mux/`'s facade, which only the broker loads), so the
 shim's warm path pays only for the modules it uses; it touches two folders (`shim/`, `common/`) and no more:
