@@ -10,7 +10,7 @@ isolated         python -I -S -c pass                 (no site, no .pth files, n
 editable         .venv/bin/mcpsingleton run -- …      (this repo's editable install)
 installed        <venv>/bin/mcpsingleton run -- …     (`python -m venv` + `pip install <repo>`: what
                                                        pipx and a user venv give; pip writes the wrapper)
-launcher         mcpsingleton.launcher for that install: `#!<venv python> -IS` with the install's
+launcher         mcpsingleton.shim.launcher for that install: `#!<venv python> -IS` with the install's
                  sys.path entries written into it
 wrapped          the command and args `<venv>/bin/mcpsingleton wrap` wrote into a config naming the
                  server: what a client runs after "Install for everyday use" (the launcher, in
@@ -36,7 +36,7 @@ from typing import Any
 from bench_latency import time_attach, time_bare
 from common import ROOT, Home, RawClient, entry_interpreter, fast_cmd, log, machine, role, summary, write_result
 
-from mcpsingleton.launcher import write_launcher
+from mcpsingleton.shim.launcher import write_launcher
 
 INSTALL_DIR = os.path.join(tempfile.gettempdir(), f"msb-install-{os.getuid()}")
 

@@ -14,7 +14,7 @@ stdlib      json.loads, id replaced in a copy, json.dumps(separators, ensure_asc
 orjson      orjson.loads + orjson.dumps                        (bench-only install)
 msgspec     msgspec.json.decode + encode                       (bench-only install)
 msgspec-raw msgspec.json.decode(type=dict[str, Raw]): top-level values left raw, id replaced, encode
-envelope    mcpsingleton.envelope.scan + replace_id: no decoding of the result (stdlib only)
+envelope    mcpsingleton.mux.envelope.scan + replace_id: no decoding of the result (stdlib only)
 
 Time: median of interleaved repetitions. Memory: tracemalloc peak above the input, one run each.
 orjson and msgspec are not dependencies: `pip install orjson msgspec` into .venv for this bench; a
@@ -35,7 +35,7 @@ from typing import Any
 
 from common import ROOT, log, machine, summary, write_result
 
-from mcpsingleton import envelope
+from mcpsingleton.mux import envelope
 
 SIZES = {"1K": 1024, "16K": 16 * 1024, "100K": 100 * 1024, "1M": 1024 * 1024, "10M": 10 * 1024 * 1024}
 PAYLOADS = ("text", "json-text", "json-in-json", "image")

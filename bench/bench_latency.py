@@ -10,7 +10,7 @@ attach     time from spawning `mcpsingleton run -- server-everything` (its broke
 cold       server-everything (and the trivial fast server) started directly → InitializeResult, vs the
            first session on a cold key through mcpsingleton (broker start + backend start + initialize);
            goal: ≤ direct + 50 ms. Also the floor of that addition: `python -c pass` (the shim's
-           interpreter) + `python -c "import mcpsingleton.broker"` (the broker's interpreter and imports).
+           interpreter) + `python -c "import mcpsingleton.broker.process"` (the broker's interpreter and imports).
 roundtrip  p50/p99 of a small tools/call (`echo`) and of `ping`, direct vs through one broker,
            interleaved blocks on two long-lived sessions; plus the broker's CPU time per request.
            Through the broker `ping` is answered by the broker itself (never reaches the backend).
@@ -177,10 +177,10 @@ def time_cold(argv: list[str], env: dict[str, str]) -> float:
         client.close()
 
 
-FLOOR_VARIANTS = {"python_pass": ["-c", "pass"], "python_import_broker": ["-c", "import mcpsingleton.broker"]}
+FLOOR_VARIANTS = {"python_pass": ["-c", "pass"], "python_import_broker": ["-c", "import mcpsingleton.broker.process"]}
 """The floor of a first session's addition over the server's own start, whatever our code does: two Python
 interpreter starts in series (the shim, then the broker it launches) and the broker's imports, measured as
-`python -c pass` + `python -c "import mcpsingleton.broker"`, inside the cold loop (same load)."""
+`python -c pass` + `python -c "import mcpsingleton.broker.process"`, inside the cold loop (same load)."""
 
 
 def floor_samples(samples: dict[str, list[float]], iteration: int) -> None:

@@ -1,7 +1,7 @@
 """The one broker per user (issue 21): what it costs per hosted key, and whether one server's traffic delays
 another's.
 
-    .venv/bin/python bench/bench_onebroker.py [--quick] [--only keys,isolation] [--keys 50]
+    .venv/bin/python bench/bench_onebroker.py [--quick] [--only keys,isolation] [--keys 50] [--against DIR]
 
 keys       1 → N keys (N = 50; bench/fast_server.py, one cwd each, one session attached to each: every key
            active): the broker's PSS at each step, its keeper's, the processes of ours beside backends and
@@ -10,6 +10,8 @@ keys       1 → N keys (N = 50; bench/fast_server.py, one cwd each, one session
 isolation  server A and server B in the same broker: a session of A receives 10 MB replies back to back
            (`blob`, read as fast as the client can) while a session of B makes small round trips; B's round
            trip beside the same without A's traffic, interleaved in blocks. Goal: within a few ms.
+           --against DIR: the same-broker condition also with another copy of the package (e.g. `git archive
+           COMMIT mcpsingleton | tar -x -C DIR`), its broker in a home of its own: two versions in one run.
 Writes bench/results/onebroker.json.
 """
 
@@ -134,44 +136,59 @@ def start_streamer(home: Home, busy: str, stop: str) -> subprocess.Popen[str]:
     return streamer
 
 
-def bench_isolation(blocks: int, block: int) -> dict[str, Any]:
+def bench_isolation(blocks: int, block: int, against: str | None = None) -> dict[str, Any]:
     """B's round trips alone, beside a session of server A (same broker) receiving 10 MB replies back to back,
     and beside the same traffic through another broker (another home): the machine's share of the slowdown
     (2 cores: A's server and client compete for them) against the one broker's. A's clients are processes
-    of their own (a thread here would share this process's GIL with B's timing)."""
-    conditions = ("alone", "beside 10 MB replies, same broker", "beside 10 MB replies, another broker")
-    with Home() as home, Home() as other:
+    of their own (a thread here would share this process's GIL with B's timing). With `against` (a directory
+    holding another copy of the package), the same-broker condition runs with that copy's broker too, in a
+    home of its own, interleaved with the others: two versions side by side in one run."""
+    same, another = "beside 10 MB replies, same broker", "beside 10 MB replies, another broker"
+    other_copy = f"{same} ({against})"
+    conditions = ("alone", same, another) + ((other_copy,) if against else ())
+    with Home() as home, Home() as other, Home() as third:
+        if against:
+            third.env["PYTHONPATH"] = against
         stop = os.path.join(home.path, "stop")
-        busy = {conditions[1]: os.path.join(home.path, "busy"), conditions[2]: os.path.join(other.path, "busy")}
-        streamers = {
-            conditions[1]: start_streamer(home, busy[conditions[1]], stop),
-            conditions[2]: start_streamer(other, busy[conditions[2]], stop),
-        }
+        homes = {same: home, another: other, other_copy: third}
+        busy = {name: os.path.join(homes[name].path, "busy") for name in conditions if name != "alone"}
+        streamers = {name: start_streamer(homes[name], path, stop) for name, path in busy.items()}
         small = session_in(home, os.path.join(home.path, "b"))
+        smalls = {name: small for name in conditions}
+        if against:
+            smalls[other_copy] = session_in(third, os.path.join(third.path, "b"))
         samples: dict[str, list[float]] = {condition: [] for condition in conditions}
+        busy_seconds = dict.fromkeys(busy, 0.0)
         try:
             for index in range(blocks):
-                order = conditions[index % 3 :] + conditions[: index % 3]
+                order = conditions[index % len(conditions) :] + conditions[: index % len(conditions)]
                 for condition in order:
                     for path in busy.values():
                         if os.path.exists(path):
                             os.unlink(path)
                     time.sleep(0.5)  # let a reply in progress finish
+                    started = time.monotonic()
                     if condition in busy:
                         open(busy[condition], "w").close()
                         time.sleep(0.1)
-                    samples[condition] += roundtrips(small, *ECHO_CALL["fast"], block)
+                    samples[condition] += roundtrips(smalls[condition], *ECHO_CALL["fast"], block)
+                    if condition in busy:
+                        busy_seconds[condition] += time.monotonic() - started
         finally:
             open(stop, "w").close()
             for path in busy.values():
                 open(path, "w").close()
             replies = {name: int(proc.communicate(timeout=120)[0].strip() or 0) for name, proc in streamers.items()}
-            small.close()
+            for client in set(smalls.values()):
+                client.close()
     result: dict[str, Any] = {name: summary([value / 1000 for value in values]) for name, values in samples.items()}
     result["replies_of_10mb"] = replies
+    result["mib_per_s_of_10mb_replies"] = {
+        name: round(count * BIG / MIB / busy_seconds[name], 1) for name, count in replies.items() if busy_seconds[name]
+    }
     for name in conditions:
         log(f"B's round trip {name}: {result[name]} ms")
-    log(f"10 MB replies received meanwhile: {replies}")
+    log(f"10 MB replies received meanwhile: {replies}; MiB/s while busy: {result['mib_per_s_of_10mb_replies']}")
     return result
 
 
@@ -181,6 +198,7 @@ def main() -> None:
     parser.add_argument("--only", default="keys,isolation")
     parser.add_argument("--keys", type=int, default=50)
     parser.add_argument("--out", default="onebroker")
+    parser.add_argument("--against", help="another copy of the package (a directory holding mcpsingleton/) to compare")
     args = parser.parse_args()
     info = machine()
     log(machine_line(info))
@@ -190,7 +208,7 @@ def main() -> None:
         steps = sorted({1, 10, args.keys} if not args.quick else {1, args.keys})
         data["keys"] = bench_keys(steps, 10 if args.quick else 30)
     if "isolation" in parts:
-        data["isolation"] = bench_isolation(6 if args.quick else 15, 50)
+        data["isolation"] = bench_isolation(6 if args.quick else 15, 50, args.against)
     write_result(args.out, data)
 
 

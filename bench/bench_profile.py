@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_profile.py [--quick]
 
 shim     interpreter start-up vs the shim's own imports (interleaved runs of `python -I -S -c pass`,
-         `python -c pass`, `python -c "import mcpsingleton.shim"`), `-X importtime` of a real warm
+         `python -c pass`, `python -c "import mcpsingleton.shim.attach"`), `-X importtime` of a real warm
          attach (top modules), and the shim's pure steps (argument parsing, key, paths) timed in-process.
 broker   the broker's per-message work timed in-process with the project's own Mux and jsonrpc: a ping
          and a tools/call round trip (lines handed to the mux as the broker's LineReader hands them,
@@ -53,8 +53,8 @@ def startup_breakdown(runs: int) -> dict[str, Any]:
     variants = {
         "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
         "python -c pass": [python, "-c", "pass"],
-        "python -c 'import mcpsingleton.shim'": [python, "-c", "import mcpsingleton.shim"],
-        "python -c 'import mcpsingleton.broker'": [python, "-c", "import mcpsingleton.broker"],
+        "python -c 'import mcpsingleton.shim.attach'": [python, "-c", "import mcpsingleton.shim.attach"],
+        "python -c 'import mcpsingleton.broker.process'": [python, "-c", "import mcpsingleton.broker.process"],
     }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
@@ -67,20 +67,21 @@ def startup_breakdown(runs: int) -> dict[str, Any]:
     stats = {k: summary(v, 2) for k, v in samples.items()}
     return {"ms": stats,
             "site_ms_p50": round(stats["python -c pass"]["p50"] - stats["python -I -S -c pass"]["p50"], 2),
-            "shim_imports_ms_p50": round(stats["python -c 'import mcpsingleton.shim'"]["p50"]
+            "shim_imports_ms_p50": round(stats["python -c 'import mcpsingleton.shim.attach'"]["p50"]
                                          - stats["python -c pass"]["p50"], 2),
-            "broker_imports_ms_p50": round(stats["python -c 'import mcpsingleton.broker'"]["p50"]
+            "broker_imports_ms_p50": round(stats["python -c 'import mcpsingleton.broker.process'"]["p50"]
                                            - stats["python -c pass"]["p50"], 2),
             "broker_importtime_us": broker_importtime()}
 
 
 def broker_importtime() -> dict[str, int]:
-    """-X importtime of the broker's imports: the biggest cumulative entries under mcpsingleton.broker."""
-    names = ("mcpsingleton.broker", "mcpsingleton.mux", "dataclasses", "inspect", "typing", "mcpsingleton.backend",
-             "subprocess", "socket", "json", "datetime", "mcpsingleton.eventloop", "selectors")
+    """-X importtime of the broker's imports: the biggest cumulative entries under mcpsingleton.broker.process."""
+    names = ("mcpsingleton.broker.process", "mcpsingleton.mux", "dataclasses", "inspect", "typing",
+             "mcpsingleton.broker.backend", "subprocess", "socket", "json", "datetime", "mcpsingleton.broker.eventloop",
+             "selectors")
     best: dict[str, int] = {}
     for _ in range(5):  # best of five: noise only adds
-        err = subprocess.run([entry_interpreter(), "-X", "importtime", "-c", "import mcpsingleton.broker"],
+        err = subprocess.run([entry_interpreter(), "-X", "importtime", "-c", "import mcpsingleton.broker.process"],
                              env=base_env(), capture_output=True, text=True, check=True).stderr
         for line in err.splitlines():
             if line.startswith("import time:") and "self" not in line:
@@ -128,12 +129,14 @@ def per_call_us(function: Any, count: int, repeats: int = 5) -> float:
 
 
 def shim_steps(count: int) -> dict[str, float]:
-    from mcpsingleton import keys, shim
+    from mcpsingleton.common import paths
+    from mcpsingleton.shim import attach as shim
+    from mcpsingleton.shim import keys
 
     home = tempfile.mkdtemp(prefix="msb-", dir="/tmp")
     os.environ["MCPSINGLETON_HOME"] = home
     argv = ["--", *server_cmd("everything")]
-    directory = keys.ensure_private_dir(keys.runtime_dir())
+    directory = paths.ensure_private_dir(paths.runtime_dir())
     salt = keys.user_salt(directory)
     env = dict(os.environ)
     cwd = os.getcwd()
@@ -142,14 +145,16 @@ def shim_steps(count: int) -> dict[str, float]:
     client = keys.client_environ()
     result = {
         "parse_args": per_call_us(lambda _: shim.parse_args(argv), count),
-        "runtime_dir+ensure_private_dir": per_call_us(lambda _: keys.ensure_private_dir(keys.runtime_dir()), count),
+        "runtime_dir+ensure_private_dir": per_call_us(lambda _: paths.ensure_private_dir(paths.runtime_dir()), count),
         "user_salt (read)": per_call_us(lambda _: keys.user_salt(directory), count),
         "dict(os.environ)": per_call_us(lambda _: dict(os.environ), count),
         "resolve_scope (cached decision)": per_call_us(
             lambda _: shim.resolve_scope(options.scope, options.command, options.name, directory, salt), count),
         "client_environ": per_call_us(lambda _: keys.client_environ(), count),
         "compute_key": per_call_us(
-            lambda _: keys.compute_key(options.command, decision.scope, cwd, env, options.env_keys, salt, client),
+            lambda _: keys.key_of(
+                keys.key_parts(options.command, decision.scope, cwd, env, options.env_keys, salt, client)
+            ),
             count,
         ),
         "default_name": per_call_us(lambda _: keys.default_name(options.command), count),
@@ -225,7 +230,7 @@ ANON = ("import sys\n"
 def import_memory(repeats: int) -> dict[str, Any]:
     """Pss_Anon (KiB) of an interpreter after importing a module, minus a bare interpreter's."""
     python = entry_interpreter()
-    modules = ["mcpsingleton.broker", "dataclasses", "typing", "subprocess", "json", "socket", "datetime",
+    modules = ["mcpsingleton.broker.process", "dataclasses", "typing", "subprocess", "json", "socket", "datetime",
                "selectors", "ctypes"]
 
     def anon(*names: str) -> int:

@@ -82,7 +82,7 @@ def latency_section(data: dict[str, Any]) -> list[str]:
         if floor:
             ms = floor["ms"]
             out += [f"Floor of the addition: `python -c pass` {ms['python_pass']['p50']:.1f} ms (the shim's "
-                    f"interpreter) + `python -c 'import mcpsingleton.broker'` "
+                    f"interpreter) + `python -c 'import mcpsingleton.broker.process'` "
                     f"{ms['python_import_broker']['p50']:.1f} ms (the broker's interpreter and imports) = "
                     f"**{floor['floor_ms_p50']:.0f} ms** (two bare interpreters alone: "
                     f"{floor['two_interpreters_ms_p50']:.0f} ms). Goal: {GOALS['cold']}.", ""]

@@ -3,7 +3,8 @@
     .venv/bin/python bench/soak.py --sessions 10 --minutes 10 --chaos     # what issue 19 asks for
     .venv/bin/python bench/soak.py --sessions 4 --minutes 2 --chaos       # a quick look
     options: --lazy N (of the sessions, on a key of their own; default a third), --chaos-mode
-    alternate|both|restart|kill, --chaos-period SECONDS, --joiners N, --rate MSG/S, --skip KIND...
+    alternate|both|restart|restart-all|kill|kill-backend, --chaos-period SECONDS, --joiners N, --rate MSG/S,
+    --skip KIND...
 
 Not part of the test suite. Every session is a real `mcpsingleton run` shim on tests/fake_server.py, with
 one writer thread and one reader thread. Two keys: `soak-eager`, and `soak-lazy` whose sessions run with
@@ -17,14 +18,19 @@ a `touch` of one must bring its `resources/updated` before the reply, on whichev
 carries them across); and hostile lines (malformed, huge, wrong types, unknown ids, deep nesting, batches,
 bad UTF-8, cut and broken big lines).
 
-Chaos (`--chaos`): each period, `mcpsingleton restart` and a `kill -9` of each key's broker (alternating
-every half period, or both, or one kind). Before each strike a staged victim is put in flight on one session
-of the key (issue 19 rows 2-4): before a restart a 7 s call (longer than the 5 s drain) and a 40 KB line
-written half before and half after it; before a kill -9 a 2 MB reply that has streamed half-way. After each
-strike, while the backends' `initialize` is held back (fake_server's `--initialize-gate`, as at the start),
-joiners attach: short-lived sessions on each key and on a cold key of their own (there all but the first
-are parked while the first backend decides the sharing); each does initialize, tools/list, an echo and a
-ping, then closes its stdin and must exit 0.
+Chaos (`--chaos`), against the process model of one broker per user (every key a server inside it, one keeper,
+a waiter per session, a backend per key): each period, in turn and a quarter period apart, `mcpsingleton restart
+NAME` of each key (a server's handover; the broker goes on), a `kill -9` of the one broker (once: it hosts every
+key), `mcpsingleton restart --all` (every session to a fresh broker) and a `kill -9` of each key's backend (the
+broker restarts it); or `both` (a restart of each key then a kill -9), or one kind only. Before a restart or
+kill -9 a staged victim is put in flight on one session of each key struck (issue 19 rows 2-4): before a
+restart a 7 s call (longer than the 5 s drain) and a 40 KB line written half before and half after it; before a
+kill -9 a 2 MB reply that has streamed half-way. Restarts are orderly handovers, which the sessions' crash-loop
+guard does not count; the kills of the broker, one a period, are crashes it counts (4 within 60 s would end the
+sessions). After each strike, while the backends' `initialize` is held back (fake_server's `--initialize-gate`,
+as at the start), joiners attach: short-lived sessions on each key and on a cold key of their own (there all
+but the first are parked while the first backend decides the sharing); each does initialize, tools/list, an
+echo and a ping, then closes its stdin and must exit 0.
 
 The accounting: every valid request must be answered exactly once, an error reply counts, silence does
 not. Per category: sent, ok, error, unanswered; plus duplicates, replies to another session (misrouted),
@@ -33,9 +39,11 @@ wrong content, lost subscriptions, answers later than 30 s, and lines glued toge
 counted, and its request must still be answered). Each unanswered request is given its likely cause: in
 flight at a restart or kill -9, written while one was under way, inside an unparseable line, its session
 ended, or plain silence.
-A monitor samples every broker's RSS and fds per broker lifetime (the pid changes at each strike) and
-counts our processes. Exit status 0 only when every request was answered exactly once and right, on a
-clean stdout, no session was lost, every joiner exited 0 and the brokers are alive at the end.
+A monitor samples the broker's RSS and fds per broker lifetime (the pid changes at each kill -9 and restart
+--all) and counts our processes. Exit status 0 only when no problem was found: every request answered exactly
+once and right, on a clean stdout, no session lost, every joiner exited 0, every strike carried out, no
+exception in the soak's own threads, no traceback or internal error in a log, the broker alive at the end and
+nothing of ours left after `stop --all`.
 Writes bench/results/soak.json (or --out NAME).
 """
 
@@ -47,6 +55,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -114,6 +123,7 @@ class Pending:
     sent_at: float
     expect: int | None = None
     uri: str | None = None  # the resource a subscribe or touch is about
+    shape: str = ""  # how the line was written (size, where its id is, in two halves), for the report
 
 
 @dataclass
@@ -309,8 +319,11 @@ class SoakSession:
             members: dict[str, Any] = {"method": method, **({"params": params} if params else {})}
             message = {**members, "jsonrpc": "2.0", "id": request_id} if how.get("id_last") else {
                 "jsonrpc": "2.0", "id": request_id, **members}
-            self.ledger.sent(request_id, Pending(kind, self.now(), how.get("expect"), how.get("uri")))
-            return self.write(json.dumps(message).encode(), how.get("split_pause", 0.0))
+            line = json.dumps(message).encode()
+            shape = (f"{len(line)} bytes, id {'last' if how.get('id_last') else 'first'}"
+                     + (f", in two halves {how['split_pause']:.2f} s apart" if how.get("split_pause") else ""))
+            self.ledger.sent(request_id, Pending(kind, self.now(), how.get("expect"), how.get("uri"), shape))
+            return self.write(line, how.get("split_pause", 0.0))
 
     def initialize(self) -> bool:
         hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "soak", "version": "1"}}
@@ -426,33 +439,49 @@ def joiner_script(session: SoakSession, timeout: float) -> dict[str, Any]:
 # ---- brokers ---------------------------------------------------------------------------------------
 
 
+EVERY_KEY = "*"
+"""A strike's `name` when it hits the whole broker (kill -9, restart --all): every key in it, fresh ones too."""
+
+
 @dataclass
 class Strike:
-    """One chaos event against one key's broker."""
+    """One chaos event: against one key (its server's restart, its backend's kill) or the whole broker."""
 
     number: int
-    kind: str  # "restart" | "kill -9"
-    name: str
+    kind: str  # "restart" | "restart --all" | "kill -9" | "kill backend"
+    name: str  # a key's name, or EVERY_KEY
     at: float
-    old_pid: int | None
+    old_pid: int | None  # the broker's, or the backend's for "kill backend"
     seconds: float = 0.0
     detail: str = ""
 
+    def hits(self, name: str | None) -> bool:
+        return self.name == EVERY_KEY or self.name == name
+
 
 class Brokers:
-    """Finds each key's current broker (the pid changes at every strike), restarts and kills it."""
+    """Finds the broker (the pid changes at each kill -9 and restart --all) and the keys' backends; restarts a
+    key's server or everything, kills the broker or a backend."""
 
     def __init__(self, exe: str, env: dict[str, str]) -> None:
         self.exe, self.env = exe, env
 
-    def current(self) -> dict[str, int]:
-        """Name → broker pid, from `ls --json` (one entry per backend; a broker with several is listed once)."""
+    def records(self) -> list[dict[str, Any]]:
+        """`ls --json`: one record per backend slot."""
         try:
             out = subprocess.run([self.exe, "ls", "--json"], capture_output=True, text=True, env=self.env, timeout=30)
             entries = json.loads(out.stdout or "[]")
         except (subprocess.TimeoutExpired, ValueError):
-            return {}
-        return {str(e["name"]): int(e["broker_pid"]) for e in entries if isinstance(e, dict) and e.get("broker_pid")}
+            return []
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def current(self) -> dict[str, int]:
+        """Name → the pid of the broker hosting that key (one broker hosts them all)."""
+        return {str(e["name"]): int(e["broker_pid"]) for e in self.records() if e.get("broker_pid")}
+
+    def backends(self, name: str) -> list[int]:
+        """The pids of the key's running backends."""
+        return [int(e["backend_pid"]) for e in self.records() if e.get("name") == name and e.get("backend_pid")]
 
     def await_broker(self, name: str, timeout: float) -> int | None:
         """The key's broker pid once one runs (after a strike the waiters start the next one)."""
@@ -462,19 +491,23 @@ class Brokers:
         return pid
 
     @staticmethod
-    def kill(pid: int) -> str:
+    def kill(pid: int, role: str = "mcpsingleton.broker") -> str:
+        """SIGKILL `pid` if its command line still holds `role` (a backend's: fake_server.py)."""
         try:
-            if "mcpsingleton.broker" not in " ".join(psutil.Process(pid).cmdline()):
-                return "pid is no longer a broker"
+            if role not in " ".join(psutil.Process(pid).cmdline()):
+                return f"pid is no longer {role}"
             os.kill(pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError) as error:
             return f"gone before the kill ({type(error).__name__})"
         return "killed"
 
     def restart(self, name: str) -> str:
-        """`mcpsingleton restart NAME`: returns once the old broker has exited (after its drain)."""
-        out = subprocess.run([self.exe, "restart", name], capture_output=True, text=True, env=self.env, timeout=120)
-        return (out.stdout + out.stderr).strip().replace("\n", " | ")[:200] + f" (exit {out.returncode})"
+        """`mcpsingleton restart NAME` (a server's handover), or `--all` (every session to a fresh broker): returns
+        once the handover is done (after its drain). The detail starts with "restarted" only when it worked."""
+        target = ["--all"] if name == EVERY_KEY else [name]
+        out = subprocess.run([self.exe, "restart", *target], capture_output=True, text=True, env=self.env, timeout=120)
+        said = (out.stdout + out.stderr).strip().replace("\n", " | ")[:200]
+        return f"{'restarted' if out.returncode == 0 else 'failed'}: {said} (exit {out.returncode})"
 
 
 @dataclass
@@ -503,12 +536,12 @@ def mib(value: float) -> float:
 
 
 class Monitor:
-    """Samples every broker's RSS and fds (per lifetime) and counts the processes of the soak's home."""
+    """Samples the broker's RSS and fds (per lifetime) and counts the processes of the soak's home."""
 
     def __init__(self, brokers: Brokers, home: str, interval: float, clock: float) -> None:
         self.brokers, self.home, self.interval, self.clock = brokers, home, interval, clock
         self.lifetimes: dict[int, Lifetime] = {}
-        self.pids: dict[str, int] = {}
+        self.pid: int | None = None
         self.census_max: Counter[str] = Counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -518,16 +551,17 @@ class Monitor:
             self.sample()
 
     def sample(self) -> None:
-        if not all(pid_alive(pid) for pid in self.pids.values()) or len(self.pids) < len(NAMES):
-            self.pids = {name: pid for name, pid in self.brokers.current().items() if name in NAMES.values()}
+        if self.pid is None or not pid_alive(self.pid):
+            found = set(self.brokers.current().values())
+            self.pid = found.pop() if len(found) == 1 else None  # none yet, or the old one still draining
         at = round(time.monotonic() - self.clock, 1)
-        for name, pid in self.pids.items():
-            try:
-                process = psutil.Process(pid)
+        try:
+            process = psutil.Process(self.pid) if self.pid is not None else None
+            if process is not None:
                 rss, fds = process.memory_info().rss, process.num_fds()
-            except psutil.Error:
-                continue
-            self.lifetimes.setdefault(pid, Lifetime(name, pid)).samples.append((at, rss, fds))
+                self.lifetimes.setdefault(process.pid, Lifetime("broker", process.pid)).samples.append((at, rss, fds))
+        except psutil.Error:
+            pass
         roles = Counter(role(p) for p in processes_of(self.home))
         for kind, count in roles.items():
             self.census_max[kind] = max(self.census_max[kind], count)
@@ -567,9 +601,22 @@ class Gate:
         timer.start()
 
 
+PLANS = {
+    "alternate": ["restart", "kill -9", "restart --all", "kill backend"],
+    "both": ["both"],
+    "restart": ["restart"],
+    "restart-all": ["restart --all"],
+    "kill": ["kill -9"],
+    "kill-backend": ["kill backend"],
+}
+"""What each --chaos-mode strikes, in turn. `restart` and `kill backend` strike each key; `kill -9` and `restart
+--all` the one broker, once."""
+PER_KEY = ("restart", "kill backend")
+
+
 class Chaos:
-    """Restarts and kills each key's broker on a schedule. Before each strike `stage(kind, name)` puts a victim
-    request in flight; after it, `join()` attaches joiners while the new backend is held at its `initialize`."""
+    """Restarts and kills on a schedule. Before each strike `stage(kind, name)` puts a victim request in flight on
+    each key struck; after it, `join()` attaches joiners while the new backends are held at their `initialize`."""
 
     def __init__(self, brokers: Brokers, gate: Gate, plan: list[str], every: float, hooks: Any, clock: float) -> None:
         self.brokers, self.gate, self.every, self.hooks, self.clock = brokers, gate, every, hooks, clock
@@ -593,20 +640,37 @@ class Chaos:
         for kind in kinds:
             if kind != kinds[0]:  # the kill's staged reply needs the restarted backends up
                 self.gate.open_now(settle=3.0)
-            for name in NAMES.values():
+            for name in NAMES.values() if kind in PER_KEY else (EVERY_KEY,):
                 self._one(kind, name)
         self.hooks.join()
         self.gate.open_later()
 
     def _one(self, kind: str, name: str) -> None:
-        """One strike; `at` is the moment of the signal or of the restart command, after the broker lookup."""
-        pid = self.brokers.await_broker(name, 15)
-        if pid is None:
-            log(f"{kind} {name}: no broker ran within 15 s; skipped")
-            return
-        self.hooks.stage(kind, name)
+        """One strike; `at` is the moment of the signal or of the restart command, after the lookups. Every key it
+        strikes must be hosted (its sessions re-attached after the last strike), all by the one broker."""
+        keys = list(NAMES.values()) if name == EVERY_KEY else [name]
         started = time.monotonic()
-        detail = self.brokers.restart(name) if kind == "restart" else self.brokers.kill(pid)
+        hosts = {key: self.brokers.await_broker(key, 15) for key in keys}
+        if len(set(hosts.values())) > 1:  # the old broker may still be answering `status` as it exits
+            time.sleep(2)
+            hosts = {key: self.brokers.await_broker(key, 15) for key in keys}
+        pid = hosts[keys[0]]
+        if pid is None or None in hosts.values() or len(set(hosts.values())) > 1:
+            self._record(kind, name, started, pid, f"failed: the keys' brokers after 15 s: {hosts}")
+            return
+        if kind == "kill backend":
+            backends = self.brokers.backends(name)
+            details = [self.brokers.kill(backend, FAKE_SERVER.name) for backend in backends]
+            detail = ", ".join(details) if backends else "idle: no backend ran (a lazy key's, until a tool call)"
+            self._record(kind, name, time.monotonic(), backends[0] if backends else None, detail)
+            return
+        for key in keys:
+            self.hooks.stage(kind, key)
+        started = time.monotonic()
+        detail = self.brokers.kill(pid) if kind == "kill -9" else self.brokers.restart(name)
+        self._record(kind, name, started, pid, detail)
+
+    def _record(self, kind: str, name: str, started: float, pid: int | None, detail: str) -> None:
         strike = Strike(len(self.strikes) + 1, kind, name, round(started - self.clock, 2), pid,
                         round(time.monotonic() - started, 2), detail)
         self.strikes.append(strike)
@@ -632,6 +696,8 @@ class Soak:
         self.joiner_results: list[dict[str, Any]] = []
         self.fresh_keys = 0
         self.threads: list[threading.Thread] = []
+        self.thread_errors: list[str] = []  # an exception in a driver, joiner or chaos thread is a problem too
+        threading.excepthook = lambda hook: self.thread_errors.append(f"{hook.exc_type.__name__}: {hook.exc_value}")
         self.rng = random.Random(args.seed)
         self.traffic = Traffic(args.hostile, args.rate, args.window, set(args.skip))
         os.environ.update(home.env)  # the Popen'd shims and `ls` inherit the home
@@ -692,7 +758,7 @@ class Soak:
         if not self.args.staged or not live:
             return
         session = self.rng.choice(live)
-        if kind == "restart":
+        if kind.startswith("restart"):
             slow = {"name": "slow", "arguments": {"seconds": 7}}
             self.run_thread(session.request, "staged_slow_over_drain", "tools/call", slow)
             half = {"name": "echo", "arguments": {"text": "h" * 40_000}}
@@ -731,10 +797,8 @@ class Soak:
         return self.report(about, chaos.strikes, monitor, alive)
 
     def chaos(self) -> Chaos:
-        plan = {"alternate": ["restart", "kill -9"], "both": ["both"], "restart": ["restart"], "kill": ["kill -9"]}
-        mode = self.args.chaos_mode
-        every = self.args.chaos_period / 2 if mode == "alternate" else self.args.chaos_period
-        chaos = Chaos(self.brokers, self.gate, plan[mode], every, self, self.clock)
+        plan = PLANS[self.args.chaos_mode]
+        chaos = Chaos(self.brokers, self.gate, plan, self.args.chaos_period / len(plan), self, self.clock)
         if self.args.chaos:
             chaos.thread.start()
         return chaos
@@ -767,7 +831,9 @@ class Soak:
                 "long_lived": len(self.sessions), "lost": lost,
                 "joiners": len(self.joiner_results),
                 "joiners_failed": [j for j in self.joiner_results if not j["settled"] or j["exit"] != 0],
+                "joiners_without_result": len(self.joiners) - 1 - len(self.joiner_results),  # (the primer has none)
             },
+            "soak_thread_errors": self.thread_errors,
             "chaos": chaos_summary(strikes),
             "brokers": brokers_summary(monitor, alive),
             "processes_max": dict(monitor.census_max),
@@ -833,8 +899,8 @@ def examples(problems: list[dict[str, Any]], each: int) -> list[dict[str, Any]]:
 def unanswered_problem(request_id: str, pending: Pending, ledger: Ledger, strikes: list[Strike]) -> dict[str, Any]:
     """An unanswered request, with what most likely took its reply: the unparseable line its id was found in, its
     session's end, the next strike on its key (within SILENCE_HORIZON), or the strike under way as it was written."""
-    name = NAMES.get(ledger.group)  # a fresh key is never struck
-    mine = [s for s in strikes if s.name == name]
+    name = NAMES.get(ledger.group, f"soak-{ledger.group}")  # a fresh key: struck only with the whole broker
+    mine = [s for s in strikes if s.hits(name)]
     sent = pending.sent_at
     later = next((s for s in mine if sent - 0.05 <= s.at <= sent + SILENCE_HORIZON), None)
     during = next((s for s in mine if s.at < sent <= s.at + s.seconds), None)
@@ -848,9 +914,9 @@ def unanswered_problem(request_id: str, pending: Pending, ledger: Ledger, strike
         cause, strike = f"written during a {during.kind} (before the old broker exited)", during
     else:
         cause, strike = "silence (no strike within 15 s after it was sent)", None
-    near = f"; strike #{strike.number} {strike.kind} {name} at {strike.at} s" if strike else ""
+    near = f"; strike #{strike.number} {strike.kind} {strike.name} at {strike.at} s" if strike else ""
     return {"what": "unanswered", "session": ledger.prefix, "id": request_id, "at": sent,
-            "cause": cause, "detail": f"{pending.kind} sent at {sent} s{near}"}
+            "cause": cause, "detail": f"{pending.kind} ({pending.shape}) sent at {sent} s{near}"}
 
 
 def chaos_summary(strikes: list[Strike]) -> dict[str, Any]:
@@ -859,29 +925,29 @@ def chaos_summary(strikes: list[Strike]) -> dict[str, Any]:
     return {
         "strikes": dict(Counter(s.kind for s in strikes)),
         "restart_command_s": timing,
-        "failed": [vars(s) for s in strikes if not s.detail.startswith(("killed", "restarted"))],
+        "failed": [vars(s) for s in strikes if not s.detail.startswith(("killed", "restarted", "idle"))],
     }
 
 
 def brokers_summary(monitor: Monitor, alive: dict[str, bool]) -> dict[str, Any]:
-    """Per broker lifetime, and the trend across lifetimes of each key (first third vs last third, medians)."""
+    """Per broker lifetime, and the trend across the lifetimes of the one broker (first third vs last third,
+    medians): growth from one lifetime to the next, or within the longest one, would show here."""
     lifetimes = [life.summary() for life in monitor.lifetimes.values() if life.samples]
+    third = max(1, len(lifetimes) // 3)
     trend = {}
-    for name in NAMES.values():
-        mine = [life for life in lifetimes if life["name"] == name]
-        third = max(1, len(mine) // 3)
-        if mine:
-            trend[name] = {
-                "lifetimes": len(mine),
-                "rss_max_mib_first_third_vs_last_third": [
-                    statistics.median(life["rss_mib"]["max"] for life in mine[:third]),
-                    statistics.median(life["rss_mib"]["max"] for life in mine[-third:])],
-                "fds_last_first_third_vs_last_third": [
-                    statistics.median(life["fds"]["last"] for life in mine[:third]),
-                    statistics.median(life["fds"]["last"] for life in mine[-third:])],
-                "rss_mib_max_overall": max(life["rss_mib"]["max"] for life in mine),
-                "fds_max_overall": max(life["fds"]["max"] for life in mine),
-            }
+    if lifetimes:
+        trend = {
+            "lifetimes": len(lifetimes),
+            "rss_max_mib_first_third_vs_last_third": [
+                statistics.median(life["rss_mib"]["max"] for life in lifetimes[:third]),
+                statistics.median(life["rss_mib"]["max"] for life in lifetimes[-third:])],
+            "fds_last_first_third_vs_last_third": [
+                statistics.median(life["fds"]["last"] for life in lifetimes[:third]),
+                statistics.median(life["fds"]["last"] for life in lifetimes[-third:])],
+            "rss_mib_max_overall": max(life["rss_mib"]["max"] for life in lifetimes),
+            "fds_max_overall": max(life["fds"]["max"] for life in lifetimes),
+            "longest_lifetime": max(lifetimes, key=lambda life: life["seen_s"][1] - life["seen_s"][0]),
+        }
     return {"alive_at_end": alive, "trend": trend, "lifetimes": lifetimes}
 
 
@@ -896,15 +962,24 @@ def log_findings(home: str) -> dict[str, int]:
     return dict(found)
 
 
-def healthy(report: dict[str, Any]) -> bool:
-    """Every valid request answered exactly once and right, stdout clean, no session lost, brokers alive."""
-    accounts = report["accounting"]
-    return (
-        not accounts["problems_by_kind"]
-        and not report["sessions"]["lost"]
-        and not report["sessions"]["joiners_failed"]
-        and all(report["brokers"]["alive_at_end"].values())
-    )
+def findings(report: dict[str, Any]) -> list[str]:
+    """Every kind of problem the run found; none: the soak passed (exit status 0)."""
+    accounts, sessions, logs = report["accounting"], report["sessions"], report["logs"]
+    left = {role: count for role, count in report["processes_left_after_stop"].items() if role != "gone"}
+    checks = {
+        f"requests: {accounts['problems_by_kind']}": accounts["problems_by_kind"],
+        f"{len(sessions['lost'])} long-lived session(s) lost": sessions["lost"],
+        f"{len(sessions['joiners_failed'])} joiner(s) failed": sessions["joiners_failed"],
+        f"{sessions['joiners_without_result']} joiner(s) without a result": sessions["joiners_without_result"],
+        f"{len(report['chaos']['failed'])} strike(s) not carried out": report["chaos"]["failed"],
+        f"no broker hosted {report['brokers']['alive_at_end']} at the end": not all(
+            report["brokers"]["alive_at_end"].values()),
+        f"{logs.get('traceback_lines', 0)} traceback line(s) in the logs": logs.get("traceback_lines"),
+        f"{logs.get('internal_error_lines', 0)} internal error line(s) in the logs": logs.get("internal_error_lines"),
+        f"left after `stop --all`: {left}": left,
+        f"exceptions in the soak's threads: {report['soak_thread_errors'][:3]}": report["soak_thread_errors"],
+    }
+    return [what for what, found in checks.items() if found]
 
 
 def headline(report: dict[str, Any]) -> str:
@@ -922,10 +997,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--lazy", type=int, default=None, help="how many sessions run --lazy (default a third)")
     parser.add_argument("--chaos", action="store_true", help="restart and kill -9 the brokers on a schedule")
-    parser.add_argument("--chaos-mode", choices=("alternate", "both", "restart", "kill"), default="alternate")
+    parser.add_argument("--chaos-mode", choices=tuple(PLANS), default="alternate")
     parser.add_argument("--chaos-period", type=float, default=60.0,
-                        help="seconds in which each kind strikes once (under 60, alternating strikes make a broker go "
-                        "away more than 3 times a minute, and sessions end by design)")
+                        help="seconds in which each kind strikes once (under 20, the broker is killed more than 3 "
+                        "times a minute and the crash-loop guard ends the sessions, by design)")
     parser.add_argument("--joiners", type=int, default=2, help="short-lived sessions per key after each strike")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds a new backend's initialize is held")
     parser.add_argument("--rate", type=float, default=20.0, help="messages per second per session (0: flat out)")
@@ -938,6 +1013,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--answer-wait", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="soak", help="result file name under bench/results")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the brokers' logs there before the home is removed")
     return parser.parse_args()
 
 
@@ -945,11 +1021,16 @@ def main() -> int:
     args = parse_args()
     with Home() as home:
         report = Soak(args, home).run()
+        if args.keep_logs:
+            shutil.copytree(Path(home.path) / "logs", args.keep_logs, dirs_exist_ok=True)
     write_result(args.out, report)
     shown = {k: v for k, v in report["accounting"].items() if k != "problems_all"}  # all of them: in the file
     print(json.dumps({"accounting": shown, "sessions": report["sessions"], "chaos": report["chaos"]}, indent=2))
     log(headline(report))
-    return 0 if healthy(report) else 1
+    problems = findings(report)
+    for problem in problems:
+        log(f"problem: {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Entry point. `run` is dispatched before click loads: it is the per-session warm path."""
 
-from __future__ import annotations
-
 import sys
 
 
@@ -9,24 +7,24 @@ def wants_shim(argv: list[str]) -> bool:
     """`run` goes straight to the lean shim, unless `run` itself (not the server) is asked for --help."""
     if argv[:1] != ["run"]:
         return False
-    from .options import asks_for_help
+    from .common.options import asks_for_help
 
     return not asks_for_help(argv[1:])
 
 
 def main() -> None:
-    from .platform import unsupported_reason  # before anything that needs fcntl or AF_UNIX
+    from .common.platform import unsupported_reason  # before anything that needs fcntl or AF_UNIX
 
     if reason := unsupported_reason():
         sys.stderr.write(f"mcpsingleton: {reason}\n")
         sys.exit(1)
     argv = sys.argv[1:]
     if wants_shim(argv):
-        from .shim import main as run_shim
+        from .shim.attach import main as run_shim
 
         sys.exit(run_shim(argv[1:]))
-    from .cli import cli
-    from .keys import SetupError, stderr_line
+    from .common.errors import SetupError, stderr_line
+    from .ops.cli import cli
 
     try:
         cli()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: install (idempotent), lint, type check, then every test; then the tests that run real
 # processes again with MCPSINGLETON_PORTABLE=1, i.e. with the macOS/BSD implementations of
-# mcpsingleton/platform.py (no pipe2, prctl or /proc; poll selector; the keeper as the only orphan
+# mcpsingleton/common/platform.py (no pipe2, prctl or /proc; poll selector; the keeper as the only orphan
 # guard), on Linux only (elsewhere the first run is that already); tests marked `slow` that exercise no
 # platform code (thousands of HTTP sessions, the real clients, the browser) run in the first pass only.
 # Arguments go to both pytest runs; given any, the second run uses them instead of the markers.

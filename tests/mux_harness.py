@@ -6,10 +6,9 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.jsonrpc import Id, Message
-from mcpsingleton.mux import Action, Log, Mux, StartBackend, StoreDiscovery, ToBackend, ToSession, eras
+from mcpsingleton.mux import Action, Log, Mux, StartBackend, StoreDiscovery, ToBackend, ToSession, eras, jsonrpc
 from mcpsingleton.mux.fast_path import FAST_PATH_FROM
+from mcpsingleton.mux.jsonrpc import Id, Message
 
 STATELESS = {eras.PROTOCOL_VERSION: "2026-07-28", eras.CLIENT_INFO: {"name": "stateless", "version": "1"}}
 """The `_meta` of a request in the stateless era (2026-07-28): no handshake, the era named in each request."""

@@ -10,10 +10,9 @@ from typing import Any
 from hypothesis import strategies as st
 from mux_harness import Harness, init_result, is_request
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.jsonrpc import Invalid, Message, id_key
-from mcpsingleton.mux import Action, ToSession, eras
+from mcpsingleton.mux import Action, ToSession, eras, jsonrpc
 from mcpsingleton.mux.backend_state import DOWN, SPAWNING
+from mcpsingleton.mux.jsonrpc import Invalid, Message, id_key
 
 Key = tuple[bool, Any]
 

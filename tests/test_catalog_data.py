@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-CATALOG = Path(__file__).resolve().parent.parent / "mcpsingleton" / "catalog.toml"
+CATALOG = Path(__file__).resolve().parent.parent / "mcpsingleton" / "policy" / "catalog.toml"
 FIELDS = {"aliases", "sharing", "scope", "reason", "source"}
 # Words a command line is full of: as aliases they would capture unrelated servers.
 GENERIC_WORDS = {"mcp", "run", "server", "stdio", "magic", "fetch", "git", "time", "memory", "filesystem", "node"}

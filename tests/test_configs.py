@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from helpers import mcpsingleton_exe
 
-from mcpsingleton import launcher
-from mcpsingleton.configs import clients as registry
-from mcpsingleton.configs import codex_toml, files, jsonc, run_wrap, wrapping
-from mcpsingleton.configs.entries import Document, classify
-from mcpsingleton.configs.records import InsertedArgs, records_path
-from mcpsingleton.configs.wrapping import Edit, apply
-from mcpsingleton.keys import launcher_dir
-from mcpsingleton.shim import parse_args
+from mcpsingleton.common.paths import launcher_dir
+from mcpsingleton.ops.configs import clients as registry
+from mcpsingleton.ops.configs import codex_toml, files, jsonc, run_wrap, wrapping
+from mcpsingleton.ops.configs.entries import Document, classify
+from mcpsingleton.ops.configs.records import InsertedArgs, records_path
+from mcpsingleton.ops.configs.wrapping import Edit, apply
+from mcpsingleton.shim import launcher
+from mcpsingleton.shim.attach import parse_args
 
 FIXTURES = Path(__file__).parent / "fixtures" / "configs"
 SECRET = "s3cr3t"  # every secret in the fixtures contains this

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from mcpsingleton import lifecycle, wire
-from mcpsingleton.lifecycle import IllegalTransition, Lifecycle
+from mcpsingleton.broker import lifecycle
+from mcpsingleton.broker.lifecycle import IllegalTransition, Lifecycle
+from mcpsingleton.common import wire
 
 
 def test_lifecycle_follows_the_table_and_refuses_the_rest() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from mux_harness import CACHED_INIT, ENTRY, TOOL_A, TOOL_B, TOOLS_CHANGED, Harness, answer_lists, init_result
 
-from mcpsingleton import discovery
+from mcpsingleton.broker import discovery_cache as discovery
 from mcpsingleton.mux.discovery import MAX_DEPTH
 
 RESOURCES_CHANGED = "notifications/resources/list_changed"
@@ -196,7 +196,7 @@ def test_a_list_a_session_asks_for_again_keeps_the_entry_current() -> None:
     assert len(h.stored) == stored  # the same list again, or a later page: nothing to store
 
 
-# ---- the file the broker keeps (mcpsingleton/discovery.py) -----------------------------------
+# ---- the file the broker keeps (mcpsingleton/broker/discovery_cache.py) -----------------------------------
 
 
 def spec(**overrides: Any) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def test_portable_mode_falls_back_to_secrets_and_env_keys(home: Path) -> None:
 
 
 def test_config_set_names_are_what_differs_from_the_client_minus_what_clients_add() -> None:
-    from mcpsingleton.keys import config_set_names
+    from mcpsingleton.shim.keys import config_set_names
 
     client = {"PATH": "/bin", "EDITOR": "vim", "MEMORY_FILE_PATH": "/a", "SHLVL": "1"}
     spawned = {
@@ -211,10 +211,10 @@ def without_secret(env: dict[str, str]) -> dict[str, str]:
 
 
 def key_of(server_env: dict[str, str], client_env: dict[str, str]) -> str:
-    from mcpsingleton.keys import compute_key
+    from mcpsingleton.shim import keys
 
     argv = ["/usr/bin/node", "/srv/server-everything/dist/index.js"]
-    return compute_key(argv, "cwd", "/home/user/project", server_env, [], SALT, client_env)
+    return keys.key_of(keys.key_parts(argv, "cwd", "/home/user/project", server_env, [], SALT, client_env))
 
 
 def test_every_recorded_client_shares_with_a_terminal_start_when_no_secret_is_around() -> None:
@@ -236,7 +236,7 @@ def test_the_same_entry_env_shares_across_recorded_clients_and_a_different_value
 
 def test_a_secret_only_claude_code_passes_on_separates_it_and_is_named() -> None:
     """Gemini CLI and Codex strip SOME_API_TOKEN, Claude Code passes it: env rule, by design (DESIGN.md)."""
-    from mcpsingleton.keys import key_env_names
+    from mcpsingleton.shim.keys import key_env_names
 
     keys = {name: key_of(*recorded(name)) for name in RECORDED}
     assert keys["gemini-cli-0.61.0"] == keys["gemini-cli-0.61.0-ci"] == keys["codex-0.171.0"]
@@ -251,7 +251,7 @@ def test_a_secret_only_claude_code_passes_on_separates_it_and_is_named() -> None
 
 
 def test_a_path_set_by_the_config_separates_only_with_env_key() -> None:
-    from mcpsingleton.keys import env_fingerprint
+    from mcpsingleton.shim.keys import env_fingerprint
 
     server_env, client_env = recorded("codex-0.171.0")
     other = {**server_env, "PATH": "/opt/other/bin:/usr/bin"}
@@ -310,7 +310,7 @@ def procargs(path: str, argv: list[str], environ: list[str]) -> bytes:
 
 
 def test_procargs_are_read_as_exec_path_and_environment() -> None:
-    from mcpsingleton.platform import parse_procargs
+    from mcpsingleton.common.processes import parse_procargs
 
     raw = procargs("/opt/claude/claude", ["claude", "--resume"], ["HOME=/Users/u", "PATH=/bin:/usr/bin", "EMPTY="])
     assert parse_procargs(raw) == ("/opt/claude/claude", {"HOME": "/Users/u", "PATH": "/bin:/usr/bin", "EMPTY": ""})
@@ -319,7 +319,8 @@ def test_procargs_are_read_as_exec_path_and_environment() -> None:
 
 def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch: pytest.MonkeyPatch) -> None:
     """The macOS calls cannot run here: sysctl and proc_pidinfo are replaced by a table of two processes."""
-    from mcpsingleton import keys, platform
+    from mcpsingleton.common import processes
+    from mcpsingleton.shim import keys
 
     shell, client = os.getppid(), 4242
     started = {
@@ -327,8 +328,8 @@ def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch
         client: ("/Applications/Claude.app/Contents/MacOS/claude", {"HOME": "/Users/u"}),
     }
     monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")
-    monkeypatch.setattr(platform, "_procargs", started.get)
-    monkeypatch.setattr(platform.ProcArgs, "parent", staticmethod({shell: client}.get))
+    monkeypatch.setattr(processes, "_procargs", started.get)
+    monkeypatch.setattr(processes.ProcArgs, "parent", staticmethod({shell: client}.get))
     assert keys.client_environ() == {"HOME": "/Users/u"}
     assert keys.reads_client_environ() is False, "our own pid is not in the table"
 
@@ -337,7 +338,7 @@ def test_without_proc_the_client_env_comes_from_procargs_past_shells(monkeypatch
 def test_where_neither_proc_nor_procargs_works_nothing_is_attributed_to_the_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mcpsingleton import keys
+    from mcpsingleton.shim import keys
 
     monkeypatch.setenv("MCPSINGLETON_PORTABLE", "1")  # the macOS reader, really called: Linux has no such sysctl
     assert keys.client_environ() is None and keys.reads_client_environ() is False

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpsingleton import envelope, jsonrpc, quotes
-from mcpsingleton.envelope import Envelope
-from mcpsingleton.jsonwalk import MAX_DEPTH
+from mcpsingleton.mux import envelope, jsonrpc, quotes
+from mcpsingleton.mux.envelope import Envelope
+from mcpsingleton.mux.jsonwalk import MAX_DEPTH
 
 # ---- strategies ---------------------------------------------------------------------------------
 

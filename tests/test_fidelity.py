@@ -43,7 +43,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from serve_harness import Serve
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.common.paths import HOME_ENV
 
 pytestmark = [
     pytest.mark.timeout(90),

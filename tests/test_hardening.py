@@ -19,11 +19,11 @@ import psutil
 import pytest
 from helpers import RawClient, backend_roots, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
-from mcpsingleton import platform, wire
-from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.keys import KeyPaths
-from mcpsingleton.listener import Hello, Listener
-from mcpsingleton.logfile import LogFile
+from mcpsingleton.broker.eventloop import EventLoop
+from mcpsingleton.broker.listener import Hello, Listener
+from mcpsingleton.common import platform, wire
+from mcpsingleton.common.logfile import LogFile
+from mcpsingleton.common.paths import KeyPaths
 
 NAME = "hardened"
 
@@ -186,7 +186,7 @@ def test_full_listen_backlog_is_retried(home: Path, fake_server: list[str]) -> N
 
 KILLED_AT_READY = """
 import os, socket, sys
-from mcpsingleton import election, shim
+from mcpsingleton.shim import election, attach as shim
 settimeout = socket.socket.settimeout
 def die_when_waiting_for_ready(self, seconds):
     if seconds == election.READY_TIMEOUT:

@@ -114,7 +114,7 @@ def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: P
     name was per process, so all but one failed with `cannot use …/salt (File exists)`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mcpsingleton.keys import user_salt
+    from mcpsingleton.shim.keys import user_salt
 
     for attempt in range(20):
         directory = tmp_path / str(attempt)
@@ -127,7 +127,7 @@ def test_first_sessions_attached_from_threads_at_once_share_one_salt(tmp_path: P
 def test_dirs_made_on_the_way_to_a_private_dir_are_private_too(tmp_path: Path) -> None:
     """A broker's first discovery entry made `state/` (0755) on its way to `state/discovery/`; `serve`, started
     later, then refused `state/` for its history as readable by others."""
-    from mcpsingleton.keys import ensure_private_dir
+    from mcpsingleton.common.paths import ensure_private_dir
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
@@ -155,6 +155,28 @@ def test_http_session_follows_a_restart_of_its_broker(home: Path, fake_server: l
         assert await whoami(session, lines, 3) != first
         assert [c["transport"] for c in (await asyncio.to_thread(ls_json))[0]["clients"]] == ["http"]
         assert lines.ended == []
+        session.end()
+
+    asyncio.run(scenario())
+
+
+def test_http_session_outlives_any_number_of_restarts(home: Path, fake_server: list[str]) -> None:
+    """A `restart` is an orderly handover, not a crash: more than the crash-loop guard's 3 within 60 s must not
+    end an HTTP session (issue 19's soak)."""
+    import subprocess
+
+    from helpers import mcpsingleton_exe
+
+    async def scenario() -> None:
+        session, lines = await http_session(fake_server)
+        await whoami(session, lines, 2)
+        for number in range(3, 8):
+            await asyncio.to_thread(wait_for, lambda: session.state != "" and session.conn is not None)
+            restart = [mcpsingleton_exe(), "restart", "--all"]
+            done = await asyncio.to_thread(subprocess.run, restart, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert await whoami(session, lines, number), f"answered after restart {number - 2}"
+        assert lines.ended == [] and session.reattaches == []
         session.end()
 
     asyncio.run(scenario())

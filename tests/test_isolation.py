@@ -38,8 +38,8 @@ from helpers import (
 )
 from mcp import Client, types
 
-from mcpsingleton import wire
-from mcpsingleton.keys import BROKER, KeyPaths
+from mcpsingleton.common import wire
+from mcpsingleton.common.paths import BROKER, KeyPaths
 
 pytestmark = [
     pytest.mark.timeout(90),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from helpers import RawClient, ls_json, result_text, shim, wait_for
 
-from mcpsingleton import journal
+from mcpsingleton.broker import journal
 
 SESSIONS = 3
 
@@ -98,13 +98,15 @@ def test_a_reply_half_written_at_kill_9_is_ended_and_answered_once(home: Path, f
         broker = entry["broker_pid"]
         text = "x" * 50_000  # each reply fits in a pipe; together they fill it, and the client does not read
         ids = [client.request("tools/call", {"name": "echo", "arguments": {"text": text}}) for _ in range(40)]
+        # a short last one: owed once read, and read whole (a big line is owed from its head, read in part or not)
+        ids.append(client.request("tools/call", {"name": "echo", "arguments": {"text": "last"}}))
 
         def stuck() -> bool:
             for path in journals(home):
                 entries = journal._read(str(path)) if path.name.startswith(f"{journal.PREFIX}{broker}-") else None
                 owed, _, open_lines = entries if entries is not None else ({}, set(), set())
                 if client.process.pid in open_lines and journal.id_text(ids[-1]) in owed.get(client.process.pid, {}):
-                    return True  # (the last request read whole: none is cut in two by the kill)
+                    return True  # (the short last request read: none is cut in two by the kill)
             return False
 
         assert wait_for(stuck), "the broker noted the client's stdout is left inside a line"
@@ -259,5 +261,53 @@ def test_a_big_request_with_its_id_last_half_read_at_kill_9_is_answered_under_it
         rest = [m for m in client.seen + replies_until_quiet(client) if m.get("id") == "last"]
         assert rest == [], "answered once"
         assert not [m for m in client.seen if m.get("id") is None], "no error without an id"
+    finally:
+        client.close()
+
+
+def echo_line(request_id: str, size: int) -> bytes:
+    """A tools/call echo request whose id comes first, as most clients write it."""
+    params = {"name": "echo", "arguments": {"text": "y" * size}}
+    message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+    return json.dumps(message).encode()
+
+
+def test_a_request_read_in_part_below_the_streaming_size_at_kill_9_is_answered_under_its_id(
+    home: Path, fake_server: list[str]
+) -> None:
+    """The soak's last unanswered request: the killed broker had read less of it than the 64 KiB from which a line
+    streams (and is owed from its head on). Its id was in that part; the next broker reads only the rest, which
+    names no id: the dead broker's journal must have owed it."""
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        line = echo_line("early", 100_000)
+        client.send_raw(line[:30_000])
+        assert wait_for(lambda: owed_on_disk(home, broker) == {client.process.pid: {'"early"'}})
+        os.kill(broker, signal.SIGKILL)
+        client.send_raw(line[30_000:] + b"\n")
+        error = client.reply_to("early", timeout=30)
+        assert "send it again" in error["error"]["message"]
+        assert result_text(client.call("echo", {"text": "after"}, timeout=30)) == "after"
+        rest = [m for m in client.seen + replies_until_quiet(client) if m.get("id") == "early"]
+        assert rest == [], "answered once (the line's rest gets a -32700 with no id, as any cut line)"
+    finally:
+        client.close()
+
+
+def test_a_request_read_in_part_then_in_full_is_owed_until_its_reply_only(home: Path, fake_server: list[str]) -> None:
+    client = RawClient(shim(fake_server))
+    try:
+        client.initialize()
+        (entry,) = ls_json()
+        broker = entry["broker_pid"]
+        line = echo_line("whole", 50_000)
+        client.send_raw(line[:20_000])
+        assert wait_for(lambda: owed_on_disk(home, broker) == {client.process.pid: {'"whole"'}})
+        client.send_raw(line[20_000:] + b"\n")
+        assert len(result_text(client.reply_to("whole"))) == 50_000
+        assert wait_for(lambda: not owed_on_disk(home, broker).get(client.process.pid)), "settled by its reply"
     finally:
         client.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import RawClient, mcpsingleton_exe
 
-from mcpsingleton import launcher
+from mcpsingleton.shim import launcher
 
 
 def version(argv: list[str]) -> str:
@@ -41,7 +41,7 @@ def test_the_launcher_path_imports_neither_site_nor_re(home: Path, tmp_path: Pat
     holder.initialize()
     env = {**os.environ, "MCPSINGLETON_HOME": str(home)}
     modules = imported_modules([sys.executable, "-X", "importtime", "-I", "-S", script, "run", "--", *fake_server], env)
-    assert "mcpsingleton.shim" in modules
+    assert "mcpsingleton.shim.attach" in modules
     assert not modules & {"site", "re", "json", "asyncio", "click", "psutil"}
     assert holder.close() == 0
 

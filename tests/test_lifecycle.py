@@ -28,7 +28,7 @@ from helpers import (
     wait_for,
 )
 
-from mcpsingleton import wire
+from mcpsingleton.common import wire
 
 
 def launcher(fake_server: list[str]) -> list[str]:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.lineio import READ_CHUNK, WIDE, LineReader, Outbox
+from mcpsingleton.broker.eventloop import EventLoop
+from mcpsingleton.broker.lineio import READ_CHUNK, WIDE, LineReader, Outbox
 from mcpsingleton.mux.actions import Spliced
 
 BIG = b'{"id":1,"text":"' + b"y" * (3 * WIDE) + b'"}'

@@ -19,7 +19,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from serve_harness import Serve
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.common.paths import HOME_ENV
 
 MIB = 1024 * 1024
 pytestmark = [

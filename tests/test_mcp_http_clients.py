@@ -18,7 +18,7 @@ from helpers import ROOT, RawClient, ls_json, own_environ, shim, wait_for
 from http_harness import write_config
 from serve_harness import Serve
 
-from mcpsingleton.keys import HOME_ENV
+from mcpsingleton.common.paths import HOME_ENV
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 

@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 from mux_harness import Harness
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.jsonrpc import Id, Message
-from mcpsingleton.mux import StartBackend
+from mcpsingleton.mux import StartBackend, jsonrpc
+from mcpsingleton.mux.jsonrpc import Id, Message
 
 SAMPLING = {"sampling": {}}
 FORM = {"elicitation": {}}

@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from mux_harness import Harness, is_request
 from mux_world import SESSION_METHODS, World, capabilities, line_of, ops, replies, results, values
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.mux import Mux, ToBackend, ToSession, eras
+from mcpsingleton.mux import Mux, ToBackend, ToSession, eras, jsonrpc
 from mcpsingleton.mux.actions import Spliced
 from mcpsingleton.mux.fast_path import FAST_PATH_FROM, fast_path_threshold
 

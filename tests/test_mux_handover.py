@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mux_harness import Harness, parked
 
-from mcpsingleton import jsonrpc
+from mcpsingleton.mux import jsonrpc
 
 WHY = "the broker restarted (restart requested) before this request was answered; send it again"
 

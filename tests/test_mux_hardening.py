@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from mux_harness import STATELESS, Harness, init_result
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.jsonrpc import Message
-from mcpsingleton.mux import ToBackend, eras
+from mcpsingleton.mux import ToBackend, eras, jsonrpc
+from mcpsingleton.mux.jsonrpc import Message
 
 DEEP = b"[" * 5000 + b"]" * 5000 + b"\n"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mux_harness import Harness, parked
 
-from mcpsingleton import jsonrpc
+from mcpsingleton.mux import jsonrpc
 from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
 
 ROOTS_CAPABILITY = {"roots": {"listChanged": True}}

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness, init_result, is_notification, is_request
 
-from mcpsingleton import jsonrpc
-from mcpsingleton.jsonrpc import Id, Message, id_key
+from mcpsingleton.mux import jsonrpc
+from mcpsingleton.mux.jsonrpc import Id, Message, id_key
 
 Key = tuple[bool, Id]
 URIS = ("file:///a", "file:///a/b", "file:///c")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mux_harness import Harness
 
-from mcpsingleton import wire
+from mcpsingleton.common import wire
 
 ROOTS = {"roots": {"listChanged": True}}
 

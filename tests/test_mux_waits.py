@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness, init_result, parked
 
-from mcpsingleton import jsonrpc
+from mcpsingleton.mux import jsonrpc
 from mcpsingleton.mux.backend_state import DOWN
 from mcpsingleton.mux.roots import ASKING
 

@@ -26,9 +26,12 @@ from helpers import (
     wait_for,
 )
 
-from mcpsingleton import wire
-from mcpsingleton.keys import BROKER, LEGACY_PROTOCOL, KeyPaths, key_of, key_parts, runtime_dir, user_salt
-from mcpsingleton.server import FAULT_ENV
+from mcpsingleton.broker.server import FAULT_ENV
+from mcpsingleton.common import wire
+from mcpsingleton.common.paths import BROKER, KeyPaths, runtime_dir
+from mcpsingleton.common.wire import LEGACY_PROTOCOL
+from mcpsingleton.shim.attach import REATTACHES_ENV
+from mcpsingleton.shim.keys import key_of, key_parts, user_salt
 
 SERVERS = 5
 LEGACY_BROKER = Path(__file__).resolve().parent / "legacy_broker.py"
@@ -145,6 +148,8 @@ def test_an_exception_in_one_server_is_contained_to_it(
     assert echo(faulty, "boom") == "boom", "the call was on its way: it is answered before the server ends"
     assert echo(other, "unaffected") == "unaffected"
     assert echo(faulty, "again") == "again", "its session re-attached to a fresh server"
+    counted = psutil.Process(faulty.process.pid).environ().get(REATTACHES_ENV, "").split()
+    assert len(counted) == 1, "an internal error is a crash to the waiter's crash-loop guard, not a handover"
     records = {record["name"]: record for record in ls_json()}
     assert records["s0"]["internal_errors"] == 1 and records["s1"]["internal_errors"] == 0
     assert records["s1"]["backend_pid"] == other_backend
@@ -173,6 +178,34 @@ def test_a_broker_whose_loop_stops_turning_is_replaced(
     log = (home / "logs" / "broker.log").read_text()
     assert "Timeout (0:00:10)!" in log and "most recent call first" in log, "its stacks are in the log"
     assert [client.close() for client in clients] == [0, 0]
+
+
+def test_the_broker_loads_none_of_the_modules_it_does_without() -> None:
+    """Every module is PSS in the one broker (docs/ARCHITECTURE.md, "Budgets"): datetime (~70 KiB), typing
+    (~0.25 MiB), asyncio (~10 MiB), tomllib and psutil stay out of it (psutil: only with a memory cap or budget)."""
+    code = "import sys, mcpsingleton.broker; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.replace("'", '"')))
+    assert loaded.isdisjoint({"datetime", "typing", "asyncio", "tomllib", "psutil"}), loaded
+
+
+def test_an_idle_broker_rearms_its_watchdog_every_few_seconds_not_every_second(
+    home: Path, fake_server: list[str], tmp_path: Path
+) -> None:
+    """Each re-arm ends faulthandler's watchdog thread and starts a new one (it lives until the next re-arm,
+    so each is seen): an idle broker re-arming every second started ~7 in 6.5 s; every 3 s, at most 4."""
+    (client,) = sessions_of_servers(fake_server, tmp_path, 1)
+    tasks = Path(f"/proc/{broker_pid(home)}/task")
+    if not tasks.is_dir():
+        pytest.skip("no /proc task list to watch threads in")
+    seen: set[str] = set()
+    deadline = time.monotonic() + 6.5
+    while time.monotonic() < deadline:
+        seen |= {entry.name for entry in tasks.iterdir()}
+        time.sleep(0.05)
+    assert len(seen) - 1 <= 4, f"{len(seen) - 1} watchdog threads in 6.5 s"  # the main thread is the one more
+    assert client.close() == 0
 
 
 def test_a_per_key_broker_of_the_previous_version_keeps_its_sessions_until_restart_all(
@@ -236,7 +269,7 @@ def test_attach_to_the_one_broker_asks_the_spec_once_per_key(home: Path, fake_se
 
 
 def stale_state_findings() -> list:
-    from mcpsingleton import reaper
+    from mcpsingleton.ops import reaper
 
     return [finding for finding in reaper.find_reapable() if finding.kind in ("stale-state", "hung-broker")]
 
@@ -257,7 +290,7 @@ def test_reap_knows_the_one_broker(home: Path, fake_server: list[str]) -> None:
     isolated.process.wait()
     found = [finding for finding in stale_state_findings() if finding.key == BROKER]
     assert [finding.kind for finding in found] == ["stale-state"], found
-    from mcpsingleton import reaper
+    from mcpsingleton.ops import reaper
 
     assert reaper._remove_stale_state(BROKER, ended=False)
     assert sorted(p.name for p in (home / "run").iterdir() if p.name.startswith("broker")) == ["broker.lock"]

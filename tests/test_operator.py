@@ -244,6 +244,6 @@ def test_a_backend_that_never_starts_is_logged_without_nested_parentheses(home: 
         logs = "".join(log.read_text() for log in (home / "logs").glob("*.log"))
         return [line for line in logs.splitlines() if " sharing: " in line]
 
-    [line] = wait_for(sharing_lines)  # the broker may log it after the session ended
+    [line] = wait_for(sharing_lines, timeout=30)  # the broker may log it after the session ended (slow under load)
     assert line.endswith("sharing: shared (default: no catalog entry; shared per directory; kept, as its first"
                          " backend never worked)")

@@ -20,15 +20,8 @@ import psutil
 import pytest
 from helpers import RawClient, ls_json, mcpsingleton_exe, shim
 
-from mcpsingleton.keys import (
-    SOCKET_PATH_LIMIT,
-    KeyPaths,
-    SetupError,
-    check_socket_path,
-    log_dir,
-    runtime_dir,
-    state_dir,
-)
+from mcpsingleton.common.errors import SetupError
+from mcpsingleton.common.paths import SOCKET_PATH_LIMIT, KeyPaths, check_socket_path, log_dir, runtime_dir, state_dir
 
 NOBODY = 65534
 
@@ -277,7 +270,7 @@ def test_a_home_another_user_created_is_refused_by_run_and_ls(foreign_home: Path
 def test_the_home_may_be_group_writable_only_by_our_own_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int, group: str, refused: bool
 ) -> None:
-    from mcpsingleton.keys import ensure_private_dir, log_dir
+    from mcpsingleton.common.paths import ensure_private_dir, log_dir
 
     if group == "theirs" and os.geteuid() != 0:
         pytest.skip("staging another group's dir needs root (os.chown)")
@@ -298,7 +291,7 @@ def test_the_home_may_be_group_writable_only_by_our_own_group(
 @needs_root
 def test_a_planted_discovery_entry_is_never_read_nor_written(foreign_home: Path) -> None:
     """Issue 19 row 14: planted `instructions` in a discovery dir of another user's must not reach the model."""
-    from mcpsingleton import discovery
+    from mcpsingleton.broker import discovery_cache as discovery
 
     os.chown(foreign_home, os.getuid(), os.getgid())  # our home; only its state dir is theirs
     spec = {"key": "k" * 20, "scope": "cwd", "sharing": "shared", "env": {}}
@@ -314,9 +307,9 @@ def test_a_planted_discovery_entry_is_never_read_nor_written(foreign_home: Path)
 @needs_root
 def test_a_launcher_dir_another_user_may_write_gets_no_launcher(foreign_home: Path) -> None:
     """Issue 19 row 14: a launcher in another user's dir could be swapped, and it runs in every session."""
-    from mcpsingleton import launcher
-    from mcpsingleton.configs import mcpsingleton_executable
-    from mcpsingleton.keys import launcher_dir
+    from mcpsingleton.common.paths import launcher_dir
+    from mcpsingleton.ops.configs import mcpsingleton_executable
+    from mcpsingleton.shim import launcher
 
     os.chown(foreign_home, os.getuid(), os.getgid())
     with pytest.raises(SetupError, match="not a directory owned by you"):
@@ -343,7 +336,7 @@ def test_a_darwin_user_temp_dir_is_never_the_runtime_dir(
     temp.mkdir(mode=0o700)
     monkeypatch.setattr(os, "confstr_names", {**getattr(os, "confstr_names", {}), "CS_DARWIN_USER_TEMP_DIR": 65537})
     monkeypatch.setattr(os, "confstr", lambda name: str(temp))
-    monkeypatch.setattr("mcpsingleton.keys.RUN_USER", str(tmp_path / "no-run-user"))
+    monkeypatch.setattr("mcpsingleton.common.paths.RUN_USER", str(tmp_path / "no-run-user"))
     assert runtime_dir() == str(bare_home / ".cache" / "mcpsingleton")
 
 
@@ -351,7 +344,7 @@ def test_a_shell_with_mcpsingleton_home_finds_the_sessions_of_clients_that_strip
     bare_home: Path, fake_server: list[str]
 ) -> None:
     """Issue 19 row 21: with MCPSINGLETON_HOME exported, `ls` showed nothing of the sessions Codex ran without it."""
-    from mcpsingleton.keys import default_runtime_dir
+    from mcpsingleton.common.paths import default_runtime_dir
 
     shell = {**os.environ, "MCPSINGLETON_HOME": tempfile.mkdtemp(prefix="ms-", dir="/tmp")}
     session = RawClient(run_line(fake_server, "--name", "stripped"), env=minimal_env(bare_home))
@@ -389,14 +382,14 @@ def test_one_directory_named_in_two_cases_is_one_key_where_the_filesystem_ignore
     """APFS (macOS's default) finds `~/projects` as `~/Projects`: two keys split one project's sessions.
 
     No case-insensitive filesystem mounts here, so its detection is injected; the next test checks it."""
-    from mcpsingleton import keys
+    from mcpsingleton.shim import keys
 
     (tmp_path / "Projects").mkdir()
     (tmp_path / "other").mkdir()
     argv = [sys.executable, "server.py"]
 
     def key_in(directory: Path) -> str:
-        return keys.compute_key(argv, "cwd", str(directory), {}, [], b"s" * 32)
+        return keys.key_of(keys.key_parts(argv, "cwd", str(directory), {}, [], b"s" * 32))
 
     assert key_in(tmp_path / "Projects") != key_in(tmp_path / "projects"), "here case tells directories apart"
     monkeypatch.setattr(keys, "is_case_insensitive", lambda path: True)
@@ -405,7 +398,7 @@ def test_one_directory_named_in_two_cases_is_one_key_where_the_filesystem_ignore
 
 
 def test_case_insensitivity_is_detected_on_the_path_not_assumed_by_platform(tmp_path: Path) -> None:
-    from mcpsingleton.keys import canonical_path, is_case_insensitive
+    from mcpsingleton.shim.keys import canonical_path, is_case_insensitive
 
     project = tmp_path / "Projects"
     project.mkdir()

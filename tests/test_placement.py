@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from mux_harness import Harness, init_result
 
-from mcpsingleton import jsonrpc
+from mcpsingleton.broker.placement import SharingDecision, fits, may_reclaim
+from mcpsingleton.mux import jsonrpc
 from mcpsingleton.mux.roots import NO_ROOTS, QUIET_TICKS, ROOTS_WAIT_TICKS
-from mcpsingleton.placement import SharingDecision, fits, may_reclaim
 
 TOOLS = {"capabilities": {"tools": {}}}
 

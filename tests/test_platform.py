@@ -19,9 +19,9 @@ import psutil
 import pytest
 from helpers import RawClient, backend_roots, kill_quietly, ls_json, mcpsingleton_exe, result_text, shim, wait_for
 
-from mcpsingleton import platform
-from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.lineio import write_if_room
+from mcpsingleton.broker.eventloop import EventLoop
+from mcpsingleton.broker.lineio import write_if_room
+from mcpsingleton.common import platform, processes
 
 MODES = ["native", "portable"]
 
@@ -230,7 +230,7 @@ def test_ls_says_when_memory_is_rss(home: Path, fake_server: list[str], mode: st
     client = RawClient(shim(fake_server))
     client.initialize()
     table = subprocess.run([mcpsingleton_exe(), "ls"], capture_output=True, text=True, timeout=30).stdout
-    assert ("MEMORY is RSS" in table) == (platform.memory_measure() == "RSS"), table
+    assert ("MEMORY is RSS" in table) == (processes.memory_measure() == "RSS"), table
     assert client.close() == 0
 
 
@@ -283,7 +283,7 @@ def test_dev_null_and_tty_stdin_never_crash_the_broker(home: Path, fake_server: 
 
 def test_keeper_stops_only_the_groups_it_still_guards(started: list[subprocess.Popen[bytes]]) -> None:
     """The keeper's list: `+G` guards a group, `-G` forgets it; on EOF only guarded groups are stopped."""
-    from mcpsingleton.backend import Keeper
+    from mcpsingleton.broker.backend import Keeper
 
     guarded, forgotten, never = (subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(3))
     started.extend([guarded, forgotten, never])
@@ -305,7 +305,7 @@ def test_eperm_from_a_group_of_zombies_is_not_alive(
 ) -> None:
     """Issue 20 row 9: XNU answers kill(-pgid, 0) with EPERM when the group holds only zombies (Linux says
     yes): a real group, with that one answer of macOS's put in its place."""
-    from mcpsingleton.backend import Backend
+    from mcpsingleton.broker.backend import Backend
 
     backend = Backend(["sleep", "0" if member == "zombie" else "60"], str(tmp_path), dict(os.environ), "row9")
     real_killpg = os.killpg

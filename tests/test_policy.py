@@ -12,11 +12,11 @@ import platformdirs
 import pytest
 from helpers import RawClient, mcpsingleton_exe, shim
 
-from mcpsingleton import sharing
-from mcpsingleton.cmdline import default_name
-from mcpsingleton.learnt import declared_sharing, runtime_decision, tool_shape_sharing
-from mcpsingleton.policy import decide, match_names
-from mcpsingleton.sharing import Decision, resolve_scope
+from mcpsingleton.common.cmdline import default_name
+from mcpsingleton.policy.learnt import declared_sharing, runtime_decision, tool_shape_sharing
+from mcpsingleton.policy.rules import decide, match_names
+from mcpsingleton.shim import sharing
+from mcpsingleton.shim.sharing import Decision, resolve_scope
 
 SALT = b"s" * 32
 
@@ -463,10 +463,10 @@ def test_warm_attach_reads_the_cached_decision_without_heavy_imports(home: Path,
     first.close()
     assert second.returncode == 0, second.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.decode().splitlines() if "|" in line}
-    assert "mcpsingleton.sharing" in imported
-    heavy = {"tomllib", "json", "re", "click", "asyncio", "psutil", "platformdirs", "mcpsingleton.policy"}
+    assert "mcpsingleton.shim.sharing" in imported
+    heavy = {"tomllib", "json", "re", "click", "asyncio", "psutil", "platformdirs", "mcpsingleton.policy.rules"}
     assert not heavy & imported, heavy & imported
-    assert "mcpsingleton.election" not in imported, "attached to the running broker, started none"
+    assert "mcpsingleton.shim.election" not in imported, "attached to the running broker, started none"
 
 
 def test_a_relative_command_is_matched_from_a_deleted_directory(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from mcpsingleton import platform, proctree
+from mcpsingleton.common import platform, proctree
 
 SLEEPER = "import time; time.sleep(60)"
 PARENT = """

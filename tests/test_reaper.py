@@ -18,8 +18,11 @@ import psutil
 import pytest
 from helpers import RawClient, kill_quietly, processes_of, shim, wait_for
 
-from mcpsingleton import platform, reaper
-from mcpsingleton.keys import KEY_ENV, KeyPaths, runtime_dir
+from mcpsingleton.common import processes, stdin_peers
+from mcpsingleton.common.paths import KeyPaths, runtime_dir
+from mcpsingleton.common.stdin_peers import FdHolders
+from mcpsingleton.ops import reaper, unmanaged
+from mcpsingleton.shim.keys import KEY_ENV
 
 FAKE_SERVER = """
 import os, subprocess, sys, time
@@ -222,7 +225,7 @@ def reap(dry_run: bool, confirm: bool = False) -> list[dict]:
     ],
 )
 def test_looks_like_mcp_server(argv: list[str]) -> None:
-    assert reaper.looks_like_mcp_server(argv)
+    assert unmanaged.looks_like_mcp_server(argv)
 
 
 @pytest.mark.parametrize(
@@ -242,13 +245,13 @@ def test_looks_like_mcp_server(argv: list[str]) -> None:
     ],
 )
 def test_does_not_look_like_mcp_server(argv: list[str]) -> None:
-    assert not reaper.looks_like_mcp_server(argv)
+    assert not unmanaged.looks_like_mcp_server(argv)
 
 
 # ---- orphan-server ------------------------------------------------------------------------------
 
 needs_proof = pytest.mark.skipif(
-    not platform.proves_orphans(), reason="proof needs Linux's /proc (macOS, BSD and portable mode do without)"
+    not processes.proves_orphans(), reason="proof needs Linux's /proc (macOS, BSD and portable mode do without)"
 )
 
 
@@ -286,10 +289,10 @@ def test_orphan_verdicts(
 ) -> None:
     """How the /proc walk and the kernel's answer combine, on a real orphan's stdin pipe."""
     orphan = procs.orphan()
-    monkeypatch.setattr(reaper, "_pipe_has_writer", lambda pid, inode: kernel)
+    monkeypatch.setattr(stdin_peers, "_pipe_has_writer", lambda pid, inode: kernel)
     holders = {"child": {orphan.child}, "outsider": {os.getpid()}, None: set()}[holder]
     link = os.readlink(f"/proc/{orphan.pid}/fd/0")
-    reason = reaper._orphan_reason(orphan.pid, orphan.pids, reaper._FdHolders({link: holders}, complete))
+    reason = reaper._orphan_reason(orphan.pid, orphan.pids, FdHolders({link: holders}, complete))
     assert (reason is None) if verdict is None else (verdict in reason)
 
 
@@ -346,7 +349,7 @@ def test_without_proc_a_launchd_style_agent_is_never_reaped(
     assert alive(agent.pid) and alive(agent.child)
 
 
-class Table(reaper._Processes):
+class Table(unmanaged.Processes):
     """An injected process table: what a Mac shows, where real processes here cannot show it."""
 
     def __init__(self, rows: dict[int, tuple[int, int, dict[str, str]]]) -> None:
@@ -516,7 +519,7 @@ def test_a_hung_broker_is_killed_with_its_tree_and_its_state_removed(
 def test_unmanaged_servers_are_grouped_with_their_savings(procs: Processes) -> None:
     first, second = procs.live(), procs.live()
     tagged = procs.live(**{KEY_ENV: "somekey"})
-    groups = [g for g in reaper.find_unmanaged_servers() if {first.pid, second.pid} & set(g["pids"])]
+    groups = [g for g in unmanaged.find_unmanaged_servers() if {first.pid, second.pid} & set(g["pids"])]
     assert len(groups) == 1
     group = groups[0]
     assert group["managed"] is False
@@ -524,7 +527,7 @@ def test_unmanaged_servers_are_grouped_with_their_savings(procs: Processes) -> N
     assert {first.pid, second.pid} <= set(group["pids"]) and tagged.pid not in group["pids"]
     assert group["count"] == len(group["pids"]) >= 2
     assert 0 < group["savable_bytes"] < group["memory_bytes"]
-    listed = {pid for g in reaper.find_unmanaged_servers() for pid in g["pids"]}
+    listed = {pid for g in unmanaged.find_unmanaged_servers() for pid in g["pids"]}
     assert first.child not in listed and tagged.pid not in listed
 
 
@@ -540,7 +543,7 @@ def test_reap_and_ls_all_never_show_a_secret_in_another_program_s_command(
     restrict(orphan.pid, live.pid)
     (row,) = reap(dry_run=True, confirm=True)  # confirmed: without /proc (portable mode) it is a suspect
     assert row["pid"] == orphan.pid and row["command"][-3:] == ["--api-key", "***", "TOKEN=***"]
-    (group,) = [g for g in reaper.find_unmanaged_servers() if live.pid in g["pids"]]
+    (group,) = [g for g in unmanaged.find_unmanaged_servers() if live.pid in g["pids"]]
     assert group["command"][-3:] == ["--api-key", "***", "TOKEN=***"]
     text = io.StringIO()
     reaper.run_reap(dry_run=True, as_json=False, confirm=True, out=text)

@@ -32,6 +32,8 @@ from helpers import (
 )
 from mcp import Client
 
+from mcpsingleton.shim.attach import REATTACHES_ENV
+
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # handshake-era calls
 SESSIONS = 3
 
@@ -192,16 +194,42 @@ def test_a_broker_that_keeps_dying_ends_the_session_with_an_error(home: Path, fa
     assert wait_for(lambda: not tagged_backends(home), timeout=5), "nothing left running"
 
 
-def test_a_line_half_read_by_a_dead_broker_costs_one_parse_error(home: Path, fake_server: list[str]) -> None:
+def test_orderly_handovers_do_not_count_toward_the_crash_loop_guard(home: Path, fake_server: list[str]) -> None:
+    """Issue 19 (the soak): every `restart` sends the sessions to the next broker in good order; any number of them
+    within 60 s must leave the session alive and answering. Crashes still count: with the restarts behind it, the
+    session survives 3 kill -9 of its broker and the 4th ends it with the guard's one line."""
+    client = RawClient(shim(fake_server))
+    client.initialize()
+    for command in (["restart", "--all"], ["restart", "fake_server"]) * 3:  # 6 handovers: of the broker, of the server
+        done = subprocess.run([mcpsingleton_exe(), *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "pid" in result_text(client.call("whoami", timeout=30)), f"answered after `{' '.join(command)}`"
+    waiter_env = psutil.Process(client.process.pid).environ()
+    assert not waiter_env.get(REATTACHES_ENV, "").split(), "the waiter counted no crash"
+    for crash in range(1, 5):
+        (entry,) = ls_json()
+        os.kill(entry["broker_pid"], signal.SIGKILL)
+        assert wait_for(lambda pid=entry["broker_pid"]: not running(pid))
+        if crash < 4:
+            assert "pid" in result_text(client.call("whoami", timeout=30)), f"answered after crash {crash}"
+    assert client.process.wait(timeout=30) == 1
+    assert "mcpsingleton: the broker for fake_server went away 4 times within 60s" in client.stderr()
+    assert wait_for(lambda: not tagged_backends(home), timeout=10), "nothing left running"
+
+
+def test_a_line_half_read_by_a_dead_broker_is_answered_once_and_costs_one_parse_error(
+    home: Path, fake_server: list[str]
+) -> None:
     client = RawClient(shim(fake_server))
     client.initialize()
     (entry,) = ls_json()
     client.send_raw(b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"ec')
-    time.sleep(0.3)  # the broker reads (and buffers) the first half
+    time.sleep(0.3)  # the broker reads (and buffers) the first half: its id and method are in, so it is owed
     os.kill(entry["broker_pid"], signal.SIGKILL)
     client.send_raw(b'ho","arguments":{"text":"lost"}}}\n')
     after = client.call("echo", {"text": "after"})
-    (cut,) = client.seen
+    owed, cut = client.seen
+    assert owed["id"] == 5 and "send it again" in owed["error"]["message"], "answered under its id, first"
     assert cut["error"]["code"] == -32700 and cut["id"] is None, "the rest of the cut line, and nothing else"
     assert result_text(after) == "after"
     assert client.close() == 0

@@ -218,9 +218,10 @@ def test_dashboard_starts_one_serve_and_reuses_it(home: Path) -> None:
 def test_sessions_and_brokers_never_import_serve() -> None:
     """serve is optional: the shim's and the broker's modules load neither it nor its web stack."""
     code = (
-        "import sys, mcpsingleton.__main__, mcpsingleton.shim, mcpsingleton.broker, mcpsingleton.cli;"
+        "import sys, mcpsingleton.__main__, mcpsingleton.shim.attach, mcpsingleton.broker.process,"
+        " mcpsingleton.ops.cli;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'anyio')"
-        " or m.split('.')[:2] == ['mcpsingleton', 'serve']))"  # not mcpsingleton.server (a key inside the broker)
+        " or m.split('.')[:2] == ['mcpsingleton', 'serve']))"  # not broker.server (a key in the broker)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

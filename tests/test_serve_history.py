@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mcpsingleton.metrics import PER_BACKEND, render
+from mcpsingleton.ops.metrics import PER_BACKEND, render
 from mcpsingleton.serve.alerts import CRITICAL, OK, WARNING, Crossings, Thresholds, evaluate, load_limits, status_of
 from mcpsingleton.serve.history import POINTS, RECORD_EVERY, History
 

@@ -22,9 +22,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from mux_harness import Harness
 
-from mcpsingleton import jsonrpc, linehead, linetail, quotes
-from mcpsingleton.lineio import LineReader
-from mcpsingleton.mux import BackendPart, StreamPart, session_stream
+from mcpsingleton.broker.lineio import LineReader
+from mcpsingleton.mux import BackendPart, StreamPart, jsonrpc, linehead, linetail, quotes, session_stream
 from mcpsingleton.mux.backend_stream import HOLD
 from mcpsingleton.mux.streaming import STREAM_FROM
 

@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 from helpers import mcpsingleton_exe
 
-from mcpsingleton.cmdline import default_name
-from mcpsingleton.eventloop import EventLoop
-from mcpsingleton.keys import (
-    UsageError,
-    compute_key,
-    env_fingerprint,
-    is_secret_name,
-    parse_duration,
-    parse_size,
-    redacted_argv,
-)
-from mcpsingleton.logfile import LogFile
-from mcpsingleton.options import backend_timing, command_index, run_prefix
-from mcpsingleton.shim import parse_args
+from mcpsingleton.broker.eventloop import EventLoop
+from mcpsingleton.common.cmdline import default_name
+from mcpsingleton.common.errors import UsageError
+from mcpsingleton.common.logfile import LogFile
+from mcpsingleton.common.options import backend_timing, command_index, parse_duration, parse_size, run_prefix
+from mcpsingleton.shim.attach import parse_args
+from mcpsingleton.shim.keys import env_fingerprint, is_secret_name, key_of, key_parts, redacted_argv
 
 SALT = b"s" * 32
 
@@ -84,6 +77,10 @@ def test_env_fingerprint_depends_on_secret_values_only() -> None:
         {**base, "REGION": "us"}, ["REGION"], SALT
     )
     assert env_fingerprint(base, [], b"t" * 32) != same, "salted"
+
+
+def compute_key(*args: object) -> str:
+    return key_of(key_parts(*args))  # type: ignore[arg-type]
 
 
 def test_keys_follow_scope(tmp_path: Path) -> None:
@@ -280,7 +277,7 @@ def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> No
 
 def test_a_handover_note_counts_only_for_the_broker_that_follows_it(tmp_path: Path) -> None:
     """A broker none followed (its sessions had ended) leaves a note; a broker started a day later is no restart."""
-    from mcpsingleton.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
+    from mcpsingleton.broker.handover import HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 
     state = tmp_path / "broker.json"  # the one broker's: one note per key it handed over
     assert restarts_handed_over(str(state)) == {}
@@ -301,7 +298,7 @@ def test_the_shim_takes_the_welcome_line_only_and_leaves_what_follows_to_its_wai
     import socket
     import threading
 
-    from mcpsingleton.shim import try_attach
+    from mcpsingleton.shim.attach import try_attach
 
     path = str(tmp_path / "broker.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

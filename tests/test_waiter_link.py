@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import RawClient, ls_json, mcpsingleton_exe, result_text, shim, tap_messages, tapped, wait_for
 
-from mcpsingleton import jsonrpc, wire
+from mcpsingleton.common import wire
+from mcpsingleton.mux import jsonrpc
 
 
 def uris(count: int) -> list[str]:

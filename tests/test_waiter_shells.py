@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from helpers import kill_quietly, wait_for
 
-from mcpsingleton import shim
-from mcpsingleton.backend import KEEPER_SCRIPT
-from mcpsingleton.shim import WAITER
+from mcpsingleton.broker.backend import KEEPER_SCRIPT
+from mcpsingleton.shim import attach as shim
+from mcpsingleton.shim.attach import WAITER
 
 BASH32_ENV = "MCPSINGLETON_TEST_BASH32"
 SHOW_STATE = "import os, sys; print(os.environ.get('MCPSINGLETON_STATE'), sys.argv[1:])"
@@ -46,10 +46,10 @@ def shell(request: pytest.FixtureRequest) -> str:
 class Waiter:
     """The WAITER script in `shell`, with fd 3 a socket whose other end is `self.broker` (as the shim leaves it)."""
 
-    def __init__(self, shell: str) -> None:
+    def __init__(self, shell: str, resume: str = SHOW_STATE) -> None:
         self.broker, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [shell, "-c", WAITER, "mcpsingleton-session", "fake", sys.executable, SHOW_STATE],
+            [shell, "-c", WAITER, "mcpsingleton-session", "fake", sys.executable, resume],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -105,6 +105,20 @@ def test_the_waiter_reattaches_with_the_last_state(waiter: Waiter, ending: bytes
     assert waiter.process.stdout is not None
     shown = waiter.process.stdout.read().decode()
     assert shown == "second ['mcpsingleton-session', 'fake']\n", "a half-read line is dropped with its broker"
+
+
+@pytest.mark.parametrize(("ending", "marked"), [(b"reattach\n", "1"), (b"", "None")], ids=["reattach", "broker-died"])
+def test_only_an_orderly_handover_is_marked_for_the_crash_loop_guard(shell: str, ending: bytes, marked: str) -> None:
+    """`reattach` is a handover in good order: the Python it execs must know, or `restart`s count as crashes."""
+    waiter = Waiter(shell, f"import os; print(os.environ.get({shim.HANDOVER_ENV!r}))")
+    try:
+        waiter.broker.sendall(b"state s\n" + ending)
+        waiter.broker.shutdown(socket.SHUT_WR)
+        assert waiter.process.wait(timeout=10) == 0
+        assert waiter.process.stdout is not None
+        assert waiter.process.stdout.read().decode() == marked + "\n"
+    finally:
+        waiter.close()
 
 
 def test_the_keeper_stops_the_groups_it_guards_when_the_broker_goes(shell: str) -> None:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 
-from .. import jsonrpc
-from ..jsonrpc import Message
+from . import jsonrpc
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeAlias
 
-    from ..jsonwalk import Span
+    from .jsonwalk import Span
     from .router import Mux
     from .session import Session
 

@@ -15,16 +15,16 @@ request fails as every request of a lost backend does.
 
 from __future__ import annotations
 
-from .. import linehead, linetail
-from ..envelope import encode_id
+from . import linehead, linetail
 from .actions import Log, StreamPart
+from .envelope import encode_id
 from .streaming import Piece, Stream
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from ..jsonwalk import Span
-    from ..linehead import Head
     from .actions import Action
+    from .jsonwalk import Span
+    from .linehead import Head
     from .requests import Pending
     from .router import Mux
 

@@ -4,9 +4,9 @@ costs the same per reply."""
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Id, Invalid, Message, id_key
+from . import jsonrpc
 from .actions import Feature, ToSession
+from .jsonrpc import Id, Invalid, Message, id_key
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

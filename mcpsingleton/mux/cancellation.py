@@ -3,9 +3,9 @@ gets no reply, and no longer holds up its batch; cancelling a stateless-era list
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message, id_key
+from . import jsonrpc
 from .actions import Feature, Log
+from .jsonrpc import Message, id_key
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

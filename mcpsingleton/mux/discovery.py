@@ -19,10 +19,9 @@ near the interpreter's recursion limit.
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message
-from . import eras
+from . import eras, jsonrpc
 from .actions import Feature, Log, StoreDiscovery, ToSession
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

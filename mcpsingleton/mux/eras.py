@@ -13,7 +13,7 @@ arguments, kept apart from the state they serve (`adopt` only marks the session 
 
 from __future__ import annotations
 
-from ..jsonrpc import Message
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -4,9 +4,9 @@ nothing raised while handling one session's or the backend's line reaches the br
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Invalid, Message, id_key
+from . import jsonrpc
 from .actions import Log, ToBackend, ToSession
+from .jsonrpc import Invalid, Message, id_key
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

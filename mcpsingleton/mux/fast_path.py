@@ -7,13 +7,13 @@ What may pass and why: envelope.py.
 
 from __future__ import annotations
 
-from ..envelope import Envelope, scan
 from . import failures
+from .envelope import Envelope, scan
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from ..jsonrpc import Message
     from .actions import Action
+    from .jsonrpc import Message
     from .router import Mux
     from .session import Session
 

@@ -8,10 +8,10 @@ refused: the backend speaks the handshake era, and stateless-era sessions are se
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Id, Message
+from . import jsonrpc
 from .actions import Feature, Log, StartBackend, ToBackend
 from .backend_state import DOWN, IDLE
+from .jsonrpc import Id, Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

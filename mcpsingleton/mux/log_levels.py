@@ -4,9 +4,9 @@ request (`_meta` logLevel) and hears logs only while such a request is in flight
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message
+from . import jsonrpc
 from .actions import Feature, ToSession
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

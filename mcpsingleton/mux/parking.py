@@ -13,8 +13,8 @@ is parked on, whose answers (its sharing, whether it asks for roots) are what pl
 
 from __future__ import annotations
 
-from ..jsonrpc import INTERNAL_ERROR, Message, is_request
 from .actions import Feature
+from .jsonrpc import INTERNAL_ERROR, Message, is_request
 from .roots import ASKING, NO_ROOTS, settled
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker

@@ -3,8 +3,8 @@ id), and the backend's progress notifications go to the token's owner only, unde
 
 from __future__ import annotations
 
-from ..jsonrpc import Message
 from .actions import Feature, Log, ToSession
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

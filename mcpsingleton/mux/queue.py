@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Id, Message, id_key
+from . import jsonrpc
 from .actions import Feature
+from .jsonrpc import Id, Message, id_key
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 
-from .. import jsonrpc
-from ..envelope import Envelope, encode_id
-from ..jsonrpc import Id, Message, id_key
-from . import eras
+from . import eras, jsonrpc
 from .actions import Feature, Log, Spliced, ToBackend, ToSession
+from .envelope import Envelope, encode_id
+from .jsonrpc import Id, Message, id_key
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ none, so neither its placement nor the backend's own roots/list waits on it fore
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message
+from . import jsonrpc
 from .actions import Feature, Log, ToBackend
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -15,18 +15,17 @@ its session) or dropped, logged with its source, and counted in `stats`.
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..envelope import id_at_end, reply_id
-from ..jsonrpc import Id, Invalid, Message
-from . import eras, failures, fast_path, resume
+from . import eras, failures, fast_path, jsonrpc, resume
 from .actions import Log, ToBackend, ToSession
 from .backend_state import BackendView
 from .backend_stream import BackendStream, open_backend_stream
 from .batches import Batches
 from .cancellation import Cancellation
 from .discovery import LISTS, Discovery
+from .envelope import id_at_end, reply_id
 from .fast_path import FAST_PATH_FROM
 from .handshake import LOCAL_METHODS, Handshake
+from .jsonrpc import Id, Invalid, Message
 from .log_levels import LogLevels
 from .parking import Parking, SessionState
 from .progress import Progress

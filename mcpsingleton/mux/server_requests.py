@@ -4,10 +4,10 @@ is not certain, never guessed. Also the broker's own requests to sessions (roots
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..envelope import Envelope, encode_id
-from ..jsonrpc import Id, Message, id_key
+from . import jsonrpc
 from .actions import Feature, Log, Spliced, ToBackend, ToSession
+from .envelope import Envelope, encode_id
+from .jsonrpc import Id, Message, id_key
 from .requests import cancel
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..jsonrpc import Id
+from .jsonrpc import Id
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

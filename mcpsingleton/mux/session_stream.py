@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import json
 
-from .. import envelope, jsonrpc, linehead, quotes
-from ..envelope import encode_id
-from ..jsonrpc import Id, id_key
-from ..jsonwalk import member_value
+from . import envelope, jsonrpc, linehead, quotes
 from .actions import BackendPart, Log, ToSession
+from .envelope import encode_id
 from .fast_path import forwarded_as_written
+from .jsonrpc import Id, id_key
+from .jsonwalk import member_value
 from .requests import Pending
 from .streaming import Piece, Stream
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
-    from ..jsonwalk import Span
     from .actions import Action
+    from .jsonwalk import Span
     from .router import Mux
 
 # A streamed request's states. The backend has part of the line (and must be cut off before anything

@@ -4,10 +4,9 @@ and stateless-era `subscriptions/listen` streams built from the same shared subs
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Id, Message, id_key
-from . import eras
+from . import eras, jsonrpc
 from .actions import Feature, ToSession
+from .jsonrpc import Id, Message, id_key
 from .requests import malformed
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker

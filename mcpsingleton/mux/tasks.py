@@ -3,9 +3,9 @@ read, cancel or list it, and only its owner hears its status; a leaving owner's 
 
 from __future__ import annotations
 
-from .. import jsonrpc
-from ..jsonrpc import Message
+from . import jsonrpc
 from .actions import Feature, ToSession
+from .jsonrpc import Message
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

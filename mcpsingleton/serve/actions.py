@@ -11,9 +11,8 @@ import json
 import time
 from typing import Any
 
-from .. import control
-from ..reaper import run_reap
-from .state import masked_command
+from ..ops import control
+from ..ops.reaper import run_reap
 
 ORDERLY_STOP_SECONDS = 10.0
 
@@ -47,5 +46,4 @@ def reap(confirm: bool) -> list[dict[str, Any]]:
     so suspects this OS cannot prove orphaned are included, as `reap --yes` does)."""
     out = io.StringIO()
     run_reap(dry_run=not confirm, as_json=True, confirm=True, out=out)
-    rows = json.loads(out.getvalue() or "[]")
-    return [{**row, "command": masked_command(row["command"])} for row in rows]
+    return json.loads(out.getvalue() or "[]")  # commands masked by `reap` itself, as `ls` masks them

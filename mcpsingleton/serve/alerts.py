@@ -12,10 +12,11 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..cli import _human_bytes as human_bytes
-from ..keys import UsageError, parse_size
-from ..policy import load_table
-from ..sharing import config_path
+from ..common.errors import UsageError
+from ..common.options import parse_size
+from ..ops.listing import human_bytes
+from ..policy.rules import load_table
+from ..shim.sharing import config_path
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 LEVELS = (OK, WARNING, CRITICAL)

@@ -18,7 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import metrics
+from ..ops import metrics
 from . import actions, events, logtail
 from .auth import Auth, Guard
 from .history import History
@@ -67,7 +67,7 @@ class Dashboard:
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def log(self, request: Request) -> Response:
-        from ..cli import find_log
+        from ..ops.cli import find_log
 
         path = await asyncio.to_thread(find_log, request.path_params["target"])
         if path is None:

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..keys import ensure_private_dir, state_dir
+from ..common.paths import ensure_private_dir, state_dir
 
 RECORD_EVERY = 30.0
 RETENTION = 8 * 86400.0

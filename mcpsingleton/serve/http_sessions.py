@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import shim, wire
-from ..keys import SetupError
-from ..lineio import LineReader
+from ..broker.lineio import LineReader
+from ..common import wire
+from ..common.errors import SetupError
+from ..shim import attach as shim
 
 log = logging.getLogger("mcpsingleton.serve")
 
@@ -211,17 +212,17 @@ class BrokerSession:
                 self._finish(f"the broker ended the session (exit {line[5:]})")
                 return
             elif line == wire.REATTACH.decode().strip():
-                self._broker_gone()
+                self._broker_gone(orderly=True)
                 return
 
-    def _broker_gone(self) -> None:
-        """The broker died or hands over: attach the same pipes to the next one, with the session's state."""
+    def _broker_gone(self, orderly: bool = False) -> None:
+        """The broker died or hands over (`orderly`: not counted by the crash-loop guard): attach the same pipes
+        to the next one, with the session's state."""
         self._close_conn()
         if self.ended:
             self._finish("ended")
             return
-        now = time.monotonic()
-        self.reattaches = [t for t in self.reattaches if now - t < shim.CRASH_LOOP[1]] + [now]
+        self.reattaches = shim.crashes_within_window(self.reattaches, time.monotonic(), orderly)
         if len(self.reattaches) > shim.CRASH_LOOP[0]:
             self._finish(f"the broker for {self.name} keeps going away; see `mcpsingleton logs {self.name}`")
         elif self.state == wire.NO_STATE:

@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ..atomic import write_atomically
-from ..election import try_lock
-from ..keys import ensure_private_dir, runtime_dir
+from ..common.atomic import write_atomically
+from ..common.paths import ensure_private_dir, runtime_dir
+from ..shim.election import try_lock
 
 
 def lock_path() -> str:

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 
-from ..keys import redacted_argv
+from ..shim.keys import redacted_argv
 
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 200

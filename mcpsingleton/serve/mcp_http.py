@@ -50,7 +50,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ..keys import SetupError
+from ..common.errors import SetupError
 from . import stateless
 from .http_sessions import BrokerSession, Target
 from .servers import Servers

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..proctree import process_memory
+from ..common.proctree import process_memory
 from .alerts import Crossings, Limits, evaluate, load_limits, status_of
 from .events import Broadcaster
 from .history import History

@@ -19,7 +19,8 @@ import time
 import webbrowser
 from typing import Any
 
-from ..keys import SetupError, ensure_private_dir, log_dir
+from ..common.errors import SetupError
+from ..common.paths import ensure_private_dir, log_dir
 from . import instance
 from .auth import Auth
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import psutil
 
-from .. import control, reaper
-from ..keys import redacted_argv
-from ..proctree import parent_map, process_memory, tree_pids
+from ..common.proctree import parent_map, process_memory, tree_pids
+from ..ops import control, reaper
 
 MEMORY_EVERY = 15.0
 ORPHANS_EVERY = 60.0
@@ -146,15 +145,10 @@ def _identity(record: dict[str, Any]) -> tuple[str, int, int | None]:
     return (str(record.get("key")), int(record.get("slot", 1)), record.get("backend_pid"))
 
 
-def masked_command(command: list[str] | str) -> list[str]:
-    """A command as `ls` shows it: secret values masked."""
-    return redacted_argv(command if isinstance(command, list) else command.split())
-
-
 def shown_finding(finding: reaper.Finding) -> dict[str, Any]:
     return {
         "pid": finding.pid,
-        "command": masked_command(finding.command),
+        "command": reaper.shown_command(finding.command),
         "reason": finding.reason,
         "kind": finding.kind,
     }

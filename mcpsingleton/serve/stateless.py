@@ -21,7 +21,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ..keys import SetupError
+from ..common.errors import SetupError
 from .http_sessions import BrokerSession, Target
 
 INVALID_REQUEST = -32600

@@ -2,6 +2,9 @@
 // Everything shown is set with textContent: names and commands come from users' configs, never markup.
 "use strict";
 
+// `reap` shows an argv as a list, and what it could only describe (a stale file, "?") as a string.
+const commandText = (command) => (Array.isArray(command) ? command.join(" ") : command);
+
 const $ = (id) => document.getElementById(id);
 let range = "hour";
 let logSource = null;
@@ -138,7 +141,7 @@ function button(label, className, onClick) {
 function renderOrphans(orphans, reaped) {
   const last = reaped.last_at ? `, last ${clock(reaped.last_at)}` : "";
   $("reaped").textContent = `${orphans.length} found by the last scan · ${reaped.total || 0} reaped so far${last}`;
-  $("orphans").replaceChildren(...orphans.map((o) => el("li", `${o.kind} · pid ${o.pid} · ${o.command.join(" ")} — ${o.reason}`)));
+  $("orphans").replaceChildren(...orphans.map((o) => el("li", `${o.kind} · pid ${o.pid} · ${commandText(o.command)} — ${o.reason}`)));
 }
 
 function renderEvents(events) {
@@ -189,7 +192,7 @@ async function reap() {
       notice("nothing to reap");
       return;
     }
-    const items = dry.findings.map((f) => `${f.action} pid ${f.pid}: ${f.command.join(" ")} — ${f.reason}`);
+    const items = dry.findings.map((f) => `${f.action} pid ${f.pid}: ${commandText(f.command)} — ${f.reason}`);
     confirmAction(`Reap ${dry.findings.length}? This is the dry run:`, items, async () => {
       try {
         const done = await post("/api/reap", { confirm: true });
