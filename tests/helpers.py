@@ -20,8 +20,10 @@ from mcp.client.stdio import StdioServerParameters
 
 from mcpsingleton.shim.keys import reads_client_environ
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_SERVER = Path(__file__).resolve().parent / "fake_server.py"
+TESTS = Path(__file__).resolve().parent
+"""tests/: its helpers, harnesses and fixture files; the tests themselves are in folders mirroring the package."""
+ROOT = TESTS.parent
+FAKE_SERVER = TESTS / "fake_server.py"
 NODE_MODULES = ROOT / ".cache/npm/node_modules"
 EVERYTHING_JS = NODE_MODULES / "@modelcontextprotocol/server-everything/dist/index.js"
 

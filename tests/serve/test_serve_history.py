@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from mcpsingleton.ops.metrics import PER_BACKEND, render
 from mcpsingleton.serve.alerts import CRITICAL, OK, WARNING, Crossings, Thresholds, evaluate, load_limits, status_of
 from mcpsingleton.serve.history import POINTS, RECORD_EVERY, History
 
-ROOT = Path(__file__).resolve().parent.parent
 TOTALS = {"backends": 2, "sessions": 5, "processes": 4, "memory_bytes": 300 << 20, "saved_bytes": 200 << 20}
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_SERVER, mcpsingleton_exe
+from helpers import FAKE_SERVER, TESTS, mcpsingleton_exe
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,7 +192,7 @@ def test_config_set_names_are_what_differs_from_the_client_minus_what_clients_ad
 
 # ---- the environments real clients pass (recorded; tests/test_clients.py runs the clients themselves) ------------
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "clients"
+FIXTURES = TESTS / "fixtures" / "clients"
 RECORDED = ("claude-code-2.1.197", "gemini-cli-0.61.0", "gemini-cli-0.61.0-ci", "codex-0.171.0")
 """Each client's own environment and what it passed to a stdio server, all started from one terminal
 environment holding one secret-named variable, SOME_API_TOKEN (value redacted)."""

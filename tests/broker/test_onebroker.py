@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import (
+    TESTS,
     RawClient,
     backend_roots,
     kill_quietly,
@@ -34,7 +35,7 @@ from mcpsingleton.shim.attach import REATTACHES_ENV
 from mcpsingleton.shim.keys import key_of, key_parts, user_salt
 
 SERVERS = 5
-LEGACY_BROKER = Path(__file__).resolve().parent / "legacy_broker.py"
+LEGACY_BROKER = TESTS / "legacy_broker.py"
 
 
 def sessions_of_servers(fake_server: list[str], tmp_path: Path, count: int = SERVERS) -> list[RawClient]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ROOT
 
-CATALOG = Path(__file__).resolve().parent.parent / "mcpsingleton" / "policy" / "catalog.toml"
+CATALOG = ROOT / "mcpsingleton" / "policy" / "catalog.toml"
 FIELDS = {"aliases", "sharing", "scope", "reason", "source"}
 # Words a command line is full of: as aliases they would capture unrelated servers.
 GENERIC_WORDS = {"mcp", "run", "server", "stdio", "magic", "fetch", "git", "time", "memory", "filesystem", "node"}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, RawClient, ls_json, own_environ, shim, wait_for
+from helpers import ROOT, TESTS, RawClient, ls_json, own_environ, shim, wait_for
 from http_harness import write_config
 from serve_harness import Serve
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 CLIENTS = ROOT / ".cache/http-clients/node_modules"
 SDK = CLIENTS / "@modelcontextprotocol/sdk"
 INSPECTOR = CLIENTS / ".bin/mcp-inspector"
-TS_CLIENT = Path(__file__).resolve().parent / "node/ts_http_client.mjs"
+TS_CLIENT = TESTS / "node/ts_http_client.mjs"
 
 
 def needs(path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import mcpsingleton_exe
+from helpers import TESTS, mcpsingleton_exe
 
 from mcpsingleton.common.paths import launcher_dir
 from mcpsingleton.ops.configs import clients as registry
@@ -26,7 +26,7 @@ from mcpsingleton.ops.configs.wrapping import Edit, apply
 from mcpsingleton.shim import launcher
 from mcpsingleton.shim.attach import parse_args
 
-FIXTURES = Path(__file__).parent / "fixtures" / "configs"
+FIXTURES = TESTS / "fixtures" / "configs"
 SECRET = "s3cr3t"  # every secret in the fixtures contains this
 
 

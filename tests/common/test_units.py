@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import mcpsingleton_exe
+from helpers import ROOT, mcpsingleton_exe
 
 from mcpsingleton.broker.eventloop import EventLoop
 from mcpsingleton.common.cmdline import default_name
@@ -262,7 +262,7 @@ def test_event_loop_timers_fds_and_signals() -> None:
 def test_the_readme_user_venv_recipe_works_in_a_fresh_home(tmp_path: Path) -> None:
     """Its lines run as written in an empty HOME; only `pip install /path/to/clone` is stood in for (no
     network here): the venv gets this install's console script."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     recipe = readme.split("# or a user venv from a clone:\n", 1)[1].split("mcpsingleton wrap", 1)[0]
     venv_line, *rest = recipe.strip().splitlines()
     assert venv_line.startswith("python3 -m venv ~/.local/share/mcpsingleton && ") and "pip install" in venv_line
