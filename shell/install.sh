@@ -30,25 +30,25 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "install: chromium could not be installed; the browser tests of serve will be skipped"
 fi
-# real MCP clients, pinned, for tests/test_clients.py (their offline `mcp` commands start servers); in a
+# real MCP clients, pinned, for tests/e2e/test_clients.py (their offline `mcp` commands start servers); in a
 # prefix of their own so that installing them never prunes the servers above; optional: the tests skip
 CLIENTS=("@anthropic-ai/claude-code@2.1.197" "@google/gemini-cli@0.61.0" "@openai/codex@0.171.0")
 for spec in "${CLIENTS[@]}"; do
     if ! grep -qs "\"version\": \"${spec##*@}\"" ".cache/clients/node_modules/${spec%@*}/package.json"; then
         mkdir -p .cache/clients
         (cd .cache/clients && npm install --silent --no-audit --no-fund --no-save "${CLIENTS[@]}") \
-            || echo "install.sh: the MCP clients did not install; tests/test_clients.py will skip" >&2
+            || echo "install.sh: the MCP clients did not install; tests/e2e/test_clients.py will skip" >&2
         break
     fi
 done
-# HTTP clients of `serve`'s /mcp/NAME, pinned, for tests/test_mcp_http_clients.py (the TypeScript SDK client and
+# HTTP clients of `serve`'s /mcp/NAME, pinned, for tests/e2e/test_mcp_http_clients.py (the TypeScript SDK client and
 # MCP Inspector's CLI); a prefix of their own, like the clients above; optional: the tests skip
 HTTP_CLIENTS=("@modelcontextprotocol/sdk@1.32.2" "@modelcontextprotocol/inspector@2.12.0")
 for spec in "${HTTP_CLIENTS[@]}"; do
     if ! grep -qs "\"version\": \"${spec##*@}\"" ".cache/http-clients/node_modules/${spec%@*}/package.json"; then
         mkdir -p .cache/http-clients
         (cd .cache/http-clients && npm install --silent --no-audit --no-fund --no-save "${HTTP_CLIENTS[@]}") \
-            || echo "install.sh: the HTTP clients did not install; tests/test_mcp_http_clients.py will skip" >&2
+            || echo "install.sh: the HTTP clients did not install; tests/e2e/test_mcp_http_clients.py will skip" >&2
         break
     fi
 done

@@ -46,7 +46,7 @@ WAITER = (
 
 It exits from inside the trap: bash (3.2 is macOS's /bin/sh; 5 does the same) runs a trap during `read` and
 then restarts the `read`, so a flag checked after it would wait for the broker's next line
-(tests/test_waiter_shells.py runs it under dash, bash 5 and bash 3.2).
+(tests/common/test_waiter_shells.py runs it under dash, bash 5 and bash 3.2).
 
 It says `r` once its traps are set; only then does the broker start reading the session, so a signal
 can never find the session served but the waiter not yet able to exit with 128+N.
