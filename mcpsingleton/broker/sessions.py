@@ -14,8 +14,8 @@ import time
 
 from ..common import wire
 from ..common.paths import runtime_dir
+from ..common.wire import SHARED
 from ..mux import STREAM_FROM, SessionStream, StreamPart, ToSession, jsonrpc, linehead
-from ..shim.sharing import SHARED
 from . import journal
 from .lineio import LineReader, Outbox, Relay, write_if_room
 from .listener import close_fds, discard
