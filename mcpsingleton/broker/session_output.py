@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+from ..common.wire import SHARED
 from ..mux import StreamPart, ToSession, jsonrpc
-from ..shim.sharing import SHARED
 from . import journal
 from .lineio import write_if_room
 

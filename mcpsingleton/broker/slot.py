@@ -17,12 +17,11 @@ from collections import deque
 
 from .. import __version__
 from ..common.logfile import LogFile
-from ..common.wire import BackendStatus
+from ..common.wire import ISOLATED, BackendStatus
 from ..mux import BackendPart, Mux, ToBackend
 from ..mux.fast_path import FAST_PATH_ENV, fast_path_threshold
 from ..mux.streaming import STREAM_FROM
 from ..shim.keys import redacted_argv
-from ..shim.sharing import ISOLATED
 from . import lifecycle
 from .backend import Backend, Keeper, stop_ladder
 from .discovery_cache import load as load_discovery

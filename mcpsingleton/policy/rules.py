@@ -16,9 +16,9 @@ from typing import Any
 
 from ..common.cmdline import LAUNCHERS, server_words, word_names
 from ..common.errors import UsageError
-from ..common.options import parse_duration, parse_size
-from ..shim.keys import SCOPES
-from ..shim.sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
+from ..common.options import SCOPES, parse_duration, parse_size
+from ..common.wire import ISOLATED, SHARED
+from ..shim.sharing import CATALOG_PATH, Decision, config_path, explicit_decision
 
 
 def normalize(name: str) -> str:

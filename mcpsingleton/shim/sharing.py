@@ -12,10 +12,10 @@ import os
 from .. import __version__
 from ..common.atomic import write_atomically
 from ..common.errors import stderr_line
-from .keys import KEY_SCOPES, sha256
+from ..common.options import KEY_SCOPES
+from ..common.wire import ISOLATED, SHARED
+from .keys import sha256
 
-SHARED = "shared"
-ISOLATED = "isolated"
 CATALOG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policy", "catalog.toml")
 """The built-in catalog: its version is part of a cached decision's generation; `policy/rules.py` reads it."""
 
