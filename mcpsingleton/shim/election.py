@@ -26,7 +26,7 @@ from ..common.wire import KEY_ENV
 from .keys import client_environ, key_of, key_parts, user_salt
 
 if TYPE_CHECKING:
-    from .sharing import Decision
+    from ..common.decision import Decision
 
 BACKOFF = 0.01
 READY_TIMEOUT = 10.0
