@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
+from ..common.wire import ISOLATED, SHARED
 from ..mux.roots import ASKING
-from ..shim.sharing import ISOLATED, SHARED
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

@@ -3,22 +3,23 @@
 Attach (or resume with the state an earlier broker left with the waiter), read the client's stdin into its
 slot's mux, keep the waiter told of the session's state, and end a session (EOF, a broken stdout, or told
 to), giving the client's fds back as they were. Which slot a session goes to is slots.py's business.
+What the client is written (and owed) is session_output.py's part; how a session ends, session_ending.py's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
 from ..common import wire
 from ..common.paths import runtime_dir
-from ..mux import STREAM_FROM, SessionStream, StreamPart, ToSession, jsonrpc, linehead
-from ..shim.sharing import SHARED
+from ..mux import STREAM_FROM, SessionStream, ToSession, jsonrpc, linehead
 from . import journal
-from .lineio import LineReader, Outbox, Relay, write_if_room
-from .listener import close_fds, discard
+from .lineio import LineReader, Outbox, Relay
+from .listener import discard
+from .session_ending import SessionEnding
+from .session_output import SessionOutput
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
 
 MAX_LINE = 64 * 1024 * 1024
 """A longer line from a session is refused with -32700 (and skipped to its end), not buffered."""
-MAX_UNREAD = 64 * 1024 * 1024
-"""A session that leaves this much of its stdout unread is disconnected; the others go on."""
-END_GRACE = 1.5
-"""How long a leaving session's in-flight replies, or its final error, may take to be written."""
 CRASH_ON_RESUME_ENV = "MCPSINGLETON_TEST_CRASH_ON_RESUME"
 CUT = "cut"
 """In a waiter's state while a reply streams to its client: that request's id (JSON)."""
@@ -112,7 +109,7 @@ class Session:
         return ""
 
 
-class Sessions:
+class Sessions(SessionOutput, SessionEnding):
     """The attached sessions, by id, and the I/O of each: its stdin, stdout, stderr and waiter."""
 
     def __init__(self, server: Owner) -> None:
@@ -184,37 +181,6 @@ class Sessions:
         self.server.perform(session.slot, session.slot.mux.resume_session(session.sid, state))
         if session.parked:
             self.server.slots.place(session)
-
-    def _end_cut_line(self, session: Session, request_id: str) -> None:
-        """The previous broker died in the middle of a reply to this client: end that line, and answer its request
-        with an error, before anything else is written (else the next message would be glued onto the cut line)."""
-        try:
-            asked = json.loads(request_id)
-        except ValueError:
-            asked = None
-        error = jsonrpc.error(
-            asked if isinstance(asked, (str, int)) and not isinstance(asked, bool) else None,
-            jsonrpc.INTERNAL_ERROR,
-            "mcpsingleton: the broker went away while this reply was being written; the reply is lost",
-        )
-        assert session.outbox is not None
-        session.outbox.send(b"\n", jsonrpc.encode(error))
-        self.log.write(f"session {session.sid}: ended the reply to {request_id} its previous broker was cut off in")
-
-    def _answer_lost(self, session: Session, journal_name: str, cut: object) -> None:
-        """The previous broker died owing this session replies (its journal says which): each request gets an
-        error now, before anything else is written; the one whose cut line was just ended has had its error."""
-        cut_id = _normalized(cut) if isinstance(cut, str) else None
-        owed, line_open = journal.owed_by(self.journal.dir, journal_name, session.pid)
-        lost = [request_id for request_id in owed if request_id != cut_id]
-        assert session.outbox is not None
-        if line_open and cut_id is None:  # a reply half written when it died: ended here, its error follows
-            session.outbox.send(b"\n")
-        for request_id in lost:
-            error = jsonrpc.error(json.loads(request_id), jsonrpc.INTERNAL_ERROR, journal.LOST)
-            session.outbox.send(jsonrpc.encode(error))
-        if lost:
-            self.log.write(f"session {session.sid}: answered {len(lost)} request(s) its previous broker died owing")
 
     # ---- the waiter -----------------------------------------------------------------------------
 
@@ -373,158 +339,6 @@ class Sessions:
                 else:
                     self._read(session)
 
-    def deliver(self, action: ToSession) -> None:
-        """Queue a message for a session's stdout; one that leaves too much of it unread is detached."""
-        session = self.by_sid.get(action.session)
-        if session is None or session.outbox is None:
-            return
-        parts = action.parts()
-        answers = _answered_ids(action) if self.journal.owes(session.pid) else ()
-        if not session.holds():
-            self._write(session, parts, answers)
-            return
-        session.held.append((parts, answers))  # it follows the half-written line, or the state the waiter takes
-        session.held_bytes += sum(len(part) for part in parts)
-        if session.held_bytes > MAX_UNREAD:  # a waiter stopped for good: as a client that stopped reading
-            session.held, session.held_bytes = [], 0
-            self._broken(session, OSError(0, f"{MAX_UNREAD} bytes held for a waiter that does not read"))
-
-    def _release_held(self, session: Session) -> None:
-        if not session.holds():
-            self._flush_held(session)
-
-    def _flush_held(self, session: Session) -> None:
-        """Write what was held, in order (at a stream's start or the session's end, whatever the waiter has)."""
-        held, session.held, session.held_bytes = session.held, [], 0
-        for parts, answers in held:
-            self._write(session, parts, answers)
-
-    def stream(self, part: StreamPart) -> None:
-        """Part of a reply streamed to its session (mux/streaming.py); at its end, what waited follows.
-
-        The waiter is told which request's reply is on its way first, and when it ended: should this broker
-        die in between, the next one ends the cut line and answers that request (`_end_cut_line`)."""
-        session = self.by_sid.get(part.session)
-        if session is None or session.outbox is None:
-            return
-        if not session.streaming and not part.done:
-            session.cut = part.request_id
-            self._sync_state(session)
-            self._flush_held(session)  # what waited for the waiter comes before the line, as it came before
-        owed = part.done and part.request_id is not None and self.journal.owes(session.pid)
-        answers = (_normalized(part.request_id or ""),) if owed else ()
-        self._write(session, part.parts, answers)
-        session.streaming = not part.done
-        if part.done:
-            if not session.outbox.pending:
-                self._client_took_all(session)
-            self._release_held(session)
-
-    def _client_took_all(self, session: Session) -> None:
-        """Every byte written to the client has left the outbox: a streamed line's end too, so a broker dying
-        from here on cuts nothing (until then the waiter's state names the line, `cut`)."""
-        if session.cut is not None and not session.streaming:
-            session.cut = None
-            self._sync_state(session)
-
-    def _write(self, session: Session, parts: tuple[bytes | memoryview, ...], answers: tuple[str, ...] = ()) -> None:
-        """Queue a message for the client; the requests it answers are owed until its last byte is written."""
-        outbox = session.outbox
-        assert outbox is not None
-        outbox.send(*parts)
-        for request_id in answers:
-            if outbox.pending:
-                session.unsettled.append((outbox.flushed + len(outbox.pending), request_id))
-            else:
-                self.journal.settle(session.pid, request_id)
-        if outbox.pending or session.line_open:
-            self._note_line(session)
-        if len(outbox.pending) > MAX_UNREAD:
-            self._broken(session, OSError(0, f"client left {MAX_UNREAD} bytes unread"))
-
-    def _settle_written(self, session: Session) -> None:
-        """More of the client's stdout was written: the replies now wholly in its pipe are owed no more."""
-        assert session.outbox is not None
-        flushed = session.outbox.flushed
-        while session.unsettled and session.unsettled[0][0] <= flushed:
-            self.journal.settle(session.pid, session.unsettled.pop(0)[1])
-        self._note_line(session)
-
-    def _note_line(self, session: Session) -> None:
-        """Tell the journal when the client's stdout is left inside a line, or no longer (a half-written reply:
-        a next broker ends that line before the errors it writes). Only while bytes wait: a line being
-        streamed is the waiter's `cut`, not the journal's."""
-        assert session.outbox is not None
-        line_open = bool(session.outbox.pending) and session.outbox.open_line and not session.streaming
-        if line_open != session.line_open:
-            session.line_open = line_open
-            self.journal.note_line(session.pid, line_open)
-
-    def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None:
-        """An isolated backend's stderr also goes to its session's stderr, as a direct server's would.
-
-        A shared backend's stays in the log: its lines may carry another session's data."""
-        if slot.sharing == SHARED:
-            slot.stderr_unsent.clear()
-            return
-        slot.stderr_unsent.extend(lines)
-        owner = next((s for s in self.by_sid.values() if s.slot is slot and not s.parked), None)
-        if slot.sharing is None or owner is None or owner.err_fd is None:
-            return
-        data = b"".join(line + b"\n" for line in slot.stderr_unsent)
-        slot.stderr_unsent.clear()
-        slot.counters["stderr_dropped"] += write_if_room(owner.err_fd, data)
-
-    # ---- ending ---------------------------------------------------------------------------------
-
-    def _eof(self, session: Session) -> None:
-        """The client closed our stdin: let in-flight replies out (briefly), then detach with status 0."""
-        self.loop.remove_reader(session.in_fd)
-        if session.slot.mux.busy(session.sid):
-            self._mark_leaving(session)
-            self.loop.call_later(END_GRACE, lambda: self.end(session, *self._verdict(session)))
-            return
-        self.end(session, *self._verdict(session))
-
-    @staticmethod
-    def _verdict(session: Session) -> tuple[int, str | None]:
-        """How a session ends: status 0, or 1 with the reason when its backend cannot start."""
-        return (0, None) if session.slot.fatal is None else (1, session.slot.fatal)
-
-    def _mark_leaving(self, session: Session) -> None:
-        session.ending = True
-        self.leaving.add(session.sid)
-
-    def finish_ending(self) -> None:
-        """Detach the sessions whose stdin closed once nothing of theirs is in flight or unwritten.
-
-        Runs after every message routed: only the sessions that are ending are looked at."""
-        for session in [self.by_sid[sid] for sid in self.leaving if sid in self.by_sid]:
-            if (
-                session.ending
-                and not session.slot.mux.busy(session.sid)
-                and not (session.outbox and session.outbox.pending)
-                and not session.held
-            ):
-                self._drop(session, "stdin closed", *self._verdict(session))
-
-    def _broken(self, session: Session, exc: OSError) -> None:
-        self.log.write(f"session {session.sid}: writing stdout failed ({exc.strerror}); detaching it")
-        self.loop.call_later(0, lambda: self._drop(session, "stdout closed", 0))
-
-    def hand_over(self, orderly: bool = True) -> None:
-        """The sessions are to re-attach to the next broker: stop reading their input, tell them so as they end.
-
-        A session in the middle of a line is read up to its end (`_readable`): the next broker would get only
-        the rest of it, which parses as nothing. Not `orderly` (the server's own code failed): the waiters are
-        not told `reattach` but see end of file, as after a crash, so their crash-loop guard counts it and a
-        server that fails on every re-attach cannot keep its sessions re-attaching forever."""
-        self.orderly = orderly
-        for session in self:
-            session.handed_over = True
-            if not session.reader.mid_line:
-                self.loop.remove_reader(session.in_fd)
-
     def cut_short(self, session: Session, reason: str) -> None:
         """The handover can wait no longer for the end of the line a session is writing: the request is
         answered with `reason` under its id when the part that arrived holds it (the next broker gets the rest)."""
@@ -534,104 +348,6 @@ class Sessions:
         self.loop.remove_reader(session.in_fd)
         if request_id is not None:
             self.deliver(ToSession(session.sid, jsonrpc.error(request_id, jsonrpc.INTERNAL_ERROR, reason)))
-
-    def end_all(self) -> None:
-        for session in self:
-            self.end(session, 0)
-
-    def end(self, session: Session, code: int, message: str | None = None) -> None:
-        """Detach a session after its pending output is written; its shim prints `message` and exits."""
-        if session.sid not in self.by_sid:
-            return
-        self._mark_leaving(session)
-        if not session.streaming:
-            self._flush_held(session)  # the session ends here: what waited for its waiter goes out now
-        outbox = session.outbox
-        if outbox is not None and outbox.pending and not outbox.broken:
-            timer = self.loop.call_later(END_GRACE, lambda: self._drop(session, "ended", code, message))
-
-            def drained() -> None:
-                timer.cancel()
-                self._client_took_all(session)
-                self._drop(session, "ended", code, message)
-
-            outbox.on_drained = drained
-            self.loop.remove_reader(session.in_fd)
-            return
-        self._drop(session, "ended", code, message)
-
-    def _drop(self, session: Session, why: str, code: int | None = None, message: str | None = None) -> None:
-        """Forget a session; unless its waiter is already gone (`code` None), tell it how to exit."""
-        self.leaving.discard(session.sid)
-        if session.sid not in self.by_sid:
-            return
-        session.reader.abort_stream()  # a request it was writing is cut off at the backend
-        del self.by_sid[session.sid]
-        self.server.perform(session.slot, session.slot.mux.close_session(session.sid))
-        self.loop.remove_reader(session.in_fd)
-        self.loop.remove_reader(session.conn.fileno())
-        if session.outbox is not None:
-            session.outbox.close()
-        if not session.handed_over:  # (handed over: what it is still owed stays, for the next broker to answer)
-            self.journal.forget(session.pid)
-        self._release_fds(session)
-        if code is not None and session.to_waiter is not None:
-            if not session.handed_over:
-                session.to_waiter.send(wire.farewell(code, message))
-                why += f"; exit status {code}"
-            elif self.orderly:
-                session.to_waiter.send(wire.REATTACH)
-                why += "; told to re-attach"
-            else:
-                why += "; left to re-attach as after a crash"
-        self._close_waiter(session)
-        self.log.write(f"session {session.sid} (pid {session.pid}) detached: {why}; {len(self.by_sid)} attached")
-        self.server.slots.after_leaving(session.slot)
-        self.server.lifetime.arm_linger()
-
-    def _close_waiter(self, session: Session) -> None:
-        """Close the waiter's socket once it has taken our last lines (a stopped waiter: END_GRACE at most)."""
-        link = session.to_waiter
-        if link is None or not link.pending:
-            session.conn.close()
-            return
-
-        def close() -> None:
-            timer.cancel()
-            link.close()
-            session.conn.close()
-            self.telling.discard(session.sid)
-
-        self.telling.add(session.sid)
-        timer = self.loop.call_later(END_GRACE, close)
-        link.on_drained = close
-
-    @staticmethod
-    def _release_fds(session: Session) -> None:
-        for fd, blocking in session.saved_flags.items():
-            try:
-                os.set_blocking(fd, blocking)  # a tty or shared pipe must not stay non-blocking for others
-            except OSError:
-                pass
-        close_fds(list(session.saved_flags) + ([session.err_fd] if session.err_fd is not None else []))
-
-
-def _answered_ids(action: ToSession) -> tuple[str, ...]:
-    """The ids (journal text) of the requests a message to a session answers: a reply's, a batch reply's."""
-    if action.spliced is not None:  # only replies are spliced to sessions: the id spliced in is the session's own
-        return (_normalized(action.spliced.new_id),)
-    message = action.message
-    replies = message if isinstance(message, list) else [message]
-    answers = (reply for reply in replies if isinstance(reply, dict) and "method" not in reply and "id" in reply)
-    return tuple(journal.id_text(reply["id"]) for reply in answers)
-
-
-def _normalized(encoded_id: str | bytes) -> str:
-    """An id encoded elsewhere (a spliced reply, a streamed one), as the journal writes it."""
-    try:
-        return journal.id_text(json.loads(encoded_id))
-    except ValueError:
-        return ""
 
 
 def _request_id(line_head: bytes, method_first: bool = False) -> str | int | None:

@@ -5,6 +5,8 @@ it when it is lost: crashed, stopped reading its stdin, could not be spawned, or
 --max-memory / --max-procs. Restarts follow lifecycle.py (backoff within a crash streak); only a
 backend that never worked in this slot is fatal. The broker owns the sessions and the sockets; it
 hands a slot the lines of the sessions mapped to it and performs the actions the slot gives back.
+Here: the backend's start and stop, status and sharing; its I/O is slot_relay.py's, losing and replacing it
+slot_recovery.py's, idle reclaim and the caps slot_watch.py's (each a base class of `BackendSlot`).
 A broker holds one shared slot, plus one per isolated session or per distinct set of roots
 (placement.py); each slot keeps every guarantee on its own: caps, restarts, status, its stderr in the log.
 """
@@ -17,53 +19,47 @@ from collections import deque
 
 from .. import __version__
 from ..common.logfile import LogFile
-from ..common.wire import BackendStatus
-from ..mux import BackendPart, Mux, ToBackend
+from ..common.wire import ISOLATED, BackendStatus
+from ..mux import Mux, ToBackend
 from ..mux.fast_path import FAST_PATH_ENV, fast_path_threshold
-from ..mux.streaming import STREAM_FROM
 from ..shim.keys import redacted_argv
-from ..shim.sharing import ISOLATED
 from . import lifecycle
 from .backend import Backend, Keeper, stop_ladder
 from .discovery_cache import load as load_discovery
 from .eventloop import Callback, EventLoop, Timer
 from .lifecycle import Lifecycle
-from .lineio import LineReader, Outbox, Relay
+from .lineio import LineReader, Outbox
 from .placement import may_reclaim
+from .slot_recovery import SlotRecovery
+from .slot_relay import SlotRelay
+from .slot_watch import SAMPLE_INTERVAL, SlotWatch
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
     class Host(Protocol):
-        """What a slot needs from its broker."""
+        """What a slot needs from its broker. (`slot` is the BackendSlot asking: typed Any because its parts,
+        slot_relay.py and the others, pass themselves.)"""
 
-        def perform(self, slot: BackendSlot, actions: list[Any]) -> None: ...
-        def pause_sessions(self, slot: BackendSlot, paused: bool) -> None: ...
-        def slot_failed(self, slot: BackendSlot, reason: str) -> None: ...
-        def has_sessions(self, slot: BackendSlot) -> bool: ...
+        def perform(self, slot: Any, actions: list[Any]) -> None: ...
+        def pause_sessions(self, slot: Any, paused: bool) -> None: ...
+        def slot_failed(self, slot: Any, reason: str) -> None: ...
+        def has_sessions(self, slot: Any) -> bool: ...
         def reap(self) -> None: ...
-        def slot_ready(self, slot: BackendSlot) -> None: ...
-        def backend_stderr(self, slot: BackendSlot, lines: list[bytes]) -> None: ...
-        def may_start(self, slot: BackendSlot) -> str | None:
+        def slot_ready(self, slot: Any) -> None: ...
+        def backend_stderr(self, slot: Any, lines: list[bytes]) -> None: ...
+        def may_start(self, slot: Any) -> str | None:
             """None: spawn it; else why not (the budget), one line for the requests that needed it."""
 
 
-PAUSE_AT = 4 * 1024 * 1024
-"""Input the backend has not read yet beyond which its sessions are no longer read (backpressure)."""
-SAMPLE_INTERVAL = 1.0
-"""How often the backend tree is measured against --max-memory / --max-procs (only when one is set)."""
-IDLE_WAIT = 30.0
-"""How long a memory-capped restart waits for in-flight requests to finish."""
 STDERR_TAIL = 8
 """Lines of the backend's stderr quoted when it cannot start."""
 STDERR_BACKLOG = 64
 """Lines of stderr kept for a backend's session until it is known whether they may go to it."""
-EXIT_STATUS_WAIT = 0.2
-"""How long a backend whose stdout closed may take to become reapable before it is described anyway."""
 
 
-class BackendSlot:
+class BackendSlot(SlotRelay, SlotRecovery, SlotWatch):
     def __init__(
         self,
         number: int,
@@ -159,37 +155,6 @@ class BackendSlot:
             self.log.write(f"backend lost {self.life.streak} time(s) in a row; restarting in {delay:.2f}s")
         self.spawn_timer = self.loop.call_later(delay, self._spawn)
 
-    def send(self, action: ToBackend) -> None:
-        """A message for the backend; pauses the slot's sessions while the backend leaves too much unread."""
-        if self.outbox is None:
-            return
-        if self.streaming:
-            self.held.append(action)  # a session's request is half written: this one follows it
-            return
-        self._write(action.parts())
-
-    def send_part(self, part: BackendPart) -> None:
-        """Part of a session's request streamed to the backend (mux/streaming.py); at its end, what waited follows."""
-        if self.outbox is None:
-            return
-        self._write(part.parts)
-        self.streaming = not part.done
-        if part.done:
-            held, self.held = self.held, []
-            for action in held:
-                self.send(action)
-
-    def _write(self, parts: tuple[bytes | memoryview, ...]) -> None:
-        assert self.outbox is not None
-        self.last_active = time.monotonic()
-        self.outbox.send(*parts)
-        if len(self.outbox.pending) > PAUSE_AT and not self.paused:
-            self.paused = True
-            self.counters["backpressure_pauses"] += 1
-            unread = len(self.outbox.pending) >> 20
-            self.log.write(f"the backend has {unread} MiB of input unread; pausing its sessions until it reads")
-            self.host.pause_sessions(self, True)
-
     def stop(self, done: Callback, strays: bool = False) -> None:
         """Retire the slot: stop the backend with the ladder (and, with `strays`, what left its group), then `done`."""
         if self.life.state == lifecycle.RECLAIMING:
@@ -236,6 +201,19 @@ class BackendSlot:
             max_procs=self.spec.get("max_procs"),
             last_error=self.last_error,
             **self.counters,
+        )
+
+    def reclaimable(self) -> bool:
+        """Whether the running backend may be stopped now without any session losing anything (placement.py):
+        the mux is quiet, and no byte is on its way either (a line half read or half written, input unsent)."""
+        return (
+            self.backend is not None
+            and self.life.state == lifecycle.RUNNING
+            and not self.streaming
+            and not (self.stdout is not None and self.stdout.mid_line)
+            and not (self.outbox is not None and self.outbox.pending)
+            and self.mux.quiet()
+            and may_reclaim(self, self.host.has_sessions(self))
         )
 
     # ---- spawning and reading -----------------------------------------------------------------
@@ -298,227 +276,3 @@ class BackendSlot:
         self._backend_gone(reason)
         if self.mux.needs_backend():
             self.start()
-
-    def _readable(self, backend: Backend) -> None:
-        assert self.stdout is not None
-        self.last_active = time.monotonic()
-        lines, _, at_eof = self.stdout.read()
-        for line in lines:
-            self.host.perform(self, self.mux.from_backend(line))
-        if at_eof:
-            self._gone(backend)
-        elif self.life.initializing and self.mux.backend_ready():
-            self.life.fire(lifecycle.READY)
-            self._arm_idle(backend, self.idle_after)
-            self.host.slot_ready(self)
-        elif self.life.state == lifecycle.RUNNING:
-            self.stdout.stream(STREAM_FROM, self._open_stream)
-
-    def _open_stream(self, line_head: bytes) -> Relay | None:
-        """A reply too long to wait for: passed to its session as it arrives, when the mux says it may."""
-        stream = self.mux.stream_from_backend(line_head)
-        if stream is None:
-            return None
-        self.host.perform(self, stream.start(line_head))
-        return Relay(stream, lambda actions: self.host.perform(self, actions))
-
-    def _stderr_readable(self) -> None:
-        assert self.stderr is not None
-        lines, _, at_eof = self.stderr.read()
-        if at_eof:
-            self.loop.remove_reader(self.stderr.fd)
-        self._log_stderr(lines)
-
-    def _log_stderr(self, lines: list[bytes]) -> None:
-        for line in lines:
-            text = line.decode("utf-8", "replace")
-            self.stderr_tail.append(text)
-            self.log.write(f"{self.label}: {text}")
-        if lines:
-            self.host.backend_stderr(self, lines)
-
-    def _drain_stderr(self, backend: Backend) -> None:
-        if self.stderr is not None and self.stderr.fd == backend.stderr:
-            self._log_stderr(self.stderr.drain())
-
-    def _resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.log.write("the backend has read its input; resuming its sessions")
-            self.host.pause_sessions(self, False)
-
-    # ---- losing a backend ---------------------------------------------------------------------
-
-    def _detach(self) -> Backend | None:
-        """Stop reading and writing the current backend; it is retired until the ladder has reaped it."""
-        backend, self.backend = self.backend, None
-        if backend is None:
-            return None
-        self.loop.remove_reader(backend.stdout)
-        self.loop.remove_reader(backend.stderr)
-        if self.stdout is not None:
-            self.stdout.abort_stream()
-        if self.outbox is not None:
-            self.outbox.close()
-            self.outbox = None
-        self.streaming = False
-        self.held = []  # what they were is failed with everything the backend owed
-        self._resume()
-        self.retired.append(backend)
-        return backend
-
-    def _gone(self, backend: Backend, waited: float = 0.0) -> None:
-        """The backend closed its stdout: it is dead to us. Error its requests, stop what is left of it.
-
-        Its stdout can close a moment before its exit status can be collected; wait for that (briefly), so
-        that sessions are told what really happened ("killed by signal 9", not "closed its stdout")."""
-        if waited == 0.0:
-            self._detach()
-            self._drain_stderr(backend)
-        self.host.reap()
-        if backend.exit_status is None and waited < EXIT_STATUS_WAIT:
-            self.loop.call_later(0.01, lambda: self._gone(backend, waited + 0.01))
-            return
-        status = backend.exit_status
-        described = f"exited with status {status}" if status is not None else "closed its stdout"
-        if status is not None and status < 0:
-            described = f"was killed by signal {-status}"
-        stop_ladder(self.loop, backend, self.host.reap, backend.close_pipes, grace=0.5)
-        if self.life.state == lifecycle.STARTING:
-            tail = " | ".join(self.stderr_tail) or "(no stderr output)"
-            self._fail(f"backend `{self.command_text}` {described} before answering initialize; last stderr: {tail}")
-            return
-        lived = time.monotonic() - backend.started
-        self.life.lost(lived)
-        self.log.write(f"backend pid {backend.pid} {described} after {lived:.1f}s")
-        self._backend_gone(f"the backend {described}")
-        if self.mux.needs_backend():
-            self.start()  # subscribers expect updates without asking again; parked requests wait for placement
-
-    def _write_failed(self, backend: Backend, exc: OSError) -> None:
-        """The backend closed its stdin (EPIPE) yet may run on: it can never answer again, so replace it.
-
-        Deferred to the next loop turn: this runs inside a send, in the middle of performing actions."""
-        self.counters["backend_write_failures"] += 1
-        reason = f"it stopped reading its input ({exc.strerror or exc})"
-        self.loop.call_later(0, lambda: self._replace(backend, reason))
-
-    def _replace(self, backend: Backend, reason: str) -> None:
-        """Stop a backend that still runs (ladder), error what it owed, start a fresh one once it is gone."""
-        if backend is not self.backend:
-            return
-        self._detach()
-        self.log.write(f"restarting backend pid {backend.pid}: {reason}")
-        if self.life.state == lifecycle.STARTING:
-            stop_ladder(self.loop, backend, self.host.reap, backend.close_pipes)
-            self._fail(f"backend `{self.command_text}` was stopped before answering initialize: {reason}")
-            return
-        self.life.lost(time.monotonic() - backend.started)
-        self._backend_gone(f"the backend was restarted because {reason}")
-
-        def stopped() -> None:
-            backend.close_pipes()
-            if self.host.has_sessions(self) or self.mux.needs_backend():
-                self.start()
-
-        stop_ladder(self.loop, backend, self.host.reap, stopped)
-
-    def _backend_gone(self, reason: str) -> None:
-        """The mux errors what the lost backend owed; `ls` and the dashboard show why (`last_error`, when, in UTC;
-        words masked as a command's: a server's stderr quoted in the reason may name a secret)."""
-        shown = " ".join(redacted_argv(reason.split()))
-        self.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {shown}"
-        self.host.perform(self, self.mux.backend_exited(reason))
-
-    def _fail(self, reason: str) -> None:
-        """The backend never worked in this slot: every session of the slot is told why."""
-        self.life.fire(lifecycle.LOST)
-        self.fatal = reason
-        self.log.write(reason)
-        self._backend_gone(reason)
-        self.host.slot_failed(self, reason)
-
-    # ---- idle reclaim -------------------------------------------------------------------------
-
-    def _arm_idle(self, backend: Backend, delay: float) -> None:
-        """Look at `backend` again in `delay` seconds (one timer per slot: a new backend's replaces the last's)."""
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-        if self.idle_after > 0:
-            self.idle_timer = self.loop.call_later(delay, lambda: self._idle_check(backend))
-
-    def _idle_check(self, backend: Backend) -> None:
-        """--idle: a backend untouched that long is reclaimed when that loses nothing; else looked at again."""
-        self.idle_timer = None
-        if backend is not self.backend or self.life.state != lifecycle.RUNNING:
-            return
-        quiet_for = time.monotonic() - self.last_active
-        if quiet_for < self.idle_after:
-            self._arm_idle(backend, self.idle_after - quiet_for)
-        elif self.reclaimable():
-            self.reclaim(f"idle for {quiet_for:.0f}s (--idle {self.idle_after:g}s)")
-        else:
-            self._arm_idle(backend, self.idle_after)
-
-    def reclaimable(self) -> bool:
-        """Whether the running backend may be stopped now without any session losing anything (placement.py):
-        the mux is quiet, and no byte is on its way either (a line half read or half written, input unsent)."""
-        return (
-            self.backend is not None
-            and self.life.state == lifecycle.RUNNING
-            and not self.streaming
-            and not (self.stdout is not None and self.stdout.mid_line)
-            and not (self.outbox is not None and self.outbox.pending)
-            and self.mux.quiet()
-            and may_reclaim(self, self.host.has_sessions(self))
-        )
-
-    def reclaim(self, why: str) -> None:
-        """Stop a quiet backend (the ladder); the slot stays, and the next request that needs one starts it."""
-        backend = self._detach()
-        assert backend is not None
-        self.life.fire(lifecycle.RECLAIM)
-        self.log.write(f"{self.label} pid {backend.pid} stopped: {why}; it starts again when a request needs it")
-        self.host.perform(self, self.mux.backend_reclaimed(f"the backend was stopped: {why}"))
-
-        def stopped() -> None:
-            backend.close_pipes()
-            self.life.fire(lifecycle.DONE)
-            waiting, self.after_reclaim = self.after_reclaim, []
-            for callback in waiting:
-                callback()
-
-        stop_ladder(self.loop, backend, self.host.reap, stopped)
-
-    # ---- resource caps ----------------------------------------------------------------------
-
-    def _sample(self) -> None:
-        """Check the backend tree against --max-memory / --max-procs; restart it when it grew past them."""
-        from ..common.proctree import parent_map, tree_memory, tree_process_count
-
-        backend = self.backend
-        if backend is not None and self.life.state == lifecycle.RUNNING:
-            parents = parent_map()
-            count = tree_process_count(backend.pid, parents)
-            max_procs, max_memory = self.spec.get("max_procs"), self.spec.get("max_memory")
-            if max_procs and count > max_procs:
-                self._recycle(backend, f"its process tree holds {count} processes (--max-procs {max_procs})")
-            elif max_memory and (used := tree_memory(backend.pid, parents)) > max_memory:
-                reason = f"its tree uses {used >> 20} MiB (--max-memory {max_memory >> 20} MiB)"
-                self._recycle_when_idle(backend, reason, time.monotonic() + IDLE_WAIT)
-        if self.life.live:
-            self.loop.call_later(SAMPLE_INTERVAL, self._sample)
-
-    def _recycle_when_idle(self, backend: Backend, reason: str, deadline: float) -> None:
-        """A leaking backend is replaced between requests where possible, never in the middle of one."""
-        if backend is not self.backend:
-            return
-        if self.mux.has_pending() and time.monotonic() < deadline:
-            self.loop.call_later(0.05, lambda: self._recycle_when_idle(backend, reason, deadline))
-            return
-        self._recycle(backend, reason)
-
-    def _recycle(self, backend: Backend, reason: str) -> None:
-        self.counters["limit_restarts"] += 1
-        self._replace(backend, reason)

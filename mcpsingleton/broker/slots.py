@@ -9,8 +9,8 @@ ask for roots. The muxes have no clock: this module ticks them (`keep_time`) whi
 
 from __future__ import annotations
 
+from ..common.wire import ISOLATED
 from ..mux.roots import TICK
-from ..shim.sharing import ISOLATED
 from .discovery_cache import load as load_discovery
 from .placement import SharingDecision, ends_with_last_session, fits, slot_for_roots
 from .slot import BackendSlot

@@ -16,8 +16,11 @@ Imported on the shim's warm path: standard library only, nothing heavy.
 
 import os
 
-from ..shim.keys import SCOPES
 from .errors import UsageError
+
+SCOPES = ("auto", "cwd", "global", "isolated")
+KEY_SCOPES = ("cwd", "global", "isolated")
+"""What a key is computed for; `auto` is first resolved to one of these."""
 
 TYPE_CHECKING = False  # `typing` itself costs milliseconds on the warm path
 if TYPE_CHECKING:

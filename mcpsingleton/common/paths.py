@@ -8,7 +8,7 @@ import os
 import stat
 
 from .errors import SetupError
-from .platform import user_log_home, user_state_home
+from .platform import user_config_home, user_log_home, user_state_home
 
 BROKER = "broker"
 """The one broker's files in the runtime dir: `broker.sock`, `broker.lock`, `broker.json` (KeyPaths(BROKER));
@@ -182,3 +182,19 @@ def check_socket_path(paths: KeyPaths) -> None:
             f"the runtime dir {paths.dir} is too deep for Unix socket names ({SOCKET_PATH_LIMIT - 1} bytes at most); "
             "set MCPSINGLETON_HOME to a short dir of yours, such as ~/.ms"
         )
+
+
+CATALOG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policy", "catalog.toml")
+"""The built-in catalog: its version is part of a cached decision's generation; `policy/rules.py` reads it."""
+
+
+def config_path() -> str:
+    """MCPSINGLETON_HOME/config.toml, else the user config dir as platformdirs' defaults name it (no import).
+
+    From the home directory alone, never XDG_CONFIG_HOME: clients strip XDG_* (Codex), and a config
+    that only some sessions read would share, in those, a server the user asked to isolate.
+    """
+    home = os.environ.get("MCPSINGLETON_HOME")
+    if home:
+        return os.path.join(home, "config.toml")
+    return os.path.join(user_config_home(), "mcpsingleton", "config.toml")

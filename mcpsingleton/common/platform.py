@@ -229,6 +229,14 @@ def user_state_home() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "state")
 
 
+def user_config_home() -> str:
+    """Where the OS puts a user's configuration, as platformdirs' defaults name it, from the home directory
+    alone: macOS's ~/Library/Application Support, else XDG's default ~/.config."""
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~"), "Library", "Application Support")
+    return os.path.join(os.path.expanduser("~"), ".config")
+
+
 def user_log_home() -> str | None:
     """Where the OS wants apps' logs, when it has such a place: macOS's ~/Library/Logs (users and Console.app
     look there); None elsewhere (logs then go beside the state)."""

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 
 import psutil
 
-from ..broker.backend import stop_blocking
 from . import processes
+from .stopping import stop_blocking
 
 
 def parent_map() -> dict[int, int]:

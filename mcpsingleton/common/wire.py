@@ -28,6 +28,13 @@ PROTOCOL = "2"
 LEGACY_PROTOCOL = "1"
 """The per-key brokers of the previous version: a shim still attaches to one that runs (the upgrade path)."""
 
+SHARED = "shared"
+ISOLATED = "isolated"
+"""A key's sharing, as the spec carries it and `ls` shows it."""
+
+KEY_ENV = "MCPSINGLETON_KEY"
+"""Set in every backend's environment: its key, so `reap` and `ls --all` know what is ours after a crash."""
+
 ATTACH = "attach"
 STATUS = "status"
 STOP = "stop"

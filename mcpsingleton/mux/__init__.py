@@ -5,7 +5,7 @@ backend, a session leaving, the backend starting or exiting) and performs the ac
 Nothing here touches a socket, a process or a clock, so every protocol rule is tested in-process.
 
 One module per protocol feature, each owning its state (see docs/ARCHITECTURE.md); `router.Mux` is
-the facade the broker uses and the one place where methods are routed.
+the facade the broker uses; `inputs` is the one place where methods are routed.
 """
 
 from .actions import Action, BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession

@@ -1,5 +1,5 @@
 """Recovery when handling one input raised: the input's sender is answered (or the line dropped), whatever
-it started is abandoned, and the failure is logged and counted. The router's entry points call these;
+it started is abandoned, and the failure is logged and counted. The entry points call these (inputs.py, fast_path.py);
 nothing raised while handling one session's or the backend's line reaches the broker."""
 
 from __future__ import annotations

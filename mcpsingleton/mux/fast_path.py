@@ -1,7 +1,7 @@
 """The fast path: a big line passed on as written with only its id spliced, when that is all the full
 path would do, with the same bookkeeping (`Requests.answer_spliced`, `Requests.forward_spliced`,
 `ServerRequests.answer_spliced`). Lines of `fast_path_from` bytes or more are first read as an
-envelope only (`envelope.scan`); anything else, and every smaller line, is decoded in full (router.py).
+envelope only (`envelope.scan`); anything else, and every smaller line, is decoded in full (inputs.py).
 What may pass and why: envelope.py.
 """
 

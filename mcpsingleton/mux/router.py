@@ -1,12 +1,9 @@
-"""The `Mux` facade: entry points for the broker, one routing table per direction, lifecycle fan-out.
+"""The `Mux` facade: the features it is made of, entry points for the broker, the queries it may make.
 
-Every method of the protocol is routed from one of four tables (session requests, session
-notifications, backend requests, backend notifications) to the feature module that owns it; a method
-in no table takes the default (forward, forward, refuse, broadcast). Lifecycle events (a session
-closed, the backend lost, the backend ready) go to every feature in `self.features` order.
-
-Big lines that need nothing but a new id pass on as written (fast_path.py); lines too long to wait
-for may stream instead (`stream_from_session`, `stream_from_backend`; streaming.py).
+Where each input goes — one routing table per direction, a line from either side, a lifecycle event fanned
+out to every feature — is inputs.py's. Big lines that need nothing but a new id pass on as written
+(fast_path.py); lines too long to wait for may stream instead (`stream_from_session`,
+`stream_from_backend`; streaming.py).
 
 The entry points enforce the one rule that keeps a shared broker alive: nothing raised while handling
 one session's or the backend's input escapes to the broker. The offending line is answered (-32603 to
@@ -15,17 +12,15 @@ its session) or dropped, logged with its source, and counted in `stats`.
 
 from __future__ import annotations
 
-from . import eras, failures, fast_path, jsonrpc, resume
-from .actions import Log, ToBackend, ToSession
+from . import failures, inputs, jsonrpc, resume, streaming
+from .actions import Log
 from .backend_state import BackendView
-from .backend_stream import BackendStream, open_backend_stream
+from .backend_stream import open_backend_stream
 from .batches import Batches
 from .cancellation import Cancellation
-from .discovery import LISTS, Discovery
-from .envelope import id_at_end, reply_id
+from .discovery import Discovery
 from .fast_path import FAST_PATH_FROM
-from .handshake import LOCAL_METHODS, Handshake
-from .jsonrpc import Id, Invalid, Message
+from .handshake import Handshake
 from .log_levels import LogLevels
 from .parking import Parking, SessionState
 from .progress import Progress
@@ -34,19 +29,21 @@ from .requests import Requests
 from .roots import Roots
 from .server_requests import ServerRequests
 from .session import Session
-from .session_stream import SessionStream, open_session_stream
+from .session_stream import open_session_stream
 from .subscriptions import Subscriptions
 from .tasks import Tasks
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
-    from typing import Any, TypeVar
+    from typing import Any
 
-    from .actions import Action, BackendHandler, Feature, SessionHandler
+    from .actions import Action, Feature
+    from .backend_stream import BackendStream
+    from .jsonrpc import Id, Message
     from .session import RootsSignature
+    from .session_stream import SessionStream
 
-    Opened = TypeVar("Opened", BackendStream, SessionStream)
 
 class Mux:
     """State of one backend and the sessions sharing it."""
@@ -68,15 +65,7 @@ class Mux:
         self.inbound: SessionStream | None = None  # the session request being streamed in
         self.accepted: list[tuple[int, Id]] = []  # session requests taken in, until the broker asks (`owed_changes`)
         self.released: list[tuple[int, Id]] = []  # session requests their session cancelled: no reply will come
-        self.stats = {
-            "requests": 0,  # requests from sessions
-            "errors": 0,  # error replies to sessions (the backend's and the broker's own)
-            "dropped": 0,  # messages not passed on: unusable backend lines, unknown ids, malformed replies
-            "rejected": 0,  # session lines refused: unparseable, not JSON-RPC, or failing inside the mux
-            "internal_errors": 0,  # exceptions caught while handling one input: each one is a bug
-            "fast_path": 0,  # lines passed on as written with only their id replaced (big ones only)
-            "streamed": 0,  # of those, backend replies passed on as they arrived (streaming.py)
-        }
+        self.stats = inputs.counters()  # what the mux counted of its inputs (shown by `ls`, metrics)
         self.backend = BackendView()
         self.handshake = Handshake(self, {"name": client_name, "version": version})
         self.requests = Requests(self)
@@ -105,37 +94,9 @@ class Mux:
             self.discovery,
             self.queue,  # last: what it releases on `backend_ready` meets every other feature ready
         )  # (cancellation keeps no state: it acts on the others' and has no lifecycle of its own)
-        self.session_requests: dict[str, SessionHandler] = {
-            "initialize": self.handshake.initialize,
-            "ping": self.handshake.ping,
-            "server/discover": self.handshake.discover,
-            "logging/setLevel": self.log_levels.set_level,
-            "resources/subscribe": self.subscriptions.subscribe,
-            "resources/unsubscribe": self.subscriptions.unsubscribe,
-            "tasks/get": self.tasks.guard,
-            "tasks/result": self.tasks.guard,
-            "tasks/cancel": self.tasks.guard,
-            **dict.fromkeys(LISTS, self.discovery.forward),
-        }  # any other method: forwarded to the backend
-        self.session_notifications: dict[str, SessionHandler] = {
-            "notifications/initialized": self.roots.ask,
-            "notifications/roots/list_changed": self.roots.ask,
-            "notifications/cancelled": self.cancellation.cancelled,
-        }  # any other: forwarded to the backend
-        self.backend_requests: dict[str, BackendHandler] = {
-            "ping": self.server_requests.pong,
-            "roots/list": self.roots.answer,
-            "sampling/createMessage": self.server_requests.route,
-            "elicitation/create": self.server_requests.route,
-        }  # any other: refused with -32601
-        self.backend_notifications: dict[str, BackendHandler] = {
-            "notifications/progress": self.progress.route,
-            "notifications/message": self.log_levels.route,
-            "notifications/resources/updated": self.subscriptions.updated,
-            "notifications/cancelled": self.server_requests.cancelled,
-            "notifications/tasks/status": self.tasks.route_status,
-            "notifications/elicitation/complete": self.server_requests.elicitation_complete,
-        }  # any other: to every session that may hear it
+        self.session_requests, self.session_notifications, self.backend_requests, self.backend_notifications = (
+            inputs.tables(self)
+        )
 
     # ---- events from the broker -------------------------------------------------------------
 
@@ -164,7 +125,7 @@ class Mux:
 
     def tick(self) -> list[Action]:
         """About a second passed (the broker's timer: the mux has no clock), while `ticking()` says so."""
-        return self._fan_out("tick", lambda feature: feature.tick())
+        return inputs.fan_out(self, "tick", lambda feature: feature.tick())
 
     def ticking(self) -> bool:
         """Whether the mux counts time now: a session slow to say its roots, a backend not yet quiet on roots."""
@@ -194,37 +155,14 @@ class Mux:
 
     def from_session(self, sid: int, line: bytes) -> list[Action]:
         """One line of a session's stdin."""
-        session = self.sessions.get(sid)
-        if session is None:
-            self.stats["rejected"] += 1
-            return [Log(f"session {sid}: a line from a session that is not open; dropped")]
-        spliced = fast_path.from_session(self, session, line)
-        if spliced is not None:
-            return spliced
-        try:
-            data = jsonrpc.parse(line)
-        except Invalid as bad:
-            self.stats["errors"] += 1
-            self.stats["rejected"] += 1
-            named = id_at_end(line) if bad.reply["error"]["code"] == jsonrpc.PARSE_ERROR else None
-            reply = {**bad.reply, "id": named} if jsonrpc.valid_id(named) else bad.reply
-            return [ToSession(sid, reply), Log(f"session {sid}: {bad}")]
-        try:
-            if isinstance(data, list):
-                return self.batches.split(session, data)
-            if "id" in data and "method" in data:
-                self.stats["requests"] += 1
-                self.accepted.append((sid, data["id"]))
-            return self.dispatch(session, data)
-        except Exception as exc:
-            return failures.session_line_failed(self, session, data, exc)
+        return inputs.from_session(self, sid, line)
 
     def close_session(self, sid: int) -> list[Action]:
         """The session left: cancel what it started, release what it held, forget it."""
         session = self.sessions.pop(sid, None)
         if session is None:
             return []
-        return self._fan_out(f"session {sid} closing", lambda feature: feature.session_closed(session))
+        return inputs.fan_out(self, f"session {sid} closing", lambda feature: feature.session_closed(session))
 
     def backend_started(self) -> list[Action]:
         """The backend process is running and its stdin/stdout are connected."""
@@ -239,7 +177,7 @@ class Mux:
         if self.inbound is not None:
             self.inbound.backend_lost()
         text = f"mcpsingleton: {reason}"
-        return self._fan_out("backend exit", lambda feature: feature.backend_lost(text))
+        return inputs.fan_out(self, "backend exit", lambda feature: feature.backend_lost(text))
 
     def backend_reclaimed(self, reason: str) -> list[Action]:
         """The broker stopped the backend while it was `quiet` (idle reclaim, the budget): an exit that owed
@@ -267,57 +205,16 @@ class Mux:
         """The backend is writing a line too long to wait for: a stream for it, or None (wait for its end).
 
         The stream's `start(line_head)` gives the first actions; like every entry point, nothing raises."""
-        return self._stream(open_backend_stream, self, line_head)
+        return streaming.open_safely(self, open_backend_stream, line_head)
 
     def stream_from_session(self, sid: int, line_head: bytes, limit: int) -> SessionStream | None:
         """A session is writing a line too long to wait for: a stream for it, or None (wait for its end).
         `limit`: the session's line limit (beyond it the line is refused with -32700, as when whole)."""
-        return self._stream(open_session_stream, self, sid, line_head, limit)
-
-    def _stream(self, opener: Callable[..., Opened | None], *args: Any) -> Opened | None:
-        try:
-            return opener(*args)
-        except Exception:  # the line then takes the full path at its end, which reports what is wrong
-            self.stats["internal_errors"] += 1
-            return None
+        return streaming.open_safely(self, open_session_stream, sid, line_head, limit)
 
     def from_backend(self, line: bytes) -> list[Action]:
         """One line of the backend's stdout."""
-        spliced = fast_path.from_backend(self, line)
-        if spliced is not None:
-            return spliced
-        try:
-            data, repaired = jsonrpc.parse_lenient(line)
-        except Invalid as bad:
-            return self._unusable_backend_line(line, bad)
-        if repaired:
-            note = Log("backend wrote bytes that are not UTF-8; passed on with U+FFFD in their place")
-            return [note, *self._from_backend_parsed(data)]
-        return self._from_backend_parsed(data)
-
-    def _unusable_backend_line(self, line: bytes, bad: Invalid) -> list[Action]:
-        """Dropped; but when it is certainly a reply (read from its head or tail), its asker gets an error."""
-        self.stats["dropped"] += 1
-        actions: list[Action] = [Log(f"backend wrote an unusable line ({bad}); dropped")]
-        backend_id = reply_id(line)
-        if type(backend_id) is int and backend_id in self.requests.pending:
-            text = f"mcpsingleton: the server's reply could not be read ({bad})"
-            actions += self._from_backend_parsed(jsonrpc.error(backend_id, jsonrpc.INTERNAL_ERROR, text))
-        return actions
-
-    def _from_backend_parsed(self, data: Message | list[Any]) -> list[Action]:
-        """A decoded backend line, routed by its kind (a reply, a request, a notification)."""
-        if isinstance(data, list):
-            self.stats["dropped"] += 1
-            return [Log("backend wrote a JSON-RPC batch, which no session can be sent; dropped")]
-        try:
-            if "method" not in data:
-                return self.requests.answer(data)
-            if "id" in data:
-                return self.backend_requests.get(data["method"], self.server_requests.unknown)(data)
-            return self.backend_notifications.get(data["method"], self.subscriptions.broadcast)(data)
-        except Exception as exc:
-            return failures.backend_line_failed(self, data, exc)
+        return inputs.from_backend(self, line)
 
     # ---- queries the broker may make (its only view of the mux's state) ----------------------
 
@@ -380,58 +277,11 @@ class Mux:
 
     def dispatch(self, session: Session, message: Message) -> list[Action]:
         """Route one message from a session (also each message of a batch, and each held one once ready)."""
-        if "method" not in message:
-            return self.server_requests.answer(session, message)
-        method = message["method"]
-        if self.parking.holds(session, message):
-            return self.parking.hold(session, message)
-        if "id" not in message:
-            notified = self.session_notifications.get(method)
-            if notified is not None:
-                return notified(session, message)
-            return [ToBackend(message)] if self.backend.ready else self.queue.hold(session, message)
-        if method in LOCAL_METHODS:
-            return self.session_requests[method](session, message)
-        if not self.backend.ready:
-            cached = self.discovery.answer(session, message)
-            return cached if cached is not None else self.queue.hold(session, message)
-        fields = eras.era_fields(message)
-        if fields is not None:
-            return self._stateless_request(session, message, fields)
-        return self._request(session, message)
-
-    def _request(self, session: Session, message: Message) -> list[Action]:
-        handler = self.session_requests.get(message["method"])
-        return handler(session, message) if handler is not None else self.requests.forward(session, message)
-
-    def _stateless_request(self, session: Session, message: Message, fields: dict[str, Any]) -> list[Action]:
-        """A stateless-era request: served on the shared backend with its era fields translated away."""
-        eras.adopt(session, fields)
-        if message["method"] == "subscriptions/listen":
-            return self.subscriptions.listen(session, message)
-        actions = self._request(session, eras.strip(message))
-        pending = self.requests.of(session, message["id"])
-        if pending is None:
-            return actions
-        pending.stateless = True
-        return self.log_levels.opt_in(pending, fields.get(eras.LOG_LEVEL)) + actions
+        return inputs.dispatch(self, session, message)
 
     def fan_out_ready(self, restarted: bool) -> list[Action]:
-        return self._fan_out("backend ready", lambda feature: feature.backend_ready(restarted))
+        return inputs.fan_out(self, "backend ready", lambda feature: feature.backend_ready(restarted))
 
     def reply_error(self, session: Session, request_id: Id, code: int, text: str) -> list[Action]:
         self.stats["errors"] += 1
         return self.batches.deliver(session, jsonrpc.error(request_id, code, text))
-
-    # ---- the rule: one input's failure stays with that input (recovery: failures.py) ----------
-
-    def _fan_out(self, event: str, handler: Callable[[Feature], list[Action]]) -> list[Action]:
-        """Run a lifecycle event through every feature; one feature's failure does not stop the others."""
-        actions: list[Action] = []
-        for feature in self.features:
-            try:
-                actions += handler(feature)
-            except Exception as exc:
-                self.stats["internal_errors"] += 1
-                actions.append(Log(f"internal error in {type(feature).__name__} on {event}: {failures.describe(exc)}"))
-        return actions

@@ -19,17 +19,30 @@ from .actions import Log
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import TypeVar
+    from typing import Any, TypeVar
 
     from .actions import Action
+    from .backend_stream import BackendStream
     from .router import Mux
+    from .session_stream import SessionStream
 
     Data = TypeVar("Data")
+    Opened = TypeVar("Opened", BackendStream, SessionStream)
 
 STREAM_FROM = 64 * 1024
 """A line is offered for streaming once this much of it arrived without its end."""
 
 Piece = bytes | memoryview
+
+
+def open_safely(mux: Mux, opener: Callable[..., Opened | None], *args: Any) -> Opened | None:
+    """`opener(mux, *args)`: a stream for a line too long to wait for, or None (wait for its end); like every
+    entry point, nothing raises."""
+    try:
+        return opener(mux, *args)
+    except Exception:  # the line then takes the full path at its end, which reports what is wrong
+        mux.stats["internal_errors"] += 1
+        return None
 
 
 class Stream:

@@ -18,9 +18,8 @@ import click
 from .. import __version__
 from ..common import wire
 from ..common.errors import UsageError
-from ..common.options import RUN_OPTIONS, parse_duration
+from ..common.options import RUN_OPTIONS, SCOPES, parse_duration
 from ..common.paths import default_log_dir, ensure_private_dir, log_dir, runtime_dir
-from ..shim.keys import SCOPES
 from . import control
 from .listing import STRIPPED_HOME, collect, more_elsewhere, render_ls
 

@@ -14,8 +14,8 @@ from .listing import WEAKER_ENV_RULE, env_rule
 
 def explain(as_json: bool, scope: str, name: str | None, command: list[str]) -> None:
     """Print the decision for `command` (`--json`: one object)."""
+    from ..common.paths import config_path
     from ..policy.rules import decide, unread_xdg_config
-    from ..shim.sharing import config_path
 
     decision = decide(scope, command, name)
     if decision.config_error:

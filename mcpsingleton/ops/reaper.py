@@ -42,10 +42,9 @@ from ..common.logfile import START_LINE_WITHIN
 from ..common.paths import BROKER, KeyPaths, ensure_private_dir, log_dir, runtime_dir
 from ..common.proctree import terminate_tree
 from ..common.stdin_peers import FdHolders, stdin_peer
-from ..common.wire import STATUS, decode_status
+from ..common.wire import ISOLATED, KEY_ENV, STATUS, decode_status
 from ..shim.election import try_lock
-from ..shim.keys import KEY_ENV, redacted_argv
-from ..shim.sharing import ISOLATED
+from ..shim.keys import redacted_argv
 from .control import TIMEOUT as CONTROL_TIMEOUT
 from .control import ask, ask_broker, state_files
 from .unmanaged import Processes

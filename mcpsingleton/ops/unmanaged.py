@@ -15,7 +15,8 @@ import psutil
 from ..broker.backend import is_ours
 from ..common.cmdline import is_launcher
 from ..common.proctree import tree_memory, tree_pids
-from ..shim.keys import KEY_ENV, redacted_argv
+from ..common.wire import KEY_ENV
+from ..shim.keys import redacted_argv
 
 MCP_WORD = re.compile(r"mcp|modelcontextprotocol|server-everything", re.IGNORECASE)
 """Names MCP servers go by: mcp-server-*, *-mcp, fastmcp, mcp_server_time, @modelcontextprotocol/*."""

@@ -8,7 +8,7 @@ every broker may load this module, so no tomllib, re or typing here.
 
 from __future__ import annotations
 
-from ..shim.sharing import ISOLATED, SHARED
+from ..common.wire import ISOLATED, SHARED
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:

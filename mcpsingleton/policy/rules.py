@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..common.cmdline import LAUNCHERS, server_words, word_names
+from ..common.decision import Decision, explicit_decision
 from ..common.errors import UsageError
-from ..common.options import parse_duration, parse_size
-from ..shim.keys import SCOPES
-from ..shim.sharing import CATALOG_PATH, ISOLATED, SHARED, Decision, config_path, explicit_decision
+from ..common.options import SCOPES, parse_duration, parse_size
+from ..common.paths import CATALOG_PATH, config_path
+from ..common.wire import ISOLATED, SHARED
 
 
 def normalize(name: str) -> str:
@@ -102,7 +103,7 @@ def _checked(convert: Callable[[str], Any], text: str, where: str) -> Any:
 
 
 def unread_xdg_config() -> str | None:
-    """A config.toml under $XDG_CONFIG_HOME that is not the one read (see `sharing.config_path`), or None."""
+    """A config.toml under $XDG_CONFIG_HOME that is not the one read (see `common/paths.config_path`), or None."""
     xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
     candidate = os.path.join(xdg, "mcpsingleton", "config.toml") if xdg else ""
     if candidate and os.path.isfile(candidate) and os.path.realpath(candidate) != os.path.realpath(config_path()):

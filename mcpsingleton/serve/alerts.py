@@ -14,9 +14,9 @@ from typing import Any
 
 from ..common.errors import UsageError
 from ..common.options import parse_size
+from ..common.paths import config_path
 from ..ops.listing import human_bytes
 from ..policy.rules import load_table
-from ..shim.sharing import config_path
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 LEVELS = (OK, WARNING, CRITICAL)

@@ -13,12 +13,12 @@ import logging
 import os
 import time
 
+from ..common.paths import config_path
 from ..ops.configs import clients as registry
 from ..ops.configs import load
 from ..ops.configs.entries import ConfigError, classify
 from ..policy.rules import load_table
 from ..shim.keys import reads_client_environ
-from ..shim.sharing import config_path
 from .http_sessions import Target
 
 log = logging.getLogger("mcpsingleton.serve")

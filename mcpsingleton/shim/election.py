@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 from ..common.errors import SetupError
 from ..common.options import RunOptions, backend_timing, parse_duration
 from ..common.paths import KeyPaths, log_dir
-from .keys import KEY_ENV, client_environ, key_of, key_parts, user_salt
+from ..common.wire import KEY_ENV
+from .keys import client_environ, key_of, key_parts, user_salt
 
 if TYPE_CHECKING:
-    from .sharing import Decision
+    from ..common.decision import Decision
 
 BACKOFF = 0.01
 READY_TIMEOUT = 10.0

@@ -9,6 +9,7 @@ import os
 
 from ..common.cmdline import is_assignment
 from ..common.errors import SetupError
+from ..common.options import KEY_SCOPES
 from ..common.platform import process_reader
 from ..common.wire import PROTOCOL
 
@@ -22,10 +23,6 @@ try:  # the small builtin module avoids loading OpenSSL on every session start
 except ImportError:  # pragma: no cover - other Pythons
     from hashlib import sha256
 
-
-SCOPES = ("auto", "cwd", "global", "isolated")
-KEY_SCOPES = ("cwd", "global", "isolated")
-"""What a key is computed for; `auto` is first resolved to one of these."""
 
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "PRIVATE")
 """Env var names containing one of these must match for two sessions to share a backend."""
@@ -53,9 +50,6 @@ servers must also differ by PATH names it with --env-key."""
 
 SHELLS = frozenset({"sh", "bash", "zsh", "dash", "fish", "env"})
 """Programs a client may start the shim through; their environment is the config's, not the client's."""
-
-KEY_ENV = "MCPSINGLETON_KEY"
-
 
 def which(program: str, path: str | None = None) -> str | None:
     """PATH lookup like shutil.which, without importing shutil on the warm path."""

@@ -21,8 +21,8 @@ from helpers import RawClient, kill_quietly, processes_of, shim, wait_for
 from mcpsingleton.common import processes, stdin_peers
 from mcpsingleton.common.paths import KeyPaths, runtime_dir
 from mcpsingleton.common.stdin_peers import FdHolders
+from mcpsingleton.common.wire import KEY_ENV
 from mcpsingleton.ops import reaper, unmanaged
-from mcpsingleton.shim.keys import KEY_ENV
 
 FAKE_SERVER = """
 import os, subprocess, sys, time

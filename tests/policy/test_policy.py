@@ -12,11 +12,12 @@ import platformdirs
 import pytest
 from helpers import RawClient, mcpsingleton_exe, shim
 
+from mcpsingleton.common import paths
 from mcpsingleton.common.cmdline import default_name
+from mcpsingleton.common.decision import Decision
 from mcpsingleton.policy.learnt import declared_sharing, runtime_decision, tool_shape_sharing
 from mcpsingleton.policy.rules import decide, match_names
-from mcpsingleton.shim import sharing
-from mcpsingleton.shim.sharing import Decision, resolve_scope
+from mcpsingleton.shim.sharing import resolve_scope
 
 SALT = b"s" * 32
 
@@ -25,7 +26,7 @@ def catalog_policy(server: str) -> str:
     """What `policy` says for a catalog entry, from the catalog itself (its wording is the catalog's)."""
     import tomllib
 
-    return "catalog: " + tomllib.loads(Path(sharing.CATALOG_PATH).read_text())["servers"][server]["reason"]
+    return "catalog: " + tomllib.loads(Path(paths.CATALOG_PATH).read_text())["servers"][server]["reason"]
 
 
 @pytest.mark.parametrize(
@@ -204,9 +205,9 @@ def test_config_path_is_platformdirs_default_user_config_dir_whatever_xdg_says(
     monkeypatch.delenv("MCPSINGLETON_HOME", raising=False)
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     expected = os.path.join(platformdirs.user_config_dir("mcpsingleton"), "config.toml")
-    assert sharing.config_path() == expected
+    assert paths.config_path() == expected
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    assert sharing.config_path() == expected
+    assert paths.config_path() == expected
 
 
 def test_a_client_that_strips_xdg_reads_the_same_config_and_explain_names_an_unread_one(tmp_path: Path) -> None:

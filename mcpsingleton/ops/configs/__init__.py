@@ -20,6 +20,7 @@ from functools import partial
 from typing import TextIO
 
 from mcpsingleton.common.errors import SetupError
+from mcpsingleton.common.options import SCOPES
 from mcpsingleton.common.paths import HOME_ENV, home_override, launcher_dir
 from mcpsingleton.ops.configs import clients as registry
 from mcpsingleton.ops.configs import codex_toml, diff, files, jsonc
@@ -28,7 +29,6 @@ from mcpsingleton.ops.configs.entries import ConfigError, Document
 from mcpsingleton.ops.configs.records import InsertedArgs
 from mcpsingleton.ops.configs.wrapping import Plan, apply, plan_unwrap, plan_wrap
 from mcpsingleton.shim import launcher
-from mcpsingleton.shim.keys import SCOPES
 
 __all__ = ["CLIENT_NAMES", "run_wrap"]
 
