@@ -3,8 +3,8 @@
 Thin process-level glue, readable top to bottom: it holds `broker.lock` for life, listens on `broker.sock`
 (listener.py), runs the one event loop and the one keeper, and keeps a Server per key (server.py: that key's
 sessions, backend slots and lifetime). An attach for a key it does not host yet is answered `spec`: the shim
-sends the server's spec on the same connection and the Server is created (the first spec wins). It answers
-control requests (`status`, `stop [KEY]`, `restart [KEY]`), hands everything over to a fresh broker on
+sends the server's spec on the same connection and the Server is created (the first spec wins: admission.py).
+It answers control requests (`status`, `stop [KEY]`, `restart [KEY]`), hands everything over to a fresh broker on
 `restart` without a key or SIGTERM, exits once it has had no server for a while, and is watched by a
 watchdog: a loop that stops turning dumps every thread's stack to the log and exits, as after a crash.
 
@@ -27,20 +27,19 @@ from ..common import platform, wire
 from ..common.atomic import write_atomically
 from ..common.logfile import LogFile, utc_iso
 from ..common.paths import BROKER, KeyPaths, log_dir, runtime_dir
+from .admission import Admission
 from .backend import Keeper, kill_orphans
 from .budget import Usage
 from .eventloop import EventLoop
 from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
-from .listener import Listener, close_fds, discard, reply_and_close
-from .server import Server, parse_spec
+from .listener import Listener, close_fds, reply_and_close
+from .server import Server
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing in every broker
 if TYPE_CHECKING:
     from .eventloop import Timer
     from .slot import BackendSlot
 
-SPEC_TIMEOUT = 5.0
-"""How long a shim asked for a spec may take to send it; then its connection and fds are dropped."""
 WATCHDOG = 10.0
 """A loop that has not turned for this long is stuck (a bug, an endless loop): the broker dumps its stacks to
 its log and exits, and its sessions re-attach to a fresh broker as after a crash."""
@@ -67,8 +66,7 @@ class Broker:
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
         self.keeper: Keeper | None = None
         self.servers: dict[str, Server] = {}
-        self.waiting: dict[str, list[tuple[socket.socket, int, str | None, list[int]]]] = {}
-        """Attaches for a key being created (its first shim is sending the spec): they follow it, in order."""
+        self.admission = Admission(self.loop, self.log, self)
         self.had_servers = False
         self.internal_errors: dict[str, int] = {}
         now = time.monotonic()  # what the previous broker handed over: read before write_state replaces it
@@ -107,7 +105,7 @@ class Broker:
         self.log.write(f"broker {os.getpid()} started (one per user: every server's sessions attach here)")
         self.log.write(platform.describe(self.loop.selector, subreaper))
         self._arm_watchdog()
-        self._arm_idle_exit()
+        self.arm_idle_exit()
         self.loop.run()
         faulthandler.cancel_dump_traceback_later()
         return 0
@@ -154,6 +152,15 @@ class Broker:
         count, when = self.handed_over.pop(key, (0, 0.0))
         return count if time.monotonic() - when <= HANDED_OVER_WINDOW else 0
 
+    def add_server(self, spec: dict) -> None:
+        if self.stopping:
+            return  # its sessions are turned away (`Admission.attach`) and retry with the next broker
+        server = Server(spec, self)
+        self.servers[server.key] = server
+        self.had_servers = True
+        self.log.write(f"server {spec['name']} ({server.key}) added; {len(self.servers)} hosted")
+        server.guarded(server.start)
+
     def server_finished(self, server: Server) -> None:
         """A server ended (linger over, stopped, handed over, or abandoned): forget it; the process goes on."""
         if self.servers.get(server.key) is server:
@@ -164,22 +171,22 @@ class Broker:
         if self.stopping:
             self._exit_when_done()
         else:
-            self._arm_idle_exit()
+            self.arm_idle_exit()
 
-    def _arm_idle_exit(self) -> None:
+    def arm_idle_exit(self) -> None:
         """No server (nor one being asked for): exit after a while, so a broker nobody uses does not linger."""
-        if self.servers or self.waiting or self.stopping or self.idle_timer is not None:
+        if self.servers or self.admission.waiting or self.stopping or self.idle_timer is not None:
             return
 
         def expire() -> None:
             self.idle_timer = None
-            if not self.servers and not self.waiting:
+            if not self.servers and not self.admission.waiting:
                 self.shutdown("no servers left")
 
         grace = EMPTY_GRACE if self.had_servers else FIRST_SESSION_WINDOW
         self.idle_timer = self.loop.call_later(grace, expire)
 
-    def _cancel_idle_exit(self) -> None:
+    def cancel_idle_exit(self) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -193,7 +200,7 @@ class Broker:
                 pass
         command, args = words[0], words[1:]
         if command == wire.ATTACH and len(args) in (1, 2) and len(fds) in (2, 3):
-            self._attach(conn, pid, args[0], args[1] if len(args) == 2 else None, fds)
+            self.admission.attach(conn, pid, args[0], args[1] if len(args) == 2 else None, fds)
             return
         close_fds(fds)
         if command == wire.STATUS and not args:
@@ -203,88 +210,6 @@ class Broker:
         else:
             self.log.write(f"refused a connection from pid {pid}: bad hello {' '.join(words)[:80]!r}")
             conn.close()
-
-    def _attach(self, conn: socket.socket, pid: int, key: str, state: str | None, fds: list[int]) -> None:
-        server = self.servers.get(key)
-        if self.stopping or (server is not None and server.lifetime.stopping):
-            discard(conn, fds)  # the shim sees EOF before welcome and retries: the next server or broker takes it
-        elif server is not None:
-            server.guarded(lambda: server.sessions.attach(conn, pid, fds, state))
-        elif key in self.waiting:
-            self.waiting[key].append((conn, pid, state, fds))  # after the one asked for the spec, in arrival order
-        else:
-            self.waiting[key] = []
-            self._cancel_idle_exit()
-            self._ask_spec(conn, pid, key, state, fds)
-
-    def _ask_spec(self, conn: socket.socket, pid: int, key: str, state: str | None, fds: list[int]) -> None:
-        """A key not hosted yet: the shim sends its spec on this connection. Other attaches for the key wait
-        meanwhile, and attach in their order once its server exists (the first session keeps the first slot,
-        as when each key had a broker of its own); should this shim send no valid spec, the next is asked."""
-        try:
-            conn.send(wire.SPEC)
-        except OSError:
-            discard(conn, fds)
-            self._spec_failed(key)
-            return
-        received = bytearray()
-
-        def readable() -> None:
-            try:
-                chunk = conn.recv(1 << 16)
-            except BlockingIOError:
-                return
-            except OSError:
-                chunk = b""
-            received.extend(chunk)
-            if chunk and b"\n" not in chunk and len(received) <= wire.SPEC_LIMIT:
-                return
-            self.loop.remove_reader(conn.fileno())
-            timer.cancel()
-            spec = parse_spec(bytes(received).partition(b"\n")[0], key) if b"\n" in received else None
-            if spec is None:
-                self.log.write(f"refused pid {pid}: no valid spec for {key}")
-                close_fds(fds)
-                refusal = "the broker got no valid server spec; see `mcpsingleton logs broker`"
-                reply_and_close(conn, wire.refusal(refusal))
-                self._spec_failed(key)
-                return
-            self._add_server(spec)
-            for waiting in [(conn, pid, state, fds), *self.waiting.pop(key, [])]:
-                self._attach_later(key, *waiting)
-
-        def expired() -> None:
-            self.loop.remove_reader(conn.fileno())
-            self.log.write(f"pid {pid} was asked for the spec of {key} and sent none within {SPEC_TIMEOUT:g}s")
-            discard(conn, fds)
-            self._spec_failed(key)
-
-        timer = self.loop.call_later(SPEC_TIMEOUT, expired)
-        self.loop.add_reader(conn.fileno(), readable)
-
-    def _attach_later(self, key: str, conn: socket.socket, pid: int, state: str | None, fds: list[int]) -> None:
-        """After the new server's first spawn (a timer due now): a backend that cannot start is known when the
-        session is read, so what it sent is answered with why before it ends."""
-        self.loop.call_later(0, lambda: self._attach(conn, pid, key, state, fds))
-
-    def _spec_failed(self, key: str) -> None:
-        """The shim asked for a key's spec sent none: ask the next one waiting, if any."""
-        queue = self.waiting.pop(key, [])
-        if queue:
-            conn, pid, state, fds = queue.pop(0)
-            self.waiting[key] = queue
-            self._ask_spec(conn, pid, key, state, fds)
-        else:
-            self._arm_idle_exit()
-
-    def _add_server(self, spec: dict) -> None:
-        if self.stopping:
-            return  # its sessions are turned away (`_attach`) and retry with the next broker
-        server = Server(spec, self)
-        self.servers[server.key] = server
-        self.had_servers = True
-        self.log.write(f"server {spec['name']} ({server.key}) added; {len(self.servers)} hosted")
-        server.guarded(server.start)
 
     # ---- control requests -------------------------------------------------------------------
 
@@ -323,7 +248,7 @@ class Broker:
         if self.stopping:
             return
         self.stopping = True
-        self._cancel_idle_exit()
+        self.cancel_idle_exit()
         self.log.write(f"shutting down: {why}" + (" (handing every session over)" if handover else ""))
         for server in list(self.servers.values()):
             server.guarded(lambda server=server: server.lifetime.shutdown(why, handover=handover))  # type: ignore[misc]
@@ -332,7 +257,7 @@ class Broker:
     def _exit_when_done(self) -> None:
         if self.servers:
             return  # each server_finished comes back here
-        if self.waiting:
+        if self.admission.waiting:
             self.loop.call_later(EXIT_POLL, self._exit_when_done)
             return
         if self.keeper is not None:
@@ -346,7 +271,6 @@ class Broker:
         self.log.write(f"broker {os.getpid()} exited")
         os.close(self.lock_fd)  # last: a new broker may start from here on
         self.loop.stop()
-
 
     def _leave_state(self) -> None:
         """Remove our state file; after a handover, leave in it each server's restarts so far, that one counted,
