@@ -237,6 +237,11 @@ def user_config_home() -> str:
     return os.path.join(os.path.expanduser("~"), ".config")
 
 
+def has_display() -> bool:
+    """A window system to open a browser on: macOS always has one; elsewhere a display variable says so."""
+    return sys.platform == "darwin" or any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY"))
+
+
 def user_log_home() -> str | None:
     """Where the OS wants apps' logs, when it has such a place: macOS's ~/Library/Logs (users and Console.app
     look there); None elsewhere (logs then go beside the state)."""

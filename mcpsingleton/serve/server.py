@@ -19,6 +19,7 @@ import time
 import webbrowser
 from typing import Any
 
+from ..common import platform
 from ..common.errors import SetupError
 from ..common.paths import ensure_private_dir, log_dir
 from . import instance
@@ -91,8 +92,7 @@ def run_serve(host: str, port: int, open_browser: bool, routes: Any = ()) -> int
 def has_browser() -> bool:
     """A graphical browser to open, or BROWSER: without a display, `webbrowser` would start a text browser
     (lynx, w3m) in serve's own terminal."""
-    graphical = any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"))
-    return sys.platform == "darwin" or graphical
+    return bool(os.environ.get("BROWSER")) or platform.has_display()
 
 
 def _exit_quietly(signum: int, frame: Any) -> None:

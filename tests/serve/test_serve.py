@@ -226,3 +226,18 @@ def test_sessions_and_brokers_never_import_serve() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS always has its window server")
+def test_the_browser_is_opened_only_where_there_is_one_to_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a display `webbrowser` would start a text browser in serve's own terminal."""
+    from mcpsingleton.serve.server import has_browser
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        monkeypatch.delenv(name, raising=False)
+    assert not has_browser()
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert has_browser()
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setenv("BROWSER", "firefox")
+    assert has_browser()
