@@ -22,7 +22,7 @@ from . import envelope, jsonrpc, linehead, quotes
 from .actions import BackendPart, Log, ToSession
 from .envelope import encode_id
 from .fast_path import forwarded_as_written
-from .jsonrpc import Id, id_key
+from .jsonrpc import Id
 from .jsonwalk import member_value
 from .requests import Pending
 from .streaming import Piece, Stream
@@ -73,7 +73,8 @@ def open_session_stream(mux: Mux, sid: int, line_head: bytes, limit: int) -> Ses
         return None
     if "id" in top and not jsonrpc.valid_id(request_id):
         return None
-    return SessionStream(mux, sid, method, opened, line_head, limit)
+    head_id = request_id if isinstance(request_id, str | int) else None  # valid when present (checked above)
+    return SessionStream(mux, sid, method, head_id, opened, line_head, limit)
 
 
 class SessionStream(Stream):
@@ -86,10 +87,13 @@ class SessionStream(Stream):
     fails the check never reaches the backend whole: its copy is cut off (a broken line, which servers
     drop) and the whole request takes the full path, like a line that stalls or whose backend is lost."""
 
-    def __init__(self, mux: Mux, sid: int, method: str, opened: linehead.OpenString, head: bytes, limit: int) -> None:
+    def __init__(
+        self, mux: Mux, sid: int, method: str, head_id: Id | None, opened: linehead.OpenString, head: bytes, limit: int
+    ) -> None:
         super().__init__(mux)
         self.sid = sid
         self.method = method
+        self.head_id = head_id  # the id when the head holds it (read and checked by open_session_stream)
         self.backend_id = mux.requests.new_id()
         self.prefix = head[: opened.start]  # the line up to the big string's opening quote
         self.id_span = opened.levels[0].get("id")
@@ -190,7 +194,7 @@ class SessionStream(Stream):
         self.kept.append(line_head)
         self.size = len(line_head)
         if self.id_span is not None:
-            self._track(self._head_id(line_head))
+            self._track(self.head_id)
             start, end = self.id_span
             parts: list[Piece] = [memoryview(line_head)[:start], encode_id(self.backend_id)]
             return self._string(line_head, len(self.prefix) + 1, parts, memoryview(line_head)[end:])
@@ -295,22 +299,12 @@ class SessionStream(Stream):
         log = Log(f"session {self.sid}: a {len(line) >> 10} KiB request was not passed on as it came ({why}); resent")
         return [log, *self.mux.from_session(self.sid, line)]
 
-    def _head_id(self, line_head: bytes) -> Id:
-        assert self.id_span is not None
-        value = json.loads(line_head[self.id_span[0] : self.id_span[1]])
-        assert isinstance(value, str | int)
-        return value
-
     def _track(self, request_id: Id | None) -> None:
         session = self.mux.sessions.get(self.sid)
         if session is not None and request_id is not None:
             self.mux.requests.track(self.backend_id, Pending(self.sid, request_id, self.method), session)
 
     def _untrack(self) -> None:
-        """Forget the request the backend will never see whole (it may have been tracked at the head)."""
-        pending = self.mux.requests.pending.pop(self.backend_id, None)
-        if pending is not None and pending.token is not None:
-            self.mux.progress.release(pending.token)
-        session = self.mux.sessions.get(self.sid)
-        if pending is not None and session is not None and pending.original_id is not None:
-            session.inflight.pop(id_key(pending.original_id), None)
+        """Forget the request the backend will never see whole (it may have been tracked at the head): the
+        bookkeeping of a passed reply, without one."""
+        self.mux.requests.passed(self.backend_id)
