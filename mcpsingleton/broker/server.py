@@ -27,7 +27,6 @@ from .backend import kill_leftovers
 from .budget import Usage, admit
 from .discovery_cache import store as store_discovery
 from .handover import Lifetime
-from .listener import close_fds
 from .sessions import Sessions
 from .slots import Slots
 
@@ -204,7 +203,7 @@ class Server:
                 self.loop.remove_reader(fd)
                 self.loop.remove_writer(fd)
             session.conn.close()
-            close_fds([session.in_fd, session.out_fd] + ([session.err_fd] if session.err_fd is not None else []))
+            self.sessions.release_fds(session)
         self.process.server_finished(self)
 
     # ---- the Host protocol of slot.py -------------------------------------------------------

@@ -131,7 +131,7 @@ class SessionEnding:
             session.outbox.close()
         if not session.handed_over:  # (handed over: what it is still owed stays, for the next broker to answer)
             self.journal.forget(session.pid)
-        self._release_fds(session)
+        self.release_fds(session)
         if code is not None and session.to_waiter is not None:
             if not session.handed_over:
                 session.to_waiter.send(wire.farewell(code, message))
@@ -164,7 +164,8 @@ class SessionEnding:
         link.on_drained = close
 
     @staticmethod
-    def _release_fds(session: Session) -> None:
+    def release_fds(session: Session) -> None:
+        """Give the client's fds back as they came (blocking flags restored), then close ours."""
         for fd, blocking in session.saved_flags.items():
             try:
                 os.set_blocking(fd, blocking)  # a tty or shared pipe must not stay non-blocking for others

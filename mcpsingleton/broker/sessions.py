@@ -151,7 +151,7 @@ class Sessions(SessionOutput, SessionEnding):
         try:
             conn.send(wire.WELCOME)  # 3 bytes, the first on this socket: never a partial write
         except OSError:
-            self._release_fds(session)
+            self.release_fds(session)
             conn.close()
             return
         self.by_sid[session.sid] = session
