@@ -26,12 +26,12 @@ from .. import __version__
 from ..common import platform, wire
 from ..common.atomic import write_atomically
 from ..common.logfile import LogFile, utc_iso
-from ..common.paths import BROKER, KeyPaths, log_dir, runtime_dir
+from ..common.paths import BROKER, KeyPaths
 from .admission import Admission
 from .backend import Keeper, kill_orphans
 from .budget import Usage
 from .eventloop import EventLoop
-from .handover import FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
+from .handover import EXIT_POLL, FIRST_SESSION_WINDOW, HANDED_OVER, HANDED_OVER_WINDOW, restarts_handed_over
 from .listener import Listener, close_fds, reply_and_close
 from .server import Server
 
@@ -47,7 +47,6 @@ WATCHDOG_REARM = 3.0
 """How often the loop re-arms it. Each re-arm ends faulthandler's C thread and starts a new one, so an idle
 broker would start a thread every second at 1.0; at 3.0 a turn must still stall over 7 s to trip it (any real
 turn is milliseconds) and a stuck loop is still caught within WATCHDOG."""
-EXIT_POLL = 0.05
 EMPTY_GRACE = 1.0
 """After its last server ended, the broker waits this long for a new one before it exits (FIRST_SESSION_WINDOW
 when it has never had one: the shim that started it is on its way)."""
@@ -59,9 +58,9 @@ class Broker:
     """The process: loop, socket, keeper, and one Server per key."""
 
     def __init__(self, lock_fd: int) -> None:
-        self.paths = KeyPaths(BROKER, runtime_dir())
+        self.paths = KeyPaths(BROKER)
         self.lock_fd = lock_fd
-        self.log = LogFile(os.path.join(log_dir(), f"{BROKER}.log"))
+        self.log = LogFile(self.paths.log())
         self.loop = EventLoop()
         self.listener = Listener(self.loop, self.log, self.paths, self._on_hello, self._starved_reason)
         self.keeper: Keeper | None = None
@@ -69,11 +68,11 @@ class Broker:
         self.admission = Admission(self.loop, self.log, self)
         self.had_servers = False
         self.internal_errors: dict[str, int] = {}
+        """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         now = time.monotonic()  # what the previous broker handed over: read before write_state replaces it
         self.handed_over = {key: (count, now) for key, count in restarts_handed_over(self.paths.state).items()}
         """Per key, the restarts of a server that handed its sessions over, and when: the server that takes
         them (within HANDED_OVER_WINDOW) goes on counting from there (`ls` RESTARTS)."""
-        """Per key, exceptions contained to a server (kept across its servers: one ends by containing one)."""
         self.idle_timer: Timer | None = None
         self.started_at = utc_iso()
         self.stopping = False

@@ -7,7 +7,7 @@ backend that never worked in this slot is fatal. The broker owns the sessions an
 hands a slot the lines of the sessions mapped to it and performs the actions the slot gives back.
 Here: the backend's start and stop, status and sharing; its I/O is slot_relay.py's, losing and replacing it
 slot_recovery.py's, idle reclaim and the caps slot_watch.py's (each a base class of `BackendSlot`).
-A broker holds one shared slot, plus one per isolated session or per distinct set of roots
+A server holds one shared slot, plus one per isolated session or per distinct set of roots
 (placement.py); each slot keeps every guarantee on its own: caps, restarts, status, its stderr in the log.
 """
 

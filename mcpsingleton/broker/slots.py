@@ -91,7 +91,7 @@ class Slots:
     def retire(self, slot: BackendSlot, done: Callback, strays: bool = False) -> None:
         """Stop a slot's backend and forget the slot (its sessions must have been moved or ended).
 
-        `strays`: also stop processes that left the backend's group. Only when the whole broker stops:
+        `strays`: also stop processes that left the backend's group. Only when the whole server stops:
         the key tag they are found by is shared by every slot of the key."""
         waiting = self.retiring.setdefault(slot.number, [])
         waiting.append(done)

@@ -1,7 +1,7 @@
 """The one reader of a server's command line: which words name the server, and which names they stand for.
 
 `ls`, `stop` and `logs` show the first one (`default_name`); the catalog and config.toml match every one
-(`policy.match_names`). One reader, so a server is never called one thing in `ls` and matched as another.
+(`policy/rules.match_names`). One reader, so a server is never called one thing in `ls` and matched as another.
 Imported on the shim's warm path (each session is named): `os` only, and no filesystem calls unless asked.
 """
 

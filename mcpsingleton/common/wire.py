@@ -168,7 +168,7 @@ class BackendStatus:
     clients: "list[dict[str, Any]]"
     """{pid, client, attached_at, transport} per attached session (transport: `stdio`, or `http` for `serve`'s)."""
     state: str
-    """idle|starting|running|lingering|restarting|stopping (lifecycle.SHOWN)."""
+    """idle|starting|running|lingering|restarting|stopping (lifecycle.SHOWN_STATES)."""
     started_at: str
     restarts: int
     limit_restarts: int
