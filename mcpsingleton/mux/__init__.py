@@ -10,7 +10,7 @@ the facade the broker uses; `inputs` is the one place where methods are routed.
 
 from .actions import Action, BackendPart, Log, StartBackend, StoreDiscovery, StreamPart, ToBackend, ToSession
 from .backend_state import IllegalTransition
-from .handshake import HANDSHAKE_VERSIONS, LOCAL_METHODS, NEWEST_HANDSHAKE_VERSION
+from .handshake import HANDSHAKE_VERSIONS, LOCAL_METHODS
 from .log_levels import LOG_LEVELS
 from .requests import ABANDONED_MEMORY
 from .router import Mux
@@ -22,7 +22,6 @@ __all__ = [
     "HANDSHAKE_VERSIONS",
     "LOCAL_METHODS",
     "LOG_LEVELS",
-    "NEWEST_HANDSHAKE_VERSION",
     "STREAM_FROM",
     "Action",
     "BackendPart",

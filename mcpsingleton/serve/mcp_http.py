@@ -46,7 +46,6 @@ from mcp_types import (
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
@@ -210,14 +209,15 @@ class McpEndpoint:
         if session_id is not None:
             relay = self.sessions.get(session_id)
             if relay is None or relay.server != name:
-                await _error(HTTPStatus.NOT_FOUND, "Session not found")(scope, receive, send)
+                await stateless.error_response(None, "Session not found", HTTPStatus.NOT_FOUND)(scope, receive, send)
                 return
             await relay.transport.handle_request(scope, receive, send)
             if relay.transport.is_terminated:  # DELETE: its id answers 404 from now on
                 self.sessions.pop(session_id, None)
             return
         if scope["method"] != "POST":
-            await _error(HTTPStatus.BAD_REQUEST, "Bad Request: Missing session ID")(scope, receive, send)
+            refusal = stateless.error_response(None, "Bad Request: Missing session ID", HTTPStatus.BAD_REQUEST)
+            await refusal(scope, receive, send)
             return
         body = await _body(receive)
         version = _header(scope, MCP_PROTOCOL_VERSION_HEADER)
@@ -226,23 +226,25 @@ class McpEndpoint:
         elif _method(body) == "initialize":
             await self._open(name, scope, _replaying(body, receive), send)
         else:
-            await _error(HTTPStatus.BAD_REQUEST, "Bad Request: Missing session ID")(scope, receive, send)
+            refusal = stateless.error_response(None, "Bad Request: Missing session ID", HTTPStatus.BAD_REQUEST)
+            await refusal(scope, receive, send)
 
     async def _open(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         """A POST without a session: a new session of server `name`, attached before its initialize is read."""
         target = self.servers.get(name)
         if target is None:
             reason = f"mcpsingleton: no server named {name!r}; name it in config.toml or wrap a client config"
-            await _error(HTTPStatus.NOT_FOUND, reason)(scope, receive, send)
+            await stateless.error_response(None, reason, HTTPStatus.NOT_FOUND)(scope, receive, send)
             return
         if len(self.sessions) >= self.max_sessions:
-            await _error(HTTPStatus.SERVICE_UNAVAILABLE, "Too many open sessions")(scope, receive, send)
+            refusal = stateless.error_response(None, "Too many open sessions", HTTPStatus.SERVICE_UNAVAILABLE)
+            await refusal(scope, receive, send)
             return
         relay = Relay(name, target, self.ttl)
         try:
             await relay.broker.open()
         except SetupError as exc:
-            await _error(HTTPStatus.BAD_GATEWAY, f"mcpsingleton: {exc}")(scope, receive, send)
+            await stateless.error_response(None, f"mcpsingleton: {exc}", HTTPStatus.BAD_GATEWAY)(scope, receive, send)
             return
         self.sessions[relay.session_id] = relay
         started = asyncio.Event()
@@ -317,12 +319,6 @@ def _method(body: bytes) -> str | None:
 def _header(scope: Scope, name: str) -> str | None:
     wanted = name.lower().encode("latin-1")
     return next((value.decode("latin-1") for key, value in scope["headers"] if key == wanted), None)
-
-
-def _error(status: HTTPStatus, message: str) -> JSONResponse:
-    """A JSON-RPC error without an id, as the transport answers requests it cannot take."""
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
-    return JSONResponse(body, status_code=status)
 
 
 async def _status_of(app: Any, scope: Scope, receive: Receive, send: Send) -> int | None:

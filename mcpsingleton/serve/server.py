@@ -25,7 +25,6 @@ from ..common.paths import ensure_private_dir, log_dir
 from . import instance
 from .auth import Auth
 
-DEFAULT_PORT = 7865
 LOOPBACK = "127.0.0.1"
 GRACEFUL_SHUTDOWN = 1
 START_TIMEOUT = 30.0

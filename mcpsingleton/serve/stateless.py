@@ -38,7 +38,7 @@ async def answer(target: Target | None, name: str, body: bytes, scope: Scope, re
         await Response(status_code=HTTPStatus.ACCEPTED)(scope, receive, send)
     elif target is None:
         reason = f"mcpsingleton: no server named {name!r}; name it in config.toml or wrap a client config"
-        await _error(message["id"], reason, HTTPStatus.NOT_FOUND)(scope, receive, send)
+        await error_response(message["id"], reason, HTTPStatus.NOT_FOUND)(scope, receive, send)
     else:
         await _relay(target, message, _accepts_events(scope), receive, send, scope)
 
@@ -47,9 +47,9 @@ def _parse(body: bytes) -> dict[str, Any] | Response:
     try:
         message = json.loads(body)
     except ValueError:
-        return _error(None, "Parse error", HTTPStatus.BAD_REQUEST, PARSE_ERROR)
+        return error_response(None, "Parse error", HTTPStatus.BAD_REQUEST, PARSE_ERROR)
     if not isinstance(message, dict) or not isinstance(message.get("method"), str):
-        return _error(None, "Invalid Request: one JSON-RPC request or notification", HTTPStatus.BAD_REQUEST)
+        return error_response(None, "Invalid Request: one JSON-RPC request or notification", HTTPStatus.BAD_REQUEST)
     return message
 
 
@@ -61,7 +61,7 @@ async def _relay(
     try:
         await broker.open()
     except SetupError as exc:
-        await _error(message["id"], f"mcpsingleton: {exc}", HTTPStatus.BAD_GATEWAY)(scope, receive, send)
+        await error_response(message["id"], f"mcpsingleton: {exc}", HTTPStatus.BAD_GATEWAY)(scope, receive, send)
         return
     try:
         broker.send(json.dumps(message, separators=(",", ":")).encode())
@@ -116,5 +116,6 @@ def _error_data(message: str, code: int = NO_BACK_CHANNEL) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
-def _error(request_id: Any, message: str, status: HTTPStatus, code: int = INVALID_REQUEST) -> JSONResponse:
+def error_response(request_id: Any, message: str, status: HTTPStatus, code: int = INVALID_REQUEST) -> JSONResponse:
+    """A JSON-RPC error as the transport answers a request it cannot take (`request_id` None: none read)."""
     return JSONResponse({"jsonrpc": "2.0", "id": request_id, "error": _error_data(message, code)}, status_code=status)

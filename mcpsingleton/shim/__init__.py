@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> "Any":
-    """`resume` and `main` of `attach`, loaded on first use (PEP 562)."""
-    if name in ("resume", "main"):
-        from . import attach
+    """`resume` of `attach`, loaded on first use (PEP 562)."""
+    if name == "resume":
+        from .attach import resume
 
-        return getattr(attach, name)
+        return resume
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
