@@ -16,7 +16,7 @@ done
 # Tests mostly wait on processes they started: run them in parallel, two workers per core (pytest-xdist;
 # set PYTEST_XDIST_AUTO_NUM_WORKERS to choose, or pass -n 0). Each worker imports every test module: let
 # pytest keep the modules it rewrote instead of rewriting them in every worker of every run.
-cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)  # nproc: the CPUs this job may use
 export PYTEST_XDIST_AUTO_NUM_WORKERS="${PYTEST_XDIST_AUTO_NUM_WORKERS:-$((2 * cores))}"
 unset PYTHONDONTWRITEBYTECODE
 pytest=(.venv/bin/python -m pytest -p no:cacheprovider -n auto --dist worksteal)

@@ -21,6 +21,7 @@ from helpers import (
     kill_quietly,
     ls_json,
     mcpsingleton_exe,
+    own_environ,
     processes_of,
     result_text,
     shim,
@@ -67,14 +68,6 @@ def ours(home: Path) -> list[psutil.Process]:
         if "MCPSINGLETON_KEY" not in environ and "mcpsingleton-session" not in argv and "mcpsingleton run" not in argv:
             found.append(process)
     return found
-
-
-def own_initial_environ() -> dict[str, str] | None:
-    """What a shim started by this test reads as its client's environment (keys.client_environ)."""
-    if sys.platform != "linux" or os.environ.get("MCPSINGLETON_PORTABLE") == "1":
-        return None
-    raw = Path(f"/proc/{os.getpid()}/environ").read_bytes()
-    return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if b"=" in item)
 
 
 def broker_pid(home: Path) -> int:
@@ -217,7 +210,7 @@ def test_a_per_key_broker_of_the_previous_version_keeps_its_sessions_until_resta
     directory = runtime_dir()
     os.makedirs(directory, mode=0o700, exist_ok=True)
     env = os.environ.copy()
-    parts = key_parts(fake_server, "cwd", os.getcwd(), env, [], user_salt(directory), own_initial_environ())
+    parts = key_parts(fake_server, "cwd", os.getcwd(), env, [], user_salt(directory), own_environ())
     legacy_key = key_of(parts, LEGACY_PROTOCOL)
     legacy = subprocess.Popen([sys.executable, str(LEGACY_BROKER), legacy_key, directory], stdout=subprocess.PIPE)
     try:

@@ -95,7 +95,7 @@ def test_http_session_reattaches_when_its_broker_dies(home: Path, fake_server: l
         session, lines = await http_session(fake_server)
         first = await whoami(session, lines, 2)
         [record] = await asyncio.to_thread(ls_json)
-        await asyncio.to_thread(wait_for, lambda: session.state != "")  # the broker told its waiter the state
+        assert await asyncio.to_thread(wait_for, lambda: session.state != "")  # the broker told its waiter the state
         kill_quietly(record["broker_pid"], signal.SIGKILL)
         old_broker = record["broker_pid"]
         await asyncio.to_thread(wait_for, lambda: [r["broker_pid"] for r in ls_json()] not in ([], [old_broker]))
@@ -146,7 +146,7 @@ def test_http_session_follows_a_restart_of_its_broker(home: Path, fake_server: l
         session, lines = await http_session(fake_server)
         first = await whoami(session, lines, 2)
         [record] = await asyncio.to_thread(ls_json)
-        await asyncio.to_thread(wait_for, lambda: session.state != "")
+        assert await asyncio.to_thread(wait_for, lambda: session.state != "")
         restart = [mcpsingleton_exe(), "restart", record["key"]]
         done = await asyncio.to_thread(subprocess.run, restart, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
@@ -171,7 +171,7 @@ def test_http_session_outlives_any_number_of_restarts(home: Path, fake_server: l
         session, lines = await http_session(fake_server)
         await whoami(session, lines, 2)
         for number in range(3, 8):
-            await asyncio.to_thread(wait_for, lambda: session.state != "" and session.conn is not None)
+            assert await asyncio.to_thread(wait_for, lambda: session.state != "" and session.conn is not None)
             restart = [mcpsingleton_exe(), "restart", "--all"]
             done = await asyncio.to_thread(subprocess.run, restart, capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr

@@ -6,6 +6,7 @@ and HOME only, so every client of a user finds the same brokers whatever environ
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -44,12 +45,16 @@ def bare_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("HOME", str(directory))
     for name in ("MCPSINGLETON_HOME", "MCPSINGLETON_LINGER", "XDG_RUNTIME_DIR", "XDG_STATE_HOME"):
         monkeypatch.delenv(name, raising=False)
-    yield directory
-    for process in processes_with_home(directory):
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
+    # Without MCPSINGLETON_HOME the runtime dir may be the user's /run/user/UID one, whatever HOME says: one
+    # broker for every test using it, so those tests take turns across pytest-xdist's workers.
+    with open(os.path.join(tempfile.gettempdir(), f"mcpsingleton-tests-bare-home-{os.getuid()}.lock"), "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        yield directory
+        for process in processes_with_home(directory):
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
     shutil.rmtree(directory, ignore_errors=True)
 
 
