@@ -284,7 +284,10 @@ def connect(
     def spec() -> bytes:
         from . import election  # cold path only
 
-        return election.spec_line(KeyPaths(key, directory), options, decision, name, cwd, env)
+        shared = parts  # an isolated key's discovery entry: the key its command would have per directory
+        if decision.scope == "isolated":
+            shared = key_parts(options.command, "cwd", cwd, env, options.env_keys, salt, client_env)
+        return election.spec_line(KeyPaths(key, directory), options, decision, name, cwd, env, key_of(shared))
 
     deadline = time.monotonic() + STARTUP_DEADLINE
     while True:

@@ -23,7 +23,6 @@ from ..common.errors import SetupError
 from ..common.options import RunOptions, backend_timing, parse_duration
 from ..common.paths import KeyPaths, log_dir
 from ..common.wire import KEY_ENV
-from .keys import client_environ, key_of, key_parts, user_salt
 
 if TYPE_CHECKING:
     from ..common.decision import Decision
@@ -58,10 +57,20 @@ def try_lock(path: str) -> int | None:
 
 
 def spec_line(
-    paths: KeyPaths, options: RunOptions, decision: Decision, name: str, cwd: str, env: dict[str, str]
+    paths: KeyPaths,
+    options: RunOptions,
+    decision: Decision,
+    name: str,
+    cwd: str,
+    env: dict[str, str],
+    discovery_key: str,
 ) -> bytes:
     """What the broker needs to host the key of `paths`: one JSON line, sent on the shim's own connection
     (peer-uid checked), never written to disk (env holds secrets).
+
+    `discovery_key` names the discovery entry: the key itself, but for an isolated key (unique to its
+    session) the key of the same command, env and directory shared per directory, so the next isolated
+    session of the server is served what the last one learnt.
 
     `sharing` is None when the running server decides (see learnt.runtime_decision); `sharing_final`
     when a user decided and nothing learnt at runtime may change it; `config_error` is why the user's
@@ -83,22 +92,12 @@ def spec_line(
         "linger": parse_duration(options.linger),
         "max_memory": options.max_memory,
         "max_procs": options.max_procs,
-        "discovery_key": discovery_key(paths, options, decision.scope, cwd, env),
+        "discovery_key": discovery_key,
         "lazy": lazy,
         "idle": idle,
         "budget": {"max_backends": decision.budget[0], "max_memory": decision.budget[1]},
     }
     return json.dumps(spec, separators=(",", ":")).encode() + b"\n"
-
-
-def discovery_key(paths: KeyPaths, options: RunOptions, scope: str, cwd: str, env: dict[str, str]) -> str:
-    """The key naming the discovery entry: the broker's own, but for an isolated key (unique to its session)
-    the key of the same command, env and directory shared per directory, so the next isolated session of
-    the server is served what the last one learnt."""
-    if scope != "isolated":
-        return paths.key
-    parts = key_parts(options.command, "cwd", cwd, env, options.env_keys, user_salt(paths.dir), client_environ())
-    return key_of(parts)
 
 
 def backend_dir(cwd: str, scope: str) -> str:
